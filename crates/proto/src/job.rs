@@ -1,0 +1,219 @@
+//! The job spec: what a submitter publishes on `<prefix>.jobs.submit`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::PROTOCOL_VERSION;
+
+/// A batch job: a task applied to many items under one routing policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Protocol version of this message.
+    pub v: u16,
+    /// Client-chosen id (a ULID when the CLI picks it). Unique per deployment.
+    pub job_id: String,
+    /// Re-submitting with the same key creates nothing new. Defaults to `job_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Team the spend is booked to (finance groups by it). Defaults to `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Project within the team. Defaults to `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// What to do with every item.
+    pub task: Task,
+    /// The items, inline. Exactly one of `items` and `input` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<Item>>,
+    /// The items as a JSONL object in the NATS object store, for jobs too large for one
+    /// message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputRef>,
+    /// How items are split between tiers and when answers escalate.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Free tags for finance (`cost_center = "ops"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl JobSpec {
+    /// A spec with defaults everywhere but the id and the task.
+    pub fn new(job_id: impl Into<String>, task: Task) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            job_id: job_id.into(),
+            idempotency_key: None,
+            team: None,
+            project: None,
+            task,
+            items: None,
+            input: None,
+            policy: Policy::default(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// The idempotency key in force: the explicit one, or the job id.
+    pub fn effective_idempotency_key(&self) -> &str {
+        self.idempotency_key.as_deref().unwrap_or(&self.job_id)
+    }
+}
+
+/// The work to do on each item. Tagged by `kind` on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Task {
+    /// Pick one of `labels` for each item.
+    Classify {
+        labels: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instructions: Option<String>,
+    },
+    /// Summarize each item in at most `max_words` words.
+    Summarize {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_words: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instructions: Option<String>,
+    },
+    /// Free-form generation: the item text is the prompt.
+    Generate {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instructions: Option<String>,
+    },
+}
+
+impl Task {
+    /// The kind of task, which is all a router may know about it.
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            Task::Classify { .. } => TaskKind::Classify,
+            Task::Summarize { .. } => TaskKind::Summarize,
+            Task::Generate { .. } => TaskKind::Generate,
+        }
+    }
+}
+
+/// The kind of a task, without its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    Classify,
+    Summarize,
+    Generate,
+}
+
+impl TaskKind {
+    /// The wire name (`classify`, `summarize`, `generate`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Classify => "classify",
+            TaskKind::Summarize => "summarize",
+            TaskKind::Generate => "generate",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "classify" => Ok(TaskKind::Classify),
+            "summarize" => Ok(TaskKind::Summarize),
+            "generate" => Ok(TaskKind::Generate),
+            other => Err(format!(
+                "unknown task `{other}` (expected classify, summarize or generate)"
+            )),
+        }
+    }
+}
+
+/// One unit of work. Also the shape of one line of a JSONL input file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// Unique within the job.
+    #[serde(alias = "id")]
+    pub item_id: String,
+    /// The text the model sees (after the task's instructions).
+    pub text: String,
+    /// `local_only` pins the item to local tiers, escalation included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<String>,
+    /// Anything else the submitter wants kept with the item (returned with results).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+impl Item {
+    /// An item with no sensitivity or metadata.
+    pub fn new(item_id: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            item_id: item_id.into(),
+            text: text.into(),
+            sensitivity: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where a large job's items are: a JSONL object in the NATS object store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputRef {
+    /// Object store bucket (the deployment's inputs bucket).
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+}
+
+/// How a job's items are routed and escalated.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Policy {
+    /// Which items start on the strong tier.
+    #[serde(default)]
+    pub routing: Routing,
+    /// When a weak answer is escalated.
+    #[serde(default)]
+    pub cascade: Cascade,
+    /// Per-tier model overrides (`{"weak": "T0pp"}`); each must be a model configured for
+    /// that tier.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, String>,
+}
+
+/// The routing rule applied to the router's scores (higher score = more need for the strong
+/// model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Routing {
+    /// Items scoring at or above `value` go strong.
+    Threshold { value: f64 },
+    /// Exactly `round(value × items)` items go strong: the highest scores of this job.
+    StrongShare { value: f64 },
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing::StrongShare { value: 0.2 }
+    }
+}
+
+/// Escalation of low-confidence answers to the next tier (a cascade).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Cascade {
+    /// Answers below this confidence escalate. `None`: the deployment's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence_threshold: Option<f64>,
+    /// At most this many escalations per item. `None`: the deployment's default; 0 disables
+    /// the cascade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_escalations: Option<u8>,
+}
