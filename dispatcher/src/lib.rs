@@ -1,1 +1,100 @@
-//! placeholder
+//! The dispatcher: turns submitted jobs into routed work.
+//!
+//! For each job message on `<prefix>.jobs.submit` (durable pull consumer `dispatcher`, shared
+//! by every dispatcher process):
+//!
+//! 1. [`intake`]: decode and validate the spec; a bad job is rejected with a reason stored
+//!    on the job, dead-lettered, and its message terminated (never redelivered forever).
+//! 2. Admission: the job row is inserted, idempotent on the job id and idempotency key. A
+//!    re-submission with the same content creates nothing new; a crashed dispatch resumes.
+//! 3. [`ingest`]: items are streamed from the message or the object store ([`source`]),
+//!    validated, scored by the router and inserted in chunks. Memory stays flat in the job's
+//!    size: only `(score, position)` pairs are kept, 16 bytes an item.
+//! 4. The policy turns this job's scores into a cut (exact strong share, or a threshold);
+//!    sensitivity pins come first.
+//! 5. [`publisher`]: every item is published to its tier with `Nats-Msg-Id` = its attempt
+//!    key, many publish-acks in flight at once.
+//! 6. Only then is the job message acked ([`consumer`]).
+
+pub mod consumer;
+pub mod dispatch;
+pub mod ingest;
+pub mod intake;
+pub mod publisher;
+pub mod source;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use switchyard_router::Router;
+use switchyard_runtime::Settings;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a dispatcher works with.
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub settings: Arc<Settings>,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub pool: PgPool,
+    pub router: Arc<dyn Router>,
+    pub counters: Arc<DispatcherCounters>,
+}
+
+/// What the dispatcher has done since it started (tests and metrics read these).
+#[derive(Debug, Default)]
+pub struct DispatcherCounters {
+    pub jobs_accepted: AtomicU64,
+    pub jobs_rejected: AtomicU64,
+    pub jobs_duplicate: AtomicU64,
+    pub items_published: AtomicU64,
+}
+
+impl DispatcherCounters {
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+impl Dispatcher {
+    /// Connects to NATS and Postgres (migrating it), creates the streams, loads the router.
+    ///
+    /// # Errors
+    /// When a dependency is unreachable or the configured router cannot be loaded.
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        let router = match &settings.dispatcher.router {
+            None => switchyard_router::default_router(),
+            Some(path) => switchyard_router::load_router(std::path::Path::new(path))
+                .with_context(|| format!("cannot load router `{path}`"))?,
+        };
+        let client = switchyard_runtime::nats::connect(&settings, "switchyard-dispatcher").await?;
+        let js = switchyard_runtime::nats::jetstream(client.clone());
+        switchyard_runtime::nats::ensure_streams(&js, &settings).await?;
+        let pool = switchyard_store::connect_and_migrate(
+            settings.database_url(),
+            settings.database.max_connections,
+        )
+        .await?;
+        Ok(Self {
+            settings: Arc::new(settings),
+            client,
+            js,
+            pool,
+            router,
+            counters: Arc::default(),
+        })
+    }
+}
+
+/// Runs a dispatcher until `shutdown` is cancelled.
+///
+/// # Errors
+/// When start-up fails or the consumer cannot be created; per-job failures are handled
+/// (nak'ed or dead-lettered) and never end the loop.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dispatcher = Dispatcher::connect(settings).await?;
+    consumer::run(dispatcher, shutdown).await
+}

@@ -1,1 +1,89 @@
-//! placeholder
+//! Workers: the part of the fleet that spends money.
+//!
+//! A worker process serves one or more tiers. For each tier it runs a [`lane`]: a pull loop
+//! on the tier's durable consumer (`worker_<tier>`, shared by every worker process of the
+//! tier). Each item goes through:
+//!
+//! 1. [`limiter`]: the model's requests/min and tokens/min quota (governor), and any pause a
+//!    429 imposed on the model;
+//! 2. [`call`]: the HTTP call ([`llm::openai`]) with retries, backoff and jitter, the message
+//!    kept alive with in-progress acks meanwhile;
+//! 3. judging: confidence from logprobs ([`switchyard_core::confidence`]); a low-confidence
+//!    answer escalates to the tier's `escalate_to` with the next attempt number;
+//! 4. [`committer`]: results, one ledger row per model call and the items' new states are
+//!    written in one transaction per batch; escalations are published and their publish-acks
+//!    awaited; only then are the messages acked.
+//!
+//! [`reaper`] records items whose worker died on their last delivery (JetStream's
+//! max-deliveries advisory), so nothing is lost silently.
+
+pub mod call;
+pub mod committer;
+pub mod context;
+pub mod lane;
+pub mod limiter;
+pub mod llm;
+pub mod reaper;
+
+use anyhow::Context as _;
+use switchyard_runtime::Settings;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use context::{Worker, WorkerCounters};
+
+/// Runs a worker serving `tiers` until `shutdown` is cancelled, then drains.
+///
+/// # Errors
+/// Start-up failures (unreachable services, unknown tier, a model without a price); a lane
+/// that fails later cancels the others and its error is returned.
+pub async fn run(settings: Settings, tiers: Vec<String>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let worker = Worker::connect(settings, &tiers).await?;
+    run_with(worker, tiers, shutdown).await
+}
+
+/// Runs lanes for `tiers` on an already connected worker.
+///
+/// # Errors
+/// The first lane error.
+pub async fn run_with(worker: Worker, tiers: Vec<String>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let mut handles = Vec::new();
+    for tier in tiers {
+        let w = worker.clone();
+        let token = shutdown.clone();
+        handles.push(tracker.spawn(async move {
+            let r = lane::run_lane(w, tier.clone(), token.clone()).await;
+            if r.is_err() {
+                token.cancel();
+            }
+            r.with_context(|| format!("lane `{tier}` failed"))
+        }));
+    }
+    {
+        let w = worker.clone();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = reaper::run_reaper(w, token).await {
+                tracing::warn!(error = %format!("{e:#}"), "dead-letter reaper stopped");
+            }
+        });
+    }
+    tracker.close();
+    let mut first_error = None;
+    for h in handles {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(join) => {
+                first_error.get_or_insert(anyhow::anyhow!("lane panicked: {join}"));
+            }
+        }
+    }
+    shutdown.cancel();
+    tracker.wait().await;
+    let _ = worker.client.flush().await;
+    first_error.map_or(Ok(()), Err)
+}

@@ -22,6 +22,13 @@ pub struct Topology {
 )]
 pub struct InvalidPrefix(pub String);
 
+impl Default for Topology {
+    /// The default deployment prefix, `sy`.
+    fn default() -> Self {
+        Self { prefix: "sy".to_owned() }
+    }
+}
+
 impl Topology {
     /// Names for prefix `prefix` (e.g. `sy`).
     ///

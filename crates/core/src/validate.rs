@@ -1,0 +1,201 @@
+//! What makes a job acceptable. Every check returns a reason a user can act on; the
+//! dispatcher stores it on the job and `switchyard status` shows it.
+
+use std::collections::HashSet;
+
+use switchyard_proto::{JobSpec, Item, Routing, Task};
+
+/// Size limits, from the deployment's configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest item text, in bytes.
+    pub max_item_bytes: usize,
+    /// Most items in one job.
+    pub max_items: u64,
+    /// Most labels of a classification task.
+    pub max_labels: usize,
+    /// Longest id (job, item, idempotency key), team, project or label, in bytes.
+    pub max_name_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_item_bytes: 64 * 1024, max_items: 10_000_000, max_labels: 1000, max_name_bytes: 256 }
+    }
+}
+
+/// Why a job was rejected (the text is shown to the submitter as is).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejection(pub String);
+
+fn reject<T>(msg: impl Into<String>) -> Result<T, Rejection> {
+    Err(Rejection(msg.into()))
+}
+
+/// The sensitivities this build knows.
+pub const KNOWN_SENSITIVITIES: &[&str] = &["local_only", "normal"];
+
+fn check_name(what: &str, value: &str, limits: &Limits) -> Result<(), Rejection> {
+    if value.is_empty() {
+        return reject(format!("{what} is empty"));
+    }
+    if value.len() > limits.max_name_bytes {
+        return reject(format!(
+            "{what} is {} bytes long (limit {})",
+            value.len(),
+            limits.max_name_bytes
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return reject(format!("{what} {value:?} contains control characters"));
+    }
+    Ok(())
+}
+
+/// Checks everything about a job that does not need its items.
+///
+/// # Errors
+/// The first problem found, as a [`Rejection`].
+pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
+    check_name("job_id", &spec.job_id, limits)?;
+    if let Some(key) = &spec.idempotency_key {
+        check_name("idempotency_key", key, limits)?;
+    }
+    if let Some(team) = &spec.team {
+        check_name("team", team, limits)?;
+    }
+    if let Some(project) = &spec.project {
+        check_name("project", project, limits)?;
+    }
+    match &spec.task {
+        Task::Classify { labels, .. } => {
+            if labels.is_empty() {
+                return reject("classify task has no labels");
+            }
+            if labels.len() > limits.max_labels {
+                return reject(format!(
+                    "classify task has {} labels (limit {})",
+                    labels.len(),
+                    limits.max_labels
+                ));
+            }
+            let mut seen = HashSet::new();
+            for label in labels {
+                check_name("label", label, limits)?;
+                if label.contains(',') {
+                    return reject(format!("label {label:?} contains a comma"));
+                }
+                if !seen.insert(label.to_ascii_lowercase()) {
+                    return reject(format!("label {label:?} appears twice"));
+                }
+            }
+        }
+        Task::Summarize { max_words: Some(0), .. } => return reject("summarize max_words is 0"),
+        Task::Summarize { .. } | Task::Generate { .. } => {}
+    }
+    match (&spec.items, &spec.input) {
+        (None, None) => return reject("job has no items: set `items` or `input`"),
+        (Some(_), Some(_)) => return reject("job sets both `items` and `input`: use one"),
+        (Some(items), None) if items.is_empty() => return reject("job has no items"),
+        (Some(items), None) if items.len() as u64 > limits.max_items => {
+            return reject(format!("job has {} items (limit {})", items.len(), limits.max_items));
+        }
+        _ => {}
+    }
+    match spec.policy.routing {
+        Routing::Threshold { value } if !value.is_finite() => {
+            return reject("policy threshold is not a finite number");
+        }
+        Routing::StrongShare { value } if !(0.0..=1.0).contains(&value) => {
+            return reject(format!("policy strong_share {value} is outside [0, 1]"));
+        }
+        _ => {}
+    }
+    if let Some(t) = spec.policy.cascade.confidence_threshold {
+        if !(0.0..=1.0).contains(&t) {
+            return reject(format!("cascade confidence_threshold {t} is outside [0, 1]"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one item (duplicates are found by the database, which sees all of them).
+///
+/// # Errors
+/// A [`Rejection`] naming the item (by id, or by line for an id that is itself the problem).
+pub fn check_item(item: &Item, line: u64, limits: &Limits) -> Result<(), Rejection> {
+    check_name(&format!("item {line}: item_id"), &item.item_id, limits)?;
+    if item.text.is_empty() {
+        return reject(format!("item {:?} has empty text", item.item_id));
+    }
+    if item.text.len() > limits.max_item_bytes {
+        return reject(format!(
+            "item {:?} is {} bytes (limit {})",
+            item.item_id,
+            item.text.len(),
+            limits.max_item_bytes
+        ));
+    }
+    if item.text.contains('\0') {
+        return reject(format!("item {:?} contains a NUL byte", item.item_id));
+    }
+    if let Some(s) = &item.sensitivity {
+        if !KNOWN_SENSITIVITIES.contains(&s.as_str()) {
+            return reject(format!(
+                "item {:?} has unknown sensitivity {s:?} (known: {})",
+                item.item_id,
+                KNOWN_SENSITIVITIES.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// True when the item must stay on local tiers.
+pub fn is_local_only(item: &Item) -> bool {
+    item.sensitivity.as_deref() == Some("local_only")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        let mut s = JobSpec::new("j", Task::Classify { labels: vec!["a".into(), "b".into()], instructions: None });
+        s.items = Some(vec![Item::new("1", "x")]);
+        s
+    }
+
+    #[test]
+    fn a_good_spec_passes() {
+        assert_eq!(check_spec(&spec(), &Limits::default()), Ok(()));
+    }
+
+    #[test]
+    fn each_spec_problem_has_its_reason() {
+        let l = Limits::default();
+        let mut s = spec();
+        s.items = Some(vec![]);
+        assert!(check_spec(&s, &l).unwrap_err().0.contains("no items"));
+        let mut s = spec();
+        s.task = Task::Classify { labels: vec!["a".into(), "A".into()], instructions: None };
+        assert!(check_spec(&s, &l).unwrap_err().0.contains("twice"));
+        let mut s = spec();
+        s.policy.routing = Routing::StrongShare { value: 1.5 };
+        assert!(check_spec(&s, &l).unwrap_err().0.contains("strong_share"));
+        let mut s = spec();
+        s.job_id = String::new();
+        assert!(check_spec(&s, &l).unwrap_err().0.contains("job_id"));
+    }
+
+    #[test]
+    fn item_problems_name_the_item() {
+        let l = Limits { max_item_bytes: 4, ..Limits::default() };
+        let err = check_item(&Item::new("big", "12345"), 1, &l).unwrap_err();
+        assert!(err.0.contains("\"big\"") && err.0.contains("limit 4"), "{err}");
+        let mut it = Item::new("s", "x");
+        it.sensitivity = Some("secret".into());
+        assert!(check_item(&it, 1, &l).unwrap_err().0.contains("unknown sensitivity"));
+    }
+}

@@ -1,0 +1,228 @@
+//! NATS connection and the JetStream topology, created idempotently by whichever process
+//! starts first (every service calls [`ensure_streams`] at start-up).
+//!
+//! - `<P>_JOBS` (work queue): job submissions; one durable pull consumer, `dispatcher`,
+//!   shared by every dispatcher process.
+//! - `<P>_WORK` (work queue): routed items on `<p>.work.<tier>`; one durable pull consumer
+//!   per tier (`worker_<tier>`) shared by every worker process of that tier.
+//! - `<P>_DLQ` (limits, 30 days): dead letters, kept for inspection.
+//! - `<P>_ADVISORIES` (limits, 7 days): JetStream's max-deliveries advisories for the work
+//!   stream, so an item whose worker died on its last delivery is still recorded as dead.
+//!
+//! Consumer settings that bite when left at their defaults (see docs/architecture.md):
+//! `max_deliver` is finite, `max_ack_pending` matches what a process can work on, and
+//! `ack_wait` exceeds a model call's timeout (workers also send in-progress acks).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, stream};
+
+use crate::settings::{Settings, StorageKind};
+
+/// Connects to NATS with a client name that shows up in server monitoring.
+///
+/// # Errors
+/// When the server cannot be reached (the message names the URL).
+pub async fn connect(settings: &Settings, client_name: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name(client_name)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(settings.nats.url.as_str())
+        .await
+        .with_context(|| format!("cannot connect to NATS at `{}`", settings.nats.url))
+}
+
+/// A JetStream context with a request timeout long enough for a loaded server.
+pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new().timeout(Duration::from_secs(10)).build(client)
+}
+
+fn storage(settings: &Settings) -> stream::StorageType {
+    match settings.nats.storage {
+        StorageKind::File => stream::StorageType::File,
+        StorageKind::Memory => stream::StorageType::Memory,
+    }
+}
+
+/// Creates (or updates) the deployment's streams and the inputs object store bucket.
+///
+/// # Errors
+/// When JetStream refuses a stream (e.g. a subject overlaps another stream's).
+pub async fn ensure_streams(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
+    let t = settings.topology();
+    let base = stream::Config {
+        storage: storage(settings),
+        num_replicas: settings.nats.replicas,
+        duplicate_window: settings.nats.duplicate_window,
+        ..Default::default()
+    };
+    let streams = [
+        stream::Config {
+            name: t.jobs_stream(),
+            subjects: vec![t.jobs_submit_subject()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..base.clone()
+        },
+        stream::Config {
+            name: t.work_stream(),
+            subjects: vec![t.work_subjects_wildcard()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..base.clone()
+        },
+        stream::Config {
+            name: t.dlq_stream(),
+            subjects: vec![t.dlq_wildcard()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            ..base.clone()
+        },
+        stream::Config {
+            name: t.advisories_stream(),
+            subjects: vec![t.max_deliveries_advisory_subject()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..base.clone()
+        },
+    ];
+    for config in streams {
+        let name = config.name.clone();
+        ensure_stream(js, config).await.with_context(|| format!("cannot create stream `{name}`"))?;
+    }
+    let bucket = t.inputs_bucket();
+    if js.get_object_store(&bucket).await.is_err() {
+        js.create_object_store(jetstream::object_store::Config {
+            bucket: bucket.clone(),
+            storage: storage(settings),
+            num_replicas: settings.nats.replicas,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot create object store bucket `{bucket}`"))?;
+    }
+    Ok(())
+}
+
+/// Creates a stream, or updates it when it exists; two processes racing is fine.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> anyhow::Result<()> {
+    match js.get_stream(&config.name).await {
+        Ok(_) => {
+            js.update_stream(config).await?;
+        }
+        Err(_) => {
+            if let Err(e) = js.create_stream(config.clone()).await {
+                // Another process may have created it in between.
+                if js.get_stream(&config.name).await.is_err() {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parameters of a durable pull consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: String,
+    pub durable: String,
+    pub filter_subject: String,
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub max_ack_pending: i64,
+}
+
+/// Creates the durable pull consumer, or returns the existing one (updating its settings).
+///
+/// # Errors
+/// When the stream does not exist or JetStream refuses the consumer.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let stream = js
+        .get_stream(&spec.stream)
+        .await
+        .with_context(|| format!("stream `{}` does not exist", spec.stream))?;
+    let config = consumer::pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        filter_subject: spec.filter_subject.clone(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver,
+        max_ack_pending: spec.max_ack_pending,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    match stream.create_consumer(config.clone()).await {
+        Ok(c) => Ok(c),
+        Err(create_err) => {
+            // Exists with other settings (e.g. created by an older version): use it as it is.
+            // Updating a consumer needs a 2.10+ server; the log says what differs.
+            tracing::warn!(
+                consumer = %spec.durable, error = %create_err,
+                "consumer exists with different settings, using it unchanged"
+            );
+            stream.get_consumer(&spec.durable).await.map_err(|_| {
+                anyhow::anyhow!(create_err)
+                    .context(format!("cannot create consumer `{}` on `{}`", spec.durable, spec.stream))
+            })
+        }
+    }
+}
+
+/// The dispatcher's consumer on the jobs stream.
+pub fn dispatcher_consumer_spec(settings: &Settings) -> ConsumerSpec {
+    let t = settings.topology();
+    ConsumerSpec {
+        stream: t.jobs_stream(),
+        durable: t.dispatcher_consumer(),
+        filter_subject: t.jobs_submit_subject(),
+        // A large job takes a while; the dispatcher sends in-progress acks meanwhile.
+        ack_wait: Duration::from_secs(60),
+        max_deliver: settings.dispatcher.max_deliver,
+        max_ack_pending: 64,
+    }
+}
+
+/// A tier's worker consumer on the work stream.
+pub fn worker_consumer_spec(settings: &Settings, tier: &str) -> ConsumerSpec {
+    let t = settings.topology();
+    let w = &settings.worker;
+    ConsumerSpec {
+        stream: t.work_stream(),
+        durable: t.worker_consumer(tier),
+        filter_subject: t.work_subject(tier),
+        ack_wait: w.ack_wait,
+        max_deliver: w.max_deliver,
+        // Enough for every process's fetched-but-unfinished items; delivery silently stops
+        // when this is reached, so it must not be lower than what workers hold.
+        max_ack_pending: 20_000,
+    }
+}
+
+/// The consumer that reads max-deliveries advisories (shared by all workers).
+pub fn advisories_consumer_spec(settings: &Settings) -> ConsumerSpec {
+    let t = settings.topology();
+    ConsumerSpec {
+        stream: t.advisories_stream(),
+        durable: "reaper".to_owned(),
+        filter_subject: String::new(),
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 10,
+        max_ack_pending: 1000,
+    }
+}
+
+/// Deletes every stream and bucket of the deployment (tests and the demo clean up with it).
+///
+/// # Errors
+/// Never for missing streams; only when the server refuses a deletion.
+pub async fn delete_topology(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
+    let t = settings.topology();
+    for name in [t.jobs_stream(), t.work_stream(), t.dlq_stream(), t.advisories_stream()] {
+        let _ = js.delete_stream(&name).await;
+    }
+    let _ = js.delete_object_store(t.inputs_bucket()).await;
+    Ok(())
+}

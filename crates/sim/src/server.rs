@@ -1,0 +1,355 @@
+//! The HTTP server: OpenAI-compatible routes plus a small control surface for tests.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/chat/completions` | answer a chat completion (see [`crate::replay`]) |
+//! | `GET /v1/models` | the dataset's model names |
+//! | `GET /sim/calls` | the call log as a JSON array |
+//! | `GET`/`PUT /sim/faults` | read or replace the [`Faults`] at run time |
+//! | `GET /healthz` | 200 when serving |
+//!
+//! A chat call goes through: parse (400 if malformed) → decide the answer → scripted faults →
+//! rpm/tpm limits → random faults → latency → log → (hang, for a timeout fault) → respond.
+//! The call is logged *before* a timeout hang so the log is complete even though the client
+//! gives up first.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::call_log::{CallLog, CallRecord};
+use crate::confidence::Calibration;
+use crate::config::SimConfig;
+use crate::dataset::Dataset;
+use crate::error::SimError;
+use crate::faults::{Fault, Faults};
+use crate::hashing::SplitMix64;
+use crate::openai::{ChatRequest, ChatResponse, ErrorBody, ModelList};
+use crate::rate_limit::RateLimiter;
+use crate::replay::{self, Question};
+
+/// Request bodies up to this size are accepted (long articles fit easily).
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long [`SimHandle::shutdown`] waits for the server task before aborting it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts serving on `listener` in a background task and returns at once.
+pub async fn start(
+    listener: TcpListener,
+    dataset: Arc<Dataset>,
+    config: SimConfig,
+) -> Result<SimHandle, SimError> {
+    let addr = listener.local_addr().map_err(SimError::Listener)?;
+    let log = match &config.call_log_path {
+        Some(path) => CallLog::with_file(path)?,
+        None => CallLog::default(),
+    };
+    let stop = CancellationToken::new();
+    let state = Arc::new(AppState {
+        calibration: Calibration::new(config.auroc, config.confidence_bias),
+        faults: Mutex::new(config.faults.clone()),
+        limiter: Mutex::new(RateLimiter::new(config.rpm_limit, config.tpm_limit)),
+        rng: Mutex::new(SplitMix64::new(config.seed)),
+        log,
+        dataset,
+        config,
+        stop: stop.clone(),
+    });
+
+    let app = routes(Arc::clone(&state));
+    let shutdown = stop.clone().cancelled_owned();
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "model simulator stopped serving");
+        }
+    });
+    Ok(SimHandle {
+        addr,
+        state,
+        stop,
+        task: Some(task),
+    })
+}
+
+/// A running simulator. Dropping it stops the server (without waiting); call
+/// [`SimHandle::shutdown`] to stop and wait.
+#[derive(Debug)]
+pub struct SimHandle {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// The OpenAI base URL, e.g. `http://127.0.0.1:8089/v1` (loopback if bound to any address).
+    pub fn base_url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}/v1")
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A copy of the call log so far.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.state.log.snapshot()
+    }
+
+    /// Replaces the faults; pending `fail_next`/`rate_limit_next` counts are replaced too.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.state.faults() = faults;
+    }
+
+    /// The faults in force (with scripted counts as consumed so far).
+    pub fn faults(&self) -> Faults {
+        self.state.faults().clone()
+    }
+
+    /// Stops accepting calls, cuts short latency and hangs in progress, and waits for the
+    /// server task to finish.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                tracing::warn!("model simulator did not stop in time; aborting it");
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+struct AppState {
+    dataset: Arc<Dataset>,
+    config: SimConfig,
+    calibration: Calibration,
+    faults: Mutex<Faults>,
+    limiter: Mutex<RateLimiter>,
+    rng: Mutex<SplitMix64>,
+    log: CallLog,
+    stop: CancellationToken,
+}
+
+impl AppState {
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.faults)
+    }
+
+    /// Decides whether a call of `tokens` tokens to `model` is faulted, and how long a
+    /// timeout would hang.
+    fn decide_fault(&self, model: &str, tokens: u32) -> (Option<Fault>, Duration) {
+        let (scripted, faults) = {
+            let mut faults = self.faults();
+            (faults.take_scripted(), faults.clone())
+        };
+        if scripted.is_some() {
+            return (scripted, faults.hang);
+        }
+        if let Err(limited) = lock(&self.limiter).admit(model, tokens, Instant::now()) {
+            return (Some(limited), faults.hang);
+        }
+        let (error_roll, timeout_roll) = {
+            let mut rng = lock(&self.rng);
+            (rng.next_f64(), rng.next_f64())
+        };
+        (faults.roll(error_roll, timeout_roll), faults.hang)
+    }
+
+    /// This call's latency: `latency ± uniform(jitter)`, never negative.
+    fn latency(&self) -> Duration {
+        let (base, jitter) = (self.config.latency, self.config.latency_jitter);
+        if jitter.is_zero() {
+            return base;
+        }
+        let offset = jitter.as_secs_f64() * (2.0 * lock(&self.rng).next_f64() - 1.0);
+        Duration::from_secs_f64((base.as_secs_f64() + offset).max(0.0))
+    }
+
+    /// Sleeps for `duration`, or less if the server is shutting down.
+    async fn pause(&self, duration: Duration) {
+        if duration.is_zero() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(duration) => {}
+            () = self.stop.cancelled() => {}
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent, so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route("/sim/calls", get(list_calls))
+        .route("/sim/faults", get(get_faults).put(put_faults))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let request = match ChatRequest::parse(&body) {
+        Ok(request) => request,
+        Err(message) => {
+            state.log.record(CallRecord::new(model_hint(&body), 400));
+            let error = ErrorBody::new(message, "invalid_request_error", "invalid_request");
+            return error_response(StatusCode::BAD_REQUEST, error, None);
+        }
+    };
+
+    let (text, system) = (request.last_user_text(), request.system_text());
+    let question = Question {
+        model: &request.model,
+        text: &text,
+        system: &system,
+        prompt_chars: request.prompt_chars(),
+        max_tokens: request.max_tokens(),
+    };
+    let answer = replay::answer(
+        &state.dataset,
+        &state.calibration,
+        state.config.seed,
+        &question,
+    );
+    let tokens = answer
+        .prompt_tokens
+        .saturating_add(answer.completion_tokens);
+    let (fault, hang) = state.decide_fault(&request.model, tokens);
+
+    let mut call = CallRecord::new(request.model.clone(), fault.map_or(200, |f| f.status()));
+    call.record_id.clone_from(&answer.record_id);
+    call.fault = fault.map(|f| f.name().to_owned());
+
+    // Every fault but a timeout answers an error instead of the answer.
+    let failure = fault.and_then(|f| Some((f, f.error()?)));
+    if let Some((fault, (message, kind, code))) = failure {
+        if matches!(fault, Fault::RandomError { .. }) {
+            // A provider's server errors take time; its gateway's 429s do not.
+            state.pause(state.latency()).await;
+        }
+        state.log.record(call);
+        let status =
+            StatusCode::from_u16(fault.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let error = ErrorBody::new(message, kind, code);
+        return error_response(status, error, fault.retry_after_secs());
+    }
+
+    state.pause(state.latency()).await;
+    let response_id = format!("chatcmpl-{}", Uuid::now_v7().simple());
+    call.response_id = Some(response_id.clone());
+    call.answer = Some(answer.content.clone());
+    call.correct = answer.correct;
+    call.score = answer.score;
+    call.confidence = Some(answer.confidence);
+    call.prompt_tokens = answer.prompt_tokens;
+    call.completion_tokens = answer.completion_tokens;
+    state.log.record(call);
+
+    if fault == Some(Fault::Timeout) {
+        state.pause(hang).await;
+    }
+    let top_logprobs = request
+        .logprobs
+        .unwrap_or(false)
+        .then(|| request.top_logprobs.unwrap_or(0));
+    let response = ChatResponse::new(
+        response_id,
+        unix_secs(),
+        request.model.clone(),
+        &answer,
+        top_logprobs,
+    );
+    Json(response).into_response()
+}
+
+async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList::new(state.dataset.models()))
+}
+
+async fn list_calls(State(state): State<Arc<AppState>>) -> Json<Vec<CallRecord>> {
+    Json(state.log.snapshot())
+}
+
+async fn get_faults(State(state): State<Arc<AppState>>) -> Json<Faults> {
+    Json(state.faults().clone())
+}
+
+async fn put_faults(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Faults>(&body) {
+        Ok(faults) => {
+            *state.faults() = faults.clone();
+            tracing::info!(?faults, "faults replaced");
+            Json(faults).into_response()
+        }
+        Err(error) => {
+            let message = format!("invalid faults: {error}");
+            let error = ErrorBody::new(message, "invalid_request_error", "invalid_request");
+            error_response(StatusCode::BAD_REQUEST, error, None)
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    let error = ErrorBody::new("Unknown route.", "invalid_request_error", "not_found");
+    error_response(StatusCode::NOT_FOUND, error, None)
+}
+
+fn error_response(status: StatusCode, body: ErrorBody, retry_after: Option<u32>) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// The `model` of a body that failed validation, if it has one, for the call log.
+fn model_hint(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("model")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,75 @@
+//! Connecting to Postgres.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+
+/// Connects a pool to `url`, creating the database if it does not exist (the server must
+/// allow the user to create databases).
+///
+/// # Errors
+/// An unparsable URL, an unreachable server, or a database that cannot be created.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid URL")?;
+    let options = options.log_statements(tracing::log::LevelFilter::Trace);
+    create_database_if_missing(&options).await?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to Postgres database `{}` on {}:{}",
+                options.get_database().unwrap_or("?"),
+                options.get_host(),
+                options.get_port()
+            )
+        })
+}
+
+/// Connects and applies every pending migration.
+///
+/// # Errors
+/// As [`connect`], or a migration that fails.
+pub async fn connect_and_migrate(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let pool = connect(url, max_connections).await?;
+    crate::MIGRATOR.run(&pool).await.context("cannot apply database migrations")?;
+    Ok(pool)
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let Some(name) = options.get_database().map(str::to_owned) else { return Ok(()) };
+    if options.clone().connect().await.is_ok() {
+        return Ok(());
+    }
+    let admin = options.clone().database("postgres");
+    let mut conn = admin.connect().await.with_context(|| {
+        format!("cannot connect to Postgres on {}:{}", options.get_host(), options.get_port())
+    })?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+            // Two processes starting together: the other one won.
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&mut conn)
+                    .await?;
+            if !exists {
+                return Err(e).with_context(|| format!("cannot create database `{name}`"));
+            }
+        }
+        tracing::info!(database = %name, "created database");
+    }
+    conn.close().await.ok();
+    Ok(())
+}

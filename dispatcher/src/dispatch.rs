@@ -1,0 +1,218 @@
+//! One job, start to finish: admission, ingest, routing, publishing.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use switchyard_proto::{JobSpec, PROTOCOL_VERSION, WorkItem, codec, work};
+use switchyard_store::jobs::{self, Admission, NewJob, status};
+use switchyard_store::{items, sha256_hex};
+
+use crate::Dispatcher;
+use crate::ingest::{self, IngestError};
+use crate::publisher::WindowedPublisher;
+use crate::source::{ItemSource, SourceError};
+
+/// How handling a job ended.
+#[derive(Debug)]
+pub enum JobOutcome {
+    /// All items are on their tiers (now or before: a duplicate submission).
+    Dispatched { items: u64, duplicate: bool },
+    /// The job was rejected with a reason stored on it.
+    Rejected(String),
+}
+
+/// Handles one well-formed job spec. `progress` is called now and then during long work.
+///
+/// # Errors
+/// Transient failures (database, NATS); the job message should be redelivered and the
+/// work resumes where the stored state says.
+pub async fn dispatch_job(
+    d: &Dispatcher,
+    spec: &JobSpec,
+    mut progress: impl FnMut(),
+) -> anyhow::Result<JobOutcome> {
+    if let Err(reason) = check_against_config(d, spec) {
+        return Ok(JobOutcome::Rejected(reason));
+    }
+    let new_job = new_job_row(spec);
+    let state = match jobs::admit(&d.pool, &new_job).await? {
+        Admission::New => {
+            d.counters.jobs_accepted.fetch_add(1, Ordering::Relaxed);
+            status::INGESTING.to_owned()
+        }
+        Admission::Existing { job_id, status, same_content } => {
+            if !same_content {
+                let reason = if job_id == spec.job_id {
+                    format!("job id `{job_id}` was already submitted with different content")
+                } else {
+                    format!(
+                        "idempotency key `{}` was already used by job `{job_id}` with different \
+                         content",
+                        spec.effective_idempotency_key()
+                    )
+                };
+                return Ok(JobOutcome::Rejected(reason));
+            }
+            if job_id != spec.job_id {
+                // Same content under another job id: the earlier job stands.
+                d.counters.jobs_duplicate.fetch_add(1, Ordering::Relaxed);
+                return Ok(JobOutcome::Dispatched { items: 0, duplicate: true });
+            }
+            status
+        }
+    };
+
+    match state.as_str() {
+        status::INGESTING => {
+            // A new job, or one whose ingest was interrupted: (re)start it from scratch.
+            items::delete_for_job(&d.pool, &spec.job_id).await?;
+            let source = match open_source(d, spec).await {
+                Ok(s) => s,
+                Err(SourceError::Bad(reason)) => {
+                    jobs::reject_during_ingest(&d.pool, &spec.job_id, &reason).await?;
+                    return Ok(JobOutcome::Rejected(reason));
+                }
+                Err(SourceError::Io(e)) => return Err(e.into()),
+            };
+            let ingested = match ingest::ingest(d, spec, source, |_| progress()).await {
+                Ok(i) => i,
+                Err(IngestError::Rejected(r)) => {
+                    jobs::reject_during_ingest(&d.pool, &spec.job_id, &r.0).await?;
+                    return Ok(JobOutcome::Rejected(r.0));
+                }
+                Err(IngestError::Transient(e)) => return Err(e),
+            };
+            let cut = ingested.cut.as_pair();
+            let ds = &d.settings.dispatcher;
+            items::assign_tiers(
+                &d.pool,
+                &spec.job_id,
+                cut,
+                &ds.weak_tier,
+                &ds.strong_tier,
+                d.settings.local_tier(),
+            )
+            .await?;
+            jobs::mark_ingested(&d.pool, &spec.job_id, ingested.item_count, cut).await?;
+            publish_items(d, spec, &mut progress).await
+        }
+        status::DISPATCHING => publish_items(d, spec, &mut progress).await,
+        _ => {
+            // Already running or finished: nothing new to do.
+            d.counters.jobs_duplicate.fetch_add(1, Ordering::Relaxed);
+            Ok(JobOutcome::Dispatched { items: 0, duplicate: true })
+        }
+    }
+}
+
+/// Checks the parts of a spec that depend on this deployment's configuration.
+fn check_against_config(d: &Dispatcher, spec: &JobSpec) -> Result<(), String> {
+    for (tier, model) in &spec.policy.models {
+        if !d.settings.tiers.contains_key(tier) {
+            return Err(format!("policy.models names unknown tier `{tier}`"));
+        }
+        match d.settings.models.get(model) {
+            None => return Err(format!("policy.models: unknown model `{model}`")),
+            Some(m) if m.tier != *tier => {
+                return Err(format!(
+                    "policy.models: model `{model}` serves tier `{}`, not `{tier}`",
+                    m.tier
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(input) = &spec.input {
+        let bucket = d.settings.topology().inputs_bucket();
+        if input.bucket != bucket {
+            return Err(format!(
+                "input bucket `{}` is not this deployment's inputs bucket `{bucket}`",
+                input.bucket
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn new_job_row(spec: &JobSpec) -> NewJob {
+    // The spec hash covers content, not encoding: field order and map order are fixed by
+    // the types, so equal specs hash equal whatever client encoded them.
+    let canonical = serde_json::to_vec(spec).unwrap_or_default();
+    NewJob {
+        job_id: spec.job_id.clone(),
+        idempotency_key: spec.effective_idempotency_key().to_owned(),
+        spec_hash: sha256_hex(&canonical),
+        team: spec.team.clone().unwrap_or_else(|| "default".to_owned()),
+        project: spec.project.clone().unwrap_or_else(|| "default".to_owned()),
+        task_kind: spec.task.kind().as_str().to_owned(),
+        task: serde_json::to_value(&spec.task).unwrap_or_default(),
+        policy: serde_json::to_value(&spec.policy).unwrap_or_default(),
+        labels: serde_json::to_value(&spec.labels).unwrap_or_default(),
+    }
+}
+
+async fn open_source(d: &Dispatcher, spec: &JobSpec) -> Result<ItemSource, SourceError> {
+    match (&spec.items, &spec.input) {
+        (Some(items), _) => Ok(ItemSource::inline(items.clone())),
+        (None, Some(input)) => {
+            // A line holds an item plus JSON quoting: allow some room over the text limit.
+            let max_line = d.settings.dispatcher.max_item_bytes * 2 + 4096;
+            ItemSource::object(&d.js, &input.bucket, &input.name, max_line).await
+        }
+        (None, None) => Err(SourceError::Bad("job has no items".to_owned())),
+    }
+}
+
+/// Pass 2: publishes every item still queued, in input order, then marks the job running.
+async fn publish_items(
+    d: &Dispatcher,
+    spec: &JobSpec,
+    progress: &mut impl FnMut(),
+) -> anyhow::Result<JobOutcome> {
+    let t = d.settings.topology();
+    let ds = &d.settings.dispatcher;
+    let team = spec.team.clone().unwrap_or_else(|| "default".to_owned());
+    let project = spec.project.clone().unwrap_or_else(|| "default".to_owned());
+    let threshold = spec.policy.cascade.confidence_threshold.unwrap_or(ds.confidence_threshold);
+    let escalations = spec.policy.cascade.max_escalations.unwrap_or(ds.max_escalations);
+    let mut publisher = WindowedPublisher::new(d.js.clone(), ds.publish_window);
+    let mut after = -1i64;
+    let mut count = 0u64;
+    loop {
+        let chunk = items::chunk_after(&d.pool, &spec.job_id, after, ds.chunk_size as i64).await?;
+        let Some(last) = chunk.last() else { break };
+        after = last.seq;
+        for item in chunk {
+            let tier = item.routed_tier.unwrap_or_else(|| ds.weak_tier.clone());
+            let local_only = item.sensitivity.as_deref() == Some("local_only");
+            let msg = WorkItem {
+                v: PROTOCOL_VERSION,
+                job_id: spec.job_id.clone(),
+                item_id: item.item_id,
+                attempt: 0,
+                tier: tier.clone(),
+                text: item.text,
+                task: spec.task.clone(),
+                team: team.clone(),
+                project: project.clone(),
+                local_only,
+                models: spec.policy.models.clone(),
+                confidence_threshold: threshold,
+                escalations_left: escalations,
+            };
+            let payload = codec::encode(&msg)?;
+            let id = work::attempt_key(&msg.job_id, &msg.item_id, 0);
+            publisher.publish(t.work_subject(&tier), &id, Bytes::from(payload)).await?;
+            count += 1;
+        }
+        progress();
+    }
+    publisher.flush().await?;
+    d.counters.items_published.fetch_add(count, Ordering::Relaxed);
+    jobs::mark_running(&d.pool, &spec.job_id).await?;
+    // Every item may already be done (a resumed dispatch): finish the job if so.
+    if let Some(final_status) = jobs::complete_if_done(&d.pool, &spec.job_id).await? {
+        tracing::info!(job_id = %spec.job_id, status = %final_status, "job finished");
+    }
+    Ok(JobOutcome::Dispatched { items: count, duplicate: false })
+}

@@ -1,0 +1,103 @@
+//! Where a job's items come from: inline in the job message, or a JSONL object in the NATS
+//! object store, read line by line so a million-item job never sits in memory.
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+use switchyard_proto::Item;
+
+/// A stream of `(line number, item)`; line numbers start at 1.
+pub enum ItemSource {
+    Inline { items: std::vec::IntoIter<Item>, line: u64 },
+    Object { reader: Box<BufReader<async_nats::jetstream::object_store::Object>>, line: u64, max_line: usize, name: String },
+}
+
+/// An item that could not be read; the job is rejected with this text.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The input itself is wrong (shown to the submitter).
+    #[error("{0}")]
+    Bad(String),
+    /// Reading failed (retry the job later).
+    #[error("cannot read input object: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ItemSource {
+    /// Items given inline.
+    pub fn inline(items: Vec<Item>) -> Self {
+        ItemSource::Inline { items: items.into_iter(), line: 0 }
+    }
+
+    /// Opens an input object. Lines longer than `max_line` bytes are rejected without being
+    /// held in memory whole.
+    ///
+    /// # Errors
+    /// A missing bucket or object is [`SourceError::Bad`] (the submitter named it).
+    pub async fn object(
+        js: &async_nats::jetstream::Context,
+        bucket: &str,
+        name: &str,
+        max_line: usize,
+    ) -> Result<Self, SourceError> {
+        let store = js
+            .get_object_store(bucket)
+            .await
+            .map_err(|e| SourceError::Bad(format!("input bucket `{bucket}` not found: {e}")))?;
+        let object = store
+            .get(name)
+            .await
+            .map_err(|e| SourceError::Bad(format!("input object `{name}` not found: {e}")))?;
+        Ok(ItemSource::Object {
+            reader: Box::new(BufReader::with_capacity(256 * 1024, object)),
+            line: 0,
+            max_line,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The next item, `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<(u64, Item), SourceError>> {
+        match self {
+            ItemSource::Inline { items, line } => {
+                let item = items.next()?;
+                *line += 1;
+                Some(Ok((*line, item)))
+            }
+            ItemSource::Object { reader, line, max_line, name } => loop {
+                let mut buf = Vec::new();
+                let limit = *max_line as u64 + 2;
+                let read = match (&mut **reader).take(limit).read_until(b'\n', &mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                if read == 0 {
+                    return None;
+                }
+                *line += 1;
+                if buf.len() as u64 >= limit && buf.last() != Some(&b'\n') {
+                    return Some(Err(SourceError::Bad(format!(
+                        "input `{name}` line {line}: longer than {max_line} bytes"
+                    ))));
+                }
+                let text = match std::str::from_utf8(&buf) {
+                    Ok(t) => t.trim(),
+                    Err(_) => {
+                        return Some(Err(SourceError::Bad(format!(
+                            "input `{name}` line {line}: not valid UTF-8"
+                        ))));
+                    }
+                };
+                if text.is_empty() {
+                    continue;
+                }
+                return Some(
+                    serde_json::from_str::<Item>(text)
+                        .map(|item| (*line, item))
+                        .map_err(|e| {
+                            SourceError::Bad(format!("input `{name}` line {line}: {e}"))
+                        }),
+                );
+            },
+        }
+    }
+}

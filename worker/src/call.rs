@@ -1,0 +1,220 @@
+//! One model call as the worker makes it: wait for quota, send, and on failure retry with
+//! exponential backoff and full jitter, honouring `Retry-After`. The message stays alive the
+//! whole time with in-progress acks, so waiting never uses up one of its deliveries.
+//!
+//! - 429: the model's limiter pauses every call to that model for `Retry-After`; this call
+//!   then tries again, without limit (throttling is never a reason to fail an item).
+//! - 5xx, timeouts, broken connections, unusable bodies: up to `max_retries` retries, then
+//!   the item is handed back to JetStream (nak with delay), which counts one delivery.
+//! - Any other 4xx: no retry; the item fails with the provider's message.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::message::Acker;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::limiter::ModelLimiter;
+use crate::llm::error::Retry;
+use crate::llm::{Completion, CompletionRequest, LlmClient, ProviderError};
+
+/// How a call ended when it did not produce a completion.
+#[derive(Debug)]
+pub enum CallFailure {
+    /// Retries used up on transient faults: try the item again later.
+    Exhausted(ProviderError),
+    /// The provider refused the request: the item fails.
+    Refused(ProviderError),
+    /// The process is shutting down: give the item back now.
+    ShuttingDown,
+}
+
+/// What the call cost in waiting, for counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallStats {
+    pub throttled: u32,
+    pub retries: u32,
+    pub quota_wait: Duration,
+}
+
+/// Something that keeps a message from being redelivered while it is worked on.
+pub trait KeepAlive: Send + Sync {
+    /// Tells JetStream the message is still being worked on.
+    fn touch(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl KeepAlive for Acker {
+    async fn touch(&self) {
+        let _ = self.ack_with(AckKind::Progress).await;
+    }
+}
+
+/// No keep-alive (unit tests).
+impl KeepAlive for () {
+    async fn touch(&self) {}
+}
+
+/// Runs `fut`, touching `keepalive` every `period` until it finishes or `shutdown` fires.
+pub async fn kept_alive<T>(
+    keepalive: &impl KeepAlive,
+    period: Duration,
+    shutdown: &CancellationToken,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            _ = tick.tick() => keepalive.touch().await,
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// Backoff before retry `n` (0-based): 200 ms × 2ⁿ capped at 10 s, full jitter, but never
+/// shorter than what the provider asked for.
+pub fn backoff(n: u32, retry_after: Option<Duration>) -> Duration {
+    let cap = Duration::from_millis(200).saturating_mul(1 << n.min(6)).min(Duration::from_secs(10));
+    let jittered = cap.mul_f64(rand::rng().random_range(0.5..=1.0));
+    retry_after.map_or(jittered, |ra| ra.max(jittered.min(ra + Duration::from_millis(250))))
+}
+
+/// Calls the model with quota, retries and keep-alive.
+#[expect(clippy::too_many_arguments, reason = "the call's whole context, passed once")]
+pub async fn call_model<C: LlmClient>(
+    client: &C,
+    limiter: &ModelLimiter,
+    request: &CompletionRequest,
+    estimated_tokens: u32,
+    max_retries: u32,
+    keepalive: &impl KeepAlive,
+    keepalive_period: Duration,
+    shutdown: &CancellationToken,
+) -> (Result<Completion, CallFailure>, CallStats) {
+    let mut stats = CallStats::default();
+    let mut transient_failures = 0u32;
+    loop {
+        let Some(waited) =
+            kept_alive(keepalive, keepalive_period, shutdown, limiter.acquire(estimated_tokens)).await
+        else {
+            return (Err(CallFailure::ShuttingDown), stats);
+        };
+        stats.quota_wait += waited;
+        let Some(result) =
+            kept_alive(keepalive, keepalive_period, shutdown, client.complete(request)).await
+        else {
+            return (Err(CallFailure::ShuttingDown), stats);
+        };
+        let err = match result {
+            Ok(c) => return (Ok(c), stats),
+            Err(e) => e,
+        };
+        let delay = match err.retry() {
+            Retry::Never => return (Err(CallFailure::Refused(err)), stats),
+            Retry::Throttled(after) => {
+                stats.throttled += 1;
+                let after = after.unwrap_or_else(|| backoff(stats.throttled.min(6), None));
+                limiter.pause_for(after);
+                tracing::debug!(model = %request.model, ?after, "rate limited, waiting");
+                Duration::ZERO // the limiter's pause does the waiting
+            }
+            Retry::Transient(after) => {
+                if transient_failures >= max_retries {
+                    return (Err(CallFailure::Exhausted(err)), stats);
+                }
+                let d = backoff(transient_failures, after);
+                transient_failures += 1;
+                stats.retries += 1;
+                tracing::debug!(model = %request.model, error = %err, ?d, "transient failure, retrying");
+                d
+            }
+        };
+        if !delay.is_zero()
+            && kept_alive(keepalive, keepalive_period, shutdown, tokio::time::sleep(delay)).await.is_none()
+        {
+            return (Err(CallFailure::ShuttingDown), stats);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A provider that answers from a script of results.
+    struct Scripted(Mutex<Vec<Result<Completion, ProviderError>>>);
+
+    impl LlmClient for Scripted {
+        async fn complete(&self, _r: &CompletionRequest) -> Result<Completion, ProviderError> {
+            self.0.lock().unwrap().remove(0)
+        }
+    }
+
+    fn ok() -> Result<Completion, ProviderError> {
+        Ok(Completion {
+            response_id: Some("r".into()),
+            content: "A".into(),
+            logprobs: None,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            usage_estimated: false,
+            latency: Duration::ZERO,
+        })
+    }
+
+    fn request() -> CompletionRequest {
+        CompletionRequest { model: "m".into(), messages: vec![], max_tokens: 4, logprobs: true, top_logprobs: 0 }
+    }
+
+    fn limited() -> ProviderError {
+        ProviderError::RateLimited { model: "m".into(), retry_after: Some(Duration::from_millis(1)) }
+    }
+
+    fn server_error() -> ProviderError {
+        ProviderError::ServerError { model: "m".into(), status: 503, body: String::new(), retry_after: Some(Duration::from_millis(1)) }
+    }
+
+    async fn run(script: Vec<Result<Completion, ProviderError>>, max_retries: u32) -> (Result<Completion, CallFailure>, CallStats) {
+        let client = Scripted(Mutex::new(script));
+        let limiter = ModelLimiter::new(None, None);
+        call_model(&client, &limiter, &request(), 1, max_retries, &(), Duration::from_secs(1), &CancellationToken::new()).await
+    }
+
+    #[tokio::test]
+    async fn throttling_is_retried_beyond_the_retry_budget() {
+        let mut script: Vec<_> = (0..5).map(|_| Err(limited())).collect();
+        script.push(ok());
+        let (r, stats) = run(script, 1).await;
+        assert!(r.is_ok());
+        assert_eq!((stats.throttled, stats.retries), (5, 0));
+    }
+
+    #[tokio::test]
+    async fn server_errors_use_the_retry_budget_then_give_back() {
+        let (r, stats) = run(vec![Err(server_error()), Err(server_error()), Err(server_error())], 2).await;
+        assert!(matches!(r, Err(CallFailure::Exhausted(_))));
+        assert_eq!(stats.retries, 2);
+        let (r, _) = run(vec![Err(server_error()), ok()], 2).await;
+        assert!(r.is_ok());
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_not_retried() {
+        let refused = ProviderError::Refused { model: "m".into(), status: 400, body: "bad".into() };
+        let (r, stats) = run(vec![Err(refused), ok()], 3).await;
+        assert!(matches!(r, Err(CallFailure::Refused(_))));
+        assert_eq!(stats.retries, 0);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        assert!(backoff(0, None) <= Duration::from_millis(200));
+        assert!(backoff(20, None) <= Duration::from_secs(10));
+        assert!(backoff(0, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+    }
+}

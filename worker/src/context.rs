@@ -1,0 +1,154 @@
+//! What a worker process holds: connections, and per model a client, a limiter and the price
+//! version it books with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use switchyard_core::pricing::Price;
+use switchyard_runtime::Settings;
+use switchyard_runtime::settings::ModelSettings;
+use tokio::sync::Mutex;
+
+use crate::limiter::ModelLimiter;
+use crate::llm::openai::{OpenAiClient, http_client};
+
+/// A model this worker can call.
+#[derive(Debug)]
+pub struct ModelRuntime {
+    pub name: String,
+    pub settings: ModelSettings,
+    pub client: OpenAiClient,
+    pub limiter: ModelLimiter,
+    pub price: Price,
+    /// The price version every call is booked with (recorded at start-up).
+    pub price_id: i64,
+}
+
+/// Counters of what this process did (tests and metrics read them).
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub calls: AtomicU64,
+    pub answered: AtomicU64,
+    pub escalated: AtomicU64,
+    pub failed: AtomicU64,
+    pub throttled: AtomicU64,
+    pub retries: AtomicU64,
+    pub redelivered_skipped: AtomicU64,
+    pub naked: AtomicU64,
+    pub committed_batches: AtomicU64,
+}
+
+impl WorkerCounters {
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A worker process's shared state (cheap to clone).
+#[derive(Clone)]
+pub struct Worker {
+    pub settings: Arc<Settings>,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub pool: PgPool,
+    pub models: Arc<HashMap<String, ModelRuntime>>,
+    pub counters: Arc<WorkerCounters>,
+    cancelled: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
+}
+
+/// How long a job's "not cancelled" answer is trusted before asking Postgres again.
+const CANCEL_CHECK_TTL: Duration = Duration::from_millis(500);
+
+impl Worker {
+    /// Connects to NATS and Postgres, creates the streams, and prepares every model of the
+    /// served tiers (recording its current price version).
+    ///
+    /// # Errors
+    /// Unreachable services, an unknown tier, or a model whose API key variable is unset.
+    pub async fn connect(settings: Settings, tiers: &[String]) -> anyhow::Result<Self> {
+        for t in tiers {
+            anyhow::ensure!(
+                settings.tiers.contains_key(t),
+                "unknown tier `{t}` (configured: {})",
+                settings.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let client = switchyard_runtime::nats::connect(&settings, "switchyard-worker").await?;
+        let js = switchyard_runtime::nats::jetstream(client.clone());
+        switchyard_runtime::nats::ensure_streams(&js, &settings).await?;
+        let pool = switchyard_store::connect_and_migrate(
+            settings.database_url(),
+            settings.database.max_connections,
+        )
+        .await?;
+        let http = http_client()?;
+        let mut models = HashMap::new();
+        for (name, m) in &settings.models {
+            if !tiers.contains(&m.tier) {
+                continue;
+            }
+            let price = Price::new(m.input_usd_per_mtok, m.output_usd_per_mtok)
+                .with_context(|| format!("model `{name}` has an invalid price"))?;
+            let api_key = match (&m.api_key, &m.api_key_env) {
+                (Some(k), _) => Some(k.expose_secret().to_owned()),
+                (None, Some(var)) => Some(std::env::var(var).with_context(|| {
+                    format!("model `{name}`: environment variable `{var}` (api_key_env) is not set")
+                })?),
+                (None, None) => None,
+            };
+            let price_id =
+                switchyard_store::prices::ensure_current(&pool, name, &m.provider, price)
+                    .await
+                    .with_context(|| format!("cannot record the price of `{name}`"))?;
+            models.insert(
+                name.clone(),
+                ModelRuntime {
+                    name: name.clone(),
+                    client: OpenAiClient::new(http.clone(), &m.base_url, api_key, m.timeout),
+                    limiter: ModelLimiter::new(m.rpm, m.tpm),
+                    settings: m.clone(),
+                    price,
+                    price_id,
+                },
+            );
+        }
+        Ok(Self {
+            settings: Arc::new(settings),
+            client,
+            js,
+            pool,
+            models: Arc::new(models),
+            counters: Arc::default(),
+            cancelled: Arc::default(),
+        })
+    }
+
+    /// True when the job was cancelled (asks Postgres at most every 500 ms per job).
+    pub async fn is_cancelled(&self, job_id: &str) -> bool {
+        let mut cache = self.cancelled.lock().await;
+        if let Some((c, at)) = cache.get(job_id) {
+            if *c || at.elapsed() < CANCEL_CHECK_TTL {
+                return *c;
+            }
+        }
+        let ids = [job_id.to_owned()];
+        let cancelled = switchyard_store::jobs::cancelled_among(&self.pool, &ids)
+            .await
+            .map(|v| !v.is_empty())
+            .unwrap_or(false);
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(job_id.to_owned(), (cancelled, Instant::now()));
+        cancelled
+    }
+}

@@ -1,0 +1,240 @@
+//! OpenAI-compatible chat completions over HTTP (`POST {base_url}/chat/completions`).
+//!
+//! The API key comes from the model's settings (inline or an environment variable) and is
+//! sent as a bearer token; it is never logged. Responses are parsed leniently (unknown fields
+//! ignored) but a body without a choice is an error. A body without `usage` is accepted with
+//! token counts estimated as characters / 4 (the call was made and is likely billed).
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::json;
+use switchyard_core::confidence::TokenLogprob;
+
+use super::{Completion, CompletionRequest, LlmClient, ProviderError};
+
+/// A client for one OpenAI-compatible endpoint.
+#[derive(Clone)]
+pub struct OpenAiClient {
+    http: reqwest::Client,
+    url: String,
+    api_key: Option<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for OpenAiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiClient")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl OpenAiClient {
+    /// A client for `base_url` (ending in `/v1`), sharing `http`'s connection pool.
+    pub fn new(http: reqwest::Client, base_url: &str, api_key: Option<String>, timeout: Duration) -> Self {
+        Self {
+            http,
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            api_key,
+            timeout,
+        }
+    }
+}
+
+/// Builds the shared HTTP client (connection pooling, TLS with the ring provider).
+///
+/// # Errors
+/// When the TLS backend cannot be initialised.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    // reqwest is built without a default crypto provider; install ring once per process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+#[derive(Deserialize)]
+struct ChatResponse {
+    id: Option<String>,
+    #[serde(default)]
+    choices: Vec<Choice>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Option<ChoiceMessage>,
+    logprobs: Option<Logprobs>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceMessage {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Logprobs {
+    content: Option<Vec<LogprobToken>>,
+}
+
+#[derive(Deserialize)]
+struct LogprobToken {
+    token: String,
+    logprob: f64,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+}
+
+/// Reads `Retry-After` (seconds) or `retry-after-ms`.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()) {
+        if let Ok(ms) = ms.trim().parse::<f64>() {
+            if ms.is_finite() && ms >= 0.0 {
+                return Some(Duration::from_secs_f64(ms / 1000.0));
+            }
+        }
+    }
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let secs = v.trim().parse::<f64>().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+/// Parses a completion body (public for fuzzing and tests).
+///
+/// # Errors
+/// [`ProviderError::BadBody`] when the body is not JSON or has no choice with content.
+pub fn parse_completion(model: &str, body: &[u8], prompt_chars: usize, latency: Duration) -> Result<Completion, ProviderError> {
+    let bad = |message: String| ProviderError::BadBody { model: model.to_owned(), message };
+    let parsed: ChatResponse =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not a chat completion: {e}")))?;
+    let choice = parsed.choices.into_iter().next().ok_or_else(|| bad("no choices".into()))?;
+    let content = choice
+        .message
+        .and_then(|m| m.content)
+        .ok_or_else(|| bad("the choice has no message content".into()))?;
+    let logprobs = choice.logprobs.and_then(|l| l.content).map(|tokens| {
+        tokens
+            .into_iter()
+            .filter(|t| t.logprob.is_finite())
+            .map(|t| TokenLogprob { token: t.token, logprob: t.logprob.min(0.0) })
+            .collect::<Vec<_>>()
+    });
+    let (prompt_tokens, completion_tokens, usage_estimated) = match parsed.usage {
+        Some(u) => (u.prompt_tokens, u.completion_tokens, false),
+        None => (
+            prompt_chars.div_ceil(4) as u32,
+            content.chars().count().div_ceil(4) as u32,
+            true,
+        ),
+    };
+    Ok(Completion {
+        response_id: parsed.id.filter(|id| !id.is_empty() && id.len() <= 200),
+        content,
+        logprobs,
+        prompt_tokens,
+        completion_tokens,
+        usage_estimated,
+        latency,
+    })
+}
+
+impl LlmClient for OpenAiClient {
+    async fn complete(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
+        let model = request.model.as_str();
+        let messages: Vec<_> = request
+            .messages
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect();
+        let mut body = json!({
+            "model": model,
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "temperature": 0,
+        });
+        if request.logprobs {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(request.top_logprobs);
+        }
+        let mut builder = self.http.post(&self.url).timeout(self.timeout).json(&body);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        let started = Instant::now();
+        let response = builder.send().await.map_err(|e| classify_send_error(model, e, self.timeout))?;
+        let status = response.status();
+        let after = retry_after(response.headers());
+        let bytes = response.bytes().await.map_err(|e| classify_send_error(model, e, self.timeout))?;
+        let latency = started.elapsed();
+        if status.is_success() {
+            let prompt_chars = request.messages.iter().map(|m| m.content.len()).sum();
+            return parse_completion(model, &bytes, prompt_chars, latency);
+        }
+        let text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        Err(match status.as_u16() {
+            429 => ProviderError::RateLimited { model: model.to_owned(), retry_after: after },
+            s if s >= 500 => ProviderError::ServerError {
+                model: model.to_owned(),
+                status: s,
+                body: text,
+                retry_after: after,
+            },
+            s => ProviderError::Refused { model: model.to_owned(), status: s, body: text },
+        })
+    }
+}
+
+fn classify_send_error(model: &str, e: reqwest::Error, timeout: Duration) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout { model: model.to_owned(), after: timeout }
+    } else {
+        // The URL may carry credentials: report the error without it.
+        ProviderError::Connection { model: model.to_owned(), message: e.without_url().to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_logprobs_and_usage() {
+        let body = br#"{"id":"chatcmpl-1","choices":[{"message":{"content":"A"},
+            "logprobs":{"content":[{"token":"A","logprob":-0.1,"top_logprobs":[]}]}}],
+            "usage":{"prompt_tokens":12,"completion_tokens":1}}"#;
+        let c = parse_completion("m", body, 40, Duration::ZERO).unwrap();
+        assert_eq!(c.response_id.as_deref(), Some("chatcmpl-1"));
+        assert_eq!(c.content, "A");
+        assert_eq!((c.prompt_tokens, c.completion_tokens, c.usage_estimated), (12, 1, false));
+        assert_eq!(c.logprobs.unwrap()[0].logprob, -0.1);
+    }
+
+    #[test]
+    fn missing_usage_is_estimated_and_bad_bodies_are_errors() {
+        let c = parse_completion("m", br#"{"choices":[{"message":{"content":"abcdefgh"}}]}"#, 10, Duration::ZERO).unwrap();
+        assert_eq!((c.prompt_tokens, c.completion_tokens, c.usage_estimated), (3, 2, true));
+        for body in [&b"{"[..], br#"{"choices":[]}"#, br#"{"choices":[{"message":{}}]}"#, b"null"] {
+            assert!(matches!(
+                parse_completion("m", body, 1, Duration::ZERO),
+                Err(ProviderError::BadBody { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_milliseconds() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", "150".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
+    }
+}
