@@ -1,1 +1,447 @@
-fn main() {}
+//! `switchyard`: one binary for every role. See `switchyard --help` and README.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::client::{Client, WaitOutcome, new_job};
+use switchyard::{demo, exit, input, report};
+use switchyard_proto::{Routing, Task};
+use switchyard_runtime::Settings;
+use switchyard_runtime::telemetry::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "LLM routing worker fleet: route every item to the cheapest model that answers it well, and book every cent"
+)]
+struct Cli {
+    /// TOML configuration file (see deploy/switchyard.example.toml). NATS_URL and
+    /// DATABASE_URL override what it says.
+    #[arg(long, global = true, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print it (secrets redacted) and exit.
+    #[arg(long, global = true)]
+    check_config: bool,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Pretty)]
+    log_format: LogFormatArg,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole fleet in this process on bundled real data and print a report.
+    Demo {
+        /// Classification items (the bundled set has 2,457).
+        #[arg(long, default_value_t = 2457)]
+        items: usize,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Share of each job the router sends to the strong model.
+        #[arg(long, default_value_t = 0.1)]
+        strong_share: f64,
+        /// Weak answers below this confidence escalate to the strong model.
+        #[arg(long, default_value_t = 0.8)]
+        confidence_threshold: f64,
+    },
+    /// Run a dispatcher (any number of them may run).
+    Dispatcher,
+    /// Run a worker for one or more tiers (any number of them may run).
+    Worker {
+        /// Tier to serve (repeat, or comma-separate, for several).
+        #[arg(long, required = true, value_delimiter = ',')]
+        tier: Vec<String>,
+    },
+    /// Run the model simulator (an OpenAI-compatible server replaying routing data).
+    Sim(switchyard_sim::cli::SimArgs),
+    /// Create the database if needed and apply migrations.
+    Migrate,
+    /// Submit a job from a JSONL items file.
+    Submit(SubmitArgs),
+    /// Wait for a job to finish, with a progress bar; the exit code says how it ended.
+    Wait {
+        job: String,
+        /// Give up waiting after this long (e.g. `30m`); the job keeps running.
+        #[arg(long, value_parser = humantime_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Show a job's state: items per state and tier, cost so far, rejection reason.
+    Status {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a job's results in input order.
+    Results {
+        job: String,
+        #[arg(long, value_enum, default_value_t = report::ResultFormat::Jsonl)]
+        format: report::ResultFormat,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Cancel a job: items not yet started are not called.
+    Cancel { job: String },
+    /// Re-run a job's failed items.
+    Retry {
+        job: String,
+        /// Re-run the items that failed (the only kind of retry there is for now).
+        #[arg(long, required = true)]
+        failed: bool,
+    },
+    /// Train, score with and evaluate routers.
+    #[command(subcommand)]
+    Router(switchyard_router::cli::RouterCommand),
+}
+
+#[derive(clap::Args)]
+struct SubmitArgs {
+    /// JSONL file: one `{"id", "text", "sensitivity"?, "metadata"?}` per line.
+    file: PathBuf,
+    /// What to do with each item.
+    #[arg(long, value_enum)]
+    task: TaskArg,
+    /// Labels for `--task classify` (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Word budget for `--task summarize`.
+    #[arg(long)]
+    max_words: Option<u32>,
+    /// Instructions for the model (replaces the task's default).
+    #[arg(long)]
+    instructions: Option<String>,
+    /// Routing policy: `strong-share=0.3` (exactly that share of items strong) or
+    /// `threshold=0.6` (router score at or above it goes strong).
+    #[arg(long, value_parser = parse_policy)]
+    policy: Option<Routing>,
+    /// Weak answers below this confidence escalate.
+    #[arg(long)]
+    confidence_threshold: Option<f64>,
+    /// At most this many escalations per item (0 disables the cascade).
+    #[arg(long)]
+    max_escalations: Option<u8>,
+    /// Use this model for a tier: `weak=MODEL` (repeatable).
+    #[arg(long = "model", value_parser = parse_pair)]
+    models: Vec<(String, String)>,
+    #[arg(long)]
+    team: Option<String>,
+    #[arg(long)]
+    project: Option<String>,
+    /// Job id (default: a new ULID).
+    #[arg(long)]
+    job_id: Option<String>,
+    /// Re-submitting with the same key creates nothing new (default: the job id).
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Wait for the job to finish (progress bar; exit code as for `wait`).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: stop waiting after this long.
+    #[arg(long, value_parser = humantime_duration)]
+    timeout: Option<Duration>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TaskArg {
+    Classify,
+    Summarize,
+    Generate,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 90s or 30m: {e}"))
+}
+
+fn parse_policy(s: &str) -> Result<Routing, String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected strong-share=P or threshold=T"))?;
+    let value: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{v}` is not a number"))?;
+    match k.trim() {
+        "strong-share" | "strong_share" => {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(format!("strong-share {value} is outside [0, 1]"));
+            }
+            Ok(Routing::StrongShare { value })
+        }
+        "threshold" => Ok(Routing::Threshold { value }),
+        other => Err(format!(
+            "unknown policy `{other}` (expected strong-share or threshold)"
+        )),
+    }
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(a, b)| (a.trim().to_owned(), b.trim().to_owned()))
+        .ok_or_else(|| format!("`{s}`: expected TIER=MODEL"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match cli.log_format {
+        LogFormatArg::Pretty => LogFormat::Pretty,
+        LogFormatArg::Json => LogFormat::Json,
+    };
+    telemetry::init(format, "info,sqlx=warn,async_nats=warn");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Offline router commands need no configuration or services.
+    if let Some(Command::Router(cmd)) = cli.command {
+        tokio::task::spawn_blocking(move || switchyard_router::cli::run(cmd)).await??;
+        return Ok(exit::OK);
+    }
+    let settings = Settings::load(cli.config.as_deref())?;
+    if cli.check_config {
+        print!("{}", settings.to_redacted_toml());
+        eprintln!("configuration is valid");
+        return Ok(exit::OK);
+    }
+    let Some(command) = cli.command else {
+        use clap::CommandFactory as _;
+        Cli::command().print_help()?;
+        return Ok(2);
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(switchyard_runtime::shutdown::cancel_on_signal(
+        shutdown.clone(),
+    ));
+    match command {
+        Command::Router(_) => Ok(exit::OK),
+        Command::Demo {
+            items,
+            json,
+            strong_share,
+            confidence_threshold,
+        } => {
+            let opts = demo::DemoOptions {
+                items,
+                strong_share,
+                confidence_threshold,
+                ..demo::DemoOptions::default()
+            };
+            let report = demo::run(settings, &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", demo::render_text(&report));
+            }
+            Ok(if report.total.failed == 0 {
+                exit::OK
+            } else {
+                exit::PARTIAL
+            })
+        }
+        Command::Dispatcher => {
+            switchyard_dispatcher::run(settings, shutdown).await?;
+            Ok(exit::OK)
+        }
+        Command::Worker { tier } => {
+            switchyard_worker::run(settings, tier, shutdown).await?;
+            Ok(exit::OK)
+        }
+        Command::Sim(args) => {
+            switchyard_sim::cli::run(args, shutdown).await?;
+            Ok(exit::OK)
+        }
+        Command::Migrate => {
+            switchyard_store::connect_and_migrate(settings.database_url(), 2).await?;
+            eprintln!("database is up to date");
+            Ok(exit::OK)
+        }
+        Command::Submit(args) => submit(settings, args).await,
+        Command::Wait { job, timeout } => {
+            let client = Client::connect(settings).await?;
+            wait(&client, &job, timeout, Duration::from_secs(10)).await
+        }
+        Command::Status { job, json } => {
+            let client = Client::connect(settings).await?;
+            match client.status(&job).await? {
+                None => {
+                    eprintln!("no job `{job}`");
+                    Ok(exit::NOT_FOUND)
+                }
+                Some(s) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&s)?);
+                    } else {
+                        print!("{}", report::render_status(&s));
+                    }
+                    Ok(exit::OK)
+                }
+            }
+        }
+        Command::Results {
+            job,
+            format,
+            output,
+        } => {
+            let client = Client::connect(settings).await?;
+            if client.status(&job).await?.is_none() {
+                eprintln!("no job `{job}`");
+                return Ok(exit::NOT_FOUND);
+            }
+            let n = match output {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("cannot create `{}`", path.display()))?;
+                    report::export_results(
+                        &client.pool,
+                        &job,
+                        format,
+                        std::io::BufWriter::new(file),
+                    )
+                    .await?
+                }
+                None => {
+                    report::export_results(&client.pool, &job, format, std::io::stdout().lock())
+                        .await?
+                }
+            };
+            eprintln!("{n} results exported");
+            Ok(exit::OK)
+        }
+        Command::Cancel { job } => {
+            let client = Client::connect(settings).await?;
+            match client.cancel(&job).await? {
+                Some(n) => {
+                    eprintln!("job `{job}` cancelled: {n} items will not be called");
+                    Ok(exit::OK)
+                }
+                None => match client.status(&job).await? {
+                    None => {
+                        eprintln!("no job `{job}`");
+                        Ok(exit::NOT_FOUND)
+                    }
+                    Some(s) => bail!("job `{job}` is already {}; nothing to cancel", s.job.status),
+                },
+            }
+        }
+        Command::Retry { job, failed: _ } => {
+            let client = Client::connect(settings).await?;
+            let n = client.retry_failed(&job).await?;
+            eprintln!("{n} failed items of `{job}` re-queued");
+            Ok(exit::OK)
+        }
+    }
+}
+
+async fn submit(settings: Settings, a: SubmitArgs) -> anyhow::Result<u8> {
+    let task = match a.task {
+        TaskArg::Classify => {
+            if a.labels.is_empty() {
+                bail!("--task classify needs --labels a,b,c");
+            }
+            Task::Classify {
+                labels: a.labels,
+                instructions: a.instructions,
+            }
+        }
+        TaskArg::Summarize => Task::Summarize {
+            max_words: a.max_words,
+            instructions: a.instructions,
+        },
+        TaskArg::Generate => Task::Generate {
+            instructions: a.instructions,
+        },
+    };
+    let items = input::read_items(&a.file)?;
+    let mut spec = new_job(task, items);
+    if let Some(id) = a.job_id {
+        spec.job_id = id;
+    }
+    spec.idempotency_key = a.idempotency_key;
+    spec.team = a.team;
+    spec.project = a.project;
+    if let Some(p) = a.policy {
+        spec.policy.routing = p;
+    }
+    spec.policy.cascade.confidence_threshold = a.confidence_threshold;
+    spec.policy.cascade.max_escalations = a.max_escalations;
+    spec.policy.models = a.models.into_iter().collect();
+    let n = spec.items.as_ref().map_or(0, Vec::len);
+    let client = Client::connect(settings).await?;
+    let job_id = client.submit(spec).await?;
+    eprintln!("submitted job {job_id} ({n} items)");
+    println!("{job_id}");
+    if a.wait {
+        return wait(&client, &job_id, a.timeout, Duration::from_secs(120)).await;
+    }
+    Ok(exit::OK)
+}
+
+async fn wait(
+    client: &Client,
+    job: &str,
+    timeout: Option<Duration>,
+    appear_within: Duration,
+) -> anyhow::Result<u8> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{elapsed_precise}] [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let outcome = client
+        .wait(job, timeout, appear_within, |s| {
+            bar.set_length(s.job.item_count.unwrap_or(0) as u64);
+            bar.set_position(s.finished() as u64);
+            bar.set_message(format!(
+                "{} · ${} · {} failed",
+                s.job.status,
+                s.cost_usd.round_dp(4),
+                s.failed()
+            ));
+        })
+        .await?;
+    bar.finish_and_clear();
+    Ok(match outcome {
+        WaitOutcome::Finished(s) => {
+            eprint!("{}", report::render_status(&s));
+            exit::for_job_status(&s.job.status)
+        }
+        WaitOutcome::TimedOut(_) => {
+            eprintln!("timed out waiting for `{job}`; it keeps running (`switchyard wait {job}`)");
+            exit::TIMEOUT
+        }
+        WaitOutcome::NotFound => {
+            eprintln!("no job `{job}`");
+            exit::NOT_FOUND
+        }
+    })
+}

@@ -83,9 +83,25 @@ pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message)
 
     let spec = match read_submission(&payload, header_id.as_deref(), &fallback, &limits) {
         Intake::Job(spec) => spec,
-        Intake::Reject { job_id, team, project, reason } => {
-            reject(d, &acker, &message_key, &subject, &payload, &job_id, &team, &project, &reason, deliveries)
-                .await;
+        Intake::Reject {
+            job_id,
+            team,
+            project,
+            reason,
+        } => {
+            reject(
+                d,
+                &acker,
+                &message_key,
+                &subject,
+                &payload,
+                &job_id,
+                &team,
+                &project,
+                &reason,
+                deliveries,
+            )
+            .await;
             return;
         }
     };
@@ -95,11 +111,22 @@ pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message)
         Ok(Some(lock)) => lock,
         Ok(None) => {
             tracing::info!(job_id = %spec.job_id, "job is held by another dispatcher, retrying later");
-            let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            let _ = acker
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
             return;
         }
         Err(e) => {
-            transient_failure(d, &acker, &message_key, &subject, &spec.job_id, deliveries, &e).await;
+            transient_failure(
+                d,
+                &acker,
+                &message_key,
+                &subject,
+                &spec.job_id,
+                deliveries,
+                &e,
+            )
+            .await;
             return;
         }
     };
@@ -143,16 +170,39 @@ pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message)
         Ok(JobOutcome::Rejected(reason)) => {
             let team = spec.team.clone().unwrap_or_else(|| "default".to_owned());
             let project = spec.project.clone().unwrap_or_else(|| "default".to_owned());
-            reject(d, &acker, &message_key, &subject, &payload, &spec.job_id, &team, &project, &reason, deliveries)
-                .await;
+            reject(
+                d,
+                &acker,
+                &message_key,
+                &subject,
+                &payload,
+                &spec.job_id,
+                &team,
+                &project,
+                &reason,
+                deliveries,
+            )
+            .await;
         }
         Err(e) => {
-            transient_failure(d, &acker, &message_key, &subject, &spec.job_id, deliveries, &e).await;
+            transient_failure(
+                d,
+                &acker,
+                &message_key,
+                &subject,
+                &spec.job_id,
+                deliveries,
+                &e,
+            )
+            .await;
         }
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "all of it goes into the dead letter")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "all of it goes into the dead letter"
+)]
 async fn reject(
     d: &Dispatcher,
     acker: &Acker,
@@ -189,7 +239,9 @@ async fn reject(
     if let Err(e) = recorded {
         // Not recorded: let JetStream redeliver rather than lose the reason.
         tracing::error!(job_id = %job_id, error = %e, "cannot record rejection, will retry");
-        let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+        let _ = acker
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+            .await;
         return;
     }
     publish_dead_letter(d, payload, reason).await;
@@ -235,22 +287,35 @@ async fn transient_failure(
         }
     }
     tracing::warn!(job_id = %job_id, deliveries, error = %format!("{e:#}"), "dispatch failed, will retry");
-    let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+    let _ = acker
+        .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+        .await;
 }
 
 async fn publish_dead_letter(d: &Dispatcher, payload: &Bytes, reason: &str) {
     let mut headers = async_nats::HeaderMap::new();
     // Header values cannot hold newlines.
-    headers.insert(HEADER_DLQ_REASON, reason.replace(['\r', '\n'], " ").as_str());
+    headers.insert(
+        HEADER_DLQ_REASON,
+        reason.replace(['\r', '\n'], " ").as_str(),
+    );
     let subject = d.settings.topology().dlq_jobs_subject();
-    if let Ok(ack) = d.js.publish_with_headers(subject, headers, payload.clone()).await {
+    if let Ok(ack) =
+        d.js.publish_with_headers(subject, headers, payload.clone())
+            .await
+    {
         let _ = ack.await;
     }
 }
 
 /// Publishes a job event on core NATS (best effort: `wait` also polls the database).
 pub async fn publish_job_event(d: &Dispatcher, job_id: &str, kind: &str) {
-    let event = JobEvent { v: PROTOCOL_VERSION, job_id: job_id.to_owned(), kind: kind.to_owned(), finished: 0 };
+    let event = JobEvent {
+        v: PROTOCOL_VERSION,
+        job_id: job_id.to_owned(),
+        kind: kind.to_owned(),
+        finished: 0,
+    };
     if let Ok(bytes) = codec::encode(&event) {
         let subject = d.settings.topology().job_done_subject(job_id);
         let _ = d.client.publish(subject, bytes.into()).await;

@@ -40,7 +40,11 @@ pub async fn dispatch_job(
             d.counters.jobs_accepted.fetch_add(1, Ordering::Relaxed);
             status::INGESTING.to_owned()
         }
-        Admission::Existing { job_id, status, same_content } => {
+        Admission::Existing {
+            job_id,
+            status,
+            same_content,
+        } => {
             if !same_content {
                 let reason = if job_id == spec.job_id {
                     format!("job id `{job_id}` was already submitted with different content")
@@ -56,7 +60,10 @@ pub async fn dispatch_job(
             if job_id != spec.job_id {
                 // Same content under another job id: the earlier job stands.
                 d.counters.jobs_duplicate.fetch_add(1, Ordering::Relaxed);
-                return Ok(JobOutcome::Dispatched { items: 0, duplicate: true });
+                return Ok(JobOutcome::Dispatched {
+                    items: 0,
+                    duplicate: true,
+                });
             }
             status
         }
@@ -100,7 +107,10 @@ pub async fn dispatch_job(
         _ => {
             // Already running or finished: nothing new to do.
             d.counters.jobs_duplicate.fetch_add(1, Ordering::Relaxed);
-            Ok(JobOutcome::Dispatched { items: 0, duplicate: true })
+            Ok(JobOutcome::Dispatched {
+                items: 0,
+                duplicate: true,
+            })
         }
     }
 }
@@ -135,9 +145,13 @@ fn check_against_config(d: &Dispatcher, spec: &JobSpec) -> Result<(), String> {
 }
 
 fn new_job_row(spec: &JobSpec) -> NewJob {
-    // The spec hash covers content, not encoding: field order and map order are fixed by
-    // the types, so equal specs hash equal whatever client encoded them.
-    let canonical = serde_json::to_vec(spec).unwrap_or_default();
+    // The spec hash covers content, not encoding (field and map order are fixed by the
+    // types, so equal specs hash equal whatever client encoded them), and not the job id: a
+    // client retrying under a new id with the same idempotency key and content gets the
+    // existing job.
+    let mut content = spec.clone();
+    content.job_id.clear();
+    let canonical = serde_json::to_vec(&content).unwrap_or_default();
     NewJob {
         job_id: spec.job_id.clone(),
         idempotency_key: spec.effective_idempotency_key().to_owned(),
@@ -173,8 +187,16 @@ async fn publish_items(
     let ds = &d.settings.dispatcher;
     let team = spec.team.clone().unwrap_or_else(|| "default".to_owned());
     let project = spec.project.clone().unwrap_or_else(|| "default".to_owned());
-    let threshold = spec.policy.cascade.confidence_threshold.unwrap_or(ds.confidence_threshold);
-    let escalations = spec.policy.cascade.max_escalations.unwrap_or(ds.max_escalations);
+    let threshold = spec
+        .policy
+        .cascade
+        .confidence_threshold
+        .unwrap_or(ds.confidence_threshold);
+    let escalations = spec
+        .policy
+        .cascade
+        .max_escalations
+        .unwrap_or(ds.max_escalations);
     let mut publisher = WindowedPublisher::new(d.js.clone(), ds.publish_window);
     let mut after = -1i64;
     let mut count = 0u64;
@@ -202,17 +224,24 @@ async fn publish_items(
             };
             let payload = codec::encode(&msg)?;
             let id = work::attempt_key(&msg.job_id, &msg.item_id, 0);
-            publisher.publish(t.work_subject(&tier), &id, Bytes::from(payload)).await?;
+            publisher
+                .publish(t.work_subject(&tier), &id, Bytes::from(payload))
+                .await?;
             count += 1;
         }
         progress();
     }
     publisher.flush().await?;
-    d.counters.items_published.fetch_add(count, Ordering::Relaxed);
+    d.counters
+        .items_published
+        .fetch_add(count, Ordering::Relaxed);
     jobs::mark_running(&d.pool, &spec.job_id).await?;
     // Every item may already be done (a resumed dispatch): finish the job if so.
     if let Some(final_status) = jobs::complete_if_done(&d.pool, &spec.job_id).await? {
         tracing::info!(job_id = %spec.job_id, status = %final_status, "job finished");
     }
-    Ok(JobOutcome::Dispatched { items: count, duplicate: false })
+    Ok(JobOutcome::Dispatched {
+        items: count,
+        duplicate: false,
+    })
 }

@@ -70,7 +70,10 @@ pub async fn ingest(
             };
             validate::check_item(&item, line, &limits).map_err(IngestError::Rejected)?;
             if seq as u64 >= limits.max_items {
-                return Err(rejected(format!("job has more than {} items", limits.max_items)));
+                return Err(rejected(format!(
+                    "job has more than {} items",
+                    limits.max_items
+                )));
             }
             let local_only = validate::is_local_only(&item);
             if local_only && !has_local {
@@ -113,7 +116,10 @@ pub async fn ingest(
         return Err(rejected("job has no items"));
     }
     let cut = policy::compute_cut(&spec.policy.routing, &mut scored);
-    Ok(Ingested { item_count: seq, cut })
+    Ok(Ingested {
+        item_count: seq,
+        cut,
+    })
 }
 
 async fn store_chunk(d: &Dispatcher, job_id: &str, chunk: &[NewItem]) -> Result<(), IngestError> {
@@ -138,5 +144,8 @@ async fn store_chunk(d: &Dispatcher, job_id: &str, chunk: &[NewItem]) -> Result<
     .bind(first_seq)
     .fetch_optional(&d.pool)
     .await?;
-    Err(rejected(format!("duplicate item_id {:?}", dup.unwrap_or_default())))
+    Err(rejected(format!(
+        "duplicate item_id {:?}",
+        dup.unwrap_or_default()
+    )))
 }

@@ -9,7 +9,12 @@ pub enum Intake {
     /// A well-formed job (its items are checked while they stream in).
     Job(Box<JobSpec>),
     /// A job that will not run, with the reason the submitter sees.
-    Reject { job_id: String, team: String, project: String, reason: String },
+    Reject {
+        job_id: String,
+        team: String,
+        project: String,
+        reason: String,
+    },
 }
 
 /// Decodes and checks a job message. `header_job_id` (the `Sy-Job-Id` header) and
@@ -41,7 +46,11 @@ pub fn read_submission(
     };
     if let Err(r) = validate::check_spec(&spec, limits) {
         return Intake::Reject {
-            job_id: if spec.job_id.is_empty() { job_id } else { spec.job_id.clone() },
+            job_id: if spec.job_id.is_empty() {
+                job_id
+            } else {
+                spec.job_id.clone()
+            },
             team: spec.team.clone().unwrap_or_else(|| "default".to_owned()),
             project: spec.project.clone().unwrap_or_else(|| "default".to_owned()),
             reason: r.0,
@@ -61,7 +70,12 @@ mod tests {
 
     #[test]
     fn not_msgpack_is_rejected_under_the_header_id() {
-        match read_submission(b"\xc1\xc1 definitely not msgpack", Some("job-h"), "fb", &limits()) {
+        match read_submission(
+            b"\xc1\xc1 definitely not msgpack",
+            Some("job-h"),
+            "fb",
+            &limits(),
+        ) {
             Intake::Reject { job_id, reason, .. } => {
                 assert_eq!(job_id, "job-h");
                 assert!(reason.contains("not a valid job spec"), "{reason}");
@@ -101,9 +115,18 @@ mod tests {
 
     #[test]
     fn good_job_passes() {
-        let mut spec = JobSpec::new("ok", Task::Summarize { max_words: None, instructions: None });
+        let mut spec = JobSpec::new(
+            "ok",
+            Task::Summarize {
+                max_words: None,
+                instructions: None,
+            },
+        );
         spec.items = Some(vec![Item::new("1", "text")]);
         let bytes = codec::encode(&spec).unwrap();
-        assert!(matches!(read_submission(&bytes, None, "fb", &limits()), Intake::Job(_)));
+        assert!(matches!(
+            read_submission(&bytes, None, "fb", &limits()),
+            Intake::Job(_)
+        ));
     }
 }

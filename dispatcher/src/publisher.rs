@@ -6,7 +6,7 @@ use async_nats::HeaderMap;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 
-use async_nats::jetstream::context::{PublishError};
+use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -29,20 +29,34 @@ pub struct WindowedPublisher {
 impl WindowedPublisher {
     /// A publisher with at most `window` unacknowledged messages.
     pub fn new(js: async_nats::jetstream::Context, window: usize) -> Self {
-        Self { js, window: window.max(1), inflight: FuturesUnordered::new(), duplicates: 0, published: 0 }
+        Self {
+            js,
+            window: window.max(1),
+            inflight: FuturesUnordered::new(),
+            duplicates: 0,
+            published: 0,
+        }
     }
 
     /// Publishes one message, waiting first if the window is full.
     ///
     /// # Errors
     /// A publish that failed or was not acknowledged.
-    pub async fn publish(&mut self, subject: String, msg_id: &str, payload: Bytes) -> anyhow::Result<()> {
+    pub async fn publish(
+        &mut self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> anyhow::Result<()> {
         while self.inflight.len() >= self.window {
             self.settle_one().await?;
         }
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_MSG_ID, msg_id);
-        let ack = self.js.publish_with_headers(subject, headers, payload).await?;
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await?;
         self.inflight.push(Box::pin(ack.into_future()));
         Ok(())
     }

@@ -7,8 +7,16 @@ use switchyard_proto::Item;
 
 /// A stream of `(line number, item)`; line numbers start at 1.
 pub enum ItemSource {
-    Inline { items: std::vec::IntoIter<Item>, line: u64 },
-    Object { reader: Box<BufReader<async_nats::jetstream::object_store::Object>>, line: u64, max_line: usize, name: String },
+    Inline {
+        items: std::vec::IntoIter<Item>,
+        line: u64,
+    },
+    Object {
+        reader: Box<BufReader<async_nats::jetstream::object_store::Object>>,
+        line: u64,
+        max_line: usize,
+        name: String,
+    },
 }
 
 /// An item that could not be read; the job is rejected with this text.
@@ -25,7 +33,10 @@ pub enum SourceError {
 impl ItemSource {
     /// Items given inline.
     pub fn inline(items: Vec<Item>) -> Self {
-        ItemSource::Inline { items: items.into_iter(), line: 0 }
+        ItemSource::Inline {
+            items: items.into_iter(),
+            line: 0,
+        }
     }
 
     /// Opens an input object. Lines longer than `max_line` bytes are rejected without being
@@ -63,10 +74,19 @@ impl ItemSource {
                 *line += 1;
                 Some(Ok((*line, item)))
             }
-            ItemSource::Object { reader, line, max_line, name } => loop {
+            ItemSource::Object {
+                reader,
+                line,
+                max_line,
+                name,
+            } => loop {
                 let mut buf = Vec::new();
                 let limit = *max_line as u64 + 2;
-                let read = match (&mut **reader).take(limit).read_until(b'\n', &mut buf).await {
+                let read = match (&mut **reader)
+                    .take(limit)
+                    .read_until(b'\n', &mut buf)
+                    .await
+                {
                     Ok(n) => n,
                     Err(e) => return Some(Err(e.into())),
                 };
@@ -93,9 +113,7 @@ impl ItemSource {
                 return Some(
                     serde_json::from_str::<Item>(text)
                         .map(|item| (*line, item))
-                        .map_err(|e| {
-                            SourceError::Bad(format!("input `{name}` line {line}: {e}"))
-                        }),
+                        .map_err(|e| SourceError::Bad(format!("input `{name}` line {line}: {e}"))),
                 );
             },
         }

@@ -78,13 +78,20 @@ pub async fn kept_alive<T>(
 /// Backoff before retry `n` (0-based): 200 ms × 2ⁿ capped at 10 s, full jitter, but never
 /// shorter than what the provider asked for.
 pub fn backoff(n: u32, retry_after: Option<Duration>) -> Duration {
-    let cap = Duration::from_millis(200).saturating_mul(1 << n.min(6)).min(Duration::from_secs(10));
+    let cap = Duration::from_millis(200)
+        .saturating_mul(1 << n.min(6))
+        .min(Duration::from_secs(10));
     let jittered = cap.mul_f64(rand::rng().random_range(0.5..=1.0));
-    retry_after.map_or(jittered, |ra| ra.max(jittered.min(ra + Duration::from_millis(250))))
+    retry_after.map_or(jittered, |ra| {
+        ra.max(jittered.min(ra + Duration::from_millis(250)))
+    })
 }
 
 /// Calls the model with quota, retries and keep-alive.
-#[expect(clippy::too_many_arguments, reason = "the call's whole context, passed once")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the call's whole context, passed once"
+)]
 pub async fn call_model<C: LlmClient>(
     client: &C,
     limiter: &ModelLimiter,
@@ -98,14 +105,24 @@ pub async fn call_model<C: LlmClient>(
     let mut stats = CallStats::default();
     let mut transient_failures = 0u32;
     loop {
-        let Some(waited) =
-            kept_alive(keepalive, keepalive_period, shutdown, limiter.acquire(estimated_tokens)).await
+        let Some(waited) = kept_alive(
+            keepalive,
+            keepalive_period,
+            shutdown,
+            limiter.acquire(estimated_tokens),
+        )
+        .await
         else {
             return (Err(CallFailure::ShuttingDown), stats);
         };
         stats.quota_wait += waited;
-        let Some(result) =
-            kept_alive(keepalive, keepalive_period, shutdown, client.complete(request)).await
+        let Some(result) = kept_alive(
+            keepalive,
+            keepalive_period,
+            shutdown,
+            client.complete(request),
+        )
+        .await
         else {
             return (Err(CallFailure::ShuttingDown), stats);
         };
@@ -134,7 +151,14 @@ pub async fn call_model<C: LlmClient>(
             }
         };
         if !delay.is_zero()
-            && kept_alive(keepalive, keepalive_period, shutdown, tokio::time::sleep(delay)).await.is_none()
+            && kept_alive(
+                keepalive,
+                keepalive_period,
+                shutdown,
+                tokio::time::sleep(delay),
+            )
+            .await
+            .is_none()
         {
             return (Err(CallFailure::ShuttingDown), stats);
         }
@@ -168,21 +192,48 @@ mod tests {
     }
 
     fn request() -> CompletionRequest {
-        CompletionRequest { model: "m".into(), messages: vec![], max_tokens: 4, logprobs: true, top_logprobs: 0 }
+        CompletionRequest {
+            model: "m".into(),
+            messages: vec![],
+            max_tokens: 4,
+            logprobs: true,
+            top_logprobs: 0,
+        }
     }
 
     fn limited() -> ProviderError {
-        ProviderError::RateLimited { model: "m".into(), retry_after: Some(Duration::from_millis(1)) }
+        ProviderError::RateLimited {
+            model: "m".into(),
+            retry_after: Some(Duration::from_millis(1)),
+        }
     }
 
     fn server_error() -> ProviderError {
-        ProviderError::ServerError { model: "m".into(), status: 503, body: String::new(), retry_after: Some(Duration::from_millis(1)) }
+        ProviderError::ServerError {
+            model: "m".into(),
+            status: 503,
+            body: String::new(),
+            retry_after: Some(Duration::from_millis(1)),
+        }
     }
 
-    async fn run(script: Vec<Result<Completion, ProviderError>>, max_retries: u32) -> (Result<Completion, CallFailure>, CallStats) {
+    async fn run(
+        script: Vec<Result<Completion, ProviderError>>,
+        max_retries: u32,
+    ) -> (Result<Completion, CallFailure>, CallStats) {
         let client = Scripted(Mutex::new(script));
         let limiter = ModelLimiter::new(None, None);
-        call_model(&client, &limiter, &request(), 1, max_retries, &(), Duration::from_secs(1), &CancellationToken::new()).await
+        call_model(
+            &client,
+            &limiter,
+            &request(),
+            1,
+            max_retries,
+            &(),
+            Duration::from_secs(1),
+            &CancellationToken::new(),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -196,7 +247,15 @@ mod tests {
 
     #[tokio::test]
     async fn server_errors_use_the_retry_budget_then_give_back() {
-        let (r, stats) = run(vec![Err(server_error()), Err(server_error()), Err(server_error())], 2).await;
+        let (r, stats) = run(
+            vec![
+                Err(server_error()),
+                Err(server_error()),
+                Err(server_error()),
+            ],
+            2,
+        )
+        .await;
         assert!(matches!(r, Err(CallFailure::Exhausted(_))));
         assert_eq!(stats.retries, 2);
         let (r, _) = run(vec![Err(server_error()), ok()], 2).await;
@@ -205,7 +264,11 @@ mod tests {
 
     #[tokio::test]
     async fn client_errors_are_not_retried() {
-        let refused = ProviderError::Refused { model: "m".into(), status: 400, body: "bad".into() };
+        let refused = ProviderError::Refused {
+            model: "m".into(),
+            status: 400,
+            body: "bad".into(),
+        };
         let (r, stats) = run(vec![Err(refused), ok()], 3).await;
         assert!(matches!(r, Err(CallFailure::Refused(_))));
         assert_eq!(stats.retries, 0);

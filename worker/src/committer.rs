@@ -68,9 +68,15 @@ async fn settle_batch(w: &Worker, batch: Vec<Pending>) {
         }
     }
     let Some(touched) = touched else {
-        tracing::error!(items = batch.len(), "cannot commit outcomes, giving the items back");
+        tracing::error!(
+            items = batch.len(),
+            "cannot commit outcomes, giving the items back"
+        );
         for p in &batch {
-            let _ = p.acker.ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay))).await;
+            let _ = p
+                .acker
+                .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
+                .await;
         }
         return;
     };
@@ -78,8 +84,11 @@ async fn settle_batch(w: &Worker, batch: Vec<Pending>) {
 
     // Escalations first; an item whose escalation did not publish is not acked (its
     // redelivery re-publishes it).
-    let escalations: Vec<(usize, &WorkItem)> =
-        batch.iter().enumerate().filter_map(|(i, p)| p.escalation.as_ref().map(|e| (i, e))).collect();
+    let escalations: Vec<(usize, &WorkItem)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.escalation.as_ref().map(|e| (i, e)))
+        .collect();
     let mut unpublished = vec![false; batch.len()];
     if !escalations.is_empty() {
         let items: Vec<&WorkItem> = escalations.iter().map(|(_, e)| *e).collect();
@@ -92,18 +101,28 @@ async fn settle_batch(w: &Worker, batch: Vec<Pending>) {
     let mut finished_per_job: BTreeMap<&str, u64> = BTreeMap::new();
     for (i, p) in batch.iter().enumerate() {
         if unpublished[i] {
-            let _ = p.acker.ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay))).await;
+            let _ = p
+                .acker
+                .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
+                .await;
             continue;
         }
         match &p.outcome {
-            Outcome::Answered { escalated: true, .. } => {
+            Outcome::Answered {
+                escalated: true, ..
+            } => {
                 WorkerCounters::add(&w.counters.escalated, 1);
             }
             Outcome::Answered { key, .. } => {
                 WorkerCounters::add(&w.counters.answered, 1);
                 *finished_per_job.entry(key.job_id.as_str()).or_default() += 1;
             }
-            Outcome::Failed { key, error, subject, .. } => {
+            Outcome::Failed {
+                key,
+                error,
+                subject,
+                ..
+            } => {
                 WorkerCounters::add(&w.counters.failed, 1);
                 *finished_per_job.entry(key.job_id.as_str()).or_default() += 1;
                 if let Some(payload) = &p.dead_payload {
@@ -117,18 +136,34 @@ async fn settle_batch(w: &Worker, batch: Vec<Pending>) {
     }
     let t = w.settings.topology();
     for (job_id, finished) in finished_per_job {
-        let event = JobEvent { v: PROTOCOL_VERSION, job_id: job_id.to_owned(), kind: "progress".into(), finished };
+        let event = JobEvent {
+            v: PROTOCOL_VERSION,
+            job_id: job_id.to_owned(),
+            kind: "progress".into(),
+            finished,
+        };
         if let Ok(bytes) = codec::encode(&event) {
-            let _ = w.client.publish(t.events_subject(job_id), bytes.into()).await;
+            let _ = w
+                .client
+                .publish(t.events_subject(job_id), bytes.into())
+                .await;
         }
     }
     for job_id in touched {
         match switchyard_store::jobs::complete_if_done(&w.pool, &job_id).await {
             Ok(Some(status)) => {
                 tracing::info!(job_id = %job_id, status = %status, "job finished");
-                let event = JobEvent { v: PROTOCOL_VERSION, job_id: job_id.clone(), kind: status, finished: 0 };
+                let event = JobEvent {
+                    v: PROTOCOL_VERSION,
+                    job_id: job_id.clone(),
+                    kind: status,
+                    finished: 0,
+                };
                 if let Ok(bytes) = codec::encode(&event) {
-                    let _ = w.client.publish(t.job_done_subject(&job_id), bytes.into()).await;
+                    let _ = w
+                        .client
+                        .publish(t.job_done_subject(&job_id), bytes.into())
+                        .await;
                 }
             }
             Ok(None) => {}
@@ -159,7 +194,11 @@ async fn publish_escalations_detailed(w: &Worker, items: &[&WorkItem]) -> Result
         };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HEADER_MSG_ID, item.attempt_key().as_str());
-        match w.js.publish_with_headers(t.work_subject(&item.tier), headers, payload.into()).await {
+        match w
+            .js
+            .publish_with_headers(t.work_subject(&item.tier), headers, payload.into())
+            .await
+        {
             Ok(ack) => acks.push(async move { (i, ack.await) }),
             Err(_) => failed.push(i),
         }
@@ -170,7 +209,11 @@ async fn publish_escalations_detailed(w: &Worker, items: &[&WorkItem]) -> Result
             failed.push(i);
         }
     }
-    if failed.is_empty() { Ok(()) } else { Err(failed) }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed)
+    }
 }
 
 async fn publish_dead_letter(w: &Worker, subject: &str, payload: &Bytes, error: &str) {
@@ -178,7 +221,10 @@ async fn publish_dead_letter(w: &Worker, subject: &str, payload: &Bytes, error: 
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(HEADER_DLQ_REASON, error.replace(['\r', '\n'], " ").as_str());
     let dlq = w.settings.topology().dlq_work_subject(tier);
-    if let Ok(ack) = w.js.publish_with_headers(dlq, headers, payload.clone()).await {
+    if let Ok(ack) =
+        w.js.publish_with_headers(dlq, headers, payload.clone())
+            .await
+    {
         let _ = ack.await;
     }
 }

@@ -79,7 +79,12 @@ impl Worker {
             anyhow::ensure!(
                 settings.tiers.contains_key(t),
                 "unknown tier `{t}` (configured: {})",
-                settings.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                settings
+                    .tiers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         let client = switchyard_runtime::nats::connect(&settings, "switchyard-worker").await?;
@@ -135,10 +140,10 @@ impl Worker {
     /// True when the job was cancelled (asks Postgres at most every 500 ms per job).
     pub async fn is_cancelled(&self, job_id: &str) -> bool {
         let mut cache = self.cancelled.lock().await;
-        if let Some((c, at)) = cache.get(job_id) {
-            if *c || at.elapsed() < CANCEL_CHECK_TTL {
-                return *c;
-            }
+        if let Some((c, at)) = cache.get(job_id)
+            && (*c || at.elapsed() < CANCEL_CHECK_TTL)
+        {
+            return *c;
         }
         let ids = [job_id.to_owned()];
         let cancelled = switchyard_store::jobs::cancelled_among(&self.pool, &ids)

@@ -70,7 +70,10 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
     drop(messages);
     tracker.close();
     tracing::info!(tier = %tier, in_flight = tracker.len(), "draining");
-    if tokio::time::timeout(ws.shutdown_grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(ws.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(tier = %tier, remaining = tracker.len(), "grace period over, giving items back");
         abort.cancel();
         tracker.wait().await;
@@ -90,13 +93,25 @@ async fn process(
     tx: &mpsc::Sender<Pending>,
     abort: &CancellationToken,
 ) {
-    let (delivered, stream_seq) = msg.info().map(|i| (i.delivered, i.stream_sequence)).unwrap_or((1, 0));
+    let (delivered, stream_seq) = msg
+        .info()
+        .map(|i| (i.delivered, i.stream_sequence))
+        .unwrap_or((1, 0));
     let acker = Acker::new(w.js.clone(), msg.reply.clone());
     let subject = msg.subject.to_string();
     let item: WorkItem = match codec::decode(&msg.payload) {
         Ok(item) => item,
         Err(e) => {
-            dead_letter_undecodable(w, &acker, &subject, stream_seq, delivered, &msg.payload, &e.to_string()).await;
+            dead_letter_undecodable(
+                w,
+                &acker,
+                &subject,
+                stream_seq,
+                delivered,
+                &msg.payload,
+                &e.to_string(),
+            )
+            .await;
             return;
         }
     };
@@ -120,7 +135,9 @@ async fn process(
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check earlier outcome, retrying later");
-                let _ = acker.ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay))).await;
+                let _ = acker
+                    .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
+                    .await;
                 return;
             }
         }
@@ -131,9 +148,25 @@ async fn process(
         deliveries: delivered as i32,
         error,
     };
-    let Some(model) = w.settings.model_for(tier, &item.models).and_then(|m| w.models.get(m)) else {
-        let outcome = fail(format!("no model configured for tier `{tier}` (job override: {:?})", item.models.get(tier)));
-        send(tx, Pending { outcome, acker, escalation: None, dead_payload: Some(msg.payload.clone()) }).await;
+    let Some(model) = w
+        .settings
+        .model_for(tier, &item.models)
+        .and_then(|m| w.models.get(m))
+    else {
+        let outcome = fail(format!(
+            "no model configured for tier `{tier}` (job override: {:?})",
+            item.models.get(tier)
+        ));
+        send(
+            tx,
+            Pending {
+                outcome,
+                acker,
+                escalation: None,
+                dead_payload: Some(msg.payload.clone()),
+            },
+        )
+        .await;
         return;
     };
 
@@ -142,7 +175,11 @@ async fn process(
         messages: prompt::messages_for(&item.task, &item.text),
         max_tokens: prompt::max_tokens_for(&item.task, model.settings.generate_max_tokens),
         logprobs: model.settings.logprobs,
-        top_logprobs: if matches!(item.task, Task::Classify { .. }) { 5 } else { 0 },
+        top_logprobs: if matches!(item.task, Task::Classify { .. }) {
+            5
+        } else {
+            0
+        },
     };
     let estimated_tokens = (item.text.len() / 4) as u32 + request.max_tokens;
     let keepalive_period = w.settings.worker.ack_wait / 3;
@@ -168,24 +205,50 @@ async fn process(
             return;
         }
         Err(CallFailure::Refused(e)) => {
-            send(tx, Pending { outcome: fail(e.to_string()), acker, escalation: None, dead_payload: Some(msg.payload.clone()) }).await;
+            send(
+                tx,
+                Pending {
+                    outcome: fail(e.to_string()),
+                    acker,
+                    escalation: None,
+                    dead_payload: Some(msg.payload.clone()),
+                },
+            )
+            .await;
             return;
         }
         Err(CallFailure::Exhausted(e)) => {
             if delivered >= w.settings.worker.max_deliver {
                 let error = format!("gave up after {delivered} deliveries: {e}");
-                send(tx, Pending { outcome: fail(error), acker, escalation: None, dead_payload: Some(msg.payload.clone()) }).await;
+                send(
+                    tx,
+                    Pending {
+                        outcome: fail(error),
+                        acker,
+                        escalation: None,
+                        dead_payload: Some(msg.payload.clone()),
+                    },
+                )
+                .await;
             } else {
                 tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, delivered, "call failed, item will be redelivered");
                 WorkerCounters::add(&w.counters.naked, 1);
-                let _ = acker.ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay))).await;
+                let _ = acker
+                    .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
+                    .await;
             }
             return;
         }
     };
 
-    let judgement = judge(&item.task, model, &completion.content, completion.logprobs.as_deref());
-    let escalation = escalation_for(w, tier, &item).filter(|_| judgement.confidence < item.confidence_threshold);
+    let judgement = judge(
+        &item.task,
+        model,
+        &completion.content,
+        completion.logprobs.as_deref(),
+    );
+    let escalation =
+        escalation_for(w, tier, &item).filter(|_| judgement.confidence < item.confidence_threshold);
     let call_id = completion
         .response_id
         .clone()
@@ -200,7 +263,9 @@ async fn process(
         price_id: model.price_id,
         prompt_tokens: completion.prompt_tokens as i32,
         completion_tokens: completion.completion_tokens as i32,
-        cost_usd: model.price.cost(completion.prompt_tokens, completion.completion_tokens),
+        cost_usd: model
+            .price
+            .cost(completion.prompt_tokens, completion.completion_tokens),
         latency_ms: completion.latency.as_millis().min(i32::MAX as u128) as i32,
         retry: delivered > 1,
     };
@@ -212,7 +277,16 @@ async fn process(
         escalated: escalation.is_some(),
         call,
     };
-    send(tx, Pending { outcome, acker, escalation, dead_payload: None }).await;
+    send(
+        tx,
+        Pending {
+            outcome,
+            acker,
+            escalation,
+            dead_payload: None,
+        },
+    )
+    .await;
 }
 
 async fn send(tx: &mpsc::Sender<Pending>, p: Pending) {
@@ -223,10 +297,17 @@ async fn send(tx: &mpsc::Sender<Pending>, p: Pending) {
 }
 
 /// Judges an answer with the task's rule.
-fn judge(task: &Task, model: &ModelRuntime, content: &str, logprobs: Option<&[confidence::TokenLogprob]>) -> Judgement {
+fn judge(
+    task: &Task,
+    model: &ModelRuntime,
+    content: &str,
+    logprobs: Option<&[confidence::TokenLogprob]>,
+) -> Judgement {
     let fallback = model.settings.confidence_without_logprobs;
     match task {
-        Task::Classify { labels, .. } => confidence::judge_label(content, logprobs, labels, fallback),
+        Task::Classify { labels, .. } => {
+            confidence::judge_label(content, logprobs, labels, fallback)
+        }
         Task::Summarize { max_words, .. } => confidence::judge_text(
             content,
             logprobs,
@@ -262,10 +343,8 @@ async fn settled_before(w: &Worker, item: &WorkItem, key: &AttemptKey) -> anyhow
     let keys = [key.clone()];
     let existing = outcomes::existing_results(&w.pool, &keys).await?;
     if let Some((_, escalated)) = existing.first() {
-        if *escalated {
-            if let Some(up) = escalation_for(w, &item.tier, item) {
-                committer::publish_escalations(w, &[&up]).await?;
-            }
+        if *escalated && let Some(up) = escalation_for(w, &item.tier, item) {
+            committer::publish_escalations(w, &[&up]).await?;
         }
         return Ok(true);
     }
@@ -298,13 +377,22 @@ async fn dead_letter_undecodable(
     )
     .await;
     if recorded.is_err() {
-        let _ = acker.ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay))).await;
+        let _ = acker
+            .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
+            .await;
         return;
     }
     let tier = subject.rsplit('.').next().unwrap_or("unknown");
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(HEADER_DLQ_REASON, error.replace(['\r', '\n'], " ").as_str());
-    if let Ok(ack) = w.js.publish_with_headers(w.settings.topology().dlq_work_subject(tier), headers, payload.clone()).await {
+    if let Ok(ack) =
+        w.js.publish_with_headers(
+            w.settings.topology().dlq_work_subject(tier),
+            headers,
+            payload.clone(),
+        )
+        .await
+    {
         let _ = ack.await;
     }
     let _ = acker.ack_with(AckKind::Term).await;

@@ -37,7 +37,11 @@ pub use context::{Worker, WorkerCounters};
 /// # Errors
 /// Start-up failures (unreachable services, unknown tier, a model without a price); a lane
 /// that fails later cancels the others and its error is returned.
-pub async fn run(settings: Settings, tiers: Vec<String>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    tiers: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let worker = Worker::connect(settings, &tiers).await?;
     run_with(worker, tiers, shutdown).await
 }
@@ -46,7 +50,11 @@ pub async fn run(settings: Settings, tiers: Vec<String>, shutdown: CancellationT
 ///
 /// # Errors
 /// The first lane error.
-pub async fn run_with(worker: Worker, tiers: Vec<String>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_with(
+    worker: Worker,
+    tiers: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let mut handles = Vec::new();
     for tier in tiers {

@@ -30,7 +30,12 @@ impl ModelLimiter {
         let requests = rpm.map(|r| RateLimiter::direct(Quota::per_minute(r).allow_burst(burst(r))));
         let token_burst = tpm.map(|t| burst(t).get()).unwrap_or(u32::MAX);
         let tokens = tpm.map(|t| RateLimiter::direct(Quota::per_minute(t).allow_burst(burst(t))));
-        Self { requests, tokens, token_burst, paused_until: Mutex::new(None) }
+        Self {
+            requests,
+            tokens,
+            token_burst,
+            paused_until: Mutex::new(None),
+        }
     }
 
     /// Waits until a request of about `tokens` tokens may be sent. Returns how long it
@@ -60,10 +65,10 @@ impl ModelLimiter {
     /// Stops every call to this model until `after` from now (a 429's `Retry-After`).
     pub fn pause_for(&self, after: Duration) {
         let until = Instant::now() + after;
-        if let Ok(mut g) = self.paused_until.lock() {
-            if g.is_none_or(|cur| cur < until) {
-                *g = Some(until);
-            }
+        if let Ok(mut g) = self.paused_until.lock()
+            && g.is_none_or(|cur| cur < until)
+        {
+            *g = Some(until);
         }
     }
 }
@@ -75,7 +80,7 @@ mod tests {
     #[tokio::test]
     async fn unlimited_never_waits_and_pause_delays_everyone() {
         let l = ModelLimiter::new(None, None);
-        assert_eq!(l.acquire(10).await, Duration::ZERO);
+        assert!(l.acquire(10).await < Duration::from_millis(5));
         l.pause_for(Duration::from_millis(30));
         assert!(l.acquire(1).await >= Duration::from_millis(25));
     }

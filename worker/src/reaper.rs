@@ -32,7 +32,11 @@ struct MaxDeliveries {
 pub async fn run_reaper(w: Worker, shutdown: CancellationToken) -> anyhow::Result<()> {
     let spec = switchyard_runtime::nats::advisories_consumer_spec(&w.settings);
     let consumer = switchyard_runtime::nats::ensure_consumer(&w.js, &spec).await?;
-    let mut messages = consumer.stream().expires(Duration::from_secs(5)).messages().await?;
+    let mut messages = consumer
+        .stream()
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await?;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -49,7 +53,9 @@ pub async fn run_reaper(w: Worker, shutdown: CancellationToken) -> anyhow::Resul
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "cannot record max-deliveries advisory");
                 let _ = msg
-                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(2))))
+                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(
+                        Duration::from_secs(2),
+                    )))
                     .await;
             }
         }
@@ -73,7 +79,11 @@ async fn reap(w: &Worker, payload: &[u8]) -> anyhow::Result<()> {
         return Ok(());
     };
     let outcome = Outcome::Failed {
-        key: AttemptKey { job_id: item.job_id.clone(), item_id: item.item_id.clone(), attempt: i32::from(item.attempt) },
+        key: AttemptKey {
+            job_id: item.job_id.clone(),
+            item_id: item.item_id.clone(),
+            attempt: i32::from(item.attempt),
+        },
         subject,
         deliveries: adv.deliveries as i32,
         error: format!(

@@ -41,12 +41,22 @@ pub fn match_label<'a>(answer: &str, labels: &'a [String]) -> Option<&'a str> {
             .to_owned()
     };
     let mut a = trim(answer);
-    if let Some(rest) = a.strip_prefix("Answer:").or_else(|| a.strip_prefix("answer:")) {
+    if let Some(rest) = a
+        .strip_prefix("Answer:")
+        .or_else(|| a.strip_prefix("answer:"))
+    {
         a = trim(rest);
     }
-    let find = |cand: &str| labels.iter().find(|l| l.eq_ignore_ascii_case(cand)).map(String::as_str);
+    let find = |cand: &str| {
+        labels
+            .iter()
+            .find(|l| l.eq_ignore_ascii_case(cand))
+            .map(String::as_str)
+    };
     find(&a).or_else(|| {
-        let first = a.split(|c: char| c.is_whitespace() || c == ',' || c == ')' || c == '.').next()?;
+        let first = a
+            .split(|c: char| c.is_whitespace() || c == ',' || c == ')' || c == '.')
+            .next()?;
         find(&trim(first))
     })
 }
@@ -59,7 +69,11 @@ pub fn judge_label(
     without_logprobs: f64,
 ) -> Judgement {
     match match_label(answer, labels) {
-        None => Judgement { answer: answer.trim().to_owned(), confidence: 0.0, off_label: true },
+        None => Judgement {
+            answer: answer.trim().to_owned(),
+            confidence: 0.0,
+            off_label: true,
+        },
         Some(label) => {
             let confidence = match logprobs {
                 Some(tokens) if !tokens.is_empty() => {
@@ -72,7 +86,11 @@ pub fn judge_label(
                 }
                 _ => without_logprobs,
             };
-            Judgement { answer: label.to_owned(), confidence: clamp01(confidence), off_label: false }
+            Judgement {
+                answer: label.to_owned(),
+                confidence: clamp01(confidence),
+                off_label: false,
+            }
         }
     }
 }
@@ -86,7 +104,11 @@ pub fn judge_text(
 ) -> Judgement {
     let text = answer.trim();
     if text.is_empty() {
-        return Judgement { answer: String::new(), confidence: 0.0, off_label: false };
+        return Judgement {
+            answer: String::new(),
+            confidence: 0.0,
+            off_label: false,
+        };
     }
     let mut confidence = match logprobs {
         Some(tokens) if !tokens.is_empty() => {
@@ -95,12 +117,16 @@ pub fn judge_text(
         }
         _ => without_logprobs,
     };
-    if let Some(limit) = max_words {
-        if text.split_whitespace().count() > 2 * limit as usize {
-            confidence *= 0.5;
-        }
+    if let Some(limit) = max_words
+        && text.split_whitespace().count() > 2 * limit as usize
+    {
+        confidence *= 0.5;
     }
-    Judgement { answer: text.to_owned(), confidence: clamp01(confidence), off_label: false }
+    Judgement {
+        answer: text.to_owned(),
+        confidence: clamp01(confidence),
+        off_label: false,
+    }
 }
 
 fn clamp01(x: f64) -> f64 {
@@ -116,7 +142,10 @@ mod tests {
     }
 
     fn lp(token: &str, p: f64) -> TokenLogprob {
-        TokenLogprob { token: token.into(), logprob: p.ln() }
+        TokenLogprob {
+            token: token.into(),
+            logprob: p.ln(),
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - [`confidence`]: how sure a model was, from its logprobs, and whether to escalate.
 
 pub mod confidence;
-pub mod pricing;
 pub mod policy;
+pub mod pricing;
 pub mod prompt;
 pub mod validate;

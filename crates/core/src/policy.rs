@@ -37,9 +37,10 @@ impl Cut {
     pub fn route(&self, score: f32, seq: i64) -> Route {
         let strong = match *self {
             Cut::AtLeast(t) => score >= t,
-            Cut::Rank { score_cut, last_seq } => {
-                score > score_cut || (score == score_cut && seq <= last_seq)
-            }
+            Cut::Rank {
+                score_cut,
+                last_seq,
+            } => score > score_cut || (score == score_cut && seq <= last_seq),
             Cut::Nothing => false,
         };
         if strong { Route::Strong } else { Route::Weak }
@@ -50,7 +51,10 @@ impl Cut {
     pub fn as_pair(&self) -> Option<(f32, i64)> {
         match *self {
             Cut::AtLeast(t) => Some((t, i64::MAX)),
-            Cut::Rank { score_cut, last_seq } => Some((score_cut, last_seq)),
+            Cut::Rank {
+                score_cut,
+                last_seq,
+            } => Some((score_cut, last_seq)),
             Cut::Nothing => None,
         }
     }
@@ -77,11 +81,12 @@ pub fn compute_cut(routing: &Routing, scored: &mut [(f32, i64)]) -> Cut {
                 return Cut::Nothing;
             }
             // Highest score first; among equal scores, earliest input first.
-            let by_rank = |a: &(f32, i64), b: &(f32, i64)| {
-                b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
-            };
+            let by_rank = |a: &(f32, i64), b: &(f32, i64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
             let (_, kth, _) = scored.select_nth_unstable_by(k - 1, by_rank);
-            Cut::Rank { score_cut: kth.0, last_seq: kth.1 }
+            Cut::Rank {
+                score_cut: kth.0,
+                last_seq: kth.1,
+            }
         }
     }
 }
@@ -112,13 +117,19 @@ mod tests {
             .iter()
             .map(|&(sc, q)| cut.route(sc, q))
             .collect();
-        assert_eq!(routes, vec![Route::Strong, Route::Strong, Route::Weak, Route::Weak]);
+        assert_eq!(
+            routes,
+            vec![Route::Strong, Route::Strong, Route::Weak, Route::Weak]
+        );
     }
 
     #[test]
     fn zero_share_sends_nothing_strong() {
         let mut s = vec![(1.0, 0), (2.0, 1)];
-        assert_eq!(compute_cut(&Routing::StrongShare { value: 0.0 }, &mut s), Cut::Nothing);
+        assert_eq!(
+            compute_cut(&Routing::StrongShare { value: 0.0 }, &mut s),
+            Cut::Nothing
+        );
     }
 
     proptest! {

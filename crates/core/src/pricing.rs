@@ -39,7 +39,10 @@ impl Price {
                 return Err(PriceError::Absurd(p));
             }
         }
-        Ok(Self { input_usd_per_mtok: input, output_usd_per_mtok: output })
+        Ok(Self {
+            input_usd_per_mtok: input,
+            output_usd_per_mtok: output,
+        })
     }
 
     /// The exact cost of a call with these token counts.
@@ -69,8 +72,14 @@ mod tests {
 
     #[test]
     fn bad_prices_are_refused() {
-        assert_eq!(Price::new(d("-1"), d("1")), Err(PriceError::Negative(d("-1"))));
-        assert!(matches!(Price::new(d("1"), d("20000")), Err(PriceError::Absurd(_))));
+        assert_eq!(
+            Price::new(d("-1"), d("1")),
+            Err(PriceError::Negative(d("-1")))
+        );
+        assert!(matches!(
+            Price::new(d("1"), d("20000")),
+            Err(PriceError::Absurd(_))
+        ));
     }
 
     proptest! {

@@ -19,23 +19,39 @@ pub const DEFAULT_MAX_WORDS: u32 = 80;
 /// text unchanged as the user message.
 pub fn messages_for(task: &Task, text: &str) -> Vec<Message> {
     let system = match task {
-        Task::Classify { labels, instructions } => format!(
+        Task::Classify {
+            labels,
+            instructions,
+        } => format!(
             "{}\nAnswer with exactly one of the labels and nothing else.\nLabels: {}",
-            instructions.as_deref().unwrap_or("Classify the user's text."),
+            instructions
+                .as_deref()
+                .unwrap_or("Classify the user's text."),
             labels.join(", ")
         ),
-        Task::Summarize { max_words, instructions } => format!(
+        Task::Summarize {
+            max_words,
+            instructions,
+        } => format!(
             "{}\nUse at most {} words.",
-            instructions.as_deref().unwrap_or("Summarize the user's text."),
+            instructions
+                .as_deref()
+                .unwrap_or("Summarize the user's text."),
             max_words.unwrap_or(DEFAULT_MAX_WORDS)
         ),
-        Task::Generate { instructions } => {
-            instructions.clone().unwrap_or_else(|| "You are a helpful assistant.".to_owned())
-        }
+        Task::Generate { instructions } => instructions
+            .clone()
+            .unwrap_or_else(|| "You are a helpful assistant.".to_owned()),
     };
     vec![
-        Message { role: "system", content: system },
-        Message { role: "user", content: text.to_owned() },
+        Message {
+            role: "system",
+            content: system,
+        },
+        Message {
+            role: "user",
+            content: text.to_owned(),
+        },
     ]
 }
 
@@ -58,7 +74,10 @@ mod tests {
 
     #[test]
     fn classify_prompt_lists_labels_and_keeps_text() {
-        let task = Task::Classify { labels: vec!["A".into(), "B".into()], instructions: None };
+        let task = Task::Classify {
+            labels: vec!["A".into(), "B".into()],
+            instructions: None,
+        };
         let m = messages_for(&task, "  the item  ");
         assert!(m[0].content.ends_with("Labels: A, B"));
         assert_eq!(m[1].content, "  the item  ");

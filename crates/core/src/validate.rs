@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use switchyard_proto::{JobSpec, Item, Routing, Task};
+use switchyard_proto::{Item, JobSpec, Routing, Task};
 
 /// Size limits, from the deployment's configuration.
 #[derive(Debug, Clone)]
@@ -20,7 +20,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_item_bytes: 64 * 1024, max_items: 10_000_000, max_labels: 1000, max_name_bytes: 256 }
+        Self {
+            max_item_bytes: 64 * 1024,
+            max_items: 10_000_000,
+            max_labels: 1000,
+            max_name_bytes: 256,
+        }
     }
 }
 
@@ -91,7 +96,9 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
                 }
             }
         }
-        Task::Summarize { max_words: Some(0), .. } => return reject("summarize max_words is 0"),
+        Task::Summarize {
+            max_words: Some(0), ..
+        } => return reject("summarize max_words is 0"),
         Task::Summarize { .. } | Task::Generate { .. } => {}
     }
     match (&spec.items, &spec.input) {
@@ -99,7 +106,11 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
         (Some(_), Some(_)) => return reject("job sets both `items` and `input`: use one"),
         (Some(items), None) if items.is_empty() => return reject("job has no items"),
         (Some(items), None) if items.len() as u64 > limits.max_items => {
-            return reject(format!("job has {} items (limit {})", items.len(), limits.max_items));
+            return reject(format!(
+                "job has {} items (limit {})",
+                items.len(),
+                limits.max_items
+            ));
         }
         _ => {}
     }
@@ -112,10 +123,12 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
         }
         _ => {}
     }
-    if let Some(t) = spec.policy.cascade.confidence_threshold {
-        if !(0.0..=1.0).contains(&t) {
-            return reject(format!("cascade confidence_threshold {t} is outside [0, 1]"));
-        }
+    if let Some(t) = spec.policy.cascade.confidence_threshold
+        && !(0.0..=1.0).contains(&t)
+    {
+        return reject(format!(
+            "cascade confidence_threshold {t} is outside [0, 1]"
+        ));
     }
     Ok(())
 }
@@ -140,14 +153,14 @@ pub fn check_item(item: &Item, line: u64, limits: &Limits) -> Result<(), Rejecti
     if item.text.contains('\0') {
         return reject(format!("item {:?} contains a NUL byte", item.item_id));
     }
-    if let Some(s) = &item.sensitivity {
-        if !KNOWN_SENSITIVITIES.contains(&s.as_str()) {
-            return reject(format!(
-                "item {:?} has unknown sensitivity {s:?} (known: {})",
-                item.item_id,
-                KNOWN_SENSITIVITIES.join(", ")
-            ));
-        }
+    if let Some(s) = &item.sensitivity
+        && !KNOWN_SENSITIVITIES.contains(&s.as_str())
+    {
+        return reject(format!(
+            "item {:?} has unknown sensitivity {s:?} (known: {})",
+            item.item_id,
+            KNOWN_SENSITIVITIES.join(", ")
+        ));
     }
     Ok(())
 }
@@ -162,7 +175,13 @@ mod tests {
     use super::*;
 
     fn spec() -> JobSpec {
-        let mut s = JobSpec::new("j", Task::Classify { labels: vec!["a".into(), "b".into()], instructions: None });
+        let mut s = JobSpec::new(
+            "j",
+            Task::Classify {
+                labels: vec!["a".into(), "b".into()],
+                instructions: None,
+            },
+        );
         s.items = Some(vec![Item::new("1", "x")]);
         s
     }
@@ -179,7 +198,10 @@ mod tests {
         s.items = Some(vec![]);
         assert!(check_spec(&s, &l).unwrap_err().0.contains("no items"));
         let mut s = spec();
-        s.task = Task::Classify { labels: vec!["a".into(), "A".into()], instructions: None };
+        s.task = Task::Classify {
+            labels: vec!["a".into(), "A".into()],
+            instructions: None,
+        };
         assert!(check_spec(&s, &l).unwrap_err().0.contains("twice"));
         let mut s = spec();
         s.policy.routing = Routing::StrongShare { value: 1.5 };
@@ -191,11 +213,22 @@ mod tests {
 
     #[test]
     fn item_problems_name_the_item() {
-        let l = Limits { max_item_bytes: 4, ..Limits::default() };
+        let l = Limits {
+            max_item_bytes: 4,
+            ..Limits::default()
+        };
         let err = check_item(&Item::new("big", "12345"), 1, &l).unwrap_err();
-        assert!(err.0.contains("\"big\"") && err.0.contains("limit 4"), "{err}");
+        assert!(
+            err.0.contains("\"big\"") && err.0.contains("limit 4"),
+            "{err}"
+        );
         let mut it = Item::new("s", "x");
         it.sensitivity = Some("secret".into());
-        assert!(check_item(&it, 1, &l).unwrap_err().0.contains("unknown sensitivity"));
+        assert!(
+            check_item(&it, 1, &l)
+                .unwrap_err()
+                .0
+                .contains("unknown sensitivity")
+        );
     }
 }

@@ -58,7 +58,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     match envelope.v {
         None => return Err(DecodeError::MissingVersion),
         Some(found) if found > u64::from(PROTOCOL_VERSION) => {
-            return Err(DecodeError::UnsupportedVersion { found, max: PROTOCOL_VERSION });
+            return Err(DecodeError::UnsupportedVersion {
+                found,
+                max: PROTOCOL_VERSION,
+            });
         }
         Some(_) => {}
     }
@@ -77,14 +80,23 @@ mod tests {
         let bytes = encode(&spec).unwrap();
         assert_eq!(
             decode::<JobSpec>(&bytes),
-            Err(DecodeError::UnsupportedVersion { found: 9, max: PROTOCOL_VERSION })
+            Err(DecodeError::UnsupportedVersion {
+                found: 9,
+                max: PROTOCOL_VERSION
+            })
         );
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        assert!(matches!(decode::<JobSpec>(b"{\"json\": true}"), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode::<JobSpec>(&[]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<JobSpec>(b"{\"json\": true}"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<JobSpec>(&[]),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -98,14 +110,20 @@ mod tests {
         let err = decode::<JobSpec>(&bytes).unwrap_err().to_string();
         assert!(err.contains("task"), "{err}");
         // The envelope still names the job, so the rejection can be stored on it.
-        assert_eq!(decode_envelope(&bytes).unwrap().job_id.as_deref(), Some("j"));
+        assert_eq!(
+            decode_envelope(&bytes).unwrap().job_id.as_deref(),
+            Some("j")
+        );
     }
 
     #[test]
     fn roundtrip_keeps_everything() {
         let mut spec = JobSpec::new(
             "j2",
-            Task::Classify { labels: vec!["A".into(), "B".into()], instructions: None },
+            Task::Classify {
+                labels: vec!["A".into(), "B".into()],
+                instructions: None,
+            },
         );
         spec.items = Some(vec![Item::new("i1", "hello")]);
         let back: JobSpec = decode(&encode(&spec).unwrap()).unwrap();

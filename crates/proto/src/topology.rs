@@ -25,7 +25,9 @@ pub struct InvalidPrefix(pub String);
 impl Default for Topology {
     /// The default deployment prefix, `sy`.
     fn default() -> Self {
-        Self { prefix: "sy".to_owned() }
+        Self {
+            prefix: "sy".to_owned(),
+        }
     }
 }
 
@@ -39,8 +41,16 @@ impl Topology {
         let ok = !prefix.is_empty()
             && prefix.len() <= 32
             && prefix.starts_with(|c: char| c.is_ascii_lowercase())
-            && prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if ok { Ok(Self { prefix: prefix.to_owned() }) } else { Err(InvalidPrefix(prefix.to_owned())) }
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(Self {
+                prefix: prefix.to_owned(),
+            })
+        } else {
+            Err(InvalidPrefix(prefix.to_owned()))
+        }
     }
 
     /// The prefix itself.
@@ -106,7 +116,10 @@ impl Topology {
     }
     /// The advisory subject for the work stream's consumers.
     pub fn max_deliveries_advisory_subject(&self) -> String {
-        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*", self.work_stream())
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            self.work_stream()
+        )
     }
 
     /// Core subject of a job's progress events.
@@ -131,7 +144,13 @@ impl Topology {
 /// Makes an id safe as one subject token (ids may contain `.`, `*`, `>` or spaces).
 pub fn subject_token(id: &str) -> String {
     id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

@@ -25,7 +25,10 @@ mod tests {
     #[test]
     fn longer_scores_higher_and_empty_is_finite() {
         let r = LengthRouter;
-        assert!(r.score("a much longer prompt", TaskKind::Classify) > r.score("short", TaskKind::Classify));
+        assert!(
+            r.score("a much longer prompt", TaskKind::Classify)
+                > r.score("short", TaskKind::Classify)
+        );
         assert!(r.score("", TaskKind::Generate).is_finite());
     }
 }

@@ -5,14 +5,36 @@
 //! dispatcher sees in real traffic, the item's text and the job's task kind (never ids,
 //! benchmark or subject names). Policies (threshold, strong share, budget) turn scores into
 //! tiers; that happens in the dispatcher, not here.
+//!
+//! The crate has two halves:
+//! - **online** ([`Router`], [`default_router`], [`load_router`], [`LearnedRouter`]): what the
+//!   dispatcher links, pure and fast;
+//! - **offline** ([`data`], [`train`], [`metrics`], [`baselines`], [`eval`], [`crossval`],
+//!   [`plot`], [`cli`]): the tools that build a router artifact from benchmark rows and prove
+//!   what it is worth, with the same metrics as RouteLLM and RouterBench.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 pub use switchyard_proto::TaskKind;
 
+pub mod artifact;
+pub mod baselines;
+pub mod cli;
+pub mod crossval;
+pub mod data;
+pub mod eval;
+pub mod features;
 mod length;
+pub mod metrics;
+pub mod model;
+pub mod plot;
+pub mod rng;
+pub mod train;
 
+pub use artifact::{FORMAT_VERSION, RouterArtifact};
 pub use length::LengthRouter;
+pub use model::LearnedRouter;
 
 /// Scores items for the dispatcher.
 pub trait Router: Send + Sync + std::fmt::Debug {
@@ -24,7 +46,55 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     fn score(&self, text: &str, task: TaskKind) -> f32;
 }
 
-/// The router the dispatcher uses when none is configured.
+/// Why a router artifact could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The file could not be read.
+    #[error("cannot read router artifact {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a router artifact, or is damaged.
+    #[error("corrupt router artifact {path}: {reason}")]
+    Corrupt { path: String, reason: String },
+    /// The artifact was written by a newer (or unknown) version of the format.
+    #[error(
+        "router artifact {path} has format version {found}, this build reads versions up to \
+         {supported}: upgrade switchyard or retrain the router"
+    )]
+    UnsupportedVersion {
+        path: String,
+        found: u64,
+        supported: u32,
+    },
+}
+
+/// The committed default artifact (see `crates/router/README.md` for the command that
+/// rebuilds it). Embedded so the dispatcher never does I/O to get its router.
+pub const DEFAULT_ARTIFACT: &str = include_str!("../artifacts/default-router.json");
+
+/// The router the dispatcher uses when none is configured: the committed learned router.
+///
+/// The artifact is parsed once per process. It is checked by this crate's tests, so the
+/// length fallback exists only to keep a broken build from taking dispatch down.
 pub fn default_router() -> Arc<dyn Router> {
-    Arc::new(LengthRouter)
+    static DEFAULT: OnceLock<Arc<dyn Router>> = OnceLock::new();
+    DEFAULT
+        .get_or_init(
+            || match RouterArtifact::from_json(DEFAULT_ARTIFACT, "<embedded default>") {
+                Ok(artifact) => match artifact.into_router() {
+                    Ok(router) => Arc::new(router),
+                    Err(_) => Arc::new(LengthRouter),
+                },
+                Err(_) => Arc::new(LengthRouter),
+            },
+        )
+        .clone()
+}
+
+/// Loads a router artifact written by `switchyard router train`.
+pub fn load_router(path: &Path) -> Result<Arc<dyn Router>, RouterError> {
+    Ok(Arc::new(RouterArtifact::load(path)?.into_router()?))
 }

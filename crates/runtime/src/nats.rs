@@ -35,7 +35,9 @@ pub async fn connect(settings: &Settings, client_name: &str) -> anyhow::Result<a
 
 /// A JetStream context with a request timeout long enough for a loaded server.
 pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
-    jetstream::ContextBuilder::new().timeout(Duration::from_secs(10)).build(client)
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build(client)
 }
 
 fn storage(settings: &Settings) -> stream::StorageType {
@@ -87,7 +89,9 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &Settings) -> any
     ];
     for config in streams {
         let name = config.name.clone();
-        ensure_stream(js, config).await.with_context(|| format!("cannot create stream `{name}`"))?;
+        ensure_stream(js, config)
+            .await
+            .with_context(|| format!("cannot create stream `{name}`"))?;
     }
     let bucket = t.inputs_bucket();
     if js.get_object_store(&bucket).await.is_err() {
@@ -164,8 +168,10 @@ pub async fn ensure_consumer(
                 "consumer exists with different settings, using it unchanged"
             );
             stream.get_consumer(&spec.durable).await.map_err(|_| {
-                anyhow::anyhow!(create_err)
-                    .context(format!("cannot create consumer `{}` on `{}`", spec.durable, spec.stream))
+                anyhow::anyhow!(create_err).context(format!(
+                    "cannot create consumer `{}` on `{}`",
+                    spec.durable, spec.stream
+                ))
             })
         }
     }
@@ -220,7 +226,12 @@ pub fn advisories_consumer_spec(settings: &Settings) -> ConsumerSpec {
 /// Never for missing streams; only when the server refuses a deletion.
 pub async fn delete_topology(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
     let t = settings.topology();
-    for name in [t.jobs_stream(), t.work_stream(), t.dlq_stream(), t.advisories_stream()] {
+    for name in [
+        t.jobs_stream(),
+        t.work_stream(),
+        t.dlq_stream(),
+        t.advisories_stream(),
+    ] {
         let _ = js.delete_stream(&name).await;
     }
     let _ = js.delete_object_store(t.inputs_bucket()).await;

@@ -96,7 +96,10 @@ pub struct DatabaseSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: SecretString::from(DEFAULT_DATABASE_URL), max_connections: 16 }
+        Self {
+            url: SecretString::from(DEFAULT_DATABASE_URL),
+            max_connections: 16,
+        }
     }
 }
 
@@ -218,10 +221,16 @@ pub struct ModelSettings {
     #[serde(default)]
     pub api_key_env: Option<String>,
     /// USD per million prompt tokens, as a string (`"0.6"`) so it stays exact.
-    #[serde(deserialize_with = "deserialize_price", serialize_with = "serialize_decimal")]
+    #[serde(
+        deserialize_with = "deserialize_price",
+        serialize_with = "serialize_decimal"
+    )]
     pub input_usd_per_mtok: Decimal,
     /// USD per million completion tokens, as a string.
-    #[serde(deserialize_with = "deserialize_price", serialize_with = "serialize_decimal")]
+    #[serde(
+        deserialize_with = "deserialize_price",
+        serialize_with = "serialize_decimal"
+    )]
     pub output_usd_per_mtok: Decimal,
     /// Requests per minute allowed by the provider (this process's share).
     #[serde(default)]
@@ -302,12 +311,24 @@ fn sim_model(tier: &str, input: &str, output: &str) -> ModelSettings {
 /// input/output tokens; the small open models at assumed hosting prices).
 pub fn default_models() -> BTreeMap<String, ModelSettings> {
     BTreeMap::from([
-        ("mistralai/Mixtral-8x7B-Instruct-v0.1".to_owned(), sim_model("weak", "0.6", "0.6")),
+        (
+            "mistralai/Mixtral-8x7B-Instruct-v0.1".to_owned(),
+            sim_model("weak", "0.6", "0.6"),
+        ),
         ("T0pp".to_owned(), sim_model("weak", "0.3", "0.3")),
         ("BRIO".to_owned(), sim_model("weak", "0.1", "0.1")),
-        ("gpt-4-1106-preview".to_owned(), sim_model("strong", "10", "30")),
-        ("text-davinci-002".to_owned(), sim_model("strong", "20", "20")),
-        ("mistralai/Mistral-7B-Instruct-v0.1".to_owned(), sim_model("local", "0.2", "0.2")),
+        (
+            "gpt-4-1106-preview".to_owned(),
+            sim_model("strong", "10", "30"),
+        ),
+        (
+            "text-davinci-002".to_owned(),
+            sim_model("strong", "20", "20"),
+        ),
+        (
+            "mistralai/Mistral-7B-Instruct-v0.1".to_owned(),
+            sim_model("local", "0.2", "0.2"),
+        ),
     ])
 }
 
@@ -358,7 +379,10 @@ impl Default for Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot read config file `{path}`: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file `{path}`: {message}")]
     Parse { path: String, message: String },
     #[error("invalid configuration: {0}")]
@@ -430,7 +454,9 @@ impl Settings {
         }
         for (name, tier) in &self.tiers {
             if Topology::new(name).is_err() {
-                return bad(format!("tier name `{name}` must be lowercase letters, digits or _"));
+                return bad(format!(
+                    "tier name `{name}` must be lowercase letters, digits or _"
+                ));
             }
             match self.models.get(&tier.default_model) {
                 None => {
@@ -447,10 +473,10 @@ impl Settings {
                 }
                 Some(_) => {}
             }
-            if let Some(next) = &tier.escalate_to {
-                if !self.tiers.contains_key(next) {
-                    return bad(format!("tier `{name}`: escalate_to `{next}` is not a tier"));
-                }
+            if let Some(next) = &tier.escalate_to
+                && !self.tiers.contains_key(next)
+            {
+                return bad(format!("tier `{name}`: escalate_to `{next}` is not a tier"));
             }
         }
         // Escalation chains must end.
@@ -459,7 +485,9 @@ impl Settings {
             let mut cur = start.as_str();
             while let Some(next) = self.tiers.get(cur).and_then(|t| t.escalate_to.as_deref()) {
                 if seen.contains(&next) {
-                    return bad(format!("escalation from tier `{start}` loops back to `{next}`"));
+                    return bad(format!(
+                        "escalation from tier `{start}` loops back to `{next}`"
+                    ));
                 }
                 seen.push(next);
                 cur = next;
@@ -467,15 +495,23 @@ impl Settings {
         }
         for (name, m) in &self.models {
             if !self.tiers.contains_key(&m.tier) {
-                return bad(format!("model `{name}`: tier `{}` is not in [tiers]", m.tier));
+                return bad(format!(
+                    "model `{name}`: tier `{}` is not in [tiers]",
+                    m.tier
+                ));
             }
             Price::new(m.input_usd_per_mtok, m.output_usd_per_mtok)
                 .map_err(|e| SettingsError::Invalid(format!("model `{name}`: {e}")))?;
             if !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://")) {
-                return bad(format!("model `{name}`: base_url `{}` is not http(s)", m.base_url));
+                return bad(format!(
+                    "model `{name}`: base_url `{}` is not http(s)",
+                    m.base_url
+                ));
             }
             if !(0.0..=1.0).contains(&m.confidence_without_logprobs) {
-                return bad(format!("model `{name}`: confidence_without_logprobs outside [0, 1]"));
+                return bad(format!(
+                    "model `{name}`: confidence_without_logprobs outside [0, 1]"
+                ));
             }
         }
         let d = &self.dispatcher;
@@ -529,14 +565,21 @@ impl Settings {
         overrides: &'a BTreeMap<String, String>,
     ) -> Option<&'a str> {
         if let Some(m) = overrides.get(tier) {
-            return self.models.get(m).filter(|s| s.tier == tier).map(|_| m.as_str());
+            return self
+                .models
+                .get(m)
+                .filter(|s| s.tier == tier)
+                .map(|_| m.as_str());
         }
         self.tiers.get(tier).map(|t| t.default_model.as_str())
     }
 
     /// The first local tier, where `local_only` items go.
     pub fn local_tier(&self) -> Option<&str> {
-        self.tiers.iter().find(|(_, t)| t.local).map(|(n, _)| n.as_str())
+        self.tiers
+            .iter()
+            .find(|(_, t)| t.local)
+            .map(|(n, _)| n.as_str())
     }
 
     /// The database URL (a secret: do not log it).
@@ -567,7 +610,10 @@ fn serialize_decimal<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&d.to_string())
 }
 
-fn serialize_redacted_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+fn serialize_redacted_opt<S: Serializer>(
+    v: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match v {
         Some(_) => s.serialize_str("[redacted]"),
         None => s.serialize_none(),
@@ -580,9 +626,13 @@ fn serialize_redacted_url<S: Serializer>(v: &SecretString, s: S) -> Result<S::Ok
 
 /// Replaces the password of a URL (`scheme://user:password@host`) with `[redacted]`.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
     let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else { return url.to_owned() };
+    let Some(at) = rest.find('@') else {
+        return url.to_owned();
+    };
     let userinfo = &rest[..at];
     match userinfo.find(':') {
         Some(colon) => format!(
@@ -615,26 +665,42 @@ mod tests {
         let base = |price: &str| {
             format!(
                 "[models.m]\ntier = \"t\"\nbase_url = \"http://x/v1\"\ninput_usd_per_mtok = {price}\n\
-                 output_usd_per_mtok = \"1\"\n[tiers.t]\ndefault_model = \"m\"\n"
+                 output_usd_per_mtok = \"1\"\n[tiers.t]\ndefault_model = \"m\"\n\
+                 [dispatcher]\nweak_tier = \"t\"\nstrong_tier = \"t\"\n"
             )
         };
-        assert!(Settings::from_toml(&base("0.6")).unwrap_err().contains("strings"));
+        assert!(
+            Settings::from_toml(&base("0.6"))
+                .unwrap_err()
+                .contains("strings")
+        );
         let s = Settings::from_toml(&base("\"0.6\"")).unwrap();
         s.validate().unwrap();
-        assert_eq!(s.models["m"].input_usd_per_mtok, Decimal::from_str("0.6").unwrap());
+        assert_eq!(
+            s.models["m"].input_usd_per_mtok,
+            Decimal::from_str("0.6").unwrap()
+        );
     }
 
     #[test]
     fn env_overrides_file_and_secrets_never_print() {
         let env = BTreeMap::from([
-            ("DATABASE_URL".to_owned(), "postgres://u:hunter2@db/x".to_owned()),
+            (
+                "DATABASE_URL".to_owned(),
+                "postgres://u:hunter2@db/x".to_owned(),
+            ),
             ("NATS_URL".to_owned(), "nats://n:4222".to_owned()),
         ]);
         let mut s = Settings::load_with_env(None, &env).unwrap();
         assert_eq!(s.nats.url, "nats://n:4222");
-        s.models.values_mut().for_each(|m| m.api_key = Some(SecretString::from("sk-secret")));
+        s.models
+            .values_mut()
+            .for_each(|m| m.api_key = Some(SecretString::from("sk-secret")));
         let shown = format!("{}{:?}", s.to_redacted_toml(), s);
-        assert!(!shown.contains("hunter2") && !shown.contains("sk-secret"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("sk-secret"),
+            "{shown}"
+        );
         assert!(shown.contains("postgres://u:[redacted]@db/x"));
     }
 

@@ -37,18 +37,27 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
 /// As [`connect`], or a migration that fails.
 pub async fn connect_and_migrate(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = connect(url, max_connections).await?;
-    crate::MIGRATOR.run(&pool).await.context("cannot apply database migrations")?;
+    crate::MIGRATOR
+        .run(&pool)
+        .await
+        .context("cannot apply database migrations")?;
     Ok(pool)
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
-    let Some(name) = options.get_database().map(str::to_owned) else { return Ok(()) };
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
     if options.clone().connect().await.is_ok() {
         return Ok(());
     }
     let admin = options.clone().database("postgres");
     let mut conn = admin.connect().await.with_context(|| {
-        format!("cannot connect to Postgres on {}:{}", options.get_host(), options.get_port())
+        format!(
+            "cannot connect to Postgres on {}:{}",
+            options.get_host(),
+            options.get_port()
+        )
     })?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -57,7 +66,10 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
             .await?;
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
             // Two processes starting together: the other one won.
             let exists: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")

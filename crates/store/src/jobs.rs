@@ -44,7 +44,11 @@ pub enum Admission {
     /// The job is new and now `ingesting`.
     New,
     /// A job with this id or idempotency key exists.
-    Existing { job_id: String, status: String, same_content: bool },
+    Existing {
+        job_id: String,
+        status: String,
+        same_content: bool,
+    },
 }
 
 /// Stores a new job, or reports the one that already holds its id or idempotency key.
@@ -82,7 +86,7 @@ pub async fn admit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Admission> {
     .await?;
     match row {
         Some((job_id, status, hash)) => Ok(Admission::Existing {
-            same_content: hash.as_deref() == Some(job.spec_hash.as_str()) && job_id == job.job_id,
+            same_content: hash.as_deref() == Some(job.spec_hash.as_str()),
             job_id,
             status,
         }),
@@ -128,7 +132,10 @@ pub async fn record_rejection(
 /// Database errors only.
 pub async fn reject_during_ingest(pool: &PgPool, job_id: &str, reason: &str) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query("DELETE FROM items WHERE job_id = $1").bind(job_id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM items WHERE job_id = $1")
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "UPDATE jobs SET status = 'rejected', rejection_reason = $2, idempotency_key = NULL, \
          finished_at = now() WHERE job_id = $1",
@@ -215,6 +222,17 @@ pub struct JobRow {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The job holding an idempotency key, if any.
+///
+/// # Errors
+/// Database errors only.
+pub async fn by_idempotency_key(pool: &PgPool, key: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT job_id FROM jobs WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}
+
 /// One job by id.
 ///
 /// # Errors
@@ -273,17 +291,31 @@ pub async fn cancelled_among(pool: &PgPool, job_ids: &[String]) -> sqlx::Result<
         .await
 }
 
+/// A failed item put back in the queue, with the attempt number its retry uses (one past
+/// every attempt it had, so result keys and message ids stay unique).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReopenedItem {
+    pub item_id: String,
+    pub text: String,
+    pub sensitivity: Option<String>,
+    pub routed_tier: Option<String>,
+    pub next_attempt: i32,
+}
+
 /// Puts a finished job back to `running` and its failed items back to `queued`, returning
 /// them for re-publishing (`switchyard retry --failed`).
 ///
 /// # Errors
 /// Database errors only.
-pub async fn reopen_failed(pool: &PgPool, job_id: &str) -> sqlx::Result<Vec<crate::items::StoredItem>> {
+pub async fn reopen_failed(pool: &PgPool, job_id: &str) -> sqlx::Result<Vec<ReopenedItem>> {
     let mut tx = pool.begin().await?;
-    let items: Vec<crate::items::StoredItem> = sqlx::query_as(
+    let items: Vec<ReopenedItem> = sqlx::query_as(
         "UPDATE items SET status = 'queued', error = NULL, updated_at = now() \
          WHERE job_id = $1 AND status = 'failed' \
-         RETURNING item_id, seq, text, sensitivity, router_score, routed_tier",
+         RETURNING item_id, text, sensitivity, routed_tier, GREATEST( \
+           COALESCE((SELECT max(r.attempt) FROM results r \
+             WHERE r.job_id = items.job_id AND r.item_id = items.item_id), 0), \
+           COALESCE(final_attempt, 0)) + 1 AS next_attempt",
     )
     .bind(job_id)
     .fetch_all(&mut *tx)

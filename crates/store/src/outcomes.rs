@@ -51,7 +51,12 @@ pub enum Outcome {
         call: CallEntry,
     },
     /// The item failed for good (non-retryable error, or out of deliveries).
-    Failed { key: AttemptKey, subject: String, deliveries: i32, error: String },
+    Failed {
+        key: AttemptKey,
+        subject: String,
+        deliveries: i32,
+        error: String,
+    },
 }
 
 impl Outcome {
@@ -77,7 +82,14 @@ pub async fn commit(pool: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<BTreeSe
     for o in outcomes {
         jobs.insert(o.key().job_id.clone());
         match o {
-            Outcome::Answered { key, tier, answer, confidence, escalated, call } => {
+            Outcome::Answered {
+                key,
+                tier,
+                answer,
+                confidence,
+                escalated,
+                call,
+            } => {
                 r.job.push(key.job_id.as_str());
                 r.item.push(key.item_id.as_str());
                 r.attempt.push(key.attempt);
@@ -95,7 +107,12 @@ pub async fn commit(pool: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<BTreeSe
                     done.tier.push(tier.as_str());
                 }
             }
-            Outcome::Failed { key, subject, deliveries, error } => {
+            Outcome::Failed {
+                key,
+                subject,
+                deliveries,
+                error,
+            } => {
                 failed.job.push(key.job_id.as_str());
                 failed.item.push(key.item_id.as_str());
                 failed.attempt.push(key.attempt);
@@ -242,7 +259,16 @@ pub async fn existing_results(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(job_id, item_id, attempt, esc)| (AttemptKey { job_id, item_id, attempt }, esc))
+        .map(|(job_id, item_id, attempt, esc)| {
+            (
+                AttemptKey {
+                    job_id,
+                    item_id,
+                    attempt,
+                },
+                esc,
+            )
+        })
         .collect())
 }
 
@@ -271,7 +297,11 @@ pub async fn closed_items(pool: &PgPool, keys: &[AttemptKey]) -> sqlx::Result<Ve
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(job_id, item_id, attempt)| AttemptKey { job_id, item_id, attempt })
+        .map(|(job_id, item_id, attempt)| AttemptKey {
+            job_id,
+            item_id,
+            attempt,
+        })
         .collect())
 }
 

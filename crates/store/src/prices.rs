@@ -30,11 +30,13 @@ pub async fn ensure_current(
     .bind(model)
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some((id, input, output, prov)) = current {
-        if input == price.input_usd_per_mtok && output == price.output_usd_per_mtok && prov == provider {
-            tx.commit().await?;
-            return Ok(id);
-        }
+    if let Some((id, input, output, prov)) = current
+        && input == price.input_usd_per_mtok
+        && output == price.output_usd_per_mtok
+        && prov == provider
+    {
+        tx.commit().await?;
+        return Ok(id);
     }
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO prices (model, provider, input_usd_per_mtok, output_usd_per_mtok, \

@@ -63,7 +63,10 @@ fn ser_decimal_map<S: serde::Serializer>(
 impl JobStatus {
     /// Items with a final answer or a final failure.
     pub fn finished(&self) -> i64 {
-        ["done", "failed", "cancelled"].iter().filter_map(|s| self.items_by_state.get(*s)).sum()
+        ["done", "failed", "cancelled"]
+            .iter()
+            .filter_map(|s| self.items_by_state.get(*s))
+            .sum()
     }
     /// Items answered.
     pub fn done(&self) -> i64 {
@@ -80,7 +83,9 @@ impl JobStatus {
 /// # Errors
 /// Database errors only.
 pub async fn job_status(pool: &PgPool, job_id: &str) -> sqlx::Result<Option<JobStatus>> {
-    let Some(job) = jobs::get(pool, job_id).await? else { return Ok(None) };
+    let Some(job) = jobs::get(pool, job_id).await? else {
+        return Ok(None);
+    };
     let rows: Vec<(String, Option<String>, Option<String>, i64)> = sqlx::query_as(
         "SELECT status, routed_tier, final_tier, count(*) FROM items WHERE job_id = $1 \
          GROUP BY 1, 2, 3",
@@ -96,10 +101,10 @@ pub async fn job_status(pool: &PgPool, job_id: &str) -> sqlx::Result<Option<JobS
         if let Some(t) = routed {
             *routed_by_tier.entry(t).or_insert(0) += n;
         }
-        if state == "done" {
-            if let Some(t) = fin {
-                *done_by_tier.entry(t).or_insert(0) += n;
-            }
+        if state == "done"
+            && let Some(t) = fin
+        {
+            *done_by_tier.entry(t).or_insert(0) += n;
         }
     }
     let escalated: i64 = sqlx::query_scalar(

@@ -55,13 +55,15 @@ impl TestDb {
     pub async fn new() -> Self {
         let name = format!("sy_test_{}", ulid::Ulid::new().to_string().to_lowercase());
         let url = with_database(&admin_database_url(), &name);
-        let pool = switchyard_store::connect_and_migrate(&url, 8).await.unwrap_or_else(|e| {
-            panic!(
-                "cannot create test database on {}: {e:#}\n\
+        let pool = switchyard_store::connect_and_migrate(&url, 8)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot create test database on {}: {e:#}\n\
                  start the services with `scripts/services.sh` (or set DATABASE_URL)",
-                admin_database_url()
-            )
-        });
+                    admin_database_url()
+                )
+            });
         Self { name, url, pool }
     }
 }
@@ -70,14 +72,18 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let admin = with_database(&admin_database_url(), "postgres");
         let name = self.name.clone();
-        let pool = self.pool.clone();
-        // Drop runs outside async context guarantees: use a thread with its own runtime.
+        // Drop may run while tasks of the test still hold connections of the pool (a test
+        // that panicked): do not wait for them (that would deadlock the test's runtime);
+        // `WITH (FORCE)` ends their sessions. A thread with its own runtime does the async
+        // work, since the test's runtime is blocked in this drop.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
                 if let Ok(admin) = PgPool::connect(&admin).await {
                     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
                     let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
@@ -114,7 +120,11 @@ impl TestNats {
         settings.nats.url = nats_url();
         settings.nats.prefix = prefix.clone();
         settings.nats.storage = StorageKind::Memory;
-        Self { prefix, client, settings }
+        Self {
+            prefix,
+            client,
+            settings,
+        }
     }
 
     /// A JetStream context.
@@ -128,7 +138,10 @@ impl Drop for TestNats {
         let settings = self.settings.clone();
         let url = nats_url();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -183,7 +196,10 @@ mod tests {
 
     #[test]
     fn database_name_is_replaced() {
-        assert_eq!(with_database("postgres://u@h:1/x?ssl=1", "y"), "postgres://u@h:1/y?ssl=1");
+        assert_eq!(
+            with_database("postgres://u@h:1/x?ssl=1", "y"),
+            "postgres://u@h:1/y?ssl=1"
+        );
         assert_eq!(with_database("postgres://u@h:1", "y"), "postgres://u@h:1/y");
     }
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 pub enum ProviderError {
     /// HTTP 429. Waiting never counts against the item's deliveries.
     #[error("`{model}` rate limited the request (retry after {retry_after:?})")]
-    RateLimited { model: String, retry_after: Option<Duration> },
+    RateLimited {
+        model: String,
+        retry_after: Option<Duration>,
+    },
     /// The request did not finish within the model's timeout.
     #[error("`{model}` timed out after {after:?}")]
     Timeout { model: String, after: Duration },
@@ -16,10 +19,19 @@ pub enum ProviderError {
     Connection { model: String, message: String },
     /// A 5xx status: the provider's fault, retried.
     #[error("`{model}` returned HTTP {status}: {body}")]
-    ServerError { model: String, status: u16, body: String, retry_after: Option<Duration> },
+    ServerError {
+        model: String,
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
     /// Any other non-success status: our request is wrong, not retried.
     #[error("`{model}` refused the request with HTTP {status}: {body}")]
-    Refused { model: String, status: u16, body: String },
+    Refused {
+        model: String,
+        status: u16,
+        body: String,
+    },
     /// A 200 whose body is not a usable completion.
     #[error("`{model}` returned an unusable body: {message}")]
     BadBody { model: String, message: String },

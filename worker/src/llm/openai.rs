@@ -33,7 +33,12 @@ impl std::fmt::Debug for OpenAiClient {
 
 impl OpenAiClient {
     /// A client for `base_url` (ending in `/v1`), sharing `http`'s connection pool.
-    pub fn new(http: reqwest::Client, base_url: &str, api_key: Option<String>, timeout: Duration) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+    ) -> Self {
         Self {
             http,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
@@ -95,12 +100,12 @@ struct Usage {
 
 /// Reads `Retry-After` (seconds) or `retry-after-ms`.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()) {
-        if let Ok(ms) = ms.trim().parse::<f64>() {
-            if ms.is_finite() && ms >= 0.0 {
-                return Some(Duration::from_secs_f64(ms / 1000.0));
-            }
-        }
+    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok())
+        && let Ok(ms) = ms.trim().parse::<f64>()
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
     }
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     let secs = v.trim().parse::<f64>().ok()?;
@@ -111,11 +116,23 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 ///
 /// # Errors
 /// [`ProviderError::BadBody`] when the body is not JSON or has no choice with content.
-pub fn parse_completion(model: &str, body: &[u8], prompt_chars: usize, latency: Duration) -> Result<Completion, ProviderError> {
-    let bad = |message: String| ProviderError::BadBody { model: model.to_owned(), message };
+pub fn parse_completion(
+    model: &str,
+    body: &[u8],
+    prompt_chars: usize,
+    latency: Duration,
+) -> Result<Completion, ProviderError> {
+    let bad = |message: String| ProviderError::BadBody {
+        model: model.to_owned(),
+        message,
+    };
     let parsed: ChatResponse =
         serde_json::from_slice(body).map_err(|e| bad(format!("not a chat completion: {e}")))?;
-    let choice = parsed.choices.into_iter().next().ok_or_else(|| bad("no choices".into()))?;
+    let choice = parsed
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("no choices".into()))?;
     let content = choice
         .message
         .and_then(|m| m.content)
@@ -124,7 +141,10 @@ pub fn parse_completion(model: &str, body: &[u8], prompt_chars: usize, latency: 
         tokens
             .into_iter()
             .filter(|t| t.logprob.is_finite())
-            .map(|t| TokenLogprob { token: t.token, logprob: t.logprob.min(0.0) })
+            .map(|t| TokenLogprob {
+                token: t.token,
+                logprob: t.logprob.min(0.0),
+            })
             .collect::<Vec<_>>()
     });
     let (prompt_tokens, completion_tokens, usage_estimated) = match parsed.usage {
@@ -169,10 +189,16 @@ impl LlmClient for OpenAiClient {
             builder = builder.bearer_auth(key);
         }
         let started = Instant::now();
-        let response = builder.send().await.map_err(|e| classify_send_error(model, e, self.timeout))?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| classify_send_error(model, e, self.timeout))?;
         let status = response.status();
         let after = retry_after(response.headers());
-        let bytes = response.bytes().await.map_err(|e| classify_send_error(model, e, self.timeout))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| classify_send_error(model, e, self.timeout))?;
         let latency = started.elapsed();
         if status.is_success() {
             let prompt_chars = request.messages.iter().map(|m| m.content.len()).sum();
@@ -180,24 +206,37 @@ impl LlmClient for OpenAiClient {
         }
         let text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
         Err(match status.as_u16() {
-            429 => ProviderError::RateLimited { model: model.to_owned(), retry_after: after },
+            429 => ProviderError::RateLimited {
+                model: model.to_owned(),
+                retry_after: after,
+            },
             s if s >= 500 => ProviderError::ServerError {
                 model: model.to_owned(),
                 status: s,
                 body: text,
                 retry_after: after,
             },
-            s => ProviderError::Refused { model: model.to_owned(), status: s, body: text },
+            s => ProviderError::Refused {
+                model: model.to_owned(),
+                status: s,
+                body: text,
+            },
         })
     }
 }
 
 fn classify_send_error(model: &str, e: reqwest::Error, timeout: Duration) -> ProviderError {
     if e.is_timeout() {
-        ProviderError::Timeout { model: model.to_owned(), after: timeout }
+        ProviderError::Timeout {
+            model: model.to_owned(),
+            after: timeout,
+        }
     } else {
         // The URL may carry credentials: report the error without it.
-        ProviderError::Connection { model: model.to_owned(), message: e.without_url().to_string() }
+        ProviderError::Connection {
+            model: model.to_owned(),
+            message: e.without_url().to_string(),
+        }
     }
 }
 
@@ -213,15 +252,32 @@ mod tests {
         let c = parse_completion("m", body, 40, Duration::ZERO).unwrap();
         assert_eq!(c.response_id.as_deref(), Some("chatcmpl-1"));
         assert_eq!(c.content, "A");
-        assert_eq!((c.prompt_tokens, c.completion_tokens, c.usage_estimated), (12, 1, false));
+        assert_eq!(
+            (c.prompt_tokens, c.completion_tokens, c.usage_estimated),
+            (12, 1, false)
+        );
         assert_eq!(c.logprobs.unwrap()[0].logprob, -0.1);
     }
 
     #[test]
     fn missing_usage_is_estimated_and_bad_bodies_are_errors() {
-        let c = parse_completion("m", br#"{"choices":[{"message":{"content":"abcdefgh"}}]}"#, 10, Duration::ZERO).unwrap();
-        assert_eq!((c.prompt_tokens, c.completion_tokens, c.usage_estimated), (3, 2, true));
-        for body in [&b"{"[..], br#"{"choices":[]}"#, br#"{"choices":[{"message":{}}]}"#, b"null"] {
+        let c = parse_completion(
+            "m",
+            br#"{"choices":[{"message":{"content":"abcdefgh"}}]}"#,
+            10,
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.prompt_tokens, c.completion_tokens, c.usage_estimated),
+            (3, 2, true)
+        );
+        for body in [
+            &b"{"[..],
+            br#"{"choices":[]}"#,
+            br#"{"choices":[{"message":{}}]}"#,
+            b"null",
+        ] {
             assert!(matches!(
                 parse_completion("m", body, 1, Duration::ZERO),
                 Err(ProviderError::BadBody { .. })

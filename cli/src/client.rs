@@ -1,0 +1,270 @@
+//! Submitting jobs and following them: the library behind `submit`, `wait`, `status`,
+//! `results`, `cancel` and `retry`.
+//!
+//! Submissions go over NATS (the dispatcher's stream); reading state goes to Postgres, the
+//! source of truth. Jobs whose encoded spec would exceed [`INLINE_LIMIT`] upload their items
+//! to the deployment's object store bucket as JSONL and reference it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::StreamExt;
+use sqlx::PgPool;
+use switchyard_proto::topology::{HEADER_JOB_ID, HEADER_MSG_ID};
+use switchyard_proto::{
+    InputRef, Item, JobSpec, PROTOCOL_VERSION, Policy, Task, WorkItem, codec, work,
+};
+use switchyard_runtime::Settings;
+use switchyard_store::reports::{self, JobStatus};
+
+/// Largest spec sent inline; larger jobs go through the object store (NATS's default
+/// maximum message is 1 MiB).
+pub const INLINE_LIMIT: usize = 512 * 1024;
+
+/// A connection to a deployment.
+#[derive(Clone)]
+pub struct Client {
+    pub settings: Arc<Settings>,
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub pool: PgPool,
+    /// Specs larger than this go through the object store ([`INLINE_LIMIT`] by default).
+    pub inline_limit: usize,
+}
+
+/// How waiting for a job ended.
+#[derive(Debug)]
+pub enum WaitOutcome {
+    /// The job reached a final state.
+    Finished(Box<JobStatus>),
+    /// The timeout passed first (the last status seen, if any).
+    TimedOut(Option<Box<JobStatus>>),
+    /// No job with this id appeared.
+    NotFound,
+}
+
+impl Client {
+    /// Connects to NATS and Postgres and makes sure the streams exist.
+    ///
+    /// # Errors
+    /// Unreachable services.
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        let nats = switchyard_runtime::nats::connect(&settings, "switchyard-cli").await?;
+        let js = switchyard_runtime::nats::jetstream(nats.clone());
+        switchyard_runtime::nats::ensure_streams(&js, &settings).await?;
+        let pool = switchyard_store::connect_and_migrate(settings.database_url(), 4).await?;
+        Ok(Self {
+            settings: Arc::new(settings),
+            nats,
+            js,
+            pool,
+            inline_limit: INLINE_LIMIT,
+        })
+    }
+
+    /// Submits a job: inline if small, through the object store if not. Returns the job id,
+    /// which is an earlier job's when the idempotency key was already used (nothing new is
+    /// submitted then).
+    ///
+    /// # Errors
+    /// When NATS does not acknowledge the submission.
+    pub async fn submit(&self, mut spec: JobSpec) -> anyhow::Result<String> {
+        if let Some(existing) =
+            switchyard_store::jobs::by_idempotency_key(&self.pool, spec.effective_idempotency_key())
+                .await?
+        {
+            return Ok(existing);
+        }
+        let mut payload = codec::encode(&spec)?;
+        if payload.len() > self.inline_limit
+            && let Some(items) = spec.items.take()
+        {
+            let mut jsonl = Vec::new();
+            for item in &items {
+                serde_json::to_writer(&mut jsonl, item)?;
+                jsonl.push(b'\n');
+            }
+            let bucket = self.settings.topology().inputs_bucket();
+            let store = self
+                .js
+                .get_object_store(&bucket)
+                .await
+                .context("inputs bucket missing")?;
+            store
+                .put(spec.job_id.as_str(), &mut &jsonl[..])
+                .await
+                .context("cannot upload the job's items to the object store")?;
+            spec.input = Some(InputRef {
+                bucket,
+                name: spec.job_id.clone(),
+            });
+            payload = codec::encode(&spec)?;
+        }
+        let key = spec.effective_idempotency_key().to_owned();
+        let ack = self
+            .publish_spec(&spec.job_id, &format!("job:{key}"), payload)
+            .await?;
+        if ack.duplicate {
+            // JetStream already holds a submission with this key (within its duplicate
+            // window): that one is the job. Its row appears once a dispatcher admits it.
+            for _ in 0..100 {
+                if let Some(existing) =
+                    switchyard_store::jobs::by_idempotency_key(&self.pool, &key).await?
+                {
+                    return Ok(existing);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::bail!(
+                "idempotency key `{key}` was just used by another submission; try `switchyard status` later"
+            );
+        }
+        Ok(spec.job_id)
+    }
+
+    /// Publishes an encoded job spec as is, with `Nats-Msg-Id: msg_id` (the client uses
+    /// `job:<idempotency key>`; tests use it to send malformed jobs). Returns JetStream's
+    /// acknowledgement, which says whether the message was a duplicate.
+    ///
+    /// # Errors
+    /// When NATS does not acknowledge the submission.
+    pub async fn publish_spec(
+        &self,
+        job_id: &str,
+        msg_id: &str,
+        payload: Vec<u8>,
+    ) -> anyhow::Result<async_nats::jetstream::publish::PublishAck> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HEADER_MSG_ID, msg_id);
+        headers.insert(HEADER_JOB_ID, job_id);
+        let subject = self.settings.topology().jobs_submit_subject();
+        self.js
+            .publish_with_headers(subject, headers, Bytes::from(payload))
+            .await?
+            .await
+            .context("the jobs stream did not acknowledge the submission")
+    }
+
+    /// The job's status, `None` if unknown.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn status(&self, job_id: &str) -> anyhow::Result<Option<JobStatus>> {
+        Ok(reports::job_status(&self.pool, job_id).await?)
+    }
+
+    /// Waits until the job reaches a final state, calling `on_progress` with each new status.
+    /// `appear_within` bounds how long a job that does not exist yet is waited for.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn wait(
+        &self,
+        job_id: &str,
+        timeout: Option<Duration>,
+        appear_within: Duration,
+        mut on_progress: impl FnMut(&JobStatus),
+    ) -> anyhow::Result<WaitOutcome> {
+        let t = self.settings.topology();
+        let mut events = self.nats.subscribe(t.events_subject(job_id)).await?;
+        let mut done = self.nats.subscribe(t.job_done_subject(job_id)).await?;
+        let started = Instant::now();
+        let mut last = None;
+        loop {
+            match self.status(job_id).await? {
+                Some(s) => {
+                    on_progress(&s);
+                    if switchyard_store::jobs::status::is_final(&s.job.status) {
+                        return Ok(WaitOutcome::Finished(Box::new(s)));
+                    }
+                    last = Some(Box::new(s));
+                }
+                None if started.elapsed() > appear_within => return Ok(WaitOutcome::NotFound),
+                None => {}
+            }
+            if timeout.is_some_and(|t| started.elapsed() > t) {
+                return Ok(WaitOutcome::TimedOut(last));
+            }
+            // Wake on an event, or poll again after a short while (events are best effort).
+            tokio::select! {
+                _ = events.next() => {}
+                _ = done.next() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    /// Cancels a job: items not yet answered are not called. Returns how many were cancelled,
+    /// `None` when the job is unknown or already finished.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn cancel(&self, job_id: &str) -> anyhow::Result<Option<u64>> {
+        Ok(switchyard_store::jobs::cancel(&self.pool, job_id).await?)
+    }
+
+    /// Re-runs a job's failed items on the tier they were routed to. Returns how many.
+    ///
+    /// # Errors
+    /// Unknown job, or NATS/database errors.
+    pub async fn retry_failed(&self, job_id: &str) -> anyhow::Result<usize> {
+        let job = switchyard_store::jobs::get(&self.pool, job_id)
+            .await?
+            .with_context(|| format!("no job `{job_id}`"))?;
+        let task: Task = serde_json::from_value(job.task.clone().unwrap_or_default())
+            .context("the job has no task (was it rejected?)")?;
+        let policy: Policy =
+            serde_json::from_value(job.policy.clone().unwrap_or_default()).unwrap_or_default();
+        let items = switchyard_store::jobs::reopen_failed(&self.pool, job_id).await?;
+        let ds = &self.settings.dispatcher;
+        let t = self.settings.topology();
+        for item in &items {
+            let tier = item
+                .routed_tier
+                .clone()
+                .unwrap_or_else(|| ds.weak_tier.clone());
+            let attempt = u16::try_from(item.next_attempt).unwrap_or(u16::MAX);
+            let msg = WorkItem {
+                v: PROTOCOL_VERSION,
+                job_id: job_id.to_owned(),
+                item_id: item.item_id.clone(),
+                attempt,
+                tier: tier.clone(),
+                text: item.text.clone(),
+                task: task.clone(),
+                team: job.team.clone(),
+                project: job.project.clone(),
+                local_only: item.sensitivity.as_deref() == Some("local_only"),
+                models: policy.models.clone(),
+                confidence_threshold: policy
+                    .cascade
+                    .confidence_threshold
+                    .unwrap_or(ds.confidence_threshold),
+                escalations_left: policy.cascade.max_escalations.unwrap_or(ds.max_escalations),
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                HEADER_MSG_ID,
+                work::attempt_key(job_id, &item.item_id, attempt).as_str(),
+            );
+            self.js
+                .publish_with_headers(
+                    t.work_subject(&tier),
+                    headers,
+                    Bytes::from(codec::encode(&msg)?),
+                )
+                .await?
+                .await?;
+        }
+        Ok(items.len())
+    }
+}
+
+/// Builds a job spec for a task and items with a fresh ULID job id.
+pub fn new_job(task: Task, items: Vec<Item>) -> JobSpec {
+    let mut spec = JobSpec::new(ulid::Ulid::new().to_string(), task);
+    spec.items = Some(items);
+    spec
+}

@@ -1,0 +1,453 @@
+//! `switchyard demo`: the whole fleet in one process on bundled real routing data.
+//!
+//! Two jobs run side by side: a classification job of MMLU multiple-choice questions
+//! (Mixtral-8x7B weak, GPT-4-1106 strong) and a summarization job of news articles with
+//! human-rated summaries (RoSE and Goyal sets: T0pp weak, text-davinci-002 strong). The
+//! simulator replays each model's recorded answer and score, with confidence calibrated to an
+//! AUROC of 0.75. The report compares what the fleet spent and the quality it got with the
+//! same items all on the strong model and all on the weak one. Prices are those of the
+//! routing data's README (T0pp's is an assumed hosting price).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::TryStreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use switchyard_proto::{Cascade, Item, JobSpec, Policy, Routing, Task};
+use switchyard_runtime::Settings;
+use switchyard_runtime::settings::StorageKind;
+use switchyard_sim::{Dataset, SimConfig};
+
+use crate::client::{Client, WaitOutcome, new_job};
+use crate::fleet::Fleet;
+
+/// The bundled demo data (see `data/demo/README.md` for sources and licences).
+pub const CLASSIFY_DATA: &str = include_str!("../../data/demo/classify_mmlu.jsonl");
+/// The bundled summarization data.
+pub const SUMMARIZE_DATA: &str = include_str!("../../data/demo/summarize_news.jsonl");
+
+/// Options of `switchyard demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Classification items (at most the bundled 2,457).
+    pub items: usize,
+    /// Share of each job routed strong by the router.
+    pub strong_share: f64,
+    /// Weak answers below this confidence escalate.
+    pub confidence_threshold: f64,
+    /// The simulator's confidence AUROC.
+    pub auroc: f64,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            items: 2457,
+            strong_share: 0.1,
+            confidence_threshold: 0.8,
+            auroc: 0.75,
+            progress: true,
+        }
+    }
+}
+
+/// One job's figures (and, summed, the whole demo's).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    pub items: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Final answers per tier.
+    pub by_tier: BTreeMap<String, u64>,
+    /// Items whose first answer escalated.
+    pub escalated: u64,
+    /// Model calls booked in the ledger.
+    pub calls: u64,
+    #[serde(serialize_with = "ser_dec")]
+    pub cost_usd: Decimal,
+    #[serde(serialize_with = "ser_dec")]
+    pub cost_all_strong_usd: Decimal,
+    #[serde(serialize_with = "ser_dec")]
+    pub cost_all_weak_usd: Decimal,
+    /// 1 − cost / all-strong cost.
+    pub savings_vs_all_strong: f64,
+    /// Mean replayed score of the final answers.
+    pub quality: f64,
+    pub quality_all_strong: f64,
+    pub quality_all_weak: f64,
+    /// quality / quality_all_strong.
+    pub quality_vs_all_strong: f64,
+    #[serde(skip)]
+    quality_sum: f64,
+    #[serde(skip)]
+    strong_sum: f64,
+    #[serde(skip)]
+    weak_sum: f64,
+}
+
+fn ser_dec<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&d.normalize().to_string())
+}
+
+/// A job of the demo and its figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub job_id: String,
+    pub task: String,
+    pub weak_model: String,
+    pub strong_model: String,
+    pub status: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// The demo's report (`--json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    #[serde(flatten)]
+    pub total: Figures,
+    /// AUROC of the simulator's confidence against replayed correctness, from its call log.
+    pub auroc: Option<f64>,
+    pub items_per_s: f64,
+    pub elapsed_s: f64,
+    pub strong_share: f64,
+    pub confidence_threshold: f64,
+    pub prices: &'static str,
+    pub jobs: Vec<JobReport>,
+}
+
+struct DemoJob {
+    spec: JobSpec,
+    weak: &'static str,
+    strong: &'static str,
+}
+
+fn demo_jobs(data: &Dataset, opts: &DemoOptions) -> Vec<DemoJob> {
+    let policy = |weak: &str, strong: &str| Policy {
+        routing: Routing::StrongShare {
+            value: opts.strong_share,
+        },
+        cascade: Cascade {
+            confidence_threshold: Some(opts.confidence_threshold),
+            max_escalations: Some(1),
+        },
+        models: BTreeMap::from([
+            ("weak".to_owned(), weak.to_owned()),
+            ("strong".to_owned(), strong.to_owned()),
+        ]),
+    };
+    let (cw, cs) = ("mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview");
+    let (sw, ss) = ("T0pp", "text-davinci-002");
+    let mut mc: Vec<Item> = Vec::new();
+    let mut news: Vec<Item> = Vec::new();
+    for r in data.records() {
+        if r.choices.is_some() && r.models.contains_key(cw) && r.models.contains_key(cs) {
+            mc.push(Item::new(r.id.clone(), r.prompt.clone()));
+        } else if r.task == "summarize" && r.models.contains_key(sw) && r.models.contains_key(ss) {
+            news.push(Item::new(r.id.clone(), r.prompt.clone()));
+        }
+    }
+    mc.truncate(opts.items);
+    let labels = ["A", "B", "C", "D"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let mut classify = new_job(
+        Task::Classify {
+            labels,
+            instructions: Some(
+                "Answer the multiple-choice question with the letter of the correct option.".into(),
+            ),
+        },
+        mc,
+    );
+    classify.policy = policy(cw, cs);
+    classify.team = Some("demo".into());
+    classify.project = Some("mmlu".into());
+    let mut summarize = new_job(
+        Task::Summarize {
+            max_words: Some(120),
+            instructions: None,
+        },
+        news,
+    );
+    summarize.policy = policy(sw, ss);
+    summarize.team = Some("demo".into());
+    summarize.project = Some("news".into());
+    vec![
+        DemoJob {
+            spec: classify,
+            weak: cw,
+            strong: cs,
+        },
+        DemoJob {
+            spec: summarize,
+            weak: sw,
+            strong: ss,
+        },
+    ]
+}
+
+/// The bundled data as one dataset.
+///
+/// # Errors
+/// Never for the bundled files (a test checks they parse).
+pub fn bundled_dataset() -> anyhow::Result<Dataset> {
+    let mut data = Dataset::from_jsonl_str("classify_mmlu.jsonl", CLASSIFY_DATA)?;
+    data.merge(Dataset::from_jsonl_str(
+        "summarize_news.jsonl",
+        SUMMARIZE_DATA,
+    )?);
+    Ok(data)
+}
+
+/// Runs the demo against the NATS and Postgres in `settings` (streams under a fresh prefix,
+/// deleted afterwards) and returns the report.
+///
+/// # Errors
+/// When a service is unreachable or a job does not finish within ten minutes.
+pub async fn run(mut settings: Settings, opts: &DemoOptions) -> anyhow::Result<DemoReport> {
+    let data = Arc::new(bundled_dataset()?);
+    settings.nats.prefix = format!(
+        "demo_{}",
+        ulid::Ulid::new().to_string()[18..].to_lowercase()
+    );
+    settings.nats.storage = StorageKind::Memory;
+    let sim = SimConfig {
+        auroc: opts.auroc,
+        ..SimConfig::default()
+    };
+    let fleet = Fleet::start(settings, Some((Arc::clone(&data), sim))).await?;
+    let result = run_jobs(&fleet, &data, opts).await;
+    let js = fleet.dispatcher.js.clone();
+    let settings = fleet.settings.clone();
+    fleet.stop().await;
+    let _ = switchyard_runtime::nats::delete_topology(&js, &settings).await;
+    result
+}
+
+async fn run_jobs(fleet: &Fleet, data: &Dataset, opts: &DemoOptions) -> anyhow::Result<DemoReport> {
+    let client = fleet.client();
+    let jobs = demo_jobs(data, opts);
+    let bars = MultiProgress::new();
+    if !opts.progress {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let started = Instant::now();
+    let mut waits = Vec::new();
+    for job in &jobs {
+        let n = job.spec.items.as_ref().map_or(0, Vec::len) as u64;
+        let bar = bars.add(ProgressBar::new(n));
+        bar.set_style(style.clone());
+        bar.set_prefix(job.spec.task.kind().to_string());
+        client.submit(job.spec.clone()).await?;
+        waits.push(wait_with_bar(&client, job.spec.job_id.clone(), bar));
+    }
+    let finals = futures::future::try_join_all(waits).await?;
+    let elapsed = started.elapsed();
+
+    let mut total = Figures::default();
+    let mut reports = Vec::new();
+    for (job, status) in jobs.iter().zip(finals) {
+        let figures = job_figures(fleet, &client, data, job).await?;
+        total.add(&figures);
+        reports.push(JobReport {
+            job_id: job.spec.job_id.clone(),
+            task: job.spec.task.kind().to_string(),
+            weak_model: job.weak.to_owned(),
+            strong_model: job.strong.to_owned(),
+            status,
+            figures,
+        });
+    }
+    total.finish();
+    let auroc = fleet.sim.as_ref().and_then(|sim| {
+        let pairs: Vec<(f64, bool)> = sim
+            .calls()
+            .iter()
+            .filter(|c| c.status == 200)
+            .filter_map(|c| Some((c.confidence?, c.correct?)))
+            .collect();
+        switchyard_sim::auroc(&pairs)
+    });
+    Ok(DemoReport {
+        items_per_s: total.items as f64 / elapsed.as_secs_f64().max(1e-9),
+        elapsed_s: elapsed.as_secs_f64(),
+        auroc,
+        strong_share: opts.strong_share,
+        confidence_threshold: opts.confidence_threshold,
+        prices: "USD per million input/output tokens from the routing data README: \
+                 gpt-4-1106-preview 10/30, Mixtral-8x7B 0.6/0.6, text-davinci-002 20/20, \
+                 T0pp 0.3/0.3 (assumed hosting price)",
+        total,
+        jobs: reports,
+    })
+}
+
+async fn wait_with_bar(
+    client: &Client,
+    job_id: String,
+    bar: ProgressBar,
+) -> anyhow::Result<String> {
+    let outcome = client
+        .wait(
+            &job_id,
+            Some(Duration::from_secs(600)),
+            Duration::from_secs(60),
+            |s| {
+                bar.set_position(s.finished() as u64);
+                bar.set_message(format!("${} spent", s.cost_usd.round_dp(4)));
+            },
+        )
+        .await?;
+    bar.finish();
+    match outcome {
+        WaitOutcome::Finished(s) => Ok(s.job.status.clone()),
+        WaitOutcome::TimedOut(_) => anyhow::bail!("job {job_id} did not finish in 10 minutes"),
+        WaitOutcome::NotFound => {
+            anyhow::bail!("job {job_id} never appeared (is the dispatcher running?)")
+        }
+    }
+}
+
+async fn job_figures(
+    fleet: &Fleet,
+    client: &Client,
+    data: &Dataset,
+    job: &DemoJob,
+) -> anyhow::Result<Figures> {
+    let status = client
+        .status(&job.spec.job_id)
+        .await?
+        .context("job vanished")?;
+    let strong_price = fleet
+        .settings
+        .price_of(job.strong)
+        .context("strong model has no price")?;
+    let weak_price = fleet
+        .settings
+        .price_of(job.weak)
+        .context("weak model has no price")?;
+    let mut f = Figures {
+        items: status.job.item_count.unwrap_or(0) as u64,
+        completed: status.done() as u64,
+        failed: status.failed() as u64,
+        by_tier: status
+            .done_by_tier
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as u64))
+            .collect(),
+        escalated: status.escalated as u64,
+        calls: status.calls as u64,
+        cost_usd: status.cost_usd,
+        ..Figures::default()
+    };
+    let mut rows = switchyard_store::reports::results_stream(&client.pool, &job.spec.job_id);
+    while let Some(row) = rows.try_next().await? {
+        let Some(record) = data.get(&row.item_id) else {
+            continue;
+        };
+        let (Some(s), Some(w)) = (record.models.get(job.strong), record.models.get(job.weak))
+        else {
+            continue;
+        };
+        f.cost_all_strong_usd += strong_price.cost(s.prompt_tokens, s.completion_tokens);
+        f.cost_all_weak_usd += weak_price.cost(w.prompt_tokens, w.completion_tokens);
+        f.strong_sum += s.score;
+        f.weak_sum += w.score;
+        if let Some(m) = row.model.as_deref().and_then(|m| record.models.get(m)) {
+            f.quality_sum += m.score;
+        }
+    }
+    f.finish();
+    Ok(f)
+}
+
+impl Figures {
+    fn add(&mut self, o: &Figures) {
+        self.items += o.items;
+        self.completed += o.completed;
+        self.failed += o.failed;
+        for (k, v) in &o.by_tier {
+            *self.by_tier.entry(k.clone()).or_default() += v;
+        }
+        self.escalated += o.escalated;
+        self.calls += o.calls;
+        self.cost_usd += o.cost_usd;
+        self.cost_all_strong_usd += o.cost_all_strong_usd;
+        self.cost_all_weak_usd += o.cost_all_weak_usd;
+        self.quality_sum += o.quality_sum;
+        self.strong_sum += o.strong_sum;
+        self.weak_sum += o.weak_sum;
+    }
+
+    fn finish(&mut self) {
+        let n = self.items.max(1) as f64;
+        self.quality = self.quality_sum / n;
+        self.quality_all_strong = self.strong_sum / n;
+        self.quality_all_weak = self.weak_sum / n;
+        self.quality_vs_all_strong = if self.quality_all_strong > 0.0 {
+            self.quality / self.quality_all_strong
+        } else {
+            0.0
+        };
+        self.savings_vs_all_strong = if self.cost_all_strong_usd.is_zero() {
+            0.0
+        } else {
+            let ratio = self.cost_usd / self.cost_all_strong_usd;
+            1.0 - ratio.to_string().parse::<f64>().unwrap_or(1.0)
+        };
+    }
+}
+
+/// The report as text.
+pub fn render_text(r: &DemoReport) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, name: &str, f: &Figures| {
+        out.push_str(&format!(
+            "{name:<12} {:>6} items  {:>6} done {:>4} failed  escalated {:>5}  cost ${:>10}  all-strong ${:>10}  all-weak ${:>9}  saved {:>5.1}%  quality {:.3} ({:.1}% of all-strong {:.3}; all-weak {:.3})\n",
+            f.items,
+            f.completed,
+            f.failed,
+            f.escalated,
+            f.cost_usd.round_dp(6),
+            f.cost_all_strong_usd.round_dp(6),
+            f.cost_all_weak_usd.round_dp(6),
+            100.0 * f.savings_vs_all_strong,
+            f.quality,
+            100.0 * f.quality_vs_all_strong,
+            f.quality_all_strong,
+            f.quality_all_weak,
+        ));
+    };
+    for j in &r.jobs {
+        line(&mut out, &j.task, &j.figures);
+        out.push_str(&format!(
+            "             {} → {}, final answers by tier: {:?}\n",
+            j.weak_model, j.strong_model, j.figures.by_tier
+        ));
+    }
+    line(&mut out, "total", &r.total);
+    out.push_str(&format!(
+        "policy: strong share {:.0}% by the router, escalate weak answers below confidence {:.2}\n",
+        100.0 * r.strong_share,
+        r.confidence_threshold
+    ));
+    out.push_str(&format!(
+        "simulator confidence AUROC {}  |  {:.0} items/s end to end ({:.1} s)\nprices: {}\n",
+        r.auroc.map_or("n/a".to_owned(), |a| format!("{a:.3}")),
+        r.items_per_s,
+        r.elapsed_s,
+        r.prices
+    ));
+    out
+}

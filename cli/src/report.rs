@@ -1,0 +1,131 @@
+//! Rendering job status and exporting results.
+
+use std::io::Write;
+
+use futures::TryStreamExt;
+use sqlx::PgPool;
+use switchyard_store::reports::{self, JobStatus};
+
+/// Export formats of `switchyard results`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// CSV with a header row.
+    Csv,
+}
+
+/// `switchyard status` as text.
+pub fn render_status(s: &JobStatus) -> String {
+    let j = &s.job;
+    let mut out = format!(
+        "job {}  {}  team {} / project {}  task {}\n",
+        j.job_id,
+        j.status,
+        j.team,
+        j.project,
+        j.task_kind.as_deref().unwrap_or("-")
+    );
+    if let Some(reason) = &j.rejection_reason {
+        out.push_str(&format!("rejected: {reason}\n"));
+    }
+    let states: Vec<String> = s
+        .items_by_state
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    out.push_str(&format!(
+        "items {}: {}\n",
+        j.item_count.unwrap_or(0),
+        states.join(", ")
+    ));
+    let fmt = |m: &std::collections::BTreeMap<String, i64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    out.push_str(&format!(
+        "routed: {}  |  final answers: {}  |  escalated {}\n",
+        fmt(&s.routed_by_tier),
+        fmt(&s.done_by_tier),
+        s.escalated
+    ));
+    let by_tier: Vec<String> = s
+        .cost_by_tier
+        .iter()
+        .map(|(k, v)| format!("{k} ${}", v.normalize()))
+        .collect();
+    out.push_str(&format!(
+        "cost: ${} over {} calls ({})\n",
+        s.cost_usd.normalize(),
+        s.calls,
+        by_tier.join(", ")
+    ));
+    for d in &s.dead_letters {
+        out.push_str(&format!(
+            "dead letter: {} {} attempt {} after {} deliveries: {}\n",
+            d.kind,
+            d.item_id.as_deref().unwrap_or("-"),
+            d.attempt.map_or("-".to_owned(), |a| a.to_string()),
+            d.deliveries.map_or("-".to_owned(), |a| a.to_string()),
+            d.error
+        ));
+    }
+    out
+}
+
+/// Writes a job's results to `out`; returns how many rows.
+///
+/// # Errors
+/// Database or write errors.
+pub async fn export_results(
+    pool: &PgPool,
+    job_id: &str,
+    format: ResultFormat,
+    mut out: impl Write,
+) -> anyhow::Result<u64> {
+    let mut rows = reports::results_stream(pool, job_id);
+    let mut n = 0;
+    match format {
+        ResultFormat::Jsonl => {
+            while let Some(row) = rows.try_next().await? {
+                serde_json::to_writer(&mut out, &row)?;
+                out.write_all(b"\n")?;
+                n += 1;
+            }
+        }
+        ResultFormat::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record([
+                "item_id",
+                "status",
+                "routed_tier",
+                "final_tier",
+                "model",
+                "answer",
+                "confidence",
+                "attempts",
+                "cost_usd",
+                "error",
+            ])?;
+            while let Some(r) = rows.try_next().await? {
+                w.write_record([
+                    r.item_id.as_str(),
+                    r.status.as_str(),
+                    r.routed_tier.as_deref().unwrap_or(""),
+                    r.final_tier.as_deref().unwrap_or(""),
+                    r.model.as_deref().unwrap_or(""),
+                    r.answer.as_deref().unwrap_or(""),
+                    &r.confidence.map(|c| format!("{c:.4}")).unwrap_or_default(),
+                    &r.attempts.to_string(),
+                    &r.cost_usd.normalize().to_string(),
+                    r.error.as_deref().unwrap_or(""),
+                ])?;
+                n += 1;
+            }
+            w.flush()?;
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,404 @@
+//! `switchyard router …`: train, score, evaluate and cross-validate routers from the command
+//! line. The `switchyard` binary mounts [`RouterCommand`] as its `router` subcommand; this
+//! crate's own `switchyard-router` binary runs the same commands standalone.
+//!
+//! Data files are JSONL rows of the routing data format (see [`crate::data`]). Which models
+//! are compared is chosen per file:
+//! - `--pair FILE=WEAK,STRONG` names the pair for one file (and adds it to the data);
+//! - otherwise `--weak M --strong M` apply to every `--data` file;
+//! - otherwise each file's natural pair is inferred ([`crate::data::Dataset::infer_pair`]).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use crate::artifact::{Provenance, RouterArtifact, TrainingSet};
+use crate::crossval::{CvSet, crossval, markdown_table};
+use crate::data::{Dataset, Filter, Pair};
+use crate::eval::{EvalOptions, evaluate_routers};
+use crate::plot::plot_report;
+use crate::train::{Recipe, train_recipe};
+use crate::{Router, TaskKind, default_router, load_router};
+
+/// The router subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RouterCommand {
+    /// Train a router artifact from routing data.
+    Train(TrainArgs),
+    /// Score every row of a file: one `{"id","score"}` JSON line per row.
+    Score(ScoreArgs),
+    /// Evaluate a router on a file beside the random, oracle, length and TF-IDF baselines.
+    Eval(EvalArgs),
+    /// Cross-validate the training recipe on data files (k folds by id hash).
+    Crossval(CrossvalArgs),
+}
+
+/// Which data files, which model pairs, which rows.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Routing data files (JSONL).
+    #[arg(long = "data", value_name = "FILE", num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// A file with its own weak and strong model, as FILE=WEAK,STRONG (repeatable).
+    #[arg(long = "pair", value_name = "FILE=WEAK,STRONG")]
+    pub pairs: Vec<String>,
+    /// The weak model, for every --data file (with --strong).
+    #[arg(long, requires = "strong")]
+    pub weak: Option<String>,
+    /// The strong model, for every --data file (with --weak).
+    #[arg(long, requires = "weak")]
+    pub strong: Option<String>,
+    /// Keep rows flagged `contaminated` (dropped by default, like RouteLLM's numbers).
+    #[arg(long)]
+    pub keep_contaminated: bool,
+    /// Drop the project's demo rows (the `is_demo` rule of scripts/make-demo-data.py).
+    #[arg(long)]
+    pub exclude_demo: bool,
+    /// Drop rows lacking one of the two models instead of failing on them.
+    #[arg(long)]
+    pub skip_missing: bool,
+}
+
+/// `router train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write the router artifact (JSON).
+    #[arg(long, value_name = "ROUTER")]
+    pub out: PathBuf,
+    /// The router's name in reports.
+    #[arg(long, default_value = "learned-v1")]
+    pub name: String,
+    /// Set weighting: a set of n rows weighs n^balance (1 = per row, 0 = per set).
+    #[arg(long)]
+    pub balance: Option<f64>,
+}
+
+/// `router score`.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// A router artifact (default: the committed default router).
+    #[arg(long, value_name = "ROUTER")]
+    pub router: Option<PathBuf>,
+    /// Rows to score: JSONL with `id`, `prompt` (or `text`) and `task`.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// The task kind of rows that have no `task`.
+    #[arg(long, value_name = "KIND")]
+    pub task: Option<TaskKind>,
+}
+
+/// `router eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A router artifact (default: the committed default router).
+    #[arg(long, value_name = "ROUTER")]
+    pub router: Option<PathBuf>,
+    /// The data file.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// The weak model (inferred from the file when absent, with --strong).
+    #[arg(long, requires = "strong")]
+    pub weak: Option<String>,
+    /// The strong model.
+    #[arg(long, requires = "weak")]
+    pub strong: Option<String>,
+    /// Print one JSON object keyed by router name instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw the cost-quality curves into FILE.svg or FILE.png.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Keep rows flagged `contaminated`.
+    #[arg(long)]
+    pub keep_contaminated: bool,
+    /// Drop the project's demo rows.
+    #[arg(long)]
+    pub exclude_demo: bool,
+    /// Drop rows lacking one of the two models instead of failing on them.
+    #[arg(long)]
+    pub skip_missing: bool,
+    /// Folds of the cross-fitted TF-IDF baseline.
+    #[arg(long, default_value_t = 5)]
+    pub folds: u32,
+}
+
+/// `router crossval`.
+#[derive(Debug, Args)]
+pub struct CrossvalArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Number of folds.
+    #[arg(long, default_value_t = 5)]
+    pub folds: u32,
+    /// Print the Markdown table (as in the crate README) instead of per-set tables.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Print one JSON object: set -> router -> metrics.
+    #[arg(long)]
+    pub json: bool,
+    /// Set weighting, as for `train`.
+    #[arg(long)]
+    pub balance: Option<f64>,
+}
+
+/// Runs a router subcommand.
+pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
+    match cmd {
+        RouterCommand::Train(a) => train(a),
+        RouterCommand::Score(a) => score(a),
+        RouterCommand::Eval(a) => eval(a),
+        RouterCommand::Crossval(a) => cross(a),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Parses `FILE=WEAK,STRONG`.
+fn parse_pair(spec: &str) -> anyhow::Result<(PathBuf, Pair)> {
+    let (file, models) = spec
+        .rsplit_once('=')
+        .with_context(|| format!("--pair `{spec}`: expected FILE=WEAK,STRONG"))?;
+    let (weak, strong) = models
+        .split_once(',')
+        .with_context(|| format!("--pair `{spec}`: expected FILE=WEAK,STRONG"))?;
+    if file.is_empty() || weak.is_empty() || strong.is_empty() {
+        bail!("--pair `{spec}`: expected FILE=WEAK,STRONG");
+    }
+    Ok((PathBuf::from(file), Pair::new(weak, strong)))
+}
+
+/// Reads every selected file and pairs its rows. With `allow_empty`, a file that the filters
+/// empty entirely (all its rows are demo rows, say) is skipped with a warning.
+fn load_sets(a: &DataArgs, allow_empty: bool) -> anyhow::Result<Vec<CvSet>> {
+    let filter = Filter {
+        keep_contaminated: a.keep_contaminated,
+        exclude_demo: a.exclude_demo,
+        skip_missing: a.skip_missing,
+    };
+    let mut plan: Vec<(PathBuf, Option<Pair>)> = Vec::new();
+    for spec in &a.pairs {
+        let (file, pair) = parse_pair(spec)?;
+        plan.push((file, Some(pair)));
+    }
+    let common = match (&a.weak, &a.strong) {
+        (Some(w), Some(s)) => Some(Pair::new(w, s)),
+        _ => None,
+    };
+    for file in &a.data {
+        if !plan.iter().any(|(f, _)| f == file) {
+            plan.push((file.clone(), common.clone()));
+        }
+    }
+    if plan.is_empty() {
+        bail!("no data: pass --data FILE... or --pair FILE=WEAK,STRONG");
+    }
+    let mut sets = Vec::new();
+    for (file, pair) in plan {
+        let data = Dataset::read(&file, None)?;
+        let pair = match pair {
+            Some(p) => p,
+            None => data.infer_pair()?,
+        };
+        let rows = match data.paired(&pair, &filter) {
+            Ok(rows) => rows,
+            Err(crate::data::DataError::NothingLeft { path, reason }) if allow_empty => {
+                eprintln!("warning: {path}: skipped, no rows left ({reason})");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        sets.push(CvSet {
+            name: file_name(&file),
+            pair,
+            rows,
+        });
+    }
+    Ok(sets)
+}
+
+fn recipe(balance: Option<f64>) -> Recipe {
+    let mut r = Recipe::default();
+    if let Some(b) = balance {
+        r.balance = b;
+    }
+    r
+}
+
+/// The command line that reproduces a run, without machine-specific directories.
+fn command_line(a: &DataArgs, extra: &str) -> String {
+    let mut cmd = String::from("switchyard router train");
+    for spec in &a.pairs {
+        match parse_pair(spec) {
+            Ok((f, p)) => cmd.push_str(&format!(
+                " --pair {}={},{}",
+                file_name(&f),
+                p.weak,
+                p.strong
+            )),
+            Err(_) => cmd.push_str(&format!(" --pair {spec}")),
+        }
+    }
+    if !a.data.is_empty() {
+        cmd.push_str(" --data");
+        for f in &a.data {
+            cmd.push(' ');
+            cmd.push_str(&file_name(f));
+        }
+    }
+    if let (Some(w), Some(s)) = (&a.weak, &a.strong) {
+        cmd.push_str(&format!(" --weak {w} --strong {s}"));
+    }
+    for (on, flag) in [
+        (a.keep_contaminated, " --keep-contaminated"),
+        (a.exclude_demo, " --exclude-demo"),
+        (a.skip_missing, " --skip-missing"),
+    ] {
+        if on {
+            cmd.push_str(flag);
+        }
+    }
+    cmd + extra
+}
+
+fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let sets = load_sets(&a.data, true)?;
+    if sets.is_empty() {
+        bail!("no training rows left after filtering");
+    }
+    let recipe = recipe(a.balance);
+    let slices: Vec<&[crate::data::PairedRow]> = sets.iter().map(|s| s.rows.as_slice()).collect();
+    let model = train_recipe(&slices, &recipe)?;
+    let provenance = Provenance {
+        command: command_line(
+            &a.data,
+            &format!(" --name {} --out {}", a.name, file_name(&a.out)),
+        ),
+        sets: sets
+            .iter()
+            .map(|s| TrainingSet {
+                file: s.name.clone(),
+                weak: s.pair.weak.clone(),
+                strong: s.pair.strong.clone(),
+                rows: s.rows.len(),
+                weight: (s.rows.len() as f64).powf(recipe.balance),
+            })
+            .collect(),
+        notes: vec![format!("recipe: {recipe:?}")],
+    };
+    let artifact = RouterArtifact::new(&a.name, provenance, &model);
+    artifact
+        .save(&a.out)
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    let rows: usize = sets.iter().map(|s| s.rows.len()).sum();
+    eprintln!(
+        "trained `{}` on {rows} rows from {} files -> {}",
+        a.name,
+        sets.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn pick_router(path: Option<&Path>) -> anyhow::Result<Arc<dyn Router>> {
+    Ok(match path {
+        Some(p) => load_router(p)?,
+        None => default_router(),
+    })
+}
+
+fn score(a: ScoreArgs) -> anyhow::Result<()> {
+    let router = pick_router(a.router.as_deref())?;
+    let data = Dataset::read(&a.data, a.task)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for row in &data.rows {
+        let line = serde_json::json!({"id": row.id, "score": router.score(&row.text, row.kind)});
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let router = pick_router(a.router.as_deref())?;
+    let data = Dataset::read(&a.data, None)?;
+    let pair = match (a.weak, a.strong) {
+        (Some(w), Some(s)) => Pair::new(w, s),
+        _ => data.infer_pair()?,
+    };
+    let filter = Filter {
+        keep_contaminated: a.keep_contaminated,
+        exclude_demo: a.exclude_demo,
+        skip_missing: a.skip_missing,
+    };
+    let rows = data.paired(&pair, &filter)?;
+    let opts = EvalOptions {
+        tfidf_folds: a.folds,
+        ..EvalOptions::default()
+    };
+    let report = evaluate_routers(&rows, &pair, &[router.as_ref()], &opts);
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(plot) = &a.plot {
+        plot_report(&report, plot, &format!("{} ({pair})", file_name(&a.data)))?;
+    }
+    Ok(())
+}
+
+fn cross(a: CrossvalArgs) -> anyhow::Result<()> {
+    if a.folds < 2 {
+        bail!("--folds must be at least 2");
+    }
+    let sets = load_sets(&a.data, false)?;
+    let name = "learned";
+    let results = crossval(
+        &sets,
+        &recipe(a.balance),
+        a.folds,
+        name,
+        &EvalOptions::default(),
+    )?;
+    if a.json {
+        let obj: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .map(|(set, r)| (set.clone(), r.to_json()))
+            .collect();
+        println!("{}", serde_json::Value::Object(obj));
+    } else if a.markdown {
+        print!("{}", markdown_table(&results, name));
+    } else {
+        for (set, report) in &results {
+            println!("== {set}\n{}", report.table());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_specs() {
+        let (f, p) = parse_pair("dir/a.jsonl=w,s").expect("ok");
+        assert_eq!(f, PathBuf::from("dir/a.jsonl"));
+        assert_eq!(p, Pair::new("w", "s"));
+        let (_, p) = parse_pair("a.jsonl=mistralai/Mixtral,gpt-4").expect("ok");
+        assert_eq!(p.weak, "mistralai/Mixtral");
+        assert!(parse_pair("a.jsonl").is_err());
+        assert!(parse_pair("a.jsonl=w").is_err());
+        assert!(parse_pair("=w,s").is_err());
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real NATS and PostgreSQL (started if missing, see
+# scripts/services.sh). Tests isolate themselves (a database and stream prefix each), so they
+# run in parallel. Python's nats-py and msgpack are installed into target/py for the test of
+# a client that is not ours.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/build-deps.sh
+./scripts/services.sh
+
+PY=target/py/bin/python
+if [ ! -x "$PY" ]; then
+  mkdir -p target
+  if ! python3 -m venv target/py 2>/dev/null; then
+    sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv
+    python3 -m venv target/py
+  fi
+fi
+if ! "$PY" -c 'import nats, msgpack' 2>/dev/null; then
+  "$PY" -m pip install --quiet --disable-pip-version-check nats-py msgpack
+fi
+export SWITCHYARD_TEST_PYTHON="$PWD/$PY"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,14 @@
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+//! End-to-end scenarios: the real dispatcher and workers, in this process, against real NATS
+//! JetStream and PostgreSQL, calling the simulator over real HTTP. Each test has its own
+//! database and stream prefix, so they run in parallel.
+
+mod bad_input;
+mod foreign_client;
+mod jobs;
+mod resilience;
+mod support;

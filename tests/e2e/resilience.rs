@@ -1,0 +1,203 @@
+//! Workers stopped or killed mid-job, provider faults, dead letters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use switchyard_sim::{Faults, SimConfig};
+use switchyard_worker::WorkerCounters;
+
+use crate::support::{Harness, classify_job, mmlu_items};
+
+/// Waits until at least `k` items of the job are answered.
+async fn until_done(h: &Harness, job_id: &str, k: i64) {
+    switchyard_testkit::eventually("items answered", Duration::from_secs(60), || async {
+        let s = h.client.status(job_id).await.unwrap()?;
+        (s.done() >= k).then_some(())
+    })
+    .await;
+}
+
+/// Checks that every item has exactly one final result and no model call is booked twice.
+async fn assert_nothing_lost_or_double_booked(h: &Harness, job_id: &str, n: usize) {
+    let finals: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM items i JOIN results r ON r.job_id = i.job_id AND r.item_id = i.item_id \
+         AND r.attempt = i.final_attempt WHERE i.job_id = $1 AND i.status = 'done'",
+    )
+    .bind(job_id)
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(finals, n as i64, "every item has exactly one final result");
+    let ledger = h.ledger(job_id).await;
+    let ids: BTreeSet<&str> = ledger.iter().map(|r| r.call_id.as_str()).collect();
+    assert_eq!(ids.len(), ledger.len(), "a call booked twice");
+    let served: BTreeMap<String, u16> = h
+        .fleet
+        .sim
+        .as_ref()
+        .unwrap()
+        .calls()
+        .into_iter()
+        .filter_map(|c| Some((c.response_id?, c.status)))
+        .collect();
+    for id in &ids {
+        assert_eq!(
+            served.get(*id),
+            Some(&200),
+            "booked call {id} was not served by the simulator"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_worker_stopped_mid_job_loses_nothing() {
+    let sim = SimConfig {
+        latency: Duration::from_millis(20),
+        ..SimConfig::default()
+    };
+    let mut h = Harness::start_with(|s| s.worker.concurrency = 8, sim).await;
+    let n = 200;
+    let job_id = h
+        .client
+        .submit(classify_job(mmlu_items(n), 0.2, 0.0))
+        .await
+        .unwrap();
+    until_done(&h, &job_id, 30).await;
+    h.fleet.stop_worker(0).await.unwrap();
+    let done_at_stop = h.client.status(&job_id).await.unwrap().unwrap().done();
+    assert!(
+        done_at_stop < n as i64,
+        "the job finished before the worker was stopped"
+    );
+    let tiers = h.fleet.settings.tiers.keys().cloned().collect();
+    h.fleet.start_worker(tiers).await.unwrap();
+    let status = h.wait_final(&job_id, 60).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!(status.done(), n as i64);
+    assert_nothing_lost_or_double_booked(&h, &job_id, n).await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_killed_worker_loses_nothing_and_books_nothing_twice() {
+    let sim = SimConfig {
+        latency: Duration::from_millis(20),
+        ..SimConfig::default()
+    };
+    let mut h = Harness::start_with(
+        |s| {
+            s.worker.concurrency = 8;
+            // Redelivery of what the dead worker held comes after ack_wait.
+            s.worker.ack_wait = Duration::from_secs(2);
+        },
+        sim,
+    )
+    .await;
+    let n = 200;
+    let job_id = h
+        .client
+        .submit(classify_job(mmlu_items(n), 0.2, 0.5))
+        .await
+        .unwrap();
+    until_done(&h, &job_id, 30).await;
+    h.fleet.kill_worker(0);
+    let tiers = h.fleet.settings.tiers.keys().cloned().collect();
+    h.fleet.start_worker(tiers).await.unwrap();
+    let status = h.wait_final(&job_id, 90).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!(status.done(), n as i64);
+    assert_nothing_lost_or_double_booked(&h, &job_id, n).await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried_without_failing_items() {
+    let faults = Faults {
+        rate_limit_next: 15,
+        fail_next: 6,
+        retry_after_secs: 1,
+        ..Faults::default()
+    };
+    let sim = SimConfig {
+        faults,
+        ..SimConfig::default()
+    };
+    let h = Harness::start_with(|s| s.worker.concurrency = 4, sim).await;
+    let n = 40;
+    let job_id = h
+        .client
+        .submit(classify_job(mmlu_items(n), 0.2, 0.0))
+        .await
+        .unwrap();
+    let status = h.wait_final(&job_id, 90).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!(status.failed(), 0);
+    let w = &h.fleet.workers[0].as_ref().unwrap().worker;
+    assert!(
+        WorkerCounters::get(&w.counters.throttled) >= 1,
+        "no 429 was seen"
+    );
+    assert!(
+        WorkerCounters::get(&w.counters.retries) >= 1,
+        "no 5xx was retried"
+    );
+    let calls = h.fleet.sim.as_ref().unwrap().calls();
+    assert_eq!(calls.iter().filter(|c| c.status == 429).count(), 15);
+    assert_eq!(calls.iter().filter(|c| c.status == 500).count(), 6);
+    assert_nothing_lost_or_double_booked(&h, &job_id, n).await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_item_that_keeps_failing_is_dead_lettered_then_retried() {
+    let faults = Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    };
+    let sim = SimConfig {
+        faults,
+        ..SimConfig::default()
+    };
+    let h = Harness::start_with(
+        |s| {
+            s.worker.max_deliver = 2;
+            for m in s.models.values_mut() {
+                m.max_retries = 1;
+            }
+        },
+        sim,
+    )
+    .await;
+    let job_id = h
+        .client
+        .submit(classify_job(mmlu_items(3), 0.0, 0.0))
+        .await
+        .unwrap();
+    let status = h.wait_final(&job_id, 60).await;
+    assert_eq!(status.job.status, "partial");
+    assert_eq!(status.failed(), 3);
+    assert_eq!(status.dead_letters.len(), 3);
+    assert!(
+        status
+            .dead_letters
+            .iter()
+            .all(|d| d.error.contains("gave up after 2 deliveries") && d.error.contains("HTTP 5"))
+    );
+    // Nothing was booked: no call succeeded.
+    assert!(h.ledger(&job_id).await.is_empty());
+    // The dead letters are on the DLQ subject too.
+    let js = h.nats.js();
+    let mut dlq = js
+        .get_stream(h.fleet.settings.topology().dlq_stream())
+        .await
+        .unwrap();
+    assert_eq!(dlq.info().await.unwrap().state.messages, 3);
+
+    // The provider recovers; `retry --failed` finishes the job.
+    h.fleet.sim.as_ref().unwrap().set_faults(Faults::default());
+    assert_eq!(h.client.retry_failed(&job_id).await.unwrap(), 3);
+    let status = h.wait_final(&job_id, 60).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!(status.done(), 3);
+    h.finish().await;
+}
