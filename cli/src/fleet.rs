@@ -15,12 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
 
-/// A worker running in this process.
+/// A worker running in this process, on a runtime (and thread) of its own, so that killing it
+/// drops everything it was doing, its NATS connection included, as a crashed process would.
 pub struct RunningWorker {
     pub worker: Worker,
     pub tiers: Vec<String>,
     token: CancellationToken,
-    handle: JoinHandle<anyhow::Result<()>>,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// A fleet running in this process.
@@ -81,20 +83,47 @@ impl Fleet {
     /// # Errors
     /// When it cannot connect.
     pub async fn start_worker(&mut self, tiers: Vec<String>) -> anyhow::Result<usize> {
-        let worker = Worker::connect(self.settings.clone(), &tiers)
-            .await
-            .context("cannot start a worker")?;
         let token = CancellationToken::new();
-        let handle = tokio::spawn(switchyard_worker::run_with(
-            worker.clone(),
-            tiers.clone(),
-            token.clone(),
-        ));
+        let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<anyhow::Result<Worker>>();
+        let (settings, run_tiers, run_token) =
+            (self.settings.clone(), tiers.clone(), token.clone());
+        let thread = std::thread::Builder::new()
+            .name("fleet-worker".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                let result = rt.block_on(async move {
+                    let worker = match Worker::connect(settings, &run_tiers).await {
+                        Ok(w) => w,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
+                            return Ok(());
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(worker.clone()));
+                    tokio::select! {
+                        r = switchyard_worker::run_with(worker, run_tiers, run_token) => r,
+                        _ = kill_rx => Ok(()),
+                    }
+                });
+                // Killed or done: whatever is still running is dropped without running any more
+                // of its code (no ack, no nak), like a process that died.
+                rt.shutdown_background();
+                result
+            })?;
+        let worker = ready_rx
+            .await
+            .context("worker thread died")?
+            .context("cannot start a worker")?;
         self.workers.push(Some(RunningWorker {
             worker,
             tiers,
             token,
-            handle,
+            kill: Some(kill_tx),
+            thread: Some(thread),
         }));
         Ok(self.workers.len() - 1)
     }
@@ -105,18 +134,28 @@ impl Fleet {
     /// # Errors
     /// The worker's own error, if it failed.
     pub async fn stop_worker(&mut self, index: usize) -> anyhow::Result<()> {
-        if let Some(w) = self.workers.get_mut(index).and_then(Option::take) {
+        if let Some(mut w) = self.workers.get_mut(index).and_then(Option::take) {
             w.token.cancel();
-            w.handle.await??;
+            if let Some(thread) = w.thread.take() {
+                tokio::task::spawn_blocking(move || thread.join())
+                    .await?
+                    .map_err(|_| anyhow::anyhow!("worker thread panicked"))??;
+            }
         }
         Ok(())
     }
 
-    /// Stops worker `index` abruptly: its in-flight calls are dropped without a nak (as if
-    /// the process died), so JetStream redelivers them after `ack_wait`.
-    pub fn kill_worker(&mut self, index: usize) {
-        if let Some(w) = self.workers.get_mut(index).and_then(Option::take) {
-            w.handle.abort();
+    /// Stops worker `index` abruptly: its runtime is dropped with everything in flight, no
+    /// ack and no nak (as if the process died), so JetStream redelivers its items after
+    /// `ack_wait`.
+    pub async fn kill_worker(&mut self, index: usize) {
+        if let Some(mut w) = self.workers.get_mut(index).and_then(Option::take) {
+            if let Some(kill) = w.kill.take() {
+                let _ = kill.send(());
+            }
+            if let Some(thread) = w.thread.take() {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
         }
     }
 

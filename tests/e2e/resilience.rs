@@ -72,7 +72,7 @@ async fn a_worker_stopped_mid_job_loses_nothing() {
     let tiers = h.fleet.settings.tiers.keys().cloned().collect();
     h.fleet.start_worker(tiers).await.unwrap();
     let status = h.wait_final(&job_id, 60).await;
-    assert_eq!(status.job.status, "completed");
+    assert_eq!(status.job.status, "completed", "{:?}", status.dead_letters);
     assert_eq!(status.done(), n as i64);
     assert_nothing_lost_or_double_booked(&h, &job_id, n).await;
     h.finish().await;
@@ -100,7 +100,7 @@ async fn a_killed_worker_loses_nothing_and_books_nothing_twice() {
         .await
         .unwrap();
     until_done(&h, &job_id, 30).await;
-    h.fleet.kill_worker(0);
+    h.fleet.kill_worker(0).await;
     let tiers = h.fleet.settings.tiers.keys().cloned().collect();
     h.fleet.start_worker(tiers).await.unwrap();
     let status = h.wait_final(&job_id, 90).await;
@@ -199,5 +199,63 @@ async fn an_item_that_keeps_failing_is_dead_lettered_then_retried() {
     let status = h.wait_final(&job_id, 60).await;
     assert_eq!(status.job.status, "completed");
     assert_eq!(status.done(), 3);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_item_whose_workers_die_on_every_delivery_is_recorded_dead() {
+    // Every call hangs; each worker is killed while holding the item.
+    let faults = Faults {
+        timeout_rate: 1.0,
+        hang: Duration::from_secs(30),
+        ..Faults::default()
+    };
+    let sim = SimConfig {
+        faults,
+        ..SimConfig::default()
+    };
+    let mut h = Harness::start_with(
+        |s| {
+            s.worker.max_deliver = 2;
+            s.worker.ack_wait = Duration::from_secs(1);
+        },
+        sim,
+    )
+    .await;
+    let job_id = h
+        .client
+        .submit(classify_job(mmlu_items(1), 0.0, 0.0))
+        .await
+        .unwrap();
+    let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
+    let mut worker = 0;
+    for delivery in 1..=2 {
+        switchyard_testkit::eventually(
+            "the item is being called",
+            Duration::from_secs(30),
+            || async { (h.fleet.sim.as_ref().unwrap().calls().len() >= delivery).then_some(()) },
+        )
+        .await;
+        h.fleet.kill_worker(worker).await;
+        worker = h.fleet.start_worker(tiers.clone()).await.unwrap();
+    }
+    // JetStream gives up after two deliveries; its advisory makes the reaper fail the item.
+    let status = h.wait_final(&job_id, 60).await;
+    assert_eq!(status.job.status, "partial");
+    assert_eq!(status.failed(), 1);
+    assert!(
+        status.dead_letters.iter().any(|d| d
+            .error
+            .contains("no worker finished this item in 2 deliveries")),
+        "{:?}",
+        status.dead_letters
+    );
+    // The message is gone from the work queue.
+    let js = h.nats.js();
+    let mut work = js
+        .get_stream(h.fleet.settings.topology().work_stream())
+        .await
+        .unwrap();
+    assert_eq!(work.info().await.unwrap().state.messages, 0);
     h.finish().await;
 }

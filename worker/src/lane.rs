@@ -67,6 +67,20 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
             drop(permit);
         });
     }
+    // Messages already pulled but not started are handed back now rather than after
+    // `ack_wait` (a bounded drain: at most one pull batch, 50 ms of silence ends it).
+    for _ in 0..ws.fetch_batch {
+        match tokio::time::timeout(Duration::from_millis(50), messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                // With a delay: an immediate redelivery would come back to this very
+                // stream, still draining, and burn the message's deliveries.
+                let _ = m
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
+            }
+            _ => break,
+        }
+    }
     drop(messages);
     tracker.close();
     tracing::info!(tier = %tier, in_flight = tracker.len(), "draining");

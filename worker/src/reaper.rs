@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Deserialize;
 use switchyard_proto::{WorkItem, codec};
+use switchyard_store::dead_letters::{self, DeadLetter};
 use switchyard_store::outcomes::{self, AttemptKey, Outcome};
 use tokio_util::sync::CancellationToken;
 
@@ -46,9 +47,35 @@ pub async fn run_reaper(w: Worker, shutdown: CancellationToken) -> anyhow::Resul
                 None => break,
             },
         };
+        let (delivered, seq) = msg
+            .info()
+            .map(|i| (i.delivered, i.stream_sequence))
+            .unwrap_or((1, 0));
         match reap(&w, &msg.payload).await {
             Ok(()) => {
                 let _ = msg.ack().await;
+            }
+            Err(e) if delivered >= spec.max_deliver => {
+                // The reaper's own dead letter: keep the advisory and the error, stop retrying.
+                let error = format!("cannot record max-deliveries advisory: {e:#}");
+                tracing::error!(error = %error, "giving up on advisory");
+                let key = format!("{}:{seq}", spec.stream);
+                let advisory = String::from_utf8_lossy(&msg.payload).into_owned();
+                let _ = dead_letters::record(
+                    &w.pool,
+                    &DeadLetter {
+                        message_key: &key,
+                        kind: "item",
+                        job_id: None,
+                        item_id: None,
+                        attempt: None,
+                        subject: &advisory,
+                        deliveries: Some(delivered as i32),
+                        error: &error,
+                    },
+                )
+                .await;
+                let _ = msg.ack_with(async_nats::jetstream::AckKind::Term).await;
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "cannot record max-deliveries advisory");

@@ -1,0 +1,282 @@
+//! The `switchyard` binary as users and pipelines run it: a dispatcher and a worker as real
+//! processes, jobs submitted with `submit --wait`, exit codes, exports, SIGTERM. The model
+//! provider is the simulator (in this test process, over real HTTP).
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_sim::{Faults, SimConfig};
+use switchyard_testkit::{TestDb, TestNats};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn config(dir: &Path, nats: &TestNats, db: &TestDb, sim_url: &str) -> PathBuf {
+    let model = |name: &str, tier: &str, price: &str| {
+        format!(
+            "[models.\"{name}\"]\ntier = \"{tier}\"\nprovider = \"sim\"\nbase_url = \"{sim_url}\"\n\
+             input_usd_per_mtok = \"{price}\"\noutput_usd_per_mtok = \"{price}\"\nmax_retries = 0\n\n"
+        )
+    };
+    let text = format!(
+        "[nats]\nurl = \"{}\"\nprefix = \"{}\"\nstorage = \"memory\"\n\n\
+         [database]\nurl = \"{}\"\nmax_connections = 4\n\n\
+         [worker]\nack_wait = \"5s\"\nmax_deliver = 2\nretry_delay = \"100ms\"\nshutdown_grace = \"5s\"\n\n\
+         {}{}{}\
+         [tiers.weak]\ndefault_model = \"mistralai/Mixtral-8x7B-Instruct-v0.1\"\nescalate_to = \"strong\"\n\n\
+         [tiers.strong]\ndefault_model = \"gpt-4-1106-preview\"\n\n\
+         [tiers.local]\ndefault_model = \"mistralai/Mistral-7B-Instruct-v0.1\"\nlocal = true\n",
+        switchyard_testkit::nats_url(),
+        nats.prefix,
+        db.url,
+        model("mistralai/Mixtral-8x7B-Instruct-v0.1", "weak", "0.6"),
+        model("gpt-4-1106-preview", "strong", "10"),
+        model("mistralai/Mistral-7B-Instruct-v0.1", "local", "0.2"),
+    );
+    let path = dir.join("fleet.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(cfg: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .output()
+        .unwrap()
+}
+
+fn spawn(cfg: &Path, args: &[&str]) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(cfg)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("NATS_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn write_items(dir: &Path, n: usize) -> PathBuf {
+    let data = switchyard::demo::bundled_dataset().unwrap();
+    let mut lines = String::new();
+    for r in data.records().filter(|r| r.choices.is_some()).take(n) {
+        lines.push_str(
+            &serde_json::json!({"id": r.id, "text": r.prompt, "queue": "q1"}).to_string(),
+        );
+        lines.push('\n');
+    }
+    let path = dir.join(format!("items-{n}.jsonl"));
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_submits_waits_exports_and_gets_exit_codes() {
+    let nats = TestNats::new().await;
+    let db = TestDb::new().await;
+    let data = Arc::new(switchyard::demo::bundled_dataset().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = switchyard_sim::start(listener, data, SimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &nats, &db, &sim.base_url());
+
+    let check = run(&cfg, &["--check-config"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(stdout(&check).contains("[tiers.local]"));
+
+    let _dispatcher = spawn(&cfg, &["dispatcher"]);
+    let mut worker = spawn(&cfg, &["worker", "--tier", "weak,strong,local"]);
+
+    // A job that completes: exit 0, the job id on stdout.
+    let items = write_items(dir.path(), 30);
+    let items_s = items.to_str().unwrap();
+    let submit = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        let items_s = items_s.to_owned();
+        move || {
+            run(
+                &cfg,
+                &[
+                    "submit",
+                    &items_s,
+                    "--task",
+                    "classify",
+                    "--labels",
+                    "A,B,C,D",
+                    "--policy",
+                    "strong-share=0.2",
+                    "--team",
+                    "ops",
+                    "--wait",
+                    "--timeout",
+                    "90s",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(submit.status.code(), Some(0), "{}", stderr(&submit));
+    let job = stdout(&submit).trim().to_owned();
+
+    let status = run(&cfg, &["status", &job, "--json"]);
+    assert!(status.status.success());
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["team"], "ops");
+    assert_eq!(s["items_by_state"]["done"], 30);
+    assert_eq!(s["routed_by_tier"]["strong"], 6);
+    assert!(s["cost_usd"].as_str().unwrap().parse::<f64>().unwrap() > 0.0);
+
+    let csv = run(&cfg, &["results", &job, "--format", "csv"]);
+    assert!(csv.status.success());
+    let text = stdout(&csv);
+    assert_eq!(text.lines().count(), 31);
+    assert!(text.starts_with(
+        "item_id,status,routed_tier,final_tier,model,answer,confidence,attempts,cost_usd,error"
+    ));
+    let jsonl = run(&cfg, &["results", &job, "--format", "jsonl"]);
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&jsonl).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["metadata"]["queue"], "q1",
+        "extra input fields come back as metadata"
+    );
+
+    // A job whose items all fail: exit 3 with a summary; then retry --failed and wait: exit 0.
+    sim.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let items5 = write_items(dir.path(), 5);
+    let failing = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        let p = items5.to_str().unwrap().to_owned();
+        move || {
+            run(
+                &cfg,
+                &[
+                    "submit",
+                    &p,
+                    "--task",
+                    "classify",
+                    "--labels",
+                    "A,B,C,D",
+                    "--wait",
+                    "--timeout",
+                    "90s",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(failing.status.code(), Some(3), "{}", stderr(&failing));
+    assert!(
+        stderr(&failing).contains("dead letter"),
+        "{}",
+        stderr(&failing)
+    );
+    let failed_job = stdout(&failing).trim().to_owned();
+    sim.set_faults(Faults::default());
+    let retry = run(&cfg, &["retry", &failed_job, "--failed"]);
+    assert!(retry.status.success(), "{}", stderr(&retry));
+    let waited = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || run(&cfg, &["wait", &failed_job, "--timeout", "60s"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
+
+    // Bad input: the file and line are named, exit 1; an unknown job is exit 7.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\": \"1\", \"text\": \"ok\"}\n{\"id\": \"2\"}\n").unwrap();
+    let out = run(
+        &cfg,
+        &["submit", bad.to_str().unwrap(), "--task", "summarize"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bad.jsonl:2: missing `text`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(run(&cfg, &["status", "no-such-job"]).status.code(), Some(7));
+
+    // SIGTERM: the worker drains and exits 0.
+    let pid = worker.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = worker.0.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "worker did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(0));
+    sim.shutdown().await;
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[worker]\nconcurency = 4\n").unwrap();
+    let out = run(&path, &["--check-config"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("concurency"), "{}", stderr(&out));
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/switchyard.example.toml"
+    );
+    let out = run(Path::new(example), &["--check-config"]);
+    assert!(
+        out.status.success(),
+        "the example config must stay valid: {}",
+        stderr(&out)
+    );
+}
