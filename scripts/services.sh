@@ -44,7 +44,9 @@ else
   $SUDO mkdir -p "$NATS_STORE"
   say "starting nats-server with JetStream on 127.0.0.1:$NATS_PORT"
   if have start-stop-daemon; then
-    $SUDO start-stop-daemon --start --oknodo --background --exec "$NATS_BIN" -- \
+    # A pidfile of our own, so a nats-server already running on another port does not count.
+    $SUDO start-stop-daemon --start --oknodo --background --make-pidfile \
+      --pidfile "/tmp/switchyard-nats-$NATS_PORT.pid" --exec "$NATS_BIN" -- \
       -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$NATS_STORE"
   else
     $SUDO nohup "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$NATS_STORE" >/dev/null 2>&1 &
