@@ -22,6 +22,16 @@ if ! "$PY" -c 'import nats, msgpack' 2>/dev/null; then
 fi
 export SWITCHYARD_TEST_PYTHON="$PWD/$PY"
 
+# Headless Chromium for the finance dashboard test (Debian's `chromium` package).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+    && [ -z "${SWITCHYARD_CHROMIUM:-}" ]; then
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  if ! $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; then
+    $sudo_cmd apt-get update
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+  fi
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

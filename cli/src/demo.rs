@@ -141,6 +141,7 @@ fn demo_jobs(data: &Dataset, opts: &DemoOptions) -> Vec<DemoJob> {
             ("weak".to_owned(), weak.to_owned()),
             ("strong".to_owned(), strong.to_owned()),
         ]),
+        shadow: None,
     };
     let (cw, cs) = ("mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview");
     let (sw, ss) = ("T0pp", "text-davinci-002");

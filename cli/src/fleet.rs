@@ -128,6 +128,23 @@ impl Fleet {
         Ok(self.workers.len() - 1)
     }
 
+    /// Starts another worker serving `tiers`, connected to NATS at `nats_url` (a cluster
+    /// test attaches workers to different nodes); returns its index.
+    ///
+    /// # Errors
+    /// When it cannot connect.
+    pub async fn start_worker_on(
+        &mut self,
+        nats_url: &str,
+        tiers: Vec<String>,
+    ) -> anyhow::Result<usize> {
+        let saved = self.settings.nats.url.clone();
+        self.settings.nats.url = nats_url.to_owned();
+        let result = self.start_worker(tiers).await;
+        self.settings.nats.url = saved;
+        result
+    }
+
     /// Stops worker `index` the way SIGTERM does (stop pulling, drain, give back the rest)
     /// and waits for it.
     ///

@@ -1,6 +1,7 @@
 //! The `switchyard` command as a library: everything the binary does is here, so tests call
 //! the same code.
 //!
+//! - [`bench`]: `switchyard bench`, the fleet against the raw engines.
 //! - [`client`]: submit jobs and follow them (what `submit`, `wait`, `status`, `results`,
 //!   `cancel` and `retry` use; any Rust program can use it too).
 //! - [`input`]: reading a JSONL items file with errors that name the line.
@@ -9,10 +10,29 @@
 //! - [`demo`]: `switchyard demo`.
 //! - [`report`]: rendering status and exporting results.
 //! - [`exit`]: the exit codes, documented for pipelines.
+//! - [`policy_arg`]: `--policy` (strong-share, threshold, budget-usd, quality, shadow).
+//! - [`quote`]: `switchyard quote` (a job's expected cost, strong share and quality).
+//! - [`router_cmd`]: `switchyard router …`, with [`explain`], [`audit`], [`learn`]
+//!   (`train --from-db`) and [`cascade_cmd`] (cascade replay).
+//! - [`finance_cli`]: `prices`, `budget`, `ledger` and `purge` (docs/finance.md), with
+//!   [`ledger_format`] (table, FOCUS CSV, JSON), [`ledger_serve`] (the read-only API and
+//!   dashboard) and [`ledger_bench`] (the report at scale).
 
+pub mod audit;
+pub mod bench;
+pub mod cascade_cmd;
 pub mod client;
 pub mod demo;
 pub mod exit;
+pub mod explain;
+pub mod finance_cli;
 pub mod fleet;
 pub mod input;
+pub mod learn;
+pub mod ledger_bench;
+pub mod ledger_format;
+pub mod ledger_serve;
+pub mod policy_arg;
+pub mod quote;
 pub mod report;
+pub mod router_cmd;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::client::{Client, WaitOutcome, new_job};
-use switchyard::{demo, exit, input, report};
-use switchyard_proto::{Routing, Task};
+use switchyard::{demo, exit, finance_cli, input, report};
+use switchyard_proto::Task;
 use switchyard_runtime::Settings;
 use switchyard_runtime::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
@@ -102,9 +102,44 @@ enum Command {
         #[arg(long, required = true)]
         failed: bool,
     },
-    /// Train, score with and evaluate routers.
+    /// Train, score with, evaluate, explain and audit routers.
     #[command(subcommand)]
-    Router(switchyard_router::cli::RouterCommand),
+    Router(switchyard::router_cmd::RouterCmd),
+    /// Before a job runs: its expected cost, strong share and predicted quality.
+    Quote(switchyard::quote::QuoteArgs),
+    /// Price versions: `set` a new one (effective-dated, never changed), `list` them.
+    #[command(subcommand)]
+    Prices(finance_cli::PricesCommand),
+    /// Team budgets: `set` a monthly limit, `show` spend and holds.
+    #[command(subcommand)]
+    Budget(finance_cli::BudgetCommand),
+    /// The cost ledger: `report`, `correct`, `serve` (finance dashboard), `grant-finance`,
+    /// `bench`.
+    #[command(subcommand)]
+    Ledger(finance_cli::LedgerCommand),
+    /// Blank prompts and answers of jobs finished long ago (the ledger is untouched).
+    Purge(finance_cli::PurgeArgs),
+    /// Measure the fleet against the raw engines (NATS, Postgres, HTTP) in this process.
+    Bench {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Repetitions per figure (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+        /// Only these figures (dispatch, end_to_end); repeat or comma-separate.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Items of the dispatch bench's job.
+        #[arg(long, default_value_t = 100_000)]
+        dispatch_items: usize,
+        /// Items of the end-to-end bench's job.
+        #[arg(long, default_value_t = 20_000)]
+        end_to_end_items: usize,
+        /// Items of the memory bench's job.
+        #[arg(long, default_value_t = 1_000_000)]
+        memory_items: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -123,10 +158,13 @@ struct SubmitArgs {
     /// Instructions for the model (replaces the task's default).
     #[arg(long)]
     instructions: Option<String>,
-    /// Routing policy: `strong-share=0.3` (exactly that share of items strong) or
-    /// `threshold=0.6` (router score at or above it goes strong).
-    #[arg(long, value_parser = parse_policy)]
-    policy: Option<Routing>,
+    /// Routing policy: `strong-share=0.3` (exactly that share of items strong),
+    /// `threshold=0.6` (router score at or above it goes strong), `budget-usd=25` (best gain
+    /// per dollar within the budget) or `quality=0.95` (smallest strong share predicted to
+    /// reach 95% of all-strong quality); plus `shadow=0.05` (that share of weak-routed items
+    /// also goes strong, to learn from). Comma-separate or repeat.
+    #[arg(long, value_parser = switchyard::policy_arg::parse, value_delimiter = ',')]
+    policy: Vec<switchyard::policy_arg::PolicyArg>,
     /// Weak answers below this confidence escalate.
     #[arg(long)]
     confidence_threshold: Option<f64>,
@@ -166,28 +204,6 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration like 90s or 30m: {e}"))
 }
 
-fn parse_policy(s: &str) -> Result<Routing, String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}`: expected strong-share=P or threshold=T"))?;
-    let value: f64 = v
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{v}` is not a number"))?;
-    match k.trim() {
-        "strong-share" | "strong_share" => {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(format!("strong-share {value} is outside [0, 1]"));
-            }
-            Ok(Routing::StrongShare { value })
-        }
-        "threshold" => Ok(Routing::Threshold { value }),
-        other => Err(format!(
-            "unknown policy `{other}` (expected strong-share or threshold)"
-        )),
-    }
-}
-
 fn parse_pair(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(a, b)| (a.trim().to_owned(), b.trim().to_owned()))
@@ -221,10 +237,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    // Offline router commands need no configuration or services.
+    // Router commands load the configuration only when they need it (the offline ones
+    // need no configuration or services).
     if let Some(Command::Router(cmd)) = cli.command {
-        tokio::task::spawn_blocking(move || switchyard_router::cli::run(cmd)).await??;
-        return Ok(exit::OK);
+        return switchyard::router_cmd::run(cmd, cli.config.as_deref()).await;
     }
     let settings = Settings::load(cli.config.as_deref())?;
     if cli.check_config {
@@ -243,6 +259,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     ));
     match command {
         Command::Router(_) => Ok(exit::OK),
+        Command::Quote(args) => {
+            switchyard::quote::run(&settings, args).await?;
+            Ok(exit::OK)
+        }
         Command::Demo {
             items,
             json,
@@ -276,7 +296,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Sim(args) => {
-            switchyard_sim::cli::run(args, shutdown).await?;
+            let bundled = switchyard::demo::bundled_dataset().ok();
+            switchyard_sim::cli::run_with_fallback(args, bundled, shutdown).await?;
             Ok(exit::OK)
         }
         Command::Migrate => {
@@ -358,6 +379,33 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             eprintln!("{n} failed items of `{job}` re-queued");
             Ok(exit::OK)
         }
+        Command::Prices(cmd) => finance_cli::prices(settings, cmd).await,
+        Command::Budget(cmd) => finance_cli::budget(settings, cmd).await,
+        Command::Ledger(cmd) => finance_cli::ledger(settings, cmd, shutdown).await,
+        Command::Purge(args) => finance_cli::purge(settings, args).await,
+        Command::Bench {
+            json,
+            repetitions,
+            only,
+            dispatch_items,
+            end_to_end_items,
+            memory_items,
+        } => {
+            let opts = switchyard::bench::BenchOptions {
+                repetitions,
+                only,
+                dispatch_items,
+                end_to_end_items,
+                memory_items,
+            };
+            let report = switchyard::bench::run(&settings, &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", switchyard::bench::render(&report));
+            }
+            Ok(exit::OK)
+        }
     }
 }
 
@@ -388,9 +436,7 @@ async fn submit(settings: Settings, a: SubmitArgs) -> anyhow::Result<u8> {
     spec.idempotency_key = a.idempotency_key;
     spec.team = a.team;
     spec.project = a.project;
-    if let Some(p) = a.policy {
-        spec.policy.routing = p;
-    }
+    switchyard::policy_arg::apply(&a.policy, &mut spec.policy).map_err(anyhow::Error::msg)?;
     spec.policy.cascade.confidence_threshold = a.confidence_threshold;
     spec.policy.cascade.max_escalations = a.max_escalations;
     spec.policy.models = a.models.into_iter().collect();

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use switchyard_proto::{JobSpec, PROTOCOL_VERSION, WorkItem, codec, work};
 use switchyard_store::jobs::{self, Admission, NewJob, status};
+use switchyard_store::routing;
 use switchyard_store::{items, sha256_hex};
 
 use crate::Dispatcher;
@@ -91,7 +92,22 @@ pub async fn dispatch_job(
             };
             let cut = ingested.cut.as_pair();
             let ds = &d.settings.dispatcher;
-            items::assign_tiers(
+            tracing::info!(
+                job_id = %spec.job_id,
+                policy = %ingested.plan.policy,
+                strong = ingested.plan.strong,
+                decided = ingested.plan.decided,
+                expected_usd = %ingested.plan.expected_usd,
+                predicted_quality = ingested.plan.predicted_quality,
+                "job planned"
+            );
+            routing::store_plan(
+                &d.pool,
+                &spec.job_id,
+                &serde_json::to_value(&ingested.plan).unwrap_or_default(),
+            )
+            .await?;
+            routing::assign_routes(
                 &d.pool,
                 &spec.job_id,
                 cut,
@@ -222,12 +238,23 @@ async fn publish_items(
                 confidence_threshold: threshold,
                 escalations_left: escalations,
             };
+            let shadow = shadow_of(d, spec, &msg);
             let payload = codec::encode(&msg)?;
             let id = work::attempt_key(&msg.job_id, &msg.item_id, 0);
             publisher
                 .publish(t.work_subject(&tier), &id, Bytes::from(payload))
                 .await?;
             count += 1;
+            if let Some(shadow) = shadow {
+                let id = shadow.attempt_key();
+                publisher
+                    .publish(
+                        t.work_subject(&shadow.tier),
+                        &id,
+                        Bytes::from(codec::encode(&shadow)?),
+                    )
+                    .await?;
+            }
         }
         progress();
     }
@@ -244,4 +271,24 @@ async fn publish_items(
         items: count,
         duplicate: false,
     })
+}
+
+/// The shadow call of a weak-routed item, when the job's `shadow` fraction samples it: the
+/// same item on the strong tier, attempt [`work::SHADOW_ATTEMPT`], never escalating. Its
+/// answer is recorded and booked as shadow cost, never final. `local_only` items are never
+/// shadowed (the strong tier may not be local).
+fn shadow_of(d: &Dispatcher, spec: &JobSpec, item: &WorkItem) -> Option<WorkItem> {
+    let ds = &d.settings.dispatcher;
+    let fraction = spec.policy.shadow?;
+    if item.tier != ds.weak_tier
+        || item.local_only
+        || !switchyard_core::shadow::sampled(&item.job_id, &item.item_id, fraction)
+    {
+        return None;
+    }
+    let mut shadow = item.clone();
+    shadow.tier = ds.strong_tier.clone();
+    shadow.attempt = work::SHADOW_ATTEMPT;
+    shadow.escalations_left = 0;
+    Some(shadow)
 }

@@ -1,20 +1,25 @@
-//! Pass 1 of a job: read every item, check it, score it, store it in chunks.
+//! Pass 1 of a job: read every item, check it, route it (pin, rule, score, estimates),
+//! store it in chunks, then plan the job's policy over its own items.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
-use switchyard_core::policy::{self, Cut};
+use switchyard_core::calibrate::Plan;
+use switchyard_core::policy::Cut;
 use switchyard_core::validate::{self, Limits, Rejection};
 use switchyard_proto::JobSpec;
 use switchyard_store::items::{self, NewItem};
 
 use crate::Dispatcher;
+use crate::route::{JobRouter, TierPrices};
 use crate::source::{ItemSource, SourceError};
 
 /// The result of a successful ingest.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ingested {
     pub item_count: i64,
     pub cut: Cut,
+    /// The policy's plan: expected cost and predicted quality.
+    pub plan: Plan,
 }
 
 /// Why an ingest stopped.
@@ -38,9 +43,31 @@ fn rejected(msg: impl Into<String>) -> IngestError {
     IngestError::Rejected(Rejection(msg.into()))
 }
 
-/// Reads, checks, scores and stores every item of `spec`, then computes the policy's cut on
-/// this job's own scores. `progress` is called after each stored chunk (the consumer uses it
-/// to keep the job message alive).
+/// The prices of the job's model per tier: the database's version in force, else the
+/// configuration's seed price.
+///
+/// # Errors
+/// Database errors.
+pub async fn job_prices(d: &Dispatcher, spec: &JobSpec) -> sqlx::Result<TierPrices> {
+    let mut in_db = BTreeMap::new();
+    for tier in d.settings.tiers.keys() {
+        if let Some(model) = d.settings.model_for(tier, &spec.policy.models) {
+            let price = switchyard_store::routing::current_price(&d.pool, model).await?;
+            in_db.insert(model.to_owned(), price);
+        }
+    }
+    Ok(TierPrices::resolve(&d.settings, &spec.policy.models, |m| {
+        in_db
+            .get(m)
+            .copied()
+            .flatten()
+            .or_else(|| d.settings.price_of(m))
+    }))
+}
+
+/// Reads, checks, routes and stores every item of `spec`, then plans the policy over this
+/// job's own items. `progress` is called after each stored chunk (the consumer uses it to
+/// keep the job message alive).
 ///
 /// # Errors
 /// [`IngestError::Rejected`] for bad items (nothing of the job remains stored then is up to
@@ -53,10 +80,29 @@ pub async fn ingest(
 ) -> Result<Ingested, IngestError> {
     let limits: Limits = d.settings.dispatcher.limits();
     let chunk_size = d.settings.dispatcher.chunk_size;
-    let kind = spec.task.kind();
     let has_local = d.settings.local_tier().is_some();
-    // Only (score, seq) of unpinned items is kept: 16 bytes an item.
-    let mut scored: Vec<(f32, i64)> = Vec::new();
+    let ds = &d.settings.dispatcher;
+    let prices = job_prices(d, spec).await?;
+    let generate_max_tokens = d
+        .settings
+        .model_for(&ds.weak_tier, &spec.policy.models)
+        .and_then(|m| d.settings.models.get(m))
+        .map_or(512, |m| m.generate_max_tokens);
+    let router = JobRouter {
+        routing: &spec.policy.routing,
+        task: &spec.task,
+        team: spec.team.as_deref().unwrap_or("default"),
+        project: spec.project.as_deref().unwrap_or("default"),
+        rules: &d.rules,
+        router: d.router.as_ref(),
+        weak_tier: &ds.weak_tier,
+        strong_tier: &ds.strong_tier,
+        local_tier: d.settings.local_tier(),
+        prices: &prices,
+        generate_max_tokens,
+    };
+    // Only the policy's candidates are kept (seq, scores, extra cost): 32 bytes an item.
+    let mut inputs = router.inputs();
     let mut chunk: Vec<NewItem> = Vec::with_capacity(chunk_size);
     let mut seq: i64 = 0;
     loop {
@@ -82,11 +128,7 @@ pub async fn ingest(
                     item.item_id
                 )));
             }
-            let score = d.router.score(&item.text, kind);
-            let score = if score.is_finite() { score } else { 0.0 };
-            if !local_only {
-                scored.push((score, seq));
-            }
+            let (route, score) = router.route(&item, seq, &mut inputs);
             let metadata = if item.metadata.is_empty() {
                 None
             } else {
@@ -100,6 +142,7 @@ pub async fn ingest(
                 sensitivity: item.sensitivity,
                 metadata,
                 router_score: score,
+                route,
             });
             seq += 1;
         }
@@ -115,10 +158,13 @@ pub async fn ingest(
     if seq == 0 {
         return Err(rejected("job has no items"));
     }
-    let cut = policy::compute_cut(&spec.policy.routing, &mut scored);
+    let plan = router
+        .plan(&mut inputs)
+        .map_err(|e| rejected(e.to_string()))?;
     Ok(Ingested {
         item_count: seq,
-        cut,
+        cut: plan.cut,
+        plan,
     })
 }
 

@@ -10,10 +10,13 @@
 //! 3. [`ingest`]: items are streamed from the message or the object store ([`source`]),
 //!    validated, scored by the router and inserted in chunks. Memory stays flat in the job's
 //!    size: only `(score, position)` pairs are kept, 16 bytes an item.
-//! 4. The policy turns this job's scores into a cut (exact strong share, or a threshold);
-//!    sensitivity pins come first.
+//! 4. [`route`]: sensitivity pins, then routing rules (force a tier or shift the score), then
+//!    the job's policy turns its own scores into one cut (exact strong share, threshold,
+//!    budget or quality target; `switchyard_core::calibrate`). Why each item went where it
+//!    went is stored with it.
 //! 5. [`publisher`]: every item is published to its tier with `Nats-Msg-Id` = its attempt
-//!    key, many publish-acks in flight at once.
+//!    key, many publish-acks in flight at once; with a `shadow` policy, a sample of the
+//!    weak-routed items is published to the strong tier as well (shadow calls).
 //! 6. Only then is the job message acked ([`consumer`]).
 
 pub mod consumer;
@@ -21,6 +24,7 @@ pub mod dispatch;
 pub mod ingest;
 pub mod intake;
 pub mod publisher;
+pub mod route;
 pub mod source;
 
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use sqlx::PgPool;
+use switchyard_core::rules::RuleSet;
 use switchyard_router::Router;
 use switchyard_runtime::Settings;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +45,8 @@ pub struct Dispatcher {
     pub js: async_nats::jetstream::Context,
     pub pool: PgPool,
     pub router: Arc<dyn Router>,
+    /// The configuration's routing rules, compiled.
+    pub rules: Arc<RuleSet>,
     pub counters: Arc<DispatcherCounters>,
 }
 
@@ -70,6 +77,7 @@ impl Dispatcher {
             Some(path) => switchyard_router::load_router(std::path::Path::new(path))
                 .with_context(|| format!("cannot load router `{path}`"))?,
         };
+        let rules = Arc::new(settings.routing_rules()?);
         let client = switchyard_runtime::nats::connect(&settings, "switchyard-dispatcher").await?;
         let js = switchyard_runtime::nats::jetstream(client.clone());
         switchyard_runtime::nats::ensure_streams(&js, &settings).await?;
@@ -84,6 +92,7 @@ impl Dispatcher {
             js,
             pool,
             router,
+            rules,
             counters: Arc::default(),
         })
     }

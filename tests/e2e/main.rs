@@ -8,7 +8,17 @@
 //! database and stream prefix, so they run in parallel.
 
 mod bad_input;
+mod cluster;
+mod finance_support;
 mod foreign_client;
 mod jobs;
+mod ledger_budgets;
+mod ledger_corrections;
+mod ledger_dashboard;
+mod ledger_finance;
+mod ledger_prices;
+mod ledger_reconcile;
+mod ledger_scale;
 mod resilience;
+mod routing;
 mod support;

@@ -60,6 +60,7 @@ pub fn classify_job(items: Vec<Item>, strong_share: f64, threshold: f64) -> JobS
             max_escalations: Some(1),
         },
         models: Default::default(),
+        shadow: None,
     };
     spec.team = Some("team-e2e".into());
     spec.project = Some("proj".into());
@@ -83,11 +84,21 @@ impl Harness {
 
     /// A fleet whose settings `tune` may change, with the given simulator configuration.
     pub async fn start_with(tune: impl FnOnce(&mut Settings), sim: SimConfig) -> Self {
+        Self::start_on(data(), tune, sim).await
+    }
+
+    /// As [`Harness::start_with`], the simulator replaying `replayed` instead of the bundled
+    /// demo data.
+    pub async fn start_on(
+        replayed: Arc<Dataset>,
+        tune: impl FnOnce(&mut Settings),
+        sim: SimConfig,
+    ) -> Self {
         let nats = TestNats::new().await;
         let db = TestDb::new().await;
         let mut settings = settings_for(&nats, &db);
         tune(&mut settings);
-        let fleet = Fleet::start(settings, Some((data(), sim)))
+        let fleet = Fleet::start(settings, Some((replayed, sim)))
             .await
             .expect("fleet starts");
         let client = fleet.client();

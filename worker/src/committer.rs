@@ -72,6 +72,7 @@ async fn settle_batch(w: &Worker, batch: Vec<Pending>) {
             items = batch.len(),
             "cannot commit outcomes, giving the items back"
         );
+        crate::budget::commit_failed(w, &outcomes).await;
         for p in &batch {
             let _ = p
                 .acker
@@ -81,6 +82,7 @@ async fn settle_batch(w: &Worker, batch: Vec<Pending>) {
         return;
     };
     WorkerCounters::add(&w.counters.committed_batches, 1);
+    crate::budget::committed(w, &outcomes);
 
     // Escalations first; an item whose escalation did not publish is not acked (its
     // redelivery re-publishes it).

@@ -24,8 +24,9 @@ pub struct ModelRuntime {
     pub settings: ModelSettings,
     pub client: OpenAiClient,
     pub limiter: ModelLimiter,
+    /// The version in force at start-up (calls are booked with the version in force at their
+    /// own time: see [`crate::price_book`]).
     pub price: Price,
-    /// The price version every call is booked with (recorded at start-up).
     pub price_id: i64,
 }
 
@@ -62,6 +63,8 @@ pub struct Worker {
     pub pool: PgPool,
     pub models: Arc<HashMap<String, ModelRuntime>>,
     pub counters: Arc<WorkerCounters>,
+    /// Prices, budgets and the holds this process keeps alive.
+    pub finance: Arc<crate::budget::Finance>,
     cancelled: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
 }
 
@@ -69,11 +72,13 @@ pub struct Worker {
 const CANCEL_CHECK_TTL: Duration = Duration::from_millis(500);
 
 impl Worker {
-    /// Connects to NATS and Postgres, creates the streams, and prepares every model of the
-    /// served tiers (recording its current price version).
+    /// Connects to NATS and Postgres, creates the streams, checks that every configured model
+    /// has a price in force (seeding unpriced models from the configuration), and prepares
+    /// every model of the served tiers.
     ///
     /// # Errors
-    /// Unreachable services, an unknown tier, or a model whose API key variable is unset.
+    /// Unreachable services, an unknown tier, a model without any price, or a model whose API
+    /// key variable is unset.
     pub async fn connect(settings: Settings, tiers: &[String]) -> anyhow::Result<Self> {
         for t in tiers {
             anyhow::ensure!(
@@ -95,13 +100,18 @@ impl Worker {
             settings.database.max_connections,
         )
         .await?;
+        let finance = crate::budget::Finance::load(&pool, &settings).await?;
         let http = http_client()?;
         let mut models = HashMap::new();
         for (name, m) in &settings.models {
             if !tiers.contains(&m.tier) {
                 continue;
             }
-            let price = Price::new(m.input_usd_per_mtok, m.output_usd_per_mtok)
+            let version = finance
+                .prices
+                .at(name, chrono::Utc::now())
+                .with_context(|| format!("model `{name}` has no price in force"))?;
+            let price = Price::new(version.input_usd_per_mtok, version.output_usd_per_mtok)
                 .with_context(|| format!("model `{name}` has an invalid price"))?;
             let api_key = match (&m.api_key, &m.api_key_env) {
                 (Some(k), _) => Some(k.expose_secret().to_owned()),
@@ -110,10 +120,7 @@ impl Worker {
                 })?),
                 (None, None) => None,
             };
-            let price_id =
-                switchyard_store::prices::ensure_current(&pool, name, &m.provider, price)
-                    .await
-                    .with_context(|| format!("cannot record the price of `{name}`"))?;
+            let price_id = version.price_id;
             models.insert(
                 name.clone(),
                 ModelRuntime {
@@ -133,6 +140,7 @@ impl Worker {
             pool,
             models: Arc::new(models),
             counters: Arc::default(),
+            finance: Arc::new(finance),
             cancelled: Arc::default(),
         })
     }

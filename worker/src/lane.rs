@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget;
 use crate::call::{CallFailure, call_model};
 use crate::committer::{self, Pending};
 use crate::context::{ModelRuntime, Worker, WorkerCounters};
@@ -196,6 +197,12 @@ async fn process(
         },
     };
     let estimated_tokens = (item.text.len() / 4) as u32 + request.max_tokens;
+    // Teams with a budget: hold the call's worst case first (released if the call does not
+    // happen, settled by the commit that books it); a call that does not fit is diverted.
+    let hold = match budget::admit(w, tier, &item, model, &request, &acker, &msg.payload).await {
+        budget::Admission::Go(hold) => hold,
+        budget::Admission::Settled => return,
+    };
     let keepalive_period = w.settings.worker.ack_wait / 3;
     WorkerCounters::add(&w.counters.calls, 1);
     let (result, stats) = call_model(
@@ -282,6 +289,14 @@ async fn process(
             .cost(completion.prompt_tokens, completion.completion_tokens),
         latency_ms: completion.latency.as_millis().min(i32::MAX as u128) as i32,
         retry: delivered > 1,
+        booking: budget::booking_for(
+            w,
+            tier,
+            &item,
+            escalation.is_some(),
+            chrono::Utc::now(),
+            hold.map(budget::Hold::hand_over),
+        ),
     };
     let outcome = Outcome::Answered {
         key,

@@ -16,13 +16,19 @@
 //!
 //! [`reaper`] records items whose worker died on their last delivery (JetStream's
 //! max-deliveries advisory), so nothing is lost silently.
+//!
+//! [`budget`] holds each call's worst-case cost against its team's budget before the call
+//! and settles it in the commit that books the call; [`price_book`] keeps the price versions
+//! (the ledger books the version in force at each call's time).
 
+pub mod budget;
 pub mod call;
 pub mod committer;
 pub mod context;
 pub mod lane;
 pub mod limiter;
 pub mod llm;
+pub mod price_book;
 pub mod reaper;
 
 use anyhow::Context as _;
@@ -77,6 +83,12 @@ pub async fn run_with(
             }
         });
     }
+    // Budget holds of draining calls must stay renewed: this loop stops after the lanes.
+    let finance_token = CancellationToken::new();
+    tracker.spawn(budget::run_finance_loop(
+        worker.clone(),
+        finance_token.clone(),
+    ));
     tracker.close();
     let mut first_error = None;
     for h in handles {
@@ -91,6 +103,7 @@ pub async fn run_with(
         }
     }
     shutdown.cancel();
+    finance_token.cancel();
     tracker.wait().await;
     let _ = worker.client.flush().await;
     first_error.map_or(Ok(()), Err)

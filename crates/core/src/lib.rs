@@ -2,12 +2,24 @@
 //!
 //! - [`validate`]: what makes a job or an item acceptable, and the reasons it is not.
 //! - [`policy`]: how router scores become tiers (threshold, exact strong share).
+//! - [`calibrate`]: job-level calibration (share, threshold, budget, quality) into one cut.
+//! - [`rules`]: routing rules from the configuration (force a tier, shift a score).
+//! - [`estimate`]: expected tokens and cost of an item before any call.
+//! - [`shadow`]: which weak-routed items also get a shadow call to the strong model.
+//! - [`agreement`]: how far a weak and a strong answer agree (labels learned from the fleet).
 //! - [`pricing`]: exact cost of a call from its tokens and a price version.
+//! - [`tariff`]: a price version's full tariff (cached input, batch discount) and its checks.
 //! - [`prompt`]: the chat messages a task sends to a model.
 //! - [`confidence`]: how sure a model was, from its logprobs, and whether to escalate.
 
+pub mod agreement;
+pub mod calibrate;
 pub mod confidence;
+pub mod estimate;
 pub mod policy;
 pub mod pricing;
 pub mod prompt;
+pub mod rules;
+pub mod shadow;
+pub mod tariff;
 pub mod validate;

@@ -4,12 +4,11 @@
 //! the job itself: `strong_share(p)` sends exactly `round(p × n)` items strong, the highest
 //! scores of this job, whatever the score distribution. Ties are broken by input position
 //! (earlier first), so the split is exact and reproducible. `threshold(t)` compares each
-//! score with `t`.
+//! score with `t`. Every policy ends as one [`Cut`] over a per-item key (the score, or for a
+//! budget the gain per extra dollar); [`crate::calibrate`] computes it.
 //!
 //! Sensitivity pins come first: a `local_only` item goes to the local tier whatever its
 //! score, and does not count against the strong share.
-
-use switchyard_proto::Routing;
 
 /// Where an item starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,26 +68,23 @@ impl Cut {
     }
 }
 
-/// Computes the cut for a job from the scores of its unpinned items, given as
-/// `(score, seq)` pairs (any order).
-pub fn compute_cut(routing: &Routing, scored: &mut [(f32, i64)]) -> Cut {
-    match *routing {
-        Routing::Threshold { value } => Cut::AtLeast(value as f32),
-        Routing::StrongShare { value } => {
-            let n = scored.len();
-            let k = strong_count(value, n);
-            if k == 0 {
-                return Cut::Nothing;
-            }
-            // Highest score first; among equal scores, earliest input first.
-            let by_rank = |a: &(f32, i64), b: &(f32, i64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-            let (_, kth, _) = scored.select_nth_unstable_by(k - 1, by_rank);
-            Cut::Rank {
-                score_cut: kth.0,
-                last_seq: kth.1,
-            }
-        }
+/// The cut that sends exactly `k` of `keyed` (`(key, seq)` pairs, any order) strong: the
+/// highest keys, ties broken by input order (earlier first). Reorders `keyed`.
+pub fn top_k_cut(k: usize, keyed: &mut [(f32, i64)]) -> Cut {
+    let k = k.min(keyed.len());
+    if k == 0 {
+        return Cut::Nothing;
     }
+    let (_, kth, _) = keyed.select_nth_unstable_by(k - 1, by_rank);
+    Cut::Rank {
+        score_cut: kth.0,
+        last_seq: kth.1,
+    }
+}
+
+/// The order of a rank cut: highest key first; among equal keys, earliest input first.
+pub fn by_rank(a: &(f32, i64), b: &(f32, i64)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
 /// How many of `n` items a strong share of `share` sends strong: `round(share × n)`.
@@ -104,7 +100,7 @@ mod tests {
 
     #[test]
     fn threshold_compares_each_score() {
-        let cut = compute_cut(&Routing::Threshold { value: 0.5 }, &mut []);
+        let cut = Cut::AtLeast(0.5);
         assert_eq!(cut.route(0.5, 0), Route::Strong);
         assert_eq!(cut.route(0.49, 0), Route::Weak);
     }
@@ -112,7 +108,7 @@ mod tests {
     #[test]
     fn ties_are_broken_by_input_order() {
         let mut s = vec![(1.0, 0), (1.0, 1), (1.0, 2), (0.0, 3)];
-        let cut = compute_cut(&Routing::StrongShare { value: 0.5 }, &mut s);
+        let cut = top_k_cut(strong_count(0.5, s.len()), &mut s);
         let routes: Vec<_> = [(1.0, 0), (1.0, 1), (1.0, 2), (0.0, 3)]
             .iter()
             .map(|&(sc, q)| cut.route(sc, q))
@@ -126,10 +122,7 @@ mod tests {
     #[test]
     fn zero_share_sends_nothing_strong() {
         let mut s = vec![(1.0, 0), (2.0, 1)];
-        assert_eq!(
-            compute_cut(&Routing::StrongShare { value: 0.0 }, &mut s),
-            Cut::Nothing
-        );
+        assert_eq!(top_k_cut(strong_count(0.0, s.len()), &mut s), Cut::Nothing);
     }
 
     proptest! {
@@ -142,7 +135,7 @@ mod tests {
             let items: Vec<(f32, i64)> =
                 scores.iter().enumerate().map(|(i, &s)| (f32::from(s) / 7.0, i as i64)).collect();
             let mut work = items.clone();
-            let cut = compute_cut(&Routing::StrongShare { value: share }, &mut work);
+            let cut = top_k_cut(strong_count(share, work.len()), &mut work);
             let strong = items.iter().filter(|&&(s, q)| cut.route(s, q) == Route::Strong).count();
             prop_assert_eq!(strong, strong_count(share, items.len()));
             // Every strong item scores at least as high as every weak one.

@@ -121,7 +121,18 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
         Routing::StrongShare { value } if !(0.0..=1.0).contains(&value) => {
             return reject(format!("policy strong_share {value} is outside [0, 1]"));
         }
+        Routing::BudgetUsd { value } if value.is_sign_negative() && !value.is_zero() => {
+            return reject(format!("policy budget_usd {value} is negative"));
+        }
+        Routing::Quality { value } if !(value > 0.0 && value <= 1.0) => {
+            return reject(format!("policy quality {value} is outside (0, 1]"));
+        }
         _ => {}
+    }
+    if let Some(f) = spec.policy.shadow
+        && !(0.0..=1.0).contains(&f)
+    {
+        return reject(format!("policy shadow {f} is outside [0, 1]"));
     }
     if let Some(t) = spec.policy.cascade.confidence_threshold
         && !(0.0..=1.0).contains(&t)

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::PROTOCOL_VERSION;
 
@@ -187,6 +188,11 @@ pub struct Policy {
     /// that tier.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, String>,
+    /// Also send this fraction (in [0, 1]) of the weak-routed items to the strong tier, as
+    /// shadow calls: their answers are recorded (and booked as shadow cost) but never final,
+    /// so the fleet learns where the weak model falls short. `None`: no shadow calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<f64>,
 }
 
 /// The routing rule applied to the router's scores (higher score = more need for the strong
@@ -198,6 +204,40 @@ pub enum Routing {
     Threshold { value: f64 },
     /// Exactly `round(value × items)` items go strong: the highest scores of this job.
     StrongShare { value: f64 },
+    /// Strong calls go to the items with the best predicted gain per extra dollar (the
+    /// router's score over the estimated extra cost of the strong model), as many as keep
+    /// the job's expected cost within `value` US dollars. A decimal string on the wire
+    /// (`"12.50"`); integers are accepted, floats refused (money stays exact).
+    BudgetUsd {
+        #[serde(serialize_with = "ser_usd", deserialize_with = "de_usd")]
+        value: Decimal,
+    },
+    /// The smallest strong share whose predicted quality reaches `value` (in (0, 1]) times the
+    /// predicted quality of sending every item strong.
+    Quality { value: f64 },
+}
+
+fn ser_usd<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&d.normalize().to_string())
+}
+
+fn de_usd<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Str(String),
+        Int(i64),
+        Float(f64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Str(s) => s.trim().parse::<Decimal>().map_err(|e| {
+            serde::de::Error::custom(format!("budget `{s}` is not a decimal number: {e}"))
+        }),
+        Raw::Int(i) => Ok(Decimal::from(i)),
+        Raw::Float(f) => Err(serde::de::Error::custom(format!(
+            "write budgets as decimal strings (\"{f}\"), so money stays exact"
+        ))),
+    }
 }
 
 impl Default for Routing {

@@ -134,6 +134,14 @@ impl Topology {
     pub fn cancel_subject(&self) -> String {
         format!("{}.control.cancel", self.prefix)
     }
+    /// Core subject of a team's budget warnings (JSON; a soft limit reached, once per month).
+    pub fn budget_warning_subject(&self, team: &str) -> String {
+        format!("{}.budget.warnings.{}", self.prefix, subject_token(team))
+    }
+    /// Every team's budget warnings.
+    pub fn budget_warnings_wildcard(&self) -> String {
+        format!("{}.budget.warnings.*", self.prefix)
+    }
 
     /// Object store bucket for large job inputs.
     pub fn inputs_bucket(&self) -> String {

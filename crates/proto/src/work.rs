@@ -42,6 +42,18 @@ impl WorkItem {
     }
 }
 
+/// The attempt number of a shadow call: a weak-routed item sent to the strong tier as well,
+/// whose answer is recorded and booked (ledger `outcome = 'shadow'`) but never final. Far
+/// above any escalation chain, so it never collides with a real attempt.
+pub const SHADOW_ATTEMPT: u16 = 1000;
+
+impl WorkItem {
+    /// True for a shadow call (see [`SHADOW_ATTEMPT`]).
+    pub fn is_shadow(&self) -> bool {
+        self.attempt == SHADOW_ATTEMPT
+    }
+}
+
 /// `Nats-Msg-Id` of an attempt: `w:<len(job)>:<job>:<item>:<attempt>`.
 pub fn attempt_key(job_id: &str, item_id: &str, attempt: u16) -> String {
     format!("w:{}:{job_id}:{item_id}:{attempt}", job_id.len())

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::RouterError;
 use crate::features::{DENSE, DENSE_NAMES, FeatureConfig};
 use crate::model::{Head, KINDS, LearnedRouter, LinearModel, Target};
+use crate::prior::{self, QualityPrior};
 
 /// The `format` field of every artifact.
 pub const FORMAT: &str = "switchyard-router";
@@ -83,6 +84,11 @@ pub struct RouterArtifact {
     /// The router's name in reports (`learned-v1`).
     pub name: String,
     pub provenance: Provenance,
+    /// Mean weak and strong quality per task kind on the training rows (see
+    /// [`crate::prior`]). Optional: artifacts written before it existed still load, and their
+    /// predicted quality uses [`prior::ASSUMED_WEAK_QUALITY`].
+    #[serde(default, skip_serializing_if = "QualityPrior::is_empty")]
+    pub quality: QualityPrior,
     pub model: PackedModel,
 }
 
@@ -246,8 +252,15 @@ impl RouterArtifact {
             format_version: FORMAT_VERSION,
             name: name.into(),
             provenance,
+            quality: QualityPrior::new(),
             model: PackedModel::pack(model),
         }
+    }
+
+    /// The same artifact with a quality prior.
+    pub fn with_quality(mut self, quality: QualityPrior) -> Self {
+        self.quality = quality;
+        self
     }
 
     /// Parses and validates an artifact; `path` is only used in messages.
@@ -283,6 +296,7 @@ impl RouterArtifact {
         let artifact: RouterArtifact =
             serde_json::from_value(value).map_err(|e| corrupt(path, e.to_string()))?;
         artifact.model.unpack().map_err(|e| corrupt(path, e))?;
+        prior::validate(&artifact.quality).map_err(|e| corrupt(path, e))?;
         Ok(artifact)
     }
 
@@ -315,7 +329,7 @@ impl RouterArtifact {
     /// The router, ready to score.
     pub fn into_router(self) -> Result<LearnedRouter, RouterError> {
         let model = self.model.unpack().map_err(|e| corrupt(&self.name, e))?;
-        Ok(LearnedRouter::new(self.name, &model))
+        Ok(LearnedRouter::new(self.name, &model).with_quality(&self.quality))
     }
 }
 

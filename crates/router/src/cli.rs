@@ -76,6 +76,24 @@ pub struct TrainArgs {
     /// Set weighting: a set of n rows weighs n^balance (1 = per row, 0 = per set).
     #[arg(long)]
     pub balance: Option<f64>,
+    /// Learn from the fleet's own outcomes in Postgres instead of data files: items with both
+    /// a weak and a strong answer (shadow calls, escalations), labelled by their agreement,
+    /// adapt a base router (the `switchyard` binary only: it reads the database).
+    #[arg(long, conflicts_with_all = ["data", "pairs"])]
+    pub from_db: bool,
+    /// With --from-db: only this team's jobs.
+    #[arg(long, requires = "from_db")]
+    pub team: Option<String>,
+    /// With --from-db: only jobs of this task kind.
+    #[arg(long, requires = "from_db")]
+    pub task: Option<TaskKind>,
+    /// With --from-db: the router to adapt (default: the configured router, else the
+    /// committed default).
+    #[arg(long, requires = "from_db", value_name = "ROUTER")]
+    pub base: Option<PathBuf>,
+    /// With --from-db: use at most this many items (oldest jobs first).
+    #[arg(long, requires = "from_db", default_value_t = 1_000_000)]
+    pub limit: i64,
 }
 
 /// `router score`.
@@ -270,6 +288,11 @@ fn command_line(a: &DataArgs, extra: &str) -> String {
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
+    if a.from_db {
+        bail!(
+            "--from-db reads the fleet's database: run it as `switchyard router train --from-db`"
+        );
+    }
     let sets = load_sets(&a.data, true)?;
     if sets.is_empty() {
         bail!("no training rows left after filtering");
@@ -294,7 +317,8 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             .collect(),
         notes: vec![format!("recipe: {recipe:?}")],
     };
-    let artifact = RouterArtifact::new(&a.name, provenance, &model);
+    let artifact = RouterArtifact::new(&a.name, provenance, &model)
+        .with_quality(crate::prior::measure(&slices, recipe.balance));
     artifact
         .save(&a.out)
         .with_context(|| format!("cannot write {}", a.out.display()))?;

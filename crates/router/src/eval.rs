@@ -43,7 +43,7 @@ pub fn price_per_million(model: &str) -> Option<(f64, f64)> {
 }
 
 /// The cost of one call in USD, if it can be known.
-fn call_cost(model: &str, o: &Outcome) -> Option<f64> {
+pub fn call_cost(model: &str, o: &Outcome) -> Option<f64> {
     if let Some(c) = o.cost_usd {
         return Some(c);
     }

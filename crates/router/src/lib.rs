@@ -10,7 +10,7 @@
 //! - **online** ([`Router`], [`default_router`], [`load_router`], [`LearnedRouter`]): what the
 //!   dispatcher links, pure and fast;
 //! - **offline** ([`data`], [`train`], [`metrics`], [`baselines`], [`eval`], [`crossval`],
-//!   [`plot`], [`cli`]): the tools that build a router artifact from benchmark rows and prove
+//!   [`cascade`], [`plot`], [`cli`]): the tools that build a router artifact from benchmark rows and prove
 //!   what it is worth, with the same metrics as RouteLLM and RouterBench.
 
 use std::path::Path;
@@ -20,6 +20,7 @@ pub use switchyard_proto::TaskKind;
 
 pub mod artifact;
 pub mod baselines;
+pub mod cascade;
 pub mod cli;
 pub mod crossval;
 pub mod data;
@@ -29,6 +30,7 @@ mod length;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod prior;
 pub mod rng;
 pub mod train;
 
@@ -44,6 +46,13 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     /// The predicted need for the strong model on this item. Higher = more need. Always
     /// finite; comparable only between items scored by the same router.
     fn score(&self, text: &str, task: TaskKind) -> f32;
+
+    /// The weak model's expected quality on this task kind, in [0, 1], as measured on the
+    /// router's training data; `None` when unknown. The score is a gain over this level, so
+    /// `weak_quality + score` predicts the strong model's quality on an item.
+    fn weak_quality(&self, _task: TaskKind) -> Option<f64> {
+        None
+    }
 }
 
 /// Why a router artifact could not be loaded.

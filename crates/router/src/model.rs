@@ -189,6 +189,8 @@ fn sigmoid(z: f32) -> f32 {
 #[derive(Debug, Clone)]
 pub struct LearnedRouter {
     name: String,
+    /// Per task kind, the weak model's mean quality on the training rows, if measured.
+    weak_quality: [Option<f64>; KINDS],
     features: FeatureConfig,
     table: Vec<[f32; 1 + MAX_HEADS]>,
     heads: Vec<CompiledHead>,
@@ -227,6 +229,7 @@ impl LearnedRouter {
         }
         Self {
             name: name.into(),
+            weak_quality: [None; KINDS],
             features: m.features,
             table,
             heads: heads
@@ -241,6 +244,14 @@ impl LearnedRouter {
             dense_mean: m.dense_mean,
             dense_inv_scale,
         }
+    }
+
+    /// The same router, knowing its training data's weak quality per task kind.
+    pub fn with_quality(mut self, prior: &crate::prior::QualityPrior) -> Self {
+        for kind in [TaskKind::Classify, TaskKind::Summarize, TaskKind::Generate] {
+            self.weak_quality[kind_index(kind)] = prior.get(kind.as_str()).map(|q| q.weak);
+        }
+        self
     }
 
     /// Each head's logit for an item (for explanations and tests).
@@ -297,6 +308,10 @@ impl LearnedRouter {
 impl Router for LearnedRouter {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn weak_quality(&self, task: TaskKind) -> Option<f64> {
+        self.weak_quality[kind_index(task)]
     }
 
     fn score(&self, text: &str, task: TaskKind) -> f32 {

@@ -118,6 +118,9 @@ struct Layout {
     dense_off: usize,
     bias_off: usize,
     use_dense: bool,
+    /// Where the L2 penalty pulls the weights: zero, or a base model's weights when
+    /// fine-tuning (empty = zero).
+    center: Vec<f64>,
 }
 
 impl Design {
@@ -174,9 +177,14 @@ impl Design {
             (at.dense_off..at.bias_off, cfg.l2_dense),
         ];
         for (range, l2) in penalties {
-            for (t, g) in theta[range.clone()].iter().zip(&mut grad[range]) {
-                loss += 0.5 * l2 * t * t;
-                *g += l2 * t;
+            for (i, (t, g)) in theta[range.clone()]
+                .iter()
+                .zip(&mut grad[range.clone()])
+                .enumerate()
+            {
+                let d = t - at.center.get(range.start + i).copied().unwrap_or(0.0);
+                loss += 0.5 * l2 * d * d;
+                *g += l2 * d;
             }
         }
         loss
@@ -187,6 +195,36 @@ impl Design {
 pub fn train_linear(
     examples: &[Example<'_>],
     cfg: &TrainConfig,
+) -> Result<LinearModel, TrainError> {
+    fit(examples, cfg, None)
+}
+
+/// Adapts a trained model to new examples (a team's own traffic): the same features,
+/// document frequencies and standardization as `base`, and every weight pulled towards the
+/// base's by the L2 penalty instead of towards zero. With few examples the result stays
+/// close to the base; with many it follows the new traffic. Heads are those of `cfg`; a head
+/// whose target the base lacks starts from zero.
+///
+/// Why a prior rather than training from scratch: a team's fleet yields hundreds of labelled
+/// items, not the tens of thousands a router needs to learn language from nothing; what it
+/// can teach is where this traffic differs from the benchmarks.
+pub fn fine_tune(
+    base: &LinearModel,
+    examples: &[Example<'_>],
+    cfg: &TrainConfig,
+) -> Result<LinearModel, TrainError> {
+    base.validate().map_err(TrainError::Config)?;
+    let cfg = TrainConfig {
+        features: base.features,
+        ..cfg.clone()
+    };
+    fit(examples, &cfg, Some(base))
+}
+
+fn fit(
+    examples: &[Example<'_>],
+    cfg: &TrainConfig,
+    base: Option<&LinearModel>,
 ) -> Result<LinearModel, TrainError> {
     cfg.features.validate().map_err(TrainError::Config)?;
     if cfg.heads.is_empty() || cfg.heads.len() > crate::model::MAX_HEADS {
@@ -218,25 +256,44 @@ pub fn train_linear(
         return Err(TrainError::ZeroWeight);
     }
 
-    let mut model = LinearModel::empty(cfg.features);
     let counts: Vec<GramCounts> = examples
         .iter()
         .map(|e| GramCounts::of(&cfg.features, e.text, e.kind))
         .collect();
-    model.docs = u32::try_from(examples.len()).unwrap_or(u32::MAX);
+    let mut present = vec![false; cfg.features.buckets()];
     for c in &counts {
-        let mut seen: Vec<u32> = c.distinct_buckets().collect();
-        seen.sort_unstable();
-        seen.dedup();
-        for b in seen {
-            model.df[b as usize] += 1;
+        for b in c.distinct_buckets() {
+            if let Some(p) = present.get_mut(b as usize) {
+                *p = true;
+            }
         }
     }
+    let mut model = match base {
+        // Fine-tuning keeps the base's vocabulary statistics, so its weights mean the same.
+        Some(b) => LinearModel {
+            heads: Vec::new(),
+            ..b.clone()
+        },
+        None => {
+            let mut m = LinearModel::empty(cfg.features);
+            m.docs = u32::try_from(examples.len()).unwrap_or(u32::MAX);
+            for c in &counts {
+                let mut seen: Vec<u32> = c.distinct_buckets().collect();
+                seen.sort_unstable();
+                seen.dedup();
+                for b in seen {
+                    m.df[b as usize] += 1;
+                }
+            }
+            m
+        }
+    };
     let idfs: Vec<f32> = model.df.iter().map(|&d| idf(model.docs, d)).collect();
-    // Only buckets some training text has can get a non-zero weight (the others see only
-    // the L2 term), so the optimizer works on those alone: `slot[b]` is bucket b's variable.
+    // Only buckets some training text has can move (the others see only the L2 term and
+    // stay at its center), so the optimizer works on those alone: `slot[b]` is bucket b's
+    // variable.
     let used: Vec<u32> = (0..model.df.len() as u32)
-        .filter(|&b| model.df[b as usize] > 0)
+        .filter(|&b| present[b as usize])
         .collect();
     let mut slot = vec![u32::MAX; model.df.len()];
     for (i, &b) in used.iter().enumerate() {
@@ -244,7 +301,7 @@ pub fn train_linear(
     }
 
     let raw_dense: Vec<[f32; DENSE]> = examples.iter().map(|e| dense(e.text)).collect();
-    if cfg.features.dense {
+    if cfg.features.dense && base.is_none() {
         let n = raw_dense.len() as f64;
         for j in 0..DENSE {
             let mean = raw_dense.iter().map(|d| f64::from(d[j])).sum::<f64>() / n;
@@ -302,19 +359,43 @@ pub fn train_linear(
             .iter()
             .map(|e| f64::from(target.label(e.weak, e.strong)))
             .collect();
+        let prior = base.and_then(|b| b.heads.iter().find(|h| h.target == target));
+        let mut center = Vec::new();
+        if let Some(p) = prior {
+            center = vec![0.0; dim];
+            for (c, &b) in center.iter_mut().zip(&used) {
+                *c = f64::from(p.weights[b as usize]);
+            }
+            for k in 0..KINDS {
+                center[bias_off + k] = f64::from(p.bias[k]);
+                for j in 0..DENSE {
+                    center[dense_off + k * DENSE + j] = f64::from(p.dense_weights[k][j]);
+                }
+            }
+        }
+        let start = if center.is_empty() {
+            vec![0.0; dim]
+        } else {
+            center.clone()
+        };
         let layout = Layout {
             buckets,
             dense_off,
             bias_off,
             use_dense,
+            center,
         };
         let objective = |theta: &[f64], grad: &mut [f64]| {
             design.loss_and_gradient(&layout, &targets, cfg, theta, grad)
         };
-        let theta = lbfgs(vec![0.0; dim], objective, cfg.max_iter);
+        let theta = lbfgs(start, objective, cfg.max_iter);
         let mut head = Head::zeros(target, model.df.len());
         head.scale *= share;
         head.offset *= share;
+        if let Some(p) = prior {
+            // Buckets this data never saw keep the base's weights.
+            head.weights.clone_from(&p.weights);
+        }
         for (&b, t) in used.iter().zip(&theta[..buckets]) {
             head.weights[b as usize] = *t as f32;
         }

@@ -25,12 +25,32 @@ use crate::settings::{Settings, StorageKind};
 /// # Errors
 /// When the server cannot be reached (the message names the URL).
 pub async fn connect(settings: &Settings, client_name: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = server_list(&settings.nats.url)
+        .with_context(|| format!("invalid NATS URL `{}`", settings.nats.url))?;
     async_nats::ConnectOptions::new()
         .name(client_name)
         .connection_timeout(Duration::from_secs(5))
-        .connect(settings.nats.url.as_str())
+        // Keep trying other cluster nodes (and this one) forever: a restarted or failed-over
+        // server is the normal case, not an error.
+        .max_reconnects(None)
+        .connect(servers)
         .await
         .with_context(|| format!("cannot connect to NATS at `{}`", settings.nats.url))
+}
+
+/// Parses `nats://a:4222,nats://b:4222` (a cluster's nodes) into server addresses.
+///
+/// # Errors
+/// When one of them is not a valid NATS URL.
+pub fn server_list(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| anyhow::anyhow!("`{u}`: {e}"))
+        })
+        .collect()
 }
 
 /// A JetStream context with a request timeout long enough for a loaded server.

@@ -39,6 +39,12 @@ pub struct Settings {
     pub dispatcher: DispatcherSettings,
     #[serde(default)]
     pub worker: WorkerSettings,
+    /// Prices, budgets, retention and the finance dashboard.
+    #[serde(default)]
+    pub finance: crate::finance_settings::FinanceSettings,
+    /// Routing rules (force a tier, shift the learned score): see `switchyard_core::rules`.
+    #[serde(default)]
+    pub routing: switchyard_core::rules::RoutingSettings,
     /// Models by name (the name sent to the provider).
     #[serde(default = "default_models")]
     pub models: BTreeMap<String, ModelSettings>,
@@ -220,18 +226,24 @@ pub struct ModelSettings {
     /// Name of an environment variable holding the API key.
     #[serde(default)]
     pub api_key_env: Option<String>,
-    /// USD per million prompt tokens, as a string (`"0.6"`) so it stays exact.
+    /// USD per million prompt tokens, as a string (`"0.6"`) so it stays exact. Only seeds
+    /// a model that has no price version in the database yet (`switchyard prices set`
+    /// manages versions); a model with neither cannot start.
     #[serde(
-        deserialize_with = "deserialize_price",
-        serialize_with = "serialize_decimal"
+        default,
+        deserialize_with = "deserialize_opt_price",
+        serialize_with = "serialize_opt_decimal",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub input_usd_per_mtok: Decimal,
-    /// USD per million completion tokens, as a string.
+    pub input_usd_per_mtok: Option<Decimal>,
+    /// USD per million completion tokens, as a string (seeds, as above).
     #[serde(
-        deserialize_with = "deserialize_price",
-        serialize_with = "serialize_decimal"
+        default,
+        deserialize_with = "deserialize_opt_price",
+        serialize_with = "serialize_opt_decimal",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub output_usd_per_mtok: Decimal,
+    pub output_usd_per_mtok: Option<Decimal>,
     /// Requests per minute allowed by the provider (this process's share).
     #[serde(default)]
     pub rpm: Option<NonZeroU32>,
@@ -295,8 +307,8 @@ fn sim_model(tier: &str, input: &str, output: &str) -> ModelSettings {
         base_url: DEFAULT_SIM_URL.to_owned(),
         api_key: None,
         api_key_env: None,
-        input_usd_per_mtok: Decimal::from_str(input).unwrap_or_default(),
-        output_usd_per_mtok: Decimal::from_str(output).unwrap_or_default(),
+        input_usd_per_mtok: Decimal::from_str(input).ok(),
+        output_usd_per_mtok: Decimal::from_str(output).ok(),
         rpm: None,
         tpm: None,
         timeout: default_timeout(),
@@ -369,6 +381,8 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             dispatcher: DispatcherSettings::default(),
             worker: WorkerSettings::default(),
+            finance: crate::finance_settings::FinanceSettings::default(),
+            routing: switchyard_core::rules::RoutingSettings::default(),
             models: default_models(),
             tiers: default_tiers(),
         }
@@ -500,8 +514,18 @@ impl Settings {
                     m.tier
                 ));
             }
-            Price::new(m.input_usd_per_mtok, m.output_usd_per_mtok)
-                .map_err(|e| SettingsError::Invalid(format!("model `{name}`: {e}")))?;
+            match (m.input_usd_per_mtok, m.output_usd_per_mtok) {
+                (Some(i), Some(o)) => {
+                    Price::new(i, o)
+                        .map_err(|e| SettingsError::Invalid(format!("model `{name}`: {e}")))?;
+                }
+                (None, None) => {}
+                _ => {
+                    return bad(format!(
+                        "model `{name}`: give both input_usd_per_mtok and output_usd_per_mtok, or neither"
+                    ));
+                }
+            }
             if !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://")) {
                 return bad(format!(
                     "model `{name}`: base_url `{}` is not http(s)",
@@ -536,6 +560,8 @@ impl Settings {
         if w.ack_wait < Duration::from_secs(1) {
             return bad("worker.ack_wait must be at least 1s".into());
         }
+        self.finance.validate().map_err(SettingsError::Invalid)?;
+        self.routing_rules()?;
         Ok(())
     }
 
@@ -551,10 +577,11 @@ impl Settings {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 
-    /// The price of a model.
+    /// The price of a model in the configuration (a seed: the database's price versions are
+    /// what calls are booked with).
     pub fn price_of(&self, model: &str) -> Option<Price> {
         let m = self.models.get(model)?;
-        Price::new(m.input_usd_per_mtok, m.output_usd_per_mtok).ok()
+        Price::new(m.input_usd_per_mtok?, m.output_usd_per_mtok?).ok()
     }
 
     /// The model a tier uses for a job, honouring the job's per-tier override when it names a
@@ -572,6 +599,16 @@ impl Settings {
                 .map(|_| m.as_str());
         }
         self.tiers.get(tier).map(|t| t.default_model.as_str())
+    }
+
+    /// The routing rules, checked and compiled against the configured tiers.
+    ///
+    /// # Errors
+    /// [`SettingsError::Invalid`] naming the first bad rule.
+    pub fn routing_rules(&self) -> Result<switchyard_core::rules::RuleSet, SettingsError> {
+        let tiers: Vec<&str> = self.tiers.keys().map(String::as_str).collect();
+        switchyard_core::rules::RuleSet::compile(&self.routing.rules, &tiers)
+            .map_err(|e| SettingsError::Invalid(e.to_string()))
     }
 
     /// The first local tier, where `local_only` items go.
@@ -606,8 +643,15 @@ fn deserialize_price<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Erro
     }
 }
 
-fn serialize_decimal<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&d.to_string())
+fn deserialize_opt_price<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    deserialize_price(d).map(Some)
+}
+
+fn serialize_opt_decimal<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&d.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 fn serialize_redacted_opt<S: Serializer>(
@@ -678,7 +722,7 @@ mod tests {
         s.validate().unwrap();
         assert_eq!(
             s.models["m"].input_usd_per_mtok,
-            Decimal::from_str("0.6").unwrap()
+            Some(Decimal::from_str("0.6").unwrap())
         );
     }
 

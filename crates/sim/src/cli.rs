@@ -62,14 +62,33 @@ pub struct SimArgs {
 
 /// Loads the data, serves until `shutdown` is cancelled, then stops the server.
 pub async fn run(args: SimArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let paths = if args.data.is_empty() {
-        demo_data_files(Path::new("."))?
-    } else {
-        args.data.clone()
+    run_with_fallback(args, None, shutdown).await
+}
+
+/// As [`run`], but when no `--data` is given and `./data/demo` is not there, serves
+/// `fallback` (the `switchyard` binary passes the demo data it carries, so the simulator
+/// works from any directory and in containers).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_fallback(
+    args: SimArgs,
+    fallback: Option<Dataset>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let dataset = match (args.data.is_empty(), fallback) {
+        (true, Some(data)) if demo_data_files(Path::new(".")).is_err() => data,
+        _ => {
+            let paths = if args.data.is_empty() {
+                demo_data_files(Path::new("."))?
+            } else {
+                args.data.clone()
+            };
+            tokio::task::spawn_blocking(move || Dataset::load(&paths))
+                .await
+                .context("loading the routing data panicked")??
+        }
     };
-    let dataset = tokio::task::spawn_blocking(move || Dataset::load(&paths))
-        .await
-        .context("loading the routing data panicked")??;
     let models = dataset.models();
     let config = config_from(&args);
     let listener = tokio::net::TcpListener::bind(&args.listen)

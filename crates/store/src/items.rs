@@ -15,6 +15,8 @@ pub struct NewItem {
     /// JSON text of the item's metadata, if any.
     pub metadata: Option<String>,
     pub router_score: f32,
+    /// Why it will go where it goes (see [`crate::routing`]).
+    pub route: crate::routing::ItemRoute,
 }
 
 /// Inserts a chunk of items; returns how many were new (fewer than given means duplicate
@@ -30,7 +32,9 @@ pub async fn insert_chunk(pool: &PgPool, job_id: &str, items: &[NewItem]) -> sql
     let mut sens = Vec::with_capacity(items.len());
     let mut meta = Vec::with_capacity(items.len());
     let mut scores = Vec::with_capacity(items.len());
+    let mut route = crate::routing::RouteCols::with_capacity(items.len());
     for it in items {
+        route.push(&it.route);
         ids.push(it.item_id.as_str());
         seqs.push(it.seq);
         texts.push(it.text.as_str());
@@ -41,11 +45,14 @@ pub async fn insert_chunk(pool: &PgPool, job_id: &str, items: &[NewItem]) -> sql
     }
     let r = sqlx::query(
         "INSERT INTO items (job_id, item_id, seq, text, input_hash, sensitivity, metadata, \
-         router_score, status) \
+         router_score, status, route_rule, route_tier, route_score, route_key, est_weak_usd, \
+         est_strong_usd) \
          SELECT $1, u.item_id, u.seq, u.text, u.input_hash, u.sensitivity, u.metadata::jsonb, \
-         u.score, 'queued' \
+         u.score, 'queued', u.rule, u.tier, u.rscore, u.rkey, u.ew, u.es \
          FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::real[]) AS u(item_id, seq, text, input_hash, sensitivity, metadata, score) \
+         $8::real[], $9::text[], $10::text[], $11::real[], $12::real[], $13::numeric[], \
+         $14::numeric[]) AS u(item_id, seq, text, input_hash, sensitivity, metadata, score, \
+         rule, tier, rscore, rkey, ew, es) \
          ON CONFLICT DO NOTHING",
     )
     .bind(job_id)
@@ -56,6 +63,12 @@ pub async fn insert_chunk(pool: &PgPool, job_id: &str, items: &[NewItem]) -> sql
     .bind(&sens)
     .bind(&meta)
     .bind(&scores)
+    .bind(&route.rule)
+    .bind(&route.tier)
+    .bind(&route.score)
+    .bind(&route.key)
+    .bind(&route.est_weak)
+    .bind(&route.est_strong)
     .execute(pool)
     .await?;
     Ok(r.rows_affected())
@@ -71,39 +84,6 @@ pub async fn delete_for_job(pool: &PgPool, job_id: &str) -> sqlx::Result<u64> {
         .execute(pool)
         .await?
         .rows_affected())
-}
-
-/// Sets every item's routed tier from the job's cut in one statement: local-only items to
-/// the local tier, the rest strong when they rank above the cut, weak otherwise. Mirrors
-/// [`switchyard_core::policy::Cut::route`].
-///
-/// # Errors
-/// Database errors only.
-pub async fn assign_tiers(
-    pool: &PgPool,
-    job_id: &str,
-    cut: Option<(f32, i64)>,
-    weak: &str,
-    strong: &str,
-    local: Option<&str>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE items SET routed_tier = CASE \
-           WHEN sensitivity = 'local_only' THEN $5 \
-           WHEN $2::real IS NOT NULL AND (router_score > $2 OR (router_score = $2 AND seq <= $3)) \
-             THEN $4 \
-           ELSE $6 END \
-         WHERE job_id = $1",
-    )
-    .bind(job_id)
-    .bind(cut.map(|c| c.0))
-    .bind(cut.map(|c| c.1))
-    .bind(strong)
-    .bind(local)
-    .bind(weak)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// An item read back for publishing.

@@ -312,6 +312,7 @@ pub async fn reopen_failed(pool: &PgPool, job_id: &str) -> sqlx::Result<Vec<Reop
     let items: Vec<ReopenedItem> = sqlx::query_as(
         "UPDATE items SET status = 'queued', error = NULL, updated_at = now() \
          WHERE job_id = $1 AND status = 'failed' \
+         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = $1 AND j.purged_at IS NOT NULL) \
          RETURNING item_id, text, sensitivity, routed_tier, GREATEST( \
            COALESCE((SELECT max(r.attempt) FROM results r \
              WHERE r.job_id = items.job_id AND r.item_id = items.item_id), 0), \

@@ -6,20 +6,37 @@
 //! - [`items`]: item rows, inserted in batches by the dispatcher.
 //! - [`outcomes`]: what workers write: results, ledger rows and item states, one
 //!   transaction per batch of outcomes.
-//! - [`prices`]: price versions; every ledger row references one.
+//! - [`prices`]: price versions, effective-dated and never changed; every ledger row
+//!   references the version in force at its call's time.
 //! - [`reports`]: read models for `status`, `results` and the demo report.
+//! - [`routing`]: why each item went where it went, job plans, and the weak/strong answer
+//!   pairs the fleet learns from.
+//!
+//! Finance (docs/finance.md): [`booking`] (what a ledger row needs beyond the call),
+//! [`budgets`] (limits, reservations, parked items, soft-limit warnings), [`corrections`]
+//! (reversal entries), [`ledger_reports`] (grouped spend from the daily rollup or the
+//! ledger), [`retention`] (purging prompts and answers), [`finance_role`] (the read-only
+//! role), [`money`] (exact decimal strings).
 //!
 //! Idempotency lives here: results are unique per `(job, item, attempt)`, ledger rows per
 //! model call, dead letters per message; every insert is `ON CONFLICT DO NOTHING`, so a
 //! redelivered message changes nothing it already changed.
 
+pub mod booking;
+pub mod budgets;
 pub mod connect;
+pub mod corrections;
 pub mod dead_letters;
+pub mod finance_role;
 pub mod items;
 pub mod jobs;
+pub mod ledger_reports;
+pub mod money;
 pub mod outcomes;
 pub mod prices;
 pub mod reports;
+pub mod retention;
+pub mod routing;
 
 pub use connect::{connect, connect_and_migrate};
 

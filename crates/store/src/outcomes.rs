@@ -19,6 +19,14 @@ pub struct AttemptKey {
     pub attempt: i32,
 }
 
+impl AttemptKey {
+    /// A shadow call ([`switchyard_proto::work::SHADOW_ATTEMPT`]): booked with ledger
+    /// `outcome = 'shadow'` (the literal 1000 in [`commit`]'s SQL), never the item's answer.
+    pub fn is_shadow(&self) -> bool {
+        self.attempt == i32::from(switchyard_proto::work::SHADOW_ATTEMPT)
+    }
+}
+
 /// One model call, as booked in the ledger.
 #[derive(Debug, Clone)]
 pub struct CallEntry {
@@ -29,6 +37,9 @@ pub struct CallEntry {
     pub tier: String,
     pub model: String,
     pub provider: String,
+    /// The worker's own estimate of the price version and cost (from its price cache). The
+    /// ledger books the version Postgres finds in force at `booking.priced_at` and the cost it
+    /// computes from it; they differ only when a version changed within the cache's refresh.
     pub price_id: i64,
     pub prompt_tokens: i32,
     pub completion_tokens: i32,
@@ -36,10 +47,16 @@ pub struct CallEntry {
     pub latency_ms: i32,
     /// The message was delivered before and this call repeats spend.
     pub retry: bool,
+    /// When it is priced, its counterfactuals and the budget hold it settles.
+    pub booking: crate::booking::Booking,
 }
 
 /// What happened to one attempt.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "outcomes live a few milliseconds in a batch; boxing the call would allocate per call for nothing"
+)]
 pub enum Outcome {
     /// The model answered. `escalated` answers are kept but the item moves to the next tier.
     Answered {
@@ -100,7 +117,8 @@ pub async fn commit(pool: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<BTreeSe
                 r.escalated.push(*escalated);
                 r.call_id.push(call.call_id.as_str());
                 l.push(key, call);
-                if !escalated {
+                // A shadow answer is recorded and booked, but never the item's answer.
+                if !escalated && !key.is_shadow() {
                     done.job.push(key.job_id.as_str());
                     done.item.push(key.item_id.as_str());
                     done.attempt.push(key.attempt);
@@ -150,16 +168,26 @@ pub async fn commit(pool: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<BTreeSe
         .execute(&mut *tx)
         .await?;
         sqlx::query(
+            // Price version and cost are resolved here, by time (see `booking`).
             "INSERT INTO ledger (call_id, job_id, item_id, attempt, team, project, tier, model, \
-             provider, price_id, prompt_tokens, completion_tokens, cost_usd, latency_ms, \
-             outcome, retry) \
-             SELECT u.call_id, u.job_id, u.item_id, u.attempt, u.team, u.project, u.tier, \
-             u.model, u.provider, u.price_id, u.pt, u.ct, u.cost, u.latency, 'ok', u.retry \
+             provider, price_id, prompt_tokens, cached_prompt_tokens, completion_tokens, \
+             cost_usd, latency_ms, outcome, retry, priced_at, escalation, cost_all_strong_usd, \
+             cost_all_weak_usd) \
+             SELECT c.call_id, c.job_id, c.item_id, c.attempt, c.team, c.project, c.tier, \
+             c.model, c.provider, c.pid, c.pt, c.cached, c.ct, c.cost, c.latency, \
+             CASE WHEN c.attempt = 1000 THEN 'shadow' ELSE 'ok' END, c.retry, \
+             c.priced_at, c.escalation, \
+             counterfactual_cost(c.s_mode, c.s_model, c.priced_at, c.pt, c.cached, c.ct, c.cost), \
+             counterfactual_cost(c.w_mode, c.w_model, c.priced_at, c.pt, c.cached, c.ct, c.cost) \
+             FROM (SELECT p.*, call_cost(p.pid, p.pt, p.cached, p.ct, false) AS cost FROM \
+             (SELECT u.*, price_in_force(u.model, u.priced_at) AS pid \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], \
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::int4[], \
-             $12::int4[], $13::numeric[], $14::int4[], $15::bool[]) \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], \
+             $12::int4[], $13::int4[], $14::bool[], $15::timestamptz[], $16::bool[], \
+             $17::text[], $18::text[], $19::text[], $20::text[]) \
              AS u(call_id, job_id, item_id, attempt, team, project, tier, model, provider, \
-             price_id, pt, ct, cost, latency, retry) \
+             pt, cached, ct, latency, retry, priced_at, escalation, s_mode, s_model, w_mode, \
+             w_model)) p) c \
              ON CONFLICT (call_id) DO NOTHING",
         )
         .bind(&l.call_id)
@@ -171,14 +199,20 @@ pub async fn commit(pool: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<BTreeSe
         .bind(&l.tier)
         .bind(&l.model)
         .bind(&l.provider)
-        .bind(&l.price_id)
         .bind(&l.prompt_tokens)
+        .bind(&l.cached_prompt_tokens)
         .bind(&l.completion_tokens)
-        .bind(&l.cost)
         .bind(&l.latency)
         .bind(&l.retry)
+        .bind(&l.priced_at)
+        .bind(&l.escalation)
+        .bind(&l.strong_mode)
+        .bind(&l.strong_model)
+        .bind(&l.weak_mode)
+        .bind(&l.weak_model)
         .execute(&mut *tx)
         .await?;
+        crate::budgets::settle_in(&mut tx, &l.reservation_ids).await?;
     }
     if !done.job.is_empty() {
         sqlx::query(
@@ -329,12 +363,18 @@ struct LedgerCols<'a> {
     tier: Vec<&'a str>,
     model: Vec<&'a str>,
     provider: Vec<&'a str>,
-    price_id: Vec<i64>,
     prompt_tokens: Vec<i32>,
+    cached_prompt_tokens: Vec<i32>,
     completion_tokens: Vec<i32>,
-    cost: Vec<Decimal>,
     latency: Vec<i32>,
     retry: Vec<bool>,
+    priced_at: Vec<chrono::DateTime<chrono::Utc>>,
+    escalation: Vec<bool>,
+    strong_mode: Vec<&'static str>,
+    strong_model: Vec<Option<&'a str>>,
+    weak_mode: Vec<&'static str>,
+    weak_model: Vec<Option<&'a str>>,
+    reservation_ids: Vec<i64>,
 }
 
 impl<'a> LedgerCols<'a> {
@@ -348,12 +388,19 @@ impl<'a> LedgerCols<'a> {
         self.tier.push(&c.tier);
         self.model.push(&c.model);
         self.provider.push(&c.provider);
-        self.price_id.push(c.price_id);
         self.prompt_tokens.push(c.prompt_tokens);
+        self.cached_prompt_tokens
+            .push(c.booking.cached_prompt_tokens);
         self.completion_tokens.push(c.completion_tokens);
-        self.cost.push(c.cost_usd);
         self.latency.push(c.latency_ms);
         self.retry.push(c.retry);
+        self.priced_at.push(c.booking.priced_at);
+        self.escalation.push(c.booking.escalation);
+        self.strong_mode.push(c.booking.all_strong.mode());
+        self.strong_model.push(c.booking.all_strong.model());
+        self.weak_mode.push(c.booking.all_weak.mode());
+        self.weak_model.push(c.booking.all_weak.model());
+        self.reservation_ids.extend(c.booking.reservation_id);
     }
 }
 

@@ -5,6 +5,8 @@
 //! servers are the ones `scripts/services.sh` starts (`NATS_URL`, `DATABASE_URL`, or the
 //! loopback defaults); a missing server fails the test with instructions, never skips it.
 
+pub mod cluster;
+
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;

@@ -1,0 +1,160 @@
+//! Helpers of the finance scenarios: jobs and calls booked straight through the store (the
+//! same `outcomes::commit` the workers use), a minimal HTTP client, and a Chromium finder.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use switchyard_store::booking::Booking;
+use switchyard_store::outcomes::{self, AttemptKey, CallEntry, Outcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An exact decimal.
+pub fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+/// A running job with `items` queued items, inserted directly.
+pub async fn seed_job(pool: &PgPool, job_id: &str, team: &str, project: &str, items: i64) {
+    sqlx::query(
+        "INSERT INTO jobs (job_id, idempotency_key, team, project, task_kind, status, item_count) \
+         VALUES ($1, $1, $2, $3, 'classify', 'running', $4)",
+    )
+    .bind(job_id)
+    .bind(team)
+    .bind(project)
+    .bind(items)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO items (job_id, item_id, seq, text, input_hash, router_score, status) \
+         SELECT $1, 'item-' || g, g, 'prompt text of item ' || g, md5(g::text), 0.5, 'queued' \
+         FROM generate_series(1, $2) g",
+    )
+    .bind(job_id)
+    .bind(items)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// One answered call of `item-<item>`, priced at `priced_at`.
+#[expect(clippy::too_many_arguments, reason = "a ledger row's columns")]
+pub fn answered(
+    job_id: &str,
+    item: i64,
+    team: &str,
+    project: &str,
+    tier: &str,
+    model: &str,
+    prompt_tokens: i32,
+    completion_tokens: i32,
+    priced_at: DateTime<Utc>,
+) -> Outcome {
+    let key = AttemptKey {
+        job_id: job_id.to_owned(),
+        item_id: format!("item-{item}"),
+        attempt: 0,
+    };
+    Outcome::Answered {
+        tier: tier.to_owned(),
+        answer: "A".to_owned(),
+        confidence: 0.9,
+        escalated: false,
+        call: CallEntry {
+            call_id: format!("{job_id}-{item}-{}", ulid::Ulid::new()),
+            team: team.to_owned(),
+            project: project.to_owned(),
+            tier: tier.to_owned(),
+            model: model.to_owned(),
+            provider: "test".to_owned(),
+            price_id: 0,
+            prompt_tokens,
+            completion_tokens,
+            cost_usd: Decimal::ZERO,
+            latency_ms: 5,
+            retry: false,
+            booking: Booking::at(priced_at),
+        },
+        key,
+    }
+}
+
+/// Books outcomes the way a worker's committer does.
+pub async fn book(pool: &PgPool, outcomes: &[Outcome]) {
+    outcomes::commit(pool, outcomes).await.unwrap();
+}
+
+/// The ledger's total cost.
+pub async fn ledger_total(pool: &PgPool) -> Decimal {
+    sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0) FROM ledger")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A row count.
+pub async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// `GET path` on a local server: (status, body). HTTP/1.1 with `Connection: close`.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "unexpected chunked answer"
+        );
+        (status, body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .expect("the finance API answers within 30 s")
+}
+
+/// The headless browser: `SWITCHYARD_CHROMIUM`, or Debian's `chromium` (scripts/test.sh
+/// installs it when missing).
+pub fn chromium() -> String {
+    if let Ok(p) = std::env::var("SWITCHYARD_CHROMIUM") {
+        return p;
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        if let Ok(out) = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {name}"))
+            .output()
+            && out.status.success()
+        {
+            return String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        }
+    }
+    panic!(
+        "no headless Chromium found: run ./scripts/test.sh (it installs Debian's `chromium`) \
+         or set SWITCHYARD_CHROMIUM"
+    );
+}
+
+/// Every bundled MMLU item (see `support::mmlu_items`).
+pub fn all_mmlu_items() -> Vec<switchyard_proto::Item> {
+    let n = crate::support::data()
+        .records()
+        .filter(|r| r.choices.is_some())
+        .count();
+    crate::support::mmlu_items(n)
+}

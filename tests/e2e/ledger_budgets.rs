@@ -1,0 +1,416 @@
+//! Budgets against the real fleet: eight workers race for a team's last dollars and never
+//! book past the limit; calls that do not fit go weak or wait, and reports say so; a slow
+//! worker keeps its hold, a dead one loses it; the soft limit warns once.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use switchyard_proto::Item;
+use switchyard_sim::SimConfig;
+use switchyard_store::budgets::{self, BudgetSpec, HoldRequest, Reservation, WhenExhausted};
+use switchyard_store::ledger_reports::{self, Dimension, ReportRequest, Source};
+use switchyard_testkit::eventually;
+
+use crate::finance_support::{all_mmlu_items, count, d};
+use crate::support::{Harness, classify_job};
+
+async fn set_budget(
+    h: &Harness,
+    team: &str,
+    monthly: &str,
+    soft: Option<&str>,
+    when: WhenExhausted,
+) {
+    budgets::set(
+        &h.db.pool,
+        &BudgetSpec {
+            team: team.into(),
+            monthly_usd: d(monthly),
+            soft_usd: soft.map(d),
+            when_exhausted: when,
+        },
+        true,
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until every running worker of the fleet knows `team` has a budget.
+async fn workers_know(h: &Harness, team: &str) {
+    eventually(
+        "workers see the budget",
+        Duration::from_secs(10),
+        || async {
+            h.fleet
+                .workers
+                .iter()
+                .flatten()
+                .all(|w| w.worker.finance.is_budgeted(team))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+async fn spent(h: &Harness, team: &str) -> Decimal {
+    sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0) FROM ledger WHERE team = $1")
+        .bind(team)
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap()
+}
+
+fn month_report(group_by: Vec<Dimension>, team: &str) -> ReportRequest {
+    let today = chrono::Utc::now().date_naive();
+    ReportRequest {
+        group_by,
+        from: ledger_reports::midnight(today.pred_opt().unwrap()),
+        to: ledger_reports::midnight(today.succ_opt().unwrap()),
+        team: Some(team.into()),
+    }
+}
+
+#[tokio::test]
+async fn eight_workers_racing_for_the_last_dollars_never_overspend() {
+    let h = Harness::start_with(
+        |s| {
+            s.database.max_connections = 4;
+            s.worker.concurrency = 32;
+            s.finance.refresh = Duration::from_millis(200);
+            s.finance.budget_poll = Duration::from_millis(200);
+        },
+        SimConfig::default(),
+    )
+    .await;
+    let mut h = h;
+    let (team, limit, soft) = ("race", d("1.00"), d("0.50"));
+    set_budget(&h, team, "1.00", Some("0.50"), WhenExhausted::Wait).await;
+    let all_tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
+    for _ in 0..7 {
+        h.fleet.start_worker(all_tiers.clone()).await.unwrap();
+    }
+    assert_eq!(h.fleet.workers.iter().flatten().count(), 8);
+    workers_know(&h, team).await;
+    let warnings_subject = h.fleet.settings.topology().budget_warning_subject(team);
+    let mut warnings = h.nats.client.subscribe(warnings_subject).await.unwrap();
+    h.nats.client.flush().await.unwrap();
+
+    // Every item strong, no escalation: about $2.90 of calls for a $1.00 budget.
+    let items = all_mmlu_items();
+    let n = items.len();
+    let mut spec = classify_job(items, 1.0, 0.0);
+    spec.team = Some(team.into());
+    let job_id = h.client.submit(spec).await.unwrap();
+
+    // Quiet: every item answered or waiting, no hold left, and no waiting item fits.
+    let pool = h.db.pool.clone();
+    let (done, waiting) = eventually("the budget runs dry", Duration::from_secs(240), || {
+        let (pool, job_id) = (pool.clone(), job_id.clone());
+        async move {
+            let (done, waiting, holds, fits): (i64, i64, i64, bool) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM items WHERE job_id = $1 AND status = 'done'), \
+                 (SELECT count(*) FROM budget_parked WHERE job_id = $1), \
+                 (SELECT count(*) FROM budget_reservations), \
+                 EXISTS (SELECT 1 FROM budget_parked k, budget_periods p, budgets b \
+                   WHERE p.team = k.team AND b.team = k.team \
+                   AND p.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date \
+                   AND k.worst_case_usd <= b.monthly_usd - p.spent_usd - p.reserved_usd)",
+            )
+            .bind(&job_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (done + waiting == n as i64 && holds == 0 && !fits && waiting > 0)
+                .then_some((done, waiting))
+        }
+    })
+    .await;
+    let spent = spent(&h, team).await;
+    let overspend = (spent - limit).max(Decimal::ZERO);
+    let share = spent / limit;
+    println!(
+        "budget race, 8 workers: limit {limit} USD, spent {} USD ({:.2}%), overspend {overspend}, \
+         {done} items answered, {waiting} waiting",
+        spent.normalize(),
+        share * Decimal::ONE_HUNDRED
+    );
+    assert_eq!(overspend, Decimal::ZERO, "overspent");
+    assert!(share >= d("0.95"), "only {share} of the budget spent");
+    let (period_spent, reserved): (Decimal, Decimal) =
+        sqlx::query_as("SELECT spent_usd, reserved_usd FROM budget_periods WHERE team = $1")
+            .bind(team)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((period_spent, reserved), (spent, Decimal::ZERO));
+    // The calls were spread over the workers.
+    let busy = h
+        .fleet
+        .workers
+        .iter()
+        .flatten()
+        .filter(|w| switchyard_worker::WorkerCounters::get(&w.worker.counters.calls) > 0)
+        .count();
+    assert!(busy >= 4, "only {busy} workers called");
+
+    // The soft limit warned once, on NATS and in the events.
+    let msg = tokio::time::timeout(Duration::from_secs(10), warnings.next())
+        .await
+        .expect("a soft-limit warning")
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(event["kind"], "soft_limit");
+    assert_eq!(event["team"], team);
+    assert!(d(event["spent_usd"].as_str().unwrap()) >= soft);
+    let soft_events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM budget_events WHERE team = $1 AND kind = 'soft_limit'",
+    )
+    .bind(team)
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(soft_events, 1);
+    h.nats.client.flush().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), warnings.next())
+            .await
+            .is_err(),
+        "a second warning"
+    );
+
+    // The report and `budget show` say items are waiting for budget.
+    let report = ledger_reports::run(
+        &h.db.pool,
+        &month_report(vec![Dimension::Job], team),
+        Source::Auto,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.rows[0].budget_waiting_items, Some(waiting));
+    let shown = budgets::show(&h.db.pool, Some(team)).await.unwrap();
+    assert_eq!(shown[0].waiting_items, waiting);
+    assert_eq!(shown[0].spent_usd, spent);
+
+    // Raising the limit lets the waiting items run: nothing was lost.
+    set_budget(&h, team, "10", Some("0.50"), WhenExhausted::Wait).await;
+    let status = h.wait_final(&job_id, 240).await;
+    assert_eq!(status.done(), n as i64);
+    assert_eq!(count(&h.db.pool, "budget_parked").await, 0);
+    h.finish().await;
+}
+
+/// Short MMLU items (150-400 bytes): a strong call's worst case is above $0.0029, a weak
+/// one's below $0.0004.
+fn short_items(n: usize) -> Vec<Item> {
+    items_sized(150..400, n)
+}
+
+fn items_sized(bytes: std::ops::Range<usize>, n: usize) -> Vec<Item> {
+    let mut items: Vec<Item> = all_mmlu_items()
+        .into_iter()
+        .filter(|i| bytes.contains(&i.text.len()))
+        .collect();
+    items.truncate(n);
+    assert_eq!(items.len(), n);
+    items
+}
+
+#[tokio::test]
+async fn strong_calls_that_do_not_fit_go_weak_and_the_report_says_so() {
+    let h = Harness::start_with(
+        |s| {
+            s.finance.refresh = Duration::from_millis(200);
+        },
+        SimConfig::default(),
+    )
+    .await;
+    let team = "thrifty";
+    set_budget(&h, team, "0.002", None, WhenExhausted::Downgrade).await;
+    workers_know(&h, team).await;
+    let n = 15;
+    let mut spec = classify_job(short_items(n), 1.0, 0.0);
+    spec.team = Some(team.into());
+    let job_id = h.client.submit(spec).await.unwrap();
+    let status = h.wait_final(&job_id, 120).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!(status.done(), n as i64);
+    assert_eq!(status.done_by_tier.get("weak"), Some(&(n as i64)));
+    let ledger = h.ledger(&job_id).await;
+    assert!(
+        ledger.iter().all(|r| r.tier == "weak"),
+        "a strong call was booked"
+    );
+    assert!(spent(&h, team).await <= d("0.002"));
+    let report = ledger_reports::run(
+        &h.db.pool,
+        &month_report(vec![Dimension::Job], team),
+        Source::Auto,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.rows[0].budget_downgraded_items, Some(n as i64));
+    let json = serde_json::to_value(&report.rows).unwrap();
+    assert_eq!(json[0]["budget_downgraded_items"], n as i64);
+
+    // Escalations that do not fit keep the weak answer the item already has.
+    let team = "thrifty-cascade";
+    set_budget(&h, team, "0.002", None, WhenExhausted::Downgrade).await;
+    workers_know(&h, team).await;
+    let mut spec = classify_job(short_items(n), 0.0, 1.0);
+    spec.team = Some(team.into());
+    spec.job_id = "cascade".into();
+    let job_id = h.client.submit(spec).await.unwrap();
+    let status = h.wait_final(&job_id, 120).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!(status.done_by_tier.get("weak"), Some(&(n as i64)));
+    let ledger = h.ledger(&job_id).await;
+    assert_eq!(ledger.len(), n, "one weak call per item, no strong call");
+    assert!(ledger.iter().all(|r| r.tier == "weak"));
+    let report = ledger_reports::run(
+        &h.db.pool,
+        &month_report(vec![Dimension::Job], team),
+        Source::Auto,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.rows[0].budget_downgraded_items, Some(n as i64));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_slow_worker_keeps_its_hold_and_a_dead_one_loses_it() {
+    let mut h = Harness::start_with(
+        |s| {
+            s.finance.refresh = Duration::from_millis(100);
+            s.finance.reservation_lease = Duration::from_millis(900);
+        },
+        SimConfig {
+            latency: Duration::from_secs(8),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let team = "slow";
+    // Room for one strong call's hold, not two.
+    set_budget(&h, team, "0.009", None, WhenExhausted::Wait).await;
+    workers_know(&h, team).await;
+    // 350-400 bytes: a strong hold of $0.0049-0.0055.
+    let mut spec = classify_job(items_sized(350..400, 1), 1.0, 0.0);
+    spec.team = Some(team.into());
+    h.client.submit(spec).await.unwrap();
+    let pool = h.db.pool.clone();
+    let (id, amount) = eventually(
+        "the call holds its worst case",
+        Duration::from_secs(30),
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_as::<_, (i64, Decimal)>(
+                    "SELECT reservation_id, amount_usd FROM budget_reservations",
+                )
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+            }
+        },
+    )
+    .await;
+    assert!(
+        amount > d("0.0045"),
+        "the test needs a hold above half the budget: {amount}"
+    );
+    let other = HoldRequest {
+        team,
+        amount_usd: amount,
+        holder: "test",
+        job_id: "other",
+        item_id: "other",
+        attempt: 0,
+        model: "m",
+        lease: Duration::from_secs(60),
+    };
+    // Well past its lease, the call is still in flight: the hold was renewed, not reclaimed.
+    eventually(
+        "the hold outlives its lease",
+        Duration::from_secs(20),
+        || {
+            let pool = pool.clone();
+            async move {
+                let renewed: bool = sqlx::query_scalar(
+                    "SELECT expires_at > created_at + interval '3 seconds' \
+                 FROM budget_reservations WHERE reservation_id = $1",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                renewed.then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(matches!(
+        budgets::reserve(&h.db.pool, &other).await.unwrap(),
+        Reservation::DoesNotFit { .. }
+    ));
+    // The worker dies: nobody renews; after the lease the hold is reclaimed.
+    h.fleet.kill_worker(0).await;
+    let held = eventually(
+        "the dead worker's hold expires",
+        Duration::from_secs(20),
+        || {
+            let pool = pool.clone();
+            let other = other.clone();
+            async move {
+                match budgets::reserve(&pool, &other).await.unwrap() {
+                    Reservation::Held { reservation_id } => Some(reservation_id),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT reservation_id FROM budget_reservations")
+        .fetch_all(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids,
+        vec![held],
+        "the dead hold is gone, the new one is there"
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn bad_budgets_are_refused_and_nothing_is_written() {
+    let h = Harness::start().await;
+    let pool = &h.db.pool;
+    let spec = |team: &str, monthly: &str, soft: Option<&str>| BudgetSpec {
+        team: team.into(),
+        monthly_usd: d(monthly),
+        soft_usd: soft.map(d),
+        when_exhausted: WhenExhausted::Downgrade,
+    };
+    let cases = [
+        (spec("nobody", "10", None), false, "unknown team `nobody`"),
+        (spec("nobody", "-5", None), true, "must be positive"),
+        (spec("nobody", "0", None), true, "must be positive"),
+        (spec("nobody", "1000000000000", None), true, "absurd"),
+        (
+            spec("nobody", "10", Some("20")),
+            true,
+            "below the hard limit",
+        ),
+        (spec("", "10", None), true, "must not be empty"),
+    ];
+    for (s, new_team, expected) in cases {
+        let err = budgets::set(pool, &s, new_team).await.unwrap_err();
+        assert!(err.to_string().contains(expected), "{expected}: {err}");
+    }
+    assert_eq!(count(pool, "budgets").await, 0);
+    let err = budgets::show(pool, Some("nobody")).await.unwrap_err();
+    assert!(err.to_string().contains("unknown team"), "{err}");
+    h.finish().await;
+}

@@ -1,0 +1,617 @@
+//! The worker's side of budgets and bookings: hold a call's worst case before calling, keep
+//! the hold alive while the call runs, hand it to the commit that books the call, give it
+//! back when the call does not happen; divert items that do not fit; resume parked items;
+//! announce soft limits; and tell each ledger row what the counterfactual worlds would have
+//! paid. The accounting rules themselves live in `switchyard_store::budgets`.
+//!
+//! **Worst case.** A prompt cannot have more tokens than bytes (every BPE token covers at
+//! least one byte) plus a few per message for the chat template; a completion cannot exceed
+//! `max_tokens`. So a hold of `(bytes + 8 per message + 16) × input price + max_tokens ×
+//! output price` is never below the call's real cost with an honest provider, and a team
+//! cannot overspend. It over-reserves the prompt (tokens are ~4 bytes), which only matters
+//! for the last few calls of a budget.
+//!
+//! **Soft-limit warnings** go to `<prefix>.budget.warnings.<team>` (core NATS, JSON, see
+//! docs/finance.md), once per team and month (the flag is set in Postgres, under the row lock)
+//! and are also recorded as `soft_limit` budget events.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::message::Acker;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::PgPool;
+use switchyard_core::tariff::Tariff;
+use switchyard_proto::WorkItem;
+use switchyard_proto::topology::HEADER_MSG_ID;
+use switchyard_store::booking::{Booking, Counterfactual};
+use switchyard_store::budgets::{self, HoldRequest, Reservation, WhenExhausted};
+use switchyard_store::outcomes::Outcome;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{ModelRuntime, Worker};
+use crate::llm::CompletionRequest;
+use crate::price_book::PriceBook;
+
+/// A worker process's finance state.
+#[derive(Debug)]
+pub struct Finance {
+    /// Price versions (for worst cases; bookings are priced by Postgres).
+    pub prices: PriceBook,
+    /// Teams with a budget, reloaded with the prices.
+    budgeted: RwLock<HashSet<String>>,
+    /// Holds this process keeps alive.
+    holds: Mutex<HashSet<i64>>,
+    /// Who holds them (shown to operators in `budget_reservations.holder`).
+    pub holder: String,
+}
+
+impl Finance {
+    /// Checks and loads the prices (see [`PriceBook::load_checked`]) and the budgeted teams.
+    ///
+    /// # Errors
+    /// A model without a price; database errors.
+    pub async fn load(
+        pool: &PgPool,
+        settings: &switchyard_runtime::Settings,
+    ) -> anyhow::Result<Self> {
+        let prices = PriceBook::load_checked(pool, settings).await?;
+        let finance = Self {
+            prices,
+            budgeted: RwLock::default(),
+            holds: Mutex::default(),
+            holder: format!("worker-{}", uuid::Uuid::now_v7()),
+        };
+        finance.refresh_budgets(pool).await?;
+        Ok(finance)
+    }
+
+    async fn refresh_budgets(&self, pool: &PgPool) -> sqlx::Result<()> {
+        let teams: HashSet<String> = budgets::budgeted_teams(pool).await?.into_iter().collect();
+        *self
+            .budgeted
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = teams;
+        Ok(())
+    }
+
+    /// True when `team` has a budget (as of the last refresh).
+    pub fn is_budgeted(&self, team: &str) -> bool {
+        self.budgeted
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(team)
+    }
+
+    fn track(&self, id: i64) {
+        self.holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
+    }
+
+    fn forget(&self, id: i64) {
+        self.holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    fn live_holds(&self) -> Vec<i64> {
+        self.holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
+/// A budget hold of a call in flight. Dropped without [`Hold::hand_over`] (the call failed,
+/// was given back, or the process is going down), it is released.
+#[derive(Debug)]
+pub struct Hold {
+    id: i64,
+    armed: bool,
+    finance: Arc<Finance>,
+    pool: PgPool,
+}
+
+impl Hold {
+    /// The hold's id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Hands the hold to the commit that books the call: it stays renewed until that commit
+    /// settles it ([`committed`]) or gives it back ([`commit_failed`]).
+    pub fn hand_over(mut self) -> i64 {
+        self.armed = false;
+        self.id
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.finance.forget(self.id);
+        let (pool, id) = (self.pool.clone(), self.id);
+        // No runtime (the process is being torn down): the hold expires after its lease.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = budgets::release(&pool, id).await {
+                    tracing::warn!(reservation_id = id, error = %e, "cannot release a budget hold; it will expire");
+                }
+            });
+        }
+    }
+}
+
+/// Whether a call may go ahead.
+#[derive(Debug)]
+pub enum Admission {
+    /// Call; the hold (teams with a budget) must live until the call is booked.
+    Go(Option<Hold>),
+    /// The message was settled here (diverted to the weak tier, parked, or handed back).
+    Settled,
+}
+
+/// The most a call can cost (see the module docs).
+pub fn worst_case(t: &Tariff, request: &CompletionRequest) -> Decimal {
+    let prompt_bound: usize = request
+        .messages
+        .iter()
+        .map(|m| m.content.len() + 8)
+        .sum::<usize>()
+        + 16;
+    let prompt_bound = i64::try_from(prompt_bound).unwrap_or(i64::MAX / 2);
+    t.cost(prompt_bound, 0, i64::from(request.max_tokens), false)
+}
+
+/// Reserves the call's worst case when its team has a budget. A call that does not fit is
+/// diverted by the team's policy: to the weak tier (`downgrade`, from a higher tier) or parked
+/// until the budget has room; the message is then settled here.
+pub async fn admit(
+    w: &Worker,
+    tier: &str,
+    item: &WorkItem,
+    model: &ModelRuntime,
+    request: &CompletionRequest,
+    acker: &Acker,
+    payload: &Bytes,
+) -> Admission {
+    if !w.finance.is_budgeted(&item.team) {
+        return Admission::Go(None);
+    }
+    let Some(version) = w.finance.prices.at(&model.name, Utc::now()) else {
+        // Cannot happen after the start-up check (versions are never removed); the booking
+        // would fail loudly anyway.
+        return Admission::Go(None);
+    };
+    let amount = worst_case(&version.tariff(), request);
+    if amount <= Decimal::ZERO {
+        return Admission::Go(None);
+    }
+    let req = HoldRequest {
+        team: &item.team,
+        amount_usd: amount,
+        holder: &w.finance.holder,
+        job_id: &item.job_id,
+        item_id: &item.item_id,
+        attempt: i32::from(item.attempt),
+        model: &model.name,
+        lease: w.settings.finance.reservation_lease,
+    };
+    match budgets::reserve(&w.pool, &req).await {
+        Ok(Reservation::Unbudgeted) => Admission::Go(None),
+        Ok(Reservation::Held { reservation_id }) => {
+            w.finance.track(reservation_id);
+            Admission::Go(Some(Hold {
+                id: reservation_id,
+                armed: true,
+                finance: Arc::clone(&w.finance),
+                pool: w.pool.clone(),
+            }))
+        }
+        Ok(Reservation::DoesNotFit {
+            available_usd,
+            when_exhausted,
+        }) => {
+            divert(
+                w,
+                tier,
+                item,
+                amount,
+                available_usd,
+                when_exhausted,
+                acker,
+                payload,
+            )
+            .await;
+            Admission::Settled
+        }
+        Err(e) => {
+            tracing::warn!(team = %item.team, error = %e, "cannot reserve budget, retrying later");
+            let _ = acker
+                .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
+                .await;
+            Admission::Settled
+        }
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the diverted call's whole context"
+)]
+async fn divert(
+    w: &Worker,
+    tier: &str,
+    item: &WorkItem,
+    amount: Decimal,
+    available: Decimal,
+    when: WhenExhausted,
+    acker: &Acker,
+    payload: &Bytes,
+) {
+    if item.is_shadow() {
+        // A shadow call is an experiment, not work an item needs: it is skipped, not delayed.
+        tracing::info!(team = %item.team, job_id = %item.job_id, item_id = %item.item_id, "budget cannot fit a shadow call, skipping it");
+        let _ = acker.ack().await;
+        return;
+    }
+    let weak = &w.settings.dispatcher.weak_tier;
+    let attempt = i32::from(item.attempt);
+    let can_downgrade = when == WhenExhausted::Downgrade
+        && tier != weak.as_str()
+        && !item.local_only
+        && w.settings.tiers.contains_key(weak);
+    let detail = |what: String| {
+        format!(
+            "{what}: worst case {} USD, {} USD available",
+            switchyard_store::money::exact(amount),
+            switchyard_store::money::exact(available)
+        )
+    };
+    if can_downgrade && item.attempt > 0 {
+        // An escalation that does not fit: keep the answer the item already has.
+        match budgets::keep_earlier_answer(&w.pool, &item.job_id, &item.item_id, attempt).await {
+            Ok(Some(kept)) => {
+                tracing::info!(team = %item.team, job_id = %item.job_id, item_id = %item.item_id, tier = %tier, kept = %kept, "budget cannot fit the escalation, keeping the earlier answer");
+                let recorded = budgets::record_downgrade(
+                    &w.pool,
+                    &item.team,
+                    &item.job_id,
+                    &item.item_id,
+                    attempt,
+                    &detail(format!(
+                        "escalation to {tier} skipped, the {kept} answer kept"
+                    )),
+                )
+                .await;
+                if let Err(e) = recorded {
+                    tracing::warn!(error = %e, "cannot record a budget downgrade");
+                }
+                let _ = acker.ack().await;
+                announce_if_finished(w, &item.job_id).await;
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep an earlier answer, retrying later");
+                let _ = acker
+                    .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
+                    .await;
+                return;
+            }
+        }
+    }
+    let settled = if can_downgrade {
+        let mut down = item.clone();
+        down.tier = weak.clone();
+        down.attempt = item.attempt.saturating_add(1);
+        down.escalations_left = 0;
+        tracing::info!(team = %item.team, job_id = %item.job_id, item_id = %item.item_id, from = %tier, to = %weak, "budget cannot fit the call, downgrading");
+        match crate::committer::publish_escalations(w, &[&down]).await {
+            Ok(()) => budgets::record_downgrade(
+                &w.pool,
+                &item.team,
+                &item.job_id,
+                &item.item_id,
+                attempt,
+                &detail(format!("tier {tier} → {weak}")),
+            )
+            .await
+            .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        }
+    } else {
+        tracing::info!(team = %item.team, job_id = %item.job_id, item_id = %item.item_id, tier = %tier, "budget cannot fit the call, parking the item until it can");
+        budgets::park(
+            &w.pool,
+            &item.team,
+            &item.job_id,
+            &item.item_id,
+            attempt,
+            tier,
+            amount,
+            payload,
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    };
+    match settled {
+        Ok(()) => {
+            let _ = acker.ack().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot divert an item over budget, retrying later");
+            let _ = acker
+                .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
+                .await;
+        }
+    }
+}
+
+/// Finishes the job if this was its last open item, and says so on its done subject (as the
+/// committer does after a commit).
+async fn announce_if_finished(w: &Worker, job_id: &str) {
+    match switchyard_store::jobs::complete_if_done(&w.pool, job_id).await {
+        Ok(Some(status)) => {
+            let event = switchyard_proto::event::JobEvent {
+                v: switchyard_proto::PROTOCOL_VERSION,
+                job_id: job_id.to_owned(),
+                kind: status,
+                finished: 0,
+            };
+            if let Ok(bytes) = switchyard_proto::codec::encode(&event) {
+                let subject = w.settings.topology().job_done_subject(job_id);
+                let _ = w.client.publish(subject, bytes.into()).await;
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(job_id = %job_id, error = %e, "cannot check job completion"),
+    }
+}
+
+/// The finance side of a call's ledger row: priced at `priced_at`, its counterfactual shares
+/// (see docs/finance.md), and the hold it settles.
+pub fn booking_for(
+    w: &Worker,
+    tier: &str,
+    item: &WorkItem,
+    answer_escalated: bool,
+    priced_at: DateTime<Utc>,
+    reservation_id: Option<i64>,
+) -> Booking {
+    let s = &w.settings;
+    let d = &s.dispatcher;
+    // Reached this tier because a lower tier's answer escalated (a budget downgrade or a
+    // retry lands on a tier nothing escalates to).
+    let escalation = item.attempt > 0
+        && !item.is_shadow()
+        && s.tiers
+            .values()
+            .any(|t| t.escalate_to.as_deref() == Some(tier));
+    let reprice = |t: &str| {
+        s.model_for(t, &item.models)
+            .map_or(Counterfactual::Own, |m| {
+                Counterfactual::Reprice(m.to_owned())
+            })
+    };
+    let (all_strong, all_weak) = if item.is_shadow() {
+        // Shadow calls exist in neither counterfactual (they are reported as shadow cost).
+        (Counterfactual::Zero, Counterfactual::Zero)
+    } else if tier == d.strong_tier {
+        let weak = if escalation {
+            Counterfactual::Zero
+        } else {
+            reprice(&d.weak_tier)
+        };
+        (Counterfactual::Own, weak)
+    } else if tier == d.weak_tier {
+        let strong = if answer_escalated {
+            Counterfactual::Zero
+        } else {
+            reprice(&d.strong_tier)
+        };
+        (strong, Counterfactual::Own)
+    } else {
+        // Pinned tiers (local-only items) run there in every world.
+        (Counterfactual::Own, Counterfactual::Own)
+    };
+    Booking {
+        escalation,
+        all_strong,
+        all_weak,
+        reservation_id,
+        ..Booking::at(priced_at)
+    }
+}
+
+fn holds_of(outcomes: &[Outcome]) -> impl Iterator<Item = i64> + '_ {
+    outcomes.iter().filter_map(|o| match o {
+        Outcome::Answered { call, .. } => call.booking.reservation_id,
+        Outcome::Failed { .. } => None,
+    })
+}
+
+/// After a commit: its holds were settled in it; stop renewing them.
+pub fn committed(w: &Worker, outcomes: &[Outcome]) {
+    for id in holds_of(outcomes) {
+        w.finance.forget(id);
+    }
+}
+
+/// A commit that failed for good: its calls are handed back unbooked, so are their holds.
+pub async fn commit_failed(w: &Worker, outcomes: &[Outcome]) {
+    for id in holds_of(outcomes) {
+        w.finance.forget(id);
+        if let Err(e) = budgets::release(&w.pool, id).await {
+            tracing::warn!(reservation_id = id, error = %e, "cannot release a budget hold; it will expire");
+        }
+    }
+}
+
+/// The soft-limit warning's payload (JSON) on `<prefix>.budget.warnings.<team>`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoftLimitWarning {
+    pub v: u16,
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub crossing: budgets::SoftCrossing,
+}
+
+/// Keeps prices and budgets current, renews this process's holds, announces soft limits and
+/// resumes parked items, until `token` is cancelled (after the lanes have drained, so holds
+/// of draining calls stay renewed).
+pub async fn run_finance_loop(w: Worker, token: CancellationToken) {
+    let f = w.settings.finance.clone();
+    let mut refresh = tokio::time::interval(f.refresh);
+    let mut renew = tokio::time::interval(f.renew_every());
+    let mut poll = tokio::time::interval(f.budget_poll);
+    for t in [&mut refresh, &mut renew, &mut poll] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = refresh.tick() => {
+                if let Err(e) = w.finance.prices.refresh(&w.pool).await {
+                    tracing::warn!(error = %e, "cannot refresh prices");
+                }
+                if let Err(e) = w.finance.refresh_budgets(&w.pool).await {
+                    tracing::warn!(error = %e, "cannot refresh budgets");
+                }
+            }
+            _ = renew.tick() => {
+                let ids = w.finance.live_holds();
+                if let Err(e) = budgets::renew(&w.pool, &ids, f.reservation_lease).await {
+                    tracing::warn!(error = %e, holds = ids.len(), "cannot renew budget holds");
+                }
+            }
+            _ = poll.tick() => {
+                if let Err(e) = announce_soft_limits(&w).await {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot check soft limits");
+                }
+                if let Err(e) = resume_parked(&w).await {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot resume parked items");
+                }
+            }
+        }
+    }
+}
+
+async fn announce_soft_limits(w: &Worker) -> anyhow::Result<()> {
+    for crossing in budgets::soft_limit_crossings(&w.pool).await? {
+        let subject = w.settings.topology().budget_warning_subject(&crossing.team);
+        tracing::warn!(team = %crossing.team, spent_usd = %crossing.spent_usd, soft_usd = %crossing.soft_usd, "soft budget limit reached");
+        let event = SoftLimitWarning {
+            v: 1,
+            kind: "soft_limit",
+            crossing,
+        };
+        w.client
+            .publish(subject, serde_json::to_vec(&event)?.into())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Message id of a resumed item: unique per parking (`b:<park_id>`), so a crash between
+/// publishing and forgetting the parked row re-publishes into JetStream's de-duplication.
+fn resume_msg_id(park_id: i64) -> String {
+    format!("b:{park_id}")
+}
+
+/// Re-publishes parked items whose team has room for them again.
+async fn resume_parked(w: &Worker) -> anyhow::Result<usize> {
+    let mut tx = w.pool.begin().await?;
+    let parked = budgets::resumable(&mut tx, 256).await?;
+    if parked.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let t = w.settings.topology();
+    let mut resumed = Vec::new();
+    let mut acks = Vec::new();
+    for p in &parked {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HEADER_MSG_ID, resume_msg_id(p.park_id).as_str());
+        match w
+            .js
+            .publish_with_headers(
+                t.work_subject(&p.tier),
+                headers,
+                Bytes::from(p.payload.clone()),
+            )
+            .await
+        {
+            Ok(ack) => acks.push((p.park_id, ack)),
+            Err(e) => tracing::warn!(error = %e, "cannot resume a parked item"),
+        }
+    }
+    for (id, ack) in acks {
+        if tokio::time::timeout(Duration::from_secs(10), ack)
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            resumed.push(id);
+        }
+    }
+    budgets::finish_resume(&mut tx, &resumed).await?;
+    tx.commit().await?;
+    if !resumed.is_empty() {
+        tracing::info!(
+            items = resumed.len(),
+            "resumed items their budget has room for"
+        );
+    }
+    Ok(resumed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+    use switchyard_core::prompt::Message;
+
+    #[test]
+    fn worst_case_bounds_prompt_by_bytes_and_completion_by_max_tokens() {
+        let t = Tariff::simple(
+            Decimal::from_str("10").unwrap(),
+            Decimal::from_str("30").unwrap(),
+        )
+        .unwrap();
+        let request = CompletionRequest {
+            model: "m".into(),
+            messages: vec![
+                Message {
+                    role: "system",
+                    content: "x".repeat(100),
+                },
+                Message {
+                    role: "user",
+                    content: "y".repeat(300),
+                },
+            ],
+            max_tokens: 4,
+            logprobs: false,
+            top_logprobs: 0,
+        };
+        // (100 + 8 + 300 + 8 + 16) × 10 + 4 × 30, per million.
+        assert_eq!(
+            worst_case(&t, &request),
+            Decimal::from_str("0.0044400").unwrap()
+        );
+        // Never below the real cost of a call whose tokens fit the bounds.
+        assert!(worst_case(&t, &request) >= t.cost(400, 0, 4, false));
+    }
+}
