@@ -37,3 +37,11 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+# Only for the whole suite (not when a filter was given): crashes, restarts and provider faults
+# on a NATS and Postgres of the run's own (under 5 minutes), then every fuzz target for 60 s.
+if [ "$#" -eq 0 ] && [ -z "${SWITCHYARD_SKIP_SLOW:-}" ]; then
+  cargo build -p switchyard
+  timeout 600 target/debug/switchyard chaos --json
+  ./scripts/fuzz.sh
+fi

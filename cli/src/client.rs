@@ -103,8 +103,19 @@ impl Client {
             payload = codec::encode(&spec)?;
         }
         let key = spec.effective_idempotency_key().to_owned();
+        let t = self.settings.topology();
+        // Where team identity is enforced, the team is the subject's (NATS permissions allow
+        // this client's user only its own team's subject).
+        let subject = match (&spec.team, self.settings.security.team_from_subject) {
+            (Some(team), true) => switchyard_proto::teams::submit_subject(&t, team),
+            (None, true) => anyhow::bail!(
+                "this deployment bills jobs to the submitter's team: give --team (your NATS \
+                 user's team)"
+            ),
+            (_, false) => t.jobs_submit_subject(),
+        };
         let ack = self
-            .publish_spec(&spec.job_id, &format!("job:{key}"), payload)
+            .publish_spec_on(subject, &spec.job_id, &format!("job:{key}"), payload)
             .await?;
         if ack.duplicate {
             // JetStream already holds a submission with this key (within its duplicate
@@ -136,10 +147,25 @@ impl Client {
         msg_id: &str,
         payload: Vec<u8>,
     ) -> anyhow::Result<async_nats::jetstream::publish::PublishAck> {
+        let subject = self.settings.topology().jobs_submit_subject();
+        self.publish_spec_on(subject, job_id, msg_id, payload).await
+    }
+
+    /// [`Client::publish_spec`] on a given subject (a team's: `<prefix>.jobs.submit.<team>`).
+    ///
+    /// # Errors
+    /// When NATS does not acknowledge the submission (a subject this user may not publish on
+    /// is refused by the server).
+    pub async fn publish_spec_on(
+        &self,
+        subject: String,
+        job_id: &str,
+        msg_id: &str,
+        payload: Vec<u8>,
+    ) -> anyhow::Result<async_nats::jetstream::publish::PublishAck> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(HEADER_MSG_ID, msg_id);
         headers.insert(HEADER_JOB_ID, job_id);
-        let subject = self.settings.topology().jobs_submit_subject();
         self.js
             .publish_with_headers(subject, headers, Bytes::from(payload))
             .await?

@@ -2,6 +2,8 @@
 //! the same code.
 //!
 //! - [`bench`]: `switchyard bench`, the fleet against the raw engines.
+//! - [`chaos`]: `switchyard chaos`, crashes, restarts and provider faults during a job, and
+//!   the books that show nothing was lost or paid twice.
 //! - [`client`]: submit jobs and follow them (what `submit`, `wait`, `status`, `results`,
 //!   `cancel` and `retry` use; any Rust program can use it too).
 //! - [`input`]: reading a JSONL items file with errors that name the line.
@@ -14,6 +16,7 @@
 //! - [`quote`]: `switchyard quote` (a job's expected cost, strong share and quality).
 //! - [`router_cmd`]: `switchyard router …`, with [`explain`], [`audit`], [`learn`]
 //!   (`train --from-db`) and [`cascade_cmd`] (cascade replay).
+//! - [`security_cli`]: `audit local-only` and `security nats-permissions` (docs/security.md).
 //! - [`finance_cli`]: `prices`, `budget`, `ledger` and `purge` (docs/finance.md), with
 //!   [`ledger_format`] (table, FOCUS CSV, JSON), [`ledger_serve`] (the read-only API and
 //!   dashboard) and [`ledger_bench`] (the report at scale).
@@ -21,6 +24,7 @@
 pub mod audit;
 pub mod bench;
 pub mod cascade_cmd;
+pub mod chaos;
 pub mod client;
 pub mod demo;
 pub mod exit;
@@ -36,3 +40,4 @@ pub mod policy_arg;
 pub mod quote;
 pub mod report;
 pub mod router_cmd;
+pub mod security_cli;

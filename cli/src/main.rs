@@ -58,12 +58,19 @@ enum Command {
         confidence_threshold: f64,
     },
     /// Run a dispatcher (any number of them may run).
-    Dispatcher,
+    Dispatcher {
+        /// Serve Prometheus `/metrics` on this address (overrides `[metrics] listen`).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+    },
     /// Run a worker for one or more tiers (any number of them may run).
     Worker {
         /// Tier to serve (repeat, or comma-separate, for several).
         #[arg(long, required = true, value_delimiter = ',')]
         tier: Vec<String>,
+        /// Serve Prometheus `/metrics` on this address (overrides `[metrics] listen`).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Run the model simulator (an OpenAI-compatible server replaying routing data).
     Sim(switchyard_sim::cli::SimArgs),
@@ -119,6 +126,35 @@ enum Command {
     Ledger(finance_cli::LedgerCommand),
     /// Blank prompts and answers of jobs finished long ago (the ledger is untouched).
     Purge(finance_cli::PurgeArgs),
+    /// Audits: `local-only` (did a local_only item reach an external model in a period?).
+    #[command(subcommand)]
+    Audit(switchyard::security_cli::AuditCommand),
+    /// Security helpers: `nats-permissions` (the nats-server users and permissions of
+    /// `[security.nats_users]`).
+    #[command(subcommand)]
+    Security(switchyard::security_cli::SecurityCommand),
+    /// Crash, restart and fault the fleet while it runs a job, on a NATS and Postgres of its
+    /// own, then prove nothing was lost or paid twice (docs/reliability.md).
+    Chaos {
+        /// Items of the job.
+        #[arg(long, default_value_t = 5000)]
+        items: usize,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Worker processes killed (SIGKILL) during the job.
+        #[arg(long, default_value_t = 6)]
+        kills: usize,
+        /// Seed of the schedule and the simulator's faults (default: the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Fail when the job has not finished by then.
+        #[arg(long, value_parser = humantime_duration, default_value = "240s")]
+        timeout: Duration,
+        /// Keep the run's folder (logs, data) even when it passes.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Measure the fleet against the raw engines (NATS, Postgres, HTTP) in this process.
     Bench {
         /// Print one JSON object.
@@ -139,7 +175,13 @@ enum Command {
         /// Items of the memory bench's job.
         #[arg(long, default_value_t = 1_000_000)]
         memory_items: usize,
+        /// Measurement window of the quota bench.
+        #[arg(long, value_parser = humantime_duration, default_value = "120s")]
+        quota_window: Duration,
     },
+    /// Latency each path adds per model call, and calls/s: direct, the fleet, a LiteLLM proxy
+    /// (scripts/compare-gateways.sh; docs/gateway-comparison.md).
+    BenchGateway(switchyard::bench::gateway::GatewayArgs),
 }
 
 #[derive(clap::Args)]
@@ -287,11 +329,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 exit::PARTIAL
             })
         }
-        Command::Dispatcher => {
+        Command::Dispatcher { metrics_listen } => {
+            let mut settings = settings;
+            if metrics_listen.is_some() {
+                settings.metrics.listen = metrics_listen;
+            }
             switchyard_dispatcher::run(settings, shutdown).await?;
             Ok(exit::OK)
         }
-        Command::Worker { tier } => {
+        Command::Worker {
+            tier,
+            metrics_listen,
+        } => {
+            let mut settings = settings;
+            if metrics_listen.is_some() {
+                settings.metrics.listen = metrics_listen;
+            }
             switchyard_worker::run(settings, tier, shutdown).await?;
             Ok(exit::OK)
         }
@@ -379,6 +432,31 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             eprintln!("{n} failed items of `{job}` re-queued");
             Ok(exit::OK)
         }
+        Command::Chaos {
+            items,
+            json,
+            kills,
+            seed,
+            timeout,
+            keep,
+        } => {
+            let opts = switchyard::chaos::ChaosOptions {
+                items,
+                worker_kills: kills,
+                seed,
+                timeout,
+                keep,
+            };
+            let report = switchyard::chaos::run(&opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", switchyard::chaos::render(&report));
+            }
+            Ok(if report.passed { exit::OK } else { exit::ERROR })
+        }
+        Command::Audit(cmd) => switchyard::security_cli::audit(settings, cmd).await,
+        Command::Security(cmd) => switchyard::security_cli::security(&settings, cmd),
         Command::Prices(cmd) => finance_cli::prices(settings, cmd).await,
         Command::Budget(cmd) => finance_cli::budget(settings, cmd).await,
         Command::Ledger(cmd) => finance_cli::ledger(settings, cmd, shutdown).await,
@@ -390,6 +468,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             dispatch_items,
             end_to_end_items,
             memory_items,
+            quota_window,
         } => {
             let opts = switchyard::bench::BenchOptions {
                 repetitions,
@@ -397,12 +476,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 dispatch_items,
                 end_to_end_items,
                 memory_items,
+                quota_window,
             };
             let report = switchyard::bench::run(&settings, &opts).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", switchyard::bench::render(&report));
+            }
+            Ok(exit::OK)
+        }
+        Command::BenchGateway(args) => {
+            let report = switchyard::bench::gateway::run(&settings, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", switchyard::bench::gateway::render(&report));
             }
             Ok(exit::OK)
         }

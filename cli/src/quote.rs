@@ -247,7 +247,7 @@ pub async fn compute(
         strong_tier: &ds.strong_tier,
         local_tier: settings.local_tier(),
         prices: &prices,
-        generate_max_tokens,
+        estimator: switchyard_core::estimate::Estimator::new(&task, generate_max_tokens),
     };
     let mut inputs = jr.inputs();
     let mut routes = Vec::with_capacity(items.len());
@@ -316,7 +316,7 @@ pub struct QuoteReport {
 }
 
 fn ser_usd<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&d.round_dp(6).normalize().to_string())
+    s.serialize_str(&d.normalize().to_string())
 }
 
 /// Summarizes a routed job.
@@ -338,7 +338,7 @@ pub fn report(q: &Quoted) -> QuoteReport {
     // The shadow fraction of the weak-routed items' strong cost (an expectation: which items
     // are sampled depends on the job id).
     if let Some(f) = q.policy.shadow {
-        shadow = ceiling * Decimal::from_f64_retain(f).unwrap_or_default();
+        shadow = (ceiling * Decimal::from_f64_retain(f).unwrap_or_default()).round_dp(9);
     }
     let unpriced = q
         .prices

@@ -55,10 +55,36 @@ pub async fn run(d: Dispatcher, shutdown: CancellationToken) -> anyhow::Result<(
                 None => break,
             },
         };
-        handle_message(&d, msg).await;
+        settle_within_grace(&d, msg, &shutdown).await;
     }
     tracing::info!("dispatcher stopped");
     Ok(())
+}
+
+/// Settles one job message; when `shutdown` fires meanwhile, the job gets the dispatcher's
+/// `shutdown_grace` to finish, then its message is handed back (nak) so that another
+/// dispatcher resumes it from its stored state at once (rather than after `ack_wait`).
+async fn settle_within_grace(
+    d: &Dispatcher,
+    msg: async_nats::jetstream::Message,
+    shutdown: &CancellationToken,
+) {
+    let acker = Acker::new(d.js.clone(), msg.reply.clone());
+    let work = handle_message(d, msg);
+    tokio::pin!(work);
+    tokio::select! {
+        () = &mut work => return,
+        () = shutdown.cancelled() => {}
+    }
+    let grace = d.settings.dispatcher.shutdown_grace;
+    tracing::info!(?grace, "shutting down: letting the job in progress finish");
+    if tokio::time::timeout(grace, &mut work).await.is_ok() {
+        return;
+    }
+    // Dropping the work releases its job lock (see `JobLock`); the stored state says where
+    // the next dispatcher resumes.
+    tracing::warn!("grace period over, handing the job back");
+    let _ = acker.ack_with(AckKind::Nak(None)).await;
 }
 
 /// Settles one job message. Never fails: every path ends in ack, nak or term.
@@ -81,7 +107,7 @@ pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message)
     let reply = msg.reply.clone();
     let acker = Acker::new(d.js.clone(), reply.clone());
 
-    let spec = match read_submission(&payload, header_id.as_deref(), &fallback, &limits) {
+    let mut spec = match read_submission(&payload, header_id.as_deref(), &fallback, &limits) {
         Intake::Job(spec) => spec,
         Intake::Reject {
             job_id,
@@ -106,6 +132,27 @@ pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message)
         }
     };
 
+    if let Err(reason) = crate::identity::settle_team(&d.settings, &subject, &mut spec) {
+        let team =
+            switchyard_proto::teams::team_of_submit_subject(&d.settings.topology(), &subject)
+                .unwrap_or("default")
+                .to_owned();
+        reject(
+            d,
+            &acker,
+            &message_key,
+            &subject,
+            &payload,
+            &spec.job_id,
+            &team,
+            "default",
+            &reason,
+            deliveries,
+        )
+        .await;
+        return;
+    }
+
     // One dispatcher per job at a time, across processes.
     let lock = match JobLock::try_acquire(&d.pool, &spec.job_id).await {
         Ok(Some(lock)) => lock,
@@ -122,6 +169,7 @@ pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message)
                 &acker,
                 &message_key,
                 &subject,
+                &payload,
                 &spec.job_id,
                 deliveries,
                 &e,
@@ -136,7 +184,8 @@ pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message)
     let keepalive = CancellationToken::new();
     let keepalive_guard = keepalive.clone();
     let ticker = async move {
-        let mut every = tokio::time::interval(PROGRESS_EVERY);
+        let mut every =
+            tokio::time::interval(PROGRESS_EVERY.min(d.settings.dispatcher.ack_wait / 3));
         every.tick().await;
         loop {
             tokio::select! {
@@ -190,6 +239,7 @@ pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message)
                 &acker,
                 &message_key,
                 &subject,
+                &payload,
                 &spec.job_id,
                 deliveries,
                 &e,
@@ -217,8 +267,10 @@ async fn reject(
 ) {
     tracing::warn!(job_id = %job_id, reason = %reason, "job rejected");
     d.counters.jobs_rejected.fetch_add(1, Ordering::Relaxed);
+    d.job_outcome("rejected");
+    // The dead letter goes in before the job row: whoever sees the job as
+    // `rejected` (a waiting client, a test) must also find the reason.
     let recorded = async {
-        jobs::record_rejection(&d.pool, job_id, team, project, reason).await?;
         dead_letters::record(
             &d.pool,
             &DeadLetter {
@@ -233,6 +285,7 @@ async fn reject(
             },
         )
         .await?;
+        jobs::record_rejection(&d.pool, job_id, team, project, reason).await?;
         anyhow::Ok(())
     }
     .await;
@@ -249,11 +302,16 @@ async fn reject(
     let _ = acker.ack_with(AckKind::Term).await;
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "all of it goes into the dead letter"
+)]
 async fn transient_failure(
     d: &Dispatcher,
     acker: &Acker,
     message_key: &str,
     subject: &str,
+    payload: &Bytes,
     job_id: &str,
     deliveries: i64,
     e: &anyhow::Error,
@@ -282,6 +340,7 @@ async fn transient_failure(
         }
         .await;
         if recorded.is_ok() {
+            publish_dead_letter(d, payload, &reason).await;
             let _ = acker.ack_with(AckKind::Term).await;
             return;
         }
@@ -323,10 +382,20 @@ pub async fn publish_job_event(d: &Dispatcher, job_id: &str, kind: &str) {
 }
 
 /// A Postgres advisory lock on a job, held on its own connection for as long as a
-/// dispatcher works on the job.
+/// dispatcher works on the job. Dropped without [`JobLock::release`] (a dispatch abandoned
+/// at shutdown), its connection is closed rather than returned to the pool, which ends the
+/// session and so the lock.
 struct JobLock {
-    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
     key: String,
+}
+
+impl Drop for JobLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
 }
 
 impl JobLock {
@@ -337,13 +406,18 @@ impl JobLock {
             .bind(&key)
             .fetch_one(&mut *conn)
             .await?;
-        Ok(got.then_some(Self { conn, key }))
+        Ok(got.then_some(Self {
+            conn: Some(conn),
+            key,
+        }))
     }
 
     async fn release(mut self) {
-        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-            .bind(&self.key)
-            .execute(&mut *self.conn)
-            .await;
+        if let Some(mut conn) = self.conn.take() {
+            let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                .bind(&self.key)
+                .execute(&mut *conn)
+                .await;
+        }
     }
 }

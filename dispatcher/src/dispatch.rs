@@ -12,6 +12,7 @@ use crate::Dispatcher;
 use crate::ingest::{self, IngestError};
 use crate::publisher::WindowedPublisher;
 use crate::source::{ItemSource, SourceError};
+use switchyard_runtime::metrics::TierLabel;
 
 /// How handling a job ended.
 #[derive(Debug)]
@@ -39,6 +40,7 @@ pub async fn dispatch_job(
     let state = match jobs::admit(&d.pool, &new_job).await? {
         Admission::New => {
             d.counters.jobs_accepted.fetch_add(1, Ordering::Relaxed);
+            d.job_outcome("accepted");
             status::INGESTING.to_owned()
         }
         Admission::Existing {
@@ -61,6 +63,7 @@ pub async fn dispatch_job(
             if job_id != spec.job_id {
                 // Same content under another job id: the earlier job stands.
                 d.counters.jobs_duplicate.fetch_add(1, Ordering::Relaxed);
+                d.job_outcome("duplicate");
                 return Ok(JobOutcome::Dispatched {
                     items: 0,
                     duplicate: true,
@@ -123,6 +126,7 @@ pub async fn dispatch_job(
         _ => {
             // Already running or finished: nothing new to do.
             d.counters.jobs_duplicate.fetch_add(1, Ordering::Relaxed);
+            d.job_outcome("duplicate");
             Ok(JobOutcome::Dispatched {
                 items: 0,
                 duplicate: true,
@@ -216,12 +220,19 @@ async fn publish_items(
     let mut publisher = WindowedPublisher::new(d.js.clone(), ds.publish_window);
     let mut after = -1i64;
     let mut count = 0u64;
+    // Items per tier, added to the metrics once per job rather than per item.
+    let mut per_tier: std::collections::BTreeMap<String, u64> = Default::default();
     loop {
         let chunk = items::chunk_after(&d.pool, &spec.job_id, after, ds.chunk_size as i64).await?;
         let Some(last) = chunk.last() else { break };
         after = last.seq;
         for item in chunk {
             let tier = item.routed_tier.unwrap_or_else(|| ds.weak_tier.clone());
+            if let Some(n) = per_tier.get_mut(&tier) {
+                *n += 1;
+            } else {
+                per_tier.insert(tier.clone(), 1);
+            }
             let local_only = item.sensitivity.as_deref() == Some("local_only");
             let msg = WorkItem {
                 v: PROTOCOL_VERSION,
@@ -262,6 +273,12 @@ async fn publish_items(
     d.counters
         .items_published
         .fetch_add(count, Ordering::Relaxed);
+    for (tier, n) in per_tier {
+        d.metrics
+            .items_routed
+            .get_or_create(&TierLabel { tier })
+            .inc_by(n);
+    }
     jobs::mark_running(&d.pool, &spec.job_id).await?;
     // Every item may already be done (a resumed dispatch): finish the job if so.
     if let Some(final_status) = jobs::complete_if_done(&d.pool, &spec.job_id).await? {

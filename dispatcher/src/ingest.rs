@@ -99,7 +99,7 @@ pub async fn ingest(
         strong_tier: &ds.strong_tier,
         local_tier: d.settings.local_tier(),
         prices: &prices,
-        generate_max_tokens,
+        estimator: switchyard_core::estimate::Estimator::new(&spec.task, generate_max_tokens),
     };
     // Only the policy's candidates are kept (seq, scores, extra cost): 32 bytes an item.
     let mut inputs = router.inputs();

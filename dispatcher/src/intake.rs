@@ -28,7 +28,9 @@ pub fn read_submission(
     let envelope = codec::decode_envelope(payload).unwrap_or_default();
     let job_id = envelope
         .job_id
-        .filter(|id| !id.is_empty() && id.len() <= limits.max_name_bytes)
+        .filter(|id| {
+            !id.is_empty() && id.len() <= limits.max_name_bytes && !id.chars().any(char::is_control)
+        })
         .or_else(|| header_job_id.map(str::to_owned))
         .unwrap_or_else(|| fallback_id.to_owned());
     let reject = |reason: String| Intake::Reject {
@@ -46,7 +48,12 @@ pub fn read_submission(
     };
     if let Err(r) = validate::check_spec(&spec, limits) {
         return Intake::Reject {
-            job_id: if spec.job_id.is_empty() {
+            // A job id that is itself the problem (empty, huge, control characters) is not
+            // stored: the rejection goes on the header's id (or the fallback).
+            job_id: if spec.job_id.is_empty()
+                || spec.job_id.len() > limits.max_name_bytes
+                || spec.job_id.chars().any(char::is_control)
+            {
                 job_id
             } else {
                 spec.job_id.clone()

@@ -8,8 +8,9 @@
 //! 2. Admission: the job row is inserted, idempotent on the job id and idempotency key. A
 //!    re-submission with the same content creates nothing new; a crashed dispatch resumes.
 //! 3. [`ingest`]: items are streamed from the message or the object store ([`source`]),
-//!    validated, scored by the router and inserted in chunks. Memory stays flat in the job's
-//!    size: only `(score, position)` pairs are kept, 16 bytes an item.
+//!    validated, routed ([`route`]) and inserted in chunks. Memory stays small in the job's
+//!    size: only the policy's candidates are kept (position, scores, extra cost), 32 bytes an
+//!    item.
 //! 4. [`route`]: sensitivity pins, then routing rules (force a tier or shift the score), then
 //!    the job's policy turns its own scores into one cut (exact strong share, threshold,
 //!    budget or quality target; `switchyard_core::calibrate`). Why each item went where it
@@ -18,14 +19,19 @@
 //!    key, many publish-acks in flight at once; with a `shadow` policy, a sample of the
 //!    weak-routed items is published to the strong tier as well (shadow calls).
 //! 6. Only then is the job message acked ([`consumer`]).
+//!
+//! A job's team comes from the subject it was submitted on ([`identity`]); [`team_api`]
+//! answers a team's status and results requests over NATS.
 
 pub mod consumer;
 pub mod dispatch;
+pub mod identity;
 pub mod ingest;
 pub mod intake;
 pub mod publisher;
 pub mod route;
 pub mod source;
+pub mod team_api;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +41,7 @@ use sqlx::PgPool;
 use switchyard_core::rules::RuleSet;
 use switchyard_router::Router;
 use switchyard_runtime::Settings;
+use switchyard_runtime::metrics::{self, JobLabels, Metrics};
 use tokio_util::sync::CancellationToken;
 
 /// Everything a dispatcher works with.
@@ -48,6 +55,8 @@ pub struct Dispatcher {
     /// The configuration's routing rules, compiled.
     pub rules: Arc<RuleSet>,
     pub counters: Arc<DispatcherCounters>,
+    /// Prometheus families (served on `/metrics` when `[metrics] listen` is set).
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the dispatcher has done since it started (tests and metrics read these).
@@ -57,6 +66,16 @@ pub struct DispatcherCounters {
     pub jobs_rejected: AtomicU64,
     pub jobs_duplicate: AtomicU64,
     pub items_published: AtomicU64,
+}
+
+impl Dispatcher {
+    /// Counts a job's fate in the metrics.
+    pub(crate) fn job_outcome(&self, outcome: &'static str) {
+        self.metrics
+            .jobs
+            .get_or_create(&JobLabels { outcome })
+            .inc();
+    }
 }
 
 impl DispatcherCounters {
@@ -94,6 +113,7 @@ impl Dispatcher {
             router,
             rules,
             counters: Arc::default(),
+            metrics: Arc::new(Metrics::dispatcher()),
         })
     }
 }
@@ -105,5 +125,24 @@ impl Dispatcher {
 /// (nak'ed or dead-lettered) and never end the loop.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dispatcher = Dispatcher::connect(settings).await?;
-    consumer::run(dispatcher, shutdown).await
+    if let Some(addr) = dispatcher.settings.metrics.listen {
+        metrics::serve(addr, dispatcher.metrics.clone(), shutdown.clone()).await?;
+    }
+    let t = dispatcher.settings.topology();
+    metrics::watch_consumer(
+        dispatcher.js.clone(),
+        t.jobs_stream(),
+        t.dispatcher_consumer(),
+        dispatcher.metrics.clone(),
+        metrics::LAG_PERIOD,
+        shutdown.clone(),
+    );
+    // The team API (status and results over NATS, per team) runs beside the job consumer.
+    let api = tokio::spawn(team_api::run(dispatcher.clone(), shutdown.clone()));
+    let result = consumer::run(dispatcher, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Ok(Err(e)) = api.await {
+        tracing::warn!(error = %format!("{e:#}"), "team API stopped");
+    }
+    result
 }

@@ -72,8 +72,8 @@ pub struct JobRouter<'a> {
     pub strong_tier: &'a str,
     pub local_tier: Option<&'a str>,
     pub prices: &'a TierPrices,
-    /// Completion budget of `generate` tasks (for estimates).
-    pub generate_max_tokens: u32,
+    /// How many tokens an item of this job is expected to use.
+    pub estimator: estimate::Estimator,
 }
 
 /// What the policy will be computed from, accumulated item by item (32 bytes a candidate).
@@ -126,7 +126,7 @@ impl JobRouter<'_> {
         let score = self.router.score(&item.text, kind);
         let score = if score.is_finite() { score } else { 0.0 };
         let qw = acc.facts.weak_quality;
-        let tokens = estimate::tokens(self.task, &item.text, self.generate_max_tokens);
+        let tokens = self.estimator.tokens(&item.text);
         let weak_usd = self.cost_on(self.weak_tier, tokens, acc);
         let strong_usd = self.cost_on(self.strong_tier, tokens, acc);
         let mut route = ItemRoute {
@@ -281,7 +281,7 @@ mod tests {
             strong_tier: "strong",
             local_tier: Some("local"),
             prices: &prices,
-            generate_max_tokens: 512,
+            estimator: estimate::Estimator::new(&task, 512),
         };
         let mut acc = jr.inputs();
         let mut pinned = Item::new("a", "vip but local");

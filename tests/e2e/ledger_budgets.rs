@@ -105,8 +105,12 @@ async fn eight_workers_racing_for_the_last_dollars_never_overspend() {
 
     // Quiet: every item answered or waiting, no hold left, and no waiting item fits.
     let pool = h.db.pool.clone();
+    let started = std::time::Instant::now();
+    let polls = std::sync::atomic::AtomicU32::new(0);
     let (done, waiting) = eventually("the budget runs dry", Duration::from_secs(240), || {
         let (pool, job_id) = (pool.clone(), job_id.clone());
+        let poll = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = &started;
         async move {
             let (done, waiting, holds, fits): (i64, i64, i64, bool) = sqlx::query_as(
                 "SELECT (SELECT count(*) FROM items WHERE job_id = $1 AND status = 'done'), \
@@ -121,6 +125,13 @@ async fn eight_workers_racing_for_the_last_dollars_never_overspend() {
             .fetch_one(&pool)
             .await
             .unwrap();
+            // Progress in the test's output, so a slow run shows where it stands.
+            if poll.is_multiple_of(250) {
+                println!(
+                    "{:?}: {done} done, {waiting} waiting, {holds} holds, fits {fits} of {n}",
+                    started.elapsed()
+                );
+            }
             (done + waiting == n as i64 && holds == 0 && !fits && waiting > 0)
                 .then_some((done, waiting))
         }
@@ -193,8 +204,10 @@ async fn eight_workers_racing_for_the_last_dollars_never_overspend() {
     assert_eq!(shown[0].spent_usd, spent);
 
     // Raising the limit lets the waiting items run: nothing was lost.
+    println!("{:?}: budget raised", started.elapsed());
     set_budget(&h, team, "10", Some("0.50"), WhenExhausted::Wait).await;
     let status = h.wait_final(&job_id, 240).await;
+    println!("{:?}: every item answered", started.elapsed());
     assert_eq!(status.done(), n as i64);
     assert_eq!(count(&h.db.pool, "budget_parked").await, 0);
     h.finish().await;

@@ -8,6 +8,7 @@
 //! database and stream prefix, so they run in parallel.
 
 mod bad_input;
+mod bad_input_catalog;
 mod cluster;
 mod finance_support;
 mod foreign_client;
@@ -19,6 +20,10 @@ mod ledger_finance;
 mod ledger_prices;
 mod ledger_reconcile;
 mod ledger_scale;
+mod metrics;
+mod provider_faults;
+mod quota;
 mod resilience;
 mod routing;
+mod security;
 mod support;

@@ -413,3 +413,22 @@ async fn a_router_retrained_from_the_fleets_outcomes_beats_the_default_on_held_o
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_budget_the_job_cannot_meet_rejects_it_with_the_minimum() {
+    let h = Harness::start().await;
+    let mut spec = classify_job(mmlu_items(20), 0.0, 0.0);
+    spec.policy.routing = Routing::BudgetUsd {
+        value: Decimal::new(1, 6),
+    };
+    let job_id = h.client.submit(spec).await.unwrap();
+    let status = h.wait_final(&job_id, 30).await;
+    assert_eq!(status.job.status, "rejected");
+    let reason = status.job.rejection_reason.unwrap_or_default();
+    assert!(
+        reason.contains("budget_usd 0.000001 is below the job's expected cost"),
+        "{reason}"
+    );
+    assert!(h.ledger(&job_id).await.is_empty(), "nothing was called");
+    h.finish().await;
+}

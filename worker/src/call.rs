@@ -7,6 +7,9 @@
 //! - 5xx, timeouts, broken connections, unusable bodies: up to `max_retries` retries, then
 //!   the item is handed back to JetStream (nak with delay), which counts one delivery.
 //! - Any other 4xx: no retry; the item fails with the provider's message.
+//! - A model whose circuit breaker is open ([`crate::breaker`]) is not called at all: the
+//!   call ends at once with [`CallFailure::CircuitOpen`] and the item is handed back for when
+//!   the breaker lets a probe through.
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use async_nats::jetstream::message::Acker;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::{Admission, CircuitBreaker};
 use crate::limiter::ModelLimiter;
 use crate::llm::error::Retry;
 use crate::llm::{Completion, CompletionRequest, LlmClient, ProviderError};
@@ -29,6 +33,11 @@ pub enum CallFailure {
     Refused(ProviderError),
     /// The process is shutting down: give the item back now.
     ShuttingDown,
+    /// The model's provider is considered down: no call was made; try again in `retry_in`.
+    CircuitOpen {
+        retry_in: Duration,
+        last_error: String,
+    },
 }
 
 /// What the call cost in waiting, for counters.
@@ -95,6 +104,7 @@ pub fn backoff(n: u32, retry_after: Option<Duration>) -> Duration {
 pub async fn call_model<C: LlmClient>(
     client: &C,
     limiter: &ModelLimiter,
+    breaker: &CircuitBreaker,
     request: &CompletionRequest,
     estimated_tokens: u32,
     max_retries: u32,
@@ -116,6 +126,19 @@ pub async fn call_model<C: LlmClient>(
             return (Err(CallFailure::ShuttingDown), stats);
         };
         stats.quota_wait += waited;
+        if let Admission::Open {
+            retry_in,
+            last_error,
+        } = breaker.admit()
+        {
+            return (
+                Err(CallFailure::CircuitOpen {
+                    retry_in,
+                    last_error,
+                }),
+                stats,
+            );
+        }
         let Some(result) = kept_alive(
             keepalive,
             keepalive_period,
@@ -127,11 +150,18 @@ pub async fn call_model<C: LlmClient>(
             return (Err(CallFailure::ShuttingDown), stats);
         };
         let err = match result {
-            Ok(c) => return (Ok(c), stats),
+            Ok(c) => {
+                breaker.record_success();
+                return (Ok(c), stats);
+            }
             Err(e) => e,
         };
         let delay = match err.retry() {
-            Retry::Never => return (Err(CallFailure::Refused(err)), stats),
+            Retry::Never => {
+                // The provider answered: it is alive, the request is what is wrong.
+                breaker.record_success();
+                return (Err(CallFailure::Refused(err)), stats);
+            }
             Retry::Throttled(after) => {
                 stats.throttled += 1;
                 let after = after.unwrap_or_else(|| backoff(stats.throttled.min(6), None));
@@ -140,6 +170,11 @@ pub async fn call_model<C: LlmClient>(
                 Duration::ZERO // the limiter's pause does the waiting
             }
             Retry::Transient(after) => {
+                breaker.record_failure(&err.to_string());
+                if breaker.is_open() {
+                    // Not worth a retry: the loop's admission check ends the call.
+                    continue;
+                }
                 if transient_failures >= max_retries {
                     return (Err(CallFailure::Exhausted(err)), stats);
                 }
@@ -222,10 +257,11 @@ mod tests {
         max_retries: u32,
     ) -> (Result<Completion, CallFailure>, CallStats) {
         let client = Scripted(Mutex::new(script));
-        let limiter = ModelLimiter::new(None, None);
+        let limiter = ModelLimiter::new("m", None, None, 1.0);
         call_model(
             &client,
             &limiter,
+            &CircuitBreaker::new(Default::default()),
             &request(),
             1,
             max_retries,
@@ -272,6 +308,44 @@ mod tests {
         let (r, stats) = run(vec![Err(refused), ok()], 3).await;
         assert!(matches!(r, Err(CallFailure::Refused(_))));
         assert_eq!(stats.retries, 0);
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_stops_the_retries() {
+        let client = Scripted(Mutex::new((0..6).map(|_| Err(server_error())).collect()));
+        let breaker =
+            CircuitBreaker::new(switchyard_runtime::reliability_settings::BreakerSettings {
+                failures: 2,
+                cooldown: Duration::from_secs(30),
+                max_cooldown: Duration::from_secs(30),
+            });
+        let limiter = ModelLimiter::new("m", None, None, 1.0);
+        let (req, token) = (request(), CancellationToken::new());
+        let call = || {
+            call_model(
+                &client,
+                &limiter,
+                &breaker,
+                &req,
+                1,
+                5,
+                &(),
+                Duration::from_secs(1),
+                &token,
+            )
+        };
+        let (r, stats) = call().await;
+        match r {
+            Err(CallFailure::CircuitOpen { last_error, .. }) => {
+                assert!(last_error.contains("HTTP 503"), "{last_error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(stats.retries, 1, "two calls, then the breaker opened");
+        assert_eq!(client.0.lock().unwrap().len(), 4);
+        let (r, _) = call().await;
+        assert!(matches!(r, Err(CallFailure::CircuitOpen { .. })));
+        assert_eq!(client.0.lock().unwrap().len(), 4, "no call while open");
     }
 
     #[test]

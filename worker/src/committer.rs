@@ -31,8 +31,10 @@ pub struct Pending {
     pub dead_payload: Option<Bytes>,
 }
 
-/// Commit attempts before a batch is given back to JetStream.
-const COMMIT_ATTEMPTS: u32 = 5;
+/// How long a batch keeps trying to commit (Postgres restarting, failing over) before it is
+/// given back to JetStream. Its messages are kept alive meanwhile, so an outage shorter than
+/// this books every answer already received instead of paying for the calls again.
+const COMMIT_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// Runs until every sender is gone and the last batch is settled.
 pub async fn run(w: Worker, mut rx: mpsc::Receiver<Pending>) {
@@ -55,15 +57,28 @@ pub async fn run(w: Worker, mut rx: mpsc::Receiver<Pending>) {
 async fn settle_batch(w: &Worker, batch: Vec<Pending>) {
     let outcomes: Vec<Outcome> = batch.iter().map(|p| p.outcome.clone()).collect();
     let mut touched = None;
-    for attempt in 0..COMMIT_ATTEMPTS {
+    let started = tokio::time::Instant::now();
+    let keepalive_every = w.settings.worker.ack_wait / 3;
+    let mut last_keepalive = started;
+    for attempt in 0u32.. {
         match outcomes::commit(&w.pool, &outcomes).await {
             Ok(jobs) => {
                 touched = Some(jobs);
                 break;
             }
-            Err(e) => {
+            Err(e) if started.elapsed() < COMMIT_RETRY_FOR => {
                 tracing::warn!(error = %e, attempt, "commit failed, retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+                if last_keepalive.elapsed() >= keepalive_every {
+                    last_keepalive = tokio::time::Instant::now();
+                    for p in &batch {
+                        let _ = p.acker.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, attempt, "commit failed for too long");
+                break;
             }
         }
     }
@@ -82,6 +97,7 @@ async fn settle_batch(w: &Worker, batch: Vec<Pending>) {
         return;
     };
     WorkerCounters::add(&w.counters.committed_batches, 1);
+    crate::metrics::committed(w, &outcomes);
     crate::budget::committed(w, &outcomes);
 
     // Escalations first; an item whose escalation did not publish is not acked (its

@@ -24,6 +24,8 @@ pub struct ModelRuntime {
     pub settings: ModelSettings,
     pub client: OpenAiClient,
     pub limiter: ModelLimiter,
+    /// Stops calls to this model while its provider is down (see [`crate::breaker`]).
+    pub breaker: crate::breaker::CircuitBreaker,
     /// The version in force at start-up (calls are booked with the version in force at their
     /// own time: see [`crate::price_book`]).
     pub price: Price,
@@ -63,8 +65,12 @@ pub struct Worker {
     pub pool: PgPool,
     pub models: Arc<HashMap<String, ModelRuntime>>,
     pub counters: Arc<WorkerCounters>,
+    /// Prometheus families (served on `/metrics` when `[metrics] listen` is set).
+    pub metrics: Arc<switchyard_runtime::metrics::Metrics>,
     /// Prices, budgets and the holds this process keeps alive.
     pub finance: Arc<crate::budget::Finance>,
+    /// This process, in `worker_presence` (quota sharing).
+    pub worker_id: String,
     cancelled: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
 }
 
@@ -126,23 +132,32 @@ impl Worker {
                 ModelRuntime {
                     name: name.clone(),
                     client: OpenAiClient::new(http.clone(), &m.base_url, api_key, m.timeout),
-                    limiter: ModelLimiter::new(m.rpm, m.tpm),
+                    limiter: ModelLimiter::new(name, m.rpm, m.tpm, settings.worker.quota_headroom),
+                    breaker: crate::breaker::CircuitBreaker::new(settings.worker.breaker.clone()),
                     settings: m.clone(),
                     price,
                     price_id,
                 },
             );
         }
-        Ok(Self {
+        let worker = Self {
+            worker_id: format!("w-{}", uuid::Uuid::now_v7()),
             settings: Arc::new(settings),
             client,
             js,
             pool,
             models: Arc::new(models),
             counters: Arc::default(),
+            metrics: Arc::new(switchyard_runtime::metrics::Metrics::worker()),
             finance: Arc::new(finance),
             cancelled: Arc::default(),
-        })
+        };
+        if worker.settings.worker.fleet_quota {
+            crate::quota::join(&worker)
+                .await
+                .context("cannot register for quota sharing")?;
+        }
+        Ok(worker)
     }
 
     /// True when the job was cancelled (asks Postgres at most every 500 ms per job).

@@ -163,6 +163,26 @@ async fn process(
         deliveries: delivered as i32,
         error,
     };
+    // Defence in depth: the dispatcher, escalation, shadow sampling, budget downgrades and
+    // retries all keep `local_only` items on local tiers; a message that says otherwise (a
+    // bug, a hand-made message) is refused before anything is sent to a model.
+    if item.local_only && !w.settings.tiers.get(tier).is_some_and(|t| t.local) {
+        let outcome = fail(format!(
+            "local_only item refused on tier `{tier}`, which is not local (nothing was sent to \
+             its model)"
+        ));
+        send(
+            tx,
+            Pending {
+                outcome,
+                acker,
+                escalation: None,
+                dead_payload: Some(msg.payload.clone()),
+            },
+        )
+        .await;
+        return;
+    }
     let Some(model) = w
         .settings
         .model_for(tier, &item.models)
@@ -205,9 +225,11 @@ async fn process(
     };
     let keepalive_period = w.settings.worker.ack_wait / 3;
     WorkerCounters::add(&w.counters.calls, 1);
+    let call_started = std::time::Instant::now();
     let (result, stats) = call_model(
         &model.client,
         &model.limiter,
+        &model.breaker,
         &request,
         estimated_tokens,
         model.settings.max_retries,
@@ -218,11 +240,45 @@ async fn process(
     .await;
     WorkerCounters::add(&w.counters.throttled, u64::from(stats.throttled));
     WorkerCounters::add(&w.counters.retries, u64::from(stats.retries));
+    crate::metrics::called(w, &model.name, &result, &stats, call_started.elapsed());
     let completion = match result {
         Ok(c) => c,
         Err(CallFailure::ShuttingDown) => {
             WorkerCounters::add(&w.counters.naked, 1);
             let _ = acker.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
+        Err(CallFailure::CircuitOpen {
+            retry_in,
+            last_error,
+        }) => {
+            if delivered >= w.settings.worker.max_deliver {
+                let error = format!(
+                    "gave up after {delivered} deliveries: circuit breaker open for `{}` \
+                     (provider failing; last error: {last_error})",
+                    model.name
+                );
+                send(
+                    tx,
+                    Pending {
+                        outcome: fail(error),
+                        acker,
+                        escalation: None,
+                        dead_payload: Some(msg.payload.clone()),
+                    },
+                )
+                .await;
+            } else {
+                // Back when the breaker lets a probe through, spread out so the items do
+                // not all return at once.
+                let spread = retry_in.mul_f64(rand::random_range(1.0..1.5));
+                WorkerCounters::add(&w.counters.naked, 1);
+                let _ = acker
+                    .ack_with(AckKind::Nak(Some(
+                        spread.max(w.settings.worker.retry_delay),
+                    )))
+                    .await;
+            }
             return;
         }
         Err(CallFailure::Refused(e)) => {

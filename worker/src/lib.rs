@@ -19,8 +19,10 @@
 //!
 //! [`budget`] holds each call's worst-case cost against its team's budget before the call
 //! and settles it in the commit that books the call; [`price_book`] keeps the price versions
-//! (the ledger books the version in force at each call's time).
+//! (the ledger books the version in force at each call's time). [`metrics`] counts calls,
+//! latency, tokens, cost, escalations and quota waits for `/metrics`.
 
+pub mod breaker;
 pub mod budget;
 pub mod call;
 pub mod committer;
@@ -28,7 +30,9 @@ pub mod context;
 pub mod lane;
 pub mod limiter;
 pub mod llm;
+pub mod metrics;
 pub mod price_book;
+pub mod quota;
 pub mod reaper;
 
 use anyhow::Context as _;
@@ -61,6 +65,20 @@ pub async fn run_with(
     tiers: Vec<String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if let Some(addr) = worker.settings.metrics.listen {
+        switchyard_runtime::metrics::serve(addr, worker.metrics.clone(), shutdown.clone()).await?;
+    }
+    let t = worker.settings.topology();
+    for tier in &tiers {
+        switchyard_runtime::metrics::watch_consumer(
+            worker.js.clone(),
+            t.work_stream(),
+            t.worker_consumer(tier),
+            worker.metrics.clone(),
+            switchyard_runtime::metrics::LAG_PERIOD,
+            shutdown.clone(),
+        );
+    }
     let tracker = TaskTracker::new();
     let mut handles = Vec::new();
     for tier in tiers {
@@ -80,6 +98,16 @@ pub async fn run_with(
         tracker.spawn(async move {
             if let Err(e) = reaper::run_reaper(w, token).await {
                 tracing::warn!(error = %format!("{e:#}"), "dead-letter reaper stopped");
+            }
+        });
+    }
+    // Quota shares and fleet-wide pauses: also kept up while the lanes drain.
+    let quota_token = CancellationToken::new();
+    if worker.settings.worker.fleet_quota {
+        let (w, token) = (worker.clone(), quota_token.clone());
+        tracker.spawn(async move {
+            if let Err(e) = quota::run_coordinator(w, token).await {
+                tracing::warn!(error = %format!("{e:#}"), "quota coordinator stopped");
             }
         });
     }
@@ -104,6 +132,7 @@ pub async fn run_with(
     }
     shutdown.cancel();
     finance_token.cancel();
+    quota_token.cancel();
     tracker.wait().await;
     let _ = worker.client.flush().await;
     first_error.map_or(Ok(()), Err)

@@ -39,15 +39,30 @@ pub fn spawn_role(
     args: &[&str],
 ) -> anyhow::Result<RoleProcess> {
     let exe = std::env::current_exe()?;
+    // `SWITCHYARD_BENCH_LOGS=DIR` keeps each role's log (at `RUST_LOG`, default warn) there.
+    let stderr = match std::env::var_os("SWITCHYARD_BENCH_LOGS") {
+        Some(dir) => {
+            let name = format!(
+                "{}-{}.log",
+                args.join("-").replace(['/', ','], "_"),
+                ulid::Ulid::new()
+            );
+            Stdio::from(std::fs::File::create(Path::new(&dir).join(name))?)
+        }
+        None => Stdio::null(),
+    };
     let child = Command::new(exe)
         .arg("--config")
         .arg(config)
         .args(args)
         .env("NATS_URL", &settings.nats.url)
         .env("DATABASE_URL", settings.database_url())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()?;
     Ok(RoleProcess { child })
 }

@@ -28,27 +28,54 @@ pub struct TokenEstimate {
 /// Chat framing tokens per message.
 const PER_MESSAGE: usize = 4;
 
+/// The estimate of one task, computed once per job (the instructions are the same for every
+/// item), then per item from its text alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimator {
+    /// Characters of every message but the item's text.
+    fixed_chars: usize,
+    messages: usize,
+    completion: u32,
+}
+
+impl Estimator {
+    /// The estimator of `task`.
+    pub fn new(task: &Task, generate_max_tokens: u32) -> Self {
+        let messages = prompt::messages_for(task, "");
+        let fixed_chars = messages.iter().map(|m| m.content.chars().count()).sum();
+        let completion = match task {
+            Task::Classify { labels, .. } => labels
+                .iter()
+                .map(|l| l.chars().count().div_ceil(4))
+                .max()
+                .unwrap_or(1)
+                .max(1) as u32,
+            Task::Summarize { max_words, .. } => {
+                (f64::from(max_words.unwrap_or(DEFAULT_MAX_WORDS)) * 1.3).ceil() as u32
+            }
+            Task::Generate { .. } => generate_max_tokens.div_ceil(2),
+        };
+        Self {
+            fixed_chars,
+            messages: messages.len(),
+            completion,
+        }
+    }
+
+    /// The tokens of one item with this text.
+    pub fn tokens(&self, text: &str) -> TokenEstimate {
+        let prompt =
+            (self.fixed_chars + text.chars().count()).div_ceil(4) + PER_MESSAGE * self.messages;
+        TokenEstimate {
+            prompt: u32::try_from(prompt).unwrap_or(u32::MAX),
+            completion: self.completion,
+        }
+    }
+}
+
 /// The tokens one item of `task` is expected to use.
 pub fn tokens(task: &Task, text: &str, generate_max_tokens: u32) -> TokenEstimate {
-    let messages = prompt::messages_for(task, text);
-    let chars: usize = messages.iter().map(|m| m.content.chars().count()).sum();
-    let prompt = chars.div_ceil(4) + PER_MESSAGE * messages.len();
-    let completion = match task {
-        Task::Classify { labels, .. } => labels
-            .iter()
-            .map(|l| l.chars().count().div_ceil(4))
-            .max()
-            .unwrap_or(1)
-            .max(1) as u32,
-        Task::Summarize { max_words, .. } => {
-            (max_words.unwrap_or(DEFAULT_MAX_WORDS) as f64 * 1.3).ceil() as u32
-        }
-        Task::Generate { .. } => generate_max_tokens.div_ceil(2),
-    };
-    TokenEstimate {
-        prompt: u32::try_from(prompt).unwrap_or(u32::MAX),
-        completion,
-    }
+    Estimator::new(task, generate_max_tokens).tokens(text)
 }
 
 /// The expected cost of one call with these tokens at this price.

@@ -11,9 +11,11 @@
 //! - [`tariff`]: a price version's full tariff (cached input, batch discount) and its checks.
 //! - [`prompt`]: the chat messages a task sends to a model.
 //! - [`confidence`]: how sure a model was, from its logprobs, and whether to escalate.
+//! - [`completion`]: reading a provider's chat completion body (pure, fuzzed).
 
 pub mod agreement;
 pub mod calibrate;
+pub mod completion;
 pub mod confidence;
 pub mod estimate;
 pub mod policy;

@@ -73,6 +73,24 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
     if let Some(project) = &spec.project {
         check_name("project", project, limits)?;
     }
+    let instructions = match &spec.task {
+        Task::Classify { instructions, .. }
+        | Task::Summarize { instructions, .. }
+        | Task::Generate { instructions } => instructions.as_deref(),
+    };
+    if let Some(text) = instructions {
+        // Sent with every item: bounded like an item's text.
+        if text.len() > limits.max_item_bytes {
+            return reject(format!(
+                "task instructions are {} bytes (limit {})",
+                text.len(),
+                limits.max_item_bytes
+            ));
+        }
+        if text.contains('\0') {
+            return reject("task instructions contain a NUL byte");
+        }
+    }
     match &spec.task {
         Task::Classify { labels, .. } => {
             if labels.is_empty() {

@@ -21,6 +21,18 @@ pub enum DecodeError {
     UnsupportedVersion { found: u64, max: u16 },
 }
 
+/// How deeply a message may nest (maps and arrays, metadata included). Decoding recurses per
+/// level: without a bound, a few kilobytes of `[[[[…]]]]` overflow a thread's stack and crash
+/// every process that reads the message (a poison message no retry policy can catch).
+pub const MAX_DEPTH: usize = 64;
+
+/// `rmp_serde::from_slice` with the nesting bounded by [`MAX_DEPTH`].
+fn from_slice_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de)
+}
+
 /// Encodes a message as MessagePack with named fields.
 ///
 /// # Errors
@@ -45,7 +57,7 @@ pub struct Envelope {
 /// # Errors
 /// [`DecodeError::Malformed`] when the bytes are not a MessagePack map.
 pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-    rmp_serde::from_slice::<Envelope>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    from_slice_bounded::<Envelope>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
 /// Decodes a versioned message, checking the version first.
@@ -65,7 +77,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
         }
         Some(_) => {}
     }
-    rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    from_slice_bounded(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]
@@ -114,6 +126,30 @@ mod tests {
             decode_envelope(&bytes).unwrap().job_id.as_deref(),
             Some("j")
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursing_into_it() {
+        // 100,000 nested arrays in an item's metadata: refused, and the stack survives even
+        // on a small thread.
+        let mut spec = JobSpec::new("deep", Task::Generate { instructions: None });
+        let mut item = Item::new("1", "x");
+        item.metadata.insert("m".into(), serde_json::Value::Null);
+        spec.items = Some(vec![item]);
+        let bytes = encode(&spec).unwrap();
+        let at = bytes.iter().rposition(|b| *b == 0xc0).unwrap();
+        let mut deep = bytes[..at].to_vec();
+        deep.extend(std::iter::repeat_n(0x91u8, 100_000));
+        deep.push(0xc0);
+        deep.extend_from_slice(&bytes[at + 1..]);
+        let err = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || decode::<JobSpec>(&deep))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("depth limit exceeded"), "{err}");
     }
 
     #[test]

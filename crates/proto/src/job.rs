@@ -257,3 +257,43 @@ pub struct Cascade {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_escalations: Option<u8>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    #[test]
+    fn new_routing_kinds_and_shadow_travel_and_budgets_stay_exact() {
+        let mut spec = JobSpec::new("j", Task::Generate { instructions: None });
+        spec.items = Some(vec![Item::new("1", "x")]);
+        spec.policy.routing = Routing::BudgetUsd {
+            value: "12.345".parse().unwrap(),
+        };
+        spec.policy.shadow = Some(0.05);
+        let back: JobSpec = decode(&encode(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+        let json = serde_json::to_value(&spec.policy).unwrap();
+        assert_eq!(
+            json["routing"],
+            serde_json::json!({"kind": "budget_usd", "value": "12.345"})
+        );
+        // A version-1 policy without the new fields still decodes.
+        let old: Policy = serde_json::from_value(
+            serde_json::json!({"routing": {"kind": "quality", "value": 0.9}}),
+        )
+        .unwrap();
+        assert_eq!(old.routing, Routing::Quality { value: 0.9 });
+        assert_eq!(old.shadow, None);
+        // Integers are dollars; floats are refused.
+        let int: Routing =
+            serde_json::from_value(serde_json::json!({"kind": "budget_usd", "value": 3})).unwrap();
+        assert_eq!(int, Routing::BudgetUsd { value: 3.into() });
+        let e = serde_json::from_value::<Routing>(
+            serde_json::json!({"kind": "budget_usd", "value": 2.5}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("decimal strings"), "{e}");
+    }
+}

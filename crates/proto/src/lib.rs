@@ -8,6 +8,7 @@
 //! - [`work`]: one item routed to a tier, published by the dispatcher on
 //!   `<prefix>.work.<tier>` and by workers when they escalate.
 //! - [`event`]: progress and completion events on core NATS subjects.
+//! - [`teams`]: team-scoped submit and results subjects (identity from NATS permissions).
 //! - [`topology`]: stream, subject, bucket and header names derived from a deployment prefix.
 //!
 //! Versioning rules: every top-level message carries `v`. New fields are optional; a decoder
@@ -16,6 +17,7 @@
 pub mod codec;
 pub mod event;
 pub mod job;
+pub mod teams;
 pub mod topology;
 pub mod work;
 

@@ -143,6 +143,11 @@ impl Topology {
         format!("{}.budget.warnings.*", self.prefix)
     }
 
+    /// Core subject on which a 429's pause of a model is shared by every worker.
+    pub fn pause_subject(&self) -> String {
+        format!("{}.control.pause", self.prefix)
+    }
+
     /// Object store bucket for large job inputs.
     pub fn inputs_bucket(&self) -> String {
         format!("{}_INPUTS", self.upper())

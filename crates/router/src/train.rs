@@ -605,6 +605,61 @@ mod tests {
     }
 
     #[test]
+    fn fine_tuning_starts_from_the_base_and_keeps_what_it_does_not_see() {
+        let ex = |texts: &[&'static str], weak: f64| -> Vec<Example<'static>> {
+            texts
+                .iter()
+                .map(|t| Example {
+                    text: t,
+                    kind: TaskKind::Generate,
+                    weak,
+                    strong: 1.0,
+                    weight: 1.0,
+                })
+                .collect()
+        };
+        let mut cfg = TrainConfig::default();
+        cfg.features.bits = 12;
+        let mut base_ex = ex(&["prove the integral converges", "a proof about sums"], 0.0);
+        base_ex.extend(ex(&["the capital of france", "the capital of peru"], 1.0));
+        let base = train_linear(&base_ex, &cfg).expect("base");
+        // New traffic: "invoice" items are hard; nothing about proofs or capitals.
+        let new = ex(
+            &[
+                "invoice dispute reverse charge",
+                "invoice chargeback reason",
+            ],
+            0.0,
+        );
+        let tuned = fine_tune(&base, &new, &cfg).expect("tuned");
+        assert_eq!(
+            tuned.df, base.df,
+            "the base's vocabulary statistics are kept"
+        );
+        let (b, t) = (
+            LearnedRouter::new("b", &base),
+            LearnedRouter::new("t", &tuned),
+        );
+        let invoice = "an invoice with a reverse charge";
+        assert!(t.score(invoice, TaskKind::Generate) > b.score(invoice, TaskKind::Generate));
+        // Buckets the new data never touches keep the base's weights exactly.
+        let untouched: Vec<usize> = (0..base.df.len())
+            .filter(|&i| base.heads[0].weights[i] != 0.0)
+            .filter(|&i| {
+                !new.iter().any(|e| {
+                    GramCounts::of(&cfg.features, e.text, e.kind)
+                        .distinct_buckets()
+                        .any(|bk| bk as usize == i)
+                })
+            })
+            .collect();
+        assert!(!untouched.is_empty());
+        for i in untouched {
+            assert_eq!(tuned.heads[0].weights[i], base.heads[0].weights[i]);
+        }
+    }
+
+    #[test]
     fn rejects_bad_input() {
         let cfg = TrainConfig::default();
         assert!(matches!(

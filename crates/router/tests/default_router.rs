@@ -33,6 +33,15 @@ fn default_router_is_the_committed_learned_artifact() {
             .iter()
             .any(|s| s.file == "routellm_mmlu.dev.jsonl")
     );
+    // It knows the weak model's quality per task kind (what `quality=q` predicts from).
+    for kind in [TaskKind::Classify, TaskKind::Summarize, TaskKind::Generate] {
+        let q = art.quality[kind.as_str()];
+        assert!(
+            0.3 < q.weak && q.weak < q.strong && q.strong < 1.0,
+            "{kind}: {q:?}"
+        );
+        assert_eq!(router.weak_quality(kind), Some(q.weak));
+    }
 
     let from_file = load_router(&artifact_path()).expect("loads");
     for (text, kind) in [

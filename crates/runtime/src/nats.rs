@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
+use secrecy::ExposeSecret as _;
 
 use crate::settings::{Settings, StorageKind};
 
@@ -25,30 +26,50 @@ use crate::settings::{Settings, StorageKind};
 /// # Errors
 /// When the server cannot be reached (the message names the URL).
 pub async fn connect(settings: &Settings, client_name: &str) -> anyhow::Result<async_nats::Client> {
-    let servers = server_list(&settings.nats.url)
-        .with_context(|| format!("invalid NATS URL `{}`", settings.nats.url))?;
-    async_nats::ConnectOptions::new()
+    // Credentials may be in the URL: messages show it redacted.
+    let shown = crate::security_settings::redact_nats_url(&settings.nats.url);
+    let (bare, in_url) = crate::security_settings::split_url_credentials(&settings.nats.url);
+    // async-nats logs server addresses (at debug level): hand it URLs without credentials and
+    // pass those as options instead.
+    let servers = server_list(&bare).with_context(|| format!("invalid NATS URL `{shown}`"))?;
+    let mut options = async_nats::ConnectOptions::new();
+    match in_url {
+        Some((user, Some(password))) => {
+            options = options.user_and_password(user, password.expose_secret().to_owned());
+        }
+        Some((token, None)) => options = options.token(token),
+        None => {}
+    }
+    let options = options
         .name(client_name)
         .connection_timeout(Duration::from_secs(5))
         // Keep trying other cluster nodes (and this one) forever: a restarted or failed-over
         // server is the normal case, not an error.
-        .max_reconnects(None)
+        .max_reconnects(None);
+    let options = settings
+        .nats
+        .auth
+        .apply(settings.nats.tls.apply(options))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    options
         .connect(servers)
         .await
-        .with_context(|| format!("cannot connect to NATS at `{}`", settings.nats.url))
+        .with_context(|| format!("cannot connect to NATS at `{shown}`"))
 }
 
 /// Parses `nats://a:4222,nats://b:4222` (a cluster's nodes) into server addresses.
 ///
 /// # Errors
-/// When one of them is not a valid NATS URL.
+/// When one of them is not a valid NATS URL (named with its credentials redacted).
 pub fn server_list(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
     url.split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .map(|u| {
-            u.parse::<async_nats::ServerAddr>()
-                .map_err(|e| anyhow::anyhow!("`{u}`: {e}"))
+            u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                anyhow::anyhow!("`{}`: {e}", crate::security_settings::redact_nats_url(u))
+            })
         })
         .collect()
 }
@@ -82,7 +103,10 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &Settings) -> any
     let streams = [
         stream::Config {
             name: t.jobs_stream(),
-            subjects: vec![t.jobs_submit_subject()],
+            subjects: vec![
+                t.jobs_submit_subject(),
+                switchyard_proto::teams::submit_wildcard(&t),
+            ],
             retention: stream::RetentionPolicy::WorkQueue,
             ..base.clone()
         },
@@ -180,6 +204,23 @@ pub async fn ensure_consumer(
     };
     match stream.create_consumer(config.clone()).await {
         Ok(c) => Ok(c),
+        Err(create_err)
+            if spec.filter_subject.is_empty()
+                && stream
+                    .get_consumer::<consumer::pull::Config>(&spec.durable)
+                    .await
+                    .is_ok_and(|c| !c.cached_info().config.filter_subject.is_empty()) =>
+        {
+            // A consumer from before team subjects, filtered on the bare submit subject (a
+            // 2.9 server cannot change a filter). On a work-queue stream recreating it loses
+            // nothing: unacked messages stay in the stream for the new consumer.
+            tracing::warn!(consumer = %spec.durable, error = %create_err, "recreating consumer without its old subject filter");
+            let _ = stream.delete_consumer(&spec.durable).await;
+            stream
+                .create_consumer(config)
+                .await
+                .with_context(|| format!("cannot recreate consumer `{}`", spec.durable))
+        }
         Err(create_err) => {
             // Exists with other settings (e.g. created by an older version): use it as it is.
             // Updating a consumer needs a 2.10+ server; the log says what differs.
@@ -203,9 +244,10 @@ pub fn dispatcher_consumer_spec(settings: &Settings) -> ConsumerSpec {
     ConsumerSpec {
         stream: t.jobs_stream(),
         durable: t.dispatcher_consumer(),
-        filter_subject: t.jobs_submit_subject(),
+        // Every submit subject: the bare one and each team's.
+        filter_subject: String::new(),
         // A large job takes a while; the dispatcher sends in-progress acks meanwhile.
-        ack_wait: Duration::from_secs(60),
+        ack_wait: settings.dispatcher.ack_wait,
         max_deliver: settings.dispatcher.max_deliver,
         max_ack_pending: 64,
     }

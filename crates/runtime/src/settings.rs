@@ -45,6 +45,12 @@ pub struct Settings {
     /// Routing rules (force a tier, shift the learned score): see `switchyard_core::rules`.
     #[serde(default)]
     pub routing: switchyard_core::rules::RoutingSettings,
+    /// Where a job's team comes from, and the NATS user → team mapping (docs/security.md).
+    #[serde(default)]
+    pub security: crate::security_settings::SecuritySettings,
+    /// Where the process serves Prometheus `/metrics`.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// Models by name (the name sent to the provider).
     #[serde(default = "default_models")]
     pub models: BTreeMap<String, ModelSettings>,
@@ -53,11 +59,21 @@ pub struct Settings {
     pub tiers: BTreeMap<String, TierSettings>,
 }
 
+/// Prometheus `/metrics` (see `crate::metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Address to serve `/metrics` on (e.g. `0.0.0.0:9464`); none: not served. The
+    /// dispatcher and worker commands' `--metrics-listen` overrides it.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// NATS connection and naming.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSettings {
-    /// Server URL; `NATS_URL` overrides it.
+    /// Server URL; `NATS_URL` overrides it. Credentials in it are never printed.
+    #[serde(serialize_with = "crate::security_settings::serialize_nats_url")]
     pub url: String,
     /// Prefix of every stream, subject and bucket name, so deployments can share a server.
     pub prefix: String,
@@ -68,6 +84,10 @@ pub struct NatsSettings {
     /// How long JetStream remembers `Nats-Msg-Id`s to drop duplicate publishes.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
+    /// Authentication (`[nats.auth]`): user/password, token, nkey or a credentials file.
+    pub auth: crate::security_settings::NatsAuth,
+    /// TLS (`[nats.tls]`).
+    pub tls: crate::security_settings::NatsTls,
 }
 
 /// Stream storage.
@@ -86,6 +106,8 @@ impl Default for NatsSettings {
             storage: StorageKind::File,
             replicas: 1,
             duplicate_window: Duration::from_secs(300),
+            auth: crate::security_settings::NatsAuth::default(),
+            tls: crate::security_settings::NatsTls::default(),
         }
     }
 }
@@ -98,6 +120,8 @@ pub struct DatabaseSettings {
     #[serde(serialize_with = "serialize_redacted_url")]
     pub url: SecretString,
     pub max_connections: u32,
+    /// TLS (`[database.tls]`), merged into the URL when the settings are loaded.
+    pub tls: crate::security_settings::PostgresTls,
 }
 
 impl Default for DatabaseSettings {
@@ -105,6 +129,7 @@ impl Default for DatabaseSettings {
         Self {
             url: SecretString::from(DEFAULT_DATABASE_URL),
             max_connections: 16,
+            tls: crate::security_settings::PostgresTls::default(),
         }
     }
 }
@@ -135,6 +160,14 @@ pub struct DispatcherSettings {
     pub max_escalations: u8,
     /// Deliveries of a job message before it is dead-lettered.
     pub max_deliver: i64,
+    /// JetStream redelivers a job message not acked (or progressed) within this time, e.g.
+    /// when its dispatcher died; a live dispatcher sends in-progress acks every third of it.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// On SIGTERM the job being dispatched gets this long to finish; then it is handed back
+    /// (nak) and another dispatcher resumes it from its stored state.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for DispatcherSettings {
@@ -152,6 +185,8 @@ impl Default for DispatcherSettings {
             confidence_threshold: 0.5,
             max_escalations: 1,
             max_deliver: 5,
+            ack_wait: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -192,6 +227,14 @@ pub struct WorkerSettings {
     /// In-flight items get this long to finish on shutdown; the rest are nak'ed.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Models' `rpm`/`tpm` are the provider's quota for the whole fleet, shared among the
+    /// live worker processes (false: each process applies them on its own).
+    pub fleet_quota: bool,
+    /// Share of the quota the fleet aims at (keeps a margin for clock skew between
+    /// processes and the provider's window).
+    pub quota_headroom: f64,
+    /// The per-model circuit breaker (`[worker.breaker]`).
+    pub breaker: crate::reliability_settings::BreakerSettings,
 }
 
 impl Default for WorkerSettings {
@@ -205,6 +248,9 @@ impl Default for WorkerSettings {
             max_deliver: 5,
             retry_delay: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(20),
+            fleet_quota: true,
+            quota_headroom: 0.98,
+            breaker: crate::reliability_settings::BreakerSettings::default(),
         }
     }
 }
@@ -383,6 +429,8 @@ impl Default for Settings {
             worker: WorkerSettings::default(),
             finance: crate::finance_settings::FinanceSettings::default(),
             routing: switchyard_core::rules::RoutingSettings::default(),
+            security: crate::security_settings::SecuritySettings::default(),
+            metrics: MetricsSettings::default(),
             models: default_models(),
             tiers: default_tiers(),
         }
@@ -445,6 +493,11 @@ impl Settings {
             settings.database.url = SecretString::from(url.clone());
         }
         settings.validate()?;
+        let merged = settings
+            .database
+            .tls
+            .merge_into(settings.database.url.expose_secret());
+        settings.database.url = SecretString::from(merged);
         Ok(settings)
     }
 
@@ -557,10 +610,23 @@ impl Settings {
         if w.max_deliver < 2 || d.max_deliver < 2 {
             return bad("max_deliver must be at least 2".into());
         }
+        if !(w.quota_headroom > 0.0 && w.quota_headroom <= 1.0) {
+            return bad("worker.quota_headroom must be in (0, 1]".into());
+        }
+        if d.ack_wait < Duration::from_secs(3) {
+            return bad("dispatcher.ack_wait must be at least 3s".into());
+        }
         if w.ack_wait < Duration::from_secs(1) {
             return bad("worker.ack_wait must be at least 1s".into());
         }
         self.finance.validate().map_err(SettingsError::Invalid)?;
+        self.nats.auth.validate().map_err(SettingsError::Invalid)?;
+        self.nats.tls.validate().map_err(SettingsError::Invalid)?;
+        self.database
+            .tls
+            .validate()
+            .map_err(SettingsError::Invalid)?;
+        self.security.validate().map_err(SettingsError::Invalid)?;
         self.routing_rules()?;
         Ok(())
     }

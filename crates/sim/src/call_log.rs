@@ -18,7 +18,8 @@ use crate::error::SimError;
 pub struct CallRecord {
     /// 0, 1, 2, ... in the order calls were logged.
     pub seq: u64,
-    /// The `id` of the chat.completion answered; `None` for errors.
+    /// The `id` of the chat.completion answered; `None` for errors and for bodies the client
+    /// cannot use (a broken connection, malformed JSON, no choices).
     pub response_id: Option<String>,
     pub model: String,
     pub status: u16,
@@ -34,8 +35,13 @@ pub struct CallRecord {
     /// When the call was logged, in milliseconds since the Unix epoch.
     pub unix_ms: u64,
     /// The injected fault (`fail_next`, `rate_limit_next`, `rpm_limit`, `tpm_limit`,
-    /// `error_rate`, `timeout`), if any.
+    /// `error_rate`, `timeout`, `status`, `rate_limit`, `reset`, `trickle`, `malformed_json`,
+    /// `no_usage`, `empty_choices`), if any.
     pub fault: Option<String>,
+    /// The client tag of the route the call came in on (`/c/<tag>/v1/…`), if any: lets a
+    /// test tell which client process made the call.
+    #[serde(default)]
+    pub client: Option<String>,
 }
 
 impl CallRecord {
@@ -55,6 +61,7 @@ impl CallRecord {
             completion_tokens: 0,
             unix_ms: 0,
             fault: None,
+            client: None,
         }
     }
 }

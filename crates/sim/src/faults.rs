@@ -1,9 +1,16 @@
 //! Fault injection: the failures a real provider throws at a client, on demand.
 //!
 //! [`Faults`] is the knob set (also the JSON body of `PUT /sim/faults`); [`Fault`] is what
-//! happened to one call. Scripted faults (`fail_next`, `rate_limit_next`) let a test provoke an
-//! exact failure; the rates give a soak test a steady, seeded trickle of them.
+//! happened to one call. Scripted faults (`fail_next`, `rate_limit_next`, and the `script`
+//! queue of any [`FaultKind`]) let a test provoke an exact failure; the rates give a soak test
+//! a steady, seeded trickle of them.
+//!
+//! Besides HTTP errors, the simulator misbehaves the way real providers and proxies do at the
+//! body level: the connection breaks mid-response (`reset`), the body dribbles in slowly
+//! (`trickle`), is cut short (`malformed_json`), lacks `usage` (`no_usage`) or has an empty
+//! `choices` list (`empty_choices`).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +32,44 @@ pub struct Faults {
     /// The next N calls answer 429 with `Retry-After: retry_after_secs`.
     pub rate_limit_next: u32,
     pub retry_after_secs: u32,
+    /// The next calls fail with these faults, in order (after `fail_next` and
+    /// `rate_limit_next`).
+    pub script: VecDeque<FaultKind>,
+    /// Fraction of calls whose connection breaks mid-response.
+    pub reset_rate: f64,
+    /// Fraction of calls answered 200 with a truncated (unparsable) JSON body.
+    pub malformed_rate: f64,
+    /// Fraction of calls answered without `usage`.
+    pub no_usage_rate: f64,
+    /// Fraction of calls answered with `choices: []`.
+    pub empty_choices_rate: f64,
+    /// Fraction of calls whose body trickles in over [`Faults::trickle`].
+    pub trickle_rate: f64,
+    /// How long a trickling body takes from first to last byte.
+    #[serde(with = "duration_serde")]
+    pub trickle: Duration,
+}
+
+/// A fault that can be scripted (`script`) by name: `http_500`, `http_502`, `http_503`,
+/// `rate_limit` (429 with `Retry-After`), `rate_limit_no_retry_after`, `reset`, `timeout`,
+/// `trickle`, `malformed_json`, `no_usage`, `empty_choices`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    #[serde(rename = "http_500")]
+    Http500,
+    #[serde(rename = "http_502")]
+    Http502,
+    #[serde(rename = "http_503")]
+    Http503,
+    RateLimit,
+    RateLimitNoRetryAfter,
+    Reset,
+    Timeout,
+    Trickle,
+    MalformedJson,
+    NoUsage,
+    EmptyChoices,
 }
 
 impl Default for Faults {
@@ -36,6 +81,13 @@ impl Default for Faults {
             fail_next: 0,
             rate_limit_next: 0,
             retry_after_secs: 1,
+            script: VecDeque::new(),
+            reset_rate: 0.0,
+            malformed_rate: 0.0,
+            no_usage_rate: 0.0,
+            empty_choices_rate: 0.0,
+            trickle_rate: 0.0,
+            trickle: Duration::from_secs(2),
         }
     }
 }
@@ -53,8 +105,22 @@ pub enum Fault {
     TokenLimit { retry_after_secs: u32 },
     /// `error_rate`: 500, 502 or 503.
     RandomError { status: u16 },
-    /// `timeout_rate`: hangs, then answers normally.
+    /// `timeout_rate` or scripted: hangs, then answers normally.
     Timeout,
+    /// Scripted HTTP error (500, 502, 503).
+    Status { status: u16 },
+    /// Scripted 429, with or without `Retry-After`.
+    RateLimited { retry_after_secs: Option<u32> },
+    /// The connection breaks after the status line and a few bytes of body.
+    Reset,
+    /// A correct body, sent in small pieces over [`Faults::trickle`].
+    Trickle,
+    /// 200 with a body cut in the middle of its JSON.
+    MalformedJson,
+    /// 200 with a correct answer but no `usage`.
+    NoUsage,
+    /// 200 with `choices: []`.
+    EmptyChoices,
 }
 
 impl Fault {
@@ -67,7 +133,20 @@ impl Fault {
             Fault::TokenLimit { .. } => "tpm_limit",
             Fault::RandomError { .. } => "error_rate",
             Fault::Timeout => "timeout",
+            Fault::Status { .. } => "status",
+            Fault::RateLimited { .. } => "rate_limit",
+            Fault::Reset => "reset",
+            Fault::Trickle => "trickle",
+            Fault::MalformedJson => "malformed_json",
+            Fault::NoUsage => "no_usage",
+            Fault::EmptyChoices => "empty_choices",
         }
+    }
+
+    /// True when the client gets a usable answer (possibly slowly, or without `usage`): the
+    /// call log keeps its response id, so it can be matched with the client's books.
+    pub fn answers(&self) -> bool {
+        matches!(self, Fault::Timeout | Fault::Trickle | Fault::NoUsage)
     }
 
     /// The HTTP status the call answers with.
@@ -77,8 +156,14 @@ impl Fault {
             Fault::RateLimitNext { .. } | Fault::RequestLimit { .. } | Fault::TokenLimit { .. } => {
                 429
             }
-            Fault::RandomError { status } => *status,
-            Fault::Timeout => 200,
+            Fault::RandomError { status } | Fault::Status { status } => *status,
+            Fault::RateLimited { .. } => 429,
+            Fault::Timeout
+            | Fault::Reset
+            | Fault::Trickle
+            | Fault::MalformedJson
+            | Fault::NoUsage
+            | Fault::EmptyChoices => 200,
         }
     }
 
@@ -88,6 +173,7 @@ impl Fault {
             Fault::RateLimitNext { retry_after_secs }
             | Fault::RequestLimit { retry_after_secs }
             | Fault::TokenLimit { retry_after_secs } => Some(*retry_after_secs),
+            Fault::RateLimited { retry_after_secs } => *retry_after_secs,
             _ => None,
         }
     }
@@ -95,10 +181,15 @@ impl Fault {
     /// The OpenAI-style error `(message, type, code)` of a failed call.
     pub fn error(&self) -> Option<(String, &'static str, &'static str)> {
         Some(match self {
-            Fault::FailNext | Fault::RandomError { .. } => (
+            Fault::FailNext | Fault::RandomError { .. } | Fault::Status { .. } => (
                 "The server had an error while processing your request (simulated).".into(),
                 "server_error",
                 "server_error",
+            ),
+            Fault::RateLimited { .. } => (
+                "Rate limit reached (simulated).".into(),
+                "requests",
+                "rate_limit_exceeded",
             ),
             Fault::RateLimitNext { retry_after_secs } => (
                 format!("Rate limit reached (simulated). Please try again in {retry_after_secs}s."),
@@ -119,8 +210,36 @@ impl Fault {
                 "tokens",
                 "rate_limit_exceeded",
             ),
-            Fault::Timeout => return None,
+            Fault::Timeout
+            | Fault::Reset
+            | Fault::Trickle
+            | Fault::MalformedJson
+            | Fault::NoUsage
+            | Fault::EmptyChoices => return None,
         })
+    }
+}
+
+impl FaultKind {
+    /// The fault this kind causes (`retry_after_secs` for a scripted `rate_limit`).
+    pub fn fault(self, retry_after_secs: u32) -> Fault {
+        match self {
+            FaultKind::Http500 => Fault::Status { status: 500 },
+            FaultKind::Http502 => Fault::Status { status: 502 },
+            FaultKind::Http503 => Fault::Status { status: 503 },
+            FaultKind::RateLimit => Fault::RateLimited {
+                retry_after_secs: Some(retry_after_secs),
+            },
+            FaultKind::RateLimitNoRetryAfter => Fault::RateLimited {
+                retry_after_secs: None,
+            },
+            FaultKind::Reset => Fault::Reset,
+            FaultKind::Timeout => Fault::Timeout,
+            FaultKind::Trickle => Fault::Trickle,
+            FaultKind::MalformedJson => Fault::MalformedJson,
+            FaultKind::NoUsage => Fault::NoUsage,
+            FaultKind::EmptyChoices => Fault::EmptyChoices,
+        }
     }
 }
 
@@ -136,6 +255,28 @@ impl Faults {
             return Some(Fault::RateLimitNext {
                 retry_after_secs: self.retry_after_secs,
             });
+        }
+        let retry_after_secs = self.retry_after_secs;
+        self.script
+            .pop_front()
+            .map(|kind| kind.fault(retry_after_secs))
+    }
+
+    /// The body-level fault for a call, given one uniform roll in `[0, 1)`: the rates are
+    /// stacked (`reset`, `malformed_json`, `no_usage`, `empty_choices`, `trickle`).
+    pub fn roll_body(&self, roll: f64) -> Option<Fault> {
+        let mut edge = 0.0;
+        for (rate, fault) in [
+            (self.reset_rate, Fault::Reset),
+            (self.malformed_rate, Fault::MalformedJson),
+            (self.no_usage_rate, Fault::NoUsage),
+            (self.empty_choices_rate, Fault::EmptyChoices),
+            (self.trickle_rate, Fault::Trickle),
+        ] {
+            edge += rate;
+            if roll < edge {
+                return Some(fault);
+            }
         }
         None
     }
@@ -236,5 +377,42 @@ mod tests {
         let json = serde_json::to_value(Faults::default()).unwrap();
         assert_eq!(json["hang"], "1m");
         assert!(serde_json::from_str::<Faults>(r#"{"hang": "soon"}"#).is_err());
+    }
+
+    #[test]
+    fn scripts_run_in_order_after_the_counters() {
+        let mut faults: Faults = serde_json::from_str(
+            r#"{"fail_next": 1, "script": ["reset", "rate_limit_no_retry_after", "http_502"]}"#,
+        )
+        .unwrap();
+        assert_eq!(faults.take_scripted(), Some(Fault::FailNext));
+        assert_eq!(faults.take_scripted(), Some(Fault::Reset));
+        assert_eq!(
+            faults.take_scripted(),
+            Some(Fault::RateLimited {
+                retry_after_secs: None
+            })
+        );
+        assert_eq!(faults.take_scripted(), Some(Fault::Status { status: 502 }));
+        assert_eq!(faults.take_scripted(), None);
+    }
+
+    #[test]
+    fn body_rates_stack() {
+        let faults = Faults {
+            reset_rate: 0.1,
+            malformed_rate: 0.1,
+            no_usage_rate: 0.1,
+            empty_choices_rate: 0.1,
+            trickle_rate: 0.1,
+            ..Faults::default()
+        };
+        assert_eq!(faults.roll_body(0.05), Some(Fault::Reset));
+        assert_eq!(faults.roll_body(0.15), Some(Fault::MalformedJson));
+        assert_eq!(faults.roll_body(0.25), Some(Fault::NoUsage));
+        assert_eq!(faults.roll_body(0.35), Some(Fault::EmptyChoices));
+        assert_eq!(faults.roll_body(0.45), Some(Fault::Trickle));
+        assert_eq!(faults.roll_body(0.55), None);
+        assert!(Fault::NoUsage.answers() && !Fault::MalformedJson.answers());
     }
 }

@@ -48,5 +48,5 @@ pub use confidence::auroc;
 pub use config::SimConfig;
 pub use dataset::{Dataset, ModelRecord, Record};
 pub use error::SimError;
-pub use faults::Faults;
+pub use faults::{FaultKind, Faults};
 pub use server::{SimHandle, start};

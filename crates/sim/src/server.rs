@@ -3,6 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/chat/completions` | answer a chat completion (see [`crate::replay`]) |
+//! | `POST /c/<tag>/v1/chat/completions` | the same, the call logged and counted in flight under client `tag` |
 //! | `GET /v1/models` | the dataset's model names |
 //! | `GET /sim/calls` | the call log as a JSON array |
 //! | `GET`/`PUT /sim/faults` | read or replace the [`Faults`] at run time |
@@ -11,15 +12,20 @@
 //! A chat call goes through: parse (400 if malformed) → decide the answer → scripted faults →
 //! rpm/tpm limits → random faults → latency → log → (hang, for a timeout fault) → respond.
 //! The call is logged *before* a timeout hang so the log is complete even though the client
-//! gives up first.
+//! gives up first. Body-level faults (a broken connection, a trickling, truncated or odd body)
+//! replace the normal response at the end.
+//!
+//! Calls in flight are counted per client tag ([`SimHandle::in_flight`]), so a chaos test can
+//! say how many calls a process had open when it was killed.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -62,6 +68,7 @@ pub async fn start(
         faults: Mutex::new(config.faults.clone()),
         limiter: Mutex::new(RateLimiter::new(config.rpm_limit, config.tpm_limit)),
         rng: Mutex::new(SplitMix64::new(config.seed)),
+        in_flight: Mutex::new(HashMap::new()),
         log,
         dataset,
         config,
@@ -104,6 +111,24 @@ impl SimHandle {
             addr.set_ip(Ipv4Addr::LOCALHOST.into());
         }
         format!("http://{addr}/v1")
+    }
+
+    /// The OpenAI base URL under client tag `tag` (`http://…/c/<tag>/v1`): calls through it
+    /// are logged with `client = tag` and counted by [`SimHandle::in_flight`].
+    pub fn base_url_for(&self, tag: &str) -> String {
+        let base = self.base_url();
+        let root = base.trim_end_matches("/v1");
+        format!("{root}/c/{tag}/v1")
+    }
+
+    /// Calls of client `tag` being served right now (received, not yet answered in full).
+    pub fn in_flight(&self, tag: &str) -> u64 {
+        lock(&self.state.in_flight).get(tag).copied().unwrap_or(0)
+    }
+
+    /// Calls of every client being served right now.
+    pub fn in_flight_total(&self) -> u64 {
+        lock(&self.state.in_flight).values().sum()
     }
 
     /// The address the server listens on.
@@ -155,8 +180,35 @@ struct AppState {
     faults: Mutex<Faults>,
     limiter: Mutex<RateLimiter>,
     rng: Mutex<SplitMix64>,
+    /// Calls being served, per client tag (`""` for untagged routes).
+    in_flight: Mutex<HashMap<String, u64>>,
     log: CallLog,
     stop: CancellationToken,
+}
+
+/// Counts one call in flight for its client while alive (a dropped handler, e.g. when the
+/// client hangs up, counts as finished).
+struct InFlight {
+    state: Arc<AppState>,
+    tag: String,
+}
+
+impl InFlight {
+    fn new(state: &Arc<AppState>, tag: &str) -> Self {
+        *lock(&state.in_flight).entry(tag.to_owned()).or_insert(0) += 1;
+        Self {
+            state: Arc::clone(state),
+            tag: tag.to_owned(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.state.in_flight).get_mut(&self.tag) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 impl AppState {
@@ -165,23 +217,26 @@ impl AppState {
     }
 
     /// Decides whether a call of `tokens` tokens to `model` is faulted, and how long a
-    /// timeout would hang.
-    fn decide_fault(&self, model: &str, tokens: u32) -> (Option<Fault>, Duration) {
+    /// timeout would hang (or a trickling body take).
+    fn decide_fault(&self, model: &str, tokens: u32) -> (Option<Fault>, Duration, Duration) {
         let (scripted, faults) = {
             let mut faults = self.faults();
             (faults.take_scripted(), faults.clone())
         };
         if scripted.is_some() {
-            return (scripted, faults.hang);
+            return (scripted, faults.hang, faults.trickle);
         }
         if let Err(limited) = lock(&self.limiter).admit(model, tokens, Instant::now()) {
-            return (Some(limited), faults.hang);
+            return (Some(limited), faults.hang, faults.trickle);
         }
-        let (error_roll, timeout_roll) = {
+        let (error_roll, timeout_roll, body_roll) = {
             let mut rng = lock(&self.rng);
-            (rng.next_f64(), rng.next_f64())
+            (rng.next_f64(), rng.next_f64(), rng.next_f64())
         };
-        (faults.roll(error_roll, timeout_roll), faults.hang)
+        let fault = faults
+            .roll(error_roll, timeout_roll)
+            .or_else(|| faults.roll_body(body_roll));
+        (fault, faults.hang, faults.trickle)
     }
 
     /// This call's latency: `latency ± uniform(jitter)`, never negative.
@@ -213,8 +268,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn routes(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/chat/completions", post(untagged_chat))
+        .route("/c/{tag}/v1/chat/completions", post(tagged_chat))
         .route("/v1/models", get(list_models))
+        .route("/c/{tag}/v1/models", get(list_models))
         .route("/sim/calls", get(list_calls))
         .route("/sim/faults", get(get_faults).put(put_faults))
         .route("/healthz", get(|| async { "ok" }))
@@ -223,11 +280,26 @@ fn routes(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn untagged_chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    chat_completions(state, None, body).await
+}
+
+async fn tagged_chat(
+    State(state): State<Arc<AppState>>,
+    Path(tag): Path<String>,
+    body: Bytes,
+) -> Response {
+    chat_completions(state, Some(tag), body).await
+}
+
+async fn chat_completions(state: Arc<AppState>, client: Option<String>, body: Bytes) -> Response {
+    let _in_flight = InFlight::new(&state, client.as_deref().unwrap_or_default());
     let request = match ChatRequest::parse(&body) {
         Ok(request) => request,
         Err(message) => {
-            state.log.record(CallRecord::new(model_hint(&body), 400));
+            let mut call = CallRecord::new(model_hint(&body), 400);
+            call.client = client;
+            state.log.record(call);
             let error = ErrorBody::new(message, "invalid_request_error", "invalid_request");
             return error_response(StatusCode::BAD_REQUEST, error, None);
         }
@@ -250,16 +322,17 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
     let tokens = answer
         .prompt_tokens
         .saturating_add(answer.completion_tokens);
-    let (fault, hang) = state.decide_fault(&request.model, tokens);
+    let (fault, hang, trickle) = state.decide_fault(&request.model, tokens);
 
     let mut call = CallRecord::new(request.model.clone(), fault.map_or(200, |f| f.status()));
     call.record_id.clone_from(&answer.record_id);
     call.fault = fault.map(|f| f.name().to_owned());
+    call.client = client;
 
     // Every fault but a timeout answers an error instead of the answer.
     let failure = fault.and_then(|f| Some((f, f.error()?)));
     if let Some((fault, (message, kind, code))) = failure {
-        if matches!(fault, Fault::RandomError { .. }) {
+        if matches!(fault, Fault::RandomError { .. } | Fault::Status { .. }) {
             // A provider's server errors take time; its gateway's 429s do not.
             state.pause(state.latency()).await;
         }
@@ -272,7 +345,10 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
 
     state.pause(state.latency()).await;
     let response_id = format!("chatcmpl-{}", Uuid::now_v7().simple());
-    call.response_id = Some(response_id.clone());
+    // Only an answer the client can use is matched with its books.
+    if fault.is_none_or(|f| f.answers()) {
+        call.response_id = Some(response_id.clone());
+    }
     call.answer = Some(answer.content.clone());
     call.correct = answer.correct;
     call.score = answer.score;
@@ -295,7 +371,79 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
         &answer,
         top_logprobs,
     );
-    Json(response).into_response()
+    match fault {
+        Some(Fault::Reset) => broken_body(&response),
+        Some(Fault::MalformedJson) => malformed_body(&response),
+        Some(Fault::NoUsage) => edited_body(&response, |v| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("usage");
+            }
+        }),
+        Some(Fault::EmptyChoices) => edited_body(&response, |v| {
+            v["choices"] = serde_json::Value::Array(Vec::new());
+        }),
+        Some(Fault::Trickle) => trickling_body(&response, trickle),
+        _ => Json(response).into_response(),
+    }
+}
+
+fn json_response(body: impl Into<axum::body::Body>) -> Response {
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The status line and the first bytes of the body, then the connection breaks.
+fn broken_body(response: &ChatResponse) -> Response {
+    let bytes = serde_json::to_vec(response).unwrap_or_default();
+    let head = Bytes::copy_from_slice(&bytes[..bytes.len().min(16)]);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(head),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset (simulated)",
+        )),
+    ];
+    json_response(axum::body::Body::from_stream(futures::stream::iter(chunks)))
+}
+
+/// 200 with the JSON cut in the middle.
+fn malformed_body(response: &ChatResponse) -> Response {
+    let mut bytes = serde_json::to_vec(response).unwrap_or_default();
+    bytes.truncate(bytes.len() / 2);
+    json_response(bytes)
+}
+
+/// 200 with the JSON body edited by `edit`.
+fn edited_body(response: &ChatResponse, edit: impl FnOnce(&mut serde_json::Value)) -> Response {
+    let mut value = serde_json::to_value(response).unwrap_or_default();
+    edit(&mut value);
+    json_response(serde_json::to_vec(&value).unwrap_or_default())
+}
+
+/// The correct body in 20 pieces spread over `total`.
+fn trickling_body(response: &ChatResponse, total: Duration) -> Response {
+    const PIECES: usize = 20;
+    let bytes = Bytes::from(serde_json::to_vec(response).unwrap_or_default());
+    let piece = bytes.len().div_ceil(PIECES).max(1);
+    let pause = total / PIECES as u32;
+    let stream = futures::stream::unfold(0usize, move |at| {
+        let bytes = bytes.clone();
+        async move {
+            if at >= bytes.len() {
+                return None;
+            }
+            if at > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            let end = (at + piece).min(bytes.len());
+            Some((Ok::<_, std::io::Error>(bytes.slice(at..end)), end))
+        }
+    });
+    json_response(axum::body::Body::from_stream(stream))
 }
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {

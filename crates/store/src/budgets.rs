@@ -639,6 +639,9 @@ async fn record_event_in(
 /// `tx` so that concurrent workers resume disjoint sets. The caller re-publishes them, then
 /// [`finish_resume`]s in the same transaction.
 ///
+/// Only items that fit on their own are candidates: with thousands parked, a small item
+/// behind `limit` larger ones would otherwise wait for ever while the budget has room for it.
+///
 /// # Errors
 /// Database errors only.
 pub async fn resumable(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Parked>> {
@@ -650,6 +653,8 @@ pub async fn resumable(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<
              FROM budget_parked k \
              LEFT JOIN budgets b ON b.team = k.team \
              LEFT JOIN budget_periods p ON p.team = k.team AND p.month = {MONTH_NOW} \
+             WHERE b.monthly_usd IS NULL OR p.team IS NULL \
+                OR k.worst_case_usd <= b.monthly_usd - p.spent_usd - p.reserved_usd \
              ORDER BY k.park_id LIMIT $1 FOR UPDATE OF k SKIP LOCKED"
         )))
         .bind(limit)

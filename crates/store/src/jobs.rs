@@ -126,19 +126,24 @@ pub async fn record_rejection(
 }
 
 /// Marks an `ingesting` job rejected after some of its items were stored (e.g. a duplicate
-/// item id found halfway through a large input), removing those items.
+/// item id found halfway through a large input), removing those items. A job in any other
+/// state is left alone: the message that failed may be a re-submission of a job id that is
+/// already running or finished, which must not be disturbed.
 ///
 /// # Errors
 /// Database errors only.
 pub async fn reject_during_ingest(pool: &PgPool, job_id: &str, reason: &str) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query("DELETE FROM items WHERE job_id = $1")
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "DELETE FROM items WHERE job_id = $1 \
+         AND EXISTS (SELECT 1 FROM jobs WHERE job_id = $1 AND status = 'ingesting')",
+    )
+    .bind(job_id)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE jobs SET status = 'rejected', rejection_reason = $2, idempotency_key = NULL, \
-         finished_at = now() WHERE job_id = $1",
+         finished_at = now() WHERE job_id = $1 AND status = 'ingesting'",
     )
     .bind(job_id)
     .bind(reason)

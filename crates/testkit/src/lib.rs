@@ -6,6 +6,7 @@
 //! loopback defaults); a missing server fails the test with instructions, never skips it.
 
 pub mod cluster;
+pub mod server;
 
 use std::time::{Duration, Instant};
 

@@ -7,9 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::json;
-use switchyard_core::confidence::TokenLogprob;
+use switchyard_core::completion;
 
 use super::{Completion, CompletionRequest, LlmClient, ProviderError};
 
@@ -62,42 +61,6 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-#[derive(Deserialize)]
-struct ChatResponse {
-    id: Option<String>,
-    #[serde(default)]
-    choices: Vec<Choice>,
-    usage: Option<Usage>,
-}
-
-#[derive(Deserialize)]
-struct Choice {
-    message: Option<ChoiceMessage>,
-    logprobs: Option<Logprobs>,
-}
-
-#[derive(Deserialize)]
-struct ChoiceMessage {
-    content: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Logprobs {
-    content: Option<Vec<LogprobToken>>,
-}
-
-#[derive(Deserialize)]
-struct LogprobToken {
-    token: String,
-    logprob: f64,
-}
-
-#[derive(Deserialize)]
-struct Usage {
-    prompt_tokens: u32,
-    completion_tokens: u32,
-}
-
 /// Reads `Retry-After` (seconds) or `retry-after-ms`.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok())
@@ -112,7 +75,8 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
 }
 
-/// Parses a completion body (public for fuzzing and tests).
+/// Parses a completion body (the pure parser is `switchyard_core::completion`, which the
+/// fuzz targets exercise).
 ///
 /// # Errors
 /// [`ProviderError::BadBody`] when the body is not JSON or has no choice with content.
@@ -122,46 +86,18 @@ pub fn parse_completion(
     prompt_chars: usize,
     latency: Duration,
 ) -> Result<Completion, ProviderError> {
-    let bad = |message: String| ProviderError::BadBody {
-        model: model.to_owned(),
-        message,
-    };
-    let parsed: ChatResponse =
-        serde_json::from_slice(body).map_err(|e| bad(format!("not a chat completion: {e}")))?;
-    let choice = parsed
-        .choices
-        .into_iter()
-        .next()
-        .ok_or_else(|| bad("no choices".into()))?;
-    let content = choice
-        .message
-        .and_then(|m| m.content)
-        .ok_or_else(|| bad("the choice has no message content".into()))?;
-    let logprobs = choice.logprobs.and_then(|l| l.content).map(|tokens| {
-        tokens
-            .into_iter()
-            .filter(|t| t.logprob.is_finite())
-            .map(|t| TokenLogprob {
-                token: t.token,
-                logprob: t.logprob.min(0.0),
-            })
-            .collect::<Vec<_>>()
-    });
-    let (prompt_tokens, completion_tokens, usage_estimated) = match parsed.usage {
-        Some(u) => (u.prompt_tokens, u.completion_tokens, false),
-        None => (
-            prompt_chars.div_ceil(4) as u32,
-            content.chars().count().div_ceil(4) as u32,
-            true,
-        ),
-    };
+    let parsed =
+        completion::parse_completion(body, prompt_chars).map_err(|e| ProviderError::BadBody {
+            model: model.to_owned(),
+            message: e.to_string(),
+        })?;
     Ok(Completion {
-        response_id: parsed.id.filter(|id| !id.is_empty() && id.len() <= 200),
-        content,
-        logprobs,
-        prompt_tokens,
-        completion_tokens,
-        usage_estimated,
+        response_id: parsed.response_id,
+        content: parsed.content,
+        logprobs: parsed.logprobs,
+        prompt_tokens: parsed.prompt_tokens,
+        completion_tokens: parsed.completion_tokens,
+        usage_estimated: parsed.usage_estimated,
         latency,
     })
 }
@@ -204,7 +140,12 @@ impl LlmClient for OpenAiClient {
             let prompt_chars = request.messages.iter().map(|m| m.content.len()).sum();
             return parse_completion(model, &bytes, prompt_chars, latency);
         }
-        let text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        let mut text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        // Some providers and proxies echo the request's key in their error: it would end up
+        // in logs, dead letters and `status`.
+        if let Some(key) = self.api_key.as_deref().filter(|k| !k.is_empty()) {
+            text = text.replace(key, "[redacted]");
+        }
         Err(match status.as_u16() {
             429 => ProviderError::RateLimited {
                 model: model.to_owned(),

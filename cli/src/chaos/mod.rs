@@ -1,0 +1,692 @@
+//! `switchyard chaos`: crashes, restarts and provider faults, and proof that they lose
+//! nothing and pay nothing twice.
+//!
+//! The run owns everything it breaks: a nats-server and a PostgreSQL of its own
+//! ([`services`], free ports, data in a temporary folder), the fleet as real child processes
+//! of this executable ([`procs`]: two dispatchers, two workers per tier) and the model
+//! simulator in this process (its call log is the provider's side of the books). It submits
+//! one job (5,000 items by default, through the object store) and, as the job progresses:
+//!
+//! 1. kills (SIGKILL) the dispatcher holding the job while it is being dispatched, and starts
+//!    a second one (then the first again);
+//! 2. kills a random worker at random points of progress and restarts it a moment later,
+//!    logging how many of its calls the simulator had in flight;
+//! 3. kills and restarts nats-server once, and restarts PostgreSQL once (`-m immediate`);
+//! 4. lets the simulator fail a steady share of calls (5xx, hangs past the timeout, broken
+//!    connections, truncated or odd bodies).
+//!
+//! When the job is finished it stops the fleet with SIGTERM and joins the simulator's call
+//! log with the ledger ([`verify`]). It passes when no item is lost, none has two final
+//! results, no answered call is booked twice, no `local_only` item was booked off its local
+//! tier, the job completed, no process exited on its own and every process exited 0 on
+//! SIGTERM.
+
+pub mod procs;
+pub mod services;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use secrecy::SecretString;
+use serde::Serialize;
+use switchyard_proto::{Cascade, Item, Policy, Routing, Task};
+use switchyard_runtime::Settings;
+use switchyard_runtime::settings::StorageKind;
+use switchyard_sim::{Faults, SimConfig, SimHandle};
+
+use crate::client::Client;
+use procs::Role;
+use services::{NatsServer, Postgres};
+use verify::Accounting;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    /// Items of the job (at least 5,000 for a run that counts).
+    pub items: usize,
+    /// Worker kills spread over the job.
+    pub worker_kills: usize,
+    /// Seed of the schedule and the simulator's faults (default: the clock).
+    pub seed: Option<u64>,
+    /// Give up (and fail) when the job has not finished by then.
+    pub timeout: Duration,
+    /// Keep the temporary folder (logs, data) even when the run passes.
+    pub keep: bool,
+}
+
+impl Default for ChaosOptions {
+    fn default() -> Self {
+        Self {
+            items: 5000,
+            worker_kills: 6,
+            seed: None,
+            timeout: Duration::from_secs(240),
+            keep: false,
+        }
+    }
+}
+
+/// One process killed on purpose.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kill {
+    /// Seconds since the run started.
+    pub at_s: f64,
+    pub process: String,
+    /// The process's calls the simulator was serving at that moment.
+    pub calls_in_flight: u64,
+    /// Items finished when it happened.
+    pub progress: String,
+}
+
+/// The report (`--json` prints it as one object).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosReport {
+    pub items: i64,
+    pub final_results: i64,
+    pub lost: i64,
+    pub duplicated_results: i64,
+    pub sim_calls: i64,
+    pub ledger_rows: i64,
+    pub double_charged: i64,
+    pub unbooked_calls: i64,
+    pub faults_injected: u64,
+    pub elapsed_s: f64,
+    /// The job's final status (`completed` when every item has an answer).
+    pub job_status: String,
+    pub passed: bool,
+    pub failed_items: i64,
+    pub retry_calls: i64,
+    pub ledger_rows_without_call: i64,
+    pub local_only_violations: i64,
+    /// Faults by kind: the simulator's, kills, restarts.
+    pub faults: BTreeMap<String, u64>,
+    pub kills: Vec<Kill>,
+    /// Processes that exited on their own during the run (each was restarted).
+    pub unexpected_exits: Vec<String>,
+    /// Calls each worker made after nats-server came back (a lane that stopped pulling after
+    /// the restart would show 0 here).
+    pub worker_calls_after_nats_restart: BTreeMap<String, u64>,
+    /// Exit codes of the fleet's processes when stopped with SIGTERM at the end.
+    pub sigterm_exit_codes: BTreeMap<String, Option<i32>>,
+    pub seed: u64,
+    /// Where logs and data were kept (only when kept).
+    pub kept_dir: Option<String>,
+}
+
+/// A small deterministic generator for the schedule (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[lo, hi)`.
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
+/// Something to break, when progress reaches `at` (a fraction of the items).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Event {
+    KillWorker,
+    RestartNats,
+    RestartPostgres,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn log(started: Instant, msg: &str) {
+    eprintln!("chaos [{:6.1}s] {msg}", started.elapsed().as_secs_f64());
+}
+
+/// The settings every process of the run shares (models point at the simulator; workers get
+/// their own client tag in [`worker_settings`]).
+fn base_settings(nats: &NatsServer, pg: &Postgres, sim: &SimHandle) -> Settings {
+    let mut s = Settings::default();
+    s.nats.url = nats.url();
+    s.nats.prefix = "chaos".to_owned();
+    s.nats.storage = StorageKind::File;
+    s.database.url = SecretString::from(pg.url("switchyard"));
+    s.database.max_connections = 6;
+    s.dispatcher.ack_wait = Duration::from_secs(10);
+    s.dispatcher.max_deliver = 10;
+    s.dispatcher.shutdown_grace = Duration::from_secs(5);
+    s.worker.concurrency = 8;
+    s.worker.fetch_batch = 8;
+    s.worker.ack_wait = Duration::from_secs(6);
+    s.worker.max_deliver = 10;
+    s.worker.retry_delay = Duration::from_millis(300);
+    s.worker.shutdown_grace = Duration::from_secs(5);
+    for m in s.models.values_mut() {
+        m.base_url = sim.base_url();
+        m.timeout = Duration::from_secs(2);
+        m.max_retries = 3;
+    }
+    s
+}
+
+fn worker_settings(base: &Settings, sim: &SimHandle, tag: &str) -> Settings {
+    let mut s = base.clone();
+    for m in s.models.values_mut() {
+        m.base_url = sim.base_url_for(tag);
+    }
+    s
+}
+
+fn write_config(dir: &Path, name: &str, settings: &Settings) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, settings.to_redacted_toml())?;
+    Ok(path)
+}
+
+/// The simulator's steady faults: about 5% of calls misbehave in some way.
+fn provider_faults() -> Faults {
+    Faults {
+        error_rate: 0.02,
+        timeout_rate: 0.004,
+        hang: Duration::from_secs(4),
+        reset_rate: 0.004,
+        malformed_rate: 0.004,
+        no_usage_rate: 0.004,
+        empty_choices_rate: 0.004,
+        trickle_rate: 0.004,
+        trickle: Duration::from_millis(600),
+        ..Faults::default()
+    }
+}
+
+/// `n` MMLU items from the bundled data (cycled, with distinct ids), one in 20 `local_only`.
+fn chaos_items(n: usize) -> anyhow::Result<Vec<Item>> {
+    let data = crate::demo::bundled_dataset()?;
+    let records: Vec<_> = data.records().filter(|r| r.choices.is_some()).collect();
+    anyhow::ensure!(!records.is_empty(), "the bundled data has no MMLU items");
+    Ok((0..n)
+        .map(|i| {
+            let r = records[i % records.len()];
+            let mut item = Item::new(format!("{}#{}", r.id, i / records.len()), &r.prompt);
+            if i % 20 == 7 {
+                item.sensitivity = Some("local_only".to_owned());
+            }
+            item
+        })
+        .collect())
+}
+
+struct Progress {
+    finished: i64,
+    items: i64,
+    status: String,
+}
+
+async fn progress(client: &Client, job_id: &str) -> Option<Progress> {
+    let (finished, items): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status IN ('done', 'failed', 'cancelled')), count(*) \
+         FROM items WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_one(&client.pool)
+    .await
+    .ok()?;
+    let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_optional(&client.pool)
+        .await
+        .ok()??;
+    Some(Progress {
+        finished,
+        items,
+        status,
+    })
+}
+
+/// The run's moving parts.
+struct Run {
+    started: Instant,
+    sim: SimHandle,
+    nats: NatsServer,
+    pg: Postgres,
+    dispatchers: Vec<Role>,
+    workers: Vec<Role>,
+    kills: Vec<Kill>,
+    faults: BTreeMap<String, u64>,
+    unexpected_exits: Vec<String>,
+    last_progress: String,
+    /// When nats-server came back (Unix ms).
+    nats_back_at_ms: Option<u64>,
+}
+
+impl Run {
+    fn note(&self, msg: &str) {
+        log(self.started, msg);
+    }
+
+    fn count(&mut self, fault: &str) {
+        *self.faults.entry(fault.to_owned()).or_default() += 1;
+    }
+
+    /// Restarts any process that exited by itself (and records it: it should not happen).
+    fn supervise(&mut self) {
+        let mut exits = Vec::new();
+        for role in self.dispatchers.iter_mut().chain(self.workers.iter_mut()) {
+            if let Some(status) = role.exited() {
+                exits.push(format!(
+                    "{} ({}) exited: {status}",
+                    role.name, role.describe
+                ));
+                let _ = role.start();
+            }
+        }
+        for e in exits {
+            self.note(&format!("{e}; restarted"));
+            self.unexpected_exits.push(e);
+        }
+    }
+
+    async fn kill_worker(&mut self, rng: &mut Rng) {
+        let i = rng.below(self.workers.len());
+        let tag = self.workers[i].name.clone();
+        let in_flight = self.sim.in_flight(&tag);
+        let describe = format!("worker {tag} ({})", self.workers[i].describe);
+        self.workers[i].kill9();
+        self.note(&format!(
+            "kill -9 {describe}: {in_flight} calls in flight ({})",
+            self.last_progress
+        ));
+        self.kills.push(Kill {
+            at_s: self.started.elapsed().as_secs_f64(),
+            process: describe,
+            calls_in_flight: in_flight,
+            progress: self.last_progress.clone(),
+        });
+        self.count("worker_kill");
+        tokio::time::sleep(Duration::from_secs_f64(rng.range(0.3, 2.0))).await;
+        if let Err(e) = self.workers[i].start() {
+            self.note(&format!("cannot restart worker {tag}: {e:#}"));
+        }
+    }
+
+    async fn restart_nats(&mut self) -> anyhow::Result<()> {
+        self.note(&format!(
+            "kill -9 nats-server, then start it again ({})",
+            self.last_progress
+        ));
+        self.nats.restart().await?;
+        self.count("nats_restart");
+        self.nats_back_at_ms = Some(unix_ms());
+        self.note("nats-server is back");
+        Ok(())
+    }
+
+    async fn restart_postgres(&mut self) -> anyhow::Result<()> {
+        self.note(&format!(
+            "restart PostgreSQL (-m immediate) ({})",
+            self.last_progress
+        ));
+        self.pg.restart().await?;
+        self.count("postgres_restart");
+        self.note("PostgreSQL is back");
+        Ok(())
+    }
+}
+
+/// Runs the whole scenario and returns its report.
+///
+/// # Errors
+/// When the run's own services or processes cannot be set up (a failed invariant is a
+/// report with `passed: false`, not an error).
+pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
+    let started = Instant::now();
+    let seed = opts.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let mut rng = Rng(seed);
+    let dir = tempfile::Builder::new()
+        .prefix("switchyard-chaos-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    log(
+        started,
+        &format!(
+            "seed {seed}, {} items, logs in {}",
+            opts.items,
+            logs.display()
+        ),
+    );
+
+    let nats = NatsServer::start(dir.path()).await?;
+    let pg = Postgres::start(dir.path()).await?;
+    log(
+        started,
+        &format!(
+            "nats-server on :{} and PostgreSQL on :{} (data in {})",
+            nats.port,
+            pg.port,
+            dir.path().display()
+        ),
+    );
+    let data = Arc::new(crate::demo::bundled_dataset()?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sim = switchyard_sim::start(
+        listener,
+        data,
+        SimConfig {
+            latency: Duration::from_millis(200),
+            latency_jitter: Duration::from_millis(100),
+            seed,
+            faults: provider_faults(),
+            ..SimConfig::default()
+        },
+    )
+    .await?;
+
+    let settings = base_settings(&nats, &pg, &sim);
+    settings.validate()?;
+    let client = Client::connect(settings.clone())
+        .await
+        .context("cannot set up the run's streams and database")?;
+    let env = vec![
+        ("NATS_URL".to_owned(), settings.nats.url.clone()),
+        (
+            "DATABASE_URL".to_owned(),
+            settings.database_url().to_owned(),
+        ),
+        (
+            "RUST_LOG".to_owned(),
+            "info,sqlx=warn,async_nats=warn".to_owned(),
+        ),
+    ];
+    let dispatcher_config = write_config(dir.path(), "dispatcher", &settings)?;
+    let dispatchers = (0..2)
+        .map(|i| {
+            Role::new(
+                &format!("d{i}"),
+                "dispatcher",
+                &["dispatcher"],
+                dispatcher_config.clone(),
+                &logs,
+                env.clone(),
+            )
+        })
+        .collect::<Vec<_>>();
+    let mut workers = Vec::new();
+    for (i, tiers) in ["weak", "weak", "strong,local", "strong,local"]
+        .iter()
+        .enumerate()
+    {
+        let tag = format!("w{i}");
+        let config = write_config(dir.path(), &tag, &worker_settings(&settings, &sim, &tag))?;
+        workers.push(Role::new(
+            &tag,
+            tiers,
+            &["worker", "--tier", tiers],
+            config,
+            &logs,
+            env.clone(),
+        ));
+    }
+    let mut run = Run {
+        started,
+        sim,
+        nats,
+        pg,
+        dispatchers,
+        workers,
+        kills: Vec::new(),
+        faults: BTreeMap::new(),
+        unexpected_exits: Vec::new(),
+        last_progress: "0 items finished".to_owned(),
+        nats_back_at_ms: None,
+    };
+    run.dispatchers[0].start()?;
+    for w in &mut run.workers {
+        w.start()?;
+    }
+
+    // The job.
+    let mut spec = crate::client::new_job(
+        Task::Classify {
+            labels: ["A", "B", "C", "D"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            instructions: None,
+        },
+        chaos_items(opts.items)?,
+    );
+    spec.team = Some("chaos".to_owned());
+    spec.project = Some("reliability".to_owned());
+    spec.policy = Policy {
+        routing: Routing::StrongShare { value: 0.1 },
+        cascade: Cascade {
+            confidence_threshold: Some(0.8),
+            max_escalations: Some(1),
+        },
+        ..Policy::default()
+    };
+    let job_id = client.submit(spec).await?;
+    run.note(&format!(
+        "job {job_id} submitted ({} items) to dispatcher d0",
+        opts.items
+    ));
+
+    // 1. The dispatcher dies while it holds the job; d1 joins, then d0 comes back.
+    let deadline = started + opts.timeout;
+    loop {
+        match progress(&client, &job_id).await {
+            Some(p) if p.status != "ingesting" || p.items > 0 => {
+                run.last_progress = format!("job {} with {} items stored", p.status, p.items);
+                break;
+            }
+            _ if Instant::now() > deadline => break,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    run.dispatchers[0].kill9();
+    run.note(&format!(
+        "kill -9 dispatcher d0 while it dispatches ({})",
+        run.last_progress
+    ));
+    run.kills.push(Kill {
+        at_s: started.elapsed().as_secs_f64(),
+        process: "dispatcher d0".to_owned(),
+        calls_in_flight: 0,
+        progress: run.last_progress.clone(),
+    });
+    run.count("dispatcher_kill");
+    run.dispatchers[1].start()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run.dispatchers[0].start()?;
+
+    // 2-3. Breakage as the job progresses.
+    let mut events: Vec<(f64, Event)> = (0..opts.worker_kills)
+        .map(|_| (rng.range(0.05, 0.9), Event::KillWorker))
+        .collect();
+    events.push((rng.range(0.25, 0.45), Event::RestartNats));
+    events.push((rng.range(0.55, 0.75), Event::RestartPostgres));
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut next = 0;
+    let mut final_status = String::new();
+    while Instant::now() < deadline {
+        run.supervise();
+        if let Some(p) = progress(&client, &job_id).await {
+            run.last_progress = format!("{}/{} items finished", p.finished, p.items);
+            if switchyard_store::jobs::status::is_final(&p.status) {
+                final_status = p.status;
+                break;
+            }
+            let fraction = if p.items > 0 && p.status == "running" {
+                p.finished as f64 / p.items as f64
+            } else {
+                0.0
+            };
+            if let Some((at, event)) = events.get(next).copied()
+                && fraction >= at
+            {
+                next += 1;
+                match event {
+                    Event::KillWorker => run.kill_worker(&mut rng).await,
+                    Event::RestartNats => run.restart_nats().await?,
+                    Event::RestartPostgres => run.restart_postgres().await?,
+                }
+                continue;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if final_status.is_empty() {
+        run.note(&format!(
+            "the job did not finish within {:?} ({})",
+            opts.timeout, run.last_progress
+        ));
+        final_status = progress(&client, &job_id)
+            .await
+            .map_or_else(|| "unknown".to_owned(), |p| p.status);
+    } else {
+        run.note(&format!("job {final_status} ({})", run.last_progress));
+    }
+
+    // Stop the fleet the way an orchestrator does, then do the books.
+    let mut sigterm_exit_codes = BTreeMap::new();
+    for role in run.dispatchers.iter_mut().chain(run.workers.iter_mut()) {
+        let code = role.terminate(Duration::from_secs(30)).await;
+        sigterm_exit_codes.insert(role.name.clone(), code);
+    }
+    let calls = run.sim.calls();
+    for c in &calls {
+        if let Some(f) = &c.fault {
+            *run.faults.entry(format!("provider_{f}")).or_default() += 1;
+        }
+    }
+    let mut worker_calls_after_nats_restart: BTreeMap<String, u64> =
+        run.workers.iter().map(|w| (w.name.clone(), 0)).collect();
+    if let Some(back) = run.nats_back_at_ms {
+        for c in calls.iter().filter(|c| c.unix_ms > back) {
+            if let Some(n) = c
+                .client
+                .as_ref()
+                .and_then(|t| worker_calls_after_nats_restart.get_mut(t))
+            {
+                *n += 1;
+            }
+        }
+    }
+    let local_tiers: Vec<String> = settings
+        .tiers
+        .iter()
+        .filter(|(_, t)| t.local)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let books = verify::account(&client.pool, &job_id, &calls, &local_tiers).await?;
+    client.pool.close().await;
+    let passed = books.holds()
+        && final_status == "completed"
+        && books.items == opts.items as i64
+        && run.unexpected_exits.is_empty()
+        && sigterm_exit_codes.values().all(|c| *c == Some(0));
+    let kept_dir = if opts.keep || !passed {
+        let path = dir.keep();
+        eprintln!("chaos: logs and data kept in {}", path.display());
+        Some(path.display().to_string())
+    } else {
+        None
+    };
+    let Accounting {
+        items,
+        final_results,
+        lost,
+        duplicated_results,
+        failed_items,
+        sim_calls,
+        ledger_rows,
+        double_charged,
+        unbooked_calls,
+        ledger_rows_without_call,
+        retry_calls,
+        local_only_violations,
+    } = books;
+    let report = ChaosReport {
+        items,
+        final_results,
+        lost,
+        duplicated_results,
+        sim_calls,
+        ledger_rows,
+        double_charged,
+        unbooked_calls,
+        faults_injected: run.faults.values().sum(),
+        elapsed_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        job_status: final_status,
+        passed,
+        failed_items,
+        retry_calls,
+        ledger_rows_without_call,
+        local_only_violations,
+        faults: run.faults.clone(),
+        kills: run.kills.clone(),
+        unexpected_exits: run.unexpected_exits.clone(),
+        worker_calls_after_nats_restart,
+        sigterm_exit_codes,
+        seed,
+        kept_dir,
+    };
+    run.sim.shutdown().await;
+    drop(run.pg);
+    drop(run.nats);
+    Ok(report)
+}
+
+/// The report as text.
+pub fn render(r: &ChaosReport) -> String {
+    let mut out = format!(
+        "{} in {:.1}s: {} items, {} with one final result, {} lost, {} duplicated, {} failed\n\
+         calls: {} answered by the simulator, {} ledger rows, {} double charged, {} unbooked \
+         (answered while a process died), {} retried after a redelivery\n\
+         faults injected: {}\n",
+        if r.passed { "PASSED" } else { "FAILED" },
+        r.elapsed_s,
+        r.items,
+        r.final_results,
+        r.lost,
+        r.duplicated_results,
+        r.failed_items,
+        r.sim_calls,
+        r.ledger_rows,
+        r.double_charged,
+        r.unbooked_calls,
+        r.retry_calls,
+        r.faults_injected,
+    );
+    for (k, v) in &r.faults {
+        out.push_str(&format!("  {k}: {v}\n"));
+    }
+    for k in &r.kills {
+        out.push_str(&format!(
+            "  kill at {:.1}s: {} with {} calls in flight ({})\n",
+            k.at_s, k.process, k.calls_in_flight, k.progress
+        ));
+    }
+    for e in &r.unexpected_exits {
+        out.push_str(&format!("  unexpected exit: {e}\n"));
+    }
+    out
+}

@@ -1,0 +1,273 @@
+//! A nats-server and a PostgreSQL server of the chaos run's own, on free loopback ports with
+//! their data in the run's temporary folder, so that killing and restarting them disturbs
+//! nothing else on the machine.
+//!
+//! PostgreSQL refuses to run as root: when this process is root, `initdb` and `pg_ctl` run as
+//! the `postgres` user through `runuser` (its data folder is handed to that user); otherwise
+//! they run as the current user.
+
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// A free loopback port (bound, read, released: good enough on a machine we own).
+///
+/// # Errors
+/// When no port can be bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits (at most `within`) until something accepts connections on `port`.
+///
+/// # Errors
+/// When nothing does in time.
+pub async fn wait_for_port(what: &str, port: u16, within: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    for _ in 0..(within.as_millis() / 50).max(1) {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if started.elapsed() > within {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not listen on 127.0.0.1:{port} within {within:?}")
+}
+
+/// A nats-server with JetStream, file storage in `<dir>/nats`.
+pub struct NatsServer {
+    pub port: u16,
+    store: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts it and waits until it listens.
+    ///
+    /// # Errors
+    /// When `nats-server` is missing or does not start.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let mut server = Self {
+            port: free_port()?,
+            store: dir.join("nats"),
+            log: dir.join("logs").join("nats-server.log"),
+            child: None,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .arg("-l")
+            .arg(&self.log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot run nats-server (install it: scripts/services.sh does)")?;
+        self.child = Some(child);
+        wait_for_port("nats-server", self.port, Duration::from_secs(20)).await
+    }
+
+    /// Kills the server (SIGKILL, as a crash would) and starts it again on the same port and
+    /// store.
+    ///
+    /// # Errors
+    /// When it does not come back.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.spawn().await
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PostgreSQL cluster in `<dir>/pg`, trusting loopback logins of role `postgres`.
+pub struct Postgres {
+    pub port: u16,
+    data: PathBuf,
+    bin: PathBuf,
+    as_postgres_user: bool,
+}
+
+/// True when this process runs as root (PostgreSQL must then run as another user).
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` (Debian), else the `PATH`.
+fn postgres_bin_dir() -> PathBuf {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((version, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, d)| d).unwrap_or_default()
+}
+
+impl Postgres {
+    /// Creates the cluster (`initdb`) and starts it.
+    ///
+    /// # Errors
+    /// When PostgreSQL's programs are missing or the cluster does not start.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let pg = Self {
+            port: free_port()?,
+            data: dir.join("pg"),
+            bin: postgres_bin_dir(),
+            as_postgres_user: running_as_root(),
+        };
+        std::fs::create_dir_all(&pg.data)?;
+        if pg.as_postgres_user {
+            // The postgres user must reach its folder (the run's folder is 0700 root).
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&pg.data)
+                .status()
+                .context("cannot run chown")?;
+            anyhow::ensure!(
+                status.success(),
+                "cannot hand {} to the postgres user",
+                pg.data.display()
+            );
+        }
+        let out = pg
+            .command("initdb")
+            .arg("-D")
+            .arg(&pg.data)
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .context("cannot run initdb (install PostgreSQL: scripts/services.sh does)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.pg_ctl_start()?;
+        wait_for_port("PostgreSQL", pg.port, Duration::from_secs(30)).await?;
+        Ok(pg)
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<database>`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = if self.bin.as_os_str().is_empty() {
+            PathBuf::from(program)
+        } else {
+            self.bin.join(program)
+        };
+        let mut c = if self.as_postgres_user {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        };
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn pg_ctl_start(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=300 -c fsync=off",
+            self.port,
+            self.data.display()
+        );
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.data.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"])
+            .stdout(Stdio::null())
+            .output()
+            .context("cannot run pg_ctl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    fn pg_ctl_stop(&self) -> anyhow::Result<()> {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()
+            .context("cannot run pg_ctl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Stops the server abruptly (`-m immediate`: no checkpoint, crash recovery at the next
+    /// start, every session cut) and starts it again.
+    ///
+    /// # Errors
+    /// When it does not come back.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        self.pg_ctl_stop()?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.pg_ctl_start()?;
+        wait_for_port("PostgreSQL", self.port, Duration::from_secs(30)).await
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl_stop();
+    }
+}

@@ -1,0 +1,32 @@
+//! Reliability knobs that are not about one service: the per-model circuit breaker
+//! (`[worker.breaker]`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// When a worker stops calling a failing model, and for how long (see the worker's
+/// `breaker` module).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Consecutive transient failures (5xx, timeouts, broken connections, unusable bodies)
+    /// of one model that open its breaker. 0 disables the breaker.
+    pub failures: u32,
+    /// How long an open breaker holds calls back before one probe call is let through.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// A failed probe doubles the cooldown, up to this.
+    #[serde(with = "humantime_serde")]
+    pub max_cooldown: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            cooldown: Duration::from_secs(5),
+            max_cooldown: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! A catalog of malformed jobs and items (issue 5): each gets a clear error, a dead letter,
+//! and a terminated message, and nothing else is disturbed: a good job submitted in the
+//! middle of them completes, and ids full of SQL or path metacharacters are plain data.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_proto::{Item, JobSpec, Routing, Task, codec};
+use switchyard_sim::SimConfig;
+
+use crate::support::{Harness, classify_job, mmlu_items};
+
+fn item(id: &str, text: &str) -> Value {
+    json!({"item_id": id, "text": text})
+}
+
+fn classify(job_id: &str) -> Value {
+    json!({"v": 1, "job_id": job_id, "task": {"kind": "classify", "labels": ["A", "B"]},
+           "items": [item("1", "Is it A or B?")]})
+}
+
+fn enc(v: &Value) -> Vec<u8> {
+    codec::encode(v).unwrap()
+}
+
+/// `classify(job_id)`, edited.
+fn with(job_id: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut v = classify(job_id);
+    edit(&mut v);
+    enc(&v)
+}
+
+/// Replaces the first occurrence of `from` in `bytes` with `to`.
+fn splice(mut bytes: Vec<u8>, from: &[u8], to: &[u8]) -> Vec<u8> {
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("marker present");
+    bytes.splice(at..at + from.len(), to.iter().copied());
+    bytes
+}
+
+/// Every malformed job: (job id on the `Sy-Job-Id` header, payload, expected reason).
+fn rejected_cases() -> Vec<(String, Vec<u8>, &'static str)> {
+    let good = enc(&classify("x-trunc"));
+    let mut nan_spec = JobSpec::new(
+        "x-nan",
+        Task::Classify {
+            labels: vec!["A".into(), "B".into()],
+            instructions: None,
+        },
+    );
+    nan_spec.items = Some(vec![Item::new("1", "x")]);
+    nan_spec.policy.routing = Routing::Threshold { value: f64::NAN };
+    let many_labels: Vec<String> = (0..100_000).map(|i| format!("{i:x}")).collect();
+    let mut deep = vec![0x91u8; 100_000]; // [[[[…]]]] a hundred thousand levels deep
+    deep.push(0xc0);
+    let deep_job = splice(
+        enc(
+            &json!({"v": 1, "job_id": "x-deep", "task": {"kind": "generate"},
+                    "items": [{"item_id": "1", "text": "t", "metadata": {"m": "PLACEHOLDER"}}]}),
+        ),
+        b"\xabPLACEHOLDER",
+        &deep,
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "x-trunc",
+            good[..good.len() / 2].to_vec(),
+            "not a valid job spec",
+        ),
+        ("x-empty", Vec::new(), "not a valid job spec"),
+        (
+            "x-json",
+            br#"{"v": 1, "job_id": "x-json"}"#.to_vec(),
+            "not a valid job spec",
+        ),
+        ("x-array", enc(&json!([1, 2, 3])), "not a valid job spec"),
+        (
+            "x-no-version",
+            enc(&json!({"job_id": "x-no-version", "task": {"kind": "generate"}})),
+            "no version field",
+        ),
+        (
+            "x-version-text",
+            with("x-version-text", |v| v["v"] = json!("1")),
+            "not a valid job spec",
+        ),
+        (
+            "x-utf8-text",
+            splice(
+                with("x-utf8-text", |v| v["items"][0]["text"] = json!("AAAA")),
+                b"AAAA",
+                b"\xff\xfe\xfd\xfc",
+            ),
+            "not a valid job spec",
+        ),
+        (
+            "x-utf8-id",
+            splice(enc(&classify("ZZZZ")), b"ZZZZ", b"\xc3\x28\xa0\xa1"),
+            "not a valid job spec",
+        ),
+        (
+            "x-nul-text",
+            with("x-nul-text", |v| v["items"][0]["text"] = json!("a\u{0}b")),
+            "contains a NUL byte",
+        ),
+        (
+            "x-ctl-item-id",
+            with("x-ctl-item-id", |v| {
+                v["items"][0]["item_id"] = json!("a\u{7}b")
+            }),
+            "contains control characters",
+        ),
+        (
+            "x-nul-job-id",
+            enc(&classify("job\u{0}id")),
+            "contains control characters",
+        ),
+        ("x-empty-id", enc(&classify("")), "job_id is empty"),
+        (
+            "x-huge-id",
+            enc(&classify(&"j".repeat(100_000))),
+            "job_id is 100000 bytes long (limit 256)",
+        ),
+        (
+            "x-huge-label",
+            with("x-huge-label", |v| {
+                v["task"]["labels"] = json!(["A", "B".repeat(10_000)]);
+            }),
+            "is 10000 bytes long (limit 256)",
+        ),
+        (
+            "x-100k-labels",
+            with("x-100k-labels", |v| {
+                v["task"]["labels"] = json!(many_labels)
+            }),
+            "has 100000 labels (limit 1000)",
+        ),
+        (
+            "x-dup-labels",
+            with("x-dup-labels", |v| {
+                v["task"]["labels"] = json!(["yes", "YES"])
+            }),
+            "appears twice",
+        ),
+        (
+            "x-comma-label",
+            with("x-comma-label", |v| {
+                v["task"]["labels"] = json!(["a,b", "c"])
+            }),
+            "contains a comma",
+        ),
+        (
+            "x-huge-instructions",
+            with("x-huge-instructions", |v| {
+                v["task"]["instructions"] = json!("i".repeat(80_000));
+            }),
+            "task instructions are 80000 bytes",
+        ),
+        (
+            "x-negative-budget",
+            with("x-negative-budget", |v| {
+                v["policy"] = json!({"routing": {"kind": "budget_usd", "value": "-5"}});
+            }),
+            "budget_usd -5 is negative",
+        ),
+        (
+            "x-float-budget",
+            with("x-float-budget", |v| {
+                v["policy"] = json!({"routing": {"kind": "budget_usd", "value": 2.5}});
+            }),
+            "write budgets as decimal strings",
+        ),
+        (
+            "x-share",
+            with("x-share", |v| {
+                v["policy"] = json!({"routing": {"kind": "strong_share", "value": 1.5}});
+            }),
+            "strong_share 1.5 is outside [0, 1]",
+        ),
+        (
+            "x-nan",
+            codec::encode(&nan_spec).unwrap(),
+            "not a finite number",
+        ),
+        (
+            "x-threshold",
+            with("x-threshold", |v| {
+                v["policy"] = json!({"cascade": {"confidence_threshold": 2.0}});
+            }),
+            "confidence_threshold 2 is outside [0, 1]",
+        ),
+        (
+            "x-shadow",
+            with("x-shadow", |v| v["policy"] = json!({"shadow": 3.0})),
+            "policy shadow 3 is outside [0, 1]",
+        ),
+        (
+            "x-quality",
+            with("x-quality", |v| {
+                v["policy"] = json!({"routing": {"kind": "quality", "value": 0.0}});
+            }),
+            "policy quality 0 is outside (0, 1]",
+        ),
+        (
+            "x-routing-kind",
+            with("x-routing-kind", |v| {
+                v["policy"] = json!({"routing": {"kind": "coin_flip"}});
+            }),
+            "unknown variant `coin_flip`",
+        ),
+        (
+            "x-unknown-tier",
+            with("x-unknown-tier", |v| {
+                v["policy"] = json!({"models": {"gold": "gpt-4-1106-preview"}});
+            }),
+            "unknown tier `gold`",
+        ),
+        (
+            "x-wrong-tier-model",
+            with("x-wrong-tier-model", |v| {
+                v["policy"] = json!({"models": {"weak": "gpt-4-1106-preview"}});
+            }),
+            "serves tier `strong`, not `weak`",
+        ),
+        (
+            "x-max-words-0",
+            enc(&json!({"v": 1, "job_id": "x-max-words-0",
+                        "task": {"kind": "summarize", "max_words": 0}, "items": [item("1", "t")]})),
+            "max_words is 0",
+        ),
+        (
+            "x-max-words-negative",
+            enc(&json!({"v": 1, "job_id": "x-max-words-negative",
+                        "task": {"kind": "summarize", "max_words": -3}, "items": [item("1", "t")]})),
+            "not a valid job spec",
+        ),
+        (
+            "x-escalations-300",
+            with("x-escalations-300", |v| {
+                v["policy"] = json!({"cascade": {"max_escalations": 300}});
+            }),
+            "not a valid job spec",
+        ),
+        (
+            "x-items-and-input",
+            with("x-items-and-input", |v| {
+                v["input"] = json!({"bucket": "B", "name": "n"});
+            }),
+            "sets both `items` and `input`",
+        ),
+        (
+            "x-foreign-bucket",
+            enc(
+                &json!({"v": 1, "job_id": "x-foreign-bucket", "task": {"kind": "generate"},
+                        "input": {"bucket": "OTHER_INPUTS", "name": "n"}}),
+            ),
+            "is not this deployment's inputs bucket",
+        ),
+        (
+            "x-empty-text",
+            with("x-empty-text", |v| v["items"][0]["text"] = json!("")),
+            "has empty text",
+        ),
+        (
+            "x-empty-item-id",
+            with("x-empty-item-id", |v| v["items"][0]["item_id"] = json!("")),
+            "item_id is empty",
+        ),
+        (
+            "x-ctl-team",
+            with("x-ctl-team", |v| v["team"] = json!("ops\r\nX-Injected: 1")),
+            "team",
+        ),
+        (
+            "x-huge-text",
+            with("x-huge-text", |v| {
+                v["items"][0]["text"] = json!("t".repeat(900_000))
+            }),
+            "is 900000 bytes (limit 2000)",
+        ),
+        ("x-deep", deep_job, "not a valid job spec"),
+        (
+            "x-items-not-array",
+            with("x-items-not-array", |v| v["items"] = json!("all of them")),
+            "not a valid job spec",
+        ),
+        (
+            "x-ctl-idempotency",
+            with("x-ctl-idempotency", |v| {
+                v["idempotency_key"] = json!("k\ny")
+            }),
+            "idempotency_key",
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(id, payload, reason)| (id.to_owned(), payload, reason))
+        .collect()
+}
+
+#[tokio::test]
+async fn forty_malformed_jobs_get_clear_errors_and_disturb_nothing() {
+    let h = Harness::start_with(|s| s.dispatcher.max_item_bytes = 2000, SimConfig::default()).await;
+    let cases = rejected_cases();
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+
+    // A job id and an idempotency key used twice with different content.
+    let first = {
+        let mut spec = classify_job(mmlu_items(5), 0.2, 0.0);
+        spec.job_id = "x-reused-id".into();
+        h.client.submit(spec).await.unwrap()
+    };
+    let keyed = {
+        let mut spec = classify_job(mmlu_items(3), 0.2, 0.0);
+        spec.job_id = "x-key-a".into();
+        spec.idempotency_key = Some("key-1".into());
+        h.client.submit(spec).await.unwrap()
+    };
+    assert_eq!(h.wait_final(&first, 60).await.job.status, "completed");
+    assert_eq!(h.wait_final(&keyed, 60).await.job.status, "completed");
+
+    for (job_id, payload, _) in &cases {
+        h.client
+            .publish_spec(job_id, job_id, payload.clone())
+            .await
+            .unwrap();
+    }
+    let mut reused = classify_job(mmlu_items(6), 0.2, 0.0);
+    reused.job_id = "x-reused-id".into();
+    h.client
+        .publish_spec(
+            "x-reused-id",
+            "x-reused-id-again",
+            codec::encode(&reused).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut rekeyed = classify_job(mmlu_items(4), 0.2, 0.0);
+    rekeyed.job_id = "x-key-b".into();
+    rekeyed.idempotency_key = Some("key-1".into());
+    h.client
+        .publish_spec("x-key-b", "x-key-b", codec::encode(&rekeyed).unwrap())
+        .await
+        .unwrap();
+    // Ids full of SQL and path metacharacters are data, nothing more.
+    let mut odd = classify_job(
+        vec![
+            Item::new(
+                "'; DROP TABLE items; --",
+                "Is water wet?\nA. yes\nB. no\nAnswer:",
+            ),
+            Item::new("../../etc/passwd", "Is fire cold?\nA. yes\nB. no\nAnswer:"),
+            Item::new(
+                "ジョブ 🚀 $(rm -rf /) %s %n",
+                "Is ice solid?\nA. yes\nB. no\nAnswer:",
+            ),
+        ],
+        0.0,
+        0.0,
+    );
+    odd.job_id = "x'); DELETE FROM ledger; -- ../../".into();
+    let odd_id = h.client.submit(odd).await.unwrap();
+    let good_id = h
+        .client
+        .submit(classify_job(mmlu_items(20), 0.2, 0.0))
+        .await
+        .unwrap();
+
+    for (job_id, _, expected) in &cases {
+        let s = h.wait_final(job_id, 30).await;
+        assert_eq!(s.job.status, "rejected", "{job_id}");
+        let reason = s.job.rejection_reason.clone().unwrap_or_default();
+        assert!(
+            reason.contains(expected),
+            "{job_id}: {reason:?} does not say {expected:?}"
+        );
+        assert_eq!(s.dead_letters.len(), 1, "{job_id}: one dead letter");
+        assert_eq!(s.items_by_state.values().sum::<i64>(), 0, "{job_id}");
+    }
+    let rekeyed = h.wait_final("x-key-b", 30).await;
+    assert!(
+        rekeyed
+            .job
+            .rejection_reason
+            .unwrap_or_default()
+            .contains("idempotency key `key-1` was already used by job `x-key-a`")
+    );
+
+    // The reused id: the first job stands, untouched; the second submission is a dead letter.
+    switchyard_testkit::eventually(
+        "reused id dead-lettered",
+        Duration::from_secs(30),
+        || async {
+            let s = h.client.status("x-reused-id").await.unwrap()?;
+            s.dead_letters
+                .iter()
+                .any(|d| d.error.contains("already submitted with different content"))
+                .then_some(s)
+        },
+    )
+    .await;
+    let s = h.client.status("x-reused-id").await.unwrap().unwrap();
+    assert_eq!((s.job.status.as_str(), s.done()), ("completed", 5));
+
+    let odd = h.wait_final(&odd_id, 60).await;
+    assert_eq!((odd.job.status.as_str(), odd.done()), ("completed", 3));
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT item_id FROM results WHERE job_id = $1 ORDER BY item_id")
+            .bind(&odd_id)
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        ids.contains(&"'; DROP TABLE items; --".to_owned()),
+        "{ids:?}"
+    );
+    assert!(ids.contains(&"../../etc/passwd".to_owned()));
+    let good = h.wait_final(&good_id, 60).await;
+    assert_eq!((good.job.status.as_str(), good.done()), ("completed", 20));
+
+    // Terminated, not redelivered: nothing is left in the jobs stream or waiting for an ack.
+    let js = h.nats.js();
+    let t = h.fleet.settings.topology();
+    switchyard_testkit::eventually("jobs stream empty", Duration::from_secs(10), || {
+        let js = js.clone();
+        let name = t.jobs_stream();
+        async move {
+            let messages = js
+                .get_stream(&name)
+                .await
+                .ok()?
+                .info()
+                .await
+                .ok()?
+                .state
+                .messages;
+            (messages == 0).then_some(())
+        }
+    })
+    .await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_job_over_the_message_size_limit_is_refused_at_the_door() {
+    let h = Harness::start().await;
+    // A million labels: several megabytes, refused by NATS before any dispatcher sees it.
+    let labels: Vec<String> = (0..1_000_000).map(|i| format!("label-{i}")).collect();
+    let spec = json!({"v": 1, "job_id": "x-million-labels",
+                      "task": {"kind": "classify", "labels": labels}, "items": [item("1", "x")]});
+    let err = h
+        .client
+        .publish_spec("x-million-labels", "x-million-labels", enc(&spec))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("max payload"), "{err:#}");
+    // Nothing else is disturbed.
+    let id = h
+        .client
+        .submit(classify_job(mmlu_items(5), 0.0, 0.0))
+        .await
+        .unwrap();
+    assert_eq!(h.wait_final(&id, 60).await.job.status, "completed");
+    assert!(h.client.status("x-million-labels").await.unwrap().is_none());
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn garbage_on_a_work_subject_is_dead_lettered_once() {
+    let h = Harness::start().await;
+    let t = h.fleet.settings.topology();
+    let js = h.nats.js();
+    for payload in [&b"\xc1\xc1"[..], b"", b"{\"json\": 1}"] {
+        js.publish(t.work_subject("weak"), payload.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    switchyard_testkit::eventually("three dead letters", Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dead_letters WHERE error LIKE 'work message is not a valid work item%'",
+        )
+        .fetch_one(&h.db.pool)
+        .await
+        .ok()?;
+        (n == 3).then_some(())
+    })
+    .await;
+    let id = h
+        .client
+        .submit(classify_job(mmlu_items(5), 0.0, 0.0))
+        .await
+        .unwrap();
+    assert_eq!(h.wait_final(&id, 60).await.job.status, "completed");
+    h.finish().await;
+}

@@ -1,0 +1,255 @@
+//! Provider faults through the simulator's real HTTP (issue 5): every kind of misbehaviour is
+//! retried with backoff or fails the item with a clear error, by policy, and a circuit breaker
+//! stops a dead provider from burning retries, then lets the fleet recover.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use switchyard_sim::{FaultKind, Faults, SimConfig};
+use switchyard_worker::WorkerCounters;
+
+use crate::support::{Harness, STRONG, WEAK, classify_job, mmlu_items};
+
+fn model_settings(s: &mut switchyard_runtime::Settings, timeout: Duration, retries: u32) {
+    for m in s.models.values_mut() {
+        m.timeout = timeout;
+        m.max_retries = retries;
+    }
+}
+
+#[tokio::test]
+async fn every_transient_fault_is_retried_and_the_items_complete() {
+    use FaultKind::*;
+    let script = [
+        Http500,
+        Http502,
+        Http503,
+        RateLimit,
+        RateLimitNoRetryAfter,
+        Reset,
+        Timeout,
+        Trickle,
+        MalformedJson,
+        NoUsage,
+        EmptyChoices,
+    ];
+    let sim = SimConfig {
+        faults: Faults {
+            script: script.into(),
+            retry_after_secs: 1,
+            hang: Duration::from_secs(5),
+            trickle: Duration::from_millis(300),
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    };
+    let h = Harness::start_with(
+        |s| {
+            s.worker.concurrency = 2;
+            s.worker.max_deliver = 10;
+            // This test is about retries; the breaker has its own test.
+            s.worker.breaker.failures = 0;
+            model_settings(s, Duration::from_millis(1500), 3);
+        },
+        sim,
+    )
+    .await;
+    let n = 12;
+    let job_id = h
+        .client
+        .submit(classify_job(mmlu_items(n), 0.0, 0.0))
+        .await
+        .unwrap();
+    let status = h.wait_final(&job_id, 120).await;
+    assert_eq!(status.job.status, "completed", "{:?}", status.dead_letters);
+    assert_eq!(status.done(), n as i64);
+
+    let calls = h.fleet.sim.as_ref().unwrap().calls();
+    let mut faults: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &calls {
+        if let Some(f) = &c.fault {
+            *faults.entry(f.clone()).or_default() += 1;
+        }
+    }
+    for (fault, count) in [
+        ("status", 3),
+        ("rate_limit", 2),
+        ("reset", 1),
+        ("timeout", 1),
+        ("trickle", 1),
+        ("malformed_json", 1),
+        ("no_usage", 1),
+        ("empty_choices", 1),
+    ] {
+        assert_eq!(faults.get(fault), Some(&count), "{fault}: {faults:?}");
+    }
+    let w = &h.fleet.workers[0].as_ref().unwrap().worker;
+    assert!(
+        WorkerCounters::get(&w.counters.throttled) >= 2,
+        "429s waited"
+    );
+    assert!(
+        WorkerCounters::get(&w.counters.retries) >= 6,
+        "faults retried"
+    );
+
+    // The slow and the usage-less answers were used and booked (the latter with estimated
+    // tokens); every booked call is one the simulator answered, once.
+    let ledger = h.ledger(&job_id).await;
+    let ids: std::collections::BTreeSet<&str> = ledger.iter().map(|r| r.call_id.as_str()).collect();
+    assert_eq!(ids.len(), ledger.len());
+    for fault in ["trickle", "no_usage"] {
+        let id = calls
+            .iter()
+            .find(|c| c.fault.as_deref() == Some(fault))
+            .and_then(|c| c.response_id.clone())
+            .unwrap();
+        assert!(ids.contains(id.as_str()), "{fault} call not booked");
+    }
+    // Answers nobody could use were not booked.
+    for c in calls.iter().filter(|c| {
+        matches!(
+            c.fault.as_deref(),
+            Some("malformed_json" | "empty_choices" | "reset")
+        )
+    }) {
+        assert!(c.response_id.is_none());
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_fault_that_persists_fails_the_item_with_a_clear_error() {
+    let h = Harness::start_with(
+        |s| {
+            s.worker.max_deliver = 2;
+            s.worker.breaker.failures = 0;
+            model_settings(s, Duration::from_millis(300), 1);
+        },
+        SimConfig::default(),
+    )
+    .await;
+    let sim = h.fleet.sim.as_ref().unwrap();
+    for (faults, expected) in [
+        (
+            Faults {
+                empty_choices_rate: 1.0,
+                ..Faults::default()
+            },
+            "unusable body: no choices",
+        ),
+        (
+            Faults {
+                malformed_rate: 1.0,
+                ..Faults::default()
+            },
+            "unusable body: not a chat completion",
+        ),
+        (
+            Faults {
+                timeout_rate: 1.0,
+                hang: Duration::from_secs(3),
+                ..Faults::default()
+            },
+            "timed out after 300ms",
+        ),
+        (
+            Faults {
+                reset_rate: 1.0,
+                ..Faults::default()
+            },
+            "connection failed",
+        ),
+        (
+            Faults {
+                error_rate: 1.0,
+                ..Faults::default()
+            },
+            "returned HTTP 5",
+        ),
+    ] {
+        sim.set_faults(faults);
+        let job_id = h
+            .client
+            .submit(classify_job(mmlu_items(2), 0.0, 0.0))
+            .await
+            .unwrap();
+        let status = h.wait_final(&job_id, 60).await;
+        assert_eq!(status.job.status, "partial", "{expected}");
+        assert_eq!(status.failed(), 2, "{expected}");
+        for d in &status.dead_letters {
+            assert!(
+                d.error.contains("gave up after 2 deliveries") && d.error.contains(expected),
+                "{:?} does not say {expected:?}",
+                d.error
+            );
+        }
+        assert!(
+            h.ledger(&job_id).await.is_empty(),
+            "nothing usable, nothing booked"
+        );
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_dead_provider_trips_the_breaker_and_the_fleet_recovers_when_it_returns() {
+    let sim = SimConfig {
+        faults: Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    };
+    let h = Harness::start_with(
+        |s| {
+            s.worker.concurrency = 4;
+            s.worker.max_deliver = 1000;
+            s.worker.retry_delay = Duration::from_millis(50);
+            s.worker.breaker.failures = 3;
+            s.worker.breaker.cooldown = Duration::from_millis(300);
+            s.worker.breaker.max_cooldown = Duration::from_millis(600);
+            model_settings(s, Duration::from_secs(2), 3);
+        },
+        sim,
+    )
+    .await;
+    let n = 20;
+    let job_id = h
+        .client
+        .submit(classify_job(mmlu_items(n), 0.0, 0.0))
+        .await
+        .unwrap();
+    let w = h.fleet.workers[0].as_ref().unwrap().worker.clone();
+    let weak = w.models.get(WEAK).unwrap();
+    switchyard_testkit::eventually("the breaker opens", Duration::from_secs(30), || async {
+        weak.breaker.is_open().then_some(())
+    })
+    .await;
+    // While it is open, items are handed back without calling: far fewer calls than the
+    // retries they would have burnt (four calls a delivery without the breaker).
+    let sim = h.fleet.sim.as_ref().unwrap();
+    let (calls_before, naks_before) = (sim.calls().len(), WorkerCounters::get(&w.counters.naked));
+    switchyard_testkit::eventually(
+        "items bounce off the breaker",
+        Duration::from_secs(30),
+        || async { (WorkerCounters::get(&w.counters.naked) >= naks_before + 60).then_some(()) },
+    )
+    .await;
+    let calls = sim.calls().len() - calls_before;
+    let naks = WorkerCounters::get(&w.counters.naked) - naks_before;
+    assert!(
+        calls * 4 < naks as usize,
+        "{calls} calls for {naks} deliveries: the breaker should hold calls back"
+    );
+    assert_eq!(h.client.status(&job_id).await.unwrap().unwrap().failed(), 0);
+
+    // The provider comes back: a probe succeeds, the breaker closes, everything completes.
+    sim.set_faults(Faults::default());
+    let status = h.wait_final(&job_id, 60).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!(status.done(), n as i64);
+    assert!(!weak.breaker.is_open());
+    assert!(!w.models.get(STRONG).unwrap().breaker.is_open());
+    h.finish().await;
+}
