@@ -27,38 +27,63 @@ use crate::intake::{Intake, read_submission};
 /// How often a job being dispatched tells JetStream it is still alive.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
+/// How long one pull request for the next job waits when the stream is empty.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
 /// Pulls job messages until `shutdown`, one job at a time per process (run more dispatcher
 /// processes to dispatch more jobs at once).
 ///
 /// # Errors
-/// When the consumer cannot be created or the message stream ends with an error.
+/// When the consumer cannot be created (pull errors later are logged and retried).
 pub async fn run(d: Dispatcher, shutdown: CancellationToken) -> anyhow::Result<()> {
     let spec = switchyard_runtime::nats::dispatcher_consumer_spec(&d.settings);
     let consumer = switchyard_runtime::nats::ensure_consumer(&d.js, &spec).await?;
     tracing::info!(stream = %spec.stream, consumer = %spec.durable, "dispatcher ready");
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(1)
-        .expires(Duration::from_secs(5))
-        .heartbeat(Duration::from_secs(2))
-        .messages()
-        .await?;
     loop {
-        let msg = tokio::select! {
+        let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = messages.next() => match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "job consumer error, continuing");
-                    continue;
+            next = next_job(&consumer) => next,
+        };
+        let msg = match next {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "job consumer error, retrying");
+                // Back off (NATS restarting, a cluster node gone) without spinning.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
                 }
-                None => break,
-            },
+            }
         };
         settle_within_grace(&d, msg, &shutdown).await;
     }
+    // Acks and naks are buffered publishes: send them before the process exits.
+    let _ = d.client.flush().await;
     tracing::info!("dispatcher stopped");
     Ok(())
+}
+
+/// Waits up to [`PULL_EXPIRES`] for the next job message with a pull request of its own.
+///
+/// Why one request per job rather than a continuous `messages()` stream: the dispatcher stops
+/// polling while it works on a job (one at a time, possibly for minutes), and a stream with
+/// idle heartbeats then reports "missed idle heartbeat" on the next poll and stalls for
+/// seconds before it pulls again; under a stream of small jobs that added up to 10 s gaps.
+async fn next_job(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+) -> anyhow::Result<Option<async_nats::jetstream::Message>> {
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await?;
+    match batch.next().await {
+        Some(Ok(m)) => Ok(Some(m)),
+        Some(Err(e)) => Err(anyhow::anyhow!(e)),
+        None => Ok(None),
+    }
 }
 
 /// Settles one job message; when `shutdown` fires meanwhile, the job gets the dispatcher's
@@ -85,6 +110,9 @@ async fn settle_within_grace(
     // the next dispatcher resumes.
     tracing::warn!("grace period over, handing the job back");
     let _ = acker.ack_with(AckKind::Nak(None)).await;
+    // The nak is a buffered publish and the process is about to exit: flush it, or the
+    // job waits for `ack_wait` instead of going to another dispatcher at once.
+    let _ = d.client.flush().await;
 }
 
 /// Settles one job message. Never fails: every path ends in ack, nak or term.

@@ -281,8 +281,12 @@ async fn publish_items(
     }
     jobs::mark_running(&d.pool, &spec.job_id).await?;
     // Every item may already be done (a resumed dispatch): finish the job if so.
+    // (Workers answer the first items while the last are published: a single-item job is
+    // often finished before it is marked running, and only this check sees it end, so it
+    // must announce it, or `<prefix>.jobs.done.<job>` waiters never hear of it.)
     if let Some(final_status) = jobs::complete_if_done(&d.pool, &spec.job_id).await? {
         tracing::info!(job_id = %spec.job_id, status = %final_status, "job finished");
+        crate::consumer::publish_job_event(d, &spec.job_id, &final_status).await;
     }
     Ok(JobOutcome::Dispatched {
         items: count,

@@ -353,3 +353,42 @@ async fn summaries_of_unknown_text_are_answered_and_booked() {
     assert_eq!(h.ledger(&job_id).await.len(), 5);
     h.finish().await;
 }
+
+#[tokio::test]
+async fn every_finished_job_announces_itself_on_its_done_subject() {
+    use futures::StreamExt;
+    // Commits without waiting for a batch, so answers are booked as fast as they come.
+    let h = Harness::start_with(
+        |s| s.worker.commit_interval = Duration::ZERO,
+        SimConfig::default(),
+    )
+    .await;
+    let t = h.fleet.settings.topology();
+    let mut done = h
+        .nats
+        .client
+        .subscribe(t.job_done_subject("x").replace(".x", ".*"))
+        .await
+        .unwrap();
+    h.nats.client.flush().await.unwrap();
+    // Single-item jobs: a worker may answer before the dispatcher marks the job running,
+    // and then only the dispatcher sees the job end (this run does not force that order).
+    let mut expected = BTreeSet::new();
+    for i in 0..20 {
+        let spec = classify_job(mmlu_items(i + 1).split_off(i), 0.0, 0.0);
+        expected.insert(h.client.submit(spec).await.unwrap());
+    }
+    let mut announced = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while announced != expected {
+        let msg = tokio::time::timeout_at(deadline, done.next())
+            .await
+            .unwrap_or_else(|_| panic!("announced {announced:?} of {expected:?}"))
+            .unwrap();
+        let event: switchyard_proto::event::JobEvent =
+            switchyard_proto::codec::decode(&msg.payload).unwrap();
+        assert_eq!(event.kind, "completed");
+        announced.insert(event.job_id);
+    }
+    h.finish().await;
+}

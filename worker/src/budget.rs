@@ -362,7 +362,7 @@ async fn divert(
 
 /// Finishes the job if this was its last open item, and says so on its done subject (as the
 /// committer does after a commit).
-async fn announce_if_finished(w: &Worker, job_id: &str) {
+pub(crate) async fn announce_if_finished(w: &Worker, job_id: &str) {
     match switchyard_store::jobs::complete_if_done(&w.pool, job_id).await {
         Ok(Some(status)) => {
             let event = switchyard_proto::event::JobEvent {

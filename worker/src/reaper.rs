@@ -121,7 +121,7 @@ async fn reap(w: &Worker, payload: &[u8]) -> anyhow::Result<()> {
     let touched = outcomes::commit(&w.pool, &[outcome]).await?;
     let _ = stream.delete_message(adv.stream_seq).await;
     for job in touched {
-        let _ = switchyard_store::jobs::complete_if_done(&w.pool, &job).await;
+        crate::budget::announce_if_finished(w, &job).await;
     }
     Ok(())
 }

@@ -9,8 +9,9 @@
 //!    published on NATS, admitted, routed and published to its tier by the dispatcher, the
 //!    worker's rate-limited HTTP call, the result and ledger row committed in Postgres, the job
 //!    marked completed. A call's latency runs from just before `Client::submit` to the receipt
-//!    of the job's `<prefix>.jobs.done.<job>` announcement, which the worker publishes only
-//!    after that commit;
+//!    of the job's `<prefix>.events.<job>` progress event, which the worker publishes right
+//!    after the transaction that books the result and the ledger row has committed (and the
+//!    work message is acked);
 //! 3. **litellm**: HTTP to a LiteLLM proxy (started by `scripts/compare-gateways.sh`) whose
 //!    model points at the same simulator.
 //!
@@ -85,7 +86,8 @@ pub struct GatewayArgs {
     /// Worker processes of the fleet.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Only these paths (direct, fleet, litellm); repeat or comma-separate.
+    /// Only these paths (fleet, litellm; direct, the baseline, always runs); repeat or
+    /// comma-separate.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Print one JSON object.
@@ -116,6 +118,28 @@ pub struct Level {
     pub added_p99_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// Fleet only: where the time went, from the database's timestamps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_stages: Option<FleetStages>,
+    /// When the measurement (after the warm-up) started and ended.
+    #[serde(skip)]
+    window: Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+}
+
+/// Medians, each taken separately, of the stages of the measured single-item jobs, from the
+/// timestamps Postgres wrote (transaction start times), in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetStages {
+    /// Job row admitted → job marked running, which the dispatcher does after routing,
+    /// storing and publishing the item.
+    pub dispatch_ms: f64,
+    /// Job row admitted → the worker's booking transaction starts: dispatch, delivery to the
+    /// worker, quota, the HTTP call, and the wait for the commit batch to fill or its
+    /// interval to pass. The rest of a call's latency is the client's submission, JetStream's
+    /// delivery to the dispatcher, the booking transaction itself, the ack and the event.
+    pub admitted_to_booking_ms: f64,
+    /// The HTTP call, as the worker timed it (the ledger's `latency_ms`, whole milliseconds).
+    pub http_call_ms: f64,
 }
 
 /// The goals of issue 6.
@@ -271,6 +295,8 @@ fn level(path: &str, concurrency: usize, m: Measured) -> Level {
         added_p50_ms: None,
         added_p99_ms: None,
         first_error: m.first_error,
+        fleet_stages: None,
+        window: None,
     }
 }
 
@@ -296,6 +322,7 @@ async fn measure(
         "{path}: no call succeeded during the warm-up: {}",
         warm.first_error.unwrap_or_default()
     );
+    let from = chrono::Utc::now();
     let m = drive(
         call,
         concurrency,
@@ -306,7 +333,8 @@ async fn measure(
         },
     )
     .await;
-    let l = level(path, concurrency, m);
+    let mut l = level(path, concurrency, m);
+    l.window = Some((from, chrono::Utc::now()));
     eprintln!(
         "gateway: {path:<8} c={concurrency:<3} {:>6} calls {:>4} errors {:>9.1} calls/s  p50 {:.3} ms  p99 {:.3} ms",
         l.calls, l.errors, l.calls_per_s, l.p50_ms, l.p99_ms
@@ -477,16 +505,23 @@ impl FleetUnderTest {
                 )?);
             }
             let waiters: Waiters = Arc::default();
+            // The worker announces each job's progress on `<p>.events.<job>` right after the
+            // transaction that books its results and ledger rows commits. (Not the job's
+            // `jobs.done` announcement: when the worker answers before the dispatcher has
+            // marked the job running, the dispatcher completes the job without one.)
             let mut done = client
                 .nats
-                .subscribe(format!("{}.jobs.done.*", env.settings.nats.prefix))
+                .subscribe(format!("{}.events.*", env.settings.nats.prefix))
                 .await?;
             let listener = {
                 let waiters = Arc::clone(&waiters);
                 tokio::spawn(async move {
                     while let Some(msg) = done.next().await {
                         let at = Instant::now();
-                        if let Ok(ev) = codec::decode::<JobEvent>(&msg.payload) {
+                        if let Ok(ev) = codec::decode::<JobEvent>(&msg.payload)
+                            && ev.kind == "progress"
+                            && ev.finished > 0
+                        {
                             let tx = waiters
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
@@ -544,16 +579,13 @@ impl FleetUnderTest {
                     }
                 };
                 match answer {
-                    Ok(Ok((at, kind))) => {
-                        anyhow::ensure!(kind == "completed", "job {job_id} ended {kind}");
-                        Ok(at.saturating_duration_since(started))
-                    }
+                    Ok(Ok((at, _))) => Ok(at.saturating_duration_since(started)),
                     _ => {
                         waiters
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .remove(&job_id);
-                        anyhow::bail!("job {job_id}: no completion announced within 60 s")
+                        anyhow::bail!("job {job_id}: no result committed within 60 s")
                     }
                 }
             }) as CallFuture
@@ -569,6 +601,35 @@ impl FleetUnderTest {
             .fetch_one(&self.client.pool)
             .await?;
         Ok((u64::try_from(jobs).unwrap_or(0), ledger))
+    }
+
+    /// The stages of the jobs admitted between `from` and `to`.
+    async fn stages(
+        &self,
+        (from, to): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    ) -> anyhow::Result<FleetStages> {
+        let row: (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+            "SELECT \
+               percentile_cont(0.5) WITHIN GROUP \
+                 (ORDER BY extract(epoch FROM j.dispatched_at - j.created_at)::float8), \
+               percentile_cont(0.5) WITHIN GROUP \
+                 (ORDER BY extract(epoch FROM r.created_at - j.created_at)::float8), \
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY l.latency_ms::float8 / 1000) \
+             FROM jobs j \
+             JOIN results r ON r.job_id = j.job_id \
+             JOIN ledger l ON l.job_id = j.job_id \
+             WHERE j.created_at >= $1 AND j.created_at < $2 AND j.status = 'completed'",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_one(&self.client.pool)
+        .await?;
+        let ms = |x: Option<f64>| x.map_or(f64::NAN, |s| s * 1e3);
+        Ok(FleetStages {
+            dispatch_ms: ms(row.0),
+            admitted_to_booking_ms: ms(row.1),
+            http_call_ms: ms(row.2),
+        })
     }
 
     async fn stop(self) {
@@ -653,8 +714,15 @@ pub async fn run(settings: &Settings, args: &GatewayArgs) -> anyhow::Result<Gate
         for &c in &args.concurrency {
             let direct_level = measure("direct", Arc::clone(&direct), c, args).await?;
             let mut others = Vec::new();
-            if let Some(call) = &fleet_call {
-                others.push(measure("fleet", Arc::clone(call), c, args).await?);
+            if let (Some(call), Some(f)) = (&fleet_call, &fleet) {
+                let mut l = measure("fleet", Arc::clone(call), c, args).await?;
+                if let Some(w) = l.window {
+                    match f.stages(w).await {
+                        Ok(s) => l.fleet_stages = Some(s),
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "no stage breakdown"),
+                    }
+                }
+                others.push(l);
             }
             if let Some(call) = &through_litellm {
                 others.push(measure("litellm", Arc::clone(call), c, args).await?);
@@ -809,6 +877,15 @@ pub fn render(r: &GatewayReport) -> String {
             opt(l.added_p99_ms)
         ));
     }
+    for l in &r.levels {
+        if let Some(s) = &l.fleet_stages {
+            out.push_str(&format!(
+                "fleet c={}: p50s from Postgres timestamps: job admitted → dispatched {:.2} ms, → \
+                 booking transaction {:.2} ms; HTTP call {:.0} ms\n",
+                l.concurrency, s.dispatch_ms, s.admitted_to_booking_ms, s.http_call_ms
+            ));
+        }
+    }
     let g = &r.goals;
     if let (Some(a), Some(b)) = (g.added_ratio_p50, g.added_ratio_p99) {
         out.push_str(&format!(
@@ -889,6 +966,8 @@ mod tests {
             added_p50_ms: (path != "direct").then_some(p50 - 1.0),
             added_p99_ms: (path != "direct").then_some(p99 - 2.0),
             first_error: None,
+            fleet_stages: None,
+            window: None,
         };
         let levels = vec![
             mk("direct", 1, 1000.0, 1.0, 2.0),
