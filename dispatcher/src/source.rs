@@ -1,7 +1,7 @@
 //! Where a job's items come from: inline in the job message, or a JSONL object in the NATS
 //! object store, read line by line so a million-item job never sits in memory.
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 
 use switchyard_proto::Item;
 
@@ -12,7 +12,7 @@ pub enum ItemSource {
         line: u64,
     },
     Object {
-        reader: Box<BufReader<async_nats::jetstream::object_store::Object>>,
+        reader: Box<BufReader<tokio::fs::File>>,
         line: u64,
         max_line: usize,
         name: String,
@@ -54,12 +54,20 @@ impl ItemSource {
             .get_object_store(bucket)
             .await
             .map_err(|e| SourceError::Bad(format!("input bucket `{bucket}` not found: {e}")))?;
-        let object = store
+        let mut object = store
             .get(name)
             .await
             .map_err(|e| SourceError::Bad(format!("input object `{name}` not found: {e}")))?;
+        // Spooled to an anonymous temporary file first: the object store delivers chunks as
+        // fast as NATS can push them, and parsing and storing items is slower, so reading
+        // straight from it buffered most of a large object in memory (154 MB of RSS for a
+        // million items). The file is deleted when it is closed.
+        let mut spool = tokio::fs::File::from_std(tempfile::tempfile()?);
+        tokio::io::copy(&mut object, &mut spool).await?;
+        spool.flush().await?;
+        spool.seek(std::io::SeekFrom::Start(0)).await?;
         Ok(ItemSource::Object {
-            reader: Box::new(BufReader::with_capacity(256 * 1024, object)),
+            reader: Box::new(BufReader::with_capacity(256 * 1024, spool)),
             line: 0,
             max_line,
             name: name.to_owned(),

@@ -28,10 +28,46 @@ use crate::settings::{Settings, StorageKind};
 pub async fn connect(settings: &Settings, client_name: &str) -> anyhow::Result<async_nats::Client> {
     // Credentials may be in the URL: messages show it redacted.
     let shown = crate::security_settings::redact_nats_url(&settings.nats.url);
-    let (bare, in_url) = crate::security_settings::split_url_credentials(&settings.nats.url);
+    let (bare, _) = crate::security_settings::split_url_credentials(&settings.nats.url);
     // async-nats logs server addresses (at debug level): hand it URLs without credentials and
     // pass those as options instead.
     let servers = server_list(&bare).with_context(|| format!("invalid NATS URL `{shown}`"))?;
+    // A process that starts while its server restarts (a rolling upgrade, a node failing
+    // over) waits for it rather than exiting; refused credentials or a bad TLS setup fail at
+    // once, and so does a server still unreachable after `INITIAL_CONNECT_PATIENCE`.
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let options = connect_options(settings, client_name).await?;
+        match options.connect(servers.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::Io | async_nats::ConnectErrorKind::TimedOut
+                ) && started.elapsed() < INITIAL_CONNECT_PATIENCE =>
+            {
+                tracing::warn!(url = %shown, error = %e, "NATS not reachable yet, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot connect to NATS at `{shown}`"));
+            }
+        }
+    }
+}
+
+/// How long a starting process keeps trying to reach a NATS server that refuses connections.
+const INITIAL_CONNECT_PATIENCE: Duration = Duration::from_secs(20);
+
+/// The connection options from the settings (credentials from the URL or the `[nats.auth]`
+/// section, TLS).
+async fn connect_options(
+    settings: &Settings,
+    client_name: &str,
+) -> anyhow::Result<async_nats::ConnectOptions> {
+    let (_, in_url) = crate::security_settings::split_url_credentials(&settings.nats.url);
     let mut options = async_nats::ConnectOptions::new();
     match in_url {
         Some((user, Some(password))) => {
@@ -46,16 +82,12 @@ pub async fn connect(settings: &Settings, client_name: &str) -> anyhow::Result<a
         // Keep trying other cluster nodes (and this one) forever: a restarted or failed-over
         // server is the normal case, not an error.
         .max_reconnects(None);
-    let options = settings
+    settings
         .nats
         .auth
         .apply(settings.nats.tls.apply(options))
         .await
-        .map_err(anyhow::Error::msg)?;
-    options
-        .connect(servers)
-        .await
-        .with_context(|| format!("cannot connect to NATS at `{shown}`"))
+        .map_err(anyhow::Error::msg)
 }
 
 /// Parses `nats://a:4222,nats://b:4222` (a cluster's nodes) into server addresses.

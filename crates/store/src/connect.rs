@@ -15,7 +15,28 @@ use sqlx::{ConnectOptions, Connection};
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid URL")?;
     let options = options.log_statements(tracing::log::LevelFilter::Trace);
-    create_database_if_missing(&options).await?;
+    // A process that starts while Postgres restarts or fails over waits for it (bounded);
+    // refused credentials or a missing role fail at once.
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match try_connect(&options, max_connections).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if is_transient(&e) && started.elapsed() < INITIAL_CONNECT_PATIENCE => {
+                tracing::warn!(error = %format!("{e:#}"), "Postgres not reachable yet, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How long a starting process keeps trying to reach a Postgres that is down or restarting.
+const INITIAL_CONNECT_PATIENCE: Duration = Duration::from_secs(20);
+
+async fn try_connect(options: &PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
+    create_database_if_missing(options).await?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(30))
@@ -28,6 +49,19 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
                 options.get_host(),
                 options.get_port()
             )
+        })
+}
+
+/// Connection refused or reset, a pool timeout, or a server starting up or shutting down
+/// (SQLSTATE class 57P and 08): worth another try.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
+            Some(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+            _ => false,
         })
 }
 
