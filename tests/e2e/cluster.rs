@@ -74,7 +74,11 @@ async fn a_job_survives_losing_one_of_three_nats_nodes() {
         switchyard::client::WaitOutcome::Finished(s) => *s,
         other => panic!("job did not finish after a node was killed: {other:?}"),
     };
-    assert_eq!(status.job.status, "completed");
+    assert_eq!(
+        status.job.status, "completed",
+        "failed items: {:?}",
+        status.dead_letters
+    );
     assert_eq!(status.done(), n as i64);
     let (rows, distinct): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT call_id) FROM ledger WHERE job_id = $1")

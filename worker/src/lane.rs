@@ -171,16 +171,7 @@ async fn process(
             "local_only item refused on tier `{tier}`, which is not local (nothing was sent to \
              its model)"
         ));
-        send(
-            tx,
-            Pending {
-                outcome,
-                acker,
-                escalation: None,
-                dead_payload: Some(msg.payload.clone()),
-            },
-        )
-        .await;
+        send_failed(tx, outcome, acker, &msg.payload).await;
         return;
     }
     let Some(model) = w
@@ -192,16 +183,7 @@ async fn process(
             "no model configured for tier `{tier}` (job override: {:?})",
             item.models.get(tier)
         ));
-        send(
-            tx,
-            Pending {
-                outcome,
-                acker,
-                escalation: None,
-                dead_payload: Some(msg.payload.clone()),
-            },
-        )
-        .await;
+        send_failed(tx, outcome, acker, &msg.payload).await;
         return;
     };
 
@@ -258,16 +240,7 @@ async fn process(
                      (provider failing; last error: {last_error})",
                     model.name
                 );
-                send(
-                    tx,
-                    Pending {
-                        outcome: fail(error),
-                        acker,
-                        escalation: None,
-                        dead_payload: Some(msg.payload.clone()),
-                    },
-                )
-                .await;
+                send_failed(tx, fail(error), acker, &msg.payload).await;
             } else {
                 // Back when the breaker lets a probe through, spread out so the items do
                 // not all return at once.
@@ -282,31 +255,13 @@ async fn process(
             return;
         }
         Err(CallFailure::Refused(e)) => {
-            send(
-                tx,
-                Pending {
-                    outcome: fail(e.to_string()),
-                    acker,
-                    escalation: None,
-                    dead_payload: Some(msg.payload.clone()),
-                },
-            )
-            .await;
+            send_failed(tx, fail(e.to_string()), acker, &msg.payload).await;
             return;
         }
         Err(CallFailure::Exhausted(e)) => {
             if delivered >= w.settings.worker.max_deliver {
                 let error = format!("gave up after {delivered} deliveries: {e}");
-                send(
-                    tx,
-                    Pending {
-                        outcome: fail(error),
-                        acker,
-                        escalation: None,
-                        dead_payload: Some(msg.payload.clone()),
-                    },
-                )
-                .await;
+                send_failed(tx, fail(error), acker, &msg.payload).await;
             } else {
                 tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, delivered, "call failed, item will be redelivered");
                 WorkerCounters::add(&w.counters.naked, 1);
@@ -369,6 +324,21 @@ async fn process(
             acker,
             escalation,
             dead_payload: None,
+        },
+    )
+    .await;
+}
+
+/// Hands a failed item to the committer, which records the failure and dead-letters
+/// `payload` (the message as delivered).
+async fn send_failed(tx: &mpsc::Sender<Pending>, outcome: Outcome, acker: Acker, payload: &Bytes) {
+    send(
+        tx,
+        Pending {
+            outcome,
+            acker,
+            escalation: None,
+            dead_payload: Some(payload.clone()),
         },
     )
     .await;

@@ -31,11 +31,25 @@ pub fn bench_items(n: usize) -> anyhow::Result<Vec<Item>> {
         .collect())
 }
 
-fn labels() -> Vec<String> {
-    ["A", "B", "C", "D"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+/// The benches' task: classification into the bundled MMLU prompts' four labels.
+pub fn bench_task() -> Task {
+    Task::Classify {
+        labels: ["A", "B", "C", "D"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        instructions: None,
+    }
+}
+
+/// A job of `n` [`bench_items`], `strong_share` of them routed strong, never escalating.
+pub fn bench_job(n: usize, strong_share: f64) -> anyhow::Result<switchyard_proto::JobSpec> {
+    let mut spec = new_job(bench_task(), bench_items(n)?);
+    spec.policy.routing = Routing::StrongShare {
+        value: strong_share,
+    };
+    spec.policy.cascade.max_escalations = Some(0);
+    Ok(spec)
 }
 
 /// Runs the dispatch bench.
@@ -72,13 +86,7 @@ async fn fleet_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64> {
             pool: d.pool.clone(),
             inline_limit: INLINE_LIMIT,
         };
-        let mut spec = new_job(
-            Task::Classify {
-                labels: labels(),
-                instructions: None,
-            },
-            items.to_vec(),
-        );
+        let mut spec = new_job(bench_task(), items.to_vec());
         spec.policy.routing = Routing::StrongShare { value: 0.2 };
         // Upload and publish the job first; the clock starts when the dispatcher starts.
         let job_id = client.submit(spec).await?;
@@ -160,10 +168,7 @@ async fn baseline_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64
             })
             .collect();
         let t = s.topology();
-        let task = Task::Classify {
-            labels: labels(),
-            instructions: None,
-        };
+        let task = bench_task();
         let messages: Vec<(String, String, Bytes)> = items
             .iter()
             .enumerate()

@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use rust_decimal::Decimal;
-use switchyard_proto::{PROTOCOL_VERSION, Routing, Task, WorkItem, codec, work};
+use switchyard_proto::{PROTOCOL_VERSION, WorkItem, codec, work};
 use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::SimConfig;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::dispatch::bench_items;
+use super::dispatch::{bench_items, bench_job, bench_task};
 use super::env::BenchEnv;
 use super::{BenchOptions, Figure};
-use crate::client::{WaitOutcome, new_job};
+use crate::client::WaitOutcome;
 use crate::fleet::Fleet;
 
 /// Runs the end-to-end bench.
@@ -44,13 +44,6 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Fig
     ))
 }
 
-fn labels() -> Vec<String> {
-    ["A", "B", "C", "D"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
-}
-
 async fn fleet_run(
     settings: &Settings,
     data: &Arc<switchyard_sim::Dataset>,
@@ -64,15 +57,7 @@ async fn fleet_run(
         )
         .await?;
         let client = fleet.client();
-        let mut spec = new_job(
-            Task::Classify {
-                labels: labels(),
-                instructions: None,
-            },
-            bench_items(n)?,
-        );
-        spec.policy.routing = Routing::StrongShare { value: 0.2 };
-        spec.policy.cascade.max_escalations = Some(0);
+        let spec = bench_job(n, 0.2)?;
         let started = Instant::now();
         let job_id = client.submit(spec).await?;
         let outcome = client
@@ -156,10 +141,7 @@ async fn baseline_inner(s: &Settings, sim_url: &str, n: usize) -> anyhow::Result
     ] {
         sqlx::query(ddl).execute(&pool).await?;
     }
-    let task = Task::Classify {
-        labels: labels(),
-        instructions: None,
-    };
+    let task = bench_task();
     let items = bench_items(n)?;
     let payloads: Vec<(String, Bytes)> = items
         .iter()

@@ -360,13 +360,7 @@ fn prompts() -> anyhow::Result<Arc<Vec<String>>> {
 }
 
 fn task() -> Task {
-    Task::Classify {
-        labels: ["A", "B", "C", "D"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
-        instructions: None,
-    }
+    super::dispatch::bench_task()
 }
 
 /// The chat-completions bodies the fleet's worker sends for these prompts (see

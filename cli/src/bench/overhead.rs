@@ -4,16 +4,15 @@
 
 use std::time::Duration;
 
-use switchyard_proto::{Routing, Task};
 use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::SimConfig;
 
-use super::dispatch::bench_items;
+use super::dispatch::bench_job;
 use super::env::BenchEnv;
 use super::procs::{cpu_micros, spawn_role, write_config};
 use super::{BenchOptions, Figure};
-use crate::client::{Client, WaitOutcome, new_job};
+use crate::client::{Client, WaitOutcome};
 
 /// Runs the overhead bench.
 ///
@@ -63,18 +62,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let d0 = cpu_micros(dpid).unwrap_or(0);
     let w0 = cpu_micros(wpid).unwrap_or(0);
-    let mut spec = new_job(
-        Task::Classify {
-            labels: ["A", "B", "C", "D"]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-            instructions: None,
-        },
-        bench_items(n)?,
-    );
-    spec.policy.routing = Routing::StrongShare { value: 0.2 };
-    spec.policy.cascade.max_escalations = Some(0);
+    let spec = bench_job(n, 0.2)?;
     let job_id = client.submit(spec).await?;
     let outcome = client
         .wait(

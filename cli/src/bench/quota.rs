@@ -8,17 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_dispatcher::Dispatcher;
-use switchyard_proto::{Routing, Task};
 use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::SimConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::dispatch::bench_items;
+use super::dispatch::bench_job;
 use super::env::BenchEnv;
 use super::procs::{spawn_role, write_config};
 use super::{BenchOptions, Figure};
-use crate::client::{Client, INLINE_LIMIT, new_job};
+use crate::client::{Client, INLINE_LIMIT};
 
 const RPM: u32 = 600;
 const TPM: u32 = 200_000;
@@ -115,18 +114,7 @@ async fn measure(
     };
     // More items than the window can serve, so the workers never run dry.
     let n = (f64::from(RPM) / 60.0 * (window.as_secs_f64() + 30.0)) as usize;
-    let mut spec = new_job(
-        Task::Classify {
-            labels: ["A", "B", "C", "D"]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-            instructions: None,
-        },
-        bench_items(n)?,
-    );
-    spec.policy.routing = Routing::StrongShare { value: 0.0 };
-    spec.policy.cascade.max_escalations = Some(0);
+    let spec = bench_job(n, 0.0)?;
     let job_id = client.submit(spec).await?;
     // The window starts at the first call served.
     let t0 = loop {
