@@ -1,24 +1,36 @@
 //! The dispatcher's pull loop over the jobs stream, and how each job message is settled.
 //!
+//! One process works on up to `[dispatcher] concurrent_jobs` job messages at once, each in a
+//! task of its own. Why: a small job spends most of its few milliseconds waiting for Postgres
+//! and JetStream, so one job at a time capped a dispatcher at 100–150 small jobs/s with the
+//! CPU idle; and a big job (minutes of ingest and publishing) no longer holds up the small
+//! jobs queued behind it, which take the other slots meanwhile.
+//!
 //! A job message is acked only after its items are stored and published. While a large job
 //! is being worked on, in-progress acks keep JetStream from redelivering it. A job that
-//! another dispatcher holds (advisory lock) is nak'ed for later. Bad jobs are recorded,
-//! dead-lettered and terminated; transient failures are nak'ed with a delay until the
-//! consumer's `max_deliver`, then dead-lettered too.
+//! another dispatcher (or another slot of this one) holds (advisory lock) is nak'ed for later.
+//! Bad jobs are recorded, dead-lettered and terminated; transient failures are nak'ed with a
+//! delay until the consumer's `max_deliver`, then dead-lettered too.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::message::Acker;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use switchyard_proto::event::JobEvent;
 use switchyard_proto::topology::{HEADER_DLQ_REASON, HEADER_JOB_ID};
 use switchyard_proto::{PROTOCOL_VERSION, codec};
+use switchyard_runtime::Settings;
 use switchyard_store::dead_letters::{self, DeadLetter};
 use switchyard_store::jobs;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::Dispatcher;
 use crate::dispatch::{JobOutcome, dispatch_job};
@@ -27,36 +39,85 @@ use crate::intake::{Intake, read_submission};
 /// How often a job being dispatched tells JetStream it is still alive.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-/// How long one pull request for the next job waits when the stream is empty.
+/// How long one pull request for more jobs waits when the stream is empty.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
-/// Pulls job messages until `shutdown`, one job at a time per process (run more dispatcher
-/// processes to dispatch more jobs at once).
+/// How long the loop waits after a pull error (NATS restarting, a cluster node gone).
+const PULL_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Pulls job messages until `shutdown`, working on up to [`job_slots`] of them at once.
+///
+/// Each job is settled in a task of its own (so big jobs' CPU work runs on every core and
+/// never stalls the pulls). At most one pull request is outstanding, for as many messages as
+/// there are free slots when it is made; as slots only free up while it waits, the process
+/// never holds more jobs than it has slots, and the next request (made when this one ends:
+/// filled or expired) asks for the slots freed meanwhile.
+///
+/// On `shutdown` no more jobs are pulled; every job in progress gets the dispatcher's
+/// `shutdown_grace` (all at once, see [`settle_within_grace`]) and `run` returns when all
+/// of them are settled or handed back.
 ///
 /// # Errors
 /// When the consumer cannot be created (pull errors later are logged and retried).
 pub async fn run(d: Dispatcher, shutdown: CancellationToken) -> anyhow::Result<()> {
     let spec = switchyard_runtime::nats::dispatcher_consumer_spec(&d.settings);
     let consumer = switchyard_runtime::nats::ensure_consumer(&d.js, &spec).await?;
-    tracing::info!(stream = %spec.stream, consumer = %spec.durable, "dispatcher ready");
+    let slots = job_slots(&d.settings);
+    if slots < d.settings.dispatcher.concurrent_jobs {
+        tracing::warn!(
+            concurrent_jobs = d.settings.dispatcher.concurrent_jobs,
+            max_connections = d.settings.database.max_connections,
+            slots,
+            "dispatcher.concurrent_jobs capped: each job in flight holds a database connection"
+        );
+    }
+    tracing::info!(stream = %spec.stream, consumer = %spec.durable, concurrent_jobs = slots, "dispatcher ready");
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let mut pull: Option<Batch> = None;
+    let mut backoff_until: Option<Instant> = None;
     loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = next_job(&consumer) => next,
-        };
-        let msg = match next {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "job consumer error, retrying");
-                // Back off (NATS restarting, a cluster node gone) without spinning.
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
+        if pull.is_none() && backoff_until.is_none() && in_flight.len() < slots {
+            let request = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = request_jobs(&consumer, slots - in_flight.len()) => r,
+            };
+            match request {
+                Ok(batch) => pull = Some(batch),
+                Err(e) => backoff_until = Some(pull_failed(&e)),
             }
-        };
-        settle_within_grace(&d, msg, &shutdown).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(settled) = in_flight.join_next() => report_panic(settled),
+            next = next_message(&mut pull), if pull.is_some() => match next {
+                Some(Ok(msg)) => {
+                    let (d, shutdown) = (d.clone(), shutdown.clone());
+                    in_flight.spawn(
+                        async move { settle_within_grace(&d, msg, &shutdown).await }
+                            .in_current_span(),
+                    );
+                }
+                Some(Err(e)) => {
+                    pull = None;
+                    backoff_until = Some(pull_failed(&anyhow::anyhow!(e)));
+                }
+                // Filled or expired: the next request asks for the slots free by then.
+                None => pull = None,
+            },
+            () = tokio::time::sleep_until(backoff_until.unwrap_or_else(Instant::now)),
+                if backoff_until.is_some() => backoff_until = None,
+        }
+    }
+    // Messages of the last pull that arrived but were not started go back at once (those
+    // still on the wire come back after `ack_wait`).
+    if let Some(mut batch) = pull.take() {
+        while let Some(Some(Ok(msg))) = batch.next().now_or_never() {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+        }
+    }
+    // Every job in progress has seen `shutdown` too and is finishing within its grace.
+    while let Some(settled) = in_flight.join_next().await {
+        report_panic(settled);
     }
     // Acks and naks are buffered publishes: send them before the process exits.
     let _ = d.client.flush().await;
@@ -64,25 +125,56 @@ pub async fn run(d: Dispatcher, shutdown: CancellationToken) -> anyhow::Result<(
     Ok(())
 }
 
-/// Waits up to [`PULL_EXPIRES`] for the next job message with a pull request of its own.
+/// How many jobs this process works on at once: `[dispatcher] concurrent_jobs`, but fewer
+/// than the database pool's connections. Each job in flight holds a connection for its job
+/// lock (see `JobLock`) for as long as it runs and needs another for its queries; with as
+/// many jobs as connections, every job would wait for a connection the others hold.
+pub fn job_slots(settings: &Settings) -> usize {
+    let connections = usize::try_from(settings.database.max_connections).unwrap_or(usize::MAX);
+    settings
+        .dispatcher
+        .concurrent_jobs
+        .min(connections.saturating_sub(1))
+        .max(1)
+}
+
+/// Sends one pull request for up to `free` job messages, waiting at most [`PULL_EXPIRES`].
 ///
-/// Why one request per job rather than a continuous `messages()` stream: the dispatcher stops
-/// polling while it works on a job (one at a time, possibly for minutes), and a stream with
-/// idle heartbeats then reports "missed idle heartbeat" on the next poll and stalls for
-/// seconds before it pulls again; under a stream of small jobs that added up to 10 s gaps.
-async fn next_job(
-    consumer: &async_nats::jetstream::consumer::PullConsumer,
-) -> anyhow::Result<Option<async_nats::jetstream::Message>> {
-    let mut batch = consumer
+/// Why a request of its own each time rather than a continuous `messages()` stream: with all
+/// slots busy (possibly for minutes) the dispatcher must not ask for more, and a stream with
+/// idle heartbeats that is not polled meanwhile reports "missed idle heartbeat" on the next
+/// poll and stalls for seconds before it pulls again; under a stream of small jobs that added
+/// up to 10 s gaps.
+async fn request_jobs(consumer: &PullConsumer, free: usize) -> anyhow::Result<Batch> {
+    Ok(consumer
         .batch()
-        .max_messages(1)
+        .max_messages(free)
         .expires(PULL_EXPIRES)
         .messages()
-        .await?;
-    match batch.next().await {
-        Some(Ok(m)) => Ok(Some(m)),
-        Some(Err(e)) => Err(anyhow::anyhow!(e)),
-        None => Ok(None),
+        .await?)
+}
+
+/// The next message of the outstanding pull (never resolves without one).
+async fn next_message(
+    pull: &mut Option<Batch>,
+) -> Option<Result<async_nats::jetstream::Message, async_nats::Error>> {
+    match pull {
+        Some(batch) => batch.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn pull_failed(e: &anyhow::Error) -> Instant {
+    tracing::warn!(error = %format!("{e:#}"), "job consumer error, retrying");
+    // Back off (NATS restarting, a cluster node gone) without spinning.
+    Instant::now() + PULL_BACKOFF
+}
+
+/// A job task that panicked dropped its work and its job lock without settling its message:
+/// JetStream redelivers it after `ack_wait` (the keep-alive died with it).
+fn report_panic(settled: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = settled {
+        tracing::error!(error = %e, "a job's task failed; its message is redelivered after ack_wait");
     }
 }
 
@@ -102,7 +194,7 @@ async fn settle_within_grace(
         () = shutdown.cancelled() => {}
     }
     let grace = d.settings.dispatcher.shutdown_grace;
-    tracing::info!(?grace, "shutting down: letting the job in progress finish");
+    tracing::info!(?grace, "shutting down: letting a job in progress finish");
     if tokio::time::timeout(grace, &mut work).await.is_ok() {
         return;
     }

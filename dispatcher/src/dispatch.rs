@@ -2,15 +2,14 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-use switchyard_proto::{JobSpec, PROTOCOL_VERSION, WorkItem, codec, work};
+use switchyard_proto::{JobSpec, WorkItem, work};
 use switchyard_store::jobs::{self, Admission, NewJob, status};
 use switchyard_store::routing;
 use switchyard_store::{items, sha256_hex};
 
 use crate::Dispatcher;
+use crate::emit;
 use crate::ingest::{self, IngestError};
-use crate::publisher::WindowedPublisher;
 use crate::source::{ItemSource, SourceError};
 use switchyard_runtime::metrics::TierLabel;
 
@@ -77,7 +76,7 @@ pub async fn dispatch_job(
         status::INGESTING => {
             // A new job, or one whose ingest was interrupted: (re)start it from scratch.
             items::delete_for_job(&d.pool, &spec.job_id).await?;
-            let source = match open_source(d, spec).await {
+            let mut source = match open_source(d, spec).await {
                 Ok(s) => s,
                 Err(SourceError::Bad(reason)) => {
                     jobs::reject_during_ingest(&d.pool, &spec.job_id, &reason).await?;
@@ -85,7 +84,7 @@ pub async fn dispatch_job(
                 }
                 Err(SourceError::Io(e)) => return Err(e.into()),
             };
-            let ingested = match ingest::ingest(d, spec, source, |_| progress()).await {
+            let ingested = match ingest::ingest(d, spec, &mut source, |_| progress()).await {
                 Ok(i) => i,
                 Err(IngestError::Rejected(r)) => {
                     jobs::reject_during_ingest(&d.pool, &spec.job_id, &r.0).await?;
@@ -93,8 +92,6 @@ pub async fn dispatch_job(
                 }
                 Err(IngestError::Transient(e)) => return Err(e),
             };
-            let cut = ingested.cut.as_pair();
-            let ds = &d.settings.dispatcher;
             tracing::info!(
                 job_id = %spec.job_id,
                 policy = %ingested.plan.policy,
@@ -110,19 +107,35 @@ pub async fn dispatch_job(
                 &serde_json::to_value(&ingested.plan).unwrap_or_default(),
             )
             .await?;
-            routing::assign_routes(
-                &d.pool,
-                &spec.job_id,
-                cut,
-                &ds.weak_tier,
-                &ds.strong_tier,
-                d.settings.local_tier(),
-            )
-            .await?;
+            let cut = ingested.cut.as_pair();
             jobs::mark_ingested(&d.pool, &spec.job_id, ingested.item_count, cut).await?;
-            publish_items(d, spec, &mut progress).await
+            let cut = emit::cut_from_pair(cut);
+            let (prices, scores) = (ingested.prices, ingested.scores);
+            publish_items(
+                d,
+                spec,
+                &mut source,
+                &cut,
+                &prices,
+                Some(&scores),
+                &mut progress,
+            )
+            .await
         }
-        status::DISPATCHING => publish_items(d, spec, &mut progress).await,
+        status::DISPATCHING => {
+            // Interrupted while storing and publishing: read the items again and go on.
+            let row = jobs::get(&d.pool, &spec.job_id).await?;
+            let cut =
+                emit::cut_from_pair(row.and_then(|j| Some((j.routing_cut?, j.routing_cut_seq?))));
+            let mut source = open_source(d, spec).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the items of dispatching job {}: {e}",
+                    spec.job_id
+                )
+            })?;
+            let prices = ingest::job_prices(d, spec).await?;
+            publish_items(d, spec, &mut source, &cut, &prices, None, &mut progress).await
+        }
         _ => {
             // Already running or finished: nothing new to do.
             d.counters.jobs_duplicate.fetch_add(1, Ordering::Relaxed);
@@ -197,87 +210,33 @@ async fn open_source(d: &Dispatcher, spec: &JobSpec) -> Result<ItemSource, Sourc
     }
 }
 
-/// Pass 2: publishes every item still queued, in input order, then marks the job running.
+/// Pass 2 ([`emit`]): stores and publishes every item, then marks the job running.
 async fn publish_items(
     d: &Dispatcher,
     spec: &JobSpec,
+    source: &mut ItemSource,
+    cut: &switchyard_core::policy::Cut,
+    prices: &crate::route::TierPrices,
+    scores: Option<&[f32]>,
     progress: &mut impl FnMut(),
 ) -> anyhow::Result<JobOutcome> {
-    let t = d.settings.topology();
-    let ds = &d.settings.dispatcher;
-    let team = spec.team.clone().unwrap_or_else(|| "default".to_owned());
-    let project = spec.project.clone().unwrap_or_else(|| "default".to_owned());
-    let threshold = spec
-        .policy
-        .cascade
-        .confidence_threshold
-        .unwrap_or(ds.confidence_threshold);
-    let escalations = spec
-        .policy
-        .cascade
-        .max_escalations
-        .unwrap_or(ds.max_escalations);
-    let mut publisher = WindowedPublisher::new(d.js.clone(), ds.publish_window);
-    let mut after = -1i64;
-    let mut count = 0u64;
-    // Items per tier, added to the metrics once per job rather than per item.
-    let mut per_tier: std::collections::BTreeMap<String, u64> = Default::default();
-    loop {
-        let chunk = items::chunk_after(&d.pool, &spec.job_id, after, ds.chunk_size as i64).await?;
-        let Some(last) = chunk.last() else { break };
-        after = last.seq;
-        for item in chunk {
-            let tier = item.routed_tier.unwrap_or_else(|| ds.weak_tier.clone());
-            if let Some(n) = per_tier.get_mut(&tier) {
-                *n += 1;
-            } else {
-                per_tier.insert(tier.clone(), 1);
-            }
-            let local_only = item.sensitivity.as_deref() == Some("local_only");
-            let msg = WorkItem {
-                v: PROTOCOL_VERSION,
-                job_id: spec.job_id.clone(),
-                item_id: item.item_id,
-                attempt: 0,
-                tier: tier.clone(),
-                text: item.text,
-                task: spec.task.clone(),
-                team: team.clone(),
-                project: project.clone(),
-                local_only,
-                models: spec.policy.models.clone(),
-                confidence_threshold: threshold,
-                escalations_left: escalations,
-            };
-            let shadow = shadow_of(d, spec, &msg);
-            let payload = codec::encode(&msg)?;
-            let id = work::attempt_key(&msg.job_id, &msg.item_id, 0);
-            publisher
-                .publish(t.work_subject(&tier), &id, Bytes::from(payload))
-                .await?;
-            count += 1;
-            if let Some(shadow) = shadow {
-                let id = shadow.attempt_key();
-                publisher
-                    .publish(
-                        t.work_subject(&shadow.tier),
-                        &id,
-                        Bytes::from(codec::encode(&shadow)?),
-                    )
-                    .await?;
-            }
-        }
-        progress();
-    }
-    publisher.flush().await?;
+    let emitted = emit::emit(d, spec, source, cut, prices, scores, progress).await?;
     d.counters
         .items_published
-        .fetch_add(count, Ordering::Relaxed);
-    for (tier, n) in per_tier {
+        .fetch_add(emitted.published, Ordering::Relaxed);
+    // Items per tier, added to the metrics once per job rather than per item.
+    for (tier, n) in emitted.per_tier {
         d.metrics
             .items_routed
             .get_or_create(&TierLabel { tier })
             .inc_by(n);
+    }
+    if emitted.stopped {
+        tracing::info!(job_id = %spec.job_id, "job stopped while dispatching (cancelled)");
+        return Ok(JobOutcome::Dispatched {
+            items: emitted.published,
+            duplicate: false,
+        });
     }
     jobs::mark_running(&d.pool, &spec.job_id).await?;
     // Every item may already be done (a resumed dispatch): finish the job if so.
@@ -289,7 +248,7 @@ async fn publish_items(
         crate::consumer::publish_job_event(d, &spec.job_id, &final_status).await;
     }
     Ok(JobOutcome::Dispatched {
-        items: count,
+        items: emitted.published,
         duplicate: false,
     })
 }
@@ -298,7 +257,7 @@ async fn publish_items(
 /// same item on the strong tier, attempt [`work::SHADOW_ATTEMPT`], never escalating. Its
 /// answer is recorded and booked as shadow cost, never final. `local_only` items are never
 /// shadowed (the strong tier may not be local).
-fn shadow_of(d: &Dispatcher, spec: &JobSpec, item: &WorkItem) -> Option<WorkItem> {
+pub(crate) fn shadow_of(d: &Dispatcher, spec: &JobSpec, item: &WorkItem) -> Option<WorkItem> {
     let ds = &d.settings.dispatcher;
     let fraction = spec.policy.shadow?;
     if item.tier != ds.weak_tier

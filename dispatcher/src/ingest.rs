@@ -1,13 +1,15 @@
-//! Pass 1 of a job: read every item, check it, route it (pin, rule, score, estimates),
-//! store it in chunks, then plan the job's policy over its own items.
+//! Pass 1 of a job: read every item, check it, score and route it (pin, rule, score,
+//! estimates), then plan the job's policy over its own items. Nothing is stored or published
+//! yet: a bad item anywhere rejects the job with nothing of it in Postgres or JetStream, and
+//! pass 2 ([`crate::emit`]) writes each item once, with its final tier.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 
 use switchyard_core::calibrate::Plan;
 use switchyard_core::policy::Cut;
 use switchyard_core::validate::{self, Limits, Rejection};
 use switchyard_proto::JobSpec;
-use switchyard_store::items::{self, NewItem};
 
 use crate::Dispatcher;
 use crate::route::{JobRouter, TierPrices};
@@ -20,6 +22,11 @@ pub struct Ingested {
     pub cut: Cut,
     /// The policy's plan: expected cost and predicted quality.
     pub plan: Plan,
+    /// Every item's raw router score, by position (4 bytes an item): pass 2 routes with
+    /// them instead of scoring each item again.
+    pub scores: Vec<f32>,
+    /// The prices the items were routed with (pass 2 uses the same ones).
+    pub prices: TierPrices,
 }
 
 /// Why an ingest stopped.
@@ -65,30 +72,19 @@ pub async fn job_prices(d: &Dispatcher, spec: &JobSpec) -> sqlx::Result<TierPric
     }))
 }
 
-/// Reads, checks, routes and stores every item of `spec`, then plans the policy over this
-/// job's own items. `progress` is called after each stored chunk (the consumer uses it to
-/// keep the job message alive).
-///
-/// # Errors
-/// [`IngestError::Rejected`] for bad items (nothing of the job remains stored then is up to
-/// the caller), [`IngestError::Transient`] for database or NATS failures.
-pub async fn ingest(
-    d: &Dispatcher,
-    spec: &JobSpec,
-    mut source: ItemSource,
-    mut progress: impl FnMut(u64),
-) -> Result<Ingested, IngestError> {
-    let limits: Limits = d.settings.dispatcher.limits();
-    let chunk_size = d.settings.dispatcher.chunk_size;
-    let has_local = d.settings.local_tier().is_some();
+/// The job's router, as both passes use it.
+pub fn job_router<'a>(
+    d: &'a Dispatcher,
+    spec: &'a JobSpec,
+    prices: &'a TierPrices,
+) -> JobRouter<'a> {
     let ds = &d.settings.dispatcher;
-    let prices = job_prices(d, spec).await?;
     let generate_max_tokens = d
         .settings
         .model_for(&ds.weak_tier, &spec.policy.models)
         .and_then(|m| d.settings.models.get(m))
         .map_or(512, |m| m.generate_max_tokens);
-    let router = JobRouter {
+    JobRouter {
         routing: &spec.policy.routing,
         task: &spec.task,
         team: spec.team.as_deref().unwrap_or("default"),
@@ -98,66 +94,75 @@ pub async fn ingest(
         weak_tier: &ds.weak_tier,
         strong_tier: &ds.strong_tier,
         local_tier: d.settings.local_tier(),
-        prices: &prices,
+        prices,
         estimator: switchyard_core::estimate::Estimator::new(&spec.task, generate_max_tokens),
-    };
-    // Only the policy's candidates are kept (seq, scores, extra cost): 32 bytes an item.
+    }
+}
+
+/// Reads, checks and scores every item of `spec` and plans the policy over this job's own
+/// items. Stores nothing. `progress` is called every `chunk_size` items (the consumer uses it
+/// to keep the job message alive).
+///
+/// Memory stays small in the job's size: the policy's candidates (32 bytes an item), the raw
+/// scores (4 bytes) and a 128-bit hash of each item id to find duplicates (16 bytes).
+///
+/// # Errors
+/// [`IngestError::Rejected`] for bad items, [`IngestError::Transient`] for database or NATS
+/// failures.
+pub async fn ingest(
+    d: &Dispatcher,
+    spec: &JobSpec,
+    source: &mut ItemSource,
+    mut progress: impl FnMut(u64),
+) -> Result<Ingested, IngestError> {
+    let limits: Limits = d.settings.dispatcher.limits();
+    let chunk_size = d.settings.dispatcher.chunk_size as u64;
+    let has_local = d.settings.local_tier().is_some();
+    let prices = job_prices(d, spec).await?;
+    let router = job_router(d, spec, &prices);
     let mut inputs = router.inputs();
-    let mut chunk: Vec<NewItem> = Vec::with_capacity(chunk_size);
+    let mut scores: Vec<f32> = Vec::new();
+    let mut id_hashes: Vec<u128> = Vec::new();
     let mut seq: i64 = 0;
-    loop {
-        let next = source.next().await;
-        let end = next.is_none();
-        if let Some(next) = next {
-            let (line, item) = match next {
-                Ok(x) => x,
-                Err(SourceError::Bad(m)) => return Err(rejected(m)),
-                Err(SourceError::Io(e)) => return Err(IngestError::Transient(e.into())),
-            };
-            validate::check_item(&item, line, &limits).map_err(IngestError::Rejected)?;
-            if seq as u64 >= limits.max_items {
-                return Err(rejected(format!(
-                    "job has more than {} items",
-                    limits.max_items
-                )));
-            }
-            let local_only = validate::is_local_only(&item);
-            if local_only && !has_local {
-                return Err(rejected(format!(
-                    "item {:?} is local_only but this deployment has no local tier",
-                    item.item_id
-                )));
-            }
-            let (route, score) = router.route(&item, seq, &mut inputs);
-            let metadata = if item.metadata.is_empty() {
-                None
-            } else {
-                serde_json::to_string(&item.metadata).ok()
-            };
-            chunk.push(NewItem {
-                input_hash: switchyard_store::sha256_hex(item.text.as_bytes()),
-                item_id: item.item_id,
-                seq,
-                text: item.text,
-                sensitivity: item.sensitivity,
-                metadata,
-                router_score: score,
-                route,
-            });
-            seq += 1;
+    while let Some(next) = source.next().await {
+        let (line, item) = match next {
+            Ok(x) => x,
+            Err(SourceError::Bad(m)) => return Err(rejected(m)),
+            Err(SourceError::Io(e)) => return Err(IngestError::Transient(e.into())),
+        };
+        validate::check_item(&item, line, &limits).map_err(IngestError::Rejected)?;
+        if seq as u64 >= limits.max_items {
+            return Err(rejected(format!(
+                "job has more than {} items",
+                limits.max_items
+            )));
         }
-        if chunk.len() >= chunk_size || (end && !chunk.is_empty()) {
-            store_chunk(d, &spec.job_id, &chunk).await?;
+        let local_only = validate::is_local_only(&item);
+        if local_only && !has_local {
+            return Err(rejected(format!(
+                "item {:?} is local_only but this deployment has no local tier",
+                item.item_id
+            )));
+        }
+        let (_, score) = router.route(&item, seq, &mut inputs);
+        scores.push(score);
+        id_hashes.push(id_hash(&item.item_id));
+        seq += 1;
+        if (seq as u64).is_multiple_of(chunk_size) {
             progress(seq as u64);
-            chunk.clear();
-        }
-        if end {
-            break;
         }
     }
     if seq == 0 {
         return Err(rejected("job has no items"));
     }
+    if let Some(dup) = duplicate_hash(&mut id_hashes) {
+        drop(id_hashes);
+        return Err(rejected(format!(
+            "duplicate item_id {:?}",
+            name_duplicate(source, dup).await?
+        )));
+    }
+    drop(id_hashes);
     let plan = router
         .plan(&mut inputs)
         .map_err(|e| rejected(e.to_string()))?;
@@ -165,33 +170,53 @@ pub async fn ingest(
         item_count: seq,
         cut: plan.cut,
         plan,
+        scores,
+        prices,
     })
 }
 
-async fn store_chunk(d: &Dispatcher, job_id: &str, chunk: &[NewItem]) -> Result<(), IngestError> {
-    let inserted = items::insert_chunk(&d.pool, job_id, chunk).await?;
-    if inserted as usize == chunk.len() {
-        return Ok(());
-    }
-    // Some ids were already there: name one.
-    let mut seen = HashSet::with_capacity(chunk.len());
-    for it in chunk {
-        if !seen.insert(it.item_id.as_str()) {
-            return Err(rejected(format!("duplicate item_id {:?}", it.item_id)));
+/// A 128-bit hash of an item id (two independent SipHash keys): equal ids hash equal, and
+/// two different ids in a million collide with odds of about 10^-26.
+fn id_hash(id: &str) -> u128 {
+    // Fixed keys: the hash never leaves the process, it only has to be the same within it.
+    static KEYS: std::sync::OnceLock<(std::hash::RandomState, std::hash::RandomState)> =
+        std::sync::OnceLock::new();
+    let (a, b) = KEYS.get_or_init(|| (Default::default(), Default::default()));
+    (u128::from(a.hash_one(id)) << 64) | u128::from(b.hash_one(id))
+}
+
+/// A hash that occurs twice, if any (sorts `hashes`).
+fn duplicate_hash(hashes: &mut [u128]) -> Option<u128> {
+    hashes.sort_unstable();
+    hashes.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
+/// The id whose hash is `dup`: read the items again to name it in the rejection.
+async fn name_duplicate(source: &mut ItemSource, dup: u128) -> Result<String, IngestError> {
+    source
+        .rewind()
+        .await
+        .map_err(|e| IngestError::Transient(e.into()))?;
+    while let Some(next) = source.next().await {
+        if let Ok((_, item)) = next
+            && id_hash(&item.item_id) == dup
+        {
+            return Ok(item.item_id);
         }
     }
-    let ids: Vec<&str> = chunk.iter().map(|i| i.item_id.as_str()).collect();
-    let first_seq = chunk.first().map(|i| i.seq).unwrap_or(0);
-    let dup: Option<String> = sqlx::query_scalar(
-        "SELECT item_id FROM items WHERE job_id = $1 AND item_id = ANY($2) AND seq < $3 LIMIT 1",
-    )
-    .bind(job_id)
-    .bind(&ids)
-    .bind(first_seq)
-    .fetch_optional(&d.pool)
-    .await?;
-    Err(rejected(format!(
-        "duplicate item_id {:?}",
-        dup.unwrap_or_default()
-    )))
+    Ok(String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_are_found_by_hash() {
+        let mut h: Vec<u128> = ["a", "b", "c"].iter().map(|s| id_hash(s)).collect();
+        assert_eq!(duplicate_hash(&mut h), None);
+        let mut h: Vec<u128> = ["a", "b", "c", "b"].iter().map(|s| id_hash(s)).collect();
+        assert_eq!(duplicate_hash(&mut h), Some(id_hash("b")));
+        assert_ne!(id_hash("a"), id_hash("b"));
+    }
 }

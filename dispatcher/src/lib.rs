@@ -7,17 +7,20 @@
 //!    on the job, dead-lettered, and its message terminated (never redelivered forever).
 //! 2. Admission: the job row is inserted, idempotent on the job id and idempotency key. A
 //!    re-submission with the same content creates nothing new; a crashed dispatch resumes.
-//! 3. [`ingest`]: items are streamed from the message or the object store ([`source`]),
-//!    validated, routed ([`route`]) and inserted in chunks. Memory stays small in the job's
-//!    size: only the policy's candidates are kept (position, scores, extra cost), 32 bytes an
-//!    item.
+//! 3. [`ingest`] (pass 1): items are streamed from the message or the object store
+//!    ([`source`]), validated and scored, and the job's policy is planned over them. Nothing
+//!    is stored yet, so a bad item rejects the job with nothing of it stored or published.
+//!    Memory stays small in the job's size: the policy's candidates, each item's score and
+//!    a hash of its id (52 bytes an item).
 //! 4. [`route`]: sensitivity pins, then routing rules (force a tier or shift the score), then
 //!    the job's policy turns its own scores into one cut (exact strong share, threshold,
 //!    budget or quality target; `switchyard_core::calibrate`). Why each item went where it
 //!    went is stored with it.
-//! 5. [`publisher`]: every item is published to its tier with `Nats-Msg-Id` = its attempt
-//!    key, many publish-acks in flight at once; with a `shadow` policy, a sample of the
-//!    weak-routed items is published to the strong tier as well (shadow calls).
+//! 5. [`emit`] (pass 2): the items are read again, each stored once with its final tier, a
+//!    chunk at a time, and each stored chunk is published ([`publisher`]) while the next is
+//!    stored: every item to its tier with `Nats-Msg-Id` = its attempt key, many publish-acks
+//!    in flight at once; with a `shadow` policy, a sample of the weak-routed items is
+//!    published to the strong tier as well (shadow calls).
 //! 6. Only then is the job message acked ([`consumer`]).
 //!
 //! A job's team comes from the subject it was submitted on ([`identity`]); [`team_api`]
@@ -25,6 +28,7 @@
 
 pub mod consumer;
 pub mod dispatch;
+pub mod emit;
 pub mod identity;
 pub mod ingest;
 pub mod intake;

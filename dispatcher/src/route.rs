@@ -122,8 +122,20 @@ impl JobRouter<'_> {
     /// records it as fixed or adds it to the policy's candidates. Returns what is stored with
     /// the item and its raw router score.
     pub fn route(&self, item: &Item, seq: i64, acc: &mut PlanInputs) -> (ItemRoute, f32) {
+        let score = self.router.score(&item.text, self.task.kind());
+        self.route_scored(item, seq, score, acc)
+    }
+
+    /// [`JobRouter::route`] with the router's raw score already known (pass 2 of a dispatch
+    /// keeps pass 1's scores rather than scoring every item twice).
+    pub fn route_scored(
+        &self,
+        item: &Item,
+        seq: i64,
+        score: f32,
+        acc: &mut PlanInputs,
+    ) -> (ItemRoute, f32) {
         let kind = self.task.kind();
-        let score = self.router.score(&item.text, kind);
         let score = if score.is_finite() { score } else { 0.0 };
         let qw = acc.facts.weak_quality;
         let tokens = self.estimator.tokens(&item.text);

@@ -5,10 +5,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufR
 
 use switchyard_proto::Item;
 
-/// A stream of `(line number, item)`; line numbers start at 1.
+/// A stream of `(line number, item)`; line numbers start at 1. It can be read twice
+/// ([`ItemSource::rewind`]): the dispatcher checks and scores every item before it stores or
+/// publishes any (pass 1), then reads them again to store and publish them (pass 2).
 pub enum ItemSource {
     Inline {
-        items: std::vec::IntoIter<Item>,
+        items: Vec<Item>,
         line: u64,
     },
     Object {
@@ -33,10 +35,7 @@ pub enum SourceError {
 impl ItemSource {
     /// Items given inline.
     pub fn inline(items: Vec<Item>) -> Self {
-        ItemSource::Inline {
-            items: items.into_iter(),
-            line: 0,
-        }
+        ItemSource::Inline { items, line: 0 }
     }
 
     /// Opens an input object. Lines longer than `max_line` bytes are rejected without being
@@ -74,11 +73,29 @@ impl ItemSource {
         })
     }
 
+    /// Starts over from the first item (the spooled object is read again from its temporary
+    /// file, not fetched again).
+    ///
+    /// # Errors
+    /// The temporary file cannot be rewound.
+    pub async fn rewind(&mut self) -> Result<(), SourceError> {
+        match self {
+            ItemSource::Inline { line, .. } => *line = 0,
+            ItemSource::Object { reader, line, .. } => {
+                reader.seek(std::io::SeekFrom::Start(0)).await?;
+                *line = 0;
+            }
+        }
+        Ok(())
+    }
+
     /// The next item, `None` at the end.
     pub async fn next(&mut self) -> Option<Result<(u64, Item), SourceError>> {
         match self {
             ItemSource::Inline { items, line } => {
-                let item = items.next()?;
+                // Inline items are small (the job message's size limit): cloning is cheaper
+                // than keeping two copies of the reader logic.
+                let item = items.get(usize::try_from(*line).ok()?)?.clone();
                 *line += 1;
                 Some(Ok((*line, item)))
             }

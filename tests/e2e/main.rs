@@ -10,6 +10,7 @@
 mod bad_input;
 mod bad_input_catalog;
 mod cluster;
+mod dispatcher_concurrency;
 mod finance_support;
 mod foreign_client;
 mod jobs;

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::budget;
 use crate::call::{CallFailure, call_model};
-use crate::committer::{self, Pending};
+use crate::committer::{self, InFlight, InFlightGuard, Pending};
 use crate::context::{ModelRuntime, Worker, WorkerCounters};
 use crate::llm::CompletionRequest;
 
@@ -33,7 +33,9 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
     let consumer = switchyard_runtime::nats::ensure_consumer(&w.js, &spec).await?;
     let ws = &w.settings.worker;
     let (tx, rx) = mpsc::channel::<Pending>(ws.commit_batch * 4);
-    let committer = tokio::spawn(committer::run(w.clone(), rx));
+    // Per lane, like the committer it informs: another lane's calls never reach this one.
+    let in_flight = InFlight::default();
+    let committer = tokio::spawn(committer::run(w.clone(), rx, in_flight.clone()));
     let permits = Arc::new(Semaphore::new(ws.concurrency));
     let tracker = TaskTracker::new();
     // Cancelled at the end of the grace period: in-flight calls give their items back.
@@ -63,8 +65,11 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
             },
         };
         let (w2, tier2, tx2, abort2) = (w.clone(), tier.clone(), tx.clone(), abort.clone());
+        // Counted from here until the committer receives the outcome or `process` settles
+        // the message itself (the guard is dropped on every path).
+        let guard = in_flight.start();
         tracker.spawn(async move {
-            process(&w2, &tier2, msg, &tx2, &abort2).await;
+            process(&w2, &tier2, msg, &tx2, &abort2, guard).await;
             drop(permit);
         });
     }
@@ -100,13 +105,15 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
 }
 
 /// Handles one message: every path either hands an outcome to the committer (which acks
-/// after commit) or settles the message itself.
+/// after commit) or settles the message itself. `in_flight` goes with the outcome to the
+/// committer, or is dropped when this returns without one.
 async fn process(
     w: &Worker,
     tier: &str,
     msg: async_nats::jetstream::Message,
     tx: &mpsc::Sender<Pending>,
     abort: &CancellationToken,
+    in_flight: InFlightGuard,
 ) {
     let (delivered, stream_seq) = msg
         .info()
@@ -171,7 +178,7 @@ async fn process(
             "local_only item refused on tier `{tier}`, which is not local (nothing was sent to \
              its model)"
         ));
-        send_failed(tx, outcome, acker, &msg.payload).await;
+        send_failed(tx, outcome, acker, &msg.payload, in_flight).await;
         return;
     }
     let Some(model) = w
@@ -183,7 +190,7 @@ async fn process(
             "no model configured for tier `{tier}` (job override: {:?})",
             item.models.get(tier)
         ));
-        send_failed(tx, outcome, acker, &msg.payload).await;
+        send_failed(tx, outcome, acker, &msg.payload, in_flight).await;
         return;
     };
 
@@ -240,7 +247,7 @@ async fn process(
                      (provider failing; last error: {last_error})",
                     model.name
                 );
-                send_failed(tx, fail(error), acker, &msg.payload).await;
+                send_failed(tx, fail(error), acker, &msg.payload, in_flight).await;
             } else {
                 // Back when the breaker lets a probe through, spread out so the items do
                 // not all return at once.
@@ -255,13 +262,13 @@ async fn process(
             return;
         }
         Err(CallFailure::Refused(e)) => {
-            send_failed(tx, fail(e.to_string()), acker, &msg.payload).await;
+            send_failed(tx, fail(e.to_string()), acker, &msg.payload, in_flight).await;
             return;
         }
         Err(CallFailure::Exhausted(e)) => {
             if delivered >= w.settings.worker.max_deliver {
                 let error = format!("gave up after {delivered} deliveries: {e}");
-                send_failed(tx, fail(error), acker, &msg.payload).await;
+                send_failed(tx, fail(error), acker, &msg.payload, in_flight).await;
             } else {
                 tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, delivered, "call failed, item will be redelivered");
                 WorkerCounters::add(&w.counters.naked, 1);
@@ -324,6 +331,7 @@ async fn process(
             acker,
             escalation,
             dead_payload: None,
+            in_flight: Some(in_flight),
         },
     )
     .await;
@@ -331,7 +339,13 @@ async fn process(
 
 /// Hands a failed item to the committer, which records the failure and dead-letters
 /// `payload` (the message as delivered).
-async fn send_failed(tx: &mpsc::Sender<Pending>, outcome: Outcome, acker: Acker, payload: &Bytes) {
+async fn send_failed(
+    tx: &mpsc::Sender<Pending>,
+    outcome: Outcome,
+    acker: Acker,
+    payload: &Bytes,
+    in_flight: InFlightGuard,
+) {
     send(
         tx,
         Pending {
@@ -339,6 +353,7 @@ async fn send_failed(tx: &mpsc::Sender<Pending>, outcome: Outcome, acker: Acker,
             acker,
             escalation: None,
             dead_payload: Some(payload.clone()),
+            in_flight: Some(in_flight),
         },
     )
     .await;

@@ -152,6 +152,8 @@ async fn baseline_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64
             },
         )
         .await?;
+        // Items are stored only while a job is `dispatching`.
+        jobs::mark_ingested(&pool, &job_id, items.len() as i64, None).await?;
         // Everything precomputed: the baseline does I/O only.
         let rows: Vec<NewItem> = items
             .iter()
@@ -165,6 +167,7 @@ async fn baseline_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64
                 metadata: None,
                 router_score: 0.0,
                 route: Default::default(),
+                routed_tier: if i % 5 == 0 { "strong" } else { "weak" }.to_owned(),
             })
             .collect();
         let t = s.topology();

@@ -164,10 +164,19 @@ pub struct DispatcherSettings {
     /// when its dispatcher died; a live dispatcher sends in-progress acks every third of it.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
-    /// On SIGTERM the job being dispatched gets this long to finish; then it is handed back
-    /// (nak) and another dispatcher resumes it from its stored state.
+    /// On SIGTERM each job being dispatched gets this long to finish (all of them at once);
+    /// then it is handed back (nak) and another dispatcher resumes it from its stored state.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Jobs one dispatcher process works on at once (at least 1). A small job costs a few
+    /// milliseconds of round trips to Postgres and JetStream that leave the CPU idle; taking
+    /// several jobs at a time overlaps them, and a big job no longer holds up the small ones
+    /// queued behind it. Each job in flight holds its own ingest state (see `ingest`) and a
+    /// database connection for its job lock, so peak memory grows with the number of big jobs
+    /// dispatched at once, and the process takes at most `database.max_connections - 1` jobs at
+    /// a time (one connection stays free for the jobs' queries). All dispatcher processes
+    /// together hold at most 64 job messages (the jobs consumer's `max_ack_pending`).
+    pub concurrent_jobs: usize,
 }
 
 impl Default for DispatcherSettings {
@@ -187,6 +196,7 @@ impl Default for DispatcherSettings {
             max_deliver: 5,
             ack_wait: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(20),
+            concurrent_jobs: 4,
         }
     }
 }
@@ -213,7 +223,9 @@ pub struct WorkerSettings {
     pub fetch_batch: usize,
     /// Outcomes written per database transaction (at most).
     pub commit_batch: usize,
-    /// How long a partial commit batch may wait for more outcomes.
+    /// How long a partial commit batch may wait for more outcomes. The committer waits only
+    /// while its lane has other calls in flight (their outcomes are on their way); a lone
+    /// outcome is committed at once, so an idle worker adds no batching delay.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// JetStream redelivers an item not acked (or progressed) within this time.
@@ -603,6 +615,9 @@ impl Settings {
         if d.publish_window == 0 || d.chunk_size == 0 {
             return bad("dispatcher.publish_window and chunk_size must be positive".into());
         }
+        if d.concurrent_jobs == 0 {
+            return bad("dispatcher.concurrent_jobs must be at least 1".into());
+        }
         let w = &self.worker;
         if w.concurrency == 0 || w.fetch_batch == 0 || w.commit_batch == 0 {
             return bad("worker.concurrency, fetch_batch and commit_batch must be positive".into());
@@ -812,6 +827,16 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("postgres://u:[redacted]@db/x"));
+    }
+
+    #[test]
+    fn zero_concurrent_jobs_is_refused() {
+        let s = Settings::from_toml("[dispatcher]\nconcurrent_jobs = 0\n").unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("dispatcher.concurrent_jobs"), "{err}");
+        let s = Settings::from_toml("[dispatcher]\nconcurrent_jobs = 8\n").unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.dispatcher.concurrent_jobs, 8);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Item rows: inserted in batches by the dispatcher (one `INSERT … SELECT FROM UNNEST` per
-//! chunk, engine-notes: ~0.6× COPY, far above row-by-row), read back in input order to
-//! publish.
+//! chunk, engine-notes: ~0.6× COPY, far above row-by-row), each written once with its final
+//! tier, just before it is published; read back only when an interrupted dispatch resumes.
 
 use sqlx::PgPool;
 
@@ -17,10 +17,14 @@ pub struct NewItem {
     pub router_score: f32,
     /// Why it will go where it goes (see [`crate::routing`]).
     pub route: crate::routing::ItemRoute,
+    /// The tier it is published to.
+    pub routed_tier: String,
 }
 
-/// Inserts a chunk of items; returns how many were new (fewer than given means duplicate
-/// item ids, within the chunk or with earlier chunks).
+/// Inserts a chunk of items while the job is `dispatching`; returns how many were new.
+/// Fewer than given: some were stored before (a resumed dispatch), or the job is no longer
+/// dispatching (cancelled). The job row is share-locked for the statement, so a concurrent
+/// cancel either sees these items (and cancels them) or makes this insert store none.
 ///
 /// # Errors
 /// Database errors only.
@@ -32,6 +36,7 @@ pub async fn insert_chunk(pool: &PgPool, job_id: &str, items: &[NewItem]) -> sql
     let mut sens = Vec::with_capacity(items.len());
     let mut meta = Vec::with_capacity(items.len());
     let mut scores = Vec::with_capacity(items.len());
+    let mut tiers = Vec::with_capacity(items.len());
     let mut route = crate::routing::RouteCols::with_capacity(items.len());
     for it in items {
         route.push(&it.route);
@@ -42,17 +47,20 @@ pub async fn insert_chunk(pool: &PgPool, job_id: &str, items: &[NewItem]) -> sql
         sens.push(it.sensitivity.as_deref());
         meta.push(it.metadata.as_deref());
         scores.push(it.router_score);
+        tiers.push(it.routed_tier.as_str());
     }
     let r = sqlx::query(
         "INSERT INTO items (job_id, item_id, seq, text, input_hash, sensitivity, metadata, \
          router_score, status, route_rule, route_tier, route_score, route_key, est_weak_usd, \
-         est_strong_usd) \
+         est_strong_usd, routed_tier) \
          SELECT $1, u.item_id, u.seq, u.text, u.input_hash, u.sensitivity, u.metadata::jsonb, \
-         u.score, 'queued', u.rule, u.tier, u.rscore, u.rkey, u.ew, u.es \
+         u.score, 'queued', u.rule, u.tier, u.rscore, u.rkey, u.ew, u.es, u.routed \
          FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], \
          $8::real[], $9::text[], $10::text[], $11::real[], $12::real[], $13::numeric[], \
-         $14::numeric[]) AS u(item_id, seq, text, input_hash, sensitivity, metadata, score, \
-         rule, tier, rscore, rkey, ew, es) \
+         $14::numeric[], $15::text[]) AS u(item_id, seq, text, input_hash, sensitivity, \
+         metadata, score, rule, tier, rscore, rkey, ew, es, routed) \
+         WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = $1 AND status = 'dispatching' \
+           FOR SHARE) \
          ON CONFLICT DO NOTHING",
     )
     .bind(job_id)
@@ -69,12 +77,15 @@ pub async fn insert_chunk(pool: &PgPool, job_id: &str, items: &[NewItem]) -> sql
     .bind(&route.key)
     .bind(&route.est_weak)
     .bind(&route.est_strong)
+    .bind(&tiers)
     .execute(pool)
     .await?;
     Ok(r.rows_affected())
 }
 
-/// Removes a job's items (a restarted ingest starts over; nothing was published yet).
+/// Removes a job's items (a restarted ingest starts over; nothing was published yet, and
+/// since items are stored only once the job is `dispatching`, there are none to remove
+/// unless an older version of the dispatcher stored them).
 ///
 /// # Errors
 /// Database errors only.
@@ -97,24 +108,24 @@ pub struct StoredItem {
     pub routed_tier: Option<String>,
 }
 
-/// The next chunk of a job's items after `after_seq`, in input order, that are still
-/// waiting for an answer.
+/// A job's items with `from_seq ≤ seq ≤ to_seq`, in input order, that are still waiting
+/// for an answer (a resumed dispatch publishes these again).
 ///
 /// # Errors
 /// Database errors only.
-pub async fn chunk_after(
+pub async fn queued_between(
     pool: &PgPool,
     job_id: &str,
-    after_seq: i64,
-    limit: i64,
+    from_seq: i64,
+    to_seq: i64,
 ) -> sqlx::Result<Vec<StoredItem>> {
     sqlx::query_as(
         "SELECT item_id, seq, text, sensitivity, router_score, routed_tier FROM items \
-         WHERE job_id = $1 AND seq > $2 AND status = 'queued' ORDER BY seq LIMIT $3",
+         WHERE job_id = $1 AND seq BETWEEN $2 AND $3 AND status = 'queued' ORDER BY seq",
     )
     .bind(job_id)
-    .bind(after_seq)
-    .bind(limit)
+    .bind(from_seq)
+    .bind(to_seq)
     .fetch_all(pool)
     .await
 }

@@ -2,9 +2,8 @@
 //! the answer pairs the fleet learns from.
 //!
 //! The dispatcher stores, with every item, the rule that decided it (or none), its shifted
-//! score, the key the job's cut compares, and the cost estimates a budget weighed
-//! ([`ItemRoute`], written by [`crate::items::insert_chunk`]); then one statement assigns
-//! every tier from the job's cut ([`assign_routes`]). `switchyard router explain` reads it
+//! score, the key the job's cut compares, the cost estimates a budget weighed and the tier
+//! it went to ([`ItemRoute`] and `routed_tier`, written by [`crate::items::insert_chunk`]). `switchyard router explain` reads it
 //! back ([`explain`]); `router audit` and `router train --from-db` read the weak and strong
 //! answers of items that have both, from a shadow call or an escalation ([`audit_items`],
 //! [`answer_pairs`]).
@@ -59,40 +58,6 @@ impl<'a> RouteCols<'a> {
         self.est_weak.push(r.est_weak_usd);
         self.est_strong.push(r.est_strong_usd);
     }
-}
-
-/// Sets every item's routed tier in one statement: `local_only` items to the local tier,
-/// items a rule forced to their tier, the rest strong when their key ranks above the cut
-/// (mirrors [`switchyard_core::policy::Cut::route`]), weak otherwise.
-///
-/// # Errors
-/// Database errors only.
-pub async fn assign_routes(
-    pool: &PgPool,
-    job_id: &str,
-    cut: Option<(f32, i64)>,
-    weak: &str,
-    strong: &str,
-    local: Option<&str>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE items SET routed_tier = CASE \
-           WHEN sensitivity = 'local_only' THEN $5 \
-           WHEN route_tier IS NOT NULL THEN route_tier \
-           WHEN $2::real IS NOT NULL AND (route_key > $2 OR (route_key = $2 AND seq <= $3)) \
-             THEN $4 \
-           ELSE $6 END \
-         WHERE job_id = $1",
-    )
-    .bind(job_id)
-    .bind(cut.map(|c| c.0))
-    .bind(cut.map(|c| c.1))
-    .bind(strong)
-    .bind(local)
-    .bind(weak)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Stores a job's routing plan (JSON of `switchyard_core::calibrate::Plan`).

@@ -1,0 +1,312 @@
+//! Pass 2 of a job: read the items again, give each its final tier from the job's cut,
+//! store them a chunk at a time, and publish each chunk once it is stored.
+//!
+//! Each item row is written once, with its tier (no update of the whole job after the plan,
+//! no read-back to publish): that is most of what makes dispatch run near the speed of the
+//! raw insert-and-publish (README, performance). Storing chunk `k + 1` overlaps publishing
+//! chunk `k`; an item is never published before its row is committed, so a worker always
+//! finds the row it answers.
+//!
+//! Resuming (the job was `dispatching` when a dispatcher died): the same items are read and
+//! routed again, inserted where missing (`ON CONFLICT DO NOTHING`), and every item of the
+//! chunk still `queued` is published again; JetStream drops re-publishes within its duplicate
+//! window (`Nats-Msg-Id`), and workers skip items already answered.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use switchyard_core::policy::{Cut, Route};
+use switchyard_proto::{Item, JobSpec, PROTOCOL_VERSION, WorkItem, codec, work};
+use switchyard_store::items::{self, NewItem, StoredItem};
+use switchyard_store::jobs::{self, status};
+use switchyard_store::routing::ItemRoute;
+
+use crate::Dispatcher;
+use crate::ingest::job_router;
+use crate::publisher::WindowedPublisher;
+use crate::route::TierPrices;
+use crate::source::ItemSource;
+
+/// What pass 2 did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Emitted {
+    /// Work messages published (shadow calls not counted).
+    pub published: u64,
+    /// Per tier, items published.
+    pub per_tier: BTreeMap<String, u64>,
+    /// The job stopped being `dispatching` (cancelled) before every item was stored.
+    pub stopped: bool,
+}
+
+/// An item stored and ready to publish.
+struct Ready {
+    item_id: String,
+    text: String,
+    local_only: bool,
+    tier: String,
+}
+
+impl From<NewItem> for Ready {
+    fn from(i: NewItem) -> Self {
+        Ready {
+            local_only: i.sensitivity.as_deref() == Some("local_only"),
+            item_id: i.item_id,
+            text: i.text,
+            tier: i.routed_tier,
+        }
+    }
+}
+
+/// The tier of an item: the one a pin or rule forced, else the job's cut decides.
+fn tier_of(route: &ItemRoute, seq: i64, cut: &Cut, weak: &str, strong: &str) -> String {
+    if let Some(t) = &route.tier {
+        return t.clone();
+    }
+    match cut.route(route.key, seq) {
+        Route::Strong => strong.to_owned(),
+        // A cut only chooses between weak and strong (`local` comes from a pin).
+        Route::Weak | Route::Local => weak.to_owned(),
+    }
+}
+
+/// The cut as stored with the job (see [`Cut::as_pair`]) turned back into a [`Cut`].
+pub fn cut_from_pair(pair: Option<(f32, i64)>) -> Cut {
+    match pair {
+        Some((score_cut, last_seq)) => Cut::Rank {
+            score_cut,
+            last_seq,
+        },
+        None => Cut::Nothing,
+    }
+}
+
+/// Stores and publishes every item of `spec` read from `source` (from its start), routed
+/// by `cut` with `prices`. `scores`: pass 1's raw scores by position, when this process just
+/// made them; `None` scores again (a resumed dispatch).
+///
+/// # Errors
+/// Database or NATS failures, or an input that changed between the passes; the job message
+/// is redelivered and the dispatch resumes.
+pub async fn emit(
+    d: &Dispatcher,
+    spec: &JobSpec,
+    source: &mut ItemSource,
+    cut: &Cut,
+    prices: &TierPrices,
+    scores: Option<&[f32]>,
+    progress: &mut impl FnMut(),
+) -> anyhow::Result<Emitted> {
+    source.rewind().await?;
+    let ds = &d.settings.dispatcher;
+    let router = job_router(d, spec, prices);
+    // Pass 1 planned already; this accumulator is only what `route` writes to.
+    let mut scratch = router.inputs();
+    let mut out = Emitted::default();
+    let mut sender = Sender::new(d, spec);
+    let mut stored: Vec<Ready> = Vec::new();
+    let mut seq: i64 = 0;
+    loop {
+        let mut rows: Vec<NewItem> = Vec::with_capacity(ds.chunk_size);
+        while rows.len() < ds.chunk_size {
+            let Some(next) = source.next().await else {
+                break;
+            };
+            let (_, item) = next.map_err(|e| {
+                anyhow::anyhow!(
+                    "input of job {} changed since it was checked: {e}",
+                    spec.job_id
+                )
+            })?;
+            let (route, raw) = match scores.and_then(|s| s.get(seq as usize)) {
+                Some(&score) => router.route_scored(&item, seq, score, &mut scratch),
+                None => router.route(&item, seq, &mut scratch),
+            };
+            rows.push(new_item(item, seq, raw, route, cut, ds));
+            seq += 1;
+        }
+        // Store this chunk while the previous one is published.
+        let to_publish = std::mem::take(&mut stored);
+        let (inserted, sent) = tokio::join!(
+            async {
+                if rows.is_empty() {
+                    return Ok(0);
+                }
+                items::insert_chunk(&d.pool, &spec.job_id, &rows).await
+            },
+            sender.send_all(to_publish, &mut out),
+        );
+        sent?;
+        let inserted = inserted?;
+        if rows.is_empty() {
+            break;
+        }
+        if inserted as usize == rows.len() {
+            stored = rows.into_iter().map(Ready::from).collect();
+        } else {
+            // Stored before (a resumed dispatch), or the job is no longer dispatching.
+            let still = jobs::get(&d.pool, &spec.job_id)
+                .await?
+                .is_some_and(|j| j.status == status::DISPATCHING);
+            if !still {
+                out.stopped = true;
+                break;
+            }
+            let (first, last) = (rows[0].seq, rows[rows.len() - 1].seq);
+            stored = items::queued_between(&d.pool, &spec.job_id, first, last)
+                .await?
+                .into_iter()
+                .map(|i| sender.ready_from_stored(i))
+                .collect();
+        }
+        progress();
+    }
+    sender.send_all(stored, &mut out).await?;
+    sender.publisher.flush().await?;
+    Ok(out)
+}
+
+fn new_item(
+    item: Item,
+    seq: i64,
+    raw_score: f32,
+    route: ItemRoute,
+    cut: &Cut,
+    ds: &switchyard_runtime::settings::DispatcherSettings,
+) -> NewItem {
+    let metadata = if item.metadata.is_empty() {
+        None
+    } else {
+        serde_json::to_string(&item.metadata).ok()
+    };
+    NewItem {
+        input_hash: switchyard_store::sha256_hex(item.text.as_bytes()),
+        routed_tier: tier_of(&route, seq, cut, &ds.weak_tier, &ds.strong_tier),
+        item_id: item.item_id,
+        seq,
+        text: item.text,
+        sensitivity: item.sensitivity,
+        metadata,
+        router_score: raw_score,
+        route,
+    }
+}
+
+/// Publishes stored items as work messages (and their shadow calls).
+struct Sender<'a> {
+    d: &'a Dispatcher,
+    spec: &'a JobSpec,
+    publisher: WindowedPublisher,
+    team: String,
+    project: String,
+    threshold: f64,
+    escalations: u8,
+}
+
+impl<'a> Sender<'a> {
+    fn new(d: &'a Dispatcher, spec: &'a JobSpec) -> Self {
+        let ds = &d.settings.dispatcher;
+        Sender {
+            d,
+            spec,
+            publisher: WindowedPublisher::new(d.js.clone(), ds.publish_window),
+            team: spec.team.clone().unwrap_or_else(|| "default".to_owned()),
+            project: spec.project.clone().unwrap_or_else(|| "default".to_owned()),
+            threshold: spec
+                .policy
+                .cascade
+                .confidence_threshold
+                .unwrap_or(ds.confidence_threshold),
+            escalations: spec
+                .policy
+                .cascade
+                .max_escalations
+                .unwrap_or(ds.max_escalations),
+        }
+    }
+
+    fn ready_from_stored(&self, i: StoredItem) -> Ready {
+        Ready {
+            local_only: i.sensitivity.as_deref() == Some("local_only"),
+            tier: i
+                .routed_tier
+                .unwrap_or_else(|| self.d.settings.dispatcher.weak_tier.clone()),
+            item_id: i.item_id,
+            text: i.text,
+        }
+    }
+
+    async fn send_all(&mut self, items: Vec<Ready>, out: &mut Emitted) -> anyhow::Result<()> {
+        let t = self.d.settings.topology();
+        for item in items {
+            if let Some(n) = out.per_tier.get_mut(&item.tier) {
+                *n += 1;
+            } else {
+                out.per_tier.insert(item.tier.clone(), 1);
+            }
+            let msg = WorkItem {
+                v: PROTOCOL_VERSION,
+                job_id: self.spec.job_id.clone(),
+                item_id: item.item_id,
+                attempt: 0,
+                tier: item.tier,
+                text: item.text,
+                task: self.spec.task.clone(),
+                team: self.team.clone(),
+                project: self.project.clone(),
+                local_only: item.local_only,
+                models: self.spec.policy.models.clone(),
+                confidence_threshold: self.threshold,
+                escalations_left: self.escalations,
+            };
+            let shadow = crate::dispatch::shadow_of(self.d, self.spec, &msg);
+            let payload = codec::encode(&msg)?;
+            let id = work::attempt_key(&msg.job_id, &msg.item_id, 0);
+            self.publisher
+                .publish(t.work_subject(&msg.tier), &id, Bytes::from(payload))
+                .await?;
+            out.published += 1;
+            if let Some(shadow) = shadow {
+                let id = shadow.attempt_key();
+                self.publisher
+                    .publish(
+                        t.work_subject(&shadow.tier),
+                        &id,
+                        Bytes::from(codec::encode(&shadow)?),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_tiers_win_and_the_cut_ranks_the_rest() {
+        let route = |tier: Option<&str>, key: f32| ItemRoute {
+            tier: tier.map(str::to_owned),
+            key,
+            ..ItemRoute::default()
+        };
+        let cut = cut_from_pair(Some((0.5, 3)));
+        assert_eq!(
+            tier_of(&route(Some("local"), 0.9), 0, &cut, "w", "s"),
+            "local"
+        );
+        assert_eq!(tier_of(&route(None, 0.6), 9, &cut, "w", "s"), "s");
+        assert_eq!(tier_of(&route(None, 0.5), 3, &cut, "w", "s"), "s");
+        assert_eq!(tier_of(&route(None, 0.5), 4, &cut, "w", "s"), "w");
+        assert_eq!(tier_of(&route(None, 0.4), 0, &cut, "w", "s"), "w");
+        let none = cut_from_pair(None);
+        assert_eq!(tier_of(&route(None, 9.0), 0, &none, "w", "s"), "w");
+        // A threshold cut stored as a pair keeps its meaning: at or above goes strong.
+        let at_least = cut_from_pair(Cut::AtLeast(0.5).as_pair());
+        assert_eq!(
+            tier_of(&route(None, 0.5), 1_000_000, &at_least, "w", "s"),
+            "s"
+        );
+    }
+}
