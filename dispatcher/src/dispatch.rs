@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 
 use switchyard_proto::{JobSpec, WorkItem, work};
 use switchyard_store::jobs::{self, Admission, NewJob, status};
-use switchyard_store::routing;
 use switchyard_store::{items, sha256_hex};
 
 use crate::Dispatcher;
@@ -36,7 +35,9 @@ pub async fn dispatch_job(
         return Ok(JobOutcome::Rejected(reason));
     }
     let new_job = new_job_row(spec);
-    let state = match jobs::admit(&d.pool, &new_job).await? {
+    let admission = jobs::admit(&d.pool, &new_job).await?;
+    let new = matches!(admission, Admission::New);
+    let state = match admission {
         Admission::New => {
             d.counters.jobs_accepted.fetch_add(1, Ordering::Relaxed);
             d.job_outcome("accepted");
@@ -74,8 +75,11 @@ pub async fn dispatch_job(
 
     match state.as_str() {
         status::INGESTING => {
-            // A new job, or one whose ingest was interrupted: (re)start it from scratch.
-            items::delete_for_job(&d.pool, &spec.job_id).await?;
+            // A new job, or one whose ingest was interrupted: (re)start it from scratch. (Only
+            // an older dispatcher stored items before `dispatching`; a new job has none.)
+            if !new {
+                items::delete_for_job(&d.pool, &spec.job_id).await?;
+            }
             let mut source = match open_source(d, spec).await {
                 Ok(s) => s,
                 Err(SourceError::Bad(reason)) => {
@@ -101,14 +105,9 @@ pub async fn dispatch_job(
                 predicted_quality = ingested.plan.predicted_quality,
                 "job planned"
             );
-            routing::store_plan(
-                &d.pool,
-                &spec.job_id,
-                &serde_json::to_value(&ingested.plan).unwrap_or_default(),
-            )
-            .await?;
             let cut = ingested.cut.as_pair();
-            jobs::mark_ingested(&d.pool, &spec.job_id, ingested.item_count, cut).await?;
+            let plan = serde_json::to_value(&ingested.plan).unwrap_or_default();
+            jobs::mark_ingested(&d.pool, &spec.job_id, ingested.item_count, cut, &plan).await?;
             let cut = emit::cut_from_pair(cut);
             let (prices, scores) = (ingested.prices, ingested.scores);
             publish_items(

@@ -3,7 +3,6 @@
 //! yet: a bad item anywhere rejects the job with nothing of it in Postgres or JetStream, and
 //! pass 2 ([`crate::emit`]) writes each item once, with its final tier.
 
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
 use switchyard_core::calibrate::Plan;
@@ -56,19 +55,16 @@ fn rejected(msg: impl Into<String>) -> IngestError {
 /// # Errors
 /// Database errors.
 pub async fn job_prices(d: &Dispatcher, spec: &JobSpec) -> sqlx::Result<TierPrices> {
-    let mut in_db = BTreeMap::new();
-    for tier in d.settings.tiers.keys() {
-        if let Some(model) = d.settings.model_for(tier, &spec.policy.models) {
-            let price = switchyard_store::routing::current_price(&d.pool, model).await?;
-            in_db.insert(model.to_owned(), price);
-        }
-    }
+    let models: Vec<String> = d
+        .settings
+        .tiers
+        .keys()
+        .filter_map(|tier| d.settings.model_for(tier, &spec.policy.models))
+        .map(str::to_owned)
+        .collect();
+    let in_db = switchyard_store::routing::current_prices(&d.pool, &models).await?;
     Ok(TierPrices::resolve(&d.settings, &spec.policy.models, |m| {
-        in_db
-            .get(m)
-            .copied()
-            .flatten()
-            .or_else(|| d.settings.price_of(m))
+        in_db.get(m).copied().or_else(|| d.settings.price_of(m))
     }))
 }
 

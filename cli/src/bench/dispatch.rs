@@ -153,7 +153,14 @@ async fn baseline_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64
         )
         .await?;
         // Items are stored only while a job is `dispatching`.
-        jobs::mark_ingested(&pool, &job_id, items.len() as i64, None).await?;
+        jobs::mark_ingested(
+            &pool,
+            &job_id,
+            items.len() as i64,
+            None,
+            &serde_json::json!({}),
+        )
+        .await?;
         // Everything precomputed: the baseline does I/O only.
         let rows: Vec<NewItem> = items
             .iter()

@@ -152,7 +152,8 @@ pub async fn reject_during_ingest(pool: &PgPool, job_id: &str, reason: &str) -> 
     tx.commit().await
 }
 
-/// Records the routing decision and moves the job to `dispatching`.
+/// Records the routing decision and the plan (JSON of `switchyard_core::calibrate::Plan`)
+/// and moves the job to `dispatching`.
 ///
 /// # Errors
 /// Database errors only.
@@ -161,21 +162,27 @@ pub async fn mark_ingested(
     job_id: &str,
     item_count: i64,
     cut: Option<(f32, i64)>,
+    plan: &serde_json::Value,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE jobs SET status = 'dispatching', item_count = $2, routing_cut = $3, \
-         routing_cut_seq = $4 WHERE job_id = $1 AND status = 'ingesting'",
+         routing_cut_seq = $4, routing_plan = $5 WHERE job_id = $1 AND status = 'ingesting'",
     )
     .bind(job_id)
     .bind(item_count)
     .bind(cut.map(|c| c.0))
     .bind(cut.map(|c| c.1))
+    .bind(plan)
     .execute(pool)
     .await?;
     Ok(())
 }
 
 /// Moves a `dispatching` job to `running` (every item published).
+///
+/// (Not merged with [`complete_if_done`] into one statement: a worker finishing the last item
+/// between that statement's snapshot and its commit would find the job still `dispatching`
+/// and leave it, and the job would stay `running` with nothing left to answer.)
 ///
 /// # Errors
 /// Database errors only.

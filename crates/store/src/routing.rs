@@ -60,19 +60,6 @@ impl<'a> RouteCols<'a> {
     }
 }
 
-/// Stores a job's routing plan (JSON of `switchyard_core::calibrate::Plan`).
-///
-/// # Errors
-/// Database errors only.
-pub async fn store_plan(pool: &PgPool, job_id: &str, plan: &serde_json::Value) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET routing_plan = $2 WHERE job_id = $1")
-        .bind(job_id)
-        .bind(plan)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// The price version of `model` in force now, if the database has one.
 ///
 /// # Errors
@@ -86,6 +73,29 @@ pub async fn current_price(pool: &PgPool, model: &str) -> sqlx::Result<Option<Pr
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(|(i, o)| Price::new(i, o).ok()))
+}
+
+/// The price versions in force now of several models, in one query (the dispatcher prices
+/// every job's tiers; one round trip instead of one per tier matters for small jobs).
+///
+/// # Errors
+/// Database errors only.
+pub async fn current_prices(
+    pool: &PgPool,
+    models: &[String],
+) -> sqlx::Result<std::collections::BTreeMap<String, Price>> {
+    let rows: Vec<(String, Decimal, Decimal)> = sqlx::query_as(
+        "SELECT DISTINCT ON (model) model, input_usd_per_mtok, output_usd_per_mtok FROM prices \
+         WHERE model = ANY($1) AND effective_from <= now() \
+         ORDER BY model, effective_from DESC",
+    )
+    .bind(models)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(m, i, o)| Price::new(i, o).ok().map(|p| (m, p)))
+        .collect())
 }
 
 /// The job-level half of an explanation.
