@@ -168,7 +168,8 @@ pub struct DispatcherSettings {
     /// then it is handed back (nak) and another dispatcher resumes it from its stored state.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Jobs one dispatcher process works on at once (at least 1). A small job costs a few
+    /// Jobs one dispatcher process works on at once (at least 1; default 8: single-item jobs at
+    /// concurrency 32 went from 181 to 210-220 jobs/s over 4 on 2 cores). A small job costs a few
     /// milliseconds of round trips to Postgres and JetStream that leave the CPU idle; taking
     /// several jobs at a time overlaps them, and a big job no longer holds up the small ones
     /// queued behind it. Each job in flight holds its own ingest state (see `ingest`) and a
@@ -196,7 +197,7 @@ impl Default for DispatcherSettings {
             max_deliver: 5,
             ack_wait: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(20),
-            concurrent_jobs: 4,
+            concurrent_jobs: 8,
         }
     }
 }
