@@ -155,13 +155,9 @@ fn demo_jobs(data: &Dataset, opts: &DemoOptions) -> Vec<DemoJob> {
         }
     }
     mc.truncate(opts.items);
-    let labels = ["A", "B", "C", "D"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
     let mut classify = new_job(
         Task::Classify {
-            labels,
+            labels: mmlu_labels(),
             instructions: Some(
                 "Answer the multiple-choice question with the letter of the correct option.".into(),
             ),
@@ -451,4 +447,21 @@ pub fn render_text(r: &DemoReport) -> String {
         r.prices
     ));
     out
+}
+
+/// The labels of the bundled MMLU prompts (multiple choice, four options).
+pub fn mmlu_labels() -> Vec<String> {
+    ["A", "B", "C", "D"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+/// Classification of the bundled MMLU prompts into their labels, without instructions (the
+/// task the benches and `switchyard chaos` submit).
+pub fn mmlu_task() -> Task {
+    Task::Classify {
+        labels: mmlu_labels(),
+        instructions: None,
+    }
 }

@@ -154,27 +154,19 @@ async fn gather(
 async fn settle_batch(w: &Worker, batch: Vec<Pending>) {
     let outcomes: Vec<Outcome> = batch.iter().map(|p| p.outcome.clone()).collect();
     let mut touched = None;
-    let started = tokio::time::Instant::now();
-    let keepalive_every = w.settings.worker.ack_wait / 3;
-    let mut last_keepalive = started;
-    for attempt in 0u32.. {
+    let mut retry = Retry::new(w, COMMIT_RETRY_FOR);
+    loop {
         match outcomes::commit(&w.pool, &outcomes).await {
             Ok(jobs) => {
                 touched = Some(jobs);
                 break;
             }
-            Err(e) if started.elapsed() < COMMIT_RETRY_FOR => {
-                tracing::warn!(error = %e, attempt, "commit failed, retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
-                if last_keepalive.elapsed() >= keepalive_every {
-                    last_keepalive = tokio::time::Instant::now();
-                    for p in &batch {
-                        let _ = p.acker.ack_with(AckKind::Progress).await;
-                    }
-                }
+            Err(e) if !retry.expired() => {
+                tracing::warn!(error = %e, attempt = retry.attempt, "commit failed, retrying");
+                retry.wait(batch.iter().map(|p| &p.acker)).await;
             }
             Err(e) => {
-                tracing::error!(error = %e, attempt, "commit failed for too long");
+                tracing::error!(error = %e, attempt = retry.attempt, "commit failed for too long");
                 break;
             }
         }
@@ -309,35 +301,66 @@ async fn publish_escalations_patiently(
     batch: &[Pending],
     escalations: &[(usize, &WorkItem)],
 ) -> Vec<usize> {
-    let started = tokio::time::Instant::now();
-    let keepalive_every = w.settings.worker.ack_wait / 3;
-    let mut last_keepalive = started;
+    let mut retry = Retry::new(w, ESCALATION_RETRY_FOR);
     let mut todo: Vec<usize> = (0..escalations.len()).collect();
-    for attempt in 0u32.. {
+    loop {
         let items: Vec<&WorkItem> = todo.iter().map(|&i| escalations[i].1).collect();
         match publish_escalations_detailed(w, &items).await {
             Ok(()) => return Vec::new(),
             Err(failed) => todo = failed.into_iter().map(|f| todo[f]).collect(),
         }
-        if started.elapsed() >= ESCALATION_RETRY_FOR {
+        if retry.expired() {
             tracing::warn!(
                 unpublished = todo.len(),
                 "escalations not published, handing their items back"
             );
             return todo;
         }
-        tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
-        if last_keepalive.elapsed() >= keepalive_every {
-            last_keepalive = tokio::time::Instant::now();
-            for &i in &todo {
-                let _ = batch[escalations[i].0]
-                    .acker
-                    .ack_with(AckKind::Progress)
-                    .await;
+        retry
+            .wait(todo.iter().map(|&i| &batch[escalations[i].0].acker))
+            .await;
+    }
+}
+
+/// Retrying a step of a batch's settlement (the commit, the escalations) for a while: backoff
+/// between attempts, and in-progress acks every `ack_wait / 3` so that JetStream does not
+/// redeliver the messages that wait meanwhile (a redelivery would use up a delivery and pay
+/// for the model call again).
+struct Retry {
+    started: tokio::time::Instant,
+    give_up_after: Duration,
+    keepalive_every: Duration,
+    last_keepalive: tokio::time::Instant,
+    attempt: u32,
+}
+
+impl Retry {
+    fn new(w: &Worker, give_up_after: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Retry {
+            started: now,
+            give_up_after,
+            keepalive_every: w.settings.worker.ack_wait / 3,
+            last_keepalive: now,
+            attempt: 0,
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.started.elapsed() >= self.give_up_after
+    }
+
+    /// Waits before the next attempt (100 ms doubling up to 1.6 s), keeping `waiting` alive.
+    async fn wait(&mut self, waiting: impl Iterator<Item = &Acker>) {
+        tokio::time::sleep(Duration::from_millis(100 << self.attempt.min(4))).await;
+        self.attempt += 1;
+        if self.last_keepalive.elapsed() >= self.keepalive_every {
+            self.last_keepalive = tokio::time::Instant::now();
+            for acker in waiting {
+                let _ = acker.ack_with(AckKind::Progress).await;
             }
         }
     }
-    todo
 }
 
 async fn publish_escalations_detailed(w: &Worker, items: &[&WorkItem]) -> Result<(), Vec<usize>> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use switchyard_dispatcher::Dispatcher;
 use switchyard_dispatcher::publisher::WindowedPublisher;
-use switchyard_proto::{Item, PROTOCOL_VERSION, Routing, Task, WorkItem, codec, work};
+use switchyard_proto::{Item, PROTOCOL_VERSION, Routing, WorkItem, codec, work};
 use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_store::items::NewItem;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::env::BenchEnv;
 use super::{BenchOptions, Figure};
 use crate::client::{Client, INLINE_LIMIT, new_job};
+use crate::demo::mmlu_task;
 
 /// `n` items cycling through the bundled MMLU prompts, with unique ids.
 pub fn bench_items(n: usize) -> anyhow::Result<Vec<Item>> {
@@ -31,20 +32,9 @@ pub fn bench_items(n: usize) -> anyhow::Result<Vec<Item>> {
         .collect())
 }
 
-/// The benches' task: classification into the bundled MMLU prompts' four labels.
-pub fn bench_task() -> Task {
-    Task::Classify {
-        labels: ["A", "B", "C", "D"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
-        instructions: None,
-    }
-}
-
 /// A job of `n` [`bench_items`], `strong_share` of them routed strong, never escalating.
 pub fn bench_job(n: usize, strong_share: f64) -> anyhow::Result<switchyard_proto::JobSpec> {
-    let mut spec = new_job(bench_task(), bench_items(n)?);
+    let mut spec = new_job(mmlu_task(), bench_items(n)?);
     spec.policy.routing = Routing::StrongShare {
         value: strong_share,
     };
@@ -86,7 +76,7 @@ async fn fleet_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64> {
             pool: d.pool.clone(),
             inline_limit: INLINE_LIMIT,
         };
-        let mut spec = new_job(bench_task(), items.to_vec());
+        let mut spec = new_job(mmlu_task(), items.to_vec());
         spec.policy.routing = Routing::StrongShare { value: 0.2 };
         // Upload and publish the job first; the clock starts when the dispatcher starts.
         let job_id = client.submit(spec).await?;
@@ -178,7 +168,7 @@ async fn baseline_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64
             })
             .collect();
         let t = s.topology();
-        let task = bench_task();
+        let task = mmlu_task();
         let messages: Vec<(String, String, Bytes)> = items
             .iter()
             .enumerate()

@@ -15,10 +15,11 @@ use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::SimConfig;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::dispatch::{bench_items, bench_job, bench_task};
+use super::dispatch::{bench_items, bench_job};
 use super::env::BenchEnv;
 use super::{BenchOptions, Figure};
 use crate::client::WaitOutcome;
+use crate::demo::mmlu_task;
 use crate::fleet::Fleet;
 
 /// Runs the end-to-end bench.
@@ -141,7 +142,7 @@ async fn baseline_inner(s: &Settings, sim_url: &str, n: usize) -> anyhow::Result
     ] {
         sqlx::query(ddl).execute(&pool).await?;
     }
-    let task = bench_task();
+    let task = mmlu_task();
     let items = bench_items(n)?;
     let payloads: Vec<(String, Bytes)> = items
         .iter()

@@ -360,7 +360,7 @@ fn prompts() -> anyhow::Result<Arc<Vec<String>>> {
 }
 
 fn task() -> Task {
-    super::dispatch::bench_task()
+    crate::demo::mmlu_task()
 }
 
 /// The chat-completions bodies the fleet's worker sends for these prompts (see

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use secrecy::SecretString;
 use serde::Serialize;
-use switchyard_proto::{Cascade, Item, Policy, Routing, Task};
+use switchyard_proto::{Cascade, Item, Policy, Routing};
 use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::{Faults, SimConfig, SimHandle};
@@ -463,16 +463,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     }
 
     // The job.
-    let mut spec = crate::client::new_job(
-        Task::Classify {
-            labels: ["A", "B", "C", "D"]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-            instructions: None,
-        },
-        chaos_items(opts.items)?,
-    );
+    let mut spec = crate::client::new_job(crate::demo::mmlu_task(), chaos_items(opts.items)?);
     spec.team = Some("chaos".to_owned());
     spec.project = Some("reliability".to_owned());
     spec.policy = Policy {
