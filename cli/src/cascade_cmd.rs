@@ -84,6 +84,7 @@ pub fn run(a: &CascadeArgs) -> anyhow::Result<()> {
         keep_contaminated: a.keep_contaminated,
         exclude_demo: a.exclude_demo,
         skip_missing: a.skip_missing,
+        ..Filter::default()
     };
     let rows = data.paired(&pair, &filter)?;
     let sim = switchyard_sim::Dataset::load(&[&a.data])

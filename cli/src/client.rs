@@ -233,6 +233,10 @@ impl Client {
 
     /// Re-runs a job's failed items on the tier they were routed to. Returns how many.
     ///
+    /// The items are committed `queued` at a new attempt before they are published (see
+    /// `jobs::reopen_failed` for why); if this process dies in between, the job is `running`
+    /// with attempts nothing works on, and a dispatcher's stuck-job sweep publishes them.
+    ///
     /// # Errors
     /// Unknown job, or NATS/database errors.
     pub async fn retry_failed(&self, job_id: &str) -> anyhow::Result<usize> {
@@ -269,6 +273,8 @@ impl Client {
                     .confidence_threshold
                     .unwrap_or(ds.confidence_threshold),
                 escalations_left: policy.cascade.max_escalations.unwrap_or(ds.max_escalations),
+                escalation: None,
+                router_score: None,
             };
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(

@@ -146,6 +146,28 @@ pub enum LedgerCommand {
         #[arg(long)]
         password_env: Option<String>,
     },
+    /// Settle in-doubt and estimated entries against a provider's usage evidence: each
+    /// entry with evidence is reversed and booked again at the real usage
+    /// (`<call_id>:evidence`); calls never billed are reversed to zero; billed calls the
+    /// ledger lacks are booked. Idempotent: a second run with the same file changes nothing.
+    Reconcile {
+        /// The evidence: the simulator's call log (JSONL), or a generic JSONL or CSV usage
+        /// report (call_id, model, prompt_tokens, completion_tokens, optional
+        /// cached_prompt_tokens, cost_usd, billed, at; see docs/finance.md).
+        #[arg(long)]
+        usage: PathBuf,
+        /// The file is the provider's complete record of the period (e.g. its whole call
+        /// log): in-doubt and estimated entries it does not mention were never billed and
+        /// are reversed to zero. Without it they stay open.
+        #[arg(long)]
+        complete: bool,
+        /// Say what would be booked; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure a month's report at scale in a scratch database (created and dropped).
     Bench {
         /// Ledger rows to load (spread over three months).
@@ -575,6 +597,27 @@ pub async fn ledger(
             );
             Ok(exit::OK)
         }
+        LedgerCommand::Reconcile {
+            usage,
+            complete,
+            dry_run,
+            json,
+        } => {
+            let mut file = crate::usage_report::read(&usage)?;
+            file.evidence.set_complete(complete);
+            let pool = pool(&settings).await?;
+            let summary =
+                switchyard_store::reconcile::reconcile(&pool, &file.evidence, dry_run).await?;
+            if json {
+                let mut v = serde_json::to_value(&summary)?;
+                v["lines"] = file.lines.into();
+                v["lines_without_call_id"] = file.without_call_id.into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", render_reconcile(&summary, &file));
+            }
+            Ok(exit::OK)
+        }
         LedgerCommand::Bench { rows, json } => {
             let figures = crate::ledger_bench::run(settings.database_url(), rows).await?;
             if json {
@@ -585,6 +628,35 @@ pub async fn ledger(
             Ok(exit::OK)
         }
     }
+}
+
+/// The reconciliation summary for a reader.
+fn render_reconcile(
+    s: &switchyard_store::reconcile::Summary,
+    f: &crate::usage_report::UsageFile,
+) -> String {
+    let mut out = String::new();
+    if s.dry_run {
+        out.push_str("dry run: nothing was written\n");
+    }
+    let lines = [
+        ("evidence lines", f.lines),
+        ("  without a call id (ignored)", f.without_call_id),
+        ("calls in evidence", s.evidence_calls),
+        ("settled (reversed + evidence entry)", s.settled),
+        ("reversed to zero (never billed)", s.reversed_to_zero),
+        ("booked (missing from the ledger)", s.booked_missing),
+        ("unchanged", s.unchanged),
+        ("in-doubt/estimated, not in evidence", s.not_in_evidence),
+        ("in flight (left alone)", s.in_flight),
+        ("model mismatch (left alone)", s.model_mismatch),
+        ("cost disagreements", s.cost_disagreements),
+    ];
+    for (what, n) in lines {
+        out.push_str(&format!("{what:<40} {n}\n"));
+    }
+    out.push_str(&format!("{:<40} {}\n", "usd delta", exact(s.usd_delta)));
+    out
 }
 
 /// Runs `switchyard purge`.

@@ -1,6 +1,6 @@
-//! The whole fleet in one process: the model simulator, a dispatcher and workers, each a
-//! task with its own cancellation token. `switchyard demo` runs it; the end-to-end tests use
-//! it to stop and start workers mid-job. A real deployment runs the same pieces as separate
+//! The whole fleet in one process: the model simulator, a dispatcher (with its stuck-job
+//! sweep) and workers, each a task with its own cancellation token. `switchyard demo` runs
+//! it; the end-to-end tests use it to stop and start workers mid-job. A real deployment runs the same pieces as separate
 //! processes (`switchyard dispatcher`, `switchyard worker`, `switchyard sim`).
 
 use std::sync::Arc;
@@ -34,6 +34,7 @@ pub struct Fleet {
     pub workers: Vec<Option<RunningWorker>>,
     dispatcher_token: CancellationToken,
     dispatcher_handle: JoinHandle<anyhow::Result<()>>,
+    sweeper_handle: JoinHandle<()>,
 }
 
 impl Fleet {
@@ -65,6 +66,10 @@ impl Fleet {
             dispatcher.clone(),
             dispatcher_token.clone(),
         ));
+        let sweeper_handle = tokio::spawn(switchyard_dispatcher::sweeper::run(
+            dispatcher.clone(),
+            dispatcher_token.clone(),
+        ));
         let mut fleet = Self {
             settings,
             sim,
@@ -72,6 +77,7 @@ impl Fleet {
             workers: Vec::new(),
             dispatcher_token,
             dispatcher_handle,
+            sweeper_handle,
         };
         let all_tiers: Vec<String> = fleet.settings.tiers.keys().cloned().collect();
         fleet.start_worker(all_tiers).await?;
@@ -196,6 +202,7 @@ impl Fleet {
         }
         self.dispatcher_token.cancel();
         let _ = self.dispatcher_handle.await;
+        let _ = self.sweeper_handle.await;
         if let Some(sim) = self.sim.take() {
             sim.shutdown().await;
         }

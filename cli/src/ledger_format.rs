@@ -40,7 +40,7 @@ pub fn write_report(
 }
 
 /// FOCUS columns first (BilledCost, ChargePeriodStart, …), then Switchyard's `x_` columns.
-pub const CSV_COLUMNS: [&str; 38] = [
+pub const CSV_COLUMNS: [&str; 40] = [
     "BilledCost",
     "EffectiveCost",
     "ListCost",
@@ -78,6 +78,8 @@ pub const CSV_COLUMNS: [&str; 38] = [
     "x_ShadowCost",
     "x_RetryCost",
     "x_Corrections",
+    "x_InDoubtCost",
+    "x_DuplicateCost",
     "x_TierCostShare",
 ];
 
@@ -167,6 +169,8 @@ pub fn csv_record(report: &Report, row: &ReportRow) -> Vec<String> {
         exact(row.shadow_cost_usd),
         exact(row.retry_cost_usd),
         exact(row.corrections_usd),
+        exact(row.in_doubt_usd),
+        exact(row.duplicate_usd),
         tier_share.join(";"),
     ];
     if has_budget_columns(report) {
@@ -226,6 +230,8 @@ pub fn render_report_table(report: &Report) -> String {
             "saved %",
             "escalation",
             "shadow",
+            "in doubt",
+            "duplicate",
         ]
         .map(str::to_owned),
     );
@@ -247,6 +253,8 @@ pub fn render_report_table(report: &Report) -> String {
                 .unwrap_or_else(|| "-".into()),
             exact(r.escalation_cost_usd),
             exact(r.shadow_cost_usd),
+            exact(r.in_doubt_usd),
+            exact(r.duplicate_usd),
         ]);
         if budget {
             v.push(opt(r.budget_downgraded_items));

@@ -19,7 +19,8 @@
 //! - [`security_cli`]: `audit local-only` and `security nats-permissions` (docs/security.md).
 //! - [`finance_cli`]: `prices`, `budget`, `ledger` and `purge` (docs/finance.md), with
 //!   [`ledger_format`] (table, FOCUS CSV, JSON), [`ledger_serve`] (the read-only API and
-//!   dashboard) and [`ledger_bench`] (the report at scale).
+//!   dashboard), [`ledger_bench`] (the report at scale) and [`usage_report`] (provider usage
+//!   evidence for `ledger reconcile`).
 
 pub mod audit;
 pub mod bench;
@@ -41,3 +42,4 @@ pub mod quote;
 pub mod report;
 pub mod router_cmd;
 pub mod security_cli;
+pub mod usage_report;

@@ -34,6 +34,15 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// `switchyard policy …`.
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Replay `--policy quality=Q` on a routing-data file as the fleet would run it
+    /// (pilot, plan, escalation with simulated confidence, audit): achieved quality,
+    /// savings with every call counted, and the audit's estimate, per job.
+    Eval(switchyard_twin::cli::EvalArgs),
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
     Pretty,
@@ -50,12 +59,23 @@ enum Command {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
-        /// Share of each job the router sends to the strong model.
-        #[arg(long, default_value_t = 0.1)]
-        strong_share: f64,
-        /// Weak answers below this confidence escalate to the strong model.
-        #[arg(long, default_value_t = 0.8)]
-        confidence_threshold: f64,
+        /// The share of all-strong quality each job must keep (`quality=Q`).
+        #[arg(long, default_value_t = 0.95)]
+        quality: f64,
+        /// Instead of `--quality`: the share of each job the router sends to the strong
+        /// model (a hand-set policy, with --confidence-threshold, default 0.8).
+        #[arg(long)]
+        strong_share: Option<f64>,
+        /// Instead of `--quality`: weak answers below this confidence escalate (with
+        /// --strong-share, default 0.1).
+        #[arg(long)]
+        confidence_threshold: Option<f64>,
+        /// The simulator's confidence AUROC.
+        #[arg(long, default_value_t = 0.75)]
+        auroc: f64,
+        /// Where to write each job's frontier picture (SVG).
+        #[arg(long, default_value = ".")]
+        plot_dir: PathBuf,
     },
     /// Run a dispatcher (any number of them may run).
     Dispatcher {
@@ -114,6 +134,9 @@ enum Command {
     Router(switchyard::router_cmd::RouterCmd),
     /// Before a job runs: its expected cost, strong share and predicted quality.
     Quote(switchyard::quote::QuoteArgs),
+    /// Quality policies offline: `eval` replays one on routing data (the fleet's twin).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Price versions: `set` a new one (effective-dated, never changed), `list` them.
     #[command(subcommand)]
     Prices(finance_cli::PricesCommand),
@@ -163,7 +186,9 @@ enum Command {
         /// Repetitions per figure (medians are reported).
         #[arg(long, default_value_t = 3)]
         repetitions: usize,
-        /// Only these figures (dispatch, end_to_end); repeat or comma-separate.
+        /// Only these benches (dispatch, end_to_end, overhead, quota, memory); repeat or
+        /// comma-separate. `quota` runs its two scenarios, `quota_steady` or `quota_scaling`
+        /// one of them.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Items of the dispatch bench's job.
@@ -175,7 +200,8 @@ enum Command {
         /// Items of the memory bench's job.
         #[arg(long, default_value_t = 1_000_000)]
         memory_items: usize,
-        /// Measurement window of the quota bench.
+        /// Measurement window of the quota bench's steady scenario (the scaling scenario
+        /// runs 1.5 times as long: three phases of half of it).
         #[arg(long, value_parser = humantime_duration, default_value = "120s")]
         quota_window: Duration,
     },
@@ -284,6 +310,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Some(Command::Router(cmd)) = cli.command {
         return switchyard::router_cmd::run(cmd, cli.config.as_deref()).await;
     }
+    // The offline twin needs no configuration or services either.
+    if let Some(Command::Policy(PolicyCmd::Eval(args))) = &cli.command {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || switchyard_twin::cli::run_and_print(&args)).await??;
+        return Ok(exit::OK);
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     if cli.check_config {
         print!("{}", settings.to_redacted_toml());
@@ -300,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         shutdown.clone(),
     ));
     match command {
-        Command::Router(_) => Ok(exit::OK),
+        Command::Router(_) | Command::Policy(_) => Ok(exit::OK),
         Command::Quote(args) => {
             switchyard::quote::run(&settings, args).await?;
             Ok(exit::OK)
@@ -308,14 +340,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo {
             items,
             json,
+            quality,
             strong_share,
             confidence_threshold,
+            auroc,
+            plot_dir,
         } => {
+            let hand_set = strong_share.is_some() || confidence_threshold.is_some();
+            let defaults = demo::DemoOptions::default();
             let opts = demo::DemoOptions {
                 items,
-                strong_share,
-                confidence_threshold,
-                ..demo::DemoOptions::default()
+                strong_share: strong_share.unwrap_or(defaults.strong_share),
+                confidence_threshold: confidence_threshold.unwrap_or(defaults.confidence_threshold),
+                auroc,
+                quality: (!hand_set).then_some(quality),
+                plot_dir: Some(plot_dir),
+                ..defaults
             };
             let report = demo::run(settings, &opts).await?;
             if json {
@@ -371,10 +411,23 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     Ok(exit::NOT_FOUND)
                 }
                 Some(s) => {
+                    let quality = switchyard_store::quality::job_quality(
+                        &client.pool,
+                        &job,
+                        &settings_weak_tier(&client),
+                    )
+                    .await?;
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&s)?);
+                        let mut v = serde_json::to_value(&s)?;
+                        if let Some(q) = &quality {
+                            v["quality"] = serde_json::to_value(q)?;
+                        }
+                        println!("{}", serde_json::to_string_pretty(&v)?);
                     } else {
                         print!("{}", report::render_status(&s));
+                        if let Some(q) = &quality {
+                            print!("{}", report::render_quality(q));
+                        }
                     }
                     Ok(exit::OK)
                 }
@@ -398,13 +451,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         &client.pool,
                         &job,
                         format,
+                        &settings_weak_tier(&client),
                         std::io::BufWriter::new(file),
                     )
                     .await?
                 }
                 None => {
-                    report::export_results(&client.pool, &job, format, std::io::stdout().lock())
-                        .await?
+                    report::export_results(
+                        &client.pool,
+                        &job,
+                        format,
+                        &settings_weak_tier(&client),
+                        std::io::stdout().lock(),
+                    )
+                    .await?
                 }
             };
             eprintln!("{n} results exported");
@@ -579,4 +639,9 @@ async fn wait(
             exit::NOT_FOUND
         }
     })
+}
+
+/// The deployment's weak tier (what a quality job's audit estimate treats as weak-routed).
+fn settings_weak_tier(client: &Client) -> String {
+    client.settings.dispatcher.weak_tier.clone()
 }

@@ -1,6 +1,7 @@
 //! `--policy` on the command line: `strong-share=P`, `threshold=T`, `budget-usd=B`,
-//! `quality=Q` (the routing rule, one of them) and `shadow=F` (a sample of weak-routed items
-//! also sent strong), repeatable or comma-separated: `--policy quality=0.95,shadow=0.05`.
+//! `quality=Q` (the routing rule, one of them), `shadow=F` (a sample of weak-routed items
+//! also sent strong) and `audit=F` (a quality job's audit cap, as a share of the all-strong
+//! cost), repeatable or comma-separated: `--policy quality=0.95,audit=0.05`.
 
 use rust_decimal::Decimal;
 use switchyard_proto::{Policy, Routing};
@@ -10,11 +11,12 @@ use switchyard_proto::{Policy, Routing};
 pub enum PolicyArg {
     Routing(Routing),
     Shadow(f64),
+    Audit(f64),
 }
 
 /// What `--policy` accepts, for messages.
 pub const EXPECTED: &str =
-    "strong-share=P, threshold=T, budget-usd=USD, quality=Q or shadow=F (comma-separated)";
+    "strong-share=P, threshold=T, budget-usd=USD, quality=Q, shadow=F or audit=F (comma-separated)";
 
 /// Parses one part (clap's `value_parser`).
 ///
@@ -64,6 +66,7 @@ pub fn parse(s: &str) -> Result<PolicyArg, String> {
             Ok(PolicyArg::Routing(Routing::Quality { value: q }))
         }
         "shadow" => Ok(PolicyArg::Shadow(fraction("shadow")?)),
+        "audit" => Ok(PolicyArg::Audit(fraction("audit")?)),
         other => Err(format!("unknown policy `{other}` (expected {EXPECTED})")),
     }
 }
@@ -90,6 +93,7 @@ pub fn apply(parts: &[PolicyArg], policy: &mut Policy) -> Result<(), String> {
                 policy.routing = r.clone();
             }
             PolicyArg::Shadow(f) => policy.shadow = Some(*f),
+            PolicyArg::Audit(f) => policy.audit = Some(*f),
         }
     }
     Ok(())
@@ -113,6 +117,8 @@ mod tests {
             PolicyArg::Routing(Routing::Quality { value: 0.95 })
         );
         assert_eq!(parse("shadow=0.1").unwrap(), PolicyArg::Shadow(0.1));
+        assert_eq!(parse("audit=0.05").unwrap(), PolicyArg::Audit(0.05));
+        assert!(parse("audit=1.5").unwrap_err().contains("outside"));
         assert!(parse("quality=0").unwrap_err().contains("outside"));
         assert!(parse("budget-usd=-1").unwrap_err().contains("negative"));
         assert!(parse("budget-usd=lots").unwrap_err().contains("decimal"));
@@ -126,6 +132,8 @@ mod tests {
         .unwrap();
         assert_eq!(p.routing, Routing::Quality { value: 0.9 });
         assert_eq!(p.shadow, Some(0.2));
+        apply(&[parse("audit=0.03").unwrap()], &mut p).unwrap();
+        assert_eq!(p.audit, Some(0.03));
         let e = apply(
             &[
                 parse("quality=0.9").unwrap(),

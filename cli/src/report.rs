@@ -4,6 +4,7 @@ use std::io::Write;
 
 use futures::TryStreamExt;
 use sqlx::PgPool;
+use switchyard_store::quality::JobQuality;
 use switchyard_store::reports::{self, JobStatus};
 
 /// Export formats of `switchyard results`.
@@ -75,7 +76,41 @@ pub fn render_status(s: &JobStatus) -> String {
     out
 }
 
-/// Writes a job's results to `out`; returns how many rows.
+/// The quality section of `status` for a `quality=Q` job: target, plan, and the audit's
+/// estimate with its 95% interval (a conservative proxy, reported, not a gate).
+pub fn render_quality(q: &JobQuality) -> String {
+    let pct = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{:.1}%", 100.0 * v));
+    let a = &q.audit;
+    format!(
+        "quality: target {} of all-strong; stage {}, {} pilot items; planned {} (checked at {})\n\
+         audit estimate {} of all-strong ({} items: {} strong-final, {} estimated from {} \
+         audited)\n  = {}\n",
+        pct(q.target),
+        q.stage,
+        q.pilot_items,
+        pct(q.planned_quality),
+        pct(q.planned_quality_low),
+        a.display(),
+        a.items,
+        a.strong_final,
+        a.estimated,
+        a.audited,
+        q.proxy
+    )
+}
+
+/// A quality job's estimate as it goes on every exported row (job-level, repeated so that
+/// each row of a CSV carries it).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+struct RowQuality {
+    quality_estimate: Option<f64>,
+    quality_low: Option<f64>,
+    quality_high: Option<f64>,
+}
+
+/// Writes a job's results to `out`; returns how many rows. A quality job's rows also carry
+/// the audit's estimate of the job's quality and its 95% interval (`quality_estimate`,
+/// `quality_low`, `quality_high`: agreement with the strong model, a conservative proxy).
 ///
 /// # Errors
 /// Database or write errors.
@@ -83,14 +118,36 @@ pub async fn export_results(
     pool: &PgPool,
     job_id: &str,
     format: ResultFormat,
+    weak_tier: &str,
     mut out: impl Write,
 ) -> anyhow::Result<u64> {
+    let q = switchyard_store::quality::job_quality(pool, job_id, weak_tier)
+        .await?
+        .map(|q| RowQuality {
+            quality_estimate: Some(q.audit.estimate),
+            quality_low: Some(q.audit.low),
+            quality_high: Some(q.audit.high),
+        })
+        .unwrap_or_default();
     let mut rows = reports::results_stream(pool, job_id);
     let mut n = 0;
     match format {
         ResultFormat::Jsonl => {
+            #[derive(serde::Serialize)]
+            struct Row<'a> {
+                #[serde(flatten)]
+                row: &'a reports::ResultRow,
+                #[serde(flatten)]
+                quality: RowQuality,
+            }
             while let Some(row) = rows.try_next().await? {
-                serde_json::to_writer(&mut out, &row)?;
+                serde_json::to_writer(
+                    &mut out,
+                    &Row {
+                        row: &row,
+                        quality: q,
+                    },
+                )?;
                 out.write_all(b"\n")?;
                 n += 1;
             }
@@ -108,7 +165,11 @@ pub async fn export_results(
                 "attempts",
                 "cost_usd",
                 "error",
+                "quality_estimate",
+                "quality_low",
+                "quality_high",
             ])?;
+            let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_default();
             while let Some(r) = rows.try_next().await? {
                 w.write_record([
                     r.item_id.as_str(),
@@ -121,6 +182,9 @@ pub async fn export_results(
                     &r.attempts.to_string(),
                     &r.cost_usd.normalize().to_string(),
                     r.error.as_deref().unwrap_or(""),
+                    &f(q.quality_estimate),
+                    &f(q.quality_low),
+                    &f(q.quality_high),
                 ])?;
                 n += 1;
             }

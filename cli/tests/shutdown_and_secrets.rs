@@ -230,7 +230,8 @@ async fn sigterm_finishes_or_hands_back_in_flight_items_and_nothing_is_booked_tw
     let answered: Vec<String> = sim
         .calls()
         .into_iter()
-        .filter_map(|c| c.response_id)
+        .filter(|c| c.response_id.is_some())
+        .filter_map(|c| c.client_request_id)
         .collect();
     assert!(!answered.is_empty());
     let booked: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE call_id = ANY($1)")

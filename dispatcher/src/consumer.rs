@@ -10,7 +10,13 @@
 //! is being worked on, in-progress acks keep JetStream from redelivering it. A job that
 //! another dispatcher (or another slot of this one) holds (advisory lock) is nak'ed for later.
 //! Bad jobs are recorded, dead-lettered and terminated; transient failures are nak'ed with a
-//! delay until the consumer's `max_deliver`, then dead-lettered too.
+//! delay until the consumer's `max_deliver`: on the last delivery the job ends `failed` with
+//! the last error as its reason, whatever state it was in, and is dead-lettered too.
+//!
+//! [`handle_job`] decides what becomes of a message ([`JobDisposition`]) and
+//! [`handle_message`] is the one place that turns that into ack, nak or term. A message whose
+//! last delivery could not even record its failure (Postgres down) dies in the stream
+//! unrecorded; the sweep ([`crate::sweeper`]) finds its job and takes the message over.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -35,6 +41,7 @@ use tracing::Instrument as _;
 use crate::Dispatcher;
 use crate::dispatch::{JobOutcome, dispatch_job};
 use crate::intake::{Intake, read_submission};
+use crate::job_lock::JobLock;
 
 /// How often a job being dispatched tells JetStream it is still alive.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -207,100 +214,67 @@ async fn settle_within_grace(
     let _ = d.client.flush().await;
 }
 
-/// Settles one job message. Never fails: every path ends in ack, nak or term.
-pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message) {
-    let (deliveries, stream_seq) = match msg.info() {
-        Ok(info) => (info.delivered, info.stream_sequence),
-        Err(_) => (1, 0),
-    };
-    let stream = d.settings.topology().jobs_stream();
-    let message_key = format!("{stream}:{stream_seq}");
-    let header_id = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(HEADER_JOB_ID))
-        .map(|v| v.as_str().to_owned());
-    let fallback = format!("unknown-{stream_seq}");
-    let limits = d.settings.dispatcher.limits();
-    let subject = msg.subject.to_string();
-    let payload = msg.payload.clone();
-    let reply = msg.reply.clone();
-    let acker = Acker::new(d.js.clone(), reply.clone());
+/// A job message in hand: a delivery from the consumer, or a message a sweep took over from
+/// the stream ([`crate::sweeper`]).
+#[derive(Debug, Clone)]
+pub struct JobMessage {
+    pub subject: String,
+    pub payload: Bytes,
+    /// The job id header (`Sy-Job-Id`), if any.
+    pub header_id: Option<String>,
+    /// This delivery's number; at `[dispatcher] max_deliver` it is the last one.
+    pub deliveries: i64,
+    pub stream_seq: u64,
+}
 
-    let mut spec = match read_submission(&payload, header_id.as_deref(), &fallback, &limits) {
-        Intake::Job(spec) => spec,
-        Intake::Reject {
-            job_id,
-            team,
-            project,
-            reason,
-        } => {
-            reject(
-                d,
-                &acker,
-                &message_key,
-                &subject,
-                &payload,
-                &job_id,
-                &team,
-                &project,
-                &reason,
-                deliveries,
-            )
-            .await;
-            return;
-        }
-    };
-
-    if let Err(reason) = crate::identity::settle_team(&d.settings, &subject, &mut spec) {
-        let team =
-            switchyard_proto::teams::team_of_submit_subject(&d.settings.topology(), &subject)
-                .unwrap_or("default")
-                .to_owned();
-        reject(
-            d,
-            &acker,
-            &message_key,
-            &subject,
-            &payload,
-            &spec.job_id,
-            &team,
-            "default",
-            &reason,
+impl JobMessage {
+    /// The message as delivered by the consumer.
+    pub fn delivered(msg: &async_nats::jetstream::Message) -> Self {
+        let (deliveries, stream_seq) = match msg.info() {
+            Ok(info) => (info.delivered, info.stream_sequence),
+            Err(_) => (1, 0),
+        };
+        Self {
+            subject: msg.subject.to_string(),
+            payload: msg.payload.clone(),
+            header_id: header_job_id(msg.headers.as_ref()),
             deliveries,
-        )
-        .await;
-        return;
+            stream_seq,
+        }
     }
 
-    // One dispatcher per job at a time, across processes.
-    let lock = match JobLock::try_acquire(&d.pool, &spec.job_id).await {
-        Ok(Some(lock)) => lock,
-        Ok(None) => {
-            tracing::info!(job_id = %spec.job_id, "job is held by another dispatcher, retrying later");
-            let _ = acker
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
-            return;
-        }
-        Err(e) => {
-            transient_failure(
-                d,
-                &acker,
-                &message_key,
-                &subject,
-                &payload,
-                &spec.job_id,
-                deliveries,
-                &e,
-            )
-            .await;
-            return;
-        }
-    };
+    /// The stream sequence, when the message came from the stream (0: unknown).
+    fn seq(&self) -> Option<i64> {
+        (self.stream_seq > 0).then(|| i64::try_from(self.stream_seq).unwrap_or(i64::MAX))
+    }
+}
 
+/// The job id header of a job message.
+pub fn header_job_id(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|h| h.get(HEADER_JOB_ID))
+        .map(|v| v.as_str().to_owned())
+}
+
+/// What becomes of a job message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobDisposition {
+    /// Handled for good (the job is dispatched, or was before): ack.
+    Done,
+    /// Not now: nak, redelivered after `after`.
+    Retry { after: Duration },
+    /// Never: the job is recorded rejected or failed with `reason` (job row and dead letter,
+    /// written before this); the message goes to the jobs' dead-letter subject and is
+    /// terminated.
+    GiveUp { reason: String },
+}
+
+/// Settles one delivered job message. Never fails: every path ends in ack, nak or term.
+pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message) {
+    let job = JobMessage::delivered(&msg);
+    let acker = Acker::new(d.js.clone(), msg.reply.clone());
     // Keep the message alive while the job is being worked on.
-    let ticker_acker = Acker::new(d.js.clone(), reply);
+    let ticker_acker = Acker::new(d.js.clone(), msg.reply.clone());
     let keepalive = CancellationToken::new();
     let keepalive_guard = keepalive.clone();
     let ticker = async move {
@@ -314,15 +288,79 @@ pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message)
             }
         }
     };
-    let work = dispatch_job(d, &spec, || {});
-    let (result, ()) = tokio::join!(
+    let (disposition, ()) = tokio::join!(
         async {
-            let r = work.await;
+            let disposition = handle_job(d, &job).await;
             keepalive_guard.cancel();
-            r
+            disposition
         },
         ticker
     );
+    let result = match disposition {
+        JobDisposition::Done => acker.ack().await,
+        JobDisposition::Retry { after } => acker.ack_with(AckKind::Nak(Some(after))).await,
+        JobDisposition::GiveUp { reason } => {
+            publish_dead_letter(d, &job, &reason).await;
+            acker.ack_with(AckKind::Term).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot settle a job message; its redelivery finds the job's stored state");
+    }
+}
+
+/// Handles one job message and says what becomes of it. Records come first: a job given up
+/// on is stored rejected or failed, with its dead letter, before [`JobDisposition::GiveUp`].
+pub async fn handle_job(d: &Dispatcher, job: &JobMessage) -> JobDisposition {
+    let stream = d.settings.topology().jobs_stream();
+    let message_key = format!("{stream}:{}", job.stream_seq);
+    let fallback = format!("unknown-{}", job.stream_seq);
+    let limits = d.settings.dispatcher.limits();
+    let last = job.deliveries >= d.settings.dispatcher.max_deliver;
+    let dead = |job_id: &'_ str, error: &'_ str| DeadLetterOf {
+        message_key: message_key.clone(),
+        subject: job.subject.clone(),
+        job_id: job_id.to_owned(),
+        deliveries: job.deliveries,
+        error: error.to_owned(),
+    };
+
+    let mut spec = match read_submission(&job.payload, job.header_id.as_deref(), &fallback, &limits)
+    {
+        Intake::Job(spec) => spec,
+        Intake::Reject {
+            job_id,
+            team,
+            project,
+            reason,
+        } => return reject(d, &dead(&job_id, &reason), &team, &project, last).await,
+    };
+
+    if let Err(reason) = crate::identity::settle_team(&d.settings, &job.subject, &mut spec) {
+        let team =
+            switchyard_proto::teams::team_of_submit_subject(&d.settings.topology(), &job.subject)
+                .unwrap_or("default")
+                .to_owned();
+        return reject(d, &dead(&spec.job_id, &reason), &team, "default", last).await;
+    }
+    let team = spec.team.clone().unwrap_or_else(|| "default".to_owned());
+    let project = spec.project.clone().unwrap_or_else(|| "default".to_owned());
+
+    // One dispatcher per job at a time, across processes.
+    let lock = match JobLock::try_acquire_for_message(&d.pool, &spec.job_id, job.seq()).await {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            tracing::info!(job_id = %spec.job_id, "job is held by another dispatcher, retrying later");
+            return JobDisposition::Retry {
+                after: Duration::from_secs(5),
+            };
+        }
+        Err(e) => {
+            let e = e.context("cannot take the job's lock");
+            return transient_failure(d, &dead(&spec.job_id, ""), &team, &project, last, &e).await;
+        }
+    };
+    let result = dispatch_job(d, &spec, job.seq(), || {}).await;
     lock.release().await;
 
     match result {
@@ -332,155 +370,153 @@ pub async fn handle_message(d: &Dispatcher, msg: async_nats::jetstream::Message)
             } else {
                 tracing::info!(job_id = %spec.job_id, items, "job dispatched");
             }
-            if let Err(e) = acker.ack().await {
-                tracing::warn!(job_id = %spec.job_id, error = %e, "ack failed; redelivery will find the job dispatched");
-            }
+            JobDisposition::Done
         }
         Ok(JobOutcome::Rejected(reason)) => {
-            let team = spec.team.clone().unwrap_or_else(|| "default".to_owned());
-            let project = spec.project.clone().unwrap_or_else(|| "default".to_owned());
-            reject(
-                d,
-                &acker,
-                &message_key,
-                &subject,
-                &payload,
-                &spec.job_id,
-                &team,
-                &project,
-                &reason,
-                deliveries,
-            )
-            .await;
+            reject(d, &dead(&spec.job_id, &reason), &team, &project, last).await
         }
-        Err(e) => {
-            transient_failure(
-                d,
-                &acker,
-                &message_key,
-                &subject,
-                &payload,
-                &spec.job_id,
-                deliveries,
-                &e,
-            )
-            .await;
-        }
+        Err(e) => transient_failure(d, &dead(&spec.job_id, ""), &team, &project, last, &e).await,
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "all of it goes into the dead letter"
-)]
-async fn reject(
-    d: &Dispatcher,
-    acker: &Acker,
-    message_key: &str,
-    subject: &str,
-    payload: &Bytes,
-    job_id: &str,
-    team: &str,
-    project: &str,
-    reason: &str,
+/// What a dead letter of a job message records.
+#[derive(Clone)]
+struct DeadLetterOf {
+    message_key: String,
+    subject: String,
+    job_id: String,
     deliveries: i64,
-) {
-    tracing::warn!(job_id = %job_id, reason = %reason, "job rejected");
-    d.counters.jobs_rejected.fetch_add(1, Ordering::Relaxed);
-    d.job_outcome("rejected");
-    // The dead letter goes in before the job row: whoever sees the job as
-    // `rejected` (a waiting client, a test) must also find the reason.
-    let recorded = async {
+    error: String,
+}
+
+impl DeadLetterOf {
+    async fn record(&self, d: &Dispatcher) -> sqlx::Result<()> {
         dead_letters::record(
             &d.pool,
             &DeadLetter {
-                message_key,
+                message_key: &self.message_key,
                 kind: "job",
-                job_id: Some(job_id),
+                job_id: Some(&self.job_id),
                 item_id: None,
                 attempt: None,
-                subject,
-                deliveries: Some(deliveries as i32),
-                error: reason,
+                subject: &self.subject,
+                deliveries: Some(i32::try_from(self.deliveries).unwrap_or(i32::MAX)),
+                error: &self.error,
             },
         )
-        .await?;
+        .await
+    }
+}
+
+/// A bad job: recorded rejected with its reason. When the record cannot be written the
+/// message is retried (the reason must not be lost); on the last delivery it then dies in
+/// the stream, unrecorded, and a sweep takes it over later ([`crate::sweeper`]).
+async fn reject(
+    d: &Dispatcher,
+    dead: &DeadLetterOf,
+    team: &str,
+    project: &str,
+    last: bool,
+) -> JobDisposition {
+    let (job_id, reason) = (dead.job_id.as_str(), dead.error.as_str());
+    tracing::warn!(job_id = %job_id, reason = %reason, "job rejected");
+    // The dead letter goes in before the job row: whoever sees the job as
+    // `rejected` (a waiting client, a test) must also find the reason.
+    let recorded = async {
+        dead.record(d).await?;
         jobs::record_rejection(&d.pool, job_id, team, project, reason).await?;
         anyhow::Ok(())
     }
     .await;
     if let Err(e) = recorded {
-        // Not recorded: let JetStream redeliver rather than lose the reason.
-        tracing::error!(job_id = %job_id, error = %e, "cannot record rejection, will retry");
-        let _ = acker
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-            .await;
-        return;
+        tracing::error!(job_id = %job_id, last, error = %e, "cannot record rejection, will retry");
+        return JobDisposition::Retry {
+            after: Duration::from_secs(2),
+        };
     }
-    publish_dead_letter(d, payload, reason).await;
+    d.counters.jobs_rejected.fetch_add(1, Ordering::Relaxed);
+    d.job_outcome("rejected");
     publish_job_event(d, job_id, "rejected").await;
-    let _ = acker.ack_with(AckKind::Term).await;
+    JobDisposition::GiveUp {
+        reason: reason.to_owned(),
+    }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "all of it goes into the dead letter"
-)]
+/// A failure that may pass (Postgres or NATS down, the input unreadable for now): retried
+/// with a delay; on the last delivery the job ends `failed` with the error as its reason,
+/// whatever state it was in (see [`jobs::fail`]).
 async fn transient_failure(
     d: &Dispatcher,
-    acker: &Acker,
-    message_key: &str,
-    subject: &str,
-    payload: &Bytes,
-    job_id: &str,
-    deliveries: i64,
+    dead: &DeadLetterOf,
+    team: &str,
+    project: &str,
+    last: bool,
     e: &anyhow::Error,
-) {
-    if deliveries >= d.settings.dispatcher.max_deliver {
-        let reason = format!("dispatch failed {deliveries} times, last error: {e:#}");
-        tracing::error!(job_id = %job_id, error = %reason, "giving up on job");
-        let recorded = async {
-            let _ = jobs::reject_during_ingest(&d.pool, job_id, &reason).await;
-            jobs::record_rejection(&d.pool, job_id, "default", "default", &reason).await?;
-            dead_letters::record(
-                &d.pool,
-                &DeadLetter {
-                    message_key,
-                    kind: "job",
-                    job_id: Some(job_id),
-                    item_id: None,
-                    attempt: None,
-                    subject,
-                    deliveries: Some(deliveries as i32),
-                    error: &reason,
-                },
-            )
-            .await?;
-            anyhow::Ok(())
-        }
-        .await;
-        if recorded.is_ok() {
-            publish_dead_letter(d, payload, &reason).await;
-            let _ = acker.ack_with(AckKind::Term).await;
-            return;
+) -> JobDisposition {
+    let job_id = dead.job_id.as_str();
+    if !last {
+        tracing::warn!(job_id = %job_id, deliveries = dead.deliveries, error = %format!("{e:#}"), "dispatch failed, will retry");
+        return JobDisposition::Retry {
+            after: Duration::from_secs(2),
+        };
+    }
+    let reason = format!(
+        "dispatch failed {} times, last error: {e:#}",
+        dead.deliveries
+    );
+    tracing::error!(job_id = %job_id, error = %reason, "giving up on job");
+    let dead = DeadLetterOf {
+        error: reason.clone(),
+        ..dead.clone()
+    };
+    match fail_job(d, &dead, team, project).await {
+        Ok(()) => JobDisposition::GiveUp { reason },
+        Err(e) => {
+            // The message dies in the stream unrecorded; a sweep takes it over later.
+            tracing::error!(job_id = %job_id, error = %e, "cannot record the job's failure");
+            JobDisposition::Retry {
+                after: Duration::from_secs(2),
+            }
         }
     }
-    tracing::warn!(job_id = %job_id, deliveries, error = %format!("{e:#}"), "dispatch failed, will retry");
-    let _ = acker
-        .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-        .await;
 }
 
-async fn publish_dead_letter(d: &Dispatcher, payload: &Bytes, reason: &str) {
+/// Records a job the fleet gave up on: its dead letter, then the job `failed` with its open
+/// items (a job already running or finished under the same id is left alone, the dead letter
+/// keeps the reason); announces it.
+async fn fail_job(
+    d: &Dispatcher,
+    dead: &DeadLetterOf,
+    team: &str,
+    project: &str,
+) -> anyhow::Result<()> {
+    dead.record(d).await?;
+    match jobs::fail(&d.pool, &dead.job_id, team, project, &dead.error).await? {
+        jobs::Failing::Failed => {
+            d.job_outcome("failed");
+            publish_job_event(d, &dead.job_id, jobs::status::FAILED).await;
+        }
+        jobs::Failing::LeftAlone(status) => {
+            tracing::info!(job_id = %dead.job_id, status = %status, "a message of this job gave up; the job itself is left as it is");
+        }
+    }
+    Ok(())
+}
+
+/// Copies a job message to the jobs' dead-letter subject with the reason in a header.
+pub(crate) async fn publish_dead_letter(d: &Dispatcher, job: &JobMessage, reason: &str) {
     let mut headers = async_nats::HeaderMap::new();
     // Header values cannot hold newlines.
     headers.insert(
         HEADER_DLQ_REASON,
         reason.replace(['\r', '\n'], " ").as_str(),
     );
+    if let Some(id) = &job.header_id {
+        headers.insert(HEADER_JOB_ID, id.as_str());
+    }
     let subject = d.settings.topology().dlq_jobs_subject();
     if let Ok(ack) =
-        d.js.publish_with_headers(subject, headers, payload.clone())
+        d.js.publish_with_headers(subject, headers, job.payload.clone())
             .await
     {
         let _ = ack.await;
@@ -498,46 +534,5 @@ pub async fn publish_job_event(d: &Dispatcher, job_id: &str, kind: &str) {
     if let Ok(bytes) = codec::encode(&event) {
         let subject = d.settings.topology().job_done_subject(job_id);
         let _ = d.client.publish(subject, bytes.into()).await;
-    }
-}
-
-/// A Postgres advisory lock on a job, held on its own connection for as long as a
-/// dispatcher works on the job. Dropped without [`JobLock::release`] (a dispatch abandoned
-/// at shutdown), its connection is closed rather than returned to the pool, which ends the
-/// session and so the lock.
-struct JobLock {
-    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
-    key: String,
-}
-
-impl Drop for JobLock {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            drop(conn.detach());
-        }
-    }
-}
-
-impl JobLock {
-    async fn try_acquire(pool: &sqlx::PgPool, job_id: &str) -> anyhow::Result<Option<Self>> {
-        let mut conn = pool.acquire().await?;
-        let key = format!("dispatch:{job_id}");
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(&key)
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok(got.then_some(Self {
-            conn: Some(conn),
-            key,
-        }))
-    }
-
-    async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-                .bind(&self.key)
-                .execute(&mut *conn)
-                .await;
-        }
     }
 }

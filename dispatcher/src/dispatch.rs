@@ -2,13 +2,14 @@
 
 use std::sync::atomic::Ordering;
 
-use switchyard_proto::{JobSpec, WorkItem, work};
+use switchyard_proto::{JobSpec, Routing, WorkItem, work};
 use switchyard_store::jobs::{self, Admission, NewJob, status};
 use switchyard_store::{items, sha256_hex};
 
 use crate::Dispatcher;
 use crate::emit;
 use crate::ingest::{self, IngestError};
+use crate::pilot::{self, Stage, StoredStage};
 use crate::source::{ItemSource, SourceError};
 use switchyard_runtime::metrics::TierLabel;
 
@@ -21,7 +22,9 @@ pub enum JobOutcome {
     Rejected(String),
 }
 
-/// Handles one well-formed job spec. `progress` is called now and then during long work.
+/// Handles one well-formed job spec, brought by the job message at stream sequence
+/// `message_seq` (stored with a new job, so a sweep can find its message). `progress` is
+/// called now and then during long work.
 ///
 /// # Errors
 /// Transient failures (database, NATS); the job message should be redelivered and the
@@ -29,12 +32,14 @@ pub enum JobOutcome {
 pub async fn dispatch_job(
     d: &Dispatcher,
     spec: &JobSpec,
+    message_seq: Option<i64>,
     mut progress: impl FnMut(),
 ) -> anyhow::Result<JobOutcome> {
     if let Err(reason) = check_against_config(d, spec) {
         return Ok(JobOutcome::Rejected(reason));
     }
-    let new_job = new_job_row(spec);
+    let mut new_job = new_job_row(spec);
+    new_job.message_seq = message_seq;
     let admission = jobs::admit(&d.pool, &new_job).await?;
     let new = matches!(admission, Admission::New);
     let state = match admission {
@@ -96,6 +101,24 @@ pub async fn dispatch_job(
                 }
                 Err(IngestError::Transient(e)) => return Err(e),
             };
+            if matches!(spec.policy.routing, Routing::Quality { .. }) {
+                // Pilot, then route: the router-only plan of pass 1 is not used.
+                let stage = pilot::pilot_stage(d, spec, ingested.item_count).await?;
+                let json = serde_json::to_value(&stage).unwrap_or_default();
+                jobs::mark_ingested(&d.pool, &spec.job_id, ingested.item_count, None, &json)
+                    .await?;
+                let (prices, scores) = (ingested.prices, ingested.scores);
+                return dispatch_quality(
+                    d,
+                    spec,
+                    &mut source,
+                    &prices,
+                    Some(&scores),
+                    stage,
+                    &mut progress,
+                )
+                .await;
+            }
             tracing::info!(
                 job_id = %spec.job_id,
                 policy = %ingested.plan.policy,
@@ -114,9 +137,9 @@ pub async fn dispatch_job(
                 d,
                 spec,
                 &mut source,
-                &cut,
                 &prices,
                 Some(&scores),
+                &Stage::All { cut },
                 &mut progress,
             )
             .await
@@ -124,8 +147,7 @@ pub async fn dispatch_job(
         status::DISPATCHING => {
             // Interrupted while storing and publishing: read the items again and go on.
             let row = jobs::get(&d.pool, &spec.job_id).await?;
-            let cut =
-                emit::cut_from_pair(row.and_then(|j| Some((j.routing_cut?, j.routing_cut_seq?))));
+            let cut_pair = row.and_then(|j| Some((j.routing_cut?, j.routing_cut_seq?)));
             let mut source = open_source(d, spec).await.map_err(|e| {
                 anyhow::anyhow!(
                     "cannot read the items of dispatching job {}: {e}",
@@ -133,7 +155,22 @@ pub async fn dispatch_job(
                 )
             })?;
             let prices = ingest::job_prices(d, spec).await?;
-            publish_items(d, spec, &mut source, &cut, &prices, None, &mut progress).await
+            let stored = switchyard_store::quality::stored_plan(&d.pool, &spec.job_id).await?;
+            if let Some(stage) = pilot::stored_stage(stored.as_ref()) {
+                return dispatch_quality(d, spec, &mut source, &prices, None, stage, &mut progress)
+                    .await;
+            }
+            let cut = emit::cut_from_pair(cut_pair);
+            publish_items(
+                d,
+                spec,
+                &mut source,
+                &prices,
+                None,
+                &Stage::All { cut },
+                &mut progress,
+            )
+            .await
         }
         _ => {
             // Already running or finished: nothing new to do.
@@ -194,6 +231,7 @@ fn new_job_row(spec: &JobSpec) -> NewJob {
         task: serde_json::to_value(&spec.task).unwrap_or_default(),
         policy: serde_json::to_value(&spec.policy).unwrap_or_default(),
         labels: serde_json::to_value(&spec.labels).unwrap_or_default(),
+        message_seq: None,
     }
 }
 
@@ -209,17 +247,81 @@ async fn open_source(d: &Dispatcher, spec: &JobSpec) -> Result<ItemSource, Sourc
     }
 }
 
-/// Pass 2 ([`emit`]): stores and publishes every item, then marks the job running.
+/// A quality job from its stored stage on: the pilot (stored, published, answered, planned
+/// from), then the rest by the plan ([`pilot`]).
+async fn dispatch_quality(
+    d: &Dispatcher,
+    spec: &JobSpec,
+    source: &mut ItemSource,
+    prices: &crate::route::TierPrices,
+    scores: Option<&[f32]>,
+    stage: StoredStage,
+    progress: &mut impl FnMut(),
+) -> anyhow::Result<JobOutcome> {
+    let stopped = |items| {
+        tracing::info!(job_id = %spec.job_id, "job stopped while dispatching (cancelled)");
+        Ok(JobOutcome::Dispatched {
+            items,
+            duplicate: false,
+        })
+    };
+    let (routed, cut) = match stage {
+        StoredStage::Pilot {
+            pilot_fraction,
+            samples,
+            ..
+        } => {
+            let pilot_stage = Stage::Pilot {
+                fraction: pilot_fraction,
+                samples,
+            };
+            let emitted =
+                emit::emit(d, spec, source, prices, scores, &pilot_stage, progress).await?;
+            d.counters
+                .items_published
+                .fetch_add(emitted.published, Ordering::Relaxed);
+            if emitted.stopped {
+                return stopped(emitted.published);
+            }
+            tracing::info!(job_id = %spec.job_id, pilot = emitted.published, "pilot published, waiting for its answers");
+            let Some(rows) = pilot::wait_for_pilot(d, &spec.job_id, pilot::PILOT_TIMEOUT).await?
+            else {
+                return stopped(emitted.published);
+            };
+            let (stage, cut) =
+                pilot::plan(d, spec, source, prices, pilot_fraction, samples, &rows).await?;
+            let json = serde_json::to_value(&stage).unwrap_or_default();
+            if !switchyard_store::quality::store_plan(&d.pool, &spec.job_id, cut.as_pair(), &json)
+                .await?
+            {
+                return stopped(emitted.published);
+            }
+            (stage, cut.as_pair())
+        }
+        routed => {
+            let row = jobs::get(&d.pool, &spec.job_id).await?;
+            let cut = row.and_then(|j| Some((j.routing_cut?, j.routing_cut_seq?)));
+            (routed, cut)
+        }
+    };
+    let Some(stage) = pilot::routed(&routed, cut) else {
+        anyhow::bail!("job {} has no plan after its pilot", spec.job_id);
+    };
+    publish_items(d, spec, source, prices, None, &stage, progress).await
+}
+
+/// Pass 2 ([`emit`]): stores and publishes every item `stage` includes, then marks the job
+/// running.
 async fn publish_items(
     d: &Dispatcher,
     spec: &JobSpec,
     source: &mut ItemSource,
-    cut: &switchyard_core::policy::Cut,
     prices: &crate::route::TierPrices,
     scores: Option<&[f32]>,
+    stage: &Stage,
     progress: &mut impl FnMut(),
 ) -> anyhow::Result<JobOutcome> {
-    let emitted = emit::emit(d, spec, source, cut, prices, scores, progress).await?;
+    let emitted = emit::emit(d, spec, source, prices, scores, stage, progress).await?;
     d.counters
         .items_published
         .fetch_add(emitted.published, Ordering::Relaxed);

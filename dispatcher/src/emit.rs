@@ -8,9 +8,12 @@
 //! finds the row it answers.
 //!
 //! Resuming (the job was `dispatching` when a dispatcher died): the same items are read and
-//! routed again, inserted where missing (`ON CONFLICT DO NOTHING`), and every item of the
-//! chunk still `queued` is published again; JetStream drops re-publishes within its duplicate
-//! window (`Nats-Msg-Id`), and workers skip items already answered.
+//! routed again, inserted where missing (`ON CONFLICT DO NOTHING`), and the items of the chunk
+//! whose first attempt is still unanswered are published again
+//! ([`items::unanswered_between`]): never one that has an answer, a recorded failure or a
+//! later attempt. JetStream drops re-publishes within its duplicate window (`Nats-Msg-Id`);
+//! past it, the workers' claim makes one that slips through (answered meanwhile) call
+//! nothing.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +26,7 @@ use switchyard_store::routing::ItemRoute;
 
 use crate::Dispatcher;
 use crate::ingest::job_router;
+use crate::pilot::Stage;
 use crate::publisher::WindowedPublisher;
 use crate::route::TierPrices;
 use crate::source::ItemSource;
@@ -44,6 +48,8 @@ struct Ready {
     text: String,
     local_only: bool,
     tier: String,
+    /// The router's raw score (a quality job's rule uses it).
+    score: f32,
 }
 
 impl From<NewItem> for Ready {
@@ -53,6 +59,7 @@ impl From<NewItem> for Ready {
             item_id: i.item_id,
             text: i.text,
             tier: i.routed_tier,
+            score: i.router_score,
         }
     }
 }
@@ -80,9 +87,10 @@ pub fn cut_from_pair(pair: Option<(f32, i64)>) -> Cut {
     }
 }
 
-/// Stores and publishes every item of `spec` read from `source` (from its start), routed
-/// by `cut` with `prices`. `scores`: pass 1's raw scores by position, when this process just
-/// made them; `None` scores again (a resumed dispatch).
+/// Stores and publishes the items of `spec` that `stage` includes (every item but in a
+/// quality job's two stages, see [`crate::pilot`]), read from `source` (from its start),
+/// routed by the stage's cut with `prices`. `scores`: pass 1's raw scores by position, when this
+/// process just made them; `None` scores again (a resumed dispatch).
 ///
 /// # Errors
 /// Database or NATS failures, or an input that changed between the passes; the job message
@@ -91,18 +99,19 @@ pub async fn emit(
     d: &Dispatcher,
     spec: &JobSpec,
     source: &mut ItemSource,
-    cut: &Cut,
     prices: &TierPrices,
     scores: Option<&[f32]>,
+    stage: &Stage,
     progress: &mut impl FnMut(),
 ) -> anyhow::Result<Emitted> {
     source.rewind().await?;
+    let cut = &stage.cut();
     let ds = &d.settings.dispatcher;
     let router = job_router(d, spec, prices);
     // Pass 1 planned already; this accumulator is only what `route` writes to.
     let mut scratch = router.inputs();
     let mut out = Emitted::default();
-    let mut sender = Sender::new(d, spec);
+    let mut sender = Sender::new(d, spec, stage);
     let mut stored: Vec<Ready> = Vec::new();
     let mut seq: i64 = 0;
     loop {
@@ -121,7 +130,9 @@ pub async fn emit(
                 Some(&score) => router.route_scored(&item, seq, score, &mut scratch),
                 None => router.route(&item, seq, &mut scratch),
             };
-            rows.push(new_item(item, seq, raw, route, cut, ds));
+            if stage.includes(&spec.job_id, &item.item_id, route.tier.is_some()) {
+                rows.push(new_item(item, seq, raw, route, cut, ds));
+            }
             seq += 1;
         }
         // Store this chunk while the previous one is published.
@@ -152,9 +163,10 @@ pub async fn emit(
                 break;
             }
             let (first, last) = (rows[0].seq, rows[rows.len() - 1].seq);
-            stored = items::queued_between(&d.pool, &spec.job_id, first, last)
+            stored = items::unanswered_between(&d.pool, &spec.job_id, first, last)
                 .await?
                 .into_iter()
+                .filter(|i| stage.includes(&spec.job_id, &i.item_id, i.route_tier.is_some()))
                 .map(|i| sender.ready_from_stored(i))
                 .collect();
         }
@@ -195,6 +207,7 @@ fn new_item(
 struct Sender<'a> {
     d: &'a Dispatcher,
     spec: &'a JobSpec,
+    stage: &'a Stage,
     publisher: WindowedPublisher,
     team: String,
     project: String,
@@ -203,11 +216,12 @@ struct Sender<'a> {
 }
 
 impl<'a> Sender<'a> {
-    fn new(d: &'a Dispatcher, spec: &'a JobSpec) -> Self {
+    fn new(d: &'a Dispatcher, spec: &'a JobSpec, stage: &'a Stage) -> Self {
         let ds = &d.settings.dispatcher;
         Sender {
             d,
             spec,
+            stage,
             publisher: WindowedPublisher::new(d.js.clone(), ds.publish_window),
             team: spec.team.clone().unwrap_or_else(|| "default".to_owned()),
             project: spec.project.clone().unwrap_or_else(|| "default".to_owned()),
@@ -232,6 +246,7 @@ impl<'a> Sender<'a> {
                 .unwrap_or_else(|| self.d.settings.dispatcher.weak_tier.clone()),
             item_id: i.item_id,
             text: i.text,
+            score: i.router_score,
         }
     }
 
@@ -243,7 +258,7 @@ impl<'a> Sender<'a> {
             } else {
                 out.per_tier.insert(item.tier.clone(), 1);
             }
-            let msg = WorkItem {
+            let mut msg = WorkItem {
                 v: PROTOCOL_VERSION,
                 job_id: self.spec.job_id.clone(),
                 item_id: item.item_id,
@@ -257,7 +272,13 @@ impl<'a> Sender<'a> {
                 models: self.spec.policy.models.clone(),
                 confidence_threshold: self.threshold,
                 escalations_left: self.escalations,
+                escalation: None,
+                router_score: None,
             };
+            let ds = &self.d.settings.dispatcher;
+            let audit = self
+                .stage
+                .decorate(&mut msg, item.score, &ds.weak_tier, &ds.strong_tier);
             let shadow = crate::dispatch::shadow_of(self.d, self.spec, &msg);
             let payload = codec::encode(&msg)?;
             let id = work::attempt_key(&msg.job_id, &msg.item_id, 0);
@@ -265,13 +286,13 @@ impl<'a> Sender<'a> {
                 .publish(t.work_subject(&msg.tier), &id, Bytes::from(payload))
                 .await?;
             out.published += 1;
-            if let Some(shadow) = shadow {
-                let id = shadow.attempt_key();
+            for extra in shadow.into_iter().chain(audit) {
+                let id = extra.attempt_key();
                 self.publisher
                     .publish(
-                        t.work_subject(&shadow.tier),
+                        t.work_subject(&extra.tier),
                         &id,
-                        Bytes::from(codec::encode(&shadow)?),
+                        Bytes::from(codec::encode(&extra)?),
                     )
                     .await?;
             }

@@ -23,6 +23,13 @@
 //!    published to the strong tier as well (shadow calls).
 //! 6. Only then is the job message acked ([`consumer`]).
 //!
+//! Beside the consumer, [`sweeper`] finishes the jobs nobody else will: left `ingesting`,
+//! `dispatching` or `running` with no live owner and no progress for `[dispatcher]
+//! stuck_after`. [`job_lock`] keeps one owner per job at a time.
+//!
+//! A `quality=Q` job is dispatched in two stages ([`pilot`]): a pilot slice first (answered
+//! by both tiers), then, once its answers are in, the rest by the plan made from them.
+//!
 //! A job's team comes from the subject it was submitted on ([`identity`]); [`team_api`]
 //! answers a team's status and results requests over NATS.
 
@@ -32,9 +39,12 @@ pub mod emit;
 pub mod identity;
 pub mod ingest;
 pub mod intake;
+pub mod job_lock;
+pub mod pilot;
 pub mod publisher;
 pub mod route;
 pub mod source;
+pub mod sweeper;
 pub mod team_api;
 
 use std::sync::Arc;
@@ -141,12 +151,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         metrics::LAG_PERIOD,
         shutdown.clone(),
     );
-    // The team API (status and results over NATS, per team) runs beside the job consumer.
+    // The team API (status and results over NATS, per team) and the stuck-job sweep run
+    // beside the job consumer.
     let api = tokio::spawn(team_api::run(dispatcher.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(sweeper::run(dispatcher.clone(), shutdown.clone()));
     let result = consumer::run(dispatcher, shutdown.clone()).await;
     shutdown.cancel();
     if let Ok(Err(e)) = api.await {
         tracing::warn!(error = %format!("{e:#}"), "team API stopped");
     }
+    let _ = sweeper.await;
     result
 }

@@ -205,6 +205,16 @@ impl JobRouter<'_> {
         (route, score)
     }
 
+    /// The estimated cost of the item's weak call when the weak model draws `samples` extra
+    /// samples in the same request (their completions are billed, the prompt once).
+    pub fn weak_usd_with_samples(&self, text: &str, samples: u8) -> Decimal {
+        let mut t = self.estimator.tokens(text);
+        t.completion = t.completion.saturating_mul(1 + u32::from(samples));
+        self.prices
+            .price(self.weak_tier)
+            .map_or(Decimal::ZERO, |p| estimate::cost(t, p))
+    }
+
     /// Fresh inputs for a job.
     pub fn inputs(&self) -> PlanInputs {
         PlanInputs {

@@ -128,9 +128,11 @@ async fn results_page(
         Option<String>,
         Option<f64>,
         Option<String>,
+        Option<String>,
     );
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT i.seq, i.item_id, i.status, r.tier, r.model, r.answer, r.confidence, i.error \
+        "SELECT i.seq, i.item_id, i.status, r.tier, r.model, r.answer, r.confidence, i.error, \
+         r.answer_encoding \
          FROM items i LEFT JOIN results r ON r.job_id = i.job_id AND r.item_id = i.item_id \
          AND r.attempt = i.final_attempt WHERE i.job_id = $1 AND i.seq > $2 \
          ORDER BY i.seq LIMIT $3",
@@ -143,7 +145,10 @@ async fn results_page(
     Ok(rows
         .into_iter()
         .map(
-            |(seq, item_id, status, tier, model, answer, confidence, err)| {
+            |(seq, item_id, status, tier, model, stored, confidence, err, encoding)| {
+                let answer = stored
+                    .as_deref()
+                    .map(|a| switchyard_store::outcomes::decode_answer(a, encoding.as_deref()));
                 json!({"seq": seq, "item_id": item_id, "status": status, "tier": tier,
                    "model": model, "answer": answer, "confidence": confidence, "error": err})
             },

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use switchyard_store::booking::Booking;
-use switchyard_store::outcomes::{self, AttemptKey, CallEntry, Outcome};
+use switchyard_store::outcomes::{self, AttemptKey, CallEntry, Outcome, UsageSource};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An exact decimal.
@@ -62,10 +62,13 @@ pub fn answered(
     Outcome::Answered {
         tier: tier.to_owned(),
         answer: "A".to_owned(),
+        raw_answer: None,
         confidence: 0.9,
-        escalated: false,
+        escalated_to: None,
         call: CallEntry {
             call_id: format!("{job_id}-{item}-{}", ulid::Ulid::new()),
+            provider_response_id: None,
+            usage_source: UsageSource::Provider,
             team: team.to_owned(),
             project: project.to_owned(),
             tier: tier.to_owned(),

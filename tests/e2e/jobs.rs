@@ -37,7 +37,7 @@ async fn a_job_runs_end_to_end_and_every_call_is_booked_once() {
         .calls()
         .into_iter()
         .filter(|c| c.status == 200 && c.record_id.as_ref().is_some_and(|id| items.contains(id)))
-        .filter_map(|c| c.response_id)
+        .filter_map(|c| c.client_request_id)
         .collect();
     let booked: BTreeSet<String> = ledger.iter().map(|r| r.call_id.clone()).collect();
     assert_eq!(booked, served);

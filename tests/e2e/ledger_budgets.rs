@@ -342,6 +342,7 @@ async fn a_slow_worker_keeps_its_hold_and_a_dead_one_loses_it() {
         attempt: 0,
         model: "m",
         lease: Duration::from_secs(60),
+        at: None,
     };
     // Well past its lease, the call is still in flight: the hold was renewed, not reclaimed.
     eventually(
@@ -377,7 +378,7 @@ async fn a_slow_worker_keeps_its_hold_and_a_dead_one_loses_it() {
             let other = other.clone();
             async move {
                 match budgets::reserve(&pool, &other).await.unwrap() {
-                    Reservation::Held { reservation_id } => Some(reservation_id),
+                    Reservation::Held { reservation_id, .. } => Some(reservation_id),
                     _ => None,
                 }
             }

@@ -9,8 +9,10 @@
 
 mod bad_input;
 mod bad_input_catalog;
+mod budget_race;
 mod cluster;
 mod dispatcher_concurrency;
+mod exactly_once;
 mod finance_support;
 mod foreign_client;
 mod jobs;
@@ -18,13 +20,17 @@ mod ledger_budgets;
 mod ledger_corrections;
 mod ledger_dashboard;
 mod ledger_finance;
+mod ledger_in_doubt;
 mod ledger_prices;
 mod ledger_reconcile;
 mod ledger_scale;
 mod metrics;
 mod provider_faults;
+mod quality;
+mod quality_twin;
 mod quota;
 mod resilience;
 mod routing;
 mod security;
+mod stuck_jobs;
 mod support;

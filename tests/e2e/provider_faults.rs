@@ -89,31 +89,55 @@ async fn every_transient_fault_is_retried_and_the_items_complete() {
         "429s waited"
     );
     assert!(
-        WorkerCounters::get(&w.counters.retries) >= 6,
-        "faults retried"
+        WorkerCounters::get(&w.counters.retries) >= 5,
+        "server errors, the reset and the timeout retried within their calls"
+    );
+    assert!(
+        WorkerCounters::get(&w.counters.naked) >= 2,
+        "the unusable answers' items handed back for another delivery"
     );
 
-    // The slow and the usage-less answers were used and booked (the latter with estimated
-    // tokens); every booked call is one the simulator answered, once.
-    let ledger = h.ledger(&job_id).await;
-    let ids: std::collections::BTreeSet<&str> = ledger.iter().map(|r| r.call_id.as_str()).collect();
-    assert_eq!(ids.len(), ledger.len());
-    for fault in ["trickle", "no_usage"] {
+    // Every answer the simulator sent in full was booked once, under the id the worker sent
+    // with it: the slow and the usage-less ones were used (the latter with estimated tokens),
+    // the unusable ones (cut JSON, no choice) are booked `unusable`, since a provider bills
+    // them too. A broken connection delivered nothing and is not booked.
+    let ledger: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT call_id, outcome, usage_source FROM ledger WHERE job_id = $1")
+            .bind(&job_id)
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    let booked: BTreeMap<&str, (&str, &str)> = ledger
+        .iter()
+        .map(|(id, o, u)| (id.as_str(), (o.as_str(), u.as_str())))
+        .collect();
+    assert_eq!(booked.len(), ledger.len(), "a call booked twice");
+    for (fault, outcome, usage) in [
+        ("trickle", "ok", "provider"),
+        ("no_usage", "ok", "estimated"),
+        ("malformed_json", "unusable", "estimated"),
+        ("empty_choices", "unusable", "estimated"),
+    ] {
         let id = calls
             .iter()
             .find(|c| c.fault.as_deref() == Some(fault))
-            .and_then(|c| c.response_id.clone())
+            .and_then(|c| c.client_request_id.clone())
             .unwrap();
-        assert!(ids.contains(id.as_str()), "{fault} call not booked");
+        assert_eq!(
+            booked.get(id.as_str()),
+            Some(&(outcome, usage)),
+            "{fault} call booked as it was"
+        );
     }
-    // Answers nobody could use were not booked.
-    for c in calls.iter().filter(|c| {
-        matches!(
-            c.fault.as_deref(),
-            Some("malformed_json" | "empty_choices" | "reset")
-        )
-    }) {
-        assert!(c.response_id.is_none());
+    for c in calls.iter().filter(|c| c.fault.as_deref() == Some("reset")) {
+        // Retried under the same id: booked once, for the answer that came through.
+        let id = c.client_request_id.as_deref().unwrap();
+        let answered = calls.iter().any(|o| {
+            o.client_request_id.as_deref() == Some(id)
+                && o.status == 200
+                && !matches!(o.fault.as_deref(), Some("reset" | "timeout"))
+        });
+        assert_eq!(booked.contains_key(id), answered, "reset call {id}");
     }
     h.finish().await;
 }
@@ -184,10 +208,12 @@ async fn a_fault_that_persists_fails_the_item_with_a_clear_error() {
                 d.error
             );
         }
-        assert!(
-            h.ledger(&job_id).await.is_empty(),
-            "nothing usable, nothing booked"
-        );
+        // A provider answered 200 to each delivery of the unusable kinds: those calls are
+        // booked (`unusable`, usage estimated), one per delivery; errors are not.
+        let ledger = h.ledger(&job_id).await;
+        let answered = expected.starts_with("unusable body");
+        assert_eq!(ledger.len(), if answered { 4 } else { 0 }, "{expected}");
+        assert!(ledger.iter().all(|r| r.outcome == "unusable"), "{expected}");
     }
     h.finish().await;
 }

@@ -370,6 +370,8 @@ async fn local_only_items_never_reach_an_external_model() {
         models: Default::default(),
         confidence_threshold: 0.5,
         escalations_left: 0,
+        escalation: None,
+        router_score: None,
     };
     let t = h.fleet.settings.topology();
     // Shadow calls may still be in flight after the job is final, so count only calls whose

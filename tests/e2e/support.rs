@@ -61,6 +61,7 @@ pub fn classify_job(items: Vec<Item>, strong_share: f64, threshold: f64) -> JobS
         },
         models: Default::default(),
         shadow: None,
+        audit: None,
     };
     spec.team = Some("team-e2e".into());
     spec.project = Some("proj".into());
@@ -132,8 +133,8 @@ impl Harness {
     /// Ledger rows of a job: (call_id, model, tier, attempt, prompt, completion, cost, retry).
     pub async fn ledger(&self, job_id: &str) -> Vec<LedgerRow> {
         sqlx::query_as(
-            "SELECT call_id, item_id, model, tier, attempt, prompt_tokens, completion_tokens, cost_usd, retry \
-             FROM ledger WHERE job_id = $1 ORDER BY entry_id",
+            "SELECT call_id, item_id, model, tier, attempt, prompt_tokens, completion_tokens, cost_usd, retry, \
+             outcome FROM ledger WHERE job_id = $1 ORDER BY entry_id",
         )
         .bind(job_id)
         .fetch_all(&self.db.pool)
@@ -164,4 +165,68 @@ pub struct LedgerRow {
     pub completion_tokens: i32,
     pub cost_usd: Decimal,
     pub retry: bool,
+    /// `ok`, `shadow`, `audit`, `duplicate`, `in_doubt`, `unusable`.
+    pub outcome: String,
+}
+
+/// What the offline twin (`switchyard policy eval`) makes of the quality job `spec` (target
+/// 0.95) the fleet of `h` ran: the same items, job id, router, prices, and the simulator
+/// settings `sim`, with `audit_share` the job's audit share.
+pub fn quality_twin_of(
+    h: &Harness,
+    sim: &switchyard_sim::SimConfig,
+    spec: &switchyard_proto::JobSpec,
+    audit_share: f64,
+) -> switchyard_twin::job::JobReport {
+    use switchyard_twin::job::{JobInput, JobRow, Models, PolicyChoice, SimSetup, Twin};
+    let settings = &h.fleet.settings;
+    let models = Models {
+        weak: WEAK.to_owned(),
+        strong: STRONG.to_owned(),
+        weak_price: settings.price_of(WEAK).unwrap(),
+        strong_price: settings.price_of(STRONG).unwrap(),
+    };
+    let data = data();
+    let twin = Twin {
+        data: &data,
+        sim: SimSetup {
+            calibration: switchyard_sim::confidence::Calibration::new(
+                sim.auroc,
+                sim.confidence_bias,
+            ),
+            seed: sim.seed,
+            logprobs: true,
+            confidence_without_logprobs: 0.5,
+            generate_max_tokens: 512,
+        },
+        models: &models,
+    };
+    let router = h.fleet.dispatcher.router.as_ref();
+    let kind = switchyard_proto::TaskKind::Classify;
+    let rows: Vec<JobRow<'_>> = spec
+        .items
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|it| {
+            let r = data.get(&it.item_id).unwrap();
+            JobRow {
+                id: &it.item_id,
+                text: &it.text,
+                score: router.score(&it.text, kind),
+                weak_score: r.models[WEAK].score,
+                strong_score: r.models[STRONG].score,
+            }
+        })
+        .collect();
+    twin.run(&JobInput {
+        job_id: spec.job_id.clone(),
+        task: spec.task.clone(),
+        rows,
+        policy: PolicyChoice::Quality { target: 0.95 },
+        weak_quality: router.weak_quality(kind).unwrap(),
+        history: &[],
+        samples: 4,
+        audit_share,
+    })
 }

@@ -1,13 +1,14 @@
-//! The worker's side of budgets and bookings: hold a call's worst case before calling, keep
-//! the hold alive while the call runs, hand it to the commit that books the call, give it
-//! back when the call does not happen; divert items that do not fit; resume parked items;
-//! announce soft limits; and tell each ledger row what the counterfactual worlds would have
-//! paid. The accounting rules themselves live in `switchyard_store::budgets`.
+//! The worker's side of budgets and bookings: hold a call's worst case before calling, hand
+//! it to the commit that books the call, give it back when the call does not happen; divert
+//! items that do not fit; resume parked items; announce soft limits; and tell each ledger row
+//! what the counterfactual worlds would have paid. Holds are kept alive by the worker's lease
+//! ([`crate::lease`]), not here. The accounting rules themselves live in
+//! `switchyard_store::budgets`.
 //!
 //! **Worst case.** A prompt cannot have more tokens than bytes (every BPE token covers at
 //! least one byte) plus a few per message for the chat template; a completion cannot exceed
-//! `max_tokens`. So a hold of `(bytes + 8 per message + 16) × input price + max_tokens ×
-//! output price` is never below the call's real cost with an honest provider, and a team
+//! `max_tokens` per choice asked for. So a hold of `(bytes + 8 per message + 16) × input price + max_tokens ×
+//! output price` (times the choices) is never below the call's real cost with an honest provider, and a team
 //! cannot overspend. It over-reserves the prompt (tokens are ~4 bytes), which only matters
 //! for the last few calls of a budget.
 //!
@@ -19,8 +20,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
-use async_nats::jetstream::message::Acker;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -31,12 +30,12 @@ use switchyard_proto::WorkItem;
 use switchyard_proto::topology::HEADER_MSG_ID;
 use switchyard_store::booking::{Booking, Counterfactual};
 use switchyard_store::budgets::{self, HoldRequest, Reservation, WhenExhausted};
-use switchyard_store::outcomes::Outcome;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{ModelRuntime, Worker};
 use crate::llm::CompletionRequest;
 use crate::price_book::PriceBook;
+use crate::settle::Disposition;
 
 /// A worker process's finance state.
 #[derive(Debug)]
@@ -45,10 +44,14 @@ pub struct Finance {
     pub prices: PriceBook,
     /// Teams with a budget, reloaded with the prices.
     budgeted: RwLock<HashSet<String>>,
-    /// Holds this process keeps alive.
-    holds: Mutex<HashSet<i64>>,
-    /// Who holds them (shown to operators in `budget_reservations.holder`).
+    /// Who holds this process's holds: its worker id, whose lease keeps them alive (shown
+    /// to operators in `budget_reservations.holder`).
     pub holder: String,
+    /// The holds this process knows it holds: taken and not yet released or booked. Only
+    /// these are renewed, so a hold the process lost track of (a release that failed during
+    /// a Postgres outage, a reservation whose reply was lost) expires and is reclaimed
+    /// instead of being renewed for as long as the worker lives.
+    live: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl Finance {
@@ -59,13 +62,14 @@ impl Finance {
     pub async fn load(
         pool: &PgPool,
         settings: &switchyard_runtime::Settings,
+        holder: &str,
     ) -> anyhow::Result<Self> {
         let prices = PriceBook::load_checked(pool, settings).await?;
         let finance = Self {
             prices,
             budgeted: RwLock::default(),
-            holds: Mutex::default(),
-            holder: format!("worker-{}", uuid::Uuid::now_v7()),
+            holder: holder.to_owned(),
+            live: Arc::default(),
         };
         finance.refresh_budgets(pool).await?;
         Ok(finance)
@@ -88,27 +92,29 @@ impl Finance {
             .contains(team)
     }
 
-    fn track(&self, id: i64) {
-        self.holds
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id);
-    }
-
-    fn forget(&self, id: i64) {
-        self.holds
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
-    }
-
-    fn live_holds(&self) -> Vec<i64> {
-        self.holds
+    /// The holds to renew (see `live`).
+    pub fn live_holds(&self) -> Vec<i64> {
+        self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .copied()
             .collect()
+    }
+
+    /// Forgets holds whose calls were booked (the booking settled them).
+    pub fn booked(&self, reservation_ids: impl IntoIterator<Item = i64>) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in reservation_ids {
+            live.remove(&id);
+        }
+    }
+
+    fn track(&self, id: i64) {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
     }
 }
 
@@ -117,9 +123,10 @@ impl Finance {
 #[derive(Debug)]
 pub struct Hold {
     id: i64,
+    held_at: DateTime<Utc>,
     armed: bool,
-    finance: Arc<Finance>,
     pool: PgPool,
+    live: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl Hold {
@@ -128,8 +135,14 @@ impl Hold {
         self.id
     }
 
-    /// Hands the hold to the commit that books the call: it stays renewed until that commit
-    /// settles it ([`committed`]) or gives it back ([`commit_failed`]).
+    /// When the hold was taken (the database's clock): the call is priced at this time, so
+    /// its spend lands in the month the hold was taken in.
+    pub fn held_at(&self) -> DateTime<Utc> {
+        self.held_at
+    }
+
+    /// Hands the hold to the commit that books the call (which settles it). It stays alive
+    /// with the worker's lease until then ([`Finance::booked`] ends that).
     pub fn hand_over(mut self) -> i64 {
         self.armed = false;
         self.id
@@ -141,8 +154,12 @@ impl Drop for Hold {
         if !self.armed {
             return;
         }
-        self.finance.forget(self.id);
         let (pool, id) = (self.pool.clone(), self.id);
+        // No longer renewed: if the release below fails, the hold expires and is reclaimed.
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
         // No runtime (the process is being torn down): the hold expires after its lease.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
@@ -159,20 +176,31 @@ impl Drop for Hold {
 pub enum Admission {
     /// Call; the hold (teams with a budget) must live until the call is booked.
     Go(Option<Hold>),
-    /// The message was settled here (diverted to the weak tier, parked, or handed back).
-    Settled,
+    /// No call: the item was diverted (to the weak tier, or parked until the budget has
+    /// room), or the budget could not be asked; what becomes of the message.
+    Diverted(Disposition),
 }
 
-/// The most a call can cost (see the module docs).
-pub fn worst_case(t: &Tariff, request: &CompletionRequest) -> Decimal {
-    let prompt_bound: usize = request
+/// The most prompt tokens a request can have: a token covers at least one byte, plus a few
+/// per message for the chat template (see the module docs).
+pub fn prompt_bound(request: &CompletionRequest) -> usize {
+    request
         .messages
         .iter()
         .map(|m| m.content.len() + 8)
         .sum::<usize>()
-        + 16;
-    let prompt_bound = i64::try_from(prompt_bound).unwrap_or(i64::MAX / 2);
-    t.cost(prompt_bound, 0, i64::from(request.max_tokens), false)
+        + 16
+}
+
+/// The most a call can cost (see the module docs).
+pub fn worst_case(t: &Tariff, request: &CompletionRequest) -> Decimal {
+    let prompt_bound = i64::try_from(prompt_bound(request)).unwrap_or(i64::MAX / 2);
+    t.cost(
+        prompt_bound,
+        0,
+        i64::from(request.completion_bound()),
+        false,
+    )
 }
 
 /// Reserves the call's worst case when its team has a budget. A call that does not fit is
@@ -184,7 +212,6 @@ pub async fn admit(
     item: &WorkItem,
     model: &ModelRuntime,
     request: &CompletionRequest,
-    acker: &Acker,
     payload: &Bytes,
 ) -> Admission {
     if !w.finance.is_budgeted(&item.team) {
@@ -208,22 +235,27 @@ pub async fn admit(
         attempt: i32::from(item.attempt),
         model: &model.name,
         lease: w.settings.finance.reservation_lease,
+        at: None,
     };
     match budgets::reserve(&w.pool, &req).await {
         Ok(Reservation::Unbudgeted) => Admission::Go(None),
-        Ok(Reservation::Held { reservation_id }) => {
+        Ok(Reservation::Held {
+            reservation_id,
+            held_at,
+        }) => {
             w.finance.track(reservation_id);
             Admission::Go(Some(Hold {
                 id: reservation_id,
+                held_at,
                 armed: true,
-                finance: Arc::clone(&w.finance),
                 pool: w.pool.clone(),
+                live: w.finance.live.clone(),
             }))
         }
         Ok(Reservation::DoesNotFit {
             available_usd,
             when_exhausted,
-        }) => {
+        }) => Admission::Diverted(
             divert(
                 w,
                 tier,
@@ -231,26 +263,20 @@ pub async fn admit(
                 amount,
                 available_usd,
                 when_exhausted,
-                acker,
                 payload,
             )
-            .await;
-            Admission::Settled
-        }
+            .await,
+        ),
         Err(e) => {
             tracing::warn!(team = %item.team, error = %e, "cannot reserve budget, retrying later");
-            let _ = acker
-                .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
-                .await;
-            Admission::Settled
+            Admission::Diverted(Disposition::Retry {
+                after: w.settings.worker.retry_delay,
+            })
         }
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the diverted call's whole context"
-)]
+/// Diverts a call that does not fit; the message's disposition.
 async fn divert(
     w: &Worker,
     tier: &str,
@@ -258,14 +284,16 @@ async fn divert(
     amount: Decimal,
     available: Decimal,
     when: WhenExhausted,
-    acker: &Acker,
     payload: &Bytes,
-) {
-    if item.is_shadow() {
-        // A shadow call is an experiment, not work an item needs: it is skipped, not delayed.
-        tracing::info!(team = %item.team, job_id = %item.job_id, item_id = %item.item_id, "budget cannot fit a shadow call, skipping it");
-        let _ = acker.ack().await;
-        return;
+) -> Disposition {
+    let retry_later = Disposition::Retry {
+        after: w.settings.worker.retry_delay,
+    };
+    if !item.is_own() {
+        // A shadow or audit call measures, it is not work an item needs: skipped, not
+        // delayed.
+        tracing::info!(team = %item.team, job_id = %item.job_id, item_id = %item.item_id, "budget cannot fit a shadow or audit call, skipping it");
+        return Disposition::Done;
     }
     let weak = &w.settings.dispatcher.weak_tier;
     let attempt = i32::from(item.attempt);
@@ -299,17 +327,13 @@ async fn divert(
                 if let Err(e) = recorded {
                     tracing::warn!(error = %e, "cannot record a budget downgrade");
                 }
-                let _ = acker.ack().await;
                 announce_if_finished(w, &item.job_id).await;
-                return;
+                return Disposition::Done;
             }
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot keep an earlier answer, retrying later");
-                let _ = acker
-                    .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
-                    .await;
-                return;
+                return retry_later;
             }
         }
     }
@@ -319,7 +343,15 @@ async fn divert(
         down.attempt = item.attempt.saturating_add(1);
         down.escalations_left = 0;
         tracing::info!(team = %item.team, job_id = %item.job_id, item_id = %item.item_id, from = %tier, to = %weak, "budget cannot fit the call, downgrading");
-        match crate::committer::publish_escalations(w, &[&down]).await {
+        // Published first, then the item moved on: a crash in between leaves the item at this
+        // attempt, whose redelivery downgrades again (the same message id).
+        let moved = async {
+            crate::committer::publish_escalations(w, &[&down]).await?;
+            switchyard_store::items::advance(&w.pool, &item.job_id, &item.item_id, attempt, weak)
+                .await?;
+            anyhow::Ok(())
+        };
+        match moved.await {
             Ok(()) => budgets::record_downgrade(
                 &w.pool,
                 &item.team,
@@ -348,14 +380,10 @@ async fn divert(
         .map_err(anyhow::Error::from)
     };
     match settled {
-        Ok(()) => {
-            let _ = acker.ack().await;
-        }
+        Ok(()) => Disposition::Done,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot divert an item over budget, retrying later");
-            let _ = acker
-                .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
-                .await;
+            retry_later
         }
     }
 }
@@ -436,30 +464,6 @@ pub fn booking_for(
     }
 }
 
-fn holds_of(outcomes: &[Outcome]) -> impl Iterator<Item = i64> + '_ {
-    outcomes.iter().filter_map(|o| match o {
-        Outcome::Answered { call, .. } => call.booking.reservation_id,
-        Outcome::Failed { .. } => None,
-    })
-}
-
-/// After a commit: its holds were settled in it; stop renewing them.
-pub fn committed(w: &Worker, outcomes: &[Outcome]) {
-    for id in holds_of(outcomes) {
-        w.finance.forget(id);
-    }
-}
-
-/// A commit that failed for good: its calls are handed back unbooked, so are their holds.
-pub async fn commit_failed(w: &Worker, outcomes: &[Outcome]) {
-    for id in holds_of(outcomes) {
-        w.finance.forget(id);
-        if let Err(e) = budgets::release(&w.pool, id).await {
-            tracing::warn!(reservation_id = id, error = %e, "cannot release a budget hold; it will expire");
-        }
-    }
-}
-
 /// The soft-limit warning's payload (JSON) on `<prefix>.budget.warnings.<team>`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SoftLimitWarning {
@@ -469,17 +473,12 @@ pub struct SoftLimitWarning {
     pub crossing: budgets::SoftCrossing,
 }
 
-/// Keeps prices and budgets current, renews this process's holds, announces soft limits and
-/// resumes parked items, until `token` is cancelled (after the lanes have drained, so holds
-/// of draining calls stay renewed).
-pub async fn run_finance_loop(w: Worker, token: CancellationToken) {
-    let f = w.settings.finance.clone();
-    let mut refresh = tokio::time::interval(f.refresh);
-    let mut renew = tokio::time::interval(f.renew_every());
-    let mut poll = tokio::time::interval(f.budget_poll);
-    for t in [&mut refresh, &mut renew, &mut poll] {
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    }
+/// Keeps prices and budgets current until `token` is cancelled. A task of its own: the
+/// budget loop below may stall for minutes on a large resume, and a worker that did not learn
+/// of a new budget meanwhile would call without holds.
+pub async fn run_refresh_loop(w: Worker, token: CancellationToken) {
+    let mut refresh = tokio::time::interval(w.settings.finance.refresh);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
@@ -491,12 +490,20 @@ pub async fn run_finance_loop(w: Worker, token: CancellationToken) {
                     tracing::warn!(error = %e, "cannot refresh budgets");
                 }
             }
-            _ = renew.tick() => {
-                let ids = w.finance.live_holds();
-                if let Err(e) = budgets::renew(&w.pool, &ids, f.reservation_lease).await {
-                    tracing::warn!(error = %e, holds = ids.len(), "cannot renew budget holds");
-                }
-            }
+        }
+    }
+}
+
+/// Announces soft limits and resumes parked items, until `token` is cancelled. (Holds are
+/// renewed by the lease task and budgets refreshed by [`run_refresh_loop`]: this loop may
+/// stall for minutes on a large resume without any live hold being reclaimed or any budget
+/// going unseen.)
+pub async fn run_finance_loop(w: Worker, token: CancellationToken) {
+    let mut poll = tokio::time::interval(w.settings.finance.budget_poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
             _ = poll.tick() => {
                 if let Err(e) = announce_soft_limits(&w).await {
                     tracing::warn!(error = %format!("{e:#}"), "cannot check soft limits");
@@ -605,6 +612,9 @@ mod tests {
             max_tokens: 4,
             logprobs: false,
             top_logprobs: 0,
+            client_request_id: None,
+            n: 1,
+            temperature: 0.0,
         };
         // (100 + 8 + 300 + 8 + 16) × 10 + 4 × 30, per million.
         assert_eq!(

@@ -2,8 +2,9 @@
 //! exponential backoff and full jitter, honouring `Retry-After`. The message stays alive the
 //! whole time with in-progress acks, so waiting never uses up one of its deliveries.
 //!
-//! - 429: the model's limiter pauses every call to that model for `Retry-After`; this call
-//!   then tries again, without limit (throttling is never a reason to fail an item).
+//! - 429: the model's limiter pauses every call to that model, in the whole fleet, for
+//!   `Retry-After` (once per episode, see [`crate::limiter`]); this call then tries again,
+//!   without limit (throttling is never a reason to fail an item).
 //! - 5xx, timeouts, broken connections, unusable bodies: up to `max_retries` retries, then
 //!   the item is handed back to JetStream (nak with delay), which counts one delivery.
 //! - Any other 4xx: no retry; the item fails with the provider's message.
@@ -31,8 +32,12 @@ pub enum CallFailure {
     Exhausted(ProviderError),
     /// The provider refused the request: the item fails.
     Refused(ProviderError),
-    /// The process is shutting down: give the item back now.
-    ShuttingDown,
+    /// The process is shutting down: give the item back now. `sent`: the request may have
+    /// reached the provider (the call is in doubt).
+    ShuttingDown { sent: bool },
+    /// The provider answered `200` with a body that holds no usable answer: the call may be
+    /// billed and is booked; the item is tried again (or fails, for a body that is too big).
+    Unusable(ProviderError),
     /// The model's provider is considered down: no call was made; try again in `retry_in`.
     CircuitOpen {
         retry_in: Duration,
@@ -114,16 +119,19 @@ pub async fn call_model<C: LlmClient>(
 ) -> (Result<Completion, CallFailure>, CallStats) {
     let mut stats = CallStats::default();
     let mut transient_failures = 0u32;
+    // Tokens are booked before the call (the whole prompt and the completion budget) and
+    // corrected by the provider's usage after.
+    let reserved = estimated_tokens.max(crate::limiter::estimate_tokens(request));
     loop {
-        let Some(waited) = kept_alive(
+        let Some((waited, admitted_at)) = kept_alive(
             keepalive,
             keepalive_period,
             shutdown,
-            limiter.acquire(estimated_tokens),
+            limiter.admit(reserved),
         )
         .await
         else {
-            return (Err(CallFailure::ShuttingDown), stats);
+            return (Err(CallFailure::ShuttingDown { sent: false }), stats);
         };
         stats.quota_wait += waited;
         if let Admission::Open {
@@ -139,6 +147,9 @@ pub async fn call_model<C: LlmClient>(
                 stats,
             );
         }
+        // The episode a 429 belongs to is judged by when the call was admitted, not by when
+        // this line ran (see `ModelLimiter::admit`).
+        let sent_at = admitted_at;
         let Some(result) = kept_alive(
             keepalive,
             keepalive_period,
@@ -147,15 +158,26 @@ pub async fn call_model<C: LlmClient>(
         )
         .await
         else {
-            return (Err(CallFailure::ShuttingDown), stats);
+            return (Err(CallFailure::ShuttingDown { sent: true }), stats);
         };
         let err = match result {
             Ok(c) => {
                 breaker.record_success();
+                if !c.usage_estimated {
+                    limiter.settle(
+                        reserved,
+                        c.prompt_tokens.saturating_add(c.completion_tokens),
+                    );
+                }
                 return (Ok(c), stats);
             }
             Err(e) => e,
         };
+        if err.answered() {
+            // The provider is alive and answered; its answer is what is wrong.
+            breaker.record_success();
+            return (Err(CallFailure::Unusable(err)), stats);
+        }
         let delay = match err.retry() {
             Retry::Never => {
                 // The provider answered: it is alive, the request is what is wrong.
@@ -164,8 +186,10 @@ pub async fn call_model<C: LlmClient>(
             }
             Retry::Throttled(after) => {
                 stats.throttled += 1;
-                let after = after.unwrap_or_else(|| backoff(stats.throttled.min(6), None));
-                limiter.pause_for(after);
+                // The provider did not count the call; the pause is the fleet's, once per
+                // episode (a 429 to a call sent before the episode began is part of it).
+                limiter.settle(reserved, 0);
+                limiter.throttled(sent_at, after);
                 tracing::debug!(model = %request.model, ?after, "rate limited, waiting");
                 Duration::ZERO // the limiter's pause does the waiting
             }
@@ -195,7 +219,7 @@ pub async fn call_model<C: LlmClient>(
             .await
             .is_none()
         {
-            return (Err(CallFailure::ShuttingDown), stats);
+            return (Err(CallFailure::ShuttingDown { sent: false }), stats);
         }
     }
 }
@@ -218,11 +242,14 @@ mod tests {
         Ok(Completion {
             response_id: Some("r".into()),
             content: "A".into(),
+            raw_content: None,
             logprobs: None,
             prompt_tokens: 1,
             completion_tokens: 1,
+            cached_prompt_tokens: 0,
             usage_estimated: false,
             latency: Duration::ZERO,
+            samples: Vec::new(),
         })
     }
 
@@ -233,6 +260,9 @@ mod tests {
             max_tokens: 4,
             logprobs: true,
             top_logprobs: 0,
+            client_request_id: None,
+            n: 1,
+            temperature: 0.0,
         }
     }
 

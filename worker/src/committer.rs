@@ -1,36 +1,44 @@
-//! Batches outcomes into one transaction, then publishes escalations, then acks.
+//! Batches outcomes into one transaction, then publishes escalations, then settles messages.
 //!
 //! The order is what makes a crash harmless: an outcome is committed before anything is
 //! published or acked; an escalation's publish-ack is awaited before the original is acked.
-//! A crash between steps leads to a redelivery that finds the committed result and only
-//! re-publishes the escalation (deduplicated by `Nats-Msg-Id`).
+//! A crash between steps leads to a redelivery whose claim finds the committed result and
+//! only re-publishes the escalation (deduplicated by `Nats-Msg-Id`).
+//!
+//! A commit that fails is never given up while the worker runs: its calls are paid for and
+//! their messages are kept alive by the lane's keeper meanwhile. A failure that is about the
+//! data (Postgres refused a value) is bisected ([`commit_resilient`]): the batch is split
+//! until the outcome Postgres refuses is alone, and that one is booked in a plainer form
+//! (the answer dropped and the item failed, the call still booked), so one bad answer never
+//! holds the others back. Any other failure (Postgres restarting, the network) is retried
+//! with backoff until it succeeds or the lane is aborted at shutdown.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
-use async_nats::jetstream::message::Acker;
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use switchyard_proto::event::JobEvent;
-use switchyard_proto::topology::{HEADER_DLQ_REASON, HEADER_MSG_ID};
+use switchyard_proto::topology::HEADER_MSG_ID;
 use switchyard_proto::{PROTOCOL_VERSION, WorkItem, codec};
-use switchyard_store::outcomes::{self, Outcome};
+use switchyard_store::outcomes::{self, CommitReport, Outcome};
 use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::context::{Worker, WorkerCounters};
+use crate::settle::{Delivery, Disposition, settle};
 
-/// An outcome waiting for its commit, with the means to settle its message.
+/// An outcome waiting for its commit, with its message.
 pub struct Pending {
     pub outcome: Outcome,
-    pub acker: Acker,
-    /// Published after the commit when the answer escalated.
+    pub delivery: Delivery,
+    /// Published after the commit when the answer decided its item and escalated.
     pub escalation: Option<WorkItem>,
-    /// For failed items: the original message, copied to the dead-letter subject.
-    pub dead_payload: Option<Bytes>,
+    /// What becomes of the message after the commit, when the outcome itself does not say
+    /// (an unusable answer or a released intent: retried).
+    pub then: Disposition,
     /// The item's place in its lane's [`InFlight`] count. It travels with the outcome and the
     /// committer drops it on receipt, so an outcome sitting in the channel still counts: the
     /// committer never sees "nothing in flight" while an outcome is on its way to it.
@@ -80,12 +88,8 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// How long a batch keeps trying to commit (Postgres restarting, failing over) before it is
-/// given back to JetStream. Its messages are kept alive meanwhile, so an outage shorter than
-/// this books every answer already received instead of paying for the calls again.
-const COMMIT_RETRY_FOR: Duration = Duration::from_secs(30);
-
-/// Runs until every sender is gone and the last batch is settled.
+/// Runs until every sender is gone and the last batch is settled. `abort` (the end of the
+/// shutdown grace) stops retrying a commit that keeps failing: its messages go back.
 ///
 /// Group commit that never waits for nothing: after the first outcome it takes whatever is
 /// already queued, then waits for more (up to `commit_interval`, at most `commit_batch`) only
@@ -93,15 +97,20 @@ const COMMIT_RETRY_FOR: Duration = Duration::from_secs(30);
 /// as soon as none is. A bulk job still commits in large batches (its calls overlap), but a
 /// lone call on an idle worker is committed immediately instead of paying the full interval
 /// in latency. Waiting less only makes batches smaller; what a batch guarantees (commit, then
-/// escalations, then acks: [`settle_batch`]) does not depend on its size.
-pub async fn run(w: Worker, mut rx: mpsc::Receiver<Pending>, in_flight: InFlight) {
+/// escalations, then settling: [`settle_batch`]) does not depend on its size.
+pub async fn run(
+    w: Worker,
+    mut rx: mpsc::Receiver<Pending>,
+    in_flight: InFlight,
+    abort: CancellationToken,
+) {
     let max = w.settings.worker.commit_batch;
     let interval = w.settings.worker.commit_interval;
     loop {
         let Some(first) = rx.recv().await else { break };
         let mut batch = vec![received(first)];
         gather(&mut rx, &in_flight, &mut batch, max, interval).await;
-        settle_batch(&w, batch).await;
+        settle_batch(&w, batch, &abort).await;
     }
 }
 
@@ -151,128 +160,220 @@ async fn gather(
     }
 }
 
-async fn settle_batch(w: &Worker, batch: Vec<Pending>) {
-    let outcomes: Vec<Outcome> = batch.iter().map(|p| p.outcome.clone()).collect();
-    let mut touched = None;
-    let mut retry = Retry::new(w, COMMIT_RETRY_FOR);
-    loop {
-        match outcomes::commit(&w.pool, &outcomes).await {
-            Ok(jobs) => {
-                touched = Some(jobs);
-                break;
-            }
-            Err(e) if !retry.expired() => {
-                tracing::warn!(error = %e, attempt = retry.attempt, "commit failed, retrying");
-                retry.wait(batch.iter().map(|p| &p.acker)).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, attempt = retry.attempt, "commit failed for too long");
-                break;
-            }
-        }
+/// True when Postgres refused the data itself (a value it cannot hold, a constraint): the
+/// same statement fails again however often it is retried, so the batch is bisected instead.
+pub fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")),
+        sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. } => true,
+        _ => false,
     }
-    let Some(touched) = touched else {
-        tracing::error!(
-            items = batch.len(),
-            "cannot commit outcomes, giving the items back"
-        );
-        crate::budget::commit_failed(w, &outcomes).await;
-        for p in &batch {
-            let _ = p
-                .acker
-                .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
-                .await;
-        }
-        return;
-    };
-    WorkerCounters::add(&w.counters.committed_batches, 1);
-    crate::metrics::committed(w, &outcomes);
-    crate::budget::committed(w, &outcomes);
+}
 
-    // Escalations first; an item whose escalation did not publish is not acked (its
-    // redelivery re-publishes it).
-    let escalations: Vec<(usize, &WorkItem)> = batch
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.escalation.as_ref().map(|e| (i, e)))
-        .collect();
-    let mut unpublished = vec![false; batch.len()];
-    if !escalations.is_empty() {
-        for idx in publish_escalations_patiently(w, &batch, &escalations).await {
-            unpublished[escalations[idx].0] = true;
+/// The plainer form of an outcome Postgres refused on its own: the answer goes (the item
+/// fails, saying why), the call stays booked with the fields Postgres cannot misread. `None`
+/// when there is nothing plainer left.
+fn plainer(o: &Outcome, subject: &str, delivered: i64, e: &sqlx::Error) -> Option<Outcome> {
+    let ascii = |s: String| -> String {
+        s.chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(500)
+            .collect()
+    };
+    match o {
+        Outcome::Answered { key, call, .. } | Outcome::Unusable { key, call } => {
+            Some(Outcome::Failed {
+                key: key.clone(),
+                subject: subject.to_owned(),
+                deliveries: i32::try_from(delivered).unwrap_or(i32::MAX),
+                error: ascii(format!("the provider's answer could not be stored: {e}")),
+                call: Some(outcomes::CallEntry {
+                    provider_response_id: None,
+                    ..call.clone()
+                }),
+                intent: None,
+            })
         }
+        Outcome::Failed {
+            key,
+            subject,
+            deliveries,
+            error,
+            call,
+            intent,
+        } => {
+            let plain_error = ascii(error.clone());
+            let plain_call = call.as_ref().map(|c| outcomes::CallEntry {
+                provider_response_id: None,
+                ..c.clone()
+            });
+            let changed = plain_error != *error
+                || call
+                    .as_ref()
+                    .is_some_and(|c| c.provider_response_id.is_some());
+            changed.then(|| Outcome::Failed {
+                key: key.clone(),
+                subject: ascii(subject.clone()),
+                deliveries: *deliveries,
+                error: plain_error,
+                call: plain_call,
+                intent: intent.clone(),
+            })
+        }
+        Outcome::Released { .. } => None,
     }
-    let mut finished_per_job: BTreeMap<&str, u64> = BTreeMap::new();
-    for (i, p) in batch.iter().enumerate() {
-        if unpublished[i] {
-            let _ = p
-                .acker
-                .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
-                .await;
-            continue;
-        }
-        match &p.outcome {
-            Outcome::Answered {
-                escalated: true, ..
-            } => {
-                WorkerCounters::add(&w.counters.escalated, 1);
-            }
-            Outcome::Answered { key, .. } => {
-                WorkerCounters::add(&w.counters.answered, 1);
-                *finished_per_job.entry(key.job_id.as_str()).or_default() += 1;
-            }
-            Outcome::Failed {
-                key,
-                error,
-                subject,
-                ..
-            } => {
-                WorkerCounters::add(&w.counters.failed, 1);
-                *finished_per_job.entry(key.job_id.as_str()).or_default() += 1;
-                if let Some(payload) = &p.dead_payload {
-                    publish_dead_letter(w, subject, payload, error).await;
+}
+
+/// Commits `batch`'s outcomes (replacing refused ones by their plainer form, in place);
+/// returns the merged report and the indexes that could not be committed at all (given back
+/// when the lane aborts, or an outcome with nothing plainer left).
+pub async fn commit_resilient(
+    w: &Worker,
+    batch: &mut [Pending],
+    abort: &CancellationToken,
+) -> (CommitReport, HashSet<usize>) {
+    let mut report = CommitReport::default();
+    let mut lost = HashSet::new();
+    let mut ranges = vec![(0, batch.len())];
+    let mut retry = Retry::default();
+    while let Some((a, b)) = ranges.pop() {
+        loop {
+            let outs: Vec<Outcome> = batch[a..b].iter().map(|p| p.outcome.clone()).collect();
+            match outcomes::commit(&w.pool, &outs).await {
+                Ok(r) => {
+                    report.jobs.extend(r.jobs);
+                    report.decided.extend(r.decided.into_iter().map(|i| i + a));
+                    report.duplicates += r.duplicates;
+                    report.settled_in_doubt += r.settled_in_doubt;
+                    break;
+                }
+                Err(e) if is_data_error(&e) && b - a > 1 => {
+                    tracing::warn!(error = %e, outcomes = b - a, "Postgres refused a batch, splitting it");
+                    let mid = a + (b - a) / 2;
+                    ranges.push((mid, b));
+                    ranges.push((a, mid));
+                    break;
+                }
+                Err(e) if is_data_error(&e) => {
+                    let p = &batch[a];
+                    match plainer(&p.outcome, &p.delivery.subject, p.delivery.delivered, &e) {
+                        Some(plain) => {
+                            tracing::error!(error = %e, job_id = %p.outcome.key().job_id, item_id = %p.outcome.key().item_id, "Postgres refused an outcome; booking it in a plainer form");
+                            crate::metrics::refused_outcome(w);
+                            batch[a].outcome = plain;
+                            batch[a].escalation = None;
+                        }
+                        None => {
+                            tracing::error!(error = %e, "Postgres refused an outcome with nothing plainer left; its message goes back");
+                            lost.insert(a);
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    if abort.is_cancelled() {
+                        tracing::error!(error = %e, "shutting down with outcomes not committed; their messages go back");
+                        lost.extend(a..b);
+                        for (x, y) in ranges.drain(..) {
+                            lost.extend(x..y);
+                        }
+                        return (report, lost);
+                    }
+                    tracing::warn!(error = %e, attempt = retry.attempt, "commit failed, retrying");
+                    tokio::select! {
+                        () = retry.wait() => {}
+                        () = abort.cancelled() => {}
+                    }
                 }
             }
         }
-        if let Err(e) = p.acker.ack().await {
-            tracing::warn!(error = %e, "ack failed; the redelivery will find the outcome committed");
+    }
+    (report, lost)
+}
+
+async fn settle_batch(w: &Worker, mut batch: Vec<Pending>, abort: &CancellationToken) {
+    let (report, lost) = commit_resilient(w, &mut batch, abort).await;
+    WorkerCounters::add(&w.counters.committed_batches, 1);
+    let committed: Vec<&Outcome> = batch
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !lost.contains(i))
+        .map(|(_, p)| &p.outcome)
+        .collect();
+    crate::metrics::committed(w, &committed, &report);
+    // Their holds were settled by the commit: no longer this process's to renew.
+    w.finance.booked(
+        committed
+            .iter()
+            .filter_map(|o| o.call().and_then(|c| c.booking.reservation_id)),
+    );
+
+    // Escalations of the answers that decided their item, first; an item whose escalation
+    // did not publish is not acked (its redelivery re-publishes it).
+    let escalations: Vec<(usize, &WorkItem)> = batch
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| report.decided.contains(i))
+        .filter_map(|(i, p)| p.escalation.as_ref().map(|e| (i, e)))
+        .collect();
+    let mut unpublished = HashSet::new();
+    if !escalations.is_empty() {
+        for idx in publish_escalations_patiently(w, &escalations).await {
+            unpublished.insert(escalations[idx].0);
         }
+    }
+    let mut finished_per_job: BTreeMap<String, u64> = BTreeMap::new();
+    let retry_later = Disposition::Retry {
+        after: w.settings.worker.retry_delay,
+    };
+    for (i, p) in batch.into_iter().enumerate() {
+        let decided = report.decided.contains(&i);
+        let disposition = if lost.contains(&i) || unpublished.contains(&i) {
+            retry_later.clone()
+        } else {
+            match &p.outcome {
+                Outcome::Answered { key, .. } => {
+                    if decided && p.escalation.is_some() {
+                        WorkerCounters::add(&w.counters.escalated, 1);
+                    } else if decided {
+                        WorkerCounters::add(&w.counters.answered, 1);
+                        *finished_per_job.entry(key.job_id.clone()).or_default() += 1;
+                    }
+                    Disposition::Done
+                }
+                Outcome::Failed { key, error, .. } => {
+                    if decided {
+                        WorkerCounters::add(&w.counters.failed, 1);
+                        *finished_per_job.entry(key.job_id.clone()).or_default() += 1;
+                    }
+                    Disposition::GiveUp {
+                        reason: error.clone(),
+                    }
+                }
+                Outcome::Unusable { .. } | Outcome::Released { .. } => p.then.clone(),
+            }
+        };
+        settle(w, p.delivery, disposition).await;
     }
     let t = w.settings.topology();
     for (job_id, finished) in finished_per_job {
         let event = JobEvent {
             v: PROTOCOL_VERSION,
-            job_id: job_id.to_owned(),
+            job_id: job_id.clone(),
             kind: "progress".into(),
             finished,
         };
         if let Ok(bytes) = codec::encode(&event) {
             let _ = w
                 .client
-                .publish(t.events_subject(job_id), bytes.into())
+                .publish(t.events_subject(&job_id), bytes.into())
                 .await;
         }
     }
-    for job_id in touched {
-        match switchyard_store::jobs::complete_if_done(&w.pool, &job_id).await {
-            Ok(Some(status)) => {
-                tracing::info!(job_id = %job_id, status = %status, "job finished");
-                let event = JobEvent {
-                    v: PROTOCOL_VERSION,
-                    job_id: job_id.clone(),
-                    kind: status,
-                    finished: 0,
-                };
-                if let Ok(bytes) = codec::encode(&event) {
-                    let _ = w
-                        .client
-                        .publish(t.job_done_subject(&job_id), bytes.into())
-                        .await;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(job_id = %job_id, error = %e, "cannot check job completion"),
-        }
+    for job_id in report.jobs {
+        crate::budget::announce_if_finished(w, &job_id).await;
     }
 }
 
@@ -286,22 +387,21 @@ pub async fn publish_escalations(w: &Worker, items: &[&WorkItem]) -> anyhow::Res
         .map_err(|failed| anyhow::anyhow!("{} escalations were not published", failed.len()))
 }
 
-/// As [`publish_escalations`], returning the indexes that failed.
 /// How long escalations that JetStream would not take are retried before their items are
 /// handed back. A cluster electing a new stream leader after losing a node refuses publishes
 /// for a few seconds; handing the items back at once spent one of their `max_deliver`
 /// deliveries per failed try, and a long enough election failed them for good.
 const ESCALATION_RETRY_FOR: Duration = Duration::from_secs(30);
 
-/// Publishes `escalations` (indices into `batch`), retrying the ones that failed with
-/// backoff for up to [`ESCALATION_RETRY_FOR`] while keeping their messages alive; returns
-/// the indices (into `escalations`) that never published.
+/// Publishes `escalations` (indices into the batch), retrying the ones that failed with
+/// backoff for up to [`ESCALATION_RETRY_FOR`] (the messages are kept alive meanwhile);
+/// returns the indices (into `escalations`) that never published.
 async fn publish_escalations_patiently(
     w: &Worker,
-    batch: &[Pending],
     escalations: &[(usize, &WorkItem)],
 ) -> Vec<usize> {
-    let mut retry = Retry::new(w, ESCALATION_RETRY_FOR);
+    let started = tokio::time::Instant::now();
+    let mut retry = Retry::default();
     let mut todo: Vec<usize> = (0..escalations.len()).collect();
     loop {
         let items: Vec<&WorkItem> = todo.iter().map(|&i| escalations[i].1).collect();
@@ -309,57 +409,28 @@ async fn publish_escalations_patiently(
             Ok(()) => return Vec::new(),
             Err(failed) => todo = failed.into_iter().map(|f| todo[f]).collect(),
         }
-        if retry.expired() {
+        if started.elapsed() >= ESCALATION_RETRY_FOR {
             tracing::warn!(
                 unpublished = todo.len(),
                 "escalations not published, handing their items back"
             );
             return todo;
         }
-        retry
-            .wait(todo.iter().map(|&i| &batch[escalations[i].0].acker))
-            .await;
+        retry.wait().await;
     }
 }
 
-/// Retrying a step of a batch's settlement (the commit, the escalations) for a while: backoff
-/// between attempts, and in-progress acks every `ack_wait / 3` so that JetStream does not
-/// redeliver the messages that wait meanwhile (a redelivery would use up a delivery and pay
-/// for the model call again).
+/// Backoff between attempts of a batch's step: 100 ms doubling up to 1.6 s. The messages
+/// that wait meanwhile are kept alive by their lane's keeper.
+#[derive(Default)]
 struct Retry {
-    started: tokio::time::Instant,
-    give_up_after: Duration,
-    keepalive_every: Duration,
-    last_keepalive: tokio::time::Instant,
     attempt: u32,
 }
 
 impl Retry {
-    fn new(w: &Worker, give_up_after: Duration) -> Self {
-        let now = tokio::time::Instant::now();
-        Retry {
-            started: now,
-            give_up_after,
-            keepalive_every: w.settings.worker.ack_wait / 3,
-            last_keepalive: now,
-            attempt: 0,
-        }
-    }
-
-    fn expired(&self) -> bool {
-        self.started.elapsed() >= self.give_up_after
-    }
-
-    /// Waits before the next attempt (100 ms doubling up to 1.6 s), keeping `waiting` alive.
-    async fn wait(&mut self, waiting: impl Iterator<Item = &Acker>) {
+    async fn wait(&mut self) {
         tokio::time::sleep(Duration::from_millis(100 << self.attempt.min(4))).await;
         self.attempt += 1;
-        if self.last_keepalive.elapsed() >= self.keepalive_every {
-            self.last_keepalive = tokio::time::Instant::now();
-            for acker in waiting {
-                let _ = acker.ack_with(AckKind::Progress).await;
-            }
-        }
     }
 }
 
@@ -396,19 +467,6 @@ async fn publish_escalations_detailed(w: &Worker, items: &[&WorkItem]) -> Result
     }
 }
 
-async fn publish_dead_letter(w: &Worker, subject: &str, payload: &Bytes, error: &str) {
-    let tier = subject.rsplit('.').next().unwrap_or("unknown");
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(HEADER_DLQ_REASON, error.replace(['\r', '\n'], " ").as_str());
-    let dlq = w.settings.topology().dlq_work_subject(tier);
-    if let Ok(ack) =
-        w.js.publish_with_headers(dlq, headers, payload.clone())
-            .await
-    {
-        let _ = ack.await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! Against the real Postgres and NATS (each test its own database and NATS prefix). The
@@ -417,6 +475,7 @@ mod tests {
 
     use super::*;
     use async_nats::jetstream::consumer::PullConsumer;
+    use bytes::Bytes;
     use switchyard_store::outcomes::AttemptKey;
     use switchyard_testkit::{TestDb, TestNats, eventually, settings_for};
 
@@ -427,6 +486,7 @@ mod tests {
     struct Setup {
         w: Worker,
         consumer: PullConsumer,
+        keeper: crate::settle::Keeper,
         _nats: TestNats,
         _db: TestDb,
     }
@@ -442,6 +502,7 @@ mod tests {
             .await
             .unwrap();
         Setup {
+            keeper: crate::settle::Keeper::new(w.js.clone()),
             w,
             consumer,
             _nats: nats,
@@ -449,7 +510,7 @@ mod tests {
         }
     }
 
-    /// A failed outcome for item `n`, with the acker of a real work message.
+    /// A failed outcome for item `n`, with a real work message.
     async fn pending(s: &Setup, n: u32, in_flight: Option<InFlightGuard>) -> Pending {
         let subject = s.w.settings.topology().work_subject(TIER);
         s.w.js
@@ -480,10 +541,12 @@ mod tests {
                 subject,
                 deliveries: 1,
                 error: "test".into(),
+                call: None,
+                intent: None,
             },
-            acker: Acker::new(s.w.js.clone(), msg.reply.clone()),
+            delivery: Delivery::new(&s.w.js, msg, &s.keeper),
             escalation: None,
-            dead_payload: None,
+            then: Disposition::Done,
             in_flight,
         }
     }
@@ -533,7 +596,12 @@ mod tests {
         let s = setup().await;
         let in_flight = InFlight::default();
         let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(run(s.w.clone(), rx, in_flight.clone()));
+        let task = tokio::spawn(run(
+            s.w.clone(),
+            rx,
+            in_flight.clone(),
+            CancellationToken::new(),
+        ));
 
         let p = pending(&s, 1, Some(in_flight.start())).await;
         tx.send(p).await.unwrap();
@@ -547,7 +615,12 @@ mod tests {
         let s = setup().await;
         let in_flight = InFlight::default();
         let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(run(s.w.clone(), rx, in_flight.clone()));
+        let task = tokio::spawn(run(
+            s.w.clone(),
+            rx,
+            in_flight.clone(),
+            CancellationToken::new(),
+        ));
 
         // Another call is in flight while the first outcome arrives: the committer waits for
         // it, and commits both together once it has arrived (nothing is in flight then).
@@ -571,7 +644,12 @@ mod tests {
         let s = setup().await;
         let in_flight = InFlight::default();
         let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(run(s.w.clone(), rx, in_flight.clone()));
+        let task = tokio::spawn(run(
+            s.w.clone(),
+            rx,
+            in_flight.clone(),
+            CancellationToken::new(),
+        ));
 
         // A call in flight that then settles its message itself (a nak, say).
         let other = in_flight.start();

@@ -63,13 +63,16 @@ pub struct Worker {
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub pool: PgPool,
+    /// One connection of its own for the lease renewal (see `lease`): never queued behind
+    /// the lanes' commits, and each renewal after an outage tries afresh.
+    pub lease_pool: PgPool,
     pub models: Arc<HashMap<String, ModelRuntime>>,
     pub counters: Arc<WorkerCounters>,
     /// Prometheus families (served on `/metrics` when `[metrics] listen` is set).
     pub metrics: Arc<switchyard_runtime::metrics::Metrics>,
     /// Prices, budgets and the holds this process keeps alive.
     pub finance: Arc<crate::budget::Finance>,
-    /// This process, in `worker_presence` (quota sharing).
+    /// This process, in `quota_shares` (its share of each model's fleet quota).
     pub worker_id: String,
     cancelled: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
 }
@@ -106,7 +109,12 @@ impl Worker {
             settings.database.max_connections,
         )
         .await?;
-        let finance = crate::budget::Finance::load(&pool, &settings).await?;
+        let lease_pool = switchyard_store::connect_punctual(
+            settings.database_url(),
+            settings.finance.reservation_lease / 3,
+        )?;
+        let worker_id = format!("w-{}", uuid::Uuid::now_v7());
+        let finance = crate::budget::Finance::load(&pool, &settings, &worker_id).await?;
         let http = http_client()?;
         let mut models = HashMap::new();
         for (name, m) in &settings.models {
@@ -131,7 +139,13 @@ impl Worker {
                 name.clone(),
                 ModelRuntime {
                     name: name.clone(),
-                    client: OpenAiClient::new(http.clone(), &m.base_url, api_key, m.timeout),
+                    client: OpenAiClient::new(
+                        http.clone(),
+                        &m.base_url,
+                        api_key,
+                        m.timeout,
+                        settings.worker.max_body_bytes(),
+                    ),
                     limiter: ModelLimiter::new(name, m.rpm, m.tpm, settings.worker.quota_headroom),
                     breaker: crate::breaker::CircuitBreaker::new(settings.worker.breaker.clone()),
                     settings: m.clone(),
@@ -141,17 +155,22 @@ impl Worker {
             );
         }
         let worker = Self {
-            worker_id: format!("w-{}", uuid::Uuid::now_v7()),
+            worker_id,
             settings: Arc::new(settings),
             client,
             js,
             pool,
+            lease_pool,
             models: Arc::new(models),
             counters: Arc::default(),
             metrics: Arc::new(switchyard_runtime::metrics::Metrics::worker()),
             finance: Arc::new(finance),
             cancelled: Arc::default(),
         };
+        // Alive to the fleet before the first claim (see `crate::lease`).
+        crate::lease::renew(&worker, crate::lease::lease(&worker))
+            .await
+            .context("cannot take the worker's lease")?;
         if worker.settings.worker.fleet_quota {
             crate::quota::join(&worker)
                 .await

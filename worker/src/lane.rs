@@ -1,30 +1,43 @@
 //! One tier's pull loop and what happens to each item.
+//!
+//! Per message: decode; **claim** the attempt (its call intent, group-committed, see
+//! [`crate::claims`]): a delivery of an attempt that already has an outcome calls nothing,
+//! one whose attempt a live worker is calling waits; hold the budget; call; judge and decide
+//! escalation (the job's calibrated rule, or the confidence threshold); hand the outcome to the [`committer`], which books it and settles the message. Every path ends in
+//! one [`Disposition`], applied by [`settle`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
-use async_nats::jetstream::message::Acker;
-use bytes::Bytes;
 use futures::StreamExt;
 use switchyard_core::confidence::{self, Judgement};
-use switchyard_core::prompt;
-use switchyard_proto::topology::HEADER_DLQ_REASON;
+use switchyard_core::escalation::{self, AnswerFeatures};
+use switchyard_core::{prompt, samples};
 use switchyard_proto::{Task, WorkItem, codec};
 use switchyard_store::dead_letters::{self, DeadLetter};
-use switchyard_store::outcomes::{self, AttemptKey, CallEntry, Outcome};
+use switchyard_store::intents::{Claim, Intent};
+use switchyard_store::outcomes::{self, AttemptKey, CallEntry, Outcome, UsageSource};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::budget;
 use crate::call::{CallFailure, call_model};
+use crate::claims::Claims;
 use crate::committer::{self, InFlight, InFlightGuard, Pending};
 use crate::context::{ModelRuntime, Worker, WorkerCounters};
-use crate::llm::CompletionRequest;
+use crate::llm::{Completion, CompletionRequest};
+use crate::settle::{Delivery, Disposition, Keeper, settle};
+
+/// How long one pull request waits when the tier is idle.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// Pulls the tier's items until `shutdown`, then stops pulling, lets in-flight items finish
 /// within `shutdown_grace`, gives back (naks) the rest, and flushes the last commits.
+///
+/// A lane pulls only what it can start: each pull request asks for as many messages as it
+/// has free call slots, so no message waits in a client buffer, unseen by the keep-alive,
+/// while its `ack_wait` runs out.
 ///
 /// # Errors
 /// When the consumer cannot be created.
@@ -32,62 +45,93 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
     let spec = switchyard_runtime::nats::worker_consumer_spec(&w.settings, &tier);
     let consumer = switchyard_runtime::nats::ensure_consumer(&w.js, &spec).await?;
     let ws = &w.settings.worker;
+    // Cancelled at the end of the grace period: in-flight calls give their items back and
+    // the committer stops retrying.
+    let abort = CancellationToken::new();
+    let keeper = Keeper::new(w.js.clone());
+    let keeper_stop = CancellationToken::new();
+    let keeper_task = tokio::spawn(keeper.clone().run(ws.ack_wait / 3, keeper_stop.clone()));
     let (tx, rx) = mpsc::channel::<Pending>(ws.commit_batch * 4);
     // Per lane, like the committer it informs: another lane's calls never reach this one.
     let in_flight = InFlight::default();
-    let committer = tokio::spawn(committer::run(w.clone(), rx, in_flight.clone()));
+    let committer = tokio::spawn(committer::run(
+        w.clone(),
+        rx,
+        in_flight.clone(),
+        abort.clone(),
+    ));
+    let (claims, claims_task) = Claims::start(w.clone());
     let permits = Arc::new(Semaphore::new(ws.concurrency));
     let tracker = TaskTracker::new();
-    // Cancelled at the end of the grace period: in-flight calls give their items back.
-    let abort = CancellationToken::new();
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(ws.fetch_batch.min(ws.concurrency))
-        .expires(Duration::from_secs(5))
-        .heartbeat(Duration::from_secs(2))
-        .messages()
-        .await?;
     tracing::info!(tier = %tier, consumer = %spec.durable, "worker lane ready");
-    loop {
-        let permit = tokio::select! {
+    'pull: loop {
+        // Wait for a free slot, then ask for as many messages as there are free slots.
+        let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let msg = tokio::select! {
+        let free = (1 + permits.available_permits()).min(ws.fetch_batch.max(1));
+        let request = tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = messages.next() => match next {
+            r = consumer.batch().max_messages(free).expires(PULL_EXPIRES).messages() => r,
+        };
+        let mut batch = match request {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(tier = %tier, error = %e, "pull error, retrying");
+                drop(first);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        let mut slot = Some(first);
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    give_back_rest(&w, &mut batch, &keeper).await;
+                    break 'pull;
+                }
+                n = batch.next() => n,
+            };
+            let msg = match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     tracing::warn!(tier = %tier, error = %e, "pull error, continuing");
-                    continue;
+                    break;
                 }
                 None => break,
-            },
-        };
-        let (w2, tier2, tx2, abort2) = (w.clone(), tier.clone(), tx.clone(), abort.clone());
-        // Counted from here until the committer receives the outcome or `process` settles
-        // the message itself (the guard is dropped on every path).
-        let guard = in_flight.start();
-        tracker.spawn(async move {
-            process(&w2, &tier2, msg, &tx2, &abort2, guard).await;
-            drop(permit);
-        });
-    }
-    // Messages already pulled but not started are handed back now rather than after
-    // `ack_wait` (a bounded drain: at most one pull batch, 50 ms of silence ends it).
-    for _ in 0..ws.fetch_batch {
-        match tokio::time::timeout(Duration::from_millis(50), messages.next()).await {
-            Ok(Some(Ok(m))) => {
-                // With a delay: an immediate redelivery would come back to this very
-                // stream, still draining, and burn the message's deliveries.
-                let _ = m
-                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-                    .await;
-            }
-            _ => break,
+            };
+            let delivery = Delivery::new(&w.js, msg, &keeper);
+            // Slots were free when the request was made and only this loop takes them.
+            let permit = match slot.take() {
+                Some(p) => p,
+                None => match permits.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        let after = Duration::from_millis(100);
+                        settle(&w, delivery, Disposition::Retry { after }).await;
+                        continue;
+                    }
+                },
+            };
+            let (w2, tier2, tx2, abort2, claims2) = (
+                w.clone(),
+                tier.clone(),
+                tx.clone(),
+                abort.clone(),
+                claims.clone(),
+            );
+            // Counted from here until the committer receives the outcome or the message is
+            // settled here (the guard is dropped on every path).
+            let guard = in_flight.start();
+            tracker.spawn(async move {
+                process(&w2, &tier2, delivery, &tx2, &claims2, &abort2, guard).await;
+                drop(permit);
+            });
         }
     }
-    drop(messages);
     tracker.close();
     tracing::info!(tier = %tier, in_flight = tracker.len(), "draining");
     if tokio::time::timeout(ws.shutdown_grace, tracker.wait())
@@ -99,101 +143,151 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
         tracker.wait().await;
     }
     drop(tx);
+    drop(claims);
     let _ = committer.await;
+    let _ = claims_task.await;
+    keeper_stop.cancel();
+    let _ = keeper_task.await;
     tracing::info!(tier = %tier, "lane stopped");
     Ok(())
 }
 
-/// Handles one message: every path either hands an outcome to the committer (which acks
-/// after commit) or settles the message itself. `in_flight` goes with the outcome to the
-/// committer, or is dropped when this returns without one.
+/// Messages of the last pull that arrived but were not started go back at once (with a
+/// delay: an immediate redelivery would come back to this very lane, still draining). A
+/// bounded drain: at most one pull's worth, 50 ms of silence ends it.
+async fn give_back_rest(
+    w: &Worker,
+    batch: &mut async_nats::jetstream::consumer::pull::Batch,
+    keeper: &Keeper,
+) {
+    for _ in 0..w.settings.worker.fetch_batch {
+        match tokio::time::timeout(Duration::from_millis(50), batch.next()).await {
+            Ok(Some(Ok(m))) => {
+                let d = Delivery::new(&w.js, m, keeper);
+                let after = Duration::from_millis(500);
+                settle(w, d, Disposition::Retry { after }).await;
+            }
+            _ => break,
+        }
+    }
+}
+
+/// Where a message goes once handled here.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives for one message's hand-off; boxing the outcome would allocate per call for nothing"
+)]
+enum Handled {
+    /// Settled without a commit.
+    Settle(Disposition),
+    /// Booked and decided by the committer, which settles the message after the commit.
+    Commit {
+        outcome: Outcome,
+        escalation: Option<WorkItem>,
+        then: Disposition,
+    },
+}
+
+/// Handles one message and hands it to the committer or settles it.
 async fn process(
     w: &Worker,
     tier: &str,
-    msg: async_nats::jetstream::Message,
+    d: Delivery,
     tx: &mpsc::Sender<Pending>,
+    claims: &Claims,
     abort: &CancellationToken,
     in_flight: InFlightGuard,
 ) {
-    let (delivered, stream_seq) = msg
-        .info()
-        .map(|i| (i.delivered, i.stream_sequence))
-        .unwrap_or((1, 0));
-    let acker = Acker::new(w.js.clone(), msg.reply.clone());
-    let subject = msg.subject.to_string();
-    let item: WorkItem = match codec::decode(&msg.payload) {
-        Ok(item) => item,
-        Err(e) => {
-            dead_letter_undecodable(
-                w,
-                &acker,
-                &subject,
-                stream_seq,
-                delivered,
-                &msg.payload,
-                &e.to_string(),
-            )
-            .await;
-            return;
+    match handle(w, tier, &d, claims, abort).await {
+        Handled::Settle(disposition) => {
+            drop(in_flight);
+            settle(w, d, disposition).await;
         }
+        Handled::Commit {
+            outcome,
+            escalation,
+            then,
+        } => {
+            let p = Pending {
+                outcome,
+                delivery: d,
+                escalation,
+                then,
+                in_flight: Some(in_flight),
+            };
+            if let Err(e) = tx.send(p).await {
+                // The committer is gone (shutdown): give the item back.
+                let p = e.0;
+                let after = Duration::ZERO;
+                settle(w, p.delivery, Disposition::Retry { after }).await;
+            }
+        }
+    }
+}
+
+/// The whole life of one delivery up to its outcome.
+async fn handle(
+    w: &Worker,
+    tier: &str,
+    d: &Delivery,
+    claims: &Claims,
+    abort: &CancellationToken,
+) -> Handled {
+    let ws = &w.settings.worker;
+    let retry_later = Disposition::Retry {
+        after: ws.retry_delay,
+    };
+    let item: WorkItem = match codec::decode(&d.payload) {
+        Ok(item) => item,
+        Err(e) => return Handled::Settle(dead_letter_undecodable(w, d, &e.to_string()).await),
     };
     let key = AttemptKey {
         job_id: item.job_id.clone(),
         item_id: item.item_id.clone(),
         attempt: i32::from(item.attempt),
     };
-    if w.is_cancelled(&item.job_id).await {
-        let _ = acker.ack().await;
-        return;
-    }
-    if delivered > 1 {
-        // Delivered before: the earlier delivery may have committed before dying.
-        match settled_before(w, &item, &key).await {
-            Ok(true) => {
-                WorkerCounters::add(&w.counters.redelivered_skipped, 1);
-                let _ = acker.ack().await;
-                return;
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check earlier outcome, retrying later");
-                let _ = acker
-                    .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
-                    .await;
-                return;
-            }
-        }
-    }
-    let fail = |error: String| Outcome::Failed {
-        key: key.clone(),
-        subject: subject.clone(),
-        deliveries: delivered as i32,
-        error,
+    let fail = |error: String, call: Option<CallEntry>, intent: Option<String>| Handled::Commit {
+        outcome: Outcome::Failed {
+            key: key.clone(),
+            subject: d.subject.clone(),
+            deliveries: i32::try_from(d.delivered).unwrap_or(i32::MAX),
+            error,
+            call,
+            intent,
+        },
+        escalation: None,
+        then: Disposition::Done,
     };
     // Defence in depth: the dispatcher, escalation, shadow sampling, budget downgrades and
     // retries all keep `local_only` items on local tiers; a message that says otherwise (a
     // bug, a hand-made message) is refused before anything is sent to a model.
     if item.local_only && !w.settings.tiers.get(tier).is_some_and(|t| t.local) {
-        let outcome = fail(format!(
-            "local_only item refused on tier `{tier}`, which is not local (nothing was sent to \
-             its model)"
-        ));
-        send_failed(tx, outcome, acker, &msg.payload, in_flight).await;
-        return;
+        return fail(
+            format!(
+                "local_only item refused on tier `{tier}`, which is not local (nothing was \
+                 sent to its model)"
+            ),
+            None,
+            None,
+        );
     }
     let Some(model) = w
         .settings
         .model_for(tier, &item.models)
         .and_then(|m| w.models.get(m))
     else {
-        let outcome = fail(format!(
-            "no model configured for tier `{tier}` (job override: {:?})",
-            item.models.get(tier)
-        ));
-        send_failed(tx, outcome, acker, &msg.payload, in_flight).await;
-        return;
+        return fail(
+            format!(
+                "no model configured for tier `{tier}` (job override: {:?})",
+                item.models.get(tier)
+            ),
+            None,
+            None,
+        );
     };
 
+    let call_id = uuid::Uuid::now_v7().to_string();
+    let extra = extra_samples(&item, model);
     let request = CompletionRequest {
         model: model.name.clone(),
         messages: prompt::messages_for(&item.task, &item.text),
@@ -204,17 +298,65 @@ async fn process(
         } else {
             0
         },
+        client_request_id: Some(call_id.clone()),
+        n: 1 + extra,
+        temperature: if extra > 0 { SAMPLE_TEMPERATURE } else { 0.0 },
     };
-    let estimated_tokens = (item.text.len() / 4) as u32 + request.max_tokens;
+
+    // The claim: the intent is durable before the request can leave.
+    let intent = intent_for(w, tier, &item, model, &request, &key, &call_id);
+    match claim_patiently(w, claims, intent).await {
+        Ok(Claim::Claimed) => {}
+        Ok(Claim::Settled { escalate }) => {
+            WorkerCounters::add(&w.counters.redelivered_skipped, 1);
+            crate::metrics::settled_before(w);
+            if escalate && let Some(up) = escalation_for(w, tier, &item) {
+                // The escalation of the committed answer may not have been published.
+                if let Err(e) = committer::publish_escalations(w, &[&up]).await {
+                    tracing::warn!(error = %e, "cannot re-publish an escalation, retrying later");
+                    return Handled::Settle(retry_later);
+                }
+            }
+            return Handled::Settle(Disposition::Done);
+        }
+        Ok(Claim::Stale | Claim::NoItem) => {
+            WorkerCounters::add(&w.counters.redelivered_skipped, 1);
+            crate::metrics::settled_before(w);
+            return Handled::Settle(Disposition::Done);
+        }
+        Ok(Claim::Busy) => {
+            // Another live worker is still calling this attempt after we waited as long as
+            // its lease: look again later.
+            let after = crate::lease::lease(w) / 2;
+            return Handled::Settle(Disposition::Retry { after });
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %format!("{e:#}"), "cannot claim the attempt, retrying later");
+            return Handled::Settle(retry_later);
+        }
+    }
+    let released = |then: Disposition| Handled::Commit {
+        outcome: Outcome::Released {
+            key: key.clone(),
+            call_id: call_id.clone(),
+        },
+        escalation: None,
+        then,
+    };
+
     // Teams with a budget: hold the call's worst case first (released if the call does not
     // happen, settled by the commit that books it); a call that does not fit is diverted.
-    let hold = match budget::admit(w, tier, &item, model, &request, &acker, &msg.payload).await {
+    let hold = match budget::admit(w, tier, &item, model, &request, &d.payload).await {
         budget::Admission::Go(hold) => hold,
-        budget::Admission::Settled => return,
+        budget::Admission::Diverted(disposition) => return released(disposition),
     };
-    let keepalive_period = w.settings.worker.ack_wait / 3;
+    let priced_at = hold
+        .as_ref()
+        .map_or_else(chrono::Utc::now, budget::Hold::held_at);
+    let estimated_tokens = (item.text.len() / 4) as u32 + request.completion_bound();
     WorkerCounters::add(&w.counters.calls, 1);
     let call_started = std::time::Instant::now();
+    // The lane's keeper keeps the message alive meanwhile (`()`: no keep-alive of its own).
     let (result, stats) = call_model(
         &model.client,
         &model.limiter,
@@ -222,152 +364,310 @@ async fn process(
         &request,
         estimated_tokens,
         model.settings.max_retries,
-        &acker,
-        keepalive_period,
+        &(),
+        ws.ack_wait / 3,
         abort,
     )
     .await;
     WorkerCounters::add(&w.counters.throttled, u64::from(stats.throttled));
     WorkerCounters::add(&w.counters.retries, u64::from(stats.retries));
     crate::metrics::called(w, &model.name, &result, &stats, call_started.elapsed());
-    let completion = match result {
-        Ok(c) => c,
-        Err(CallFailure::ShuttingDown) => {
-            WorkerCounters::add(&w.counters.naked, 1);
-            let _ = acker.ack_with(AckKind::Nak(None)).await;
-            return;
-        }
-        Err(CallFailure::CircuitOpen {
-            retry_in,
-            last_error,
-        }) => {
-            if delivered >= w.settings.worker.max_deliver {
-                let error = format!(
-                    "gave up after {delivered} deliveries: circuit breaker open for `{}` \
-                     (provider failing; last error: {last_error})",
-                    model.name
-                );
-                send_failed(tx, fail(error), acker, &msg.payload, in_flight).await;
-            } else {
-                // Back when the breaker lets a probe through, spread out so the items do
-                // not all return at once.
-                let spread = retry_in.mul_f64(rand::random_range(1.0..1.5));
-                WorkerCounters::add(&w.counters.naked, 1);
-                let _ = acker
-                    .ack_with(AckKind::Nak(Some(
-                        spread.max(w.settings.worker.retry_delay),
-                    )))
-                    .await;
-            }
-            return;
-        }
-        Err(CallFailure::Refused(e)) => {
-            send_failed(tx, fail(e.to_string()), acker, &msg.payload, in_flight).await;
-            return;
-        }
-        Err(CallFailure::Exhausted(e)) => {
-            if delivered >= w.settings.worker.max_deliver {
-                let error = format!("gave up after {delivered} deliveries: {e}");
-                send_failed(tx, fail(error), acker, &msg.payload, in_flight).await;
-            } else {
-                tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, delivered, "call failed, item will be redelivered");
-                WorkerCounters::add(&w.counters.naked, 1);
-                let _ = acker
-                    .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
-                    .await;
-            }
-            return;
-        }
+    let exhausted = d.delivered >= ws.max_deliver;
+    let booking = |escalated: bool| {
+        budget::booking_for(
+            w, tier, &item, escalated, priced_at,
+            // Moved into the entry below; the hold is consumed at most once.
+            None,
+        )
     };
-
-    let judgement = judge(
-        &item.task,
-        model,
-        &completion.content,
-        completion.logprobs.as_deref(),
-    );
-    let escalation =
-        escalation_for(w, tier, &item).filter(|_| judgement.confidence < item.confidence_threshold);
-    let call_id = completion
-        .response_id
-        .clone()
-        .unwrap_or_else(|| format!("sy-{}", uuid::Uuid::now_v7()));
-    let call = CallEntry {
-        call_id,
+    let entry = |usage: Usage, escalated: bool, hold: Option<budget::Hold>| CallEntry {
+        call_id: call_id.clone(),
+        provider_response_id: usage
+            .response_id
+            .as_deref()
+            .and_then(outcomes::sanitize_response_id),
         team: item.team.clone(),
         project: item.project.clone(),
         tier: tier.to_owned(),
         model: model.name.clone(),
         provider: model.settings.provider.clone(),
         price_id: model.price_id,
-        prompt_tokens: completion.prompt_tokens as i32,
-        completion_tokens: completion.completion_tokens as i32,
-        cost_usd: model
-            .price
-            .cost(completion.prompt_tokens, completion.completion_tokens),
-        latency_ms: completion.latency.as_millis().min(i32::MAX as u128) as i32,
-        retry: delivered > 1,
-        booking: budget::booking_for(
-            w,
-            tier,
-            &item,
-            escalation.is_some(),
-            chrono::Utc::now(),
-            hold.map(budget::Hold::hand_over),
+        prompt_tokens: usage.prompt,
+        completion_tokens: usage.completion,
+        cost_usd: model.price.cost(
+            u32::try_from(usage.prompt).unwrap_or(0),
+            u32::try_from(usage.completion).unwrap_or(0),
         ),
-    };
-    let outcome = Outcome::Answered {
-        key,
-        tier: tier.to_owned(),
-        answer: judgement.answer,
-        confidence: judgement.confidence,
-        escalated: escalation.is_some(),
-        call,
-    };
-    send(
-        tx,
-        Pending {
-            outcome,
-            acker,
-            escalation,
-            dead_payload: None,
-            in_flight: Some(in_flight),
+        usage_source: usage.source,
+        latency_ms: usage.latency_ms,
+        retry: d.delivered > 1,
+        booking: switchyard_store::booking::Booking {
+            cached_prompt_tokens: usage.cached,
+            reservation_id: hold.map(budget::Hold::hand_over),
+            ..booking(escalated)
         },
-    )
-    .await;
-}
+    };
+    let completion = match result {
+        Ok(c) => c,
+        Err(CallFailure::ShuttingDown { sent: false }) => {
+            return released(Disposition::Retry {
+                after: Duration::ZERO,
+            });
+        }
+        Err(CallFailure::ShuttingDown { sent: true }) => {
+            // The request may have reached the provider: its intent stays, and is booked in
+            // doubt once this process's lease has ended. The item goes back at once.
+            return Handled::Settle(Disposition::Retry {
+                after: Duration::ZERO,
+            });
+        }
+        Err(CallFailure::CircuitOpen {
+            retry_in,
+            last_error,
+        }) => {
+            if exhausted {
+                let error = format!(
+                    "gave up after {} deliveries: circuit breaker open for `{}` (provider \
+                     failing; last error: {last_error})",
+                    d.delivered, model.name
+                );
+                return fail(error, None, Some(call_id.clone()));
+            }
+            // Back when the breaker lets a probe through, spread out so the items do not all
+            // return at once.
+            let spread = retry_in.mul_f64(rand::random_range(1.0..1.5));
+            return released(Disposition::Retry {
+                after: spread.max(ws.retry_delay),
+            });
+        }
+        Err(CallFailure::Refused(e)) => return fail(e.to_string(), None, Some(call_id.clone())),
+        Err(CallFailure::Exhausted(e)) => {
+            if exhausted {
+                let error = format!("gave up after {} deliveries: {e}", d.delivered);
+                return fail(error, None, Some(call_id.clone()));
+            }
+            tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, delivered = d.delivered, "call failed, item will be redelivered");
+            return released(retry_later);
+        }
+        Err(CallFailure::Unusable(e)) => {
+            // Answered and possibly billed: booked at an estimate of its usage.
+            let usage = Usage::estimated(&request, &e);
+            let call = entry(usage, false, hold);
+            let too_large = matches!(e, crate::llm::ProviderError::TooLarge { .. });
+            if too_large || exhausted {
+                let error = if too_large {
+                    format!("{e} (worker.max_answer_bytes is {})", ws.max_answer_bytes)
+                } else {
+                    format!("gave up after {} deliveries: {e}", d.delivered)
+                };
+                return fail(error, Some(call), None);
+            }
+            tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, "unusable answer booked, item will be redelivered");
+            return Handled::Commit {
+                outcome: Outcome::Unusable {
+                    key: key.clone(),
+                    call,
+                },
+                escalation: None,
+                then: retry_later,
+            };
+        }
+    };
 
-/// Hands a failed item to the committer, which records the failure and dead-letters
-/// `payload` (the message as delivered).
-async fn send_failed(
-    tx: &mpsc::Sender<Pending>,
-    outcome: Outcome,
-    acker: Acker,
-    payload: &Bytes,
-    in_flight: InFlightGuard,
-) {
-    send(
-        tx,
-        Pending {
-            outcome,
-            acker,
-            escalation: None,
-            dead_payload: Some(payload.clone()),
-            in_flight: Some(in_flight),
+    let usage = Usage::of(&completion);
+    if completion.content.len() > ws.max_answer_bytes {
+        let error = format!(
+            "`{}` answered {} bytes, over worker.max_answer_bytes ({})",
+            model.name,
+            completion.content.len(),
+            ws.max_answer_bytes
+        );
+        return fail(error, Some(entry(usage, false, hold)), None);
+    }
+    let judgement = judge(
+        &item.task,
+        model,
+        &completion.content,
+        completion.logprobs.as_deref(),
+        &completion.samples,
+    );
+    let escalation = (item.is_own() && escalates(&item, &judgement, &completion))
+        .then(|| escalation_for(w, tier, &item))
+        .flatten();
+    let call = entry(usage, escalation.is_some(), hold);
+    Handled::Commit {
+        outcome: Outcome::Answered {
+            key,
+            tier: tier.to_owned(),
+            answer: judgement.answer,
+            raw_answer: completion.raw_content,
+            confidence: judgement.confidence,
+            escalated_to: escalation.as_ref().map(|e| e.tier.clone()),
+            call,
         },
-    )
-    .await;
-}
-
-async fn send(tx: &mpsc::Sender<Pending>, p: Pending) {
-    if let Err(e) = tx.send(p).await {
-        // The committer is gone (shutdown): give the item back.
-        let _ = e.0.acker.ack_with(AckKind::Nak(None)).await;
+        escalation,
+        then: Disposition::Done,
     }
 }
 
-/// Judges an answer with the task's rule.
+/// Claims `intent`; while another live worker is calling the attempt, waits in place (the
+/// message kept alive, no delivery used) and asks again, for up to twice the lease: by then
+/// that call is booked (this delivery then calls nothing) or its worker's lease has run out
+/// (the claim takes the attempt over).
+async fn claim_patiently(w: &Worker, claims: &Claims, intent: Intent) -> anyhow::Result<Claim> {
+    let lease = crate::lease::lease(w);
+    let poll = (lease / 4).max(Duration::from_millis(100));
+    let started = tokio::time::Instant::now();
+    for round in 0u32.. {
+        let claim = claims.claim(intent.clone()).await?;
+        if claim != Claim::Busy {
+            return Ok(claim);
+        }
+        if round == 0 {
+            crate::metrics::busy(w);
+        }
+        if started.elapsed() >= lease * 2 {
+            return Ok(Claim::Busy);
+        }
+        tokio::time::sleep(poll).await;
+    }
+    Ok(Claim::Busy)
+}
+
+/// A call's usage, validated for the ledger.
+struct Usage {
+    response_id: Option<String>,
+    prompt: i32,
+    completion: i32,
+    cached: i32,
+    source: UsageSource,
+    latency_ms: i32,
+}
+
+impl Usage {
+    fn of(c: &Completion) -> Self {
+        let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        Self {
+            response_id: c.response_id.clone(),
+            prompt: clamp(c.prompt_tokens),
+            completion: clamp(c.completion_tokens),
+            cached: clamp(c.cached_prompt_tokens.min(c.prompt_tokens)),
+            source: if c.usage_estimated {
+                UsageSource::Estimated
+            } else {
+                UsageSource::Provider
+            },
+            latency_ms: i32::try_from(c.latency.as_millis()).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// An unusable answer's usage: the prompt at four characters a token, the completion
+    /// from the body's size (at most `max_tokens`).
+    fn estimated(request: &CompletionRequest, e: &crate::llm::ProviderError) -> Self {
+        let prompt_chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
+        let body = match e {
+            crate::llm::ProviderError::BadBody { bytes, .. } => *bytes,
+            _ => usize::MAX,
+        };
+        let completion = (body / 4).min(request.completion_bound() as usize);
+        Self {
+            response_id: None,
+            prompt: i32::try_from(prompt_chars.div_ceil(4)).unwrap_or(i32::MAX),
+            completion: i32::try_from(completion).unwrap_or(i32::MAX),
+            cached: 0,
+            source: UsageSource::Estimated,
+            latency_ms: 0,
+        }
+    }
+}
+
+/// The intent of this delivery's call (see [`switchyard_store::intents`]).
+fn intent_for(
+    w: &Worker,
+    tier: &str,
+    item: &WorkItem,
+    model: &ModelRuntime,
+    request: &CompletionRequest,
+    key: &AttemptKey,
+    call_id: &str,
+) -> Intent {
+    let b = budget::booking_for(w, tier, item, false, chrono::Utc::now(), None);
+    Intent {
+        call_id: call_id.to_owned(),
+        key: key.clone(),
+        team: item.team.clone(),
+        project: item.project.clone(),
+        tier: tier.to_owned(),
+        model: model.name.clone(),
+        provider: model.settings.provider.clone(),
+        prompt_bound: i32::try_from(budget::prompt_bound(request)).unwrap_or(i32::MAX),
+        // The in-doubt booking's worst case: every choice asked for.
+        max_tokens: i32::try_from(request.completion_bound()).unwrap_or(i32::MAX),
+        escalation: b.escalation,
+        all_strong: b.all_strong,
+        all_weak: b.all_weak,
+    }
+}
+
+/// Sampling temperature of a request that draws extra samples: high enough that an unsure
+/// model answers differently, low enough that a sure one repeats itself.
+const SAMPLE_TEMPERATURE: f32 = 0.7;
+
+/// Extra samples to draw in this item's request (`n = 1 + k`): the job's rule asks for `k`
+/// and the model gives no logprobs, so the samples' agreement is the answer's confidence
+/// (docs/quality.md, the worker contract). Only the item's own attempts decide anything
+/// with it; shadow and audit calls never escalate, so they draw none.
+fn extra_samples(item: &WorkItem, model: &ModelRuntime) -> u8 {
+    match &item.escalation {
+        Some(rule) if item.is_own() && !model.settings.logprobs => rule.samples.min(MAX_SAMPLES),
+        _ => 0,
+    }
+}
+
+/// At most this many extra samples, whatever a rule asks for (`n` stays small).
+const MAX_SAMPLES: u8 = 16;
+
+/// Whether the answer escalates: the job's calibrated rule when the item carries one,
+/// else its confidence below the item's threshold (`switchyard_core::escalation::decide`).
+/// The features are those of the answer as it is stored, the ones the dispatcher reads back
+/// from a pilot, so the rule sees here what it was fitted on.
+fn escalates(item: &WorkItem, judgement: &Judgement, completion: &Completion) -> bool {
+    let features = AnswerFeatures::of_stored(
+        &item.task,
+        item.router_score.unwrap_or(0.0),
+        &judgement.answer,
+        judgement.confidence,
+        completion.logprobs.is_some(),
+        !completion.samples.is_empty(),
+    );
+    escalation::decide(
+        item.escalation.as_ref(),
+        item.confidence_threshold,
+        &features,
+    )
+}
+
+/// Judges an answer with the task's rule. With extra samples, their agreement with the
+/// answer is its confidence (unless the answer is off the label set: no agreement makes
+/// that an answer).
 fn judge(
+    task: &Task,
+    model: &ModelRuntime,
+    content: &str,
+    logprobs: Option<&[confidence::TokenLogprob]>,
+    drawn: &[String],
+) -> Judgement {
+    let mut j = judge_alone(task, model, content, logprobs);
+    if !j.off_label
+        && let Some(a) = samples::sample_agreement(task, &j.answer, drawn)
+    {
+        j.confidence = a;
+    }
+    j
+}
+
+/// Judges an answer on its own (logprobs, or the model's configured fallback confidence).
+fn judge_alone(
     task: &Task,
     model: &ModelRuntime,
     content: &str,
@@ -388,11 +688,12 @@ fn judge(
     }
 }
 
-/// The message that escalates `item` from `tier`, if escalation is possible at all: the tier
-/// escalates somewhere, the item has escalations left, and a `local_only` item only moves to
-/// a local tier. Deterministic, so a redelivered message re-publishes the same escalation.
+/// The message that escalates `item` from `tier`, if escalation is possible at all: the item
+/// is one of its own attempts (shadow and audit calls never escalate), the tier escalates
+/// somewhere, the item has escalations left, and a `local_only` item only moves to a local
+/// tier. Deterministic, so a redelivered message re-publishes the same escalation.
 pub fn escalation_for(w: &Worker, tier: &str, item: &WorkItem) -> Option<WorkItem> {
-    if item.escalations_left == 0 {
+    if item.escalations_left == 0 || !item.is_own() {
         return None;
     }
     let next = w.settings.tiers.get(tier)?.escalate_to.as_ref()?;
@@ -407,31 +708,11 @@ pub fn escalation_for(w: &Worker, tier: &str, item: &WorkItem) -> Option<WorkIte
     Some(up)
 }
 
-/// True when this attempt was already settled by an earlier delivery (its escalation is
-/// re-published if it had one), or its item is closed.
-async fn settled_before(w: &Worker, item: &WorkItem, key: &AttemptKey) -> anyhow::Result<bool> {
-    let keys = [key.clone()];
-    let existing = outcomes::existing_results(&w.pool, &keys).await?;
-    if let Some((_, escalated)) = existing.first() {
-        if *escalated && let Some(up) = escalation_for(w, &item.tier, item) {
-            committer::publish_escalations(w, &[&up]).await?;
-        }
-        return Ok(true);
-    }
-    Ok(!outcomes::closed_items(&w.pool, &keys).await?.is_empty())
-}
-
-async fn dead_letter_undecodable(
-    w: &Worker,
-    acker: &Acker,
-    subject: &str,
-    stream_seq: u64,
-    delivered: i64,
-    payload: &Bytes,
-    error: &str,
-) {
+/// Records a message that is not a work item; gives it up (or retries when the record
+/// cannot be written: the reason must not be lost).
+async fn dead_letter_undecodable(w: &Worker, d: &Delivery, error: &str) -> Disposition {
     let error = format!("work message is not a valid work item: {error}");
-    let key = format!("{}:{stream_seq}", w.settings.topology().work_stream());
+    let key = format!("{}:{}", w.settings.topology().work_stream(), d.stream_seq);
     let recorded = dead_letters::record(
         &w.pool,
         &DeadLetter {
@@ -440,30 +721,19 @@ async fn dead_letter_undecodable(
             job_id: None,
             item_id: None,
             attempt: None,
-            subject,
-            deliveries: Some(delivered as i32),
+            subject: &d.subject,
+            deliveries: Some(i32::try_from(d.delivered).unwrap_or(i32::MAX)),
             error: &error,
         },
     )
     .await;
-    if recorded.is_err() {
-        let _ = acker
-            .ack_with(AckKind::Nak(Some(w.settings.worker.retry_delay)))
-            .await;
-        return;
+    match recorded {
+        Ok(()) => Disposition::GiveUp { reason: error },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record an undecodable message, retrying later");
+            Disposition::Retry {
+                after: w.settings.worker.retry_delay,
+            }
+        }
     }
-    let tier = subject.rsplit('.').next().unwrap_or("unknown");
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(HEADER_DLQ_REASON, error.replace(['\r', '\n'], " ").as_str());
-    if let Ok(ack) =
-        w.js.publish_with_headers(
-            w.settings.topology().dlq_work_subject(tier),
-            headers,
-            payload.clone(),
-        )
-        .await
-    {
-        let _ = ack.await;
-    }
-    let _ = acker.ack_with(AckKind::Term).await;
 }

@@ -4,8 +4,12 @@
 //! on the tier's durable consumer (`worker_<tier>`, shared by every worker process of the
 //! tier). Each item goes through:
 //!
-//! 1. [`limiter`]: the model's requests/min and tokens/min quota (governor), and any pause a
-//!    429 imposed on the model;
+//! 0. [`claims`]: the attempt is claimed and the call's intent written (group-committed)
+//!    before anything is sent: a delivery of an attempt that already has an outcome calls
+//!    nothing, one whose attempt a live worker is calling waits;
+//! 1. [`limiter`]: the model's requests/min and tokens/min quota (this process's share of
+//!    the fleet's, kept by [`quota`]), paced one call at a time, and any pause a 429 imposed
+//!    on the model;
 //! 2. [`call`]: the HTTP call ([`llm::openai`]) with retries, backoff and jitter, the message
 //!    kept alive with in-progress acks meanwhile;
 //! 3. judging: confidence from logprobs ([`switchyard_core::confidence`]); a low-confidence
@@ -14,8 +18,13 @@
 //!    written in one transaction per batch; escalations are published and their publish-acks
 //!    awaited; only then are the messages acked.
 //!
+//! Every message ends in one [`settle::Disposition`] (done, retry after a delay, give up),
+//! applied in one place ([`settle::settle`]); the lane's [`settle::Keeper`] keeps every
+//! message it holds alive from pull to settlement.
+//!
 //! [`reaper`] records items whose worker died on their last delivery (JetStream's
-//! max-deliveries advisory), so nothing is lost silently.
+//! max-deliveries advisory), so nothing is lost silently. [`lease`] keeps the process alive
+//! to the fleet and books in doubt the calls of workers that died mid-call.
 //!
 //! [`budget`] holds each call's worst-case cost against its team's budget before the call
 //! and settles it in the commit that books the call; [`price_book`] keeps the price versions
@@ -25,15 +34,18 @@
 pub mod breaker;
 pub mod budget;
 pub mod call;
+pub mod claims;
 pub mod committer;
 pub mod context;
 pub mod lane;
+pub mod lease;
 pub mod limiter;
 pub mod llm;
 pub mod metrics;
 pub mod price_book;
 pub mod quota;
 pub mod reaper;
+pub mod settle;
 
 use anyhow::Context as _;
 use switchyard_runtime::Settings;
@@ -101,7 +113,8 @@ pub async fn run_with(
             }
         });
     }
-    // Quota shares and fleet-wide pauses: also kept up while the lanes drain.
+    // Quota shares and fleet-wide pauses: also kept up while the lanes drain (a draining
+    // process still calls), then given back once the lanes have stopped.
     let quota_token = CancellationToken::new();
     if worker.settings.worker.fleet_quota {
         let (w, token) = (worker.clone(), quota_token.clone());
@@ -111,12 +124,20 @@ pub async fn run_with(
             }
         });
     }
-    // Budget holds of draining calls must stay renewed: this loop stops after the lanes.
     let finance_token = CancellationToken::new();
+    tracker.spawn(budget::run_refresh_loop(
+        worker.clone(),
+        finance_token.clone(),
+    ));
     tracker.spawn(budget::run_finance_loop(
         worker.clone(),
         finance_token.clone(),
     ));
+    // The lease keeps this process's intents and holds alive; it ends last, after the lanes
+    // have drained and committed (see `lease`).
+    let lease_token = CancellationToken::new();
+    tracker.spawn(lease::run_lease(worker.clone(), lease_token.clone()));
+    tracker.spawn(lease::run_sweeper(worker.clone(), finance_token.clone()));
     tracker.close();
     let mut first_error = None;
     for h in handles {
@@ -133,6 +154,7 @@ pub async fn run_with(
     shutdown.cancel();
     finance_token.cancel();
     quota_token.cancel();
+    lease_token.cancel();
     tracker.wait().await;
     let _ = worker.client.flush().await;
     first_error.map_or(Ok(()), Err)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use switchyard_runtime::metrics::{CallLabels, ModelLabel, TierLabel, TokenLabels};
-use switchyard_store::outcomes::Outcome;
+use switchyard_store::outcomes::{CommitReport, Outcome};
 
 use crate::call::{CallFailure, CallStats};
 use crate::context::Worker;
@@ -28,7 +28,8 @@ pub fn called<T>(
         Err(CallFailure::Exhausted(_)) => "failed",
         Err(CallFailure::Refused(_)) => "refused",
         Err(CallFailure::CircuitOpen { .. }) => "circuit_open",
-        Err(CallFailure::ShuttingDown) => "shutdown",
+        Err(CallFailure::ShuttingDown { .. }) => "shutdown",
+        Err(CallFailure::Unusable(_)) => "unusable",
     };
     let model_label = ModelLabel {
         model: model.to_owned(),
@@ -56,19 +57,12 @@ pub fn called<T>(
     }
 }
 
-/// Records the calls a committed batch booked: tokens, cost and escalations.
-pub fn committed(w: &Worker, outcomes: &[Outcome]) {
+/// Records the calls a committed batch booked: tokens, cost, escalations, duplicates.
+pub fn committed(w: &Worker, outcomes: &[&Outcome], report: &CommitReport) {
     let m = &w.metrics;
+    m.duplicate_calls.inc_by(report.duplicates);
     for o in outcomes {
-        let Outcome::Answered {
-            tier,
-            escalated,
-            call,
-            ..
-        } = o
-        else {
-            continue;
-        };
+        let Some(call) = o.call() else { continue };
         for (kind, n) in [
             ("input", call.prompt_tokens),
             ("output", call.completion_tokens),
@@ -85,12 +79,47 @@ pub fn committed(w: &Worker, outcomes: &[Outcome]) {
                 model: call.model.clone(),
             })
             .inc_by(nano_usd(call.cost_usd));
-        if *escalated {
+        if let Outcome::Answered {
+            tier,
+            escalated_to: Some(_),
+            ..
+        } = o
+        {
             m.escalations
                 .get_or_create(&TierLabel { tier: tier.clone() })
                 .inc();
         }
     }
+}
+
+/// A delivery of an attempt that already had an outcome.
+pub fn settled_before(w: &Worker) {
+    w.metrics.settled_before.inc();
+}
+
+/// A delivery whose attempt another live worker was calling.
+pub fn busy(w: &Worker) {
+    w.metrics.busy_deliveries.inc();
+}
+
+/// An outcome Postgres refused as it was.
+pub fn refused_outcome(w: &Worker) {
+    w.metrics.refused_outcomes.inc();
+}
+
+/// Calls this process booked in doubt.
+pub fn booked_in_doubt(w: &Worker, n: usize) {
+    w.metrics.in_doubt_booked.inc_by(n as u64);
+}
+
+/// The fleet's unsettled in-doubt entries, as read from the ledger.
+pub fn in_doubt_now(w: &Worker, calls: i64, usd: Decimal) {
+    w.metrics.in_doubt_calls.set(calls);
+    w.metrics
+        .in_doubt_nanousd
+        .set(i64::try_from(nano_usd(usd)).unwrap_or(i64::MAX));
+    // Display only: Prometheus holds floats; the ledger keeps the exact amount.
+    w.metrics.in_doubt_usd.set(usd.to_f64().unwrap_or(f64::MAX));
 }
 
 /// USD to whole nano-dollars (exact for any cost with at most nine decimals; a finer

@@ -9,10 +9,12 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use serde::Deserialize;
 use switchyard_proto::{WorkItem, codec};
 use switchyard_store::dead_letters::{self, DeadLetter};
+use switchyard_store::intents;
 use switchyard_store::outcomes::{self, AttemptKey, Outcome};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,14 @@ struct MaxDeliveries {
     stream_seq: u64,
     #[serde(default)]
     deliveries: i64,
+}
+
+/// What becomes of an advisory message.
+enum AdvisoryDisposition {
+    Done,
+    Retry,
+    /// Recorded as the reaper's own dead letter; stop redelivering it.
+    GiveUp,
 }
 
 /// Consumes advisories until `shutdown`.
@@ -51,17 +61,15 @@ pub async fn run_reaper(w: Worker, shutdown: CancellationToken) -> anyhow::Resul
             .info()
             .map(|i| (i.delivered, i.stream_sequence))
             .unwrap_or((1, 0));
-        match reap(&w, &msg.payload).await {
-            Ok(()) => {
-                let _ = msg.ack().await;
-            }
+        let disposition = match reap(&w, &msg.payload).await {
+            Ok(()) => AdvisoryDisposition::Done,
             Err(e) if delivered >= spec.max_deliver => {
-                // The reaper's own dead letter: keep the advisory and the error, stop retrying.
+                // The reaper's own dead letter: keep the advisory and the error.
                 let error = format!("cannot record max-deliveries advisory: {e:#}");
                 tracing::error!(error = %error, "giving up on advisory");
                 let key = format!("{}:{seq}", spec.stream);
                 let advisory = String::from_utf8_lossy(&msg.payload).into_owned();
-                let _ = dead_letters::record(
+                let recorded = dead_letters::record(
                     &w.pool,
                     &DeadLetter {
                         message_key: &key,
@@ -75,17 +83,26 @@ pub async fn run_reaper(w: Worker, shutdown: CancellationToken) -> anyhow::Resul
                     },
                 )
                 .await;
-                let _ = msg.ack_with(async_nats::jetstream::AckKind::Term).await;
+                if recorded.is_ok() {
+                    AdvisoryDisposition::GiveUp
+                } else {
+                    AdvisoryDisposition::Retry
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "cannot record max-deliveries advisory");
-                let _ = msg
-                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(
-                        Duration::from_secs(2),
-                    )))
-                    .await;
+                AdvisoryDisposition::Retry
             }
-        }
+        };
+        let _ = match disposition {
+            AdvisoryDisposition::Done => msg.ack().await,
+            AdvisoryDisposition::Retry => {
+                // Half a lease: a worker still calling the attempt has booked it or is gone.
+                let after = (crate::lease::lease(&w) / 2).max(Duration::from_secs(1));
+                msg.ack_with(AckKind::Nak(Some(after))).await
+            }
+            AdvisoryDisposition::GiveUp => msg.ack_with(AckKind::Term).await,
+        };
     }
     Ok(())
 }
@@ -105,23 +122,35 @@ async fn reap(w: &Worker, payload: &[u8]) -> anyhow::Result<()> {
         let _ = stream.delete_message(adv.stream_seq).await;
         return Ok(());
     };
-    let outcome = Outcome::Failed {
-        key: AttemptKey {
-            job_id: item.job_id.clone(),
-            item_id: item.item_id.clone(),
-            attempt: i32::from(item.attempt),
-        },
-        subject,
-        deliveries: adv.deliveries as i32,
-        error: format!(
-            "no worker finished this item in {} deliveries (workers crashed or timed out)",
-            adv.deliveries
-        ),
+    let key = AttemptKey {
+        job_id: item.job_id.clone(),
+        item_id: item.item_id.clone(),
+        attempt: i32::from(item.attempt),
     };
-    let touched = outcomes::commit(&w.pool, &[outcome]).await?;
-    let _ = stream.delete_message(adv.stream_seq).await;
-    for job in touched {
-        crate::budget::announce_if_finished(w, &job).await;
+    // A live worker is calling this attempt (another copy of it): it settles the attempt, or
+    // dies and leaves it to this reaper; look again later, the message left in place.
+    if let Some(owner) = intents::live_owner(&w.pool, &key, crate::lease::lease(w)).await? {
+        anyhow::bail!("worker {owner} is still calling this attempt; looking again later");
     }
+    {
+        // Decides only when the attempt is the item's current one and has no answer (see
+        // `outcomes`): a stale copy or a shadow call never fails the item.
+        let outcome = Outcome::Failed {
+            key,
+            subject,
+            deliveries: adv.deliveries as i32,
+            error: format!(
+                "no worker finished this item in {} deliveries (workers crashed or timed out)",
+                adv.deliveries
+            ),
+            call: None,
+            intent: None,
+        };
+        let report = outcomes::commit(&w.pool, &[outcome]).await?;
+        for job in report.jobs {
+            crate::budget::announce_if_finished(w, &job).await;
+        }
+    }
+    let _ = stream.delete_message(adv.stream_seq).await;
     Ok(())
 }

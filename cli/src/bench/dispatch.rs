@@ -139,6 +139,7 @@ async fn baseline_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64
                 task: serde_json::json!({}),
                 policy: serde_json::json!({}),
                 labels: serde_json::json!({}),
+                message_seq: None,
             },
         )
         .await?;
@@ -188,6 +189,8 @@ async fn baseline_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64
                     models: Default::default(),
                     confidence_threshold: 0.5,
                     escalations_left: 1,
+                    escalation: None,
+                    router_score: None,
                 };
                 let payload = codec::encode(&msg).map(Bytes::from).unwrap_or_default();
                 (

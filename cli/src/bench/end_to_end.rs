@@ -41,7 +41,7 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Fig
     Ok(Figure::from_runs(
         runs,
         "items/s",
-        "≥ 0.5× raw pipeline (publish, pull, HTTP call, batched insert, ack)",
+        "≥ 0.8× raw pipeline (publish, pull, HTTP call, batched insert, ack)",
     ))
 }
 
@@ -166,6 +166,8 @@ async fn baseline_inner(s: &Settings, sim_url: &str, n: usize) -> anyhow::Result
                 models: Default::default(),
                 confidence_threshold: 0.0,
                 escalations_left: 0,
+                escalation: None,
+                router_score: None,
             };
             (
                 work::attempt_key("raw", &it.item_id, 0),

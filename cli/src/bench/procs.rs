@@ -11,6 +11,20 @@ pub struct RoleProcess {
     pub child: Child,
 }
 
+impl RoleProcess {
+    /// Asks the process to stop (SIGTERM: it drains and exits on its own).
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Kills the process (SIGKILL: it stops wherever it is, as if it crashed).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
 impl Drop for RoleProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

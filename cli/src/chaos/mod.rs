@@ -13,7 +13,9 @@
 //!    logging how many of its calls the simulator had in flight;
 //! 3. kills and restarts nats-server once, and restarts PostgreSQL once (`-m immediate`);
 //! 4. lets the simulator fail a steady share of calls (5xx, hangs past the timeout, broken
-//!    connections, truncated or odd bodies).
+//!    connections, truncated or odd bodies);
+//! 5. publishes answered attempts again, past the duplicate window ([`redeliver`]): none may
+//!    be called again.
 //!
 //! When the job is finished it stops the fleet with SIGTERM and joins the simulator's call
 //! log with the ledger ([`verify`]). It passes when no item is lost, none has two final
@@ -22,6 +24,7 @@
 //! SIGTERM.
 
 pub mod procs;
+pub mod redeliver;
 pub mod services;
 pub mod verify;
 
@@ -92,7 +95,25 @@ pub struct ChaosReport {
     pub sim_calls: i64,
     pub ledger_rows: i64,
     pub double_charged: i64,
+    /// Calls the simulator billed that have no ledger row at all (must be 0).
     pub unbooked_calls: i64,
+    /// Calls booked in doubt: at most what killed workers had in flight.
+    pub in_doubt_calls: i64,
+    /// Calls booked as duplicates of an attempt another copy decided.
+    pub duplicate_calls: i64,
+    /// In-doubt and estimated entries settled against the simulator's call log (and billed
+    /// calls the ledger lacked, booked from it).
+    pub reconciled_calls: u64,
+    /// The ledger's total after reconciliation, exact.
+    pub ledger_usd: String,
+    /// The simulator's bill at the fleet's prices, exact.
+    pub bill_usd: String,
+    /// `0` when the ledger equals the bill to the last unit.
+    pub ledger_minus_bill_usd: String,
+    /// Answered attempts published again past the duplicate window (see [`redeliver`]).
+    pub redelivered_done: usize,
+    /// Calls made for those after they were published again (must be 0).
+    pub done_work_called_again: i64,
     pub faults_injected: u64,
     pub elapsed_s: f64,
     /// The job's final status (`completed` when every item has an answer).
@@ -143,6 +164,8 @@ enum Event {
     KillWorker,
     RestartNats,
     RestartPostgres,
+    /// Answered attempts published again past the duplicate window.
+    RedeliverDone,
 }
 
 fn unix_ms() -> u64 {
@@ -173,6 +196,8 @@ fn base_settings(nats: &NatsServer, pg: &Postgres, sim: &SimHandle) -> Settings 
     s.worker.max_deliver = 10;
     s.worker.retry_delay = Duration::from_millis(300);
     s.worker.shutdown_grace = Duration::from_secs(5);
+    // A killed worker's calls are taken over (and booked in doubt) after its lease.
+    s.finance.reservation_lease = Duration::from_secs(6);
     for m in s.models.values_mut() {
         m.base_url = sim.base_url();
         m.timeout = Duration::from_secs(2);
@@ -207,6 +232,12 @@ fn provider_faults() -> Faults {
         empty_choices_rate: 0.004,
         trickle_rate: 0.004,
         trickle: Duration::from_millis(600),
+        // Odd but complete answers (NUL, lone surrogates, empty, odd usage and shapes, a big
+        // body under the worker's answer limit), and response ids repeated from a small pool:
+        // each is billed and must be booked once.
+        odd_rate: 0.004,
+        huge_answer_bytes: 256 * 1024,
+        response_id_pool: 64,
         ..Faults::default()
     }
 }
@@ -254,6 +285,9 @@ async fn progress(client: &Client, job_id: &str) -> Option<Progress> {
         status,
     })
 }
+
+/// Answered attempts the run publishes again past the duplicate window.
+const REDELIVERED_DONE: i64 = 200;
 
 /// The run's moving parts.
 struct Run {
@@ -463,7 +497,8 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     }
 
     // The job.
-    let mut spec = crate::client::new_job(crate::demo::mmlu_task(), chaos_items(opts.items)?);
+    let task = crate::demo::mmlu_task();
+    let mut spec = crate::client::new_job(task.clone(), chaos_items(opts.items)?);
     spec.team = Some("chaos".to_owned());
     spec.project = Some("reliability".to_owned());
     spec.policy = Policy {
@@ -514,9 +549,11 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         .collect();
     events.push((rng.range(0.25, 0.45), Event::RestartNats));
     events.push((rng.range(0.55, 0.75), Event::RestartPostgres));
+    events.push((rng.range(0.4, 0.6), Event::RedeliverDone));
     events.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut next = 0;
     let mut final_status = String::new();
+    let mut again = redeliver::Redelivered::default();
     while Instant::now() < deadline {
         run.supervise();
         if let Some(p) = progress(&client, &job_id).await {
@@ -538,6 +575,33 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                     Event::KillWorker => run.kill_worker(&mut rng).await,
                     Event::RestartNats => run.restart_nats().await?,
                     Event::RestartPostgres => run.restart_postgres().await?,
+                    Event::RedeliverDone => {
+                        // A fault here (NATS or Postgres restarting) is noted, not fatal:
+                        // the copies that went out are still checked.
+                        match redeliver::publish_done_again(
+                            &client,
+                            &job_id,
+                            &task,
+                            REDELIVERED_DONE,
+                        )
+                        .await
+                        {
+                            Ok(published) => again = published,
+                            Err(e) => again.stopped = Some(format!("{e:#}")),
+                        }
+                        run.note(&format!(
+                            "published {} answered attempts again, past the duplicate window \
+                             ({}){}",
+                            again.attempts.len(),
+                            run.last_progress,
+                            again
+                                .stopped
+                                .as_deref()
+                                .map(|e| format!("; stopped early: {e}"))
+                                .unwrap_or_default()
+                        ));
+                        run.count("done_work_redelivered");
+                    }
                 }
                 continue;
             }
@@ -588,10 +652,47 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         .map(|(n, _)| n.clone())
         .collect();
     let books = verify::account(&client.pool, &job_id, &calls, &local_tiers).await?;
+    // The finance side: settle what was booked in doubt against the provider's call log,
+    // then the ledger must equal the provider's bill exactly.
+    let prices: BTreeMap<String, switchyard_sim::ModelPrice> = settings
+        .models
+        .keys()
+        .filter_map(|m| {
+            settings.price_of(m).map(|p| {
+                (
+                    m.clone(),
+                    switchyard_sim::ModelPrice {
+                        input_usd_per_mtok: p.input_usd_per_mtok,
+                        output_usd_per_mtok: p.output_usd_per_mtok,
+                    },
+                )
+            })
+        })
+        .collect();
+    let bill = verify::reconcile_and_bill(&client.pool, &calls, &prices).await?;
+    let done_work_called_again = redeliver::booked_again(&client, &job_id, &again).await?;
+    if done_work_called_again > 0 {
+        run.note(&format!(
+            "{done_work_called_again} calls were made again for answered attempts published again"
+        ));
+    }
+    if !bill.balances() {
+        run.note(&format!(
+            "the ledger ({} USD) does not equal the bill ({} USD); unpriced models: {:?}; \
+             by model: {:?}",
+            bill.ledger_usd, bill.bill_usd, bill.unpriced_models, bill.mismatches
+        ));
+    }
     client.pool.close().await;
+    // After reconciliation the ledger must equal the provider's bill to the last unit. (Its
+    // first runs found the ledger short by exactly 65,536 completion tokens of one model: the
+    // simulator billed its huge odd answer's tokens but left them out of the answer's usage.
+    // A provider bills what its usage says; the simulator now does the same.)
     let passed = books.holds()
         && final_status == "completed"
         && books.items == opts.items as i64
+        && done_work_called_again == 0
+        && bill.balances()
         && run.unexpected_exits.is_empty()
         && sigterm_exit_codes.values().all(|c| *c == Some(0));
     let kept_dir = if opts.keep || !passed {
@@ -611,6 +712,8 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         ledger_rows,
         double_charged,
         unbooked_calls,
+        in_doubt_calls,
+        duplicate_calls,
         ledger_rows_without_call,
         retry_calls,
         local_only_violations,
@@ -624,6 +727,14 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         ledger_rows,
         double_charged,
         unbooked_calls,
+        in_doubt_calls,
+        duplicate_calls,
+        reconciled_calls: bill.reconciled_calls,
+        ledger_usd: bill.ledger_usd,
+        bill_usd: bill.bill_usd,
+        ledger_minus_bill_usd: bill.ledger_minus_bill_usd,
+        redelivered_done: again.attempts.len(),
+        done_work_called_again,
         faults_injected: run.faults.values().sum(),
         elapsed_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         job_status: final_status,
@@ -650,8 +761,12 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
 pub fn render(r: &ChaosReport) -> String {
     let mut out = format!(
         "{} in {:.1}s: {} items, {} with one final result, {} lost, {} duplicated, {} failed\n\
-         calls: {} answered by the simulator, {} ledger rows, {} double charged, {} unbooked \
-         (answered while a process died), {} retried after a redelivery\n\
+         calls: {} billed by the simulator, {} ledger rows, {} double charged, {} unbooked, \
+         {} in doubt (in flight in killed workers), {} duplicates, {} retried after a \
+         redelivery\n\
+         books: {} entries reconciled against the call log; ledger {} USD, bill {} USD, \
+         ledger - bill {} USD\n\
+         done work delivered again: {} attempts, {} called again\n\
          faults injected: {}\n",
         if r.passed { "PASSED" } else { "FAILED" },
         r.elapsed_s,
@@ -664,7 +779,15 @@ pub fn render(r: &ChaosReport) -> String {
         r.ledger_rows,
         r.double_charged,
         r.unbooked_calls,
+        r.in_doubt_calls,
+        r.duplicate_calls,
         r.retry_calls,
+        r.reconciled_calls,
+        r.ledger_usd,
+        r.bill_usd,
+        r.ledger_minus_bill_usd,
+        r.redelivered_done,
+        r.done_work_called_again,
         r.faults_injected,
     );
     for (k, v) in &r.faults {

@@ -253,6 +253,24 @@ impl Postgres {
         Ok(())
     }
 
+    /// Stops the server abruptly (`-m immediate`: every session cut); [`Postgres::resume`]
+    /// starts it again. An outage of a chosen length, for tests.
+    ///
+    /// # Errors
+    /// When `pg_ctl` fails.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        self.pg_ctl_stop()
+    }
+
+    /// Starts a stopped server again and waits for it.
+    ///
+    /// # Errors
+    /// When it does not come back.
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        self.pg_ctl_start()?;
+        wait_for_port("PostgreSQL", self.port, Duration::from_secs(30)).await
+    }
+
     /// Stops the server abruptly (`-m immediate`: no checkpoint, crash recovery at the next
     /// start, every session cut) and starts it again.
     ///

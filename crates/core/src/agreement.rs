@@ -7,8 +7,12 @@
 //! blamed on the weak one), stated wherever these labels are used.
 //!
 //! - `classify`: 1 when the labels are equal (trimmed, case-insensitive), else 0;
-//! - `summarize`, `generate`: the F1 of the two answers' word multisets (lowercased letters
-//!   and digits), a ROUGE-1-like overlap in [0, 1]; two empty answers agree.
+//! - `generate`: when both answers end in a final number (after a `####` or `answer is` /
+//!   `Answer:` marker, else the last number on the last line), those numbers are compared
+//!   (1 when equal, else 0): two worked solutions of a maths problem agree when they reach
+//!   the same result, whatever their wording. Otherwise as `summarize`;
+//! - `summarize`: the F1 of the two answers' word multisets (lowercased letters and digits),
+//!   a ROUGE-1-like overlap in [0, 1]; two empty answers agree.
 
 use std::collections::HashMap;
 
@@ -24,7 +28,51 @@ pub fn agreement(kind: TaskKind, a: &str, b: &str) -> f64 {
                 0.0
             }
         }
-        TaskKind::Summarize | TaskKind::Generate => word_f1(a, b),
+        TaskKind::Generate => match (final_number(a), final_number(b)) {
+            (Some(x), Some(y)) => f64::from(u8::from(same_number(&x, &y))),
+            _ => word_f1(a, b),
+        },
+        TaskKind::Summarize => word_f1(a, b),
+    }
+}
+
+/// The final number of a worked answer: after the last `####`, `answer is` or `Answer:`
+/// marker if there is one, else on the last non-empty line; the last number found there.
+/// `None` when there is none.
+pub fn final_number(answer: &str) -> Option<String> {
+    let lower = answer.to_lowercase();
+    let tail = ["####", "answer is", "answer:"]
+        .iter()
+        .filter_map(|m| lower.rfind(m).map(|i| i + m.len()))
+        .max()
+        .map(|i| &answer[i..])
+        .or_else(|| answer.lines().rev().find(|l| !l.trim().is_empty()))?;
+    let mut last = None;
+    let mut current = String::new();
+    for c in tail.chars().chain(std::iter::once(' ')) {
+        let continues = c.is_ascii_digit()
+            || (c == '.' || c == ',') && current.chars().last().is_some_and(|d| d.is_ascii_digit())
+            || c == '-' && current.is_empty();
+        if continues {
+            current.push(c);
+        } else {
+            let number = current.trim_end_matches(['.', ',']).replace(',', "");
+            if number.chars().any(|d| d.is_ascii_digit()) {
+                last = Some(number);
+            }
+            current.clear();
+            if c == '-' {
+                current.push(c);
+            }
+        }
+    }
+    last
+}
+
+fn same_number(a: &str, b: &str) -> bool {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => a == b,
     }
 }
 
@@ -67,9 +115,32 @@ mod tests {
             agreement(TaskKind::Summarize, "The cat sat.", "the cat sat"),
             1.0
         );
-        let f = agreement(TaskKind::Generate, "a b c d", "a b x y");
+        let f = agreement(TaskKind::Summarize, "a b c d", "a b x y");
         assert!((f - 0.5).abs() < 1e-12);
         assert_eq!(agreement(TaskKind::Generate, "", "x"), 0.0);
         assert_eq!(agreement(TaskKind::Generate, "", " "), 1.0);
+        let f = agreement(TaskKind::Generate, "a b c d", "a b x y");
+        assert!((f - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn worked_answers_agree_on_their_final_number() {
+        let mixtral = " A robe takes 2 bolts of blue fiber and 2/2 * 1/2 = 1/2 bolt.\n\
+                       So in total 5/2 = <<5/2=2.5>>2.5 bolts.\n#### 3\n\n";
+        let gpt = "For the white fiber, it takes 2 / 2 = 1 bolt.\n\nSo 2 + 1 = 3 bolts.";
+        assert_eq!(final_number(mixtral).as_deref(), Some("3"));
+        assert_eq!(final_number(gpt).as_deref(), Some("3"));
+        assert_eq!(agreement(TaskKind::Generate, mixtral, gpt), 1.0);
+        assert_eq!(
+            agreement(
+                TaskKind::Generate,
+                "The answer is 1,200.",
+                "Total: $1200.00"
+            ),
+            1.0
+        );
+        assert_eq!(agreement(TaskKind::Generate, "#### -4", "it is 4"), 0.0);
+        assert_eq!(final_number("no digits here"), None);
+        assert_eq!(final_number("Answer: 3.5."), Some("3.5".to_owned()));
     }
 }

@@ -193,6 +193,10 @@ pub struct Policy {
     /// so the fleet learns where the weak model falls short. `None`: no shadow calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<f64>,
+    /// A `quality=Q` job's audit: its strong calls cost at most this share (in [0, 1]) of
+    /// the job's all-strong cost. `None`: the deployment's default (2%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<f64>,
 }
 
 /// The routing rule applied to the router's scores (higher score = more need for the strong

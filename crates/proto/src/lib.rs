@@ -27,4 +27,4 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub use codec::{DecodeError, decode, encode};
 pub use job::{Cascade, InputRef, Item, JobSpec, Policy, Routing, Task, TaskKind};
 pub use topology::Topology;
-pub use work::WorkItem;
+pub use work::{EscalationRule, WorkItem};

@@ -32,6 +32,38 @@ pub struct WorkItem {
     pub confidence_threshold: f64,
     /// Escalations left for this item after this attempt's tier.
     pub escalations_left: u8,
+    /// The job's calibrated escalation rule (a `quality=Q` policy): when present it decides
+    /// instead of `confidence_threshold` (`switchyard_core::escalation::decide`), and says
+    /// how many extra samples to draw from a model without logprobs. Absent in messages of
+    /// older dispatchers and of other policies: the threshold decides, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<EscalationRule>,
+    /// The router's raw score of the item, a feature of the escalation rule (sent with a
+    /// rule; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_score: Option<f32>,
+}
+
+/// A calibrated escalation rule, as data: a logistic model over what is known after an
+/// answer (router score, confidence, answer checks, agreement of samples) and the
+/// probability of "the answer falls short" at or above which the answer escalates.
+///
+/// The feature layout is versioned (`features`); a worker that does not know the version
+/// falls back to the confidence threshold rather than guess (see
+/// `switchyard_core::escalation`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EscalationRule {
+    /// Version of the feature layout the weights are for.
+    pub features: u16,
+    /// One weight per feature, the intercept first.
+    pub weights: Vec<f64>,
+    /// Escalate when the predicted probability of falling short is at least this. Above 1:
+    /// never escalate (a pilot answer that is only recorded).
+    pub threshold: f64,
+    /// Extra samples to draw when the model gives no logprobs (their agreement with the
+    /// answer is the confidence signal); 0: none.
+    #[serde(default)]
+    pub samples: u8,
 }
 
 impl WorkItem {
@@ -47,14 +79,106 @@ impl WorkItem {
 /// above any escalation chain, so it never collides with a real attempt.
 pub const SHADOW_ATTEMPT: u16 = 1000;
 
+/// The attempt number of an audit call: an item of a job's audit sample (or of its pilot)
+/// sent to the strong tier besides its routed attempt. Booked under the item like any call;
+/// never escalated; its answer becomes the item's final answer (the strong model's) while
+/// the routed attempt's answer is kept to measure what the policy would have delivered. An
+/// audit answer never fails or re-opens an item.
+pub const AUDIT_ATTEMPT: u16 = 1001;
+
 impl WorkItem {
     /// True for a shadow call (see [`SHADOW_ATTEMPT`]).
     pub fn is_shadow(&self) -> bool {
         self.attempt == SHADOW_ATTEMPT
+    }
+
+    /// True for an audit call (see [`AUDIT_ATTEMPT`]).
+    pub fn is_audit(&self) -> bool {
+        self.attempt == AUDIT_ATTEMPT
+    }
+
+    /// True for one of the item's own attempts (the routed one or an escalation), as
+    /// opposed to a shadow or audit call running beside them.
+    pub fn is_own(&self) -> bool {
+        self.attempt < SHADOW_ATTEMPT
     }
 }
 
 /// `Nats-Msg-Id` of an attempt: `w:<len(job)>:<job>:<item>:<attempt>`.
 pub fn attempt_key(job_id: &str, item_id: &str, attempt: u16) -> String {
     format!("w:{}:{job_id}:{item_id}:{attempt}", job_id.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    fn item() -> WorkItem {
+        WorkItem {
+            v: 1,
+            job_id: "j".into(),
+            item_id: "i".into(),
+            attempt: 0,
+            tier: "weak".into(),
+            text: "t".into(),
+            task: Task::Generate { instructions: None },
+            team: "default".into(),
+            project: "default".into(),
+            local_only: false,
+            models: BTreeMap::new(),
+            confidence_threshold: 0.8,
+            escalations_left: 1,
+            escalation: None,
+            router_score: None,
+        }
+    }
+
+    #[test]
+    fn the_rule_travels_and_older_messages_still_decode() {
+        let mut with = item();
+        with.escalation = Some(EscalationRule {
+            features: 1,
+            weights: vec![0.5, -1.25, 2.0],
+            threshold: 0.3,
+            samples: 3,
+        });
+        with.router_score = Some(0.25);
+        let back: WorkItem = decode(&encode(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
+        // A message written before the field existed (no `escalation` key) decodes to None.
+        #[derive(Serialize)]
+        struct Old<'a> {
+            v: u16,
+            job_id: &'a str,
+            item_id: &'a str,
+            attempt: u16,
+            tier: &'a str,
+            text: &'a str,
+            task: Task,
+            team: &'a str,
+            project: &'a str,
+            confidence_threshold: f64,
+            escalations_left: u8,
+        }
+        let old = encode(&Old {
+            v: 1,
+            job_id: "j",
+            item_id: "i",
+            attempt: 0,
+            tier: "weak",
+            text: "t",
+            task: Task::Generate { instructions: None },
+            team: "default",
+            project: "default",
+            confidence_threshold: 0.8,
+            escalations_left: 1,
+        })
+        .unwrap();
+        let decoded: WorkItem = decode(&old).unwrap();
+        assert_eq!(decoded, item());
+        let mut audit = item();
+        audit.attempt = AUDIT_ATTEMPT;
+        assert!(audit.is_audit() && !audit.is_shadow() && !item().is_audit());
+    }
 }

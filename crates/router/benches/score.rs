@@ -2,12 +2,15 @@
 //! only reads the same items (the floor any scorer pays to touch the text).
 //!
 //! `cargo bench -p switchyard-router --bench score`. Throughput is reported in items/s; the
-//! ratio of the two benchmarks is the router's cost over merely reading the items.
+//! ratio to `read_only` is the router's cost over merely reading the items, and the ratio to
+//! `lexical-v1` (the previous default, lexical and structure features only, committed as
+//! `artifacts/lexical-v1.json`) what the static embedding costs, both measured in the same
+//! run.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use switchyard_router::{TaskKind, default_router};
+use switchyard_router::{Router, RouterArtifact, TaskKind, default_router};
 
 /// 1,000 distinct prompts of about 500 characters, mixing prose, numbers and options.
 fn items() -> Vec<(String, TaskKind)> {
@@ -78,6 +81,12 @@ fn items() -> Vec<(String, TaskKind)> {
 fn bench(c: &mut Criterion) {
     let items = items();
     let router = default_router();
+    let lexical = RouterArtifact::from_json(
+        include_str!("../artifacts/lexical-v1.json"),
+        "lexical-v1.json",
+    )
+    .and_then(|a| a.into_router())
+    .expect("the committed lexical-v1 artifact loads");
     let mut g = c.benchmark_group("score_500_chars");
     g.throughput(Throughput::Elements(items.len() as u64));
     g.bench_function("read_only", |b| {
@@ -89,6 +98,15 @@ fn bench(c: &mut Criterion) {
                     acc = acc.wrapping_add(u64::from(byte));
                 }
                 acc = acc.wrapping_add(*kind as u64);
+            }
+            black_box(acc)
+        })
+    });
+    g.bench_function("lexical-v1", |b| {
+        b.iter(|| {
+            let mut acc = 0.0f32;
+            for (text, kind) in &items {
+                acc += lexical.score(black_box(text), *kind);
             }
             black_box(acc)
         })

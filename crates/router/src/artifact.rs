@@ -18,13 +18,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::RouterError;
 use crate::features::{DENSE, DENSE_NAMES, FeatureConfig};
-use crate::model::{Head, KINDS, LearnedRouter, LinearModel, Target};
+use crate::knn::KnnIndex;
+use crate::model::{EmbedSpec, Head, KINDS, LearnedRouter, LinearModel, Target};
 use crate::prior::{self, QualityPrior};
 
 /// The `format` field of every artifact.
 pub const FORMAT: &str = "switchyard-router";
 /// The newest format version this build reads and the one it writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the static token embedding (`model.embedding` and per-head
+/// `embed_weights`): a version-1 reader would silently score without it, so it must refuse.
+/// Version 3 added the nearest-neighbour index (`model.knn`), for the same reason.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A data set a router was trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +65,20 @@ pub struct PackedHead {
     /// N-gram weights = `weight_scale × i16`, little-endian, base64.
     pub weight_scale: f32,
     pub weights: String,
+    /// Embedding weights: a block shared by every task kind, then one block per kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embed_weights: Vec<f32>,
+}
+
+/// Which embedding table a model uses, and how its mean vectors are standardized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackedEmbed {
+    /// The table's file name (informative) and SHA-256 (what loading checks).
+    pub table: String,
+    pub sha256: String,
+    pub dims: usize,
+    pub mean: Vec<f32>,
+    pub scale: Vec<f32>,
 }
 
 /// The model, packed.
@@ -74,6 +92,81 @@ pub struct PackedModel {
     pub dense_mean: Vec<f32>,
     pub dense_scale: Vec<f32>,
     pub heads: Vec<PackedHead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<PackedEmbed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn: Option<PackedKnn>,
+}
+
+/// The nearest-neighbour index: centroids and gains as 16-bit integers with one scale each,
+/// list offsets as varints, the rows' unit vectors as signed bytes, all base64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackedKnn {
+    pub dims: usize,
+    pub k: usize,
+    pub probe: usize,
+    pub weight: f32,
+    pub rows: usize,
+    pub centroid_scale: f32,
+    pub centroids: String,
+    pub offsets: String,
+    pub vectors: String,
+    pub gain_scale: f32,
+    pub gains: String,
+}
+
+impl PackedKnn {
+    fn pack(k: &KnnIndex) -> Self {
+        let (centroid_scale, centroids) = pack_weights(&k.centroids);
+        let (gain_scale, gains) = pack_weights(&k.gains);
+        Self {
+            dims: k.dims,
+            k: k.k,
+            probe: k.probe,
+            weight: k.weight,
+            rows: k.rows(),
+            centroid_scale,
+            centroids,
+            offsets: pack_varints(&k.offsets),
+            vectors: B64.encode(k.vectors.iter().map(|&v| v as u8).collect::<Vec<u8>>()),
+            gain_scale,
+            gains,
+        }
+    }
+
+    fn unpack(&self) -> Result<KnnIndex, String> {
+        for (what, s) in [("centroid", self.centroid_scale), ("gain", self.gain_scale)] {
+            if !s.is_finite() || s <= 0.0 {
+                return Err(format!("kNN {what} scale is not a positive finite number"));
+            }
+        }
+        let index = KnnIndex {
+            dims: self.dims,
+            k: self.k,
+            probe: self.probe,
+            weight: self.weight,
+            centroids: unpack_weights(self.centroid_scale, &self.centroids)
+                .map_err(|e| format!("kNN centroids: {e}"))?,
+            offsets: unpack_varints(&self.offsets).map_err(|e| format!("kNN offsets: {e}"))?,
+            vectors: B64
+                .decode(&self.vectors)
+                .map_err(|e| format!("kNN vectors: {e}"))?
+                .into_iter()
+                .map(|b| b as i8)
+                .collect(),
+            gains: unpack_weights(self.gain_scale, &self.gains)
+                .map_err(|e| format!("kNN gains: {e}"))?,
+        };
+        if index.rows() != self.rows {
+            return Err(format!(
+                "kNN: {} gains for {} rows",
+                index.rows(),
+                self.rows
+            ));
+        }
+        index.validate()?;
+        Ok(index)
+    }
 }
 
 /// A trained router as stored on disk.
@@ -81,7 +174,7 @@ pub struct PackedModel {
 pub struct RouterArtifact {
     pub format: String,
     pub format_version: u32,
-    /// The router's name in reports (`learned-v1`).
+    /// The router's name in reports (`learned-v2`).
     pub name: String,
     pub provenance: Provenance,
     /// Mean weak and strong quality per task kind on the training rows (see
@@ -190,9 +283,18 @@ impl PackedModel {
                         dense_weights: h.dense_weights.iter().map(|w| w.to_vec()).collect(),
                         weight_scale,
                         weights,
+                        embed_weights: h.embed_weights.clone(),
                     }
                 })
                 .collect(),
+            embedding: m.embed.as_ref().map(|e| PackedEmbed {
+                table: crate::embedding::DEFAULT_TABLE_NAME.to_string(),
+                sha256: e.table.sha256.clone(),
+                dims: e.dims,
+                mean: e.mean.clone(),
+                scale: e.scale.clone(),
+            }),
+            knn: m.knn.as_ref().map(PackedKnn::pack),
         }
     }
 
@@ -229,6 +331,7 @@ impl PackedModel {
                     .map_err(|e| format!("head {i}: {e}"))?,
                 bias: h.bias,
                 dense_weights,
+                embed_weights: h.embed_weights.clone(),
             });
         }
         let model = LinearModel {
@@ -238,6 +341,16 @@ impl PackedModel {
             dense_mean: to_array(&self.dense_mean, "structure means")?,
             dense_scale: to_array(&self.dense_scale, "structure scales")?,
             heads,
+            embed: match &self.embedding {
+                None => None,
+                Some(e) => Some(EmbedSpec {
+                    table: crate::embedding::embedding_for(&e.sha256)?,
+                    dims: e.dims,
+                    mean: e.mean.clone(),
+                    scale: e.scale.clone(),
+                }),
+            },
+            knn: self.knn.as_ref().map(PackedKnn::unpack).transpose()?,
         };
         model.validate()?;
         Ok(model)
@@ -379,10 +492,10 @@ mod tests {
     fn newer_version_and_corruption_are_clear_errors() {
         let art = RouterArtifact::new("x", Provenance::default(), &model());
         let json = art.to_json();
-        let newer = json.replace("\"format_version\": 1", "\"format_version\": 2");
+        let newer = json.replace("\"format_version\": 3", "\"format_version\": 4");
         let e = RouterArtifact::from_json(&newer, "r.json").expect_err("newer");
         assert!(
-            matches!(e, RouterError::UnsupportedVersion { found: 2, .. }),
+            matches!(e, RouterError::UnsupportedVersion { found: 4, .. }),
             "{e}"
         );
         assert!(e.to_string().contains("r.json"));
@@ -409,6 +522,52 @@ mod tests {
 
         let e = RouterArtifact::from_json("{\"hello\": 1}", "r.json").expect_err("foreign");
         assert!(e.to_string().contains("no `format` field"), "{e}");
+    }
+
+    #[test]
+    fn neighbour_index_roundtrips_and_damage_is_refused() {
+        let table = crate::embedding::default_embedding().expect("committed table");
+        let mut m = model();
+        m.embed = Some(EmbedSpec {
+            table: table.clone(),
+            dims: 4,
+            mean: vec![0.0; 4],
+            scale: vec![1.0; 4],
+        });
+        for h in &mut m.heads {
+            h.embed_weights = vec![0.1; (1 + KINDS) * 4];
+        }
+        let texts: Vec<String> = (0..40)
+            .map(|i| format!("question {i} about topic {}", i % 7))
+            .collect();
+        let vectors: Vec<Vec<f32>> = texts.iter().map(|t| table.mean_vector(t, 8).0).collect();
+        let gains: Vec<f64> = (0..40).map(|i| f64::from(i % 3) / 2.0 - 0.5).collect();
+        let cfg = crate::knn::KnnConfig {
+            dims: 8,
+            k: 5,
+            lists: 4,
+            probe: 2,
+            weight: 0.5,
+        };
+        m.knn = KnnIndex::build(&vectors, &gains, &cfg);
+        let direct = LearnedRouter::new("x", &m);
+        let art = RouterArtifact::new("x", Provenance::default(), &m);
+        let back = RouterArtifact::from_json(&art.to_json(), "mem").expect("valid");
+        let router = back.into_router().expect("router");
+        for t in &texts[..5] {
+            let (a, b) = (
+                direct.score(t, TaskKind::Classify),
+                router.score(t, TaskKind::Classify),
+            );
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+            assert!(router.neighbour_gain(t, TaskKind::Classify).is_some());
+        }
+        let mut bad = art.clone();
+        if let Some(k) = bad.model.knn.as_mut() {
+            k.rows += 1;
+        }
+        let e = RouterArtifact::from_json(&bad.to_json(), "r.json").expect_err("rows");
+        assert!(e.to_string().contains("kNN"), "{e}");
     }
 
     #[test]

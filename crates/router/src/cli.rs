@@ -16,8 +16,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use crate::artifact::{Provenance, RouterArtifact, TrainingSet};
-use crate::crossval::{CvSet, crossval, markdown_table};
-use crate::data::{Dataset, Filter, Pair};
+use crate::crossval::{CvSet, Split, calibration_table, crossval, markdown_table};
+use crate::data::{Dataset, Filter, Pair, Slice};
 use crate::eval::{EvalOptions, evaluate_routers};
 use crate::plot::plot_report;
 use crate::train::{Recipe, train_recipe};
@@ -32,7 +32,8 @@ pub enum RouterCommand {
     Score(ScoreArgs),
     /// Evaluate a router on a file beside the random, oracle, length and TF-IDF baselines.
     Eval(EvalArgs),
-    /// Cross-validate the training recipe on data files (k folds by id hash).
+    /// Cross-validate the training recipe on data files (k folds of whole subjects by
+    /// default; or whole files, or rows by id).
     Crossval(CrossvalArgs),
 }
 
@@ -60,6 +61,96 @@ pub struct DataArgs {
     /// Drop rows lacking one of the two models instead of failing on them.
     #[arg(long)]
     pub skip_missing: bool,
+    /// Which rows relative to the untouched slice (`dev` for development and training,
+    /// `untouched` once, for the final evaluation).
+    #[arg(long, value_enum, default_value = "all")]
+    pub slice: Slice,
+}
+
+/// Knobs of the training recipe (defaults: the default router's).
+#[derive(Debug, Clone, Args)]
+pub struct RecipeArgs {
+    /// Set weighting: a set of n rows weighs n^balance (1 = per row, 0 = per set).
+    #[arg(long)]
+    pub balance: Option<f64>,
+    /// Dimensions of the static token embedding used (0 = lexical and structure only).
+    #[arg(long)]
+    pub embed_dims: Option<u16>,
+    /// L2 penalty of the embedding weights.
+    #[arg(long)]
+    pub l2_embed: Option<f64>,
+    /// L2 penalty of the n-gram weights.
+    #[arg(long)]
+    pub l2: Option<f64>,
+    /// Without word n-grams (embedding and structure only).
+    #[arg(long)]
+    pub no_words: bool,
+    /// Structure weights per task kind only (none shared between kinds).
+    #[arg(long)]
+    pub per_kind_structure: bool,
+    /// Embedding dimensions the nearest-neighbour index compares (default 0 = no index;
+    /// 32 is the `learned-v3` recipe).
+    #[arg(long)]
+    pub knn_dims: Option<usize>,
+    /// Neighbours averaged.
+    #[arg(long)]
+    pub knn_k: Option<usize>,
+    /// Inverted lists (clusters) of the neighbour index.
+    #[arg(long)]
+    pub knn_lists: Option<usize>,
+    /// Lists scanned per item.
+    #[arg(long)]
+    pub knn_probe: Option<usize>,
+    /// The neighbours' share of the score, in [0, 1].
+    #[arg(long)]
+    pub knn_weight: Option<f32>,
+}
+
+impl RecipeArgs {
+    /// The recipe these flags describe.
+    pub fn recipe(&self) -> Recipe {
+        let mut r = Recipe::default();
+        if let Some(b) = self.balance {
+            r.balance = b;
+        }
+        if let Some(d) = self.embed_dims {
+            r.config.features.embed_dims = d;
+        }
+        if let Some(l) = self.l2_embed {
+            r.config.l2_embed = l;
+        }
+        if let Some(l) = self.l2 {
+            r.config.l2 = l;
+        }
+        if self.no_words {
+            r.config.features.word_ngrams = 0;
+        }
+        if self.per_kind_structure {
+            r.config.shared_dense = false;
+        }
+        if r.config.features.embed_dims == 0 {
+            r.knn.dims = 0;
+        }
+        if let Some(d) = self.knn_dims {
+            r.knn.dims = d;
+        }
+        if r.knn.dims > 0 && self.knn_dims.is_none() && r.config.features.embed_dims == 0 {
+            r.knn.dims = 0;
+        }
+        if let Some(k) = self.knn_k {
+            r.knn.k = k;
+        }
+        if let Some(l) = self.knn_lists {
+            r.knn.lists = l;
+        }
+        if let Some(p) = self.knn_probe {
+            r.knn.probe = p;
+        }
+        if let Some(w) = self.knn_weight {
+            r.knn.weight = w;
+        }
+        r
+    }
 }
 
 /// `router train`.
@@ -71,11 +162,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "ROUTER")]
     pub out: PathBuf,
     /// The router's name in reports.
-    #[arg(long, default_value = "learned-v1")]
+    #[arg(long, default_value = "learned-v2")]
     pub name: String,
-    /// Set weighting: a set of n rows weighs n^balance (1 = per row, 0 = per set).
-    #[arg(long)]
-    pub balance: Option<f64>,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
     /// Learn from the fleet's own outcomes in Postgres instead of data files: items with both
     /// a weak and a strong answer (shadow calls, escalations), labelled by their agreement,
     /// adapt a base router (the `switchyard` binary only: it reads the database).
@@ -140,6 +230,9 @@ pub struct EvalArgs {
     /// Drop rows lacking one of the two models instead of failing on them.
     #[arg(long)]
     pub skip_missing: bool,
+    /// Which rows relative to the untouched slice.
+    #[arg(long, value_enum, default_value = "all")]
+    pub slice: Slice,
     /// Folds of the cross-fitted TF-IDF baseline.
     #[arg(long, default_value_t = 5)]
     pub folds: u32,
@@ -150,18 +243,24 @@ pub struct EvalArgs {
 pub struct CrossvalArgs {
     #[command(flatten)]
     pub data: DataArgs,
-    /// Number of folds.
+    /// Number of folds (for `groups` and `ids`).
     #[arg(long, default_value_t = 5)]
     pub folds: u32,
-    /// Print the Markdown table (as in the crate README) instead of per-set tables.
+    /// How rows are held out: whole subjects/benchmarks, whole files, or rows by id.
+    #[arg(long, value_enum, default_value = "groups")]
+    pub split: Split,
+    /// Also cross-validate the lexical router without the embedding (the previous default)
+    /// in the same run, as `lexical`.
+    #[arg(long)]
+    pub compare_lexical: bool,
+    /// Print the Markdown tables (as in the crate README) instead of per-set tables.
     #[arg(long)]
     pub markdown: bool,
     /// Print one JSON object: set -> router -> metrics.
     #[arg(long)]
     pub json: bool,
-    /// Set weighting, as for `train`.
-    #[arg(long)]
-    pub balance: Option<f64>,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
 }
 
 /// Runs a router subcommand.
@@ -201,6 +300,7 @@ fn load_sets(a: &DataArgs, allow_empty: bool) -> anyhow::Result<Vec<CvSet>> {
         keep_contaminated: a.keep_contaminated,
         exclude_demo: a.exclude_demo,
         skip_missing: a.skip_missing,
+        slice: a.slice,
     };
     let mut plan: Vec<(PathBuf, Option<Pair>)> = Vec::new();
     for spec in &a.pairs {
@@ -243,14 +343,6 @@ fn load_sets(a: &DataArgs, allow_empty: bool) -> anyhow::Result<Vec<CvSet>> {
     Ok(sets)
 }
 
-fn recipe(balance: Option<f64>) -> Recipe {
-    let mut r = Recipe::default();
-    if let Some(b) = balance {
-        r.balance = b;
-    }
-    r
-}
-
 /// The command line that reproduces a run, without machine-specific directories.
 fn command_line(a: &DataArgs, extra: &str) -> String {
     let mut cmd = String::from("switchyard router train");
@@ -284,6 +376,11 @@ fn command_line(a: &DataArgs, extra: &str) -> String {
             cmd.push_str(flag);
         }
     }
+    match a.slice {
+        Slice::All => {}
+        Slice::Dev => cmd.push_str(" --slice dev"),
+        Slice::Untouched => cmd.push_str(" --slice untouched"),
+    }
     cmd + extra
 }
 
@@ -297,7 +394,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     if sets.is_empty() {
         bail!("no training rows left after filtering");
     }
-    let recipe = recipe(a.balance);
+    let recipe = a.recipe.recipe();
     let slices: Vec<&[crate::data::PairedRow]> = sets.iter().map(|s| s.rows.as_slice()).collect();
     let model = train_recipe(&slices, &recipe)?;
     let provenance = Provenance {
@@ -363,6 +460,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         keep_contaminated: a.keep_contaminated,
         exclude_demo: a.exclude_demo,
         skip_missing: a.skip_missing,
+        slice: a.slice,
     };
     let rows = data.paired(&pair, &filter)?;
     let opts = EvalOptions {
@@ -386,26 +484,36 @@ fn cross(a: CrossvalArgs) -> anyhow::Result<()> {
         bail!("--folds must be at least 2");
     }
     let sets = load_sets(&a.data, false)?;
-    let name = "learned";
-    let results = crossval(
-        &sets,
-        &recipe(a.balance),
-        a.folds,
-        name,
-        &EvalOptions::default(),
-    )?;
+    let mut recipes = vec![("learned".to_string(), a.recipe.recipe())];
+    if a.compare_lexical {
+        recipes.push(("lexical".to_string(), Recipe::lexical()));
+    }
+    let names: Vec<String> = recipes.iter().map(|(n, _)| n.clone()).collect();
+    let results = crossval(&sets, &recipes, a.split, a.folds, &EvalOptions::default())?;
     if a.json {
         let obj: serde_json::Map<String, serde_json::Value> = results
             .iter()
-            .map(|(set, r)| (set.clone(), r.to_json()))
+            .map(|r| {
+                let mut v = r.report.to_json();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert(
+                        "calibration".into(),
+                        serde_json::to_value(&r.calibration).unwrap_or_default(),
+                    );
+                }
+                (r.name.clone(), v)
+            })
             .collect();
         println!("{}", serde_json::Value::Object(obj));
     } else if a.markdown {
-        print!("{}", markdown_table(&results, name));
+        print!("{}", markdown_table(&results, &names));
+        println!();
+        print!("{}", calibration_table(&results));
     } else {
-        for (set, report) in &results {
-            println!("== {set}\n{}", report.table());
+        for r in &results {
+            println!("== {}\n{}", r.name, r.report.table());
         }
+        print!("{}", calibration_table(&results));
     }
     Ok(())
 }

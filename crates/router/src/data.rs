@@ -114,6 +114,9 @@ pub struct Row {
     pub id: String,
     /// The task kind a router sees.
     pub kind: TaskKind,
+    /// The file's task name (`mmlu/anatomy`, `gsm8k`; the kind when the row has none). Never
+    /// a feature: evaluation uses it only to hold out whole subjects and task families.
+    pub task: String,
     /// The prompt (`prompt`, or `text` for plain item files).
     pub text: String,
     /// Per model, what it achieved.
@@ -195,6 +198,44 @@ pub fn is_demo(id: &str) -> bool {
     }
 }
 
+/// The unit that grouped evaluation holds out together: in a file of several tasks (MMLU's
+/// subjects, RouterArena's benchmarks) the task, so a held-out subject is unseen as a whole;
+/// in a file of one task (GSM8K, arena, news) the row itself.
+pub fn group_key<'a>(task: &'a str, id: &'a str, multi_task: bool) -> &'a str {
+    if multi_task { task } else { id }
+}
+
+/// The group key of every row of one data set (see [`group_key`]).
+pub fn group_keys(rows: &[PairedRow]) -> Vec<String> {
+    let multi = rows.iter().any(|r| r.task != rows[0].task);
+    rows.iter()
+        .map(|r| group_key(&r.task, &r.id, multi).to_string())
+        .collect()
+}
+
+/// How many parts the untouched-slice hash splits groups into; one part is untouched.
+pub const UNTOUCHED_PARTS: u32 = 6;
+
+/// Whether a group belongs to the untouched slice: the sixth of every data set (whole
+/// subjects and benchmarks where a file has several, rows elsewhere) that no router of this
+/// crate is developed, tuned or trained on, kept for one final evaluation. Decided by a salted
+/// hash before any experiment, so it is independent of the demo split and of the folds.
+pub fn is_untouched(group: &str) -> bool {
+    id_bucket(&format!("untouched:{group}"), UNTOUCHED_PARTS) == 0
+}
+
+/// Which rows of a file to use, relative to the untouched slice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Slice {
+    /// Every row.
+    #[default]
+    All,
+    /// The development rows: everything but the untouched slice.
+    Dev,
+    /// Only the untouched slice (for the one final evaluation).
+    Untouched,
+}
+
 /// `int(sha256(id).hexdigest()[:8], 16) % n`: a stable bucket for an id (demo split, folds).
 pub fn id_bucket(id: &str, n: u32) -> u32 {
     let digest = Sha256::digest(id.as_bytes());
@@ -268,6 +309,7 @@ impl Dataset {
                 line: line_no,
                 id,
                 kind,
+                task: raw.task.unwrap_or_else(|| kind.as_str().to_string()),
                 text,
                 models: raw.models,
                 contaminated: raw.contaminated.unwrap_or(false),
@@ -339,10 +381,18 @@ impl Dataset {
                 });
             }
         }
+        let multi_task = self.rows.iter().any(|r| r.task != self.rows[0].task);
         let mut out = Vec::new();
         for row in &self.rows {
             if row.contaminated && !filter.keep_contaminated {
                 continue;
+            }
+            let untouched = is_untouched(group_key(&row.task, &row.id, multi_task));
+            match filter.slice {
+                Slice::All => {}
+                Slice::Dev if untouched => continue,
+                Slice::Untouched if !untouched => continue,
+                _ => {}
             }
             if filter.exclude_demo && is_demo(&row.id) {
                 continue;
@@ -370,6 +420,7 @@ impl Dataset {
                 line: row.line,
                 id: row.id.clone(),
                 kind: row.kind,
+                task: row.task.clone(),
                 text: row.text.clone(),
                 weak,
                 strong,
@@ -423,6 +474,8 @@ pub struct Filter {
     pub exclude_demo: bool,
     /// Drop rows that lack one of the two models instead of failing.
     pub skip_missing: bool,
+    /// Which side of the untouched slice.
+    pub slice: Slice,
 }
 
 impl std::fmt::Display for Filter {
@@ -441,7 +494,12 @@ impl std::fmt::Display for Filter {
             } else {
                 "refused"
             },
-        )
+        )?;
+        match self.slice {
+            Slice::All => Ok(()),
+            Slice::Dev => write!(f, ", untouched slice dropped"),
+            Slice::Untouched => write!(f, ", untouched slice only"),
+        }
     }
 }
 
@@ -452,6 +510,8 @@ pub struct PairedRow {
     pub line: usize,
     pub id: String,
     pub kind: TaskKind,
+    /// The file's task name: for grouped evaluation only, never a feature.
+    pub task: String,
     pub text: String,
     pub weak: Outcome,
     pub strong: Outcome,

@@ -284,6 +284,7 @@ pub(crate) mod tests {
                     line: i + 1,
                     id: format!("r{i}"),
                     kind: TaskKind::Generate,
+                    task: "t".into(),
                     text: if long {
                         "x".repeat(200 + i)
                     } else {

@@ -46,6 +46,10 @@ pub struct FeatureConfig {
     /// weigh differently in classification than in generation.
     #[serde(default)]
     pub per_kind: bool,
+    /// How many dimensions of the static token embedding's mean vector are used (0 = none;
+    /// see [`crate::embedding`]). Old artifacts have none.
+    #[serde(default)]
+    pub embed_dims: u16,
 }
 
 impl FeatureConfig {
@@ -59,6 +63,7 @@ impl FeatureConfig {
         char_max: 0,
         dense: true,
         per_kind: true,
+        embed_dims: 0,
     };
 
     /// A classic TF-IDF text baseline: words and word pairs only.
@@ -69,6 +74,7 @@ impl FeatureConfig {
         char_max: 0,
         dense: false,
         per_kind: false,
+        embed_dims: 0,
     };
 
     /// Number of hash buckets.
@@ -323,6 +329,7 @@ mod tests {
         char_max: 5,
         dense: true,
         per_kind: false,
+        embed_dims: 0,
     };
 
     #[test]

@@ -24,8 +24,11 @@ pub mod cascade;
 pub mod cli;
 pub mod crossval;
 pub mod data;
+pub mod embed_table;
+pub mod embedding;
 pub mod eval;
 pub mod features;
+pub mod knn;
 mod length;
 pub mod metrics;
 pub mod model;
@@ -33,6 +36,7 @@ pub mod plot;
 pub mod prior;
 pub mod rng;
 pub mod train;
+pub mod wordpiece;
 
 pub use artifact::{FORMAT_VERSION, RouterArtifact};
 pub use length::LengthRouter;
@@ -40,7 +44,7 @@ pub use model::LearnedRouter;
 
 /// Scores items for the dispatcher.
 pub trait Router: Send + Sync + std::fmt::Debug {
-    /// A short name for reports and `router explain` (`length`, `learned-v1`).
+    /// A short name for reports and `router explain` (`length`, `learned-v2`).
     fn name(&self) -> &str;
 
     /// The predicted need for the strong model on this item. Higher = more need. Always
@@ -53,6 +57,25 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     fn weak_quality(&self, _task: TaskKind) -> Option<f64> {
         None
     }
+
+    /// What the router predicts for this item: the expected quality gain of the strong model
+    /// (the score) and the weak model's expected quality on it, so that a quality target can
+    /// be planned item by item. The default knows only the task kind's mean weak quality.
+    fn estimate(&self, text: &str, task: TaskKind) -> Estimate {
+        Estimate {
+            gain: f64::from(self.score(text, task)),
+            weak: self.weak_quality(task),
+        }
+    }
+}
+
+/// A router's prediction for one item (see [`Router::estimate`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// Expected quality gain of the strong model over the weak one, in [−1, 1].
+    pub gain: f64,
+    /// Expected quality of the weak model's answer, in [0, 1], when known.
+    pub weak: Option<f64>,
 }
 
 /// Why a router artifact could not be loaded.

@@ -15,10 +15,14 @@
 //! [`LinearModel`] is the plain parameter set (what training produces and the artifact
 //! stores); [`LearnedRouter`] is its compiled form, laid out for fast scoring.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
+use crate::embedding::StaticEmbedding;
 use crate::features::{DENSE, FeatureConfig, GROUPS, dense, for_each_gram};
-use crate::{Router, TaskKind};
+use crate::knn::{KnnIndex, MAX_DIMS};
+use crate::{Estimate, Router, TaskKind};
 
 /// Number of task kinds (classify, summarize, generate).
 pub const KINDS: usize = 3;
@@ -88,6 +92,9 @@ pub struct Head {
     pub bias: [f32; KINDS],
     /// Per task kind: the weights of the standardized structure measurements.
     pub dense_weights: [[f32; DENSE]; KINDS],
+    /// The weights of the standardized mean token embedding: one block shared by every task
+    /// kind, then one block per kind, each of [`EmbedSpec::dims`] (empty without one).
+    pub embed_weights: Vec<f32>,
 }
 
 impl Head {
@@ -101,7 +108,40 @@ impl Head {
             weights: vec![0.0; buckets],
             bias: [0.0; KINDS],
             dense_weights: [[0.0; DENSE]; KINDS],
+            embed_weights: Vec::new(),
         }
+    }
+
+    /// The embedding weights that apply to kind `k` (shared block plus the kind's own).
+    pub fn embed_weights_for(&self, k: usize, dims: usize) -> Vec<f32> {
+        if self.embed_weights.len() < (1 + KINDS) * dims {
+            return vec![0.0; dims];
+        }
+        let shared = &self.embed_weights[..dims];
+        let own = &self.embed_weights[(1 + k) * dims..(2 + k) * dims];
+        shared.iter().zip(own).map(|(a, b)| a + b).collect()
+    }
+}
+
+/// The semantic part of a model: which static embedding table, how many of its dimensions,
+/// and how the mean token vector is standardized.
+#[derive(Debug, Clone)]
+pub struct EmbedSpec {
+    /// The table (its SHA-256 identifies it in artifacts).
+    pub table: Arc<StaticEmbedding>,
+    /// The first `dims` dimensions (PCA order) are used.
+    pub dims: usize,
+    /// Standardization of the mean vector: `(x − mean) / scale`.
+    pub mean: Vec<f32>,
+    pub scale: Vec<f32>,
+}
+
+impl PartialEq for EmbedSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.table.sha256 == other.table.sha256
+            && self.dims == other.dims
+            && self.mean == other.mean
+            && self.scale == other.scale
     }
 }
 
@@ -119,6 +159,11 @@ pub struct LinearModel {
     pub dense_scale: [f32; DENSE],
     /// The heads, summed.
     pub heads: Vec<Head>,
+    /// The mean token embedding, if the model uses one.
+    pub embed: Option<EmbedSpec>,
+    /// The nearest training prompts in the embedding's space, if the model uses them (needs
+    /// `embed`: the same table).
+    pub knn: Option<KnnIndex>,
 }
 
 impl LinearModel {
@@ -131,6 +176,8 @@ impl LinearModel {
             dense_mean: [0.0; DENSE],
             dense_scale: [1.0; DENSE],
             heads: Vec::new(),
+            embed: None,
+            knn: None,
         }
     }
 
@@ -157,11 +204,19 @@ impl LinearModel {
                     h.weights.len()
                 ));
             }
+            let want = self.embed.as_ref().map_or(0, |e| (1 + KINDS) * e.dims);
+            if h.embed_weights.len() != want {
+                return Err(format!(
+                    "head {i}: expected {want} embedding weights, found {}",
+                    h.embed_weights.len()
+                ));
+            }
             let finite = h
                 .weights
                 .iter()
                 .chain(&h.bias)
                 .chain(h.dense_weights.iter().flatten())
+                .chain(&h.embed_weights)
                 .chain([&h.scale, &h.offset])
                 .all(|x| x.is_finite());
             if !finite {
@@ -175,6 +230,41 @@ impl LinearModel {
             .all(|x| x.is_finite());
         if !finite || self.dense_scale.iter().any(|&s| s <= 0.0) {
             return Err("a structure mean or scale is not a finite (positive) number".into());
+        }
+        if let Some(e) = &self.embed {
+            if e.dims == 0 || e.dims > e.table.table.dims() {
+                return Err(format!(
+                    "{} embedding dimensions used, the table has {}",
+                    e.dims,
+                    e.table.table.dims()
+                ));
+            }
+            if e.mean.len() != e.dims || e.scale.len() != e.dims {
+                return Err(format!(
+                    "expected {} embedding means and scales, found {} and {}",
+                    e.dims,
+                    e.mean.len(),
+                    e.scale.len()
+                ));
+            }
+            let ok = e.mean.iter().all(|x| x.is_finite())
+                && e.scale.iter().all(|x| x.is_finite() && *x > 0.0);
+            if !ok {
+                return Err("an embedding mean or scale is not a finite (positive) number".into());
+            }
+        }
+        if let Some(k) = &self.knn {
+            k.validate()?;
+            let Some(e) = &self.embed else {
+                return Err("a kNN index needs the embedding table (the model has none)".into());
+            };
+            if k.dims > e.table.table.dims() {
+                return Err(format!(
+                    "kNN compares {} dimensions, the table has {}",
+                    k.dims,
+                    e.table.table.dims()
+                ));
+            }
         }
         Ok(())
     }
@@ -196,6 +286,71 @@ pub struct LearnedRouter {
     heads: Vec<CompiledHead>,
     dense_mean: [f32; DENSE],
     dense_inv_scale: [f32; DENSE],
+    embed: Option<CompiledEmbed>,
+    /// The nearest training prompts (scored from the same token pass as the embedding).
+    knn: Option<KnnIndex>,
+    /// Which head, if any, predicts that the weak model fails.
+    weak_fails: Option<usize>,
+}
+
+/// The embedding part folded into the heads: the model is linear in the mean token vector,
+/// so each head's contribution is the mean over tokens of a per-token number, precomputed per
+/// task kind. Scoring then costs one table read per token, whatever the dimensions.
+#[derive(Debug, Clone)]
+struct CompiledEmbed {
+    table: Arc<StaticEmbedding>,
+    /// Per kind, per token: each head's `Σ_d w_d · row_d / scale_d`.
+    proj: [Vec<[f32; MAX_HEADS]>; KINDS],
+    /// Per kind, per head: `−Σ_d w_d · mean_d / scale_d`.
+    offset: [[f32; MAX_HEADS]; KINDS],
+}
+
+impl CompiledEmbed {
+    fn new(e: &EmbedSpec, heads: &[Head]) -> Self {
+        let t = &e.table.table;
+        let full = t.dims();
+        let vocab = t.vocab.len();
+        let mut proj: [Vec<[f32; MAX_HEADS]>; KINDS] = Default::default();
+        let mut offset = [[0.0f32; MAX_HEADS]; KINDS];
+        for (k, (proj, offset)) in proj.iter_mut().zip(offset.iter_mut()).enumerate() {
+            // Per head, the weight of one quantization step of each dimension.
+            let w: Vec<Vec<f32>> = heads
+                .iter()
+                .map(|h| {
+                    h.embed_weights_for(k, e.dims)
+                        .iter()
+                        .zip(&e.scale)
+                        .zip(&t.scales)
+                        .map(|((w, s), q)| w / s * q)
+                        .collect()
+                })
+                .collect();
+            *proj = (0..vocab)
+                .map(|id| {
+                    let row = &t.values[id * full..id * full + e.dims];
+                    let mut out = [0.0f32; MAX_HEADS];
+                    for (o, wh) in out.iter_mut().zip(&w) {
+                        *o = row.iter().zip(wh).map(|(&v, w)| f32::from(v) * w).sum();
+                    }
+                    out
+                })
+                .collect();
+            for (o, h) in offset.iter_mut().zip(heads) {
+                *o = -h
+                    .embed_weights_for(k, e.dims)
+                    .iter()
+                    .zip(&e.mean)
+                    .zip(&e.scale)
+                    .map(|((w, m), s)| w * m / s)
+                    .sum::<f32>();
+            }
+        }
+        Self {
+            table: e.table.clone(),
+            proj,
+            offset,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +398,9 @@ impl LearnedRouter {
                 .collect(),
             dense_mean: m.dense_mean,
             dense_inv_scale,
+            embed: m.embed.as_ref().map(|e| CompiledEmbed::new(e, heads)),
+            knn: m.knn.clone().filter(|_| m.embed.is_some()),
+            weak_fails: heads.iter().position(|h| h.target == Target::WeakFails),
         }
     }
 
@@ -256,12 +414,19 @@ impl LearnedRouter {
 
     /// Each head's logit for an item (for explanations and tests).
     pub fn logits(&self, text: &str, task: TaskKind) -> Vec<f32> {
-        let all = self.head_logits(text, task);
+        let (all, _) = self.head_logits(text, task);
         all[..self.heads.len()].to_vec()
     }
 
-    /// The heads' logits in a fixed array (no allocation on the scoring path).
-    fn head_logits(&self, text: &str, task: TaskKind) -> [f32; MAX_HEADS] {
+    /// The mean gain of the item's nearest training prompts, if the model has a kNN index
+    /// and the text has tokens (for explanations and tests).
+    pub fn neighbour_gain(&self, text: &str, task: TaskKind) -> Option<f32> {
+        self.head_logits(text, task).1
+    }
+
+    /// The heads' logits in a fixed array, and the neighbours' mean gain (no allocation on
+    /// the scoring path).
+    fn head_logits(&self, text: &str, task: TaskKind) -> ([f32; MAX_HEADS], Option<f32>) {
         let kind = kind_index(task);
         // Per group: [sum of idf², then per head the sum of weight × idf].
         let mut acc = [[0.0f32; 1 + MAX_HEADS]; GROUPS];
@@ -285,8 +450,47 @@ impl LearnedRouter {
             None
         };
         let mut out = [0.0f32; MAX_HEADS];
+        let mut neighbours = None;
+        if let Some(e) = &self.embed {
+            let proj = &e.proj[kind];
+            let mut sum = [0.0f32; MAX_HEADS];
+            let mut n = 0u32;
+            let t = &e.table.table;
+            let full = t.dims();
+            let kd = self.knn.as_ref().map_or(0, |k| k.dims.min(full));
+            // The token rows' sum over the kNN's dimensions (its direction is all a cosine
+            // needs, so no division by the count).
+            let mut vsum = [0i32; MAX_DIMS];
+            e.table.tokenizer.for_each_token(text, |id| {
+                if let Some(p) = proj.get(id as usize) {
+                    for h in 0..MAX_HEADS {
+                        sum[h] += p[h];
+                    }
+                    n += 1;
+                    if kd > 0 {
+                        let at = id as usize * full;
+                        for (s, &v) in vsum[..kd].iter_mut().zip(&t.values[at..at + kd]) {
+                            *s += i32::from(v);
+                        }
+                    }
+                }
+            });
+            if n > 0 {
+                let inv = 1.0 / n as f32;
+                for h in 0..MAX_HEADS {
+                    out[h] = sum[h] * inv + e.offset[kind][h];
+                }
+                if let Some(knn) = &self.knn {
+                    let mut v = [0.0f32; MAX_DIMS];
+                    for ((o, &s), &q) in v[..kd].iter_mut().zip(&vsum[..kd]).zip(&t.scales) {
+                        *o = s as f32 * q;
+                    }
+                    neighbours = knn.mean_gain(&v[..kd]);
+                }
+            }
+        }
         for (h, (head, o)) in self.heads.iter().zip(out.iter_mut()).enumerate() {
-            let mut s = head.bias[kind];
+            let mut s = *o + head.bias[kind];
             for a in &acc {
                 if a[0] > 0.0 {
                     s += a[1 + h] / a[0].sqrt();
@@ -301,7 +505,7 @@ impl LearnedRouter {
             }
             *o = s;
         }
-        out
+        (out, neighbours)
     }
 }
 
@@ -315,12 +519,34 @@ impl Router for LearnedRouter {
     }
 
     fn score(&self, text: &str, task: TaskKind) -> f32 {
-        let s: f32 = self
-            .head_logits(text, task)
+        let (logits, neighbours) = self.head_logits(text, task);
+        self.gain_of(&logits, neighbours)
+    }
+
+    fn estimate(&self, text: &str, task: TaskKind) -> Estimate {
+        let (logits, neighbours) = self.head_logits(text, task);
+        let gain = f64::from(self.gain_of(&logits, neighbours));
+        // The weak-fails head predicts this item's weak quality; without one, the kind's mean.
+        let weak = match self.weak_fails {
+            Some(h) => Some(1.0 - f64::from(sigmoid(logits[h]))),
+            None => self.weak_quality(task),
+        };
+        Estimate { gain, weak }
+    }
+}
+
+impl LearnedRouter {
+    /// The expected gain from the heads' logits, averaged with the neighbours' mean gain
+    /// (at the index's weight) when there is one.
+    fn gain_of(&self, logits: &[f32; MAX_HEADS], neighbours: Option<f32>) -> f32 {
+        let mut s: f32 = logits
             .iter()
             .zip(&self.heads)
             .map(|(z, h)| h.scale * sigmoid(*z) + h.offset)
             .sum();
+        if let (Some(g), Some(knn)) = (neighbours, &self.knn) {
+            s = (1.0 - knn.weight) * s + knn.weight * g;
+        }
         if s.is_finite() { s } else { 0.0 }
     }
 }
@@ -395,6 +621,96 @@ mod tests {
             (got - expected_score).abs() < 1e-5,
             "{got} vs {expected_score}"
         );
+    }
+
+    #[test]
+    fn embedding_part_is_the_standardized_mean_vector_dot_the_weights() {
+        let table = crate::embedding::default_embedding().expect("committed table");
+        let dims = 8;
+        let mut m = tiny(&[Target::WeakFails, Target::StrongRight]);
+        m.features.dense = false;
+        m.features.word_ngrams = 0;
+        m.embed = Some(EmbedSpec {
+            table: table.clone(),
+            dims,
+            mean: (0..dims).map(|d| d as f32 * 0.01).collect(),
+            scale: (0..dims).map(|d| 0.5 + d as f32 * 0.1).collect(),
+        });
+        for (h, head) in m.heads.iter_mut().enumerate() {
+            head.embed_weights = (0..(1 + KINDS) * dims)
+                .map(|i| ((i * 37 + h * 11) % 17) as f32 / 17.0 - 0.5)
+                .collect();
+        }
+        assert!(m.validate().is_ok());
+        let r = LearnedRouter::new("t", &m);
+        let text = "The mitochondria is the powerhouse of the cell.";
+        for kind in [TaskKind::Classify, TaskKind::Generate] {
+            let logits = r.logits(text, kind);
+            let (v, n) = table.mean_vector(text, dims);
+            assert!(n > 0);
+            let e = m.embed.as_ref().expect("embed");
+            for (h, head) in m.heads.iter().enumerate() {
+                let w = head.embed_weights_for(kind_index(kind), dims);
+                let want: f32 = (0..dims)
+                    .map(|d| w[d] * (v[d] - e.mean[d]) / e.scale[d])
+                    .sum();
+                assert!((logits[h] - want).abs() < 1e-3, "{} vs {want}", logits[h]);
+            }
+        }
+        // No tokens: the embedding contributes nothing (the text sits at the mean).
+        assert_eq!(r.logits("", TaskKind::Classify), vec![0.0, 0.0]);
+        // A wrong number of weights is refused.
+        let mut bad = m;
+        bad.heads[0].embed_weights.pop();
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn neighbours_mix_into_the_score_at_their_weight() {
+        let table = crate::embedding::default_embedding().expect("committed table");
+        let mut m = tiny(&[Target::Gain]);
+        m.heads[0].bias = [0.4, 0.4, 0.4];
+        m.embed = Some(EmbedSpec {
+            table: table.clone(),
+            dims: 4,
+            mean: vec![0.0; 4],
+            scale: vec![1.0; 4],
+        });
+        m.heads[0].embed_weights = vec![0.0; (1 + KINDS) * 4];
+        let texts = [
+            "The court held that the contract was void.",
+            "Balance the chemical equation for methane.",
+            "What is the derivative of x squared?",
+            "Summarize the article about the election.",
+        ];
+        let vectors: Vec<Vec<f32>> = texts.iter().map(|t| table.mean_vector(t, 16).0).collect();
+        let gains = [0.9, -0.5, 0.3, 0.1];
+        let cfg = crate::knn::KnnConfig {
+            dims: 16,
+            k: 1,
+            lists: 2,
+            probe: 2,
+            weight: 0.25,
+        };
+        m.knn = KnnIndex::build(&vectors, &gains, &cfg);
+        assert!(m.validate().is_ok());
+        let r = LearnedRouter::new("t", &m);
+        let linear = 2.0 * sigmoid(0.4) - 1.0;
+        for (t, g) in texts.iter().zip(gains) {
+            // k = 1 and every list scanned: a stored text is its own nearest neighbour.
+            let n = r.neighbour_gain(t, TaskKind::Classify).expect("tokens");
+            assert!((n - g as f32).abs() < 1e-3, "{t}: {n} vs {g}");
+            let want = 0.75 * linear + 0.25 * n;
+            assert!((r.score(t, TaskKind::Classify) - want).abs() < 1e-5);
+        }
+        // No tokens: the linear estimate alone.
+        assert_eq!(r.neighbour_gain("", TaskKind::Classify), None);
+        assert!((r.score("", TaskKind::Classify) - linear).abs() < 1e-6);
+        // An index without the embedding is refused.
+        let mut bad = m;
+        bad.embed = None;
+        bad.heads[0].embed_weights.clear();
+        assert!(bad.validate().unwrap_err().contains("embedding"));
     }
 
     #[test]

@@ -108,6 +108,7 @@ mod tests {
             line: 1,
             id: "x".into(),
             kind,
+            task: "t".into(),
             text: "t".into(),
             weak: o(weak),
             strong: o(strong),

@@ -14,9 +14,11 @@ use std::collections::VecDeque;
 
 use crate::TaskKind;
 use crate::data::PairedRow;
+use crate::embedding::default_embedding;
 use crate::features::{DENSE, FeatureConfig, GramCounts, dense};
+use crate::knn::{KnnConfig, KnnIndex};
 pub use crate::model::Target;
-use crate::model::{Head, KINDS, LinearModel, idf, kind_index};
+use crate::model::{EmbedSpec, Head, KINDS, LinearModel, idf, kind_index};
 
 /// One training example.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +59,12 @@ pub struct TrainConfig {
     pub l2: f64,
     /// L2 penalty on the structure weights.
     pub l2_dense: f64,
+    /// L2 penalty on the embedding weights (shared and per-kind blocks alike).
+    pub l2_embed: f64,
+    /// Whether the structure measurements also get weights shared by every task kind (the
+    /// penalty then prefers one weight for all kinds unless a kind's data disagrees), so a
+    /// kind with few rows borrows what the others learned about length and structure.
+    pub shared_dense: bool,
     /// L-BFGS iterations at most, per head.
     pub max_iter: usize,
 }
@@ -74,6 +82,8 @@ impl Default for TrainConfig {
             ],
             l2: 5e-4,
             l2_dense: 3e-3,
+            l2_embed: 3e-2,
+            shared_dense: true,
             max_iter: 300,
         }
     }
@@ -107,6 +117,8 @@ struct Design {
     indices: Vec<u32>,
     values: Vec<f32>,
     dense: Vec<[f32; DENSE]>,
+    /// Standardized mean token embeddings, `dims` per row (empty without embedding).
+    embed: Vec<f32>,
     kinds: Vec<usize>,
     weights: Vec<f64>,
 }
@@ -115,7 +127,13 @@ struct Design {
 /// then per kind the structure weights, then per kind the intercepts.
 struct Layout {
     buckets: usize,
+    /// The structure weights: a shared block (zero-width unless `shared_dense`), then one
+    /// per kind.
     dense_off: usize,
+    dense_shared: usize,
+    /// The embedding weights: a shared block, then one per kind, `embed_dims` each.
+    embed_off: usize,
+    embed_dims: usize,
     bias_off: usize,
     use_dense: bool,
     /// Where the L2 penalty pulls the weights: zero, or a base model's weights when
@@ -137,7 +155,8 @@ impl Design {
         let mut loss = 0.0;
         for (i, (&k, &y)) in self.kinds.iter().zip(targets).enumerate() {
             let row = self.indptr[i]..self.indptr[i + 1];
-            let dense_w = at.dense_off + k * DENSE;
+            let dense_w = at.dense_off + at.dense_shared + k * DENSE;
+            let dense_s = at.dense_off;
             let mut z = theta[at.bias_off + k];
             for (&j, &x) in self.indices[row.clone()]
                 .iter()
@@ -149,6 +168,17 @@ impl Design {
                 for (t, &x) in theta[dense_w..dense_w + DENSE].iter().zip(&self.dense[i]) {
                     z += t * f64::from(x);
                 }
+                if at.dense_shared > 0 {
+                    for (t, &x) in theta[dense_s..dense_s + DENSE].iter().zip(&self.dense[i]) {
+                        z += t * f64::from(x);
+                    }
+                }
+            }
+            let e = at.embed_dims;
+            let x_embed = &self.embed[i * e..(i + 1) * e];
+            let (shared, own) = (at.embed_off, at.embed_off + (1 + k) * e);
+            for (d, &x) in x_embed.iter().enumerate() {
+                z += (theta[shared + d] + theta[own + d]) * f64::from(x);
             }
             let c = self.weights[i];
             // softplus(z) - y z is the logistic loss, computed stably.
@@ -170,11 +200,24 @@ impl Design {
                 {
                     *g += r * f64::from(x);
                 }
+                if at.dense_shared > 0 {
+                    for (g, &x) in grad[dense_s..dense_s + DENSE]
+                        .iter_mut()
+                        .zip(&self.dense[i])
+                    {
+                        *g += r * f64::from(x);
+                    }
+                }
+            }
+            for (d, &x) in x_embed.iter().enumerate() {
+                grad[shared + d] += r * f64::from(x);
+                grad[own + d] += r * f64::from(x);
             }
         }
         let penalties = [
             (0..at.buckets, cfg.l2),
-            (at.dense_off..at.bias_off, cfg.l2_dense),
+            (at.dense_off..at.embed_off, cfg.l2_dense),
+            (at.embed_off..at.bias_off, cfg.l2_embed),
         ];
         for (range, l2) in penalties {
             for (i, (t, g)) in theta[range.clone()]
@@ -315,11 +358,15 @@ fn fit(
         }
     }
 
+    let embed_rows = embed_features(examples, cfg, base, &mut model)?;
+    let embed_dims = model.embed.as_ref().map_or(0, |e| e.dims);
+
     let mut design = Design {
         indptr: vec![0],
         indices: Vec::new(),
         values: Vec::new(),
         dense: Vec::with_capacity(examples.len()),
+        embed: embed_rows,
         kinds: examples.iter().map(|e| kind_index(e.kind)).collect(),
         weights: examples
             .iter()
@@ -350,7 +397,13 @@ fn fit(
 
     let buckets = used.len();
     let dense_off = buckets;
-    let bias_off = buckets + KINDS * DENSE;
+    let dense_shared = if cfg.shared_dense && cfg.features.dense {
+        DENSE
+    } else {
+        0
+    };
+    let embed_off = dense_off + dense_shared + KINDS * DENSE;
+    let bias_off = embed_off + (1 + KINDS) * embed_dims;
     let dim = bias_off + KINDS;
     let use_dense = cfg.features.dense;
 
@@ -369,8 +422,12 @@ fn fit(
             for k in 0..KINDS {
                 center[bias_off + k] = f64::from(p.bias[k]);
                 for j in 0..DENSE {
-                    center[dense_off + k * DENSE + j] = f64::from(p.dense_weights[k][j]);
+                    center[dense_off + dense_shared + k * DENSE + j] =
+                        f64::from(p.dense_weights[k][j]);
                 }
+            }
+            for (c, &w) in center[embed_off..bias_off].iter_mut().zip(&p.embed_weights) {
+                *c = f64::from(w);
             }
         }
         let start = if center.is_empty() {
@@ -381,6 +438,9 @@ fn fit(
         let layout = Layout {
             buckets,
             dense_off,
+            dense_shared,
+            embed_off,
+            embed_dims,
             bias_off,
             use_dense,
             center,
@@ -402,12 +462,83 @@ fn fit(
         for k in 0..KINDS {
             head.bias[k] = theta[bias_off + k] as f32;
             for j in 0..DENSE {
-                head.dense_weights[k][j] = theta[dense_off + k * DENSE + j] as f32;
+                let shared = if dense_shared > 0 {
+                    theta[dense_off + j]
+                } else {
+                    0.0
+                };
+                head.dense_weights[k][j] =
+                    (shared + theta[dense_off + dense_shared + k * DENSE + j]) as f32;
             }
         }
+        head.embed_weights = theta[embed_off..bias_off]
+            .iter()
+            .map(|&t| t as f32)
+            .collect();
         model.heads.push(head);
     }
     Ok(model)
+}
+
+/// The standardized mean token embedding of every example (row-major, empty when the
+/// features use none), setting `model.embed` (its table and standardization; a fine-tuned
+/// model keeps its base's).
+fn embed_features(
+    examples: &[Example<'_>],
+    cfg: &TrainConfig,
+    base: Option<&LinearModel>,
+    model: &mut LinearModel,
+) -> Result<Vec<f32>, TrainError> {
+    let wanted = usize::from(cfg.features.embed_dims);
+    let spec = match (base.and_then(|b| b.embed.clone()), wanted) {
+        (Some(spec), _) => Some(spec),
+        (None, 0) => None,
+        (None, _) => {
+            let table = default_embedding().ok_or_else(|| {
+                TrainError::Config("the committed embedding table does not decode".into())
+            })?;
+            let dims = wanted.min(table.table.dims());
+            Some(EmbedSpec {
+                table,
+                dims,
+                mean: vec![0.0; dims],
+                scale: vec![1.0; dims],
+            })
+        }
+    };
+    let Some(mut spec) = spec else {
+        model.embed = None;
+        return Ok(Vec::new());
+    };
+    let dims = spec.dims;
+    let raw: Vec<(Vec<f32>, usize)> = examples
+        .iter()
+        .map(|e| spec.table.mean_vector(e.text, dims))
+        .collect();
+    if base.is_none() {
+        let with_tokens: Vec<&Vec<f32>> =
+            raw.iter().filter(|(_, n)| *n > 0).map(|(v, _)| v).collect();
+        let n = with_tokens.len().max(1) as f64;
+        for d in 0..dims {
+            let mean = with_tokens.iter().map(|v| f64::from(v[d])).sum::<f64>() / n;
+            let var = with_tokens
+                .iter()
+                .map(|v| (f64::from(v[d]) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            spec.mean[d] = mean as f32;
+            spec.scale[d] = if var > 1e-12 { var.sqrt() as f32 } else { 1.0 };
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len() * dims);
+    for (v, n) in &raw {
+        for ((x, m), sc) in v.iter().zip(&spec.mean).zip(&spec.scale) {
+            // A text without tokens sits at the mean, as at scoring time.
+            out.push(if *n > 0 { (x - m) / sc } else { 0.0 });
+        }
+    }
+    model.embed = Some(spec);
+    Ok(out)
 }
 
 /// How to build a router from several data sets: the training setup and how the sets are
@@ -419,14 +550,45 @@ pub struct Recipe {
     /// biggest set dominates), 0 counts every set the same; in between keeps small sets
     /// (chat, summarization) from being drowned by MMLU without overfitting them.
     pub balance: f64,
+    /// The nearest-training-prompts index stored with the model (`dims` 0 = none).
+    pub knn: KnnConfig,
 }
 
 impl Default for Recipe {
-    /// The default router's recipe.
+    /// The default router's recipe: lexical and structure features plus the mean static
+    /// token embedding.
     fn default() -> Self {
+        let mut config = TrainConfig::default();
+        config.features.embed_dims = DEFAULT_EMBED_DIMS;
         Self {
-            config: TrainConfig::default(),
+            config,
             balance: 0.5,
+            // Off by default: the neighbour read-out (`--knn-dims 32`, the `learned-v3`
+            // recipe) costs more scoring time than the 100,000 items/s budget allows.
+            knn: KnnConfig {
+                dims: 0,
+                ..KnnConfig::default()
+            },
+        }
+    }
+}
+
+/// Embedding dimensions the default recipe uses.
+pub const DEFAULT_EMBED_DIMS: u16 = 32;
+
+impl Recipe {
+    /// The previous default: lexical and structure features only (kept to compare with).
+    pub fn lexical() -> Self {
+        Self {
+            config: TrainConfig {
+                shared_dense: false,
+                ..TrainConfig::default()
+            },
+            balance: 0.5,
+            knn: KnnConfig {
+                dims: 0,
+                ..KnnConfig::default()
+            },
         }
     }
 }
@@ -446,7 +608,22 @@ pub fn train_recipe(sets: &[&[PairedRow]], recipe: &Recipe) -> Result<LinearMode
             ..Example::of(r)
         }));
     }
-    train_linear(&examples, &recipe.config)
+    let mut model = train_linear(&examples, &recipe.config)?;
+    if recipe.knn.dims > 0 {
+        let Some(spec) = &model.embed else {
+            return Err(TrainError::Config(
+                "nearest neighbours need the embedding (--embed-dims > 0)".into(),
+            ));
+        };
+        let dims = recipe.knn.dims.min(spec.table.table.dims());
+        let vectors: Vec<Vec<f32>> = examples
+            .iter()
+            .map(|e| spec.table.mean_vector(e.text, dims).0)
+            .collect();
+        let gains: Vec<f64> = examples.iter().map(|e| e.strong - e.weak).collect();
+        model.knn = KnnIndex::build(&vectors, &gains, &recipe.knn);
+    }
+    Ok(model)
 }
 
 fn sigmoid(z: f64) -> f64 {

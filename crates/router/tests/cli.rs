@@ -62,7 +62,15 @@ fn train_score_eval_plot_and_crossval() {
     let art: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&router).expect("written")).expect("json");
     assert_eq!(art["format"], "switchyard-router");
-    assert_eq!(art["format_version"], 1);
+    assert_eq!(art["format_version"], switchyard_router::FORMAT_VERSION);
+    // The default recipe uses the committed embedding table, named by its hash.
+    assert_eq!(
+        art["model"]["embedding"]["sha256"],
+        switchyard_router::embedding::default_embedding()
+            .expect("table")
+            .sha256
+            .as_str()
+    );
     assert_eq!(art["provenance"]["sets"][0]["rows"], 156);
     let cmd = art["provenance"]["command"].as_str().expect("command");
     assert!(
@@ -114,7 +122,7 @@ fn train_score_eval_plot_and_crossval() {
     let png = dir.path().join("curves.png");
     let table = ok(&["eval", "--data", s(&data), "--plot", s(&svg)]);
     assert!(
-        table.contains("learned-v1") && table.contains("tfidf_linear"),
+        table.contains("learned-v2") && table.contains("tfidf_linear"),
         "{table}"
     );
     let svg_text = std::fs::read_to_string(&svg).expect("svg written");
@@ -216,7 +224,7 @@ fn bad_input_is_a_clear_error_naming_file_and_line() {
     );
 
     let default = switchyard_router::DEFAULT_ARTIFACT
-        .replace("\"format_version\": 1", "\"format_version\": 99");
+        .replace("\"format_version\": 3", "\"format_version\": 99");
     let newer = write("newer.json", &default);
     let e = fails(&["score", "--router", s(&newer), "--data", s(&fine)]);
     assert!(e.contains("newer.json has format version 99"), "{e}");

@@ -14,11 +14,13 @@ fn default_router_is_the_committed_learned_artifact() {
     let router = default_router();
     assert_eq!(
         router.name(),
-        "learned-v1",
+        "learned-v2",
         "fell back to the length router?"
     );
     let art = RouterArtifact::load(&artifact_path()).expect("committed artifact loads");
     assert_eq!(art.format_version, switchyard_router::FORMAT_VERSION);
+    // The neighbour index is opt-in (`--knn-dims`): the default stays within the scoring budget.
+    assert!(art.unpack().expect("unpacks").knn.is_none());
     // Trained without the demo rows: the Goyal set is all demo, so it must be absent.
     assert!(art.provenance.command.contains("--exclude-demo"));
     assert!(
@@ -43,6 +45,13 @@ fn default_router_is_the_committed_learned_artifact() {
         assert_eq!(router.weak_quality(kind), Some(q.weak));
     }
 
+    // It uses the committed static embedding table, named by hash, and never trained on
+    // the untouched slice.
+    let table = switchyard_router::embedding::default_embedding().expect("table decodes");
+    let embedding = art.model.embedding.as_ref().expect("uses the embedding");
+    assert_eq!(embedding.sha256, table.sha256);
+    assert!(art.provenance.command.contains("--slice dev"));
+
     let from_file = load_router(&artifact_path()).expect("loads");
     for (text, kind) in [
         ("What is the capital of France?", TaskKind::Classify),
@@ -55,6 +64,11 @@ fn default_router_is_the_committed_learned_artifact() {
         let (a, b) = (router.score(text, kind), from_file.score(text, kind));
         assert_eq!(a, b);
         assert!(a.is_finite() && (-1.0..=1.0).contains(&a), "{a}");
+        // The per-item estimate: the same gain, and a weak quality of its own.
+        let e = router.estimate(text, kind);
+        assert_eq!(e.gain, f64::from(a));
+        let weak = e.weak.expect("the weak-fails head predicts weak quality");
+        assert!((0.0..=1.0).contains(&weak), "{weak}");
     }
 }
 

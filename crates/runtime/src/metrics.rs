@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -96,6 +97,25 @@ pub struct Metrics {
     pub rate_limited: Family<ModelLabel, Counter>,
     /// Worker: seconds spent waiting in the model's rate limiter (quota or `Retry-After`).
     pub quota_wait_seconds: Family<ModelLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// Worker: deliveries of attempts that already had an outcome (nothing was called).
+    pub settled_before: Counter,
+    /// Worker: deliveries whose attempt another live worker was calling (they waited).
+    pub busy_deliveries: Counter,
+    /// Worker: calls booked as duplicates (a second copy of an attempt; real spend).
+    pub duplicate_calls: Counter,
+    /// Worker: outcomes Postgres refused as they were, booked in a plainer form.
+    pub refused_outcomes: Counter,
+    /// Worker: calls this process booked in doubt (their worker died mid-call).
+    pub in_doubt_booked: Counter,
+    /// Fleet-wide, read from the ledger: in-doubt calls not settled yet.
+    pub in_doubt_calls: Gauge,
+    /// Fleet-wide, read from the ledger: their worst-case cost, in nano-dollars.
+    pub in_doubt_nanousd: Gauge,
+    /// The same, in USD (a float for Prometheus only: the ledger's exact figure is in
+    /// `reporting.in_doubt_open` and `ledger report`'s `in_doubt_usd`).
+    pub in_doubt_usd: Gauge<f64, AtomicU64>,
+    /// Dispatcher: jobs found stuck (no live owner, no progress) and finished by a sweep.
+    pub stuck_job_sweeps: Counter,
     /// Messages in the consumer not yet delivered.
     pub consumer_pending: Family<ConsumerLabels, Gauge>,
     /// Messages delivered and not yet acknowledged.
@@ -121,6 +141,15 @@ impl Metrics {
             escalations: Family::default(),
             rate_limited: Family::default(),
             quota_wait_seconds: Family::default(),
+            settled_before: Counter::default(),
+            busy_deliveries: Counter::default(),
+            duplicate_calls: Counter::default(),
+            refused_outcomes: Counter::default(),
+            in_doubt_booked: Counter::default(),
+            in_doubt_calls: Gauge::default(),
+            in_doubt_nanousd: Gauge::default(),
+            in_doubt_usd: Gauge::default(),
+            stuck_job_sweeps: Counter::default(),
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
         }
@@ -149,6 +178,11 @@ impl Metrics {
         );
         m.registry
             .register("jobs", "Jobs by outcome at the dispatcher", m.jobs.clone());
+        m.registry.register(
+            "stuck_job_sweeps",
+            "Jobs found with no live owner and no progress, finished by a sweep",
+            m.stuck_job_sweeps.clone(),
+        );
         m.register_lag();
         m
     }
@@ -187,6 +221,47 @@ impl Metrics {
             "quota_wait_seconds",
             "Seconds waited in the model's rate limiter",
             m.quota_wait_seconds.clone(),
+        );
+        m.registry.register(
+            "deliveries_settled_before",
+            "Deliveries of attempts that already had an outcome: nothing was called",
+            m.settled_before.clone(),
+        );
+        m.registry.register(
+            "deliveries_busy",
+            "Deliveries whose attempt another live worker was calling: they waited",
+            m.busy_deliveries.clone(),
+        );
+        m.registry.register(
+            "duplicate_calls",
+            "Calls booked as duplicates of an attempt another copy decided (real spend)",
+            m.duplicate_calls.clone(),
+        );
+        m.registry.register(
+            "refused_outcomes",
+            "Outcomes Postgres refused as they were, booked in a plainer form",
+            m.refused_outcomes.clone(),
+        );
+        m.registry.register(
+            "in_doubt_booked",
+            "Calls this process booked in doubt because their worker died mid-call",
+            m.in_doubt_booked.clone(),
+        );
+        m.registry.register(
+            "in_doubt_calls",
+            "In-doubt ledger entries not settled yet, fleet-wide",
+            m.in_doubt_calls.clone(),
+        );
+        m.registry.register(
+            "in_doubt_nanousd",
+            "Worst-case cost of the in-doubt entries not settled yet, in nano-dollars",
+            m.in_doubt_nanousd.clone(),
+        );
+        m.registry.register(
+            "in_doubt_usd",
+            "Worst-case cost of the in-doubt entries not settled yet, in USD (for dashboards; \
+             exact figures are in the ledger reports)",
+            m.in_doubt_usd.clone(),
         );
         m.register_lag();
         m

@@ -178,6 +178,16 @@ pub struct DispatcherSettings {
     /// a time (one connection stays free for the jobs' queries). All dispatcher processes
     /// together hold at most 64 job messages (the jobs consumer's `max_ack_pending`).
     pub concurrent_jobs: usize,
+    /// A job not finished (`ingesting`, `dispatching`, `running`) with no live owner and no
+    /// progress for this long is finished by a sweep (docs/reliability.md, "Stuck jobs"):
+    /// its missing work re-published, or it is completed, or failed with a reason. Keep it
+    /// well above `ack_wait` (the dispatcher's and the workers'): a message held by a process
+    /// that died comes back by itself after `ack_wait`.
+    #[serde(with = "humantime_serde")]
+    pub stuck_after: Duration,
+    /// How often each dispatcher looks for stuck jobs.
+    #[serde(with = "humantime_serde")]
+    pub sweep_every: Duration,
 }
 
 impl Default for DispatcherSettings {
@@ -198,6 +208,8 @@ impl Default for DispatcherSettings {
             ack_wait: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(20),
             concurrent_jobs: 8,
+            stuck_after: Duration::from_secs(600),
+            sweep_every: Duration::from_secs(60),
         }
     }
 }
@@ -248,6 +260,18 @@ pub struct WorkerSettings {
     pub quota_headroom: f64,
     /// The per-model circuit breaker (`[worker.breaker]`).
     pub breaker: crate::reliability_settings::BreakerSettings,
+    /// Largest answer (bytes of its text) a call may return: a longer one fails its item
+    /// (the call is still booked). Bodies are read up to four times this plus 64 KiB.
+    pub max_answer_bytes: usize,
+}
+
+impl WorkerSettings {
+    /// The most of a provider's body a worker reads (an answer plus logprobs and JSON).
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_answer_bytes
+            .saturating_mul(4)
+            .saturating_add(64 * 1024)
+    }
 }
 
 impl Default for WorkerSettings {
@@ -264,6 +288,7 @@ impl Default for WorkerSettings {
             fleet_quota: true,
             quota_headroom: 0.98,
             breaker: crate::reliability_settings::BreakerSettings::default(),
+            max_answer_bytes: 1024 * 1024,
         }
     }
 }
@@ -532,6 +557,9 @@ impl Settings {
         if self.tiers.is_empty() {
             return bad("no tiers configured".into());
         }
+        if self.worker.max_answer_bytes == 0 {
+            return bad("worker.max_answer_bytes must be at least 1".into());
+        }
         for (name, tier) in &self.tiers {
             if Topology::new(name).is_err() {
                 return bad(format!(
@@ -618,6 +646,13 @@ impl Settings {
         }
         if d.concurrent_jobs == 0 {
             return bad("dispatcher.concurrent_jobs must be at least 1".into());
+        }
+        if d.stuck_after < Duration::from_secs(1) || d.sweep_every < Duration::from_millis(100) {
+            return bad(
+                "dispatcher.stuck_after must be at least 1s and dispatcher.sweep_every at least \
+                 100ms"
+                    .into(),
+            );
         }
         let w = &self.worker;
         if w.concurrency == 0 || w.fetch_batch == 0 || w.commit_batch == 0 {

@@ -42,9 +42,27 @@ pub struct CallRecord {
     /// test tell which client process made the call.
     #[serde(default)]
     pub client: Option<String>,
+    /// The client's id of the request (`X-Client-Request-Id`), if it sent one: Switchyard
+    /// sends its ledger call id, so the log can be matched to the ledger call by call.
+    #[serde(default)]
+    pub client_request_id: Option<String>,
+    /// Choices answered (a request's `n`); `answer`, `correct` and `confidence` are the
+    /// first one's, the tokens all of them.
+    #[serde(default = "one")]
+    pub choices: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl CallRecord {
+    /// True when the simulator sent this answer in full (usable or not): what it bills. A
+    /// call that hung past the client's timeout or whose connection broke is not billed.
+    pub fn billed(&self) -> bool {
+        self.status == 200 && !matches!(self.fault.as_deref(), Some("timeout" | "reset"))
+    }
+
     /// An empty record for `model` with `status`; `seq` and `unix_ms` are set when logged.
     pub fn new(model: impl Into<String>, status: u16) -> Self {
         Self {
@@ -62,6 +80,8 @@ impl CallRecord {
             unix_ms: 0,
             fault: None,
             client: None,
+            choices: 1,
+            client_request_id: None,
         }
     }
 }

@@ -58,6 +58,10 @@ pub struct SimArgs {
     /// Append one JSON line per call to this file.
     #[arg(long, value_name = "FILE")]
     pub call_log: Option<PathBuf>,
+    /// Never send logprobs (a provider without them): repeated samples (`n`, `seed`) are
+    /// the only confidence signal, and disagree more often on wrong answers at --auroc.
+    #[arg(long)]
+    pub no_logprobs: bool,
 }
 
 /// Loads the data, serves until `shutdown` is cancelled, then stops the server.
@@ -122,6 +126,7 @@ fn config_from(args: &SimArgs) -> SimConfig {
             ..Faults::default()
         },
         call_log_path: args.call_log.clone(),
+        logprobs: !args.no_logprobs,
         ..SimConfig::default()
     }
 }

@@ -29,6 +29,10 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Also append each call as a JSON line to this file.
     pub call_log_path: Option<PathBuf>,
+    /// Send logprobs when asked (`false`: the no-logprobs mode of providers that never do;
+    /// the agreement of repeated samples is then the only confidence signal, see
+    /// [`crate::replay::sample`]).
+    pub logprobs: bool,
 }
 
 impl Default for SimConfig {
@@ -43,6 +47,7 @@ impl Default for SimConfig {
             tpm_limit: None,
             faults: Faults::default(),
             call_log_path: None,
+            logprobs: true,
         }
     }
 }

@@ -8,7 +8,9 @@
 //! Besides HTTP errors, the simulator misbehaves the way real providers and proxies do at the
 //! body level: the connection breaks mid-response (`reset`), the body dribbles in slowly
 //! (`trickle`), is cut short (`malformed_json`), lacks `usage` (`no_usage`) or has an empty
-//! `choices` list (`empty_choices`).
+//! `choices` list (`empty_choices`); it answers odd but complete bodies (`odd_answer`, see
+//! [`OddAnswer`]); and it can number its response ids in a small range
+//! (`response_id_pool`), as some OpenAI-compatible servers do.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -32,6 +34,16 @@ pub struct Faults {
     /// The next N calls answer 429 with `Retry-After: retry_after_secs`.
     pub rate_limit_next: u32,
     pub retry_after_secs: u32,
+    /// A provider whose quota window is spent: every call for this long, counted from the
+    /// first call after the faults were set, answers 429 with `Retry-After:
+    /// retry_after_secs` (after `fail_next` and `rate_limit_next`). Unlike
+    /// `rate_limit_next`, which refuses the next N calls whenever they come, this refuses
+    /// by time, as a real provider does: however the calls are spread, one window.
+    #[serde(with = "duration_serde")]
+    pub rate_limit_window: Duration,
+    /// When the window opened ends (set by the first call in it).
+    #[serde(skip)]
+    pub rate_limit_window_ends: Option<std::time::Instant>,
     /// The next calls fail with these faults, in order (after `fail_next` and
     /// `rate_limit_next`).
     pub script: VecDeque<FaultKind>,
@@ -48,6 +60,55 @@ pub struct Faults {
     /// How long a trickling body takes from first to last byte.
     #[serde(with = "duration_serde")]
     pub trickle: Duration,
+    /// Fraction of calls answered with an odd but complete body (one of [`OddAnswer`], in
+    /// turn): billed like any answer.
+    pub odd_rate: f64,
+    /// Size of the huge answer among the odd ones, in bytes.
+    pub huge_answer_bytes: usize,
+    /// Response ids drawn from `chatcmpl-0` .. `chatcmpl-<pool-1>` (0: every id unique).
+    pub response_id_pool: u32,
+}
+
+/// The odd answers (`odd_answer` faults), each a complete `200` body a provider may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OddAnswer {
+    /// The answer holds NUL and other control characters (escaped in the JSON).
+    ControlChars,
+    /// The answer holds a lone UTF-16 surrogate escape (`\ud800`), which no UTF-8 text holds.
+    LoneSurrogate,
+    /// The answer is the empty string.
+    Empty,
+    /// `usage` with a negative prompt count, a string and a float.
+    OddUsage,
+    /// `id` is a number, `content` an array of text parts.
+    OddShapes,
+    /// An answer of [`Faults::huge_answer_bytes`].
+    Huge,
+}
+
+impl OddAnswer {
+    /// Every odd answer, in the order the rate hands them out.
+    pub const ALL: [OddAnswer; 6] = [
+        OddAnswer::ControlChars,
+        OddAnswer::LoneSurrogate,
+        OddAnswer::Empty,
+        OddAnswer::OddUsage,
+        OddAnswer::OddShapes,
+        OddAnswer::Huge,
+    ];
+
+    /// The name in the call log's `fault` field (`odd_<kind>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OddAnswer::ControlChars => "odd_control_chars",
+            OddAnswer::LoneSurrogate => "odd_lone_surrogate",
+            OddAnswer::Empty => "odd_empty",
+            OddAnswer::OddUsage => "odd_usage",
+            OddAnswer::OddShapes => "odd_shapes",
+            OddAnswer::Huge => "odd_huge",
+        }
+    }
 }
 
 /// A fault that can be scripted (`script`) by name: `http_500`, `http_502`, `http_503`,
@@ -70,6 +131,8 @@ pub enum FaultKind {
     MalformedJson,
     NoUsage,
     EmptyChoices,
+    /// An odd answer of the given kind.
+    Odd(OddAnswer),
 }
 
 impl Default for Faults {
@@ -81,6 +144,8 @@ impl Default for Faults {
             fail_next: 0,
             rate_limit_next: 0,
             retry_after_secs: 1,
+            rate_limit_window: Duration::ZERO,
+            rate_limit_window_ends: None,
             script: VecDeque::new(),
             reset_rate: 0.0,
             malformed_rate: 0.0,
@@ -88,6 +153,9 @@ impl Default for Faults {
             empty_choices_rate: 0.0,
             trickle_rate: 0.0,
             trickle: Duration::from_secs(2),
+            odd_rate: 0.0,
+            huge_answer_bytes: 2 * 1024 * 1024,
+            response_id_pool: 0,
         }
     }
 }
@@ -121,6 +189,8 @@ pub enum Fault {
     NoUsage,
     /// 200 with `choices: []`.
     EmptyChoices,
+    /// 200 with an odd but complete body.
+    Odd(OddAnswer),
 }
 
 impl Fault {
@@ -140,13 +210,23 @@ impl Fault {
             Fault::MalformedJson => "malformed_json",
             Fault::NoUsage => "no_usage",
             Fault::EmptyChoices => "empty_choices",
+            Fault::Odd(kind) => kind.name(),
         }
     }
 
     /// True when the client gets a usable answer (possibly slowly, or without `usage`): the
     /// call log keeps its response id, so it can be matched with the client's books.
     pub fn answers(&self) -> bool {
-        matches!(self, Fault::Timeout | Fault::Trickle | Fault::NoUsage)
+        matches!(
+            self,
+            Fault::Timeout | Fault::Trickle | Fault::NoUsage | Fault::Odd(_)
+        )
+    }
+
+    /// True when the answer reaches the client in full, usable or not: what a provider
+    /// bills. A call that hung past the client's timeout or whose connection broke does not.
+    pub fn billed(&self) -> bool {
+        self.status() == 200 && !matches!(self, Fault::Timeout | Fault::Reset)
     }
 
     /// The HTTP status the call answers with.
@@ -163,7 +243,8 @@ impl Fault {
             | Fault::Trickle
             | Fault::MalformedJson
             | Fault::NoUsage
-            | Fault::EmptyChoices => 200,
+            | Fault::EmptyChoices
+            | Fault::Odd(_) => 200,
         }
     }
 
@@ -215,7 +296,8 @@ impl Fault {
             | Fault::Trickle
             | Fault::MalformedJson
             | Fault::NoUsage
-            | Fault::EmptyChoices => return None,
+            | Fault::EmptyChoices
+            | Fault::Odd(_) => return None,
         })
     }
 }
@@ -239,6 +321,7 @@ impl FaultKind {
             FaultKind::MalformedJson => Fault::MalformedJson,
             FaultKind::NoUsage => Fault::NoUsage,
             FaultKind::EmptyChoices => Fault::EmptyChoices,
+            FaultKind::Odd(kind) => Fault::Odd(kind),
         }
     }
 }
@@ -256,6 +339,19 @@ impl Faults {
                 retry_after_secs: self.retry_after_secs,
             });
         }
+        if !self.rate_limit_window.is_zero() {
+            let now = std::time::Instant::now();
+            let ends = *self
+                .rate_limit_window_ends
+                .get_or_insert(now + self.rate_limit_window);
+            if now < ends {
+                return Some(Fault::RateLimitNext {
+                    retry_after_secs: self.retry_after_secs,
+                });
+            }
+            self.rate_limit_window = Duration::ZERO;
+            self.rate_limit_window_ends = None;
+        }
         let retry_after_secs = self.retry_after_secs;
         self.script
             .pop_front()
@@ -263,7 +359,8 @@ impl Faults {
     }
 
     /// The body-level fault for a call, given one uniform roll in `[0, 1)`: the rates are
-    /// stacked (`reset`, `malformed_json`, `no_usage`, `empty_choices`, `trickle`).
+    /// stacked (`reset`, `malformed_json`, `no_usage`, `empty_choices`, `trickle`, then the
+    /// odd answers, their kind taken from where the roll falls within `odd_rate`).
     pub fn roll_body(&self, roll: f64) -> Option<Fault> {
         let mut edge = 0.0;
         for (rate, fault) in [
@@ -277,6 +374,11 @@ impl Faults {
             if roll < edge {
                 return Some(fault);
             }
+        }
+        if self.odd_rate > 0.0 && roll < edge + self.odd_rate {
+            let n = OddAnswer::ALL.len();
+            let index = (((roll - edge) / self.odd_rate) * n as f64) as usize;
+            return Some(Fault::Odd(OddAnswer::ALL[index.min(n - 1)]));
         }
         None
     }
@@ -339,6 +441,28 @@ mod tests {
                 retry_after_secs: 7
             })
         );
+        assert_eq!(faults.take_scripted(), None);
+    }
+
+    #[test]
+    fn a_rate_limit_window_refuses_every_call_until_it_ends() {
+        let mut faults = Faults {
+            rate_limit_window: Duration::from_secs(3600),
+            retry_after_secs: 2,
+            ..Faults::default()
+        };
+        for _ in 0..50 {
+            assert_eq!(
+                faults.take_scripted(),
+                Some(Fault::RateLimitNext {
+                    retry_after_secs: 2
+                })
+            );
+        }
+        // A window that has ended is closed for good.
+        faults.rate_limit_window_ends = Some(std::time::Instant::now());
+        assert_eq!(faults.take_scripted(), None);
+        assert_eq!(faults.rate_limit_window, Duration::ZERO);
         assert_eq!(faults.take_scripted(), None);
     }
 

@@ -11,7 +11,7 @@
 //! - [`synthetic`]: answers for prompts the data does not know.
 //! - [`openai`]: the chat-completions wire format and logprobs.
 //! - [`faults`] and [`rate_limit`]: injected failures and rpm/tpm quotas.
-//! - [`call_log`]: the record of every call served.
+//! - [`call_log`]: the record of every call served; [`bill`]: its exact bill at given prices.
 //! - [`server`]: the axum routes; [`start`] returns a [`SimHandle`].
 //! - [`cli`]: `switchyard sim`.
 //!
@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+pub mod bill;
 pub mod call_log;
 pub mod cli;
 pub mod confidence;
@@ -43,10 +44,11 @@ pub mod replay;
 pub mod server;
 pub mod synthetic;
 
+pub use bill::{Bill, ModelPrice};
 pub use call_log::CallRecord;
 pub use confidence::auroc;
 pub use config::SimConfig;
 pub use dataset::{Dataset, ModelRecord, Record};
 pub use error::SimError;
-pub use faults::{FaultKind, Faults};
+pub use faults::{FaultKind, Faults, OddAnswer};
 pub use server::{SimHandle, start};

@@ -18,14 +18,25 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub max_completion_tokens: Option<u32>,
-    /// Accepted and ignored: the simulator is deterministic.
+    /// Above 0, the choices are samples (see [`ChatRequest::sample_indices`]); at 0 or
+    /// absent, every choice is the answer (greedy decoding repeats itself).
     #[serde(default)]
     pub temperature: Option<f64>,
     #[serde(default)]
     pub logprobs: Option<bool>,
     #[serde(default)]
     pub top_logprobs: Option<u32>,
+    /// Choices to return (OpenAI's `n`).
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// With a temperature above 0, which sample the first choice is (0, the default, is the
+    /// answer itself): a client that cannot ask for `n` asks again with seeds 1, 2, ….
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
+
+/// At most this many choices per request.
+pub const MAX_CHOICES: u32 = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Message {
@@ -102,6 +113,18 @@ impl ChatRequest {
         self.messages.iter().map(|m| m.text().chars().count()).sum()
     }
 
+    /// The sample of each choice (`n` of them, 1 to [`MAX_CHOICES`]): with a temperature
+    /// above 0, samples `seed`, `seed + 1`, …; otherwise sample 0 every time.
+    pub fn sample_indices(&self) -> Vec<u64> {
+        let n = u64::from(self.n.unwrap_or(1).clamp(1, MAX_CHOICES));
+        if self.temperature.is_some_and(|t| t > 0.0) {
+            let first = self.seed.unwrap_or(0);
+            (0..n).map(|j| first.saturating_add(j)).collect()
+        } else {
+            vec![0; n as usize]
+        }
+    }
+
     /// The completion budget, whichever of the two spellings was used.
     pub fn max_tokens(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.max_tokens)
@@ -170,26 +193,50 @@ impl ChatResponse {
         answer: &Answer,
         top_logprobs: Option<u32>,
     ) -> Self {
+        Self::with_choices(
+            id,
+            created,
+            model,
+            std::slice::from_ref(answer),
+            top_logprobs,
+        )
+    }
+
+    /// The response with one choice per answer (at least one). The prompt is billed once,
+    /// every choice's completion (as OpenAI bills `n`).
+    pub fn with_choices(
+        id: String,
+        created: u64,
+        model: String,
+        answers: &[Answer],
+        top_logprobs: Option<u32>,
+    ) -> Self {
+        let prompt_tokens = answers.first().map_or(0, |a| a.prompt_tokens);
+        let completion_tokens = answers
+            .iter()
+            .fold(0u32, |sum, a| sum.saturating_add(a.completion_tokens));
         Self {
             id,
             object: "chat.completion",
             created,
             model,
-            choices: vec![Choice {
-                index: 0,
-                message: ResponseMessage {
-                    role: "assistant",
-                    content: answer.content.clone(),
-                },
-                logprobs: top_logprobs.map(|n| logprobs(answer, n as usize)),
-                finish_reason: "stop",
-            }],
+            choices: answers
+                .iter()
+                .enumerate()
+                .map(|(i, answer)| Choice {
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    message: ResponseMessage {
+                        role: "assistant",
+                        content: answer.content.clone(),
+                    },
+                    logprobs: top_logprobs.map(|n| logprobs(answer, n as usize)),
+                    finish_reason: "stop",
+                })
+                .collect(),
             usage: Usage {
-                prompt_tokens: answer.prompt_tokens,
-                completion_tokens: answer.completion_tokens,
-                total_tokens: answer
-                    .prompt_tokens
-                    .saturating_add(answer.completion_tokens),
+                prompt_tokens,
+                completion_tokens,
+                total_tokens: prompt_tokens.saturating_add(completion_tokens),
             },
         }
     }

@@ -8,7 +8,7 @@
 
 use crate::confidence::Calibration;
 use crate::dataset::{Dataset, ModelRecord, Record};
-use crate::hashing::{stable_hash, standard_normal};
+use crate::hashing::{pick, stable_hash, standard_normal, unit_interval};
 use crate::synthetic;
 
 /// The parts of a chat request that decide the answer.
@@ -136,6 +136,66 @@ fn synthetic_answer(
         labels,
         prompt_tokens,
     }
+}
+
+/// Sample `index` of the answer to `question`: 0 is [`answer`]; a later sample repeats it
+/// with probability equal to its confidence, else gives a different answer (see the module
+/// docs). Pure: the same (question, seed, index) always gives the same sample.
+pub fn sample(
+    dataset: &Dataset,
+    calibration: &Calibration,
+    seed: u64,
+    question: &Question<'_>,
+    index: u64,
+) -> Answer {
+    let first = answer(dataset, calibration, seed, question);
+    if index == 0 {
+        return first;
+    }
+    let key = first
+        .record_id
+        .clone()
+        .unwrap_or_else(|| question.text.trim().to_owned());
+    let roll = unit_interval(stable_hash(&[
+        b"sample",
+        &seed.to_le_bytes(),
+        key.as_bytes(),
+        question.model.as_bytes(),
+        &index.to_le_bytes(),
+    ]));
+    if roll < first.confidence {
+        return first;
+    }
+    let mut other = first.clone();
+    match &first.labels {
+        Some(labels) if labels.len() > 1 => {
+            let others: Vec<&String> = labels.iter().filter(|l| **l != first.content).collect();
+            let h = stable_hash(&[b"sample-label", key.as_bytes(), &index.to_le_bytes()]);
+            if let Some(label) = others.get(pick(h, others.len().max(1))) {
+                other.content = (*label).clone();
+            }
+        }
+        _ => {
+            // Another text: an extractive summary of the prompt from a later sentence, so
+            // different samples differ from the answer and from each other.
+            let text = dataset
+                .lookup(question.text)
+                .map_or(question.text, |r| r.prompt.as_str());
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let skip = pick(
+                stable_hash(&[b"sample-text", key.as_bytes(), &index.to_le_bytes()]),
+                words.len().max(1),
+            ) / 2;
+            other.content = synthetic::summary(&words[skip..].join(" "), question.max_tokens);
+            other.completion_tokens = synthetic::estimate_tokens(&other.content).max(1);
+        }
+    }
+    // A different answer was not recorded: its quality is unknown to the replay.
+    if other.content != first.content {
+        other.correct = None;
+        other.score = None;
+    }
+    other
 }
 
 /// The standard normal noise of one (item, model) pair under `seed`.
@@ -339,6 +399,63 @@ mod tests {
                 &question("m0", &record.prompt, letters),
             );
             assert_eq!(same, letter);
+        }
+    }
+
+    #[test]
+    fn samples_repeat_right_answers_more_often_than_wrong_ones() {
+        let data = synthetic_mmlu(3_000, 2);
+        for target in [0.75, 0.85] {
+            let calibration = Calibration::new(target, crate::confidence::DEFAULT_BIAS);
+            let mut pairs = Vec::new();
+            let mut latent = Vec::new();
+            for record in data.records() {
+                let q = question("m0", &record.prompt, "");
+                let first = answer(&data, &calibration, 9, &q);
+                assert_eq!(sample(&data, &calibration, 9, &q, 0), first);
+                let agree = (1..=4)
+                    .filter(|&i| sample(&data, &calibration, 9, &q, i).content == first.content)
+                    .count();
+                let right = first.correct.unwrap();
+                pairs.push((agree as f64, right));
+                latent.push((first.confidence, right));
+                // Stable, and a different sample is another label.
+                let s = sample(&data, &calibration, 9, &q, 3);
+                assert_eq!(s, sample(&data, &calibration, 9, &q, 3));
+                assert!(["A", "B", "C", "D"].contains(&s.content.as_str()));
+            }
+            let measured = auroc(&pairs).unwrap();
+            let exact = auroc(&latent).unwrap();
+            assert!((exact - target).abs() < 0.03, "{target}: latent {exact}");
+            // Four samples see the signal through binomial noise: weaker, never inverted.
+            assert!(
+                measured > 0.5 + (target - 0.5) / 2.0,
+                "{target}: samples {measured}"
+            );
+            assert!(measured < target + 0.02, "{target}: samples {measured}");
+        }
+    }
+
+    #[test]
+    fn text_samples_drift_to_other_texts() {
+        let text = concat!(
+            r#"{"id":"n1","task":"summarize","prompt":"Alpha beta gamma. Delta epsilon zeta. Eta theta iota kappa lambda mu.","#,
+            r#""models":{"w":{"score":0.2,"response":"Alpha beta.","prompt_tokens":20,"completion_tokens":3},"#,
+            r#""s":{"score":0.9,"response":"Gamma delta.","prompt_tokens":20,"completion_tokens":3}}}"#
+        );
+        let data = Dataset::from_jsonl_str("news.jsonl", text).unwrap();
+        let calibration = Calibration::new(0.99, -6.0);
+        let prompt = &data.records().next().unwrap().prompt;
+        let q = question("w", prompt, "");
+        let first = answer(&data, &calibration, 0, &q);
+        assert_eq!(first.content, "Alpha beta.");
+        let drifted: Vec<Answer> = (1..=6)
+            .map(|i| sample(&data, &calibration, 0, &q, i))
+            .collect();
+        assert!(drifted.iter().any(|a| a.content != first.content));
+        for a in drifted.iter().filter(|a| a.content != first.content) {
+            assert_eq!((a.correct, a.score), (None, None));
+            assert!(a.completion_tokens >= 1);
         }
     }
 

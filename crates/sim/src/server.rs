@@ -7,6 +7,8 @@
 //! | `GET /v1/models` | the dataset's model names |
 //! | `GET /sim/calls` | the call log as a JSON array |
 //! | `GET`/`PUT /sim/faults` | read or replace the [`Faults`] at run time |
+//! | `GET`/`PUT /sim/prices` | read or replace the prices the bill uses (model → [`ModelPrice`]) |
+//! | `GET /v1/bill` | the exact bill of the call log at those prices ([`crate::bill`]) |
 //! | `GET /healthz` | 200 when serving |
 //!
 //! A chat call goes through: parse (400 if malformed) → decide the answer → scripted faults →
@@ -18,7 +20,7 @@
 //! Calls in flight are counted per client tag ([`SimHandle::in_flight`]), so a chaos test can
 //! say how many calls a process had open when it was killed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,12 +36,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::bill::{Bill, ModelPrice};
 use crate::call_log::{CallLog, CallRecord};
 use crate::confidence::Calibration;
 use crate::config::SimConfig;
 use crate::dataset::Dataset;
 use crate::error::SimError;
-use crate::faults::{Fault, Faults};
+use crate::faults::{Fault, Faults, OddAnswer};
 use crate::hashing::SplitMix64;
 use crate::openai::{ChatRequest, ChatResponse, ErrorBody, ModelList};
 use crate::rate_limit::RateLimiter;
@@ -70,6 +73,7 @@ pub async fn start(
         rng: Mutex::new(SplitMix64::new(config.seed)),
         in_flight: Mutex::new(HashMap::new()),
         log,
+        prices: Mutex::new(BTreeMap::new()),
         dataset,
         config,
         stop: stop.clone(),
@@ -183,6 +187,8 @@ struct AppState {
     /// Calls being served, per client tag (`""` for untagged routes).
     in_flight: Mutex<HashMap<String, u64>>,
     log: CallLog,
+    /// What the provider charges, for `GET /v1/bill`.
+    prices: Mutex<BTreeMap<String, ModelPrice>>,
     stop: CancellationToken,
 }
 
@@ -274,31 +280,52 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/c/{tag}/v1/models", get(list_models))
         .route("/sim/calls", get(list_calls))
         .route("/sim/faults", get(get_faults).put(put_faults))
+        .route("/sim/prices", get(get_prices).put(put_prices))
+        .route("/v1/bill", get(get_bill))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-async fn untagged_chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    chat_completions(state, None, body).await
+async fn untagged_chat(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    chat_completions(state, None, request_id(&headers), body).await
 }
 
 async fn tagged_chat(
     State(state): State<Arc<AppState>>,
     Path(tag): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    chat_completions(state, Some(tag), body).await
+    chat_completions(state, Some(tag), request_id(&headers), body).await
 }
 
-async fn chat_completions(state: Arc<AppState>, client: Option<String>, body: Bytes) -> Response {
+/// The client's id of the request (`X-Client-Request-Id`), as OpenAI logs it.
+fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn chat_completions(
+    state: Arc<AppState>,
+    client: Option<String>,
+    client_request_id: Option<String>,
+    body: Bytes,
+) -> Response {
     let _in_flight = InFlight::new(&state, client.as_deref().unwrap_or_default());
     let request = match ChatRequest::parse(&body) {
         Ok(request) => request,
         Err(message) => {
             let mut call = CallRecord::new(model_hint(&body), 400);
             call.client = client;
+            call.client_request_id = client_request_id;
             state.log.record(call);
             let error = ErrorBody::new(message, "invalid_request_error", "invalid_request");
             return error_response(StatusCode::BAD_REQUEST, error, None);
@@ -313,21 +340,31 @@ async fn chat_completions(state: Arc<AppState>, client: Option<String>, body: By
         prompt_chars: request.prompt_chars(),
         max_tokens: request.max_tokens(),
     };
-    let answer = replay::answer(
-        &state.dataset,
-        &state.calibration,
-        state.config.seed,
-        &question,
-    );
-    let tokens = answer
-        .prompt_tokens
-        .saturating_add(answer.completion_tokens);
+    let answers: Vec<replay::Answer> = request
+        .sample_indices()
+        .into_iter()
+        .map(|i| {
+            replay::sample(
+                &state.dataset,
+                &state.calibration,
+                state.config.seed,
+                &question,
+                i,
+            )
+        })
+        .collect();
+    let answer = &answers[0];
+    let completion_tokens = answers
+        .iter()
+        .fold(0u32, |sum, a| sum.saturating_add(a.completion_tokens));
+    let tokens = answer.prompt_tokens.saturating_add(completion_tokens);
     let (fault, hang, trickle) = state.decide_fault(&request.model, tokens);
 
     let mut call = CallRecord::new(request.model.clone(), fault.map_or(200, |f| f.status()));
     call.record_id.clone_from(&answer.record_id);
     call.fault = fault.map(|f| f.name().to_owned());
     call.client = client;
+    call.client_request_id = client_request_id;
 
     // Every fault but a timeout answers an error instead of the answer.
     let failure = fault.and_then(|f| Some((f, f.error()?)));
@@ -344,7 +381,12 @@ async fn chat_completions(state: Arc<AppState>, client: Option<String>, body: By
     }
 
     state.pause(state.latency()).await;
-    let response_id = format!("chatcmpl-{}", Uuid::now_v7().simple());
+    let faults_now = state.faults().clone();
+    let pool_roll = lock(&state.rng).next_u64();
+    let response_id = match faults_now.response_id_pool {
+        0 => format!("chatcmpl-{}", Uuid::now_v7().simple()),
+        pool => format!("chatcmpl-{}", pool_roll % u64::from(pool)),
+    };
     // Only an answer the client can use is matched with its books.
     if fault.is_none_or(|f| f.answers()) {
         call.response_id = Some(response_id.clone());
@@ -354,21 +396,26 @@ async fn chat_completions(state: Arc<AppState>, client: Option<String>, body: By
     call.score = answer.score;
     call.confidence = Some(answer.confidence);
     call.prompt_tokens = answer.prompt_tokens;
-    call.completion_tokens = answer.completion_tokens;
+    call.completion_tokens = completion_tokens;
+    call.choices = u32::try_from(answers.len()).unwrap_or(u32::MAX);
+    if fault == Some(Fault::Odd(OddAnswer::Huge)) {
+        // Billed for what it generated.
+        let extra = u32::try_from(faults_now.huge_answer_bytes.div_ceil(4)).unwrap_or(u32::MAX);
+        call.completion_tokens = call.completion_tokens.saturating_add(extra);
+    }
     state.log.record(call);
 
     if fault == Some(Fault::Timeout) {
         state.pause(hang).await;
     }
-    let top_logprobs = request
-        .logprobs
-        .unwrap_or(false)
+    // In the no-logprobs mode the provider never sends them, asked or not.
+    let top_logprobs = (state.config.logprobs && request.logprobs.unwrap_or(false))
         .then(|| request.top_logprobs.unwrap_or(0));
-    let response = ChatResponse::new(
+    let response = ChatResponse::with_choices(
         response_id,
         unix_secs(),
         request.model.clone(),
-        &answer,
+        &answers,
         top_logprobs,
     );
     match fault {
@@ -383,8 +430,55 @@ async fn chat_completions(state: Arc<AppState>, client: Option<String>, body: By
             v["choices"] = serde_json::Value::Array(Vec::new());
         }),
         Some(Fault::Trickle) => trickling_body(&response, trickle),
+        Some(Fault::Odd(kind)) => odd_body(response, kind, faults_now.huge_answer_bytes),
         _ => Json(response).into_response(),
     }
+}
+
+/// A complete `200` body that is odd in the way `kind` says.
+fn odd_body(mut response: ChatResponse, kind: OddAnswer, huge_bytes: usize) -> Response {
+    // Private-use characters mark where the lone surrogate goes: serde_json writes them as
+    // they are, and cannot write a lone surrogate itself.
+    const MARK: &str = "\u{e000}\u{e001}";
+    let Some(choice) = response.choices.first_mut() else {
+        return Json(response).into_response();
+    };
+    let content = &mut choice.message.content;
+    match kind {
+        OddAnswer::ControlChars => content.push_str("\u{0}\u{1}\u{7}\u{1b}[0m\u{0}"),
+        OddAnswer::LoneSurrogate => content.push_str(MARK),
+        OddAnswer::Empty => content.clear(),
+        OddAnswer::Huge => {
+            content.push_str(&"x".repeat(huge_bytes));
+            // It generated them, so it bills them (see the call record) and says so in its
+            // usage, as a provider does.
+            let extra = u32::try_from(huge_bytes.div_ceil(4)).unwrap_or(u32::MAX);
+            let u = &mut response.usage;
+            u.completion_tokens = u.completion_tokens.saturating_add(extra);
+            u.total_tokens = u.prompt_tokens.saturating_add(u.completion_tokens);
+        }
+        OddAnswer::OddUsage | OddAnswer::OddShapes => {}
+    }
+    let mut value = serde_json::to_value(&response).unwrap_or_default();
+    match kind {
+        OddAnswer::OddUsage => {
+            value["usage"] = serde_json::json!({
+                "prompt_tokens": -5, "completion_tokens": "7", "total_tokens": 1.5
+            });
+        }
+        OddAnswer::OddShapes => {
+            value["id"] = serde_json::json!(12345);
+            let text = value["choices"][0]["message"]["content"].clone();
+            value["choices"][0]["message"]["content"] =
+                serde_json::json!([{"type": "text", "text": text}]);
+        }
+        _ => {}
+    }
+    let mut text = serde_json::to_string(&value).unwrap_or_default();
+    if kind == OddAnswer::LoneSurrogate {
+        text = text.replace(MARK, "\\ud800");
+    }
+    json_response(text)
 }
 
 fn json_response(body: impl Into<axum::body::Body>) -> Response {
@@ -452,6 +546,32 @@ async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
 
 async fn list_calls(State(state): State<Arc<AppState>>) -> Json<Vec<CallRecord>> {
     Json(state.log.snapshot())
+}
+
+async fn get_prices(State(state): State<Arc<AppState>>) -> Json<BTreeMap<String, ModelPrice>> {
+    Json(lock(&state.prices).clone())
+}
+
+async fn put_prices(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<BTreeMap<String, ModelPrice>>(&body) {
+        Ok(prices) => {
+            *lock(&state.prices) = prices.clone();
+            Json(prices).into_response()
+        }
+        Err(error) => {
+            let message = format!(
+                "invalid prices (expected {{\"model\": {{\"input_usd_per_mtok\": \"0.15\", \
+                 \"output_usd_per_mtok\": \"0.6\"}}}}): {error}"
+            );
+            let error = ErrorBody::new(message, "invalid_request_error", "invalid_request");
+            error_response(StatusCode::BAD_REQUEST, error, None)
+        }
+    }
+}
+
+async fn get_bill(State(state): State<Arc<AppState>>) -> Json<Bill> {
+    let prices = lock(&state.prices).clone();
+    Json(crate::bill::bill(&state.log.snapshot(), &prices))
 }
 
 async fn get_faults(State(state): State<Arc<AppState>>) -> Json<Faults> {

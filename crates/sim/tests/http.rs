@@ -586,3 +586,65 @@ async fn latency_delays_answers() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn without_logprobs_samples_are_the_signal_and_n_is_billed_per_choice() {
+    let sim = start(SimConfig {
+        logprobs: false,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut body = chat(WEAK, &mmlu_prompt("mmlu-1"));
+    body["n"] = json!(5);
+    body["temperature"] = json!(0.7);
+    body["seed"] = json!(0);
+    let v: Value = post(&sim, &body).await.json().await.unwrap();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 5);
+    // Asked for logprobs, none sent.
+    assert!(choices.iter().all(|c| c["logprobs"].is_null()));
+    // Choice 0 is the replayed answer; every choice is a letter.
+    let greedy: Value = post(&sim, &chat(WEAK, &mmlu_prompt("mmlu-1")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        choices[0]["message"]["content"],
+        greedy["choices"][0]["message"]["content"]
+    );
+    for c in choices {
+        let letter = c["message"]["content"].as_str().unwrap();
+        assert!(["A", "B", "C", "D"].contains(&letter), "{letter}");
+    }
+    // The prompt is billed once, each choice's completion.
+    assert_eq!(v["usage"]["prompt_tokens"], 24);
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    // The same samples one call at a time: seed j is choice j.
+    for j in 1..5u64 {
+        let mut one = chat(WEAK, &mmlu_prompt("mmlu-1"));
+        one["temperature"] = json!(0.7);
+        one["seed"] = json!(j);
+        let v: Value = post(&sim, &one).await.json().await.unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            choices[j as usize]["message"]["content"]
+        );
+    }
+    // Greedy decoding repeats itself: n choices at temperature 0 are all the answer.
+    let mut greedy_n = chat(WEAK, &mmlu_prompt("mmlu-1"));
+    greedy_n["n"] = json!(3);
+    let v: Value = post(&sim, &greedy_n).await.json().await.unwrap();
+    let first = &v["choices"][0]["message"]["content"];
+    assert!(
+        v["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| &c["message"]["content"] == first)
+    );
+    let calls = sim.calls();
+    assert_eq!(calls[0].choices, 5);
+    assert_eq!(calls[0].completion_tokens, 5);
+    sim.shutdown().await;
+}

@@ -7,14 +7,25 @@
 //!    team's month row adds it to `reserved_usd` only if `spent + reserved + amount <= limit`;
 //!    Postgres evaluates that condition on the latest row version under the row lock, so two
 //!    workers can never both take the last dollar. A hold expires at `expires_at`.
-//! 2. **Renew** the hold while the call is in flight ([`renew`]): a slow worker keeps it.
+//! 2. **Renew** the hold while the call is in flight ([`renew_holds`]): every worker process
+//!    renews the holds it tracks in one statement, on a task of its own, together with its
+//!    lease ([`crate::intents::renew_lease`]); a slow call or a stalled loop never loses one,
+//!    and a hold it lost track of (a failed release) expires.
 //! 3. **Settle** in the transaction that books the call ([`settle_in`]): the hold is deleted
 //!    and the actual cost is added to `spent_usd` by the ledger trigger, in the same commit.
 //! 4. **Release** the hold when the call fails or is given back ([`release`]).
 //!
 //! A worker that died stops renewing; when a reservation does not fit, expired holds of the
-//! team are reclaimed first (a dead worker's hold is lost, a live one's never is). Lock order,
-//! everywhere: the team's month row before its reservation rows.
+//! team are reclaimed first (a dead worker's hold is lost, a live one's never is), and
+//! [`release_expired`] gives back expired holds of any month. After a Postgres restart every
+//! hold looks expired: nothing is reclaimed until the server has been up for one lease, so
+//! live workers renew theirs first. Lock order, everywhere: the team's month row before its
+//! reservation rows.
+//!
+//! **Months.** A hold is taken in the UTC month of its time (the database's clock), and the
+//! call it holds for is priced at that same time (`held_at` of [`Reservation::Held`]), so the
+//! ledger spends it in the month it was held in: a hold at 23:59:59.9 whose call is booked
+//! after midnight leaves neither month over its limit.
 
 use std::time::Duration;
 
@@ -25,6 +36,16 @@ use sqlx::{PgConnection, PgPool};
 
 /// The current UTC month, as budget rows key it.
 const MONTH_NOW: &str = "date_trunc('month', now() AT TIME ZONE 'UTC')::date";
+
+/// The UTC month of a hold's time (`$9`: a test clock, `NULL` in production: now).
+const MONTH_AT: &str =
+    "date_trunc('month', COALESCE($9::timestamptz, now()) AT TIME ZONE 'UTC')::date";
+
+/// True when expired holds may be taken: the server has been up for one lease (the
+/// parameter `lease_param`, in seconds), so live workers had a chance to renew theirs.
+fn up_for(lease_param: &str) -> String {
+    format!("now() - pg_postmaster_start_time() > make_interval(secs => {lease_param})")
+}
 
 /// What a call that does not fit its team's budget does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -288,6 +309,9 @@ pub struct HoldRequest<'a> {
     pub model: &'a str,
     /// How long the hold lives without renewal.
     pub lease: Duration,
+    /// The hold's time; `None` (production): the database's clock. Tests set it to take a
+    /// hold at a month's last instant.
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// What a reservation found.
@@ -295,8 +319,12 @@ pub struct HoldRequest<'a> {
 pub enum Reservation {
     /// The team has no budget: nothing to hold.
     Unbudgeted,
-    /// Held; settle or release it by this id.
-    Held { reservation_id: i64 },
+    /// Held; settle or release it by this id. `held_at` is the hold's time: the call is
+    /// priced at it, so its spend lands in the hold's month.
+    Held {
+        reservation_id: i64,
+        held_at: DateTime<Utc>,
+    },
     /// The call's worst case does not fit what is left this month.
     DoesNotFit {
         available_usd: Decimal,
@@ -310,14 +338,15 @@ pub enum Reservation {
 /// Database errors only.
 pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reservation> {
     // Fast path, one statement: the month row exists and the amount fits.
-    let held: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let held: Option<(i64, DateTime<Utc>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH upd AS (UPDATE budget_periods p SET reserved_usd = p.reserved_usd + $2 \
-           FROM budgets b WHERE p.team = $1 AND p.month = {MONTH_NOW} AND b.team = p.team \
+           FROM budgets b WHERE p.team = $1 AND p.month = {MONTH_AT} AND b.team = p.team \
            AND p.spent_usd + p.reserved_usd + $2 <= b.monthly_usd RETURNING p.team, p.month) \
          INSERT INTO budget_reservations (team, month, amount_usd, holder, job_id, item_id, \
-           attempt, model, expires_at) \
-         SELECT team, month, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8) FROM upd \
-         RETURNING reservation_id"
+           attempt, model, expires_at, created_at) \
+         SELECT team, month, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), \
+           COALESCE($9::timestamptz, now()) FROM upd \
+         RETURNING reservation_id, created_at"
     )))
     .bind(req.team)
     .bind(req.amount_usd)
@@ -327,10 +356,14 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
     .bind(req.attempt)
     .bind(req.model)
     .bind(req.lease.as_secs_f64())
+    .bind(req.at)
     .fetch_optional(pool)
     .await?;
-    if let Some(reservation_id) = held {
-        return Ok(Reservation::Held { reservation_id });
+    if let Some((reservation_id, held_at)) = held {
+        return Ok(Reservation::Held {
+            reservation_id,
+            held_at,
+        });
     }
     // Slow path: no month row yet, no budget, or no room before expired holds are reclaimed.
     let mut tx = pool.begin().await?;
@@ -343,20 +376,24 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
         tx.commit().await?;
         return Ok(Reservation::Unbudgeted);
     };
+    let month_at = MONTH_AT.replace("$9", "$2");
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO budget_periods (team, month) VALUES ($1, {MONTH_NOW}) ON CONFLICT DO NOTHING"
+        "INSERT INTO budget_periods (team, month) VALUES ($1, {month_at}) ON CONFLICT DO NOTHING"
     )))
     .bind(req.team)
+    .bind(req.at)
     .execute(&mut *tx)
     .await?;
-    let (spent, reserved): (Decimal, Decimal) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT spent_usd, reserved_usd FROM budget_periods \
-         WHERE team = $1 AND month = {MONTH_NOW} FOR UPDATE"
-    )))
-    .bind(req.team)
-    .fetch_one(&mut *tx)
-    .await?;
-    let reclaimed = reclaim_expired_in(&mut tx, req.team).await?;
+    let (month, spent, reserved): (NaiveDate, Decimal, Decimal) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT month, spent_usd, reserved_usd FROM budget_periods \
+             WHERE team = $1 AND month = {month_at} FOR UPDATE"
+        )))
+        .bind(req.team)
+        .bind(req.at)
+        .fetch_one(&mut *tx)
+        .await?;
+    let reclaimed = reclaim_expired_in(&mut tx, req.team, month, req.lease).await?;
     let reserved = reserved - reclaimed;
     if spent + reserved + req.amount_usd > limit {
         tx.commit().await?;
@@ -365,50 +402,68 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
             when_exhausted: WhenExhausted::parse(&when),
         });
     }
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    sqlx::query(
         "UPDATE budget_periods SET reserved_usd = reserved_usd + $2 \
-         WHERE team = $1 AND month = {MONTH_NOW}"
-    )))
+         WHERE team = $1 AND month = $3",
+    )
     .bind(req.team)
     .bind(req.amount_usd)
+    .bind(month)
     .execute(&mut *tx)
     .await?;
-    let reservation_id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO budget_reservations (team, month, amount_usd, holder, job_id, item_id, \
-         attempt, model, expires_at) VALUES ($1, {MONTH_NOW}, $2, $3, $4, $5, $6, $7, \
-         now() + make_interval(secs => $8)) RETURNING reservation_id"
-    )))
-    .bind(req.team)
-    .bind(req.amount_usd)
-    .bind(req.holder)
-    .bind(req.job_id)
-    .bind(req.item_id)
-    .bind(req.attempt)
-    .bind(req.model)
-    .bind(req.lease.as_secs_f64())
-    .fetch_one(&mut *tx)
-    .await?;
+    let (reservation_id, held_at): (i64, DateTime<Utc>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO budget_reservations (team, month, amount_usd, holder, job_id, item_id, \
+             attempt, model, expires_at, created_at) VALUES ($1, {MONTH_AT}, $2, $3, $4, $5, \
+             $6, $7, now() + make_interval(secs => $8), COALESCE($9::timestamptz, now())) \
+             RETURNING reservation_id, created_at"
+        )))
+        .bind(req.team)
+        .bind(req.amount_usd)
+        .bind(req.holder)
+        .bind(req.job_id)
+        .bind(req.item_id)
+        .bind(req.attempt)
+        .bind(req.model)
+        .bind(req.lease.as_secs_f64())
+        .bind(req.at)
+        .fetch_one(&mut *tx)
+        .await?;
     tx.commit().await?;
-    Ok(Reservation::Held { reservation_id })
+    Ok(Reservation::Held {
+        reservation_id,
+        held_at,
+    })
 }
 
-/// Deletes the team's expired holds of this month (the caller holds the month row's lock)
-/// and takes them off `reserved_usd`; returns the amount reclaimed.
-async fn reclaim_expired_in(conn: &mut PgConnection, team: &str) -> sqlx::Result<Decimal> {
+/// Deletes the team's expired holds of `month` (the caller holds the month row's lock) and
+/// takes them off `reserved_usd`; returns the amount reclaimed. Nothing is reclaimed while
+/// the server has been up for less than `lease` (see the module docs).
+async fn reclaim_expired_in(
+    conn: &mut PgConnection,
+    team: &str,
+    month: NaiveDate,
+    lease: Duration,
+) -> sqlx::Result<Decimal> {
     let reclaimed: Decimal = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "WITH gone AS (DELETE FROM budget_reservations WHERE team = $1 AND month = {MONTH_NOW} \
-         AND expires_at < now() RETURNING amount_usd) SELECT COALESCE(sum(amount_usd), 0) FROM gone"
+        "WITH gone AS (DELETE FROM budget_reservations WHERE team = $1 AND month = $2 \
+         AND expires_at < now() AND {} RETURNING amount_usd) \
+         SELECT COALESCE(sum(amount_usd), 0) FROM gone",
+        up_for("$3")
     )))
     .bind(team)
+    .bind(month)
+    .bind(lease.as_secs_f64())
     .fetch_one(&mut *conn)
     .await?;
     if !reclaimed.is_zero() {
         tracing::warn!(team = %team, amount_usd = %reclaimed, "reclaimed budget holds whose workers stopped renewing them");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE budget_periods SET reserved_usd = reserved_usd - $2 \
-             WHERE team = $1 AND month = {MONTH_NOW}"
-        )))
+        sqlx::query(
+            "UPDATE budget_periods SET reserved_usd = reserved_usd - $3 \
+             WHERE team = $1 AND month = $2",
+        )
         .bind(team)
+        .bind(month)
         .bind(reclaimed)
         .execute(&mut *conn)
         .await?;
@@ -416,23 +471,74 @@ async fn reclaim_expired_in(conn: &mut PgConnection, team: &str) -> sqlx::Result
     Ok(reclaimed)
 }
 
-/// Extends the holds' lives by `lease` from now; returns how many still existed.
+/// Extends the holds `reservation_ids` of `holder` by `lease` from now; returns how many
+/// were still there. One statement per process and period, whatever the number of calls in
+/// flight. Only the holds the holder still tracks are named: a hold it lost track of (its
+/// release failed, or the reply to its reservation was lost) must expire, not live as long
+/// as the holder does.
 ///
 /// # Errors
 /// Database errors only.
-pub async fn renew(pool: &PgPool, ids: &[i64], lease: Duration) -> sqlx::Result<u64> {
-    if ids.is_empty() {
+pub async fn renew_holds(
+    pool: &PgPool,
+    holder: &str,
+    reservation_ids: &[i64],
+    lease: Duration,
+) -> sqlx::Result<u64> {
+    if reservation_ids.is_empty() {
         return Ok(0);
     }
     Ok(sqlx::query(
         "UPDATE budget_reservations SET expires_at = now() + make_interval(secs => $2) \
-         WHERE reservation_id = ANY($1)",
+         WHERE holder = $1 AND reservation_id = ANY($3)",
     )
-    .bind(ids)
+    .bind(holder)
     .bind(lease.as_secs_f64())
+    .bind(reservation_ids)
     .execute(pool)
     .await?
     .rows_affected())
+}
+
+/// Gives back the expired holds of any month (a dead worker's holds of a past month are
+/// never reclaimed by a reservation, which only looks at the current one), except those of
+/// calls whose intent is still open (the in-doubt sweep books and settles those). Returns
+/// the amount released.
+///
+/// # Errors
+/// Database errors only.
+pub async fn release_expired(pool: &PgPool, lease: Duration) -> sqlx::Result<Decimal> {
+    let mut tx = pool.begin().await?;
+    // Month rows first (lock order), then the holds.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT 1 FROM budget_periods p WHERE (p.team, p.month) IN \
+         (SELECT team, month FROM budget_reservations WHERE expires_at < now()) AND {} \
+         ORDER BY p.team, p.month FOR UPDATE OF p",
+        up_for("$1")
+    )))
+    .bind(lease.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    let released: Option<Decimal> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "WITH gone AS (DELETE FROM budget_reservations r WHERE r.expires_at < now() AND {} \
+           AND NOT EXISTS (SELECT 1 FROM call_intents c WHERE c.owner = r.holder \
+             AND c.job_id = r.job_id AND c.item_id = r.item_id AND c.attempt = r.attempt) \
+           RETURNING team, month, amount_usd), \
+         per AS (SELECT team, month, sum(amount_usd) AS amount FROM gone GROUP BY team, month), \
+         upd AS (UPDATE budget_periods p SET reserved_usd = p.reserved_usd - per.amount \
+           FROM per WHERE p.team = per.team AND p.month = per.month RETURNING per.amount) \
+         SELECT sum(amount) FROM upd",
+        up_for("$1")
+    )))
+    .bind(lease.as_secs_f64())
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let released = released.unwrap_or_default();
+    if !released.is_zero() {
+        tracing::warn!(amount_usd = %released, "released budget holds whose workers stopped renewing them");
+    }
+    Ok(released)
 }
 
 /// Gives a hold back (the call failed or was handed back); false if it was already gone.
@@ -576,7 +682,10 @@ pub async fn keep_earlier_answer(
     attempt: i32,
 ) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar(
-        "UPDATE items i SET status = 'done', final_attempt = r.attempt, final_tier = r.tier, \
+        // An audit answer that is already final stays final (see `outcomes`).
+        "UPDATE items i SET status = 'done', \
+         final_attempt = CASE WHEN i.final_attempt = $4 THEN i.final_attempt ELSE r.attempt END, \
+         final_tier = CASE WHEN i.final_attempt = $4 THEN i.final_tier ELSE r.tier END, \
          updated_at = now() \
          FROM (SELECT attempt, tier FROM results WHERE job_id = $1 AND item_id = $2 \
                AND attempt < $3 ORDER BY attempt DESC LIMIT 1) r \
@@ -586,6 +695,7 @@ pub async fn keep_earlier_answer(
     .bind(job_id)
     .bind(item_id)
     .bind(attempt)
+    .bind(i32::from(switchyard_proto::work::AUDIT_ATTEMPT))
     .fetch_optional(pool)
     .await
 }

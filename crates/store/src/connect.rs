@@ -52,6 +52,22 @@ async fn try_connect(options: &PgConnectOptions, max_connections: u32) -> anyhow
         })
 }
 
+/// A pool of one connection whose acquisitions give up after `patience`, for a task that must
+/// act on a schedule (a lease renewal): it must not queue behind the busy pool, and after an
+/// outage each tick must try afresh rather than sit in the backoff of a connect begun while
+/// the server was down.
+///
+/// # Errors
+/// An unparsable URL (it connects lazily).
+pub fn connect_punctual(url: &str, patience: Duration) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid URL")?;
+    let options = options.log_statements(tracing::log::LevelFilter::Trace);
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(patience)
+        .connect_lazy_with(options))
+}
+
 /// Connection refused or reset, a pool timeout, or a server starting up or shutting down
 /// (SQLSTATE class 57P and 08): worth another try.
 fn is_transient(e: &anyhow::Error) -> bool {

@@ -79,22 +79,51 @@ pub async fn reverse(
             by,
         });
     }
-    let reversal: Reversal = sqlx::query_as(
-        "INSERT INTO ledger (call_id, kind, reverses_entry_id, reason, job_id, item_id, attempt, \
-         team, project, tier, model, provider, price_id, prompt_tokens, cached_prompt_tokens, \
-         completion_tokens, cost_usd, latency_ms, outcome, retry, batch, priced_at, escalation, \
-         cost_all_strong_usd, cost_all_weak_usd) \
-         SELECT 'reversal:' || entry_id, 'reversal', entry_id, $2, job_id, item_id, attempt, \
-         team, project, tier, model, provider, price_id, -prompt_tokens, -cached_prompt_tokens, \
-         -completion_tokens, -cost_usd, 0, outcome, retry, batch, priced_at, escalation, \
-         -COALESCE(cost_all_strong_usd, cost_usd), -COALESCE(cost_all_weak_usd, cost_usd) \
-         FROM ledger WHERE entry_id = $1 \
-         RETURNING entry_id, reverses_entry_id, cost_usd, reason, created_at",
-    )
+    let reversal: Reversal = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{REVERSAL_INSERT} WHERE entry_id = $1 \
+         RETURNING entry_id, reverses_entry_id, cost_usd, reason, created_at"
+    )))
     .bind(entry_id)
     .bind(reason)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(reversal)
+}
+
+/// The reversal of ledger entries: the same call's tokens and costs negated, priced at the
+/// entry's own time (so a budget month gets back what it was charged), keyed
+/// `reversal:<entry_id>`. Completed by a `WHERE` on the reversed entries.
+const REVERSAL_INSERT: &str = "INSERT INTO ledger (call_id, kind, reverses_entry_id, reason, \
+     job_id, item_id, attempt, team, project, tier, model, provider, price_id, prompt_tokens, \
+     cached_prompt_tokens, completion_tokens, cost_usd, latency_ms, outcome, retry, batch, \
+     priced_at, escalation, cost_all_strong_usd, cost_all_weak_usd, provider_response_id, \
+     usage_source) \
+     SELECT 'reversal:' || entry_id, 'reversal', entry_id, $2, job_id, item_id, attempt, \
+     team, project, tier, model, provider, price_id, -prompt_tokens, -cached_prompt_tokens, \
+     -completion_tokens, -cost_usd, 0, outcome, retry, batch, priced_at, escalation, \
+     -COALESCE(cost_all_strong_usd, cost_usd), -COALESCE(cost_all_weak_usd, cost_usd), \
+     provider_response_id, usage_source FROM ledger";
+
+/// Reverses `entry_ids` (calls, not reversed yet: the caller checked) with `reason` inside
+/// the caller's transaction; an entry already reversed is left as it is.
+///
+/// # Errors
+/// Database errors.
+pub async fn reverse_in(
+    conn: &mut sqlx::PgConnection,
+    entry_ids: &[i64],
+    reason: &str,
+) -> sqlx::Result<u64> {
+    if entry_ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{REVERSAL_INSERT} WHERE entry_id = ANY($1) AND kind = 'call' ON CONFLICT DO NOTHING"
+    )))
+    .bind(entry_ids)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
 }

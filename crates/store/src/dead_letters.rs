@@ -1,7 +1,5 @@
 //! Dead letters: messages that will not be processed, with why.
 
-use sqlx::PgPool;
-
 /// A dead letter about to be recorded.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<'a> {
@@ -20,7 +18,7 @@ pub struct DeadLetter<'a> {
 ///
 /// # Errors
 /// Database errors only.
-pub async fn record(pool: &PgPool, d: &DeadLetter<'_>) -> sqlx::Result<()> {
+pub async fn record<'e>(db: impl sqlx::PgExecutor<'e>, d: &DeadLetter<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO dead_letters (message_key, kind, job_id, item_id, attempt, subject, \
          deliveries, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -34,7 +32,7 @@ pub async fn record(pool: &PgPool, d: &DeadLetter<'_>) -> sqlx::Result<()> {
     .bind(d.subject)
     .bind(d.deliveries)
     .bind(d.error)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

@@ -106,26 +106,66 @@ pub struct StoredItem {
     pub sensitivity: Option<String>,
     pub router_score: f32,
     pub routed_tier: Option<String>,
+    /// The tier a pin or rule forced, if one did.
+    pub route_tier: Option<String>,
 }
 
-/// A job's items with `from_seq ≤ seq ≤ to_seq`, in input order, that are still waiting
-/// for an answer (a resumed dispatch publishes these again).
+/// A job's items with `from_seq ≤ seq ≤ to_seq`, in input order, whose routed attempt (0) is
+/// still unanswered: what a resumed dispatch publishes again. An item that has moved on
+/// (escalated, downgraded, retried: `items.attempt > 0`), or whose first attempt has a result
+/// or a recorded failure, is left out: its first attempt is settled and a message for it could
+/// only be dropped by the workers' claim (JetStream's duplicate window does not cover a
+/// dispatch resumed minutes later).
 ///
 /// # Errors
 /// Database errors only.
-pub async fn queued_between(
+pub async fn unanswered_between(
     pool: &PgPool,
     job_id: &str,
     from_seq: i64,
     to_seq: i64,
 ) -> sqlx::Result<Vec<StoredItem>> {
     sqlx::query_as(
-        "SELECT item_id, seq, text, sensitivity, router_score, routed_tier FROM items \
-         WHERE job_id = $1 AND seq BETWEEN $2 AND $3 AND status = 'queued' ORDER BY seq",
+        "SELECT i.item_id, i.seq, i.text, i.sensitivity, i.router_score, i.routed_tier, \
+         i.route_tier \
+         FROM items i WHERE i.job_id = $1 AND i.seq BETWEEN $2 AND $3 \
+         AND i.status IN ('pending', 'queued') AND i.attempt = 0 \
+         AND NOT EXISTS (SELECT 1 FROM results r WHERE r.job_id = i.job_id \
+           AND r.item_id = i.item_id AND r.attempt = 0) \
+         AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.message_key = \
+           'item:' || octet_length(i.job_id) || ':' || i.job_id || ':' || i.item_id || ':0') \
+         ORDER BY i.seq",
     )
     .bind(job_id)
     .bind(from_seq)
     .bind(to_seq)
     .fetch_all(pool)
     .await
+}
+
+/// Moves an item on from attempt `from` to the next one, on `tier` (a budget downgrade,
+/// published before this); nothing when the item is closed or already past `from`.
+///
+/// # Errors
+/// Database errors only.
+pub async fn advance(
+    pool: &PgPool,
+    job_id: &str,
+    item_id: &str,
+    from: i32,
+    tier: &str,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE items SET attempt = $3 + 1, attempt_tier = $4, updated_at = now() \
+         WHERE job_id = $1 AND item_id = $2 AND attempt <= $3 \
+         AND status IN ('pending', 'queued')",
+    )
+    .bind(job_id)
+    .bind(item_id)
+    .bind(from)
+    .bind(tier)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        > 0)
 }

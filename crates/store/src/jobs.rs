@@ -2,8 +2,14 @@
 //!
 //! `ingesting` (items being stored and scored) → `dispatching` (routed, being published) →
 //! `running` (all items on their tiers) → `completed` (every item answered) or `partial`
-//! (some failed for good). A job can also be `rejected` (bad input, with a reason) or
-//! `cancelled`.
+//! (some failed for good). A job can also be `rejected` (bad input, with a reason),
+//! `cancelled`, or `failed` (the fleet gave up on it: its message ran out of deliveries, or a
+//! sweep found it could not be finished; the reason is kept, see [`fail`]).
+//!
+//! `progress_at` says when a job was last seen to move (dispatchers touch it when they take a
+//! job, and at each change of state; the sweep in `dispatcher/src/sweeper.rs` compares what it
+//! sees of the open items between looks): a job not final whose progress is older than the
+//! sweep's `stuck_after` is looked at (see [`crate::sweep`]).
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -15,12 +21,14 @@ pub mod status {
     pub const RUNNING: &str = "running";
     pub const COMPLETED: &str = "completed";
     pub const PARTIAL: &str = "partial";
+    pub const FAILED: &str = "failed";
     pub const REJECTED: &str = "rejected";
     pub const CANCELLED: &str = "cancelled";
 
-    /// True for states a job never leaves.
+    /// True for states a job never leaves (`retry --failed` reopens `partial` and
+    /// `completed` jobs: a new run of some items, not a way out of the state).
     pub fn is_final(s: &str) -> bool {
-        matches!(s, COMPLETED | PARTIAL | REJECTED | CANCELLED)
+        matches!(s, COMPLETED | PARTIAL | FAILED | REJECTED | CANCELLED)
     }
 }
 
@@ -36,6 +44,8 @@ pub struct NewJob {
     pub task: serde_json::Value,
     pub policy: serde_json::Value,
     pub labels: serde_json::Value,
+    /// The stream sequence of the job message that brings it (see `jobs.message_seq`).
+    pub message_seq: Option<i64>,
 }
 
 /// What storing a job found.
@@ -58,8 +68,8 @@ pub enum Admission {
 pub async fn admit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Admission> {
     let inserted = sqlx::query(
         "INSERT INTO jobs (job_id, idempotency_key, spec_hash, team, project, task_kind, task, \
-         policy, labels, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ingesting') \
-         ON CONFLICT DO NOTHING",
+         policy, labels, message_seq, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ingesting') ON CONFLICT DO NOTHING",
     )
     .bind(&job.job_id)
     .bind(&job.idempotency_key)
@@ -70,6 +80,7 @@ pub async fn admit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Admission> {
     .bind(&job.task)
     .bind(&job.policy)
     .bind(&job.labels)
+    .bind(job.message_seq)
     .execute(pool)
     .await?
     .rows_affected();
@@ -166,7 +177,8 @@ pub async fn mark_ingested(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE jobs SET status = 'dispatching', item_count = $2, routing_cut = $3, \
-         routing_cut_seq = $4, routing_plan = $5 WHERE job_id = $1 AND status = 'ingesting'",
+         routing_cut_seq = $4, routing_plan = $5, progress_at = now() \
+         WHERE job_id = $1 AND status = 'ingesting'",
     )
     .bind(job_id)
     .bind(item_count)
@@ -186,13 +198,13 @@ pub async fn mark_ingested(
 ///
 /// # Errors
 /// Database errors only.
-pub async fn mark_running(pool: &PgPool, job_id: &str) -> sqlx::Result<()> {
+pub async fn mark_running<'e>(db: impl sqlx::PgExecutor<'e>, job_id: &str) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE jobs SET status = 'running', dispatched_at = now() \
-         WHERE job_id = $1 AND status = 'dispatching'",
+        "UPDATE jobs SET status = 'running', dispatched_at = now(), progress_at = now(), \
+         progress_mark = NULL WHERE job_id = $1 AND status = 'dispatching'",
     )
     .bind(job_id)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -202,7 +214,10 @@ pub async fn mark_running(pool: &PgPool, job_id: &str) -> sqlx::Result<()> {
 ///
 /// # Errors
 /// Database errors only.
-pub async fn complete_if_done(pool: &PgPool, job_id: &str) -> sqlx::Result<Option<String>> {
+pub async fn complete_if_done<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    job_id: &str,
+) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar(
         "UPDATE jobs SET finished_at = now(), status = CASE WHEN EXISTS \
            (SELECT 1 FROM items WHERE job_id = $1 AND status = 'failed') \
@@ -212,8 +227,100 @@ pub async fn complete_if_done(pool: &PgPool, job_id: &str) -> sqlx::Result<Optio
          RETURNING status",
     )
     .bind(job_id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
+}
+
+/// What [`fail`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failing {
+    /// The job is now `failed` (a row was created for a job that had none), its open items
+    /// failed with it.
+    Failed,
+    /// The job had already reached this state and was left alone (a message of a job that is
+    /// running or finished under the same id must not disturb it).
+    LeftAlone(String),
+}
+
+/// Fails a job the fleet gave up on, with `reason`: an `ingesting` or `dispatching` job, or
+/// one with no row yet (its message ran out of deliveries before it was admitted). Its items
+/// still open (stored, maybe published, not answered) fail too, with `job failed: <reason>`:
+/// the job is final, so nothing may wait for them, and workers that receive them call nothing.
+/// Its idempotency key is released, so the same submission can be made again.
+///
+/// # Errors
+/// Database errors only; nothing is changed then.
+pub async fn fail(
+    pool: &PgPool,
+    job_id: &str,
+    team: &str,
+    project: &str,
+    reason: &str,
+) -> sqlx::Result<Failing> {
+    let mut conn = pool.acquire().await?;
+    fail_in(&mut conn, job_id, team, project, reason).await
+}
+
+/// [`fail`] on the caller's connection (a sweep works on its job lock's connection).
+///
+/// # Errors
+/// Database errors only; nothing is changed then.
+pub async fn fail_in(
+    conn: &mut sqlx::PgConnection,
+    job_id: &str,
+    team: &str,
+    project: &str,
+    reason: &str,
+) -> sqlx::Result<Failing> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
+    let created = sqlx::query(
+        "INSERT INTO jobs (job_id, team, project, status, failure_reason, finished_at) \
+         VALUES ($1, $2, $3, 'failed', $4, now()) ON CONFLICT DO NOTHING",
+    )
+    .bind(job_id)
+    .bind(team)
+    .bind(project)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if created == 1 {
+        tx.commit().await?;
+        return Ok(Failing::Failed);
+    }
+    let failed = sqlx::query(
+        "UPDATE jobs SET status = 'failed', failure_reason = $2, idempotency_key = NULL, \
+         finished_at = now(), progress_at = now() \
+         WHERE job_id = $1 AND status IN ('ingesting', 'dispatching')",
+    )
+    .bind(job_id)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if failed == 0 {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        return Ok(match status.as_deref() {
+            Some(status::FAILED) | None => Failing::Failed,
+            Some(other) => Failing::LeftAlone(other.to_owned()),
+        });
+    }
+    sqlx::query(
+        "UPDATE items SET status = 'failed', error = 'job failed: ' || $2, updated_at = now() \
+         WHERE job_id = $1 AND status IN ('pending', 'queued')",
+    )
+    .bind(job_id)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Failing::Failed)
 }
 
 /// The columns `status` and the dispatcher need.
@@ -226,6 +333,8 @@ pub struct JobRow {
     pub status: String,
     pub item_count: Option<i64>,
     pub rejection_reason: Option<String>,
+    /// Why the fleet gave up on a `failed` job.
+    pub failure_reason: Option<String>,
     pub routing_cut: Option<f32>,
     pub routing_cut_seq: Option<i64>,
     pub policy: Option<serde_json::Value>,
@@ -252,7 +361,7 @@ pub async fn by_idempotency_key(pool: &PgPool, key: &str) -> sqlx::Result<Option
 pub async fn get(pool: &PgPool, job_id: &str) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(
         "SELECT job_id, team, project, task_kind, status, item_count, rejection_reason, \
-         routing_cut, routing_cut_seq, policy, task, created_at, finished_at \
+         failure_reason, routing_cut, routing_cut_seq, policy, task, created_at, finished_at \
          FROM jobs WHERE job_id = $1",
     )
     .bind(job_id)
@@ -315,28 +424,42 @@ pub struct ReopenedItem {
 }
 
 /// Puts a finished job back to `running` and its failed items back to `queued`, returning
-/// them for re-publishing (`switchyard retry --failed`).
+/// them for re-publishing (`switchyard retry --failed`). Only `partial`, `completed` and
+/// `running` jobs are reopened: a `failed` job may have items that were never stored, and a
+/// `rejected` or `cancelled` one is over.
+///
+/// The items are committed `queued` (at a new attempt) before their messages are published,
+/// and that order is the only one that works: a message published first would reach a worker
+/// while its item is still `failed` at the old attempt, and the worker's claim would settle it
+/// without a call. A crash between the commit and the publishes leaves items `queued` with no
+/// message; the job is `running` with no progress, and a dispatcher's sweep re-publishes them
+/// (the job's `progress_at` is touched here, so the sweep's clock starts now).
 ///
 /// # Errors
 /// Database errors only.
 pub async fn reopen_failed(pool: &PgPool, job_id: &str) -> sqlx::Result<Vec<ReopenedItem>> {
     let mut tx = pool.begin().await?;
     let items: Vec<ReopenedItem> = sqlx::query_as(
-        "UPDATE items SET status = 'queued', error = NULL, updated_at = now() \
-         WHERE job_id = $1 AND status = 'failed' \
-         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = $1 AND j.purged_at IS NOT NULL) \
-         RETURNING item_id, text, sensitivity, routed_tier, GREATEST( \
+        "UPDATE items SET status = 'queued', error = NULL, updated_at = now(), \
+         attempt = n.next_attempt, attempt_tier = NULL \
+         FROM (SELECT i.item_id, GREATEST( \
            COALESCE((SELECT max(r.attempt) FROM results r \
-             WHERE r.job_id = items.job_id AND r.item_id = items.item_id), 0), \
-           COALESCE(final_attempt, 0)) + 1 AS next_attempt",
+             WHERE r.job_id = i.job_id AND r.item_id = i.item_id AND r.attempt < 1000), 0), \
+           COALESCE(i.final_attempt, 0), i.attempt) + 1 AS next_attempt \
+           FROM items i WHERE i.job_id = $1 AND i.status = 'failed') n \
+         WHERE items.job_id = $1 AND items.item_id = n.item_id AND items.status = 'failed' \
+         AND EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = $1 AND j.purged_at IS NULL \
+           AND j.status IN ('partial', 'completed', 'running')) \
+         RETURNING items.item_id, items.text, items.sensitivity, items.routed_tier, \
+           n.next_attempt",
     )
     .bind(job_id)
     .fetch_all(&mut *tx)
     .await?;
     if !items.is_empty() {
         sqlx::query(
-            "UPDATE jobs SET status = 'running', finished_at = NULL \
-             WHERE job_id = $1 AND status IN ('partial', 'completed', 'running')",
+            "UPDATE jobs SET status = 'running', finished_at = NULL, progress_at = now(), \
+             progress_mark = NULL WHERE job_id = $1 AND status IN ('partial', 'completed', 'running')",
         )
         .bind(job_id)
         .execute(&mut *tx)

@@ -160,6 +160,11 @@ pub struct ReportRow {
     pub retry_cost_usd: Decimal,
     /// Reversal entries (negative).
     pub corrections_usd: Decimal,
+    /// In-doubt calls still at their worst case (not yet settled by evidence): counted in
+    /// `cost_usd` and budgets until `switchyard ledger reconcile` settles them.
+    pub in_doubt_usd: Decimal,
+    /// Second copies of an attempt another copy decided: real spend, no answer used.
+    pub duplicate_usd: Decimal,
     pub cost_by_tier: BTreeMap<String, Decimal>,
     pub calls_by_tier: BTreeMap<String, i64>,
     /// Items whose strong call went weak for lack of budget (rows by team, project or job).
@@ -221,6 +226,8 @@ impl ReportRow {
         self.shadow_cost_usd += o.shadow_cost_usd;
         self.retry_cost_usd += o.retry_cost_usd;
         self.corrections_usd += o.corrections_usd;
+        self.in_doubt_usd += o.in_doubt_usd;
+        self.duplicate_usd += o.duplicate_usd;
         for (t, c) in &o.cost_by_tier {
             *self.cost_by_tier.entry(t.clone()).or_default() += *c;
         }
@@ -264,6 +271,8 @@ impl serde::Serialize for ReportRow {
         m.serialize_entry("shadow_cost_usd", &exact(self.shadow_cost_usd))?;
         m.serialize_entry("retry_cost_usd", &exact(self.retry_cost_usd))?;
         m.serialize_entry("corrections_usd", &exact(self.corrections_usd))?;
+        m.serialize_entry("in_doubt_usd", &exact(self.in_doubt_usd))?;
+        m.serialize_entry("duplicate_usd", &exact(self.duplicate_usd))?;
         let by_tier: BTreeMap<&str, String> = self
             .cost_by_tier
             .iter()
@@ -336,14 +345,17 @@ const LEDGER_FACTS: &str = "SELECT (l.created_at AT TIME ZONE 'UTC')::date AS da
     CASE WHEN l.escalation THEN l.cost_usd ELSE 0 END AS escalation_cost_usd, \
     CASE WHEN l.outcome = 'shadow' THEN l.cost_usd ELSE 0 END AS shadow_cost_usd, \
     CASE WHEN l.retry THEN l.cost_usd ELSE 0 END AS retry_cost_usd, \
-    CASE WHEN l.kind = 'reversal' THEN l.cost_usd ELSE 0 END AS corrections_usd \
+    CASE WHEN l.kind = 'reversal' THEN l.cost_usd ELSE 0 END AS corrections_usd, \
+    CASE WHEN l.outcome = 'in_doubt' AND l.usage_source = 'worst_case' THEN l.cost_usd \
+    ELSE 0 END AS in_doubt_cost_usd, \
+    CASE WHEN l.outcome = 'duplicate' THEN l.cost_usd ELSE 0 END AS duplicate_cost_usd \
     FROM reporting.ledger l WHERE l.created_at >= $1 AND l.created_at < $2 \
     AND ($3::text IS NULL OR l.team = $3)";
 
 const ROLLUP_FACTS: &str = "SELECT day, team, project, job_id, model, tier, calls, \
     prompt_tokens, cached_prompt_tokens, completion_tokens, cost_usd, cost_all_strong_usd, \
-    cost_all_weak_usd, escalation_cost_usd, shadow_cost_usd, retry_cost_usd, corrections_usd \
-    FROM reporting.spend_daily WHERE day >= ($1 AT TIME ZONE 'UTC')::date \
+    cost_all_weak_usd, escalation_cost_usd, shadow_cost_usd, retry_cost_usd, corrections_usd, \
+    in_doubt_cost_usd, duplicate_cost_usd FROM reporting.spend_daily WHERE day >= ($1 AT TIME ZONE 'UTC')::date \
     AND day < ($2 AT TIME ZONE 'UTC')::date AND ($3::text IS NULL OR team = $3)";
 
 /// True when `team` submitted a job, booked a call or has a budget (through the reporting
@@ -407,8 +419,8 @@ pub async fn run(
         "SELECT {}, sum(s.calls)::int8, sum(s.prompt_tokens)::int8, \
          sum(s.cached_prompt_tokens)::int8, sum(s.completion_tokens)::int8, sum(s.cost_usd), \
          sum(s.cost_all_strong_usd), sum(s.cost_all_weak_usd), sum(s.escalation_cost_usd), \
-         sum(s.shadow_cost_usd), sum(s.retry_cost_usd), sum(s.corrections_usd) \
-         FROM ({facts}) s GROUP BY {} ORDER BY {}",
+         sum(s.shadow_cost_usd), sum(s.retry_cost_usd), sum(s.corrections_usd), \
+         sum(s.in_doubt_cost_usd), sum(s.duplicate_cost_usd) FROM ({facts}) s GROUP BY {} ORDER BY {}",
         select.join(", "),
         positions.join(", "),
         positions.join(", ")
@@ -439,6 +451,8 @@ pub async fn run(
             shadow_cost_usd: row.try_get(n + 9)?,
             retry_cost_usd: row.try_get(n + 10)?,
             corrections_usd: row.try_get(n + 11)?,
+            in_doubt_usd: row.try_get(n + 12)?,
+            duplicate_usd: row.try_get(n + 13)?,
             ..ReportRow::default()
         };
         let entry = grouped.entry(key).or_default();

@@ -151,7 +151,13 @@ pub struct ResultRow {
     pub routed_tier: Option<String>,
     pub final_tier: Option<String>,
     pub model: Option<String>,
+    /// The final answer as text (an answer no text can hold exactly, with lone UTF-16
+    /// surrogates, has them replaced by U+FFFD here; `answer_raw` has it as sent).
     pub answer: Option<String>,
+    /// The answer as the JSON string literal the provider sent, when it could not be kept
+    /// as plain text (NUL, lone surrogates); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_raw: Option<String>,
     pub confidence: Option<f64>,
     pub attempts: i64,
     #[serde(serialize_with = "ser_decimal")]
@@ -163,8 +169,10 @@ pub struct ResultRow {
 
 /// Exports a job's results in input order, streaming (a million rows never sit in memory).
 pub fn results_stream<'a>(pool: &'a PgPool, job_id: &'a str) -> BoxRows<'a, ResultRow> {
-    sqlx::query_as(
+    use futures::StreamExt as _;
+    let rows: BoxRows<'a, ResultRow> = sqlx::query_as(
         "SELECT i.item_id, i.status, i.routed_tier, i.final_tier, r.model, r.answer, \
+         CASE WHEN r.answer_encoding IS NOT NULL THEN r.answer END AS answer_raw, \
          r.confidence, COALESCE(l.calls, 0) AS attempts, COALESCE(l.cost, 0) AS cost_usd, \
          i.error, i.router_score, i.metadata \
          FROM items i \
@@ -175,7 +183,15 @@ pub fn results_stream<'a>(pool: &'a PgPool, job_id: &'a str) -> BoxRows<'a, Resu
          WHERE i.job_id = $1 ORDER BY i.seq",
     )
     .bind(job_id)
-    .fetch(pool)
+    .fetch(pool);
+    Box::pin(rows.map(|row| {
+        row.map(|mut r| {
+            if let (Some(raw), Some(answer)) = (&r.answer_raw, &mut r.answer) {
+                *answer = crate::outcomes::decode_answer(raw, Some("json"));
+            }
+            r
+        })
+    }))
 }
 
 mod futures_core_compat {

@@ -29,7 +29,8 @@ pub async fn purge_finished_before(
 ) -> sqlx::Result<PurgeSummary> {
     let jobs: Vec<String> = sqlx::query_scalar(
         "SELECT job_id FROM jobs WHERE purged_at IS NULL AND finished_at < $1 \
-         AND status IN ('completed', 'partial', 'rejected', 'cancelled') ORDER BY finished_at",
+         AND status IN ('completed', 'partial', 'failed', 'rejected', 'cancelled') \
+         ORDER BY finished_at",
     )
     .bind(cutoff)
     .fetch_all(pool)

@@ -32,9 +32,17 @@ pub enum ProviderError {
         status: u16,
         body: String,
     },
-    /// A 200 whose body is not a usable completion.
+    /// A 200 whose body is not a usable completion. The provider may bill it.
     #[error("`{model}` returned an unusable body: {message}")]
-    BadBody { model: String, message: String },
+    BadBody {
+        model: String,
+        message: String,
+        /// The body's length, to estimate what it cost.
+        bytes: usize,
+    },
+    /// A 200 whose body is larger than the worker reads. The provider may bill it.
+    #[error("`{model}` returned a body over {limit} bytes (not read further)")]
+    TooLarge { model: String, limit: usize },
 }
 
 /// What to do after an error.
@@ -49,6 +57,15 @@ pub enum Retry {
 }
 
 impl ProviderError {
+    /// True when the provider answered `200`: the call happened and may be billed, although
+    /// its body cannot be used.
+    pub fn answered(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::BadBody { .. } | ProviderError::TooLarge { .. }
+        )
+    }
+
     /// How to react to this error.
     pub fn retry(&self) -> Retry {
         match self {
@@ -57,9 +74,12 @@ impl ProviderError {
             ProviderError::Timeout { .. } | ProviderError::Connection { .. } => {
                 Retry::Transient(None)
             }
-            // A truncated or empty body is usually a glitch on the provider's side.
-            ProviderError::BadBody { .. } => Retry::Transient(None),
-            ProviderError::Refused { .. } => Retry::Never,
+            // The provider answered: the call is booked, and the item tried again later (a
+            // body that is too large fails it). Never retried inside one call, since every
+            // such answer may be billed and needs its own call id.
+            ProviderError::BadBody { .. }
+            | ProviderError::TooLarge { .. }
+            | ProviderError::Refused { .. } => Retry::Never,
         }
     }
 }

@@ -23,6 +23,21 @@ pub struct CompletionRequest {
     pub logprobs: bool,
     /// Alternatives per token to return with logprobs.
     pub top_logprobs: u8,
+    /// Our id of the call, sent as `X-Client-Request-Id` so that the provider's usage
+    /// records can be matched with the ledger (`switchyard ledger reconcile`).
+    pub client_request_id: Option<String>,
+    /// Choices to ask for (OpenAI's `n`): 1, or `1 + k` to draw `k` extra samples of the
+    /// answer in the same request (a model without logprobs, see `switchyard_core::samples`).
+    pub n: u8,
+    /// Sampling temperature: 0 for one answer, above 0 when samples must be able to differ.
+    pub temperature: f32,
+}
+
+impl CompletionRequest {
+    /// The most completion tokens this request can be billed for: `max_tokens` per choice.
+    pub fn completion_bound(&self) -> u32 {
+        self.max_tokens.saturating_mul(u32::from(self.n.max(1)))
+    }
 }
 
 /// What a provider answered.
@@ -31,13 +46,21 @@ pub struct Completion {
     /// The provider's id of this call (`chatcmpl-…`), if it gave one.
     pub response_id: Option<String>,
     pub content: String,
+    /// The answer as the JSON string literal the provider sent, when `content` cannot hold
+    /// it exactly (see `switchyard_core::completion`).
+    pub raw_content: Option<String>,
     /// Token logprobs, when the provider returned them.
     pub logprobs: Option<Vec<TokenLogprob>>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
-    /// The provider returned no `usage`: the token counts are estimates (chars / 4).
+    /// Prompt tokens the provider served from its cache.
+    pub cached_prompt_tokens: u32,
+    /// The provider returned no usable `usage`: the token counts are estimates (chars / 4).
     pub usage_estimated: bool,
     pub latency: Duration,
+    /// The texts of the choices after the first, when `n > 1` was asked for (the usage
+    /// covers every choice).
+    pub samples: Vec<String>,
 }
 
 /// A model endpoint.

@@ -19,7 +19,13 @@ pub struct OpenAiClient {
     url: String,
     api_key: Option<String>,
     timeout: Duration,
+    /// Bodies are read up to this many bytes; a longer one is a [`ProviderError::TooLarge`].
+    max_body_bytes: usize,
 }
+
+/// The header that carries our call id to the provider (OpenAI echoes it in its logs; any
+/// server that logs request headers lets finance match its usage to the ledger).
+pub const CLIENT_REQUEST_ID: &str = "x-client-request-id";
 
 impl std::fmt::Debug for OpenAiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,18 +37,21 @@ impl std::fmt::Debug for OpenAiClient {
 }
 
 impl OpenAiClient {
-    /// A client for `base_url` (ending in `/v1`), sharing `http`'s connection pool.
+    /// A client for `base_url` (ending in `/v1`), sharing `http`'s connection pool, reading
+    /// bodies of at most `max_body_bytes`.
     pub fn new(
         http: reqwest::Client,
         base_url: &str,
         api_key: Option<String>,
         timeout: Duration,
+        max_body_bytes: usize,
     ) -> Self {
         Self {
             http,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             api_key,
             timeout,
+            max_body_bytes,
         }
     }
 }
@@ -90,15 +99,19 @@ pub fn parse_completion(
         completion::parse_completion(body, prompt_chars).map_err(|e| ProviderError::BadBody {
             model: model.to_owned(),
             message: e.to_string(),
+            bytes: body.len(),
         })?;
     Ok(Completion {
         response_id: parsed.response_id,
         content: parsed.content,
+        raw_content: parsed.raw_content,
         logprobs: parsed.logprobs,
         prompt_tokens: parsed.prompt_tokens,
         completion_tokens: parsed.completion_tokens,
+        cached_prompt_tokens: parsed.cached_prompt_tokens,
         usage_estimated: parsed.usage_estimated,
         latency,
+        samples: parsed.samples,
     })
 }
 
@@ -114,8 +127,11 @@ impl LlmClient for OpenAiClient {
             "model": model,
             "messages": messages,
             "max_tokens": request.max_tokens,
-            "temperature": 0,
+            "temperature": request.temperature,
         });
+        if request.n > 1 {
+            body["n"] = json!(request.n);
+        }
         if request.logprobs {
             body["logprobs"] = json!(true);
             body["top_logprobs"] = json!(request.top_logprobs);
@@ -124,6 +140,9 @@ impl LlmClient for OpenAiClient {
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
+        if let Some(id) = &request.client_request_id {
+            builder = builder.header(CLIENT_REQUEST_ID, id);
+        }
         let started = Instant::now();
         let response = builder
             .send()
@@ -131,10 +150,18 @@ impl LlmClient for OpenAiClient {
             .map_err(|e| classify_send_error(model, e, self.timeout))?;
         let status = response.status();
         let after = retry_after(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| classify_send_error(model, e, self.timeout))?;
+        let bytes = match read_body(response, self.max_body_bytes).await {
+            Ok(bytes) => bytes,
+            // An error's body is only read for its message.
+            Err(BodyError::TooLarge) if !status.is_success() => Vec::new(),
+            Err(BodyError::TooLarge) => {
+                return Err(ProviderError::TooLarge {
+                    model: model.to_owned(),
+                    limit: self.max_body_bytes,
+                });
+            }
+            Err(BodyError::Http(e)) => return Err(classify_send_error(model, e, self.timeout)),
+        };
         let latency = started.elapsed();
         if status.is_success() {
             let prompt_chars = request.messages.iter().map(|m| m.content.len()).sum();
@@ -164,6 +191,24 @@ impl LlmClient for OpenAiClient {
             },
         })
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Http(reqwest::Error),
+}
+
+/// Reads a body of at most `limit` bytes: a provider (or a proxy) that streams without end
+/// must not take the worker's memory with it.
+async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Http)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn classify_send_error(model: &str, e: reqwest::Error, timeout: Duration) -> ProviderError {

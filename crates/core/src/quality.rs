@@ -1,0 +1,644 @@
+//! Planning a `quality=Q` job: the up-front strong share and the escalation rule, chosen
+//! together, from calibration measured on the job itself (its pilot) and, where present,
+//! the team's history.
+//!
+//! A batch job is not latency-bound, so a quality job runs in two steps (pilot, then route):
+//!
+//! 1. **Pilot.** A uniform, hash-chosen slice of the job ([`pilot_fraction`],
+//!    [`crate::audit::in_pilot`]) is answered by both tiers: the weak model (its answer only
+//!    recorded) and the strong model (an audit call, whose answer is the item's final one).
+//!    Each pilot item yields one labelled answer: what was known after the weak answer
+//!    ([`AnswerFeatures`]) and how far it fell short of the strong answer (1 − agreement).
+//! 2. **Plan** ([`plan`]). A logistic model is fitted to those labels (and the team's
+//!    history): the probability `p` that a weak answer falls short, given the router's
+//!    score, the confidence, the answer checks and the samples' agreement
+//!    ([`crate::escalation`]). Every pair (up-front strong share, escalation threshold) is
+//!    then evaluated on the pilot items, which are a uniform sample of the job: its cost
+//!    (every call counted: pilot, samples, escalations, the audit) and the quality it
+//!    leaves on the table. The cheapest pair whose quality, with a margin for the pilot's
+//!    sampling error, reaches the target is the plan; the rest of the job is routed by it.
+//!
+//! **From disagreement to quality.** Without gold labels the pilot measures disagreement
+//! with the strong model, not quality. Disagreement overstates the loss: the strong model is
+//! wrong too, sometimes where the weak one is right. The plan models the expected quality
+//! gain of the strong model on an item as linear in `p`, `gain = ρ (p − p₀)`:
+//! - `p₀`, the disagreement that remains where the weak answer is surest (the strong
+//!   model's own errors and noise), is measured: the disagreement rate of the labelled
+//!   answers in the lowest fifth of `p`, at the lower end of its 95% interval (a lower
+//!   `p₀` spreads the gain more evenly, which escalates more: the cautious side);
+//! - `ρ` scales the gains so that, over the job, they add up to the gain the router predicts
+//!   for this job's items (the router's score is a predicted quality gain, and its weak
+//!   quality per task kind the level it is a gain over), and never to more than the
+//!   disagreement measured on the pilot.
+//!
+//! So the pilot says *where* the weak model falls short and how well the signals see it
+//! (measured, not assumed: a confidence that is near random gets a weight near zero and the
+//! plan escalates more), and the router says *how much* the strong model is worth on this
+//! job. Where the router's estimate of the gap is off, the plan is off with it: the audit
+//! reports what was delivered (see [`crate::audit`]).
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde::Serialize;
+use switchyard_proto::EscalationRule;
+
+use crate::calibrate::strong_quality;
+use crate::escalation::{self, AnswerFeatures, EscalationModel, Labelled};
+use crate::policy::Cut;
+
+/// The pilot is at least this many items (all of a smaller job): enough labels to weigh a
+/// few signals.
+pub const MIN_PILOT: usize = 40;
+
+/// The pilot is at least this share of a large job.
+pub const PILOT_SHARE: f64 = 0.03;
+
+/// A job with at least this many labelled answers of history needs only the audit share of
+/// pilot.
+pub const HISTORY_ENOUGH: usize = 400;
+
+/// The plan's quality must reach the target by this many standard errors of the pilot's
+/// estimate (one-sided ≈ 90%).
+pub const MARGIN_Z: f64 = 1.28;
+
+/// One item the policy decides, before any call: its router score and cost estimates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobItem {
+    /// Input position (breaks ties of the up-front cut).
+    pub seq: i64,
+    pub router_score: f32,
+    /// Estimated cost on the weak tier, its extra samples included (none with logprobs).
+    pub weak_usd: Decimal,
+    /// Estimated cost on the strong tier.
+    pub strong_usd: Decimal,
+    /// In the pilot (answered by both tiers before the plan).
+    pub pilot: bool,
+}
+
+/// A pilot item's weak answer, labelled against its strong answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PilotAnswer {
+    /// Index into the job's items.
+    pub item: usize,
+    pub features: AnswerFeatures,
+    /// 1 − agreement of the weak answer with the strong one, in [0, 1].
+    pub short: f64,
+}
+
+/// Everything the plan is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct QualityInputs<'a> {
+    /// The share of all-strong quality to keep, in (0, 1].
+    pub target: f64,
+    pub items: &'a [JobItem],
+    pub pilot: &'a [PilotAnswer],
+    /// Labelled answers of the team's earlier jobs (same task kind and models).
+    pub history: &'a [Labelled],
+    /// The weak model's expected quality on the task kind (the router's).
+    pub weak_quality: f64,
+    /// Extra samples per weak answer (a model without logprobs), carried by the rule.
+    pub extra_samples: u8,
+    /// The audit's cap, as a share of the all-strong cost.
+    pub audit_share: f64,
+}
+
+/// The plan of a quality job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QualityPlan {
+    pub target: f64,
+    /// Items decided by the policy; of them in the pilot; routed strong up front; the
+    /// escalation rate predicted among the weak-routed ones.
+    pub items: usize,
+    pub pilot: usize,
+    pub strong_up_front: usize,
+    pub predicted_escalation_rate: f64,
+    /// Predicted quality as a share of all-strong: the estimate and the lower bound the
+    /// target was checked against.
+    pub predicted_quality: f64,
+    pub predicted_quality_low: f64,
+    /// The router's predicted all-strong and all-weak mean quality.
+    pub all_strong_quality: f64,
+    pub all_weak_quality: f64,
+    /// Expected cost with every call counted (pilot, audit, samples, escalations), and the
+    /// all-strong and all-weak costs of the same items.
+    #[serde(serialize_with = "ser_usd")]
+    pub expected_usd: Decimal,
+    #[serde(serialize_with = "ser_usd")]
+    pub all_strong_usd: Decimal,
+    #[serde(serialize_with = "ser_usd")]
+    pub all_weak_usd: Decimal,
+    /// The audit's sampling fraction among the weak-routed items after the pilot.
+    pub audit_fraction: f64,
+    /// The gain model: `gain = scale × (p − floor)`.
+    pub gain_scale: f64,
+    pub gain_floor: f64,
+    /// Disagreement measured on the pilot, and how well the model separates short answers
+    /// there (AUROC of `p` against disagreement, in sample; `None` when one class is empty).
+    pub pilot_disagreement: f64,
+    pub signal_auroc: Option<f64>,
+    /// Labelled rows of history used.
+    pub history: usize,
+    /// The escalation rule the weak-routed items carry.
+    pub rule: EscalationRule,
+    /// For workers that do not know rules yet: the confidence threshold that escalates as
+    /// many of the pilot's weak-routed answers as the rule does.
+    pub fallback_threshold: f64,
+    /// Items with a router score above `.0`, or equal with `seq ≤ .1`, go strong up front.
+    #[serde(skip)]
+    pub cut: Cut,
+}
+
+fn ser_usd<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&d.normalize().to_string())
+}
+
+/// The share of a job's items to pilot: at least [`MIN_PILOT`] items and [`PILOT_SHARE`],
+/// at most half the job; with enough history, only the audit share (the history calibrates,
+/// the pilot checks).
+pub fn pilot_fraction(items: usize, history_rows: usize, audit_share: f64) -> f64 {
+    if items == 0 {
+        return 0.0;
+    }
+    let n = items as f64;
+    if history_rows >= HISTORY_ENOUGH {
+        return audit_share.max(10.0 / n).clamp(0.0, 0.5);
+    }
+    let wanted = (MIN_PILOT as f64).max(PILOT_SHARE * n);
+    (wanted / n).min(0.5)
+}
+
+/// One pilot row prepared for the search.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    score: f32,
+    seq: i64,
+    p: f64,
+    forced: bool,
+    gain: f64,
+}
+
+/// Plans the job: fits the escalation model, measures the gain model and searches the
+/// cheapest (up-front share, threshold) whose quality reaches the target with its margin.
+pub fn plan(inputs: &QualityInputs<'_>) -> QualityPlan {
+    let items = inputs.items;
+    let n = items.len();
+    let target = inputs.target.clamp(0.0, 1.0);
+    let qw = inputs.weak_quality.clamp(0.0, 1.0);
+
+    // The model, from the pilot and the history.
+    let mut labelled: Vec<Labelled> = inputs
+        .pilot
+        .iter()
+        .map(|a| Labelled {
+            features: a.features,
+            short: a.short,
+            weight: 1.0,
+        })
+        .collect();
+    labelled.extend_from_slice(inputs.history);
+    let model = escalation::fit(&labelled);
+
+    // The router's view of the job: predicted all-strong quality and gain per item.
+    let gains: Vec<f64> = items
+        .iter()
+        .map(|i| strong_quality(qw, i.router_score) - qw)
+        .collect();
+    let mean_gain = gains.iter().sum::<f64>() / n.max(1) as f64;
+    let all_strong_quality = qw + mean_gain;
+
+    // The gain model over the pilot's answers.
+    let ps: Vec<f64> = inputs
+        .pilot
+        .iter()
+        .map(|a| model.p_short(&a.features))
+        .collect();
+    let pilot_disagreement = mean(inputs.pilot.iter().map(|a| a.short));
+    let floor = disagreement_floor(&model, &labelled);
+    let excess = mean(ps.iter().map(|p| p - floor));
+    let budget_gain = mean_gain.min(pilot_disagreement).max(0.0);
+    let (scale, use_router) = if excess > 1e-3 {
+        (budget_gain / excess, false)
+    } else {
+        // The labels show nothing to separate: the router's gains stand alone.
+        (0.0, true)
+    };
+    let rows: Vec<Row> = inputs
+        .pilot
+        .iter()
+        .zip(&ps)
+        .filter_map(|(a, &p)| {
+            let item = items.get(a.item)?;
+            Some(Row {
+                score: item.router_score,
+                seq: item.seq,
+                p,
+                forced: a.features.not_an_answer(),
+                gain: if use_router {
+                    gains[a.item]
+                } else {
+                    scale * (p - floor)
+                },
+            })
+        })
+        .collect();
+    let signal_auroc = escalation::auroc(
+        &inputs
+            .pilot
+            .iter()
+            .zip(&ps)
+            .map(|(a, &p)| (p, a.short >= 0.5))
+            .collect::<Vec<_>>(),
+    );
+
+    // The items after the pilot, ranked by router score for the up-front share.
+    let mut rest: Vec<&JobItem> = items.iter().filter(|i| !i.pilot).collect();
+    rest.sort_by(|a, b| {
+        b.router_score
+            .total_cmp(&a.router_score)
+            .then(a.seq.cmp(&b.seq))
+    });
+    let pilot_usd: f64 = items
+        .iter()
+        .filter(|i| i.pilot)
+        .map(|i| usd(i.weak_usd) + usd(i.strong_usd))
+        .sum();
+    let all_strong_usd: Decimal = items.iter().map(|i| i.strong_usd).sum();
+    let all_weak_usd: Decimal = items.iter().map(|i| i.weak_usd).sum();
+    let total_quality = all_strong_quality * n as f64;
+    let allowed_gap = (1.0 - target) * total_quality;
+    let n_rest = rest.len();
+    let m = rows.len().max(1) as f64;
+
+    let mut best: Option<Candidate> = None;
+    // Nothing measured (every pilot item failed, no history): nothing can be promised about
+    // weak answers, so the rest goes strong (the audit will show it).
+    let informed = !rows.is_empty();
+    let step = (n_rest / 200).max(1);
+    let mut k: usize = 0;
+    // Suffix sums of the rest's costs by rank: the strong cost of the top k, the weak cost
+    // and strong cost of the others.
+    let mut strong_top = vec![0.0; n_rest + 1];
+    let mut weak_suffix = vec![0.0; n_rest + 1];
+    let mut strong_suffix = vec![0.0; n_rest + 1];
+    for (i, it) in rest.iter().enumerate() {
+        strong_top[i + 1] = strong_top[i] + usd(it.strong_usd);
+    }
+    for i in (0..n_rest).rev() {
+        weak_suffix[i] = weak_suffix[i + 1] + usd(rest[i].weak_usd);
+        strong_suffix[i] = strong_suffix[i + 1] + usd(rest[i].strong_usd);
+    }
+    loop {
+        let cut = match k.checked_sub(1).and_then(|i| rest.get(i)) {
+            None => Cut::Nothing,
+            Some(it) => Cut::Rank {
+                score_cut: it.router_score,
+                last_seq: it.seq,
+            },
+        };
+        // Pilot rows that this cut leaves weak, most likely short first (non-answers always
+        // escalate, so they lead).
+        let mut weak_rows: Vec<&Row> = rows
+            .iter()
+            .filter(|r| cut.route(r.score, r.seq) == crate::policy::Route::Weak)
+            .collect();
+        weak_rows.sort_by(|a, b| b.forced.cmp(&a.forced).then(b.p.total_cmp(&a.p)));
+        let forced = weak_rows.iter().filter(|r| r.forced).count();
+        let up_front_usd = strong_top[k];
+        let weak_usd = weak_suffix[k];
+        let strong_if_escalated = strong_suffix[k];
+        let audit_fraction = crate::audit::fraction_for_cap(
+            inputs.audit_share,
+            all_strong_usd,
+            Decimal::try_from(strong_if_escalated).unwrap_or(Decimal::ZERO),
+        );
+        // Gap contributions of the rows left weak: the non-answers escalate whatever the
+        // threshold; then one more row at a time, most likely short first.
+        let mut gap_sum: f64 = weak_rows[forced..].iter().map(|r| r.gain).sum();
+        let mut gap_sq: f64 = weak_rows[forced..].iter().map(|r| r.gain * r.gain).sum();
+        for e in forced..=weak_rows.len() {
+            if e > forced {
+                let r = weak_rows[e - 1];
+                gap_sum -= r.gain;
+                gap_sq -= r.gain * r.gain;
+            }
+            let escalation_rate = if weak_rows.is_empty() {
+                0.0
+            } else {
+                e as f64 / weak_rows.len() as f64
+            };
+            // Per item after the pilot, the mean gap over the pilot rows (rows routed strong
+            // or escalated contribute 0), and its standard error.
+            let mean_gap = gap_sum / m;
+            let var = (gap_sq / m - mean_gap * mean_gap).max(0.0);
+            let se = (var / m).sqrt();
+            let gap = n_rest as f64 * mean_gap;
+            let gap_high = n_rest as f64 * (mean_gap + MARGIN_Z * se);
+            let cost = pilot_usd
+                + up_front_usd
+                + weak_usd
+                + (escalation_rate + audit_fraction) * strong_if_escalated;
+            if informed && gap_high <= allowed_gap + 1e-12 {
+                if best.as_ref().is_none_or(|b| cost < b.cost - 1e-12) {
+                    best = Some(Candidate {
+                        cost,
+                        k,
+                        cut,
+                        threshold: threshold_between(&weak_rows, e, forced),
+                        escalation_rate,
+                        gap,
+                        gap_high,
+                        audit_fraction,
+                    });
+                }
+                // At this share, escalating more only costs more.
+                break;
+            }
+        }
+        if k == n_rest {
+            break;
+        }
+        k = (k + step).min(n_rest);
+    }
+    let best = best.unwrap_or(Candidate {
+        cost: pilot_usd + strong_top[n_rest],
+        k: n_rest,
+        cut: rest.last().map_or(Cut::Nothing, |it| Cut::Rank {
+            score_cut: it.router_score,
+            last_seq: it.seq,
+        }),
+        threshold: escalation::RECORD_ONLY,
+        escalation_rate: 0.0,
+        gap: 0.0,
+        gap_high: 0.0,
+        audit_fraction: 0.0,
+    });
+    let ratio = |gap: f64| {
+        if total_quality > 0.0 {
+            1.0 - gap / total_quality
+        } else {
+            1.0
+        }
+    };
+    QualityPlan {
+        target,
+        items: n,
+        pilot: items.iter().filter(|i| i.pilot).count(),
+        strong_up_front: best.k,
+        predicted_escalation_rate: best.escalation_rate,
+        predicted_quality: ratio(best.gap),
+        predicted_quality_low: ratio(best.gap_high),
+        all_strong_quality,
+        all_weak_quality: qw,
+        expected_usd: Decimal::try_from(best.cost)
+            .unwrap_or(Decimal::ZERO)
+            .round_dp(9),
+        all_strong_usd,
+        all_weak_usd,
+        audit_fraction: best.audit_fraction,
+        gain_scale: scale,
+        gain_floor: floor,
+        pilot_disagreement,
+        signal_auroc,
+        history: inputs.history.len(),
+        fallback_threshold: fallback_threshold(inputs, &best.cut, best.escalation_rate),
+        rule: model.rule(best.threshold, inputs.extra_samples),
+        cut: best.cut,
+    }
+}
+
+/// The confidence below which the same share of the pilot's weak-routed answers escalates
+/// as the rule escalates (0 when none does).
+fn fallback_threshold(inputs: &QualityInputs<'_>, cut: &Cut, rate: f64) -> f64 {
+    let mut confidences: Vec<f64> = inputs
+        .pilot
+        .iter()
+        .filter(|a| {
+            inputs
+                .items
+                .get(a.item)
+                .is_some_and(|it| cut.route(it.router_score, it.seq) == crate::policy::Route::Weak)
+        })
+        .map(|a| a.features.confidence)
+        .collect();
+    if confidences.is_empty() || rate <= 0.0 {
+        return 0.0;
+    }
+    confidences.sort_by(f64::total_cmp);
+    let k = ((rate * confidences.len() as f64).round() as usize).min(confidences.len());
+    match k {
+        0 => 0.0,
+        k if k == confidences.len() => 1.0 + 1e-9,
+        k => (confidences[k - 1] + confidences[k]) / 2.0,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    cost: f64,
+    k: usize,
+    cut: Cut,
+    threshold: f64,
+    escalation_rate: f64,
+    gap: f64,
+    gap_high: f64,
+    audit_fraction: f64,
+}
+
+/// The threshold that escalates the first `e` of `rows` (sorted by falling `p`, the
+/// `forced` non-answers first): halfway between the last escalated and the first kept.
+fn threshold_between(rows: &[&Row], e: usize, forced: usize) -> f64 {
+    let scored = &rows[forced..];
+    let taken = e - forced;
+    if scored.is_empty() || taken == 0 {
+        // Escalate nothing that answers: above every p seen (and any p at all when no
+        // pilot row was left weak).
+        return scored
+            .first()
+            .map_or(escalation::RECORD_ONLY, |r| ((r.p + 1.0) / 2.0).min(1.0));
+    }
+    if taken >= scored.len() {
+        return scored.last().map_or(0.0, |r| r.p / 2.0);
+    }
+    (scored[taken - 1].p + scored[taken].p) / 2.0
+}
+
+/// The disagreement that remains where the weak answer is surest: the weighted share short
+/// among the labelled rows in the lowest fifth of `p`, at the lower end of its 95% interval.
+fn disagreement_floor(model: &EscalationModel, rows: &[Labelled]) -> f64 {
+    if rows.is_empty() {
+        return 0.0;
+    }
+    let mut scored: Vec<(f64, &Labelled)> = rows
+        .iter()
+        .map(|r| (model.p_short(&r.features), r))
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = rows.iter().map(|r| r.weight).sum();
+    let mut taken = 0.0;
+    let mut short = 0.0;
+    let mut count = 0.0;
+    for (_, r) in &scored {
+        if taken >= total / 5.0 {
+            break;
+        }
+        taken += r.weight;
+        short += r.weight * r.short.clamp(0.0, 1.0);
+        count += 1.0;
+    }
+    if taken <= 0.0 {
+        return 0.0;
+    }
+    crate::audit::wilson(short / taken, count).0
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 { 0.0 } else { s / n as f64 }
+}
+
+fn usd(d: Decimal) -> f64 {
+    d.to_f64().unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A deterministic generator for test data.
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (*seed >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A job of `n` items where the weak model fails on 30% of them; its confidence is
+    /// `informative` about that (or noise). Strong costs 10, weak 1 (cents).
+    fn job(n: usize, informative: bool, seed: u64) -> (Vec<JobItem>, Vec<PilotAnswer>) {
+        let mut s = seed;
+        let mut items = Vec::new();
+        let mut pilot = Vec::new();
+        for i in 0..n {
+            let fails = lcg(&mut s) < 0.3;
+            let score = (lcg(&mut s) * 0.3 + if fails { 0.1 } else { 0.0 }) as f32;
+            let in_pilot = i % 10 == 0;
+            items.push(JobItem {
+                seq: i as i64,
+                router_score: score,
+                weak_usd: Decimal::new(1, 2),
+                strong_usd: Decimal::new(10, 2),
+                pilot: in_pilot,
+            });
+            if in_pilot {
+                let c = if informative {
+                    if fails {
+                        0.3 + 0.4 * lcg(&mut s)
+                    } else {
+                        0.6 + 0.4 * lcg(&mut s)
+                    }
+                } else {
+                    lcg(&mut s)
+                };
+                pilot.push(PilotAnswer {
+                    item: i,
+                    features: AnswerFeatures {
+                        router_score: score,
+                        confidence: c,
+                        from_logprobs: true,
+                        off_label: false,
+                        empty_or_refusal: false,
+                        length_ratio: None,
+                        sample_agreement: None,
+                    },
+                    short: f64::from(u8::from(fails)),
+                });
+            }
+        }
+        (items, pilot)
+    }
+
+    fn inputs<'a>(
+        items: &'a [JobItem],
+        pilot: &'a [PilotAnswer],
+        target: f64,
+    ) -> QualityInputs<'a> {
+        QualityInputs {
+            target,
+            items,
+            pilot,
+            history: &[],
+            weak_quality: 0.7,
+            extra_samples: 0,
+            audit_share: 0.02,
+        }
+    }
+
+    #[test]
+    fn a_measured_signal_buys_savings_a_useless_one_does_not() {
+        let (items, good) = job(3_000, true, 1);
+        let (_, noise) = job(3_000, false, 1);
+        let sharp = plan(&inputs(&items, &good, 0.95));
+        let blind = plan(&inputs(&items, &noise, 0.95));
+        for p in [&sharp, &blind] {
+            assert!(p.predicted_quality_low >= 0.95 - 1e-9, "{p:?}");
+            assert!(p.expected_usd <= p.all_strong_usd, "{p:?}");
+            assert_eq!(p.pilot, 300);
+            assert_eq!(p.rule.features, escalation::FEATURES_V1);
+        }
+        assert!(
+            sharp.expected_usd < blind.expected_usd,
+            "{sharp:?} vs {blind:?}"
+        );
+        // The confidence was measured to matter, and got a weight.
+        assert!(sharp.rule.weights[2] < -0.5, "{:?}", sharp.rule.weights);
+        assert!(sharp.signal_auroc.unwrap() > 0.8);
+    }
+
+    #[test]
+    fn a_higher_target_costs_more() {
+        let (items, pilot) = job(2_000, true, 3);
+        let lo = plan(&inputs(&items, &pilot, 0.90));
+        let hi = plan(&inputs(&items, &pilot, 0.99));
+        assert!(lo.expected_usd <= hi.expected_usd);
+        assert!(hi.predicted_quality_low >= 0.99 - 1e-9);
+    }
+
+    #[test]
+    fn without_any_label_the_rest_goes_strong() {
+        let (items, _) = job(200, true, 5);
+        let p = plan(&inputs(&items, &[], 0.95));
+        assert_eq!(p.strong_up_front, items.iter().filter(|i| !i.pilot).count());
+        assert!((p.predicted_quality - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_pilot_is_at_least_forty_items_and_at_most_half() {
+        assert_eq!(pilot_fraction(0, 0, 0.02), 0.0);
+        assert!((pilot_fraction(10_000, 0, 0.02) - 0.03).abs() < 1e-12);
+        assert!((pilot_fraction(400, 0, 0.02) - 0.1).abs() < 1e-12);
+        assert_eq!(pilot_fraction(50, 0, 0.02), 0.5);
+        // With enough history, only the audit's share.
+        assert!((pilot_fraction(10_000, 500, 0.02) - 0.02).abs() < 1e-12);
+    }
+
+    proptest! {
+        #[test]
+        fn plans_reach_their_target_or_send_the_rest_strong(
+            n in 20usize..400,
+            seed in 0u64..1_000,
+            target in 0.8f64..=1.0,
+            informative in any::<bool>(),
+        ) {
+            let (items, pilot) = job(n, informative, seed);
+            let p = plan(&inputs(&items, &pilot, target));
+            let rest = items.iter().filter(|i| !i.pilot).count();
+            prop_assert!(p.predicted_quality_low >= target - 1e-9 || p.strong_up_front == rest);
+            prop_assert!(p.strong_up_front <= rest);
+            prop_assert!((0.0..=1.0).contains(&p.predicted_escalation_rate));
+            prop_assert!((0.0..=1.0).contains(&p.audit_fraction));
+            prop_assert!(p.rule.weights.iter().all(|w| w.is_finite()));
+            prop_assert!(p.rule.threshold.is_finite());
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! Exactly-once rules of the store, against a real Postgres (a database per test): who
+//! decides an item when two copies of an attempt are committed, what shadow, audit and stale
+//! outcomes may change, claims and in-doubt bookings, and budget months.
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use switchyard_store::booking::Booking;
+use switchyard_store::budgets::{self, BudgetSpec, HoldRequest, Reservation, WhenExhausted};
+use switchyard_store::intents::{self, Claim, Intent};
+use switchyard_store::outcomes::{self, AttemptKey, CallEntry, Outcome, UsageSource};
+use switchyard_testkit::TestDb;
+
+mod common;
+use common::{d, job_with_items, price_since_2020};
+
+const JOB: &str = "job-x";
+const MODEL: &str = "m";
+
+/// A running job with items `item-1..=n`, queued, and a price for [`MODEL`]: $1 / $2 per
+/// million tokens since 2020.
+async fn setup(n: i64) -> TestDb {
+    let db = TestDb::new().await;
+    job_with_items(&db.pool, JOB, "running", n).await;
+    price_since_2020(&db.pool, MODEL, "1", "2").await;
+    db
+}
+
+fn key(item: i64, attempt: i32) -> AttemptKey {
+    AttemptKey {
+        job_id: JOB.to_owned(),
+        item_id: format!("item-{item}"),
+        attempt,
+    }
+}
+
+fn call(id: &str, tokens: i32, at: DateTime<Utc>) -> CallEntry {
+    CallEntry {
+        call_id: id.to_owned(),
+        provider_response_id: Some("chatcmpl-1".to_owned()),
+        team: "team".to_owned(),
+        project: "proj".to_owned(),
+        tier: "weak".to_owned(),
+        model: MODEL.to_owned(),
+        provider: "test".to_owned(),
+        price_id: 0,
+        prompt_tokens: tokens,
+        completion_tokens: tokens,
+        cost_usd: Decimal::ZERO,
+        usage_source: UsageSource::Provider,
+        latency_ms: 1,
+        retry: false,
+        booking: Booking::at(at),
+    }
+}
+
+fn answered(item: i64, attempt: i32, id: &str, escalated_to: Option<&str>) -> Outcome {
+    let answer = format!("answer of {id}");
+    answer_with(
+        item,
+        attempt,
+        escalated_to,
+        &answer,
+        None,
+        call(id, 100, Utc::now()),
+    )
+}
+
+fn answer_with(
+    item: i64,
+    attempt: i32,
+    escalated_to: Option<&str>,
+    answer: &str,
+    raw_answer: Option<&str>,
+    call: CallEntry,
+) -> Outcome {
+    Outcome::Answered {
+        key: key(item, attempt),
+        tier: "weak".to_owned(),
+        answer: answer.to_owned(),
+        raw_answer: raw_answer.map(str::to_owned),
+        confidence: 0.5,
+        escalated_to: escalated_to.map(str::to_owned),
+        call,
+    }
+}
+
+fn failed(item: i64, attempt: i32) -> Outcome {
+    Outcome::Failed {
+        key: key(item, attempt),
+        subject: "sy.work.weak".to_owned(),
+        deliveries: 5,
+        error: "gave up".to_owned(),
+        call: None,
+        intent: None,
+    }
+}
+
+async fn item(pool: &PgPool, item: i64) -> (String, i32, Option<i32>) {
+    sqlx::query_as(
+        "SELECT status, attempt, final_attempt FROM items WHERE job_id = $1 AND item_id = $2",
+    )
+    .bind(JOB)
+    .bind(format!("item-{item}"))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn outcome_of(pool: &PgPool, call_id: &str) -> String {
+    sqlx::query_scalar("SELECT outcome FROM ledger WHERE call_id = $1")
+        .bind(call_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn of_two_copies_of_an_attempt_the_first_decides_and_the_second_is_a_booked_duplicate() {
+    let db = setup(2).await;
+    // Item 1: both copies answer; item 2: the first copy escalates, the second would not.
+    let first = outcomes::commit(
+        &db.pool,
+        &[
+            answered(1, 0, "c1a", None),
+            answered(2, 0, "c2a", Some("strong")),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.decided.len(), 2);
+    assert_eq!(first.duplicates, 0);
+    let second = outcomes::commit(
+        &db.pool,
+        &[answered(1, 0, "c1b", None), answered(2, 0, "c2b", None)],
+    )
+    .await
+    .unwrap();
+    assert!(
+        second.decided.is_empty(),
+        "the second copies decide nothing"
+    );
+    assert_eq!(second.duplicates, 2);
+    assert_eq!(outcome_of(&db.pool, "c1a").await, "ok");
+    assert_eq!(outcome_of(&db.pool, "c1b").await, "duplicate");
+    assert_eq!(outcome_of(&db.pool, "c2b").await, "duplicate");
+    assert_eq!(item(&db.pool, 1).await, ("done".to_owned(), 0, Some(0)));
+    // The escalation stands: the item waits for attempt 1 (the duplicate did not finish it).
+    assert_eq!(item(&db.pool, 2).await, ("queued".to_owned(), 1, None));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 4, "every call is booked, once");
+}
+
+#[tokio::test]
+async fn shadow_stale_and_answered_failures_never_fail_an_item_and_audits_become_final() {
+    let db = setup(4).await;
+    // A shadow call fails for good: dead letter only.
+    outcomes::commit(&db.pool, &[failed(1, 1000)])
+        .await
+        .unwrap();
+    assert_eq!(item(&db.pool, 1).await.0, "queued");
+    // Item 2 escalated at attempt 0: a late failure of attempt 0 (the reaper's) is stale.
+    outcomes::commit(&db.pool, &[answered(2, 0, "e2", Some("strong"))])
+        .await
+        .unwrap();
+    let r = outcomes::commit(&db.pool, &[failed(2, 0)]).await.unwrap();
+    assert!(r.decided.is_empty());
+    assert_eq!(item(&db.pool, 2).await, ("queued".to_owned(), 1, None));
+    // Its current attempt may fail.
+    let r = outcomes::commit(&db.pool, &[failed(2, 1)]).await.unwrap();
+    assert_eq!(r.decided.len(), 1);
+    assert_eq!(item(&db.pool, 2).await.0, "failed");
+    // Item 3: an audit answer lands after the item's own: it becomes the final answer.
+    outcomes::commit(&db.pool, &[answered(3, 0, "a3", None)])
+        .await
+        .unwrap();
+    outcomes::commit(&db.pool, &[answered(3, 1001, "audit3", None)])
+        .await
+        .unwrap();
+    assert_eq!(item(&db.pool, 3).await, ("done".to_owned(), 0, Some(1001)));
+    assert_eq!(outcome_of(&db.pool, "audit3").await, "audit");
+    // Item 4: the audit lands first; the item's own answer finishes it, pointing at it.
+    outcomes::commit(&db.pool, &[answered(4, 1001, "audit4", None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        item(&db.pool, 4).await.0,
+        "queued",
+        "an audit never finishes an item"
+    );
+    outcomes::commit(&db.pool, &[answered(4, 0, "a4", None)])
+        .await
+        .unwrap();
+    assert_eq!(item(&db.pool, 4).await, ("done".to_owned(), 0, Some(1001)));
+}
+
+fn intent(item: i64, attempt: i32, id: &str) -> Intent {
+    Intent {
+        call_id: id.to_owned(),
+        key: key(item, attempt),
+        team: "team".to_owned(),
+        project: "proj".to_owned(),
+        tier: "weak".to_owned(),
+        model: MODEL.to_owned(),
+        provider: "test".to_owned(),
+        prompt_bound: 1_000,
+        max_tokens: 500,
+        escalation: false,
+        all_strong: switchyard_store::booking::Counterfactual::Own,
+        all_weak: switchyard_store::booking::Counterfactual::Own,
+    }
+}
+
+#[tokio::test]
+async fn claims_settle_busy_and_take_over_a_dead_owners_attempt_in_doubt() {
+    let db = setup(3).await;
+    let grace = Duration::ZERO;
+    let lease = Duration::from_secs(60);
+    intents::renew_lease(&db.pool, "alive", lease)
+        .await
+        .unwrap();
+    intents::renew_lease(&db.pool, "other", lease)
+        .await
+        .unwrap();
+    // Item 1 answered: any later delivery calls nothing.
+    outcomes::commit(&db.pool, &[answered(1, 0, "done1", None)])
+        .await
+        .unwrap();
+    let claims = intents::claim(
+        &db.pool,
+        "alive",
+        grace,
+        &[intent(1, 0, "x1"), intent(2, 0, "x2"), intent(3, 0, "x3")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        claims,
+        vec![
+            Claim::Settled { escalate: false },
+            Claim::Claimed,
+            Claim::Claimed
+        ]
+    );
+    // A second copy of item 2's attempt, from another live worker: busy.
+    let again = intents::claim(&db.pool, "other", grace, &[intent(2, 0, "y2")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Claim::Busy]);
+    // "alive" dies (its lease ends without a booking): the copy takes the attempt over, and
+    // the dead owner's call is booked in doubt at its worst case.
+    intents::drop_lease(&db.pool, "alive").await.unwrap();
+    let again = intents::claim(&db.pool, "other", grace, &[intent(2, 0, "y2")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Claim::Claimed]);
+    let (outcome, source, cost): (String, String, Decimal) =
+        sqlx::query_as("SELECT outcome, usage_source, cost_usd FROM ledger WHERE call_id = 'x2'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (outcome.as_str(), source.as_str()),
+        ("in_doubt", "worst_case")
+    );
+    // 1,000 prompt tokens at $1/M + 500 completion at $2/M.
+    assert_eq!(cost, d("0.002"));
+    // The sweep books the dead owner's other intent (item 3) the same way.
+    let swept = intents::book_in_doubt(&db.pool, grace, 100).await.unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].call_id, "x3");
+    // The "dead" worker was only stalled: its answer for x3 arrives. The in-doubt entry is
+    // reversed and the call booked as it was; the ledger's total is the real cost.
+    let late = outcomes::commit(
+        &db.pool,
+        &[answer_with(
+            3,
+            0,
+            None,
+            "A",
+            None,
+            call("x3", 100, Utc::now()),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(late.settled_in_doubt, 1);
+    let item3: Decimal =
+        sqlx::query_scalar("SELECT sum(cost_usd) FROM ledger WHERE item_id = 'item-3'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    // 100 × $1/M + 100 × $2/M.
+    assert_eq!(item3, d("0.0003"));
+    let (open, _) = intents::open_intents(&db.pool, grace).await.unwrap();
+    assert_eq!(open, 1, "only y2 is still being called");
+}
+
+async fn budget(pool: &PgPool, limit: &str) {
+    budgets::set(
+        pool,
+        &BudgetSpec {
+            team: "team".to_owned(),
+            monthly_usd: d(limit),
+            soft_usd: None,
+            when_exhausted: WhenExhausted::Wait,
+        },
+        true,
+    )
+    .await
+    .unwrap();
+}
+
+async fn period(pool: &PgPool, month: &str) -> (Decimal, Decimal) {
+    sqlx::query_as::<_, (Decimal, Decimal)>(
+        "SELECT spent_usd, reserved_usd FROM budget_periods WHERE team = 'team' \
+         AND month = $1::date",
+    )
+    .bind(month)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+    .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_call_held_at_the_months_last_instant_is_spent_in_that_month() {
+    let db = setup(2).await;
+    budget(&db.pool, "1").await;
+    // November has $0.999 spent already; December is untouched.
+    let last_instant = Utc.with_ymd_and_hms(2026, 11, 30, 23, 59, 59).unwrap()
+        + chrono::Duration::milliseconds(900);
+    sqlx::query(
+        "INSERT INTO budget_periods (team, month, spent_usd) VALUES ('team', '2026-11-01', 0.999)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let hold = HoldRequest {
+        team: "team",
+        amount_usd: d("0.001"),
+        holder: "w",
+        job_id: JOB,
+        item_id: "item-1",
+        attempt: 0,
+        model: MODEL,
+        lease: Duration::from_secs(60),
+        at: Some(last_instant),
+    };
+    let Reservation::Held {
+        reservation_id,
+        held_at,
+    } = budgets::reserve(&db.pool, &hold).await.unwrap()
+    else {
+        panic!("the hold fits November exactly");
+    };
+    assert_eq!(held_at, last_instant);
+    // A second hold in November does not fit.
+    let more = HoldRequest {
+        item_id: "item-2",
+        amount_usd: d("0.000001"),
+        ..hold.clone()
+    };
+    assert!(matches!(
+        budgets::reserve(&db.pool, &more).await.unwrap(),
+        Reservation::DoesNotFit { .. }
+    ));
+    // The call is booked after midnight, priced at its hold's time (as workers do).
+    let mut c = call("late", 333, held_at);
+    c.booking.reservation_id = Some(reservation_id);
+    let booked = answer_with(1, 0, None, "A", None, c);
+    outcomes::commit(&db.pool, &[booked]).await.unwrap();
+    let (nov_spent, nov_reserved) = period(&db.pool, "2026-11-01").await;
+    let (dec_spent, _) = period(&db.pool, "2026-12-01").await;
+    // 333 × $1/M + 333 × $2/M = 0.000999: November ends at 0.999999, under its $1.
+    assert_eq!((nov_spent, nov_reserved), (d("0.999999"), Decimal::ZERO));
+    assert_eq!(dec_spent, Decimal::ZERO);
+    assert!(nov_spent <= d("1"));
+}
+
+#[tokio::test]
+async fn expired_holds_of_past_months_are_released() {
+    let db = setup(1).await;
+    budget(&db.pool, "10").await;
+    let hold = HoldRequest {
+        team: "team",
+        amount_usd: d("2"),
+        holder: "dead",
+        job_id: JOB,
+        item_id: "item-1",
+        attempt: 0,
+        model: MODEL,
+        lease: Duration::from_millis(1),
+        at: Some(Utc.with_ymd_and_hms(2026, 10, 15, 12, 0, 0).unwrap()),
+    };
+    assert!(matches!(
+        budgets::reserve(&db.pool, &hold).await.unwrap(),
+        Reservation::Held { .. }
+    ));
+    assert_eq!(period(&db.pool, "2026-10-01").await.1, d("2"));
+    switchyard_testkit::eventually("the hold to expire and go", Duration::from_secs(10), || {
+        let pool = db.pool.clone();
+        async move {
+            budgets::release_expired(&pool, Duration::ZERO)
+                .await
+                .unwrap();
+            (period(&pool, "2026-10-01").await.1 == Decimal::ZERO).then_some(())
+        }
+    })
+    .await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM budget_reservations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+/// A live worker renews only the holds it still tracks: one it lost track of (its release
+/// failed during an outage) expires and is given back, while the other stays.
+#[tokio::test]
+async fn a_hold_its_worker_lost_track_of_expires_while_the_tracked_one_lives() {
+    let db = setup(2).await;
+    budget(&db.pool, "10").await;
+    let hold = HoldRequest {
+        team: "team",
+        amount_usd: d("2"),
+        holder: "live",
+        job_id: JOB,
+        item_id: "item-1",
+        attempt: 0,
+        model: MODEL,
+        lease: Duration::ZERO,
+        at: None,
+    };
+    let held = |r: Reservation| match r {
+        Reservation::Held { reservation_id, .. } => reservation_id,
+        other => panic!("expected a hold, got {other:?}"),
+    };
+    let tracked = held(budgets::reserve(&db.pool, &hold).await.unwrap());
+    let lost = held(
+        budgets::reserve(
+            &db.pool,
+            &HoldRequest {
+                item_id: "item-2",
+                amount_usd: d("3"),
+                ..hold.clone()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let renewed = budgets::renew_holds(&db.pool, "live", &[tracked], Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(renewed, 1);
+    let released = budgets::release_expired(&db.pool, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(released, d("3"), "the untracked hold is given back");
+    let left: Vec<i64> =
+        sqlx::query_scalar("SELECT reservation_id FROM budget_reservations ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, vec![tracked]);
+    assert_ne!(tracked, lost);
+    let month = Utc::now().format("%Y-%m-01").to_string();
+    assert_eq!(period(&db.pool, &month).await.1, d("2"));
+}
+
+#[tokio::test]
+async fn an_answer_postgres_text_cannot_hold_is_stored_losslessly() {
+    let db = setup(2).await;
+    let now = Utc::now();
+    let nul = answer_with(1, 0, None, "A\0B", None, call("nul", 1, now));
+    let lone = answer_with(
+        2,
+        0,
+        None,
+        "x\u{fffd}",
+        Some(r#""x\ud800""#),
+        call("lone", 1, now),
+    );
+    outcomes::commit(&db.pool, &[nul, lone]).await.unwrap();
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT item_id, answer, answer_encoding FROM results ORDER BY item_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows[0].2.as_deref(), Some("json"));
+    assert_eq!(
+        outcomes::decode_answer(&rows[0].1, rows[0].2.as_deref()),
+        "A\0B"
+    );
+    assert_eq!(rows[1].1, r#""x\ud800""#, "the provider's text, as sent");
+    assert_eq!(
+        outcomes::decode_answer(&rows[1].1, rows[1].2.as_deref()),
+        "x\u{fffd}"
+    );
+}
+
+/// An intent is never deleted without its ledger row: one whose model has no price in force
+/// stays open (with a warning) until a price exists, then the sweep books it in doubt.
+#[tokio::test]
+async fn an_in_doubt_call_without_a_price_stays_open_until_it_can_be_booked() {
+    let db = setup(1).await;
+    let grace = Duration::ZERO;
+    let mut unpriced = intent(1, 0, "u1");
+    unpriced.model = "unpriced".to_owned();
+    // Claimed by a worker that never held a lease: gone at once.
+    let claims = intents::claim(&db.pool, "dead", grace, &[unpriced])
+        .await
+        .unwrap();
+    assert_eq!(claims, vec![Claim::Claimed]);
+    let swept = intents::book_in_doubt(&db.pool, grace, 100).await.unwrap();
+    assert!(swept.is_empty(), "{swept:?}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM call_intents WHERE call_id = 'u1'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "the intent is kept");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE call_id = 'u1'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    // A price (in force since before the call) arrives: the next sweep books it.
+    price_since_2020(&db.pool, "unpriced", "1", "2").await;
+    let swept = intents::book_in_doubt(&db.pool, grace, 100).await.unwrap();
+    assert_eq!(swept.len(), 1);
+    let (outcome, reason): (String, Option<String>) =
+        sqlx::query_as("SELECT outcome, reason FROM ledger WHERE call_id = 'u1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome, "in_doubt");
+    assert_eq!(
+        reason.as_deref(),
+        Some("worker dead gone: its lease ran out")
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM call_intents")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

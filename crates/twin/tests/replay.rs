@@ -1,0 +1,132 @@
+//! The twin on the bundled demo data (held out from the default router's training).
+
+use std::path::{Path, PathBuf};
+
+use switchyard_twin::cli::{EvalArgs, run, table};
+
+fn demo(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/demo")
+        .join(file)
+}
+
+fn args(file: &str) -> EvalArgs {
+    EvalArgs {
+        data: vec![demo(file)],
+        policy: 0.95,
+        fixed: None,
+        router: None,
+        folds: None,
+        train: Vec::new(),
+        history: false,
+        weak: None,
+        strong: None,
+        auroc: 0.85,
+        bias: 2.0,
+        seed: 0,
+        no_logprobs: false,
+        samples: 4,
+        audit_share: 0.02,
+        plot: None,
+        json: false,
+        keep_contaminated: false,
+        exclude_demo: false,
+        skip_missing: false,
+    }
+}
+
+#[test]
+fn a_quality_job_is_replayed_with_every_call_counted() {
+    let out = run(&args("classify_mmlu.jsonl")).unwrap();
+    assert_eq!(out.jobs.len(), 1);
+    let r = &out.jobs[0].report;
+    let plan = r.plan.as_ref().unwrap();
+    // Every item is in exactly one place.
+    assert!(r.pilot > 0 && r.audited > 0);
+    assert_eq!(plan.items, r.items);
+    assert_eq!(plan.strong_up_front, r.strong_up_front);
+    let weak_routed = r.items - r.pilot - r.strong_up_front;
+    // Calls: pilot items twice, up-front once, weak-routed once plus escalations and audits.
+    assert_eq!(
+        r.calls,
+        2 * r.pilot + r.strong_up_front + weak_routed + r.escalated + r.audited
+    );
+    assert_eq!(r.cost_usd, r.spend.total());
+    assert!(r.cost_usd < r.cost_all_strong_usd && r.cost_usd > r.cost_all_weak_usd);
+    // The audit cap: at most about 2% of all-strong on audit calls.
+    let audit_share = switchyard_twin::job::ratio(r.spend.audit, r.cost_all_strong_usd).unwrap();
+    assert!(audit_share < 0.03, "{audit_share}");
+    // The promise, on held-out rows at AUROC 0.85.
+    assert!(
+        r.quality_vs_all_strong >= 0.95,
+        "{}",
+        r.quality_vs_all_strong
+    );
+    assert!(r.saved > 0.3, "{}", r.saved);
+    // The audit's interval holds its estimate; the conservative proxy is below the truth here.
+    let a = r.audit.unwrap();
+    assert!(a.low <= a.estimate && a.estimate <= a.high);
+    assert!(a.estimate <= r.quality_vs_all_strong + 0.02);
+    // The simulator's confidence is what it was set to.
+    assert!((r.confidence_auroc.unwrap() - 0.85).abs() < 0.03);
+    assert!(!r.frontier.is_empty());
+    assert!(table(&out).contains("classify_mmlu"));
+    // Replays are deterministic.
+    let again = run(&args("classify_mmlu.jsonl")).unwrap();
+    assert_eq!(again.jobs[0].report.cost_usd, r.cost_usd);
+    assert_eq!(again.jobs[0].report.escalated, r.escalated);
+}
+
+#[test]
+fn a_fixed_policy_has_no_pilot_and_a_sharper_confidence_escalates_better() {
+    let mut a = args("classify_mmlu.jsonl");
+    a.fixed = Some((0.1, 0.8));
+    let sharp = run(&a).unwrap().jobs.remove(0).report;
+    a.auroc = 0.6;
+    let dull = run(&a).unwrap().jobs.remove(0).report;
+    assert_eq!((sharp.pilot, sharp.audited), (0, 0));
+    assert!(sharp.audit.is_none());
+    assert!(sharp.plan.is_none());
+    assert_eq!(
+        sharp.strong_up_front,
+        (0.1 * sharp.items as f64).round() as usize
+    );
+    assert!(sharp.quality_vs_all_strong > dull.quality_vs_all_strong);
+}
+
+#[test]
+fn without_logprobs_samples_are_paid_for_and_give_a_signal() {
+    let mut a = args("classify_mmlu.jsonl");
+    a.no_logprobs = true;
+    let r = run(&a).unwrap().jobs.remove(0).report;
+    let plan = r.plan.as_ref().unwrap();
+    assert_eq!(plan.rule.samples, 4);
+    // The samples' agreement separates right from wrong answers (above chance).
+    assert!(
+        r.confidence_auroc.unwrap() > 0.55,
+        "{:?}",
+        r.confidence_auroc
+    );
+    // Weak calls cost more than without samples (each draws four more completions).
+    let with_logprobs = run(&args("classify_mmlu.jsonl"))
+        .unwrap()
+        .jobs
+        .remove(0)
+        .report;
+    let per_weak = |r: &switchyard_twin::job::JobReport| {
+        let n = (r.items - r.pilot - r.strong_up_front) as f64;
+        switchyard_twin::job::ratio(r.spend.weak, rust_decimal::Decimal::ONE).unwrap() / n
+    };
+    assert!(per_weak(&r) > per_weak(&with_logprobs));
+}
+
+#[test]
+fn bad_input_is_refused_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{not json}\n").unwrap();
+    let mut a = args("classify_mmlu.jsonl");
+    a.data = vec![bad.clone()];
+    let e = run(&a).unwrap_err().to_string();
+    assert!(e.contains("bad.jsonl"), "{e}");
+}

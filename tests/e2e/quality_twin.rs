@@ -1,0 +1,84 @@
+//! The fleet agrees with its offline twin: a held-out quality job run through the real
+//! dispatcher, workers and simulator over HTTP spends, escalates, audits and delivers what
+//! `switchyard policy eval` replays for the same items.
+//!
+//! Needs the worker side of the contract in docs/quality.md (the rule decides escalation;
+//! an audit answer becomes the item's final answer).
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use switchyard_proto::Routing;
+use switchyard_proto::work::AUDIT_ATTEMPT;
+use switchyard_sim::SimConfig;
+
+use crate::support::{Harness, STRONG, classify_job, data, mmlu_items, quality_twin_of};
+
+#[tokio::test]
+async fn a_held_out_quality_job_through_the_fleet_matches_policy_eval() {
+    let sim = SimConfig {
+        auroc: 0.85,
+        ..SimConfig::default()
+    };
+    let h = Harness::start_with(|_| {}, sim.clone()).await;
+    // The bundled MMLU rows are held out from the default router's training.
+    let items = mmlu_items(1_000);
+    let mut spec = classify_job(items.clone(), 0.0, 0.0);
+    spec.policy.routing = Routing::Quality { value: 0.95 };
+    spec.policy.cascade.confidence_threshold = None;
+    let job_id = spec.job_id.clone();
+    h.client.submit(spec.clone()).await.unwrap();
+    let status = h.wait_final(&job_id, 180).await;
+    assert_eq!(status.job.status, "completed", "{status:?}");
+
+    // The twin, on the same items, job id, router, prices and simulator settings.
+    let replay = quality_twin_of(&h, &sim, &spec, switchyard_core::audit::DEFAULT_AUDIT_SHARE);
+
+    // Decisions: the same items routed strong, escalated and audited.
+    let escalated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM results WHERE job_id = $1 AND attempt = 0 AND escalated",
+    )
+    .bind(&job_id)
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(escalated as usize, replay.escalated);
+    let ledger = h.ledger(&job_id).await;
+    let audits = ledger
+        .iter()
+        .filter(|l| l.attempt == i32::from(AUDIT_ATTEMPT))
+        .count();
+    assert_eq!(audits, replay.pilot + replay.audited);
+    assert_eq!(ledger.len(), replay.calls);
+    // Money: the ledger's exact sum is the twin's, call for call.
+    let spent: Decimal = ledger.iter().map(|l| l.cost_usd).sum();
+    assert_eq!(spent, replay.cost_usd);
+
+    // Quality: the replayed score of every final answer, as the twin computed it.
+    let finals: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.item_id, r.model FROM items i JOIN results r ON r.job_id = i.job_id \
+         AND r.item_id = i.item_id AND r.attempt = i.final_attempt WHERE i.job_id = $1",
+    )
+    .bind(&job_id)
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    let by_item: BTreeMap<String, String> = finals.into_iter().collect();
+    let (mut q, mut q_strong) = (0.0, 0.0);
+    let data = data();
+    for it in &items {
+        let r = data.get(&it.item_id).unwrap();
+        q += r.models[by_item[&it.item_id].as_str()].score;
+        q_strong += r.models[STRONG].score;
+    }
+    assert!((q / q_strong - replay.quality_vs_all_strong).abs() < 1e-9);
+    // The promise itself (>= 95% of all-strong) is not met on this held-out job since the
+    // learned-v2 router and the worker wiring merged (93.3%, issue 11 stays open): this test
+    // holds the fleet to its twin, and prints what both achieved.
+    println!(
+        "fleet = twin: quality {:.4} of all-strong",
+        replay.quality_vs_all_strong
+    );
+    assert!(replay.quality_vs_all_strong > 0.5);
+    h.finish().await;
+}
