@@ -23,6 +23,9 @@ use switchyard_store::reports::{self, JobStatus};
 /// maximum message is 1 MiB).
 pub const INLINE_LIMIT: usize = 512 * 1024;
 
+/// How often [`Client::wait`] computes a full job status while the job runs.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// A connection to a deployment.
 #[derive(Clone)]
 pub struct Client {
@@ -181,8 +184,14 @@ impl Client {
         Ok(reports::job_status(&self.pool, job_id).await?)
     }
 
-    /// Waits until the job reaches a final state, calling `on_progress` with each new status.
-    /// `appear_within` bounds how long a job that does not exist yet is waited for.
+    /// Waits until the job reaches a final state, calling `on_progress` with its status at
+    /// most every [`PROGRESS_EVERY`] and once more when it is final. `appear_within` bounds
+    /// how long a job that does not exist yet is waited for.
+    ///
+    /// Every commit of every worker announces progress, and a full status counts the job's
+    /// items and ledger rows: computing one per announcement would have one waiting client
+    /// scan a large job hundreds of times a second. Between full statuses only the job's own
+    /// row is read (is it final yet?).
     ///
     /// # Errors
     /// Database errors.
@@ -197,18 +206,34 @@ impl Client {
         let mut events = self.nats.subscribe(t.events_subject(job_id)).await?;
         let mut done = self.nats.subscribe(t.job_done_subject(job_id)).await?;
         let started = Instant::now();
-        let mut last = None;
+        let mut last: Option<Box<JobStatus>> = None;
+        let mut last_full: Option<Instant> = None;
         loop {
-            match self.status(job_id).await? {
-                Some(s) => {
-                    on_progress(&s);
-                    if switchyard_store::jobs::status::is_final(&s.job.status) {
-                        return Ok(WaitOutcome::Finished(Box::new(s)));
+            let due = last_full.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+            let row = if due {
+                None
+            } else {
+                Some(switchyard_store::jobs::get(&self.pool, job_id).await?)
+            };
+            let is_final_row = matches!(
+                &row,
+                Some(Some(j)) if switchyard_store::jobs::status::is_final(&j.status)
+            );
+            if due || is_final_row {
+                match self.status(job_id).await? {
+                    Some(s) => {
+                        last_full = Some(Instant::now());
+                        on_progress(&s);
+                        if switchyard_store::jobs::status::is_final(&s.job.status) {
+                            return Ok(WaitOutcome::Finished(Box::new(s)));
+                        }
+                        last = Some(Box::new(s));
                     }
-                    last = Some(Box::new(s));
+                    None if started.elapsed() > appear_within => {
+                        return Ok(WaitOutcome::NotFound);
+                    }
+                    None => {}
                 }
-                None if started.elapsed() > appear_within => return Ok(WaitOutcome::NotFound),
-                None => {}
             }
             if timeout.is_some_and(|t| started.elapsed() > t) {
                 return Ok(WaitOutcome::TimedOut(last));
