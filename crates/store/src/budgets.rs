@@ -16,7 +16,8 @@
 //! 4. **Release** the hold when the call fails or is given back ([`release`]).
 //!
 //! A worker that died stops renewing; when a reservation does not fit, expired holds of the
-//! team are reclaimed first (a dead worker's hold is lost, a live one's never is), and
+//! team are reclaimed first (a dead worker's hold is lost, a live one's never is; a hold whose
+//! call intent is still open waits for that call's in-doubt booking, which settles it), and
 //! [`release_expired`] gives back expired holds of any month. After a Postgres restart every
 //! hold looks expired: nothing is reclaimed until the server has been up for one lease, so
 //! live workers renew theirs first. Lock order, everywhere: the team's month row before its
@@ -438,7 +439,10 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
 
 /// Deletes the team's expired holds of `month` (the caller holds the month row's lock) and
 /// takes them off `reserved_usd`; returns the amount reclaimed. Nothing is reclaimed while
-/// the server has been up for less than `lease` (see the module docs).
+/// the server has been up for less than `lease` (see the module docs). A hold whose call
+/// intent is still open is not reclaimed: its call may have been made, and the in-doubt
+/// booking of that intent settles the hold with the call's worst case. Reclaiming it first
+/// would give its room to another call and then book the worst case on top: overspend.
 async fn reclaim_expired_in(
     conn: &mut PgConnection,
     team: &str,
@@ -446,8 +450,11 @@ async fn reclaim_expired_in(
     lease: Duration,
 ) -> sqlx::Result<Decimal> {
     let reclaimed: Decimal = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "WITH gone AS (DELETE FROM budget_reservations WHERE team = $1 AND month = $2 \
-         AND expires_at < now() AND {} RETURNING amount_usd) \
+        "WITH gone AS (DELETE FROM budget_reservations r WHERE r.team = $1 AND r.month = $2 \
+         AND r.expires_at < now() AND {} \
+         AND NOT EXISTS (SELECT 1 FROM call_intents c WHERE c.owner = r.holder \
+           AND c.job_id = r.job_id AND c.item_id = r.item_id AND c.attempt = r.attempt) \
+         RETURNING r.amount_usd) \
          SELECT COALESCE(sum(amount_usd), 0) FROM gone",
         up_for("$3")
     )))

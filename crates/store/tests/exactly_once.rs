@@ -421,6 +421,74 @@ async fn expired_holds_of_past_months_are_released() {
     assert_eq!(left, 0);
 }
 
+/// A dead worker's expired hold whose call intent is still open is not reclaimed by another
+/// worker's reservation: the in-doubt booking settles it with the call's worst case, and the
+/// team never ends over its limit.
+#[tokio::test]
+async fn a_dead_workers_hold_with_an_open_intent_is_settled_in_doubt_not_reclaimed() {
+    let db = setup(2).await;
+    // Room for one call's worst case ($0.002, see `intent`), not two.
+    budget(&db.pool, "0.003").await;
+    intents::renew_lease(&db.pool, "dead", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let claimed = intents::claim(&db.pool, "dead", Duration::ZERO, &[intent(1, 0, "d1")])
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![Claim::Claimed]);
+    let hold = HoldRequest {
+        team: "team",
+        amount_usd: d("0.002"),
+        holder: "dead",
+        job_id: JOB,
+        item_id: "item-1",
+        attempt: 0,
+        model: MODEL,
+        lease: Duration::ZERO,
+        at: None,
+    };
+    assert!(matches!(
+        budgets::reserve(&db.pool, &hold).await.unwrap(),
+        Reservation::Held { .. }
+    ));
+    // The worker dies with its request possibly sent; its hold has expired.
+    intents::drop_lease(&db.pool, "dead").await.unwrap();
+    let other = HoldRequest {
+        holder: "live",
+        item_id: "item-2",
+        ..hold.clone()
+    };
+    assert!(
+        matches!(
+            budgets::reserve(&db.pool, &other).await.unwrap(),
+            Reservation::DoesNotFit { .. }
+        ),
+        "the dead worker's call may have been made: its room is not given away"
+    );
+    let swept = intents::book_in_doubt(&db.pool, Duration::ZERO, 100)
+        .await
+        .unwrap();
+    assert_eq!(swept.len(), 1);
+    let month = Utc::now().format("%Y-%m-01").to_string();
+    assert_eq!(period(&db.pool, &month).await, (d("0.002"), Decimal::ZERO));
+    assert!(matches!(
+        budgets::reserve(&db.pool, &other).await.unwrap(),
+        Reservation::DoesNotFit { .. }
+    ));
+    assert!(matches!(
+        budgets::reserve(
+            &db.pool,
+            &HoldRequest {
+                amount_usd: d("0.001"),
+                ..other.clone()
+            }
+        )
+        .await
+        .unwrap(),
+        Reservation::Held { .. }
+    ));
+}
+
 /// A live worker renews only the holds it still tracks: one it lost track of (its release
 /// failed during an outage) expires and is given back, while the other stays.
 #[tokio::test]
