@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side by side with the gateway users pick today (issue 6): the same chat-completion requests
+# Side by side with the gateway users pick today: the same chat-completion requests
 # against the model simulator directly, through the fleet (one single-item job per call, result
 # and ledger row committed in Postgres) and through a LiteLLM proxy. Prints the latency each
 # path adds per call (p50, p99) and the calls/s each sustains at concurrency 1, 8 and 32; see

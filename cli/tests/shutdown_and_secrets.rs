@@ -1,4 +1,4 @@
-//! The real `switchyard` binary (issue 5): SIGTERM stops a dispatcher or a worker within its
+//! The real `switchyard` binary: SIGTERM stops a dispatcher or a worker within its
 //! grace period with exit 0, in-flight work finished or handed back (and then done elsewhere,
 //! once); secrets never appear in output, errors or logs.
 

@@ -1,4 +1,4 @@
-//! A catalog of malformed jobs and items (issue 5): each gets a clear error, a dead letter,
+//! A catalog of malformed jobs and items: each gets a clear error, a dead letter,
 //! and a terminated message, and nothing else is disturbed: a good job submitted in the
 //! middle of them completes, and ids full of SQL or path metacharacters are plain data.
 

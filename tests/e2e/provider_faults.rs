@@ -1,4 +1,4 @@
-//! Provider faults through the simulator's real HTTP (issue 5): every kind of misbehaviour is
+//! Provider faults through the simulator's real HTTP: every kind of misbehaviour is
 //! retried with backoff or fails the item with a clear error, by policy, and a circuit breaker
 //! stops a dead provider from burning retries, then lets the fleet recover.
 

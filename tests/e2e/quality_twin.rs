@@ -73,7 +73,7 @@ async fn a_held_out_quality_job_through_the_fleet_matches_policy_eval() {
     }
     assert!((q / q_strong - replay.quality_vs_all_strong).abs() < 1e-9);
     // The promise itself (>= 95% of all-strong) is not met on this held-out job since the
-    // learned-v2 router and the worker wiring merged (93.3%, issue 11 stays open): this test
+    // learned-v2 router and the worker wiring merged (93.3%, see docs/quality.md): this test
     // holds the fleet to its twin, and prints what both achieved.
     println!(
         "fleet = twin: quality {:.4} of all-strong",

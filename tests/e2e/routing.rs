@@ -1,4 +1,4 @@
-//! Issue 3 in the fleet: job-level calibration (budgets), routing rules and their
+//! Routing in the fleet: job-level calibration (budgets), routing rules and their
 //! explanations, quotes that match dispatch, shadow calls, the fairness audit, and a router
 //! retrained from the fleet's own outcomes.
 

@@ -1,4 +1,4 @@
-//! Security (issue 5): the fleet on a nats-server with authentication and per-user
+//! Security: the fleet on a nats-server with authentication and per-user
 //! permissions; a job's team is the submitter's NATS identity; a team cannot submit or read
 //! results as another; local_only items never leave the local tiers.
 

@@ -1,5 +1,5 @@
 //! `switchyard bench-gateway`: the latency a gateway adds to each model call, and the calls/s
-//! it sustains, against calling the model directly (issue 6).
+//! it sustains, against calling the model directly.
 //!
 //! The same requests go to the model simulator three ways:
 //!
@@ -142,7 +142,7 @@ pub struct FleetStages {
     pub http_call_ms: f64,
 }
 
-/// The goals of issue 6.
+/// The goals the gateway comparison is held to (docs/gateway-comparison.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct Goals {
     /// Fleet's added latency at concurrency 1 over LiteLLM's (p50, p99); goal ≤ 0.1.

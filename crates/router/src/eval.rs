@@ -3,9 +3,10 @@
 //! RouterBench report them.
 //!
 //! AIQ needs a cost per call. Where the data records one (`cost_usd`), it is used; otherwise
-//! the cost is tokens × the public list prices in [`price_per_million`] (the table of
-//! `shared/data/routing/README.md`); for a model without a price, the cost axis falls back to
-//! "strong calls" (weak = 0, strong = 1 per item) and the report says so.
+//! the cost is tokens × the public list prices in [`price_per_million`] (the price table in
+//! the README of the routing data, which is not part of this repository); for a model without
+//! a price, the cost axis falls back to "strong calls" (weak = 0, strong = 1 per item) and
+//! the report says so.
 
 use std::collections::BTreeMap;
 
