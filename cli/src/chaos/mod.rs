@@ -15,14 +15,18 @@
 //! 4. lets the simulator fail a steady share of calls (5xx, hangs past the timeout, broken
 //!    connections, truncated or odd bodies);
 //! 5. publishes answered attempts again, past the duplicate window ([`redeliver`]): none may
-//!    be called again.
+//!    be called again;
+//! 6. just before PostgreSQL restarts, starts a second team's job against a hard budget far
+//!    below its cost, so that the race for its last dollars crosses the restart and the
+//!    worker kills ([`budget_race`]): nothing may be booked past the limit.
 //!
 //! When the job is finished it stops the fleet with SIGTERM and joins the simulator's call
 //! log with the ledger ([`verify`]). It passes when no item is lost, none has two final
 //! results, no answered call is booked twice, no `local_only` item was booked off its local
-//! tier, the job completed, no process exited on its own and every process exited 0 on
-//! SIGTERM.
+//! tier, the job completed, the budgeted team spent nothing past its limit (before and after
+//! reconciliation), no process exited on its own and every process exited 0 on SIGTERM.
 
+pub mod budget_race;
 pub mod procs;
 pub mod redeliver;
 pub mod services;
@@ -123,6 +127,8 @@ pub struct ChaosReport {
     pub retry_calls: i64,
     pub ledger_rows_without_call: i64,
     pub local_only_violations: i64,
+    /// The budgeted team's race across the PostgreSQL restart.
+    pub budget_race: budget_race::BudgetRace,
     /// Faults by kind: the simulator's, kills, restarts.
     pub faults: BTreeMap<String, u64>,
     pub kills: Vec<Kill>,
@@ -438,6 +444,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let client = Client::connect(settings.clone())
         .await
         .context("cannot set up the run's streams and database")?;
+    budget_race::set_budget(&client).await?;
     let env = vec![
         ("NATS_URL".to_owned(), settings.nats.url.clone()),
         (
@@ -554,6 +561,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let mut next = 0;
     let mut final_status = String::new();
     let mut again = redeliver::Redelivered::default();
+    let mut race: Option<(String, i64)> = None;
     while Instant::now() < deadline {
         run.supervise();
         if let Some(p) = progress(&client, &job_id).await {
@@ -574,7 +582,28 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 match event {
                     Event::KillWorker => run.kill_worker(&mut rng).await,
                     Event::RestartNats => run.restart_nats().await?,
-                    Event::RestartPostgres => run.restart_postgres().await?,
+                    Event::RestartPostgres => {
+                        let mut items = chaos_items(budget_race::ITEMS)?;
+                        for item in &mut items {
+                            item.sensitivity = None;
+                        }
+                        let (id, holds) = budget_race::start(
+                            &client,
+                            task.clone(),
+                            items,
+                            Duration::from_secs(20),
+                        )
+                        .await?;
+                        run.note(&format!(
+                            "team {} submitted job {id} ({} items, all strong) against its \
+                             {} USD hard budget; {holds} holds live",
+                            budget_race::TEAM,
+                            budget_race::ITEMS,
+                            budget_race::LIMIT_USD
+                        ));
+                        race = Some((id, holds));
+                        run.restart_postgres().await?;
+                    }
                     Event::RedeliverDone => {
                         // A fault here (NATS or Postgres restarting) is noted, not fatal:
                         // the copies that went out are still checked.
@@ -620,6 +649,38 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         run.note(&format!("job {final_status} ({})", run.last_progress));
     }
 
+    // The budget race must be quiet (each of its items answered or parked, no hold left)
+    // before the fleet stops: its books are read while nothing moves.
+    let mut race_books = match &race {
+        Some((id, holds)) => {
+            let quiet = budget_race::wait_quiet(
+                &client,
+                id,
+                budget_race::ITEMS as i64,
+                Duration::from_secs(60),
+            )
+            .await;
+            budget_race::books(&client, id, *holds, quiet).await?
+        }
+        None => budget_race::BudgetRace {
+            problems: vec!["the race never started (PostgreSQL was not restarted)".to_owned()],
+            ..budget_race::BudgetRace::default()
+        },
+    };
+    run.note(&format!(
+        "budget race: {} USD spent of {}, {} answered, {} waiting, {} in doubt{}",
+        race_books.spent_usd,
+        race_books.limit_usd,
+        race_books.answered,
+        race_books.waiting,
+        race_books.in_doubt_calls,
+        if race_books.holds() {
+            String::new()
+        } else {
+            format!("; {}", race_books.problems.join("; "))
+        }
+    ));
+
     // Stop the fleet the way an orchestrator does, then do the books.
     let mut sigterm_exit_codes = BTreeMap::new();
     for role in run.dispatchers.iter_mut().chain(run.workers.iter_mut()) {
@@ -651,7 +712,11 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         .filter(|(_, t)| t.local)
         .map(|(n, _)| n.clone())
         .collect();
-    let books = verify::account(&client.pool, &job_id, &calls, &local_tiers).await?;
+    // Every job of the run calls the one simulator: the ledger side of the join is theirs.
+    let ledger_jobs: Vec<String> = std::iter::once(job_id.clone())
+        .chain(race.iter().map(|(id, _)| id.clone()))
+        .collect();
+    let books = verify::account(&client.pool, &job_id, &ledger_jobs, &calls, &local_tiers).await?;
     // The finance side: settle what was booked in doubt against the provider's call log,
     // then the ledger must equal the provider's bill exactly.
     let prices: BTreeMap<String, switchyard_sim::ModelPrice> = settings
@@ -670,6 +735,16 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         })
         .collect();
     let bill = verify::reconcile_and_bill(&client.pool, &calls, &prices).await?;
+    if race.is_some() {
+        let beyond = budget_race::billed_past_max_tokens(
+            &client,
+            &calls,
+            &prices,
+            u32::try_from(provider_faults().huge_answer_bytes.div_ceil(4)).unwrap_or(u32::MAX),
+        )
+        .await?;
+        budget_race::check_spend(&client, &mut race_books, beyond).await?;
+    }
     let done_work_called_again = redeliver::booked_again(&client, &job_id, &again).await?;
     if done_work_called_again > 0 {
         run.note(&format!(
@@ -693,6 +768,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         && books.items == opts.items as i64
         && done_work_called_again == 0
         && bill.balances()
+        && race_books.holds()
         && run.unexpected_exits.is_empty()
         && sigterm_exit_codes.values().all(|c| *c == Some(0));
     let kept_dir = if opts.keep || !passed {
@@ -743,6 +819,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         retry_calls,
         ledger_rows_without_call,
         local_only_violations,
+        budget_race: race_books,
         faults: run.faults.clone(),
         kills: run.kills.clone(),
         unexpected_exits: run.unexpected_exits.clone(),
@@ -767,6 +844,9 @@ pub fn render(r: &ChaosReport) -> String {
          books: {} entries reconciled against the call log; ledger {} USD, bill {} USD, \
          ledger - bill {} USD\n\
          done work delivered again: {} attempts, {} called again\n\
+         budget race across the PostgreSQL restart: limit {} USD, spent {} USD ({} after \
+         reconciliation), overspend {} USD ({} USD billed past max_tokens), {} holds live at \
+         the restart, {} answered, {} waiting, {} in doubt\n\
          faults injected: {}\n",
         if r.passed { "PASSED" } else { "FAILED" },
         r.elapsed_s,
@@ -788,8 +868,20 @@ pub fn render(r: &ChaosReport) -> String {
         r.ledger_minus_bill_usd,
         r.redelivered_done,
         r.done_work_called_again,
+        r.budget_race.limit_usd,
+        r.budget_race.spent_usd,
+        r.budget_race.spent_after_reconcile_usd,
+        r.budget_race.overspend_usd,
+        r.budget_race.billed_past_max_tokens_usd,
+        r.budget_race.holds_at_restart,
+        r.budget_race.answered,
+        r.budget_race.waiting,
+        r.budget_race.in_doubt_calls,
         r.faults_injected,
     );
+    for p in &r.budget_race.problems {
+        out.push_str(&format!("  budget race: {p}\n"));
+    }
     for (k, v) in &r.faults {
         out.push_str(&format!("  {k}: {v}\n"));
     }

@@ -25,7 +25,7 @@ pub struct Accounting {
     /// call that hung past the client's timeout, not a broken connection): the calls a
     /// provider bills.
     pub sim_calls: i64,
-    /// Ledger rows of the job (calls, in-doubt entries, reversals and settlements).
+    /// Ledger rows of the run's jobs (calls, in-doubt entries, reversals and settlements).
     pub ledger_rows: i64,
     /// Billed calls booked more than once (net of reversals).
     pub double_charged: i64,
@@ -80,13 +80,15 @@ struct Row {
     reversed: bool,
 }
 
-/// Joins the call log with the job's ledger and results.
+/// Joins the call log with the ledger of `ledger_jobs` (every job whose calls the log holds)
+/// and with the results of `job_id`.
 ///
 /// # Errors
 /// Database errors.
 pub async fn account(
     pool: &PgPool,
     job_id: &str,
+    ledger_jobs: &[String],
     calls: &[CallRecord],
     local_tiers: &[String],
 ) -> sqlx::Result<Accounting> {
@@ -117,17 +119,18 @@ pub async fn account(
             .await?;
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT l.call_id, l.kind, l.outcome, l.retry, EXISTS (SELECT 1 FROM ledger r \
-         WHERE r.reverses_entry_id = l.entry_id) AS reversed FROM ledger l WHERE l.job_id = $1",
+         WHERE r.reverses_entry_id = l.entry_id) AS reversed FROM ledger l \
+         WHERE l.job_id = ANY($1)",
     )
-    .bind(job_id)
+    .bind(ledger_jobs)
     .fetch_all(pool)
     .await?;
     let local_only_violations: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM ledger l JOIN items i ON i.job_id = l.job_id \
-         AND i.item_id = l.item_id WHERE l.job_id = $1 AND i.sensitivity = 'local_only' \
-         AND NOT (l.tier = ANY($2))",
+         AND i.item_id = l.item_id WHERE l.job_id = ANY($1) \
+         AND i.sensitivity = 'local_only' AND NOT (l.tier = ANY($2))",
     )
-    .bind(job_id)
+    .bind(ledger_jobs)
     .bind(local_tiers)
     .fetch_one(pool)
     .await?;
