@@ -64,9 +64,22 @@ pub struct BudgetRace {
     pub failed: i64,
     /// Why the race does not hold, if it does not.
     pub problems: Vec<String>,
+    /// The limit and the pre-reconciliation total as numbers, for [`check_spend`].
+    #[serde(skip)]
+    limit: Decimal,
+    #[serde(skip)]
+    spent: Decimal,
 }
 
 impl BudgetRace {
+    /// A race that did not run, and why (the run fails on it).
+    pub fn not_started(reason: String) -> Self {
+        Self {
+            problems: vec![reason],
+            ..Self::default()
+        }
+    }
+
     /// No overspend, books that agree, and a race that really crossed the restart.
     pub fn holds(&self) -> bool {
         self.problems.is_empty()
@@ -260,6 +273,8 @@ pub async fn books(
         waiting: c.waiting,
         failed: c.failed,
         problems,
+        limit,
+        spent: total,
     })
 }
 
@@ -311,9 +326,8 @@ pub async fn check_spend(
     let after = spent(client).await?;
     race.spent_after_reconcile_usd = exact(after);
     race.billed_past_max_tokens_usd = exact(beyond);
-    let limit: Decimal = race.limit_usd.parse().unwrap_or(LIMIT_USD);
-    let before: Decimal = race.spent_usd.parse().unwrap_or(Decimal::ZERO);
-    let overspend = (before.max(after) - limit).max(Decimal::ZERO);
+    let before = race.spent;
+    let overspend = (before.max(after) - race.limit).max(Decimal::ZERO);
     race.overspend_usd = exact(overspend);
     if overspend > beyond {
         race.problems.push(format!(

@@ -562,6 +562,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let mut final_status = String::new();
     let mut again = redeliver::Redelivered::default();
     let mut race: Option<(String, i64)> = None;
+    let mut race_not_started = "the race never started (PostgreSQL was not restarted)".to_owned();
     while Instant::now() < deadline {
         run.supervise();
         if let Some(p) = progress(&client, &job_id).await {
@@ -587,21 +588,31 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                         for item in &mut items {
                             item.sensitivity = None;
                         }
-                        let (id, holds) = budget_race::start(
+                        // A submit that fails is noted and fails the race, not the run:
+                        // the restart and the rest of the checks still happen.
+                        match budget_race::start(
                             &client,
                             task.clone(),
                             items,
                             Duration::from_secs(20),
                         )
-                        .await?;
-                        run.note(&format!(
-                            "team {} submitted job {id} ({} items, all strong) against its \
-                             {} USD hard budget; {holds} holds live",
-                            budget_race::TEAM,
-                            budget_race::ITEMS,
-                            budget_race::LIMIT_USD
-                        ));
-                        race = Some((id, holds));
+                        .await
+                        {
+                            Ok((id, holds)) => {
+                                run.note(&format!(
+                                    "team {} submitted job {id} ({} items, all strong) against \
+                                     its {} USD hard budget; {holds} holds live",
+                                    budget_race::TEAM,
+                                    budget_race::ITEMS,
+                                    budget_race::LIMIT_USD
+                                ));
+                                race = Some((id, holds));
+                            }
+                            Err(e) => {
+                                race_not_started = format!("the race could not start: {e:#}");
+                                run.note(&race_not_started);
+                            }
+                        }
                         run.restart_postgres().await?;
                     }
                     Event::RedeliverDone => {
@@ -662,10 +673,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             .await;
             budget_race::books(&client, id, *holds, quiet).await?
         }
-        None => budget_race::BudgetRace {
-            problems: vec!["the race never started (PostgreSQL was not restarted)".to_owned()],
-            ..budget_race::BudgetRace::default()
-        },
+        None => budget_race::BudgetRace::not_started(race_not_started),
     };
     run.note(&format!(
         "budget race: {} USD spent of {}, {} answered, {} waiting, {} in doubt{}",

@@ -317,6 +317,22 @@ async fn budget(pool: &PgPool, limit: &str) {
     .unwrap();
 }
 
+/// A hold of `amount` USD on item-1 of the test job for `holder`, lease 0 and the database's
+/// clock; tests change what they need with struct update syntax.
+fn hold_for(holder: &'static str, amount: &str) -> HoldRequest<'static> {
+    HoldRequest {
+        team: "team",
+        amount_usd: d(amount),
+        holder,
+        job_id: JOB,
+        item_id: "item-1",
+        attempt: 0,
+        model: MODEL,
+        lease: Duration::ZERO,
+        at: None,
+    }
+}
+
 async fn period(pool: &PgPool, month: &str) -> (Decimal, Decimal) {
     sqlx::query_as::<_, (Decimal, Decimal)>(
         "SELECT spent_usd, reserved_usd FROM budget_periods WHERE team = 'team' \
@@ -343,15 +359,9 @@ async fn a_call_held_at_the_months_last_instant_is_spent_in_that_month() {
     .await
     .unwrap();
     let hold = HoldRequest {
-        team: "team",
-        amount_usd: d("0.001"),
-        holder: "w",
-        job_id: JOB,
-        item_id: "item-1",
-        attempt: 0,
-        model: MODEL,
         lease: Duration::from_secs(60),
         at: Some(last_instant),
+        ..hold_for("w", "0.001")
     };
     let Reservation::Held {
         reservation_id,
@@ -389,15 +399,9 @@ async fn expired_holds_of_past_months_are_released() {
     let db = setup(1).await;
     budget(&db.pool, "10").await;
     let hold = HoldRequest {
-        team: "team",
-        amount_usd: d("2"),
-        holder: "dead",
-        job_id: JOB,
-        item_id: "item-1",
-        attempt: 0,
-        model: MODEL,
         lease: Duration::from_millis(1),
         at: Some(Utc.with_ymd_and_hms(2026, 10, 15, 12, 0, 0).unwrap()),
+        ..hold_for("dead", "2")
     };
     assert!(matches!(
         budgets::reserve(&db.pool, &hold).await.unwrap(),
@@ -436,17 +440,7 @@ async fn a_dead_workers_hold_with_an_open_intent_is_settled_in_doubt_not_reclaim
         .await
         .unwrap();
     assert_eq!(claimed, vec![Claim::Claimed]);
-    let hold = HoldRequest {
-        team: "team",
-        amount_usd: d("0.002"),
-        holder: "dead",
-        job_id: JOB,
-        item_id: "item-1",
-        attempt: 0,
-        model: MODEL,
-        lease: Duration::ZERO,
-        at: None,
-    };
+    let hold = hold_for("dead", "0.002");
     assert!(matches!(
         budgets::reserve(&db.pool, &hold).await.unwrap(),
         Reservation::Held { .. }
@@ -495,17 +489,7 @@ async fn a_dead_workers_hold_with_an_open_intent_is_settled_in_doubt_not_reclaim
 async fn a_hold_its_worker_lost_track_of_expires_while_the_tracked_one_lives() {
     let db = setup(2).await;
     budget(&db.pool, "10").await;
-    let hold = HoldRequest {
-        team: "team",
-        amount_usd: d("2"),
-        holder: "live",
-        job_id: JOB,
-        item_id: "item-1",
-        attempt: 0,
-        model: MODEL,
-        lease: Duration::ZERO,
-        at: None,
-    };
+    let hold = hold_for("live", "2");
     let held = |r: Reservation| match r {
         Reservation::Held { reservation_id, .. } => reservation_id,
         other => panic!("expected a hold, got {other:?}"),
