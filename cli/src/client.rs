@@ -210,16 +210,12 @@ impl Client {
         let mut last_full: Option<Instant> = None;
         loop {
             let due = last_full.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
-            let row = if due {
-                None
-            } else {
-                Some(switchyard_store::jobs::get(&self.pool, job_id).await?)
-            };
-            let is_final_row = matches!(
-                &row,
-                Some(Some(j)) if switchyard_store::jobs::status::is_final(&j.status)
-            );
-            if due || is_final_row {
+            // Between full statuses only the job's row is read: is it final yet?
+            let full = due
+                || switchyard_store::jobs::get(&self.pool, job_id)
+                    .await?
+                    .is_some_and(|j| switchyard_store::jobs::status::is_final(&j.status));
+            if full {
                 match self.status(job_id).await? {
                     Some(s) => {
                         last_full = Some(Instant::now());

@@ -2,9 +2,10 @@
 //!
 //! **Lease.** A worker process is alive to the rest of the fleet while its lease is: its call
 //! intents are not taken over and its budget holds are not reclaimed. The lease and every
-//! hold the process tracks (a hold whose release failed is left to expire) are renewed together, every third of the lease ([`run_lease`]), on a task that does
-//! nothing else, so neither a stalled finance loop (resuming parked items can take minutes)
-//! nor a long commit retry can let a live worker's holds be reclaimed. A Postgres outage
+//! hold the process tracks (a hold whose release failed is left to expire) are renewed
+//! together, every third of the lease ([`run_lease`]), on a task that does nothing else, so
+//! neither a stalled finance loop (resuming parked items can take minutes) nor a long commit
+//! retry can let a live worker's holds be reclaimed. A Postgres outage
 //! longer than the lease does not either: nothing is taken until the server has been up for a
 //! whole lease again (see `owner_is_gone` in the migrations).
 //!
