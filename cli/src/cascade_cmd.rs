@@ -107,10 +107,7 @@ pub fn run(a: &CascadeArgs) -> anyhow::Result<()> {
             )
         }
         None => {
-            let router = match &a.router {
-                Some(p) => switchyard_router::load_router(p)?,
-                None => switchyard_router::default_router(),
-            };
+            let router = switchyard_router::configured_router(a.router.as_deref())?;
             (
                 router_scores(router.as_ref(), &rows),
                 router.name().to_owned(),

@@ -332,6 +332,9 @@ async fn run_jobs(fleet: &Fleet, data: &Dataset, opts: &DemoOptions) -> anyhow::
                     ),
                     target,
                 );
+                // A directory named on the command line that does not exist yet is made.
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create --plot-dir {}", dir.display()))?;
                 std::fs::write(&path, svg)
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 Some(path.display().to_string())

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use switchyard_core::calibrate::{KeyKind, Plan};
@@ -156,11 +156,9 @@ impl Quoted {
 /// # Errors
 /// A configured artifact that cannot be loaded.
 pub fn configured_router(settings: &Settings) -> anyhow::Result<Arc<dyn Router>> {
-    Ok(match &settings.dispatcher.router {
-        None => switchyard_router::default_router(),
-        Some(path) => switchyard_router::load_router(Path::new(path))
-            .with_context(|| format!("cannot load router `{path}`"))?,
-    })
+    Ok(switchyard_router::configured_router(
+        settings.dispatcher.router.as_deref().map(Path::new),
+    )?)
 }
 
 /// Prices from the database when it answers within a second, else from the configuration.

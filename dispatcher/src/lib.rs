@@ -50,7 +50,6 @@ pub mod team_api;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context as _;
 use sqlx::PgPool;
 use switchyard_core::rules::RuleSet;
 use switchyard_router::Router;
@@ -105,11 +104,13 @@ impl Dispatcher {
     /// # Errors
     /// When a dependency is unreachable or the configured router cannot be loaded.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
-        let router = match &settings.dispatcher.router {
-            None => switchyard_router::default_router(),
-            Some(path) => switchyard_router::load_router(std::path::Path::new(path))
-                .with_context(|| format!("cannot load router `{path}`"))?,
-        };
+        let router = switchyard_router::configured_router(
+            settings
+                .dispatcher
+                .router
+                .as_deref()
+                .map(std::path::Path::new),
+        )?;
         let rules = Arc::new(settings.routing_rules()?);
         let client = switchyard_runtime::nats::connect(&settings, "switchyard-dispatcher").await?;
         let js = switchyard_runtime::nats::jetstream(client.clone());

@@ -10,7 +10,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -21,7 +20,7 @@ use crate::data::{Dataset, Filter, Pair, Slice};
 use crate::eval::{EvalOptions, evaluate_routers};
 use crate::plot::plot_report;
 use crate::train::{Recipe, train_recipe};
-use crate::{Router, TaskKind, default_router, load_router};
+use crate::{TaskKind, configured_router};
 
 /// The router subcommands.
 #[derive(Debug, Subcommand)]
@@ -429,15 +428,8 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pick_router(path: Option<&Path>) -> anyhow::Result<Arc<dyn Router>> {
-    Ok(match path {
-        Some(p) => load_router(p)?,
-        None => default_router(),
-    })
-}
-
 fn score(a: ScoreArgs) -> anyhow::Result<()> {
-    let router = pick_router(a.router.as_deref())?;
+    let router = configured_router(a.router.as_deref())?;
     let data = Dataset::read(&a.data, a.task)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -450,7 +442,7 @@ fn score(a: ScoreArgs) -> anyhow::Result<()> {
 }
 
 fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    let router = pick_router(a.router.as_deref())?;
+    let router = configured_router(a.router.as_deref())?;
     let data = Dataset::read(&a.data, None)?;
     let pair = match (a.weak, a.strong) {
         (Some(w), Some(s)) => Pair::new(w, s),

@@ -7,7 +7,7 @@
 //! tiers; that happens in the dispatcher, not here.
 //!
 //! The crate has two halves:
-//! - **online** ([`Router`], [`default_router`], [`load_router`], [`LearnedRouter`]): what the
+//! - **online** ([`Router`], [`configured_router`], [`default_router`], [`load_router`], [`LearnedRouter`]): what the
 //!   dispatcher links, pure and fast;
 //! - **offline** ([`data`], [`train`], [`metrics`], [`baselines`], [`eval`], [`crossval`],
 //!   [`cascade`], [`plot`], [`cli`]): the tools that build a router artifact from benchmark rows and prove
@@ -129,4 +129,14 @@ pub fn default_router() -> Arc<dyn Router> {
 /// Loads a router artifact written by `switchyard router train`.
 pub fn load_router(path: &Path) -> Result<Arc<dyn Router>, RouterError> {
     Ok(Arc::new(RouterArtifact::load(path)?.into_router()?))
+}
+
+/// The router to run: the artifact at `path` when one is configured, else the committed
+/// default. The one place that choice is made: the dispatcher, `quote`, `router explain`,
+/// the cascade replay and the twin all call it, so they score alike. Errors name the path.
+pub fn configured_router(path: Option<&Path>) -> Result<Arc<dyn Router>, RouterError> {
+    match path {
+        None => Ok(default_router()),
+        Some(path) => load_router(path),
+    }
 }

@@ -282,10 +282,7 @@ fn eval_set(
                 (scores, groups, names, wq)
             }
             None => {
-                let router = match &a.router {
-                    Some(p) => switchyard_router::load_router(p)?,
-                    None => switchyard_router::default_router(),
-                };
+                let router = switchyard_router::configured_router(a.router.as_deref())?;
                 let scores = set
                     .rows
                     .iter()
@@ -389,7 +386,7 @@ pub fn table(o: &EvalOutput) -> String {
         }
     );
     s.push_str(
-        "job                          items pilot  up-front escal. audit   saved   quality  audit estimate [95%]   planned (low)   conf AUROC\n",
+        "job                          items pilot  up-front escal. audit   saved   quality  audit estimate [95%]   planned (low)   conf AUROC  hindsight\n",
     );
     for j in &o.jobs {
         let r = &j.report;
@@ -400,7 +397,7 @@ pub fn table(o: &EvalOutput) -> String {
             )
         });
         s.push_str(&format!(
-            "{:<28} {:>6} {:>5} {:>9} {:>6} {:>5} {:>6.1}% {:>8.1}%  {:<22} {:<15} {}\n",
+            "{:<28} {:>6} {:>5} {:>9} {:>6} {:>5} {:>6.1}% {:>8.1}%  {:<22} {:<15} {:<11} {}\n",
             j.job,
             r.items,
             r.pilot,
@@ -413,6 +410,8 @@ pub fn table(o: &EvalOutput) -> String {
             planned,
             r.confidence_auroc
                 .map_or("-".to_owned(), |a| format!("{a:.3}")),
+            r.hindsight_saved
+                .map_or("-".to_owned(), |h| format!("{:.1}%", 100.0 * h)),
         ));
     }
     for p in &o.pooled {
@@ -427,7 +426,7 @@ pub fn table(o: &EvalOutput) -> String {
         ));
     }
     s.push_str(&format!(
-        "quality: replayed score of the final answers / all-strong; saved: 1 - cost / all-strong cost, every call counted (pilot, samples, escalations, audit); audit estimate: {}\n",
+        "quality: replayed score of the final answers / all-strong; saved: 1 - cost / all-strong cost, every call counted (pilot, samples, escalations, audit); hindsight: the savings of the cheapest share and threshold of the plan's rule that keeps the target, knowing every score (items after the pilot); audit estimate: {}\n",
         o.proxy
     ));
     for j in &o.jobs {

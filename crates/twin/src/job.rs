@@ -156,6 +156,12 @@ pub struct JobReport {
     /// The cost-quality frontier of the plan's rule (shares × thresholds), for pictures.
     #[serde(skip)]
     pub frontier: Vec<FrontierPoint>,
+    /// Hindsight: the savings of the cheapest frontier point that keeps the target (a
+    /// `quality=Q` job's Q), on the items after the pilot, pilot and audit calls left out.
+    /// What the plan's family of rules could have saved had it known every answer's score;
+    /// the distance to `saved` is what not knowing costs. `None` for a hand-set policy or
+    /// when no point keeps the target.
+    pub hindsight_saved: Option<f64>,
 }
 
 /// A call the simulator answered.
@@ -478,6 +484,10 @@ impl Twin<'_> {
         let cost = spend.total();
 
         let frontier = frontier(&frontier_rows);
+        let hindsight_saved = match job.policy {
+            PolicyChoice::Quality { target } => hindsight(&frontier, target),
+            PolicyChoice::Fixed { .. } => None,
+        };
         let m = n.max(1) as f64;
         JobReport {
             job_id: job.job_id.clone(),
@@ -501,8 +511,19 @@ impl Twin<'_> {
             confidence_auroc: escalation::auroc(&signal),
             plan,
             frontier,
+            hindsight_saved,
         }
     }
+}
+
+/// The savings of the cheapest frontier point whose quality reaches `target`.
+fn hindsight(frontier: &[FrontierPoint], target: f64) -> Option<f64> {
+    frontier
+        .iter()
+        .filter(|p| p.quality >= target - 1e-12)
+        .map(|p| p.cost)
+        .min_by(f64::total_cmp)
+        .map(|cost| 1.0 - cost)
 }
 
 /// `a / b` as a float (money stays exact until this last division for a report).

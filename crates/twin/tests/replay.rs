@@ -63,6 +63,14 @@ fn a_quality_job_is_replayed_with_every_call_counted() {
         r.quality_vs_all_strong
     );
     assert!(r.saved > 0.3, "{}", r.saved);
+    // Knowing every score, the plan's own family of rules could keep the target for less
+    // (no pilot, no margin): the hindsight figure bounds what the plan can reach.
+    let hindsight = r.hindsight_saved.unwrap();
+    assert!(
+        hindsight > r.saved && hindsight < 1.0,
+        "{hindsight} vs {}",
+        r.saved
+    );
     // The audit's interval holds its estimate; the conservative proxy is below the truth here.
     let a = r.audit.unwrap();
     assert!(a.low <= a.estimate && a.estimate <= a.high);
