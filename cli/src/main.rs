@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard::client::{Client, WaitOutcome, new_job};
-use switchyard::{demo, exit, finance_cli, input, report};
+use switchyard::finance_cli;
+use switchyard_client::{Client, WaitOutcome, new_job};
+use switchyard_client::{exit, input, report};
+use switchyard_demo as demo;
 use switchyard_proto::Task;
 use switchyard_runtime::Settings;
 use switchyard_runtime::telemetry::{self, LogFormat};
@@ -207,7 +209,7 @@ enum Command {
     },
     /// Latency each path adds per model call, and calls/s: direct, the fleet, a LiteLLM proxy
     /// (scripts/compare-gateways.sh; docs/gateway-comparison.md).
-    BenchGateway(switchyard::bench::gateway::GatewayArgs),
+    BenchGateway(switchyard_lab::bench::gateway::GatewayArgs),
 }
 
 #[derive(clap::Args)]
@@ -231,8 +233,8 @@ struct SubmitArgs {
     /// per dollar within the budget) or `quality=0.95` (smallest strong share predicted to
     /// reach 95% of all-strong quality); plus `shadow=0.05` (that share of weak-routed items
     /// also goes strong, to learn from). Comma-separate or repeat.
-    #[arg(long, value_parser = switchyard::policy_arg::parse, value_delimiter = ',')]
-    policy: Vec<switchyard::policy_arg::PolicyArg>,
+    #[arg(long, value_parser = switchyard_client::policy_arg::parse, value_delimiter = ',')]
+    policy: Vec<switchyard_client::policy_arg::PolicyArg>,
     /// Weak answers below this confidence escalate.
     #[arg(long)]
     confidence_threshold: Option<f64>,
@@ -389,7 +391,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Sim(args) => {
-            let bundled = switchyard::demo::bundled_dataset().ok();
+            let bundled = switchyard_demo::bundled_dataset().ok();
             switchyard_sim::cli::run_with_fallback(args, bundled, shutdown).await?;
             Ok(exit::OK)
         }
@@ -500,18 +502,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             timeout,
             keep,
         } => {
-            let opts = switchyard::chaos::ChaosOptions {
+            let opts = switchyard_lab::chaos::ChaosOptions {
                 items,
                 worker_kills: kills,
                 seed,
                 timeout,
                 keep,
             };
-            let report = switchyard::chaos::run(&opts).await?;
+            let report = switchyard_lab::chaos::run(&opts).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", switchyard::chaos::render(&report));
+                print!("{}", switchyard_lab::chaos::render(&report));
             }
             Ok(if report.passed { exit::OK } else { exit::ERROR })
         }
@@ -530,7 +532,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             memory_items,
             quota_window,
         } => {
-            let opts = switchyard::bench::BenchOptions {
+            let opts = switchyard_lab::bench::BenchOptions {
                 repetitions,
                 only,
                 dispatch_items,
@@ -538,20 +540,20 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 memory_items,
                 quota_window,
             };
-            let report = switchyard::bench::run(&settings, &opts).await?;
+            let report = switchyard_lab::bench::run(&settings, &opts).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", switchyard::bench::render(&report));
+                print!("{}", switchyard_lab::bench::render(&report));
             }
             Ok(exit::OK)
         }
         Command::BenchGateway(args) => {
-            let report = switchyard::bench::gateway::run(&settings, &args).await?;
+            let report = switchyard_lab::bench::gateway::run(&settings, &args).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", switchyard::bench::gateway::render(&report));
+                print!("{}", switchyard_lab::bench::gateway::render(&report));
             }
             Ok(exit::OK)
         }
@@ -585,7 +587,8 @@ async fn submit(settings: Settings, a: SubmitArgs) -> anyhow::Result<u8> {
     spec.idempotency_key = a.idempotency_key;
     spec.team = a.team;
     spec.project = a.project;
-    switchyard::policy_arg::apply(&a.policy, &mut spec.policy).map_err(anyhow::Error::msg)?;
+    switchyard_client::policy_arg::apply(&a.policy, &mut spec.policy)
+        .map_err(anyhow::Error::msg)?;
     spec.policy.cascade.confidence_threshold = a.confidence_threshold;
     spec.policy.cascade.max_escalations = a.max_escalations;
     spec.policy.models = a.models.into_iter().collect();

@@ -26,7 +26,7 @@ use switchyard_router::Router;
 use switchyard_runtime::Settings;
 use switchyard_store::routing::ItemRoute;
 
-use crate::policy_arg::{self, PolicyArg};
+use switchyard_client::policy_arg::{self, PolicyArg};
 
 /// The task flags shared by `submit`, `quote` and `router explain --file`.
 #[derive(Debug, Clone, clap::Args)]
@@ -450,7 +450,7 @@ pub fn render(r: &QuoteReport, plan: &Plan) -> String {
 /// # Errors
 /// A bad file, flags or configuration; a policy the job cannot meet.
 pub async fn run(settings: &Settings, a: QuoteArgs) -> anyhow::Result<()> {
-    let items = crate::input::read_items(&a.file)?;
+    let items = switchyard_client::input::read_items(&a.file)?;
     let q = compute(settings, items, &a.job).await?;
     let r = report(&q);
     if a.json {

@@ -10,8 +10,8 @@ use switchyard_router::cli::RouterCommand;
 use switchyard_runtime::Settings;
 
 use crate::cascade_cmd::CascadeArgs;
-use crate::exit;
 use crate::quote::JobArgs;
+use switchyard_client::exit;
 
 /// The `router` subcommands.
 #[derive(Debug, Subcommand)]
@@ -89,7 +89,7 @@ async fn explain(config: Option<&Path>, a: ExplainArgs) -> anyhow::Result<u8> {
     let explanation = match (&a.file, &a.job, &a.item) {
         (Some(file), _, _) => {
             let id = a.item_id.clone().unwrap_or_default();
-            let items = crate::input::read_items(file)?;
+            let items = switchyard_client::input::read_items(file)?;
             let Some(index) = items.iter().position(|i| i.item_id == id) else {
                 eprintln!("no item {id:?} in `{}`", file.display());
                 return Ok(exit::NOT_FOUND);

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use switchyard_proto::teams;
 use switchyard_runtime::Settings;
 
-use crate::exit;
+use switchyard_client::exit;
 
 /// `switchyard audit …`.
 #[derive(Debug, clap::Subcommand)]
@@ -48,7 +48,7 @@ pub async fn audit(settings: Settings, cmd: AuditCommand) -> anyhow::Result<u8> 
     let parse = |s: Option<String>, default: DateTime<Utc>| -> anyhow::Result<DateTime<Utc>> {
         match s {
             None => Ok(default),
-            Some(s) => crate::finance_cli::parse_instant(&s).map_err(anyhow::Error::msg),
+            Some(s) => switchyard_finance::period::parse_instant(&s).map_err(anyhow::Error::msg),
         }
     };
     let from = parse(from, DateTime::<Utc>::UNIX_EPOCH)?;

@@ -80,7 +80,7 @@ fn spawn(cfg: &Path, args: &[&str]) -> Proc {
 }
 
 fn write_items(dir: &Path, n: usize) -> PathBuf {
-    let data = switchyard::demo::bundled_dataset().unwrap();
+    let data = switchyard_demo::bundled_dataset().unwrap();
     let mut lines = String::new();
     for r in data.records().filter(|r| r.choices.is_some()).take(n) {
         lines.push_str(
@@ -105,7 +105,7 @@ fn stderr(o: &Output) -> String {
 async fn a_pipeline_submits_waits_exports_and_gets_exit_codes() {
     let nats = TestNats::new().await;
     let db = TestDb::new().await;
-    let data = Arc::new(switchyard::demo::bundled_dataset().unwrap());
+    let data = Arc::new(switchyard_demo::bundled_dataset().unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sim = switchyard_sim::start(listener, data, SimConfig::default())
         .await

@@ -108,16 +108,14 @@ async fn sigterm_hands_a_dispatch_in_progress_back_and_another_dispatcher_resume
     let mut s = settings(&nats, &db, "http://127.0.0.1:9/v1");
     s.dispatcher.shutdown_grace = Duration::from_millis(100);
     let cfg = write(dir.path(), "d", &s);
-    let client = switchyard::client::Client::connect(s.clone())
-        .await
-        .unwrap();
+    let client = switchyard_client::Client::connect(s.clone()).await.unwrap();
 
     let mut first = spawn(&cfg, &db, &["dispatcher"]);
     let n = 60_000;
     let items = (0..n)
         .map(|i| Item::new(format!("i{i}"), format!("Item {i}: is it A or B?")))
         .collect();
-    let spec = switchyard::client::new_job(
+    let spec = switchyard_client::new_job(
         switchyard_proto::Task::Classify {
             labels: vec!["A".into(), "B".into()],
             instructions: None,
@@ -174,7 +172,7 @@ async fn sigterm_hands_a_dispatch_in_progress_back_and_another_dispatcher_resume
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_or_hands_back_in_flight_items_and_nothing_is_booked_twice() {
     let (nats, db) = (TestNats::new().await, TestDb::new().await);
-    let data = Arc::new(switchyard::demo::bundled_dataset().unwrap());
+    let data = Arc::new(switchyard_demo::bundled_dataset().unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sim = switchyard_sim::start(
         listener,
@@ -195,16 +193,14 @@ async fn sigterm_finishes_or_hands_back_in_flight_items_and_nothing_is_booked_tw
     s.worker.shutdown_grace = Duration::from_millis(200);
     let hasty = write(dir.path(), "hasty", &s);
     let _dispatcher = spawn(&patient, &db, &["dispatcher"]);
-    let client = switchyard::client::Client::connect(s.clone())
-        .await
-        .unwrap();
+    let client = switchyard_client::Client::connect(s.clone()).await.unwrap();
     let items: Vec<Item> = data
         .records()
         .filter(|r| r.choices.is_some())
         .take(12)
         .map(|r| Item::new(r.id.clone(), r.prompt.clone()))
         .collect();
-    let mut spec = switchyard::client::new_job(
+    let mut spec = switchyard_client::new_job(
         switchyard_proto::Task::Classify {
             labels: ["A", "B", "C", "D"]
                 .iter()

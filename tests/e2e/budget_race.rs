@@ -16,7 +16,7 @@ use crate::support::classify_job;
 #[tokio::test]
 async fn eight_workers_race_across_a_postgres_restart_with_the_finance_loop_stalled() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = switchyard::chaos::services::Postgres::start(dir.path())
+    let pg = switchyard_lab::chaos::services::Postgres::start(dir.path())
         .await
         .expect("a PostgreSQL of this test's own");
     let nats = switchyard_testkit::TestNats::new().await;
@@ -34,7 +34,7 @@ async fn eight_workers_race_across_a_postgres_restart_with_the_finance_loop_stal
     // and then stalls for the whole test: holds must live without it.
     settings.finance.refresh = Duration::from_millis(200);
     settings.finance.budget_poll = Duration::from_secs(3600);
-    let mut fleet = switchyard::fleet::Fleet::start(
+    let mut fleet = switchyard_demo::fleet::Fleet::start(
         settings,
         Some((
             crate::support::data(),

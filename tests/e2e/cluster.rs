@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use switchyard::fleet::Fleet;
+use switchyard_demo::fleet::Fleet;
 use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::SimConfig;
@@ -71,7 +71,7 @@ async fn a_job_survives_losing_one_of_three_nats_nodes() {
         .await
         .unwrap()
     {
-        switchyard::client::WaitOutcome::Finished(s) => *s,
+        switchyard_client::WaitOutcome::Finished(s) => *s,
         other => panic!("job did not finish after a node was killed: {other:?}"),
     };
     assert_eq!(

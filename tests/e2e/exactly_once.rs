@@ -315,7 +315,7 @@ async fn odd_provider_answers_are_booked_once_and_every_item_finishes() {
 #[tokio::test]
 async fn a_429_storm_across_a_postgres_outage_of_twice_ack_wait_calls_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = switchyard::chaos::services::Postgres::start(dir.path())
+    let pg = switchyard_lab::chaos::services::Postgres::start(dir.path())
         .await
         .expect("a PostgreSQL of this test's own");
     let nats = switchyard_testkit::TestNats::new().await;
@@ -336,9 +336,10 @@ async fn a_429_storm_across_a_postgres_outage_of_twice_ack_wait_calls_nothing_tw
         },
         ..SimConfig::default()
     };
-    let mut fleet = switchyard::fleet::Fleet::start(settings, Some((crate::support::data(), sim)))
-        .await
-        .unwrap();
+    let mut fleet =
+        switchyard_demo::fleet::Fleet::start(settings, Some((crate::support::data(), sim)))
+            .await
+            .unwrap();
     let tiers: Vec<String> = fleet.settings.tiers.keys().cloned().collect();
     fleet.start_worker(tiers).await.unwrap();
     let client = fleet.client();
@@ -367,7 +368,7 @@ async fn a_429_storm_across_a_postgres_outage_of_twice_ack_wait_calls_nothing_tw
         .await
         .unwrap()
     {
-        switchyard::client::WaitOutcome::Finished(s) => *s,
+        switchyard_client::WaitOutcome::Finished(s) => *s,
         other => panic!("job did not finish: {other:?}"),
     };
     assert_eq!(status.job.status, "completed");

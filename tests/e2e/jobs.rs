@@ -331,7 +331,7 @@ async fn cancel_stops_what_has_not_started() {
 async fn summaries_of_unknown_text_are_answered_and_booked() {
     let h = Harness::start().await;
     let items: Vec<Item> = (0..5).map(|i| Item::new(format!("n{i}"), format!("A user's own document number {i}. It says several things about widgets and gadgets."))).collect();
-    let mut spec = switchyard::client::new_job(
+    let mut spec = switchyard_client::new_job(
         switchyard_proto::Task::Summarize {
             max_words: Some(20),
             instructions: None,

@@ -45,7 +45,7 @@ async fn the_finance_dashboard_shows_what_the_api_returns() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(switchyard::ledger_serve::serve(
+    let server = tokio::spawn(switchyard_finance::serve::serve(
         fin.clone(),
         listener,
         stop.clone(),

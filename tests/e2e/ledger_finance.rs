@@ -8,7 +8,7 @@ use secrecy::SecretString;
 use sqlx::ConnectOptions as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use switchyard::finance_cli::{self, PurgeArgs};
-use switchyard::ledger_format::{self, ReportFormat};
+use switchyard_finance::format::{self as ledger_format, ReportFormat};
 use switchyard_store::ledger_reports::{self, Dimension, ReportRequest, Source};
 
 use crate::finance_support::{count, d};
@@ -179,7 +179,7 @@ async fn purging_old_prompts_and_answers_leaves_the_ledger_untouched() {
     finance_cli::purge(
         settings,
         PurgeArgs {
-            older_than: Some(finance_cli::parse_age("30d").unwrap()),
+            older_than: Some(switchyard_finance::period::parse_age("30d").unwrap()),
             dry_run: false,
         },
     )

@@ -85,7 +85,7 @@ async fn in_doubt_calls_reconciled_against_the_call_log_make_the_ledger_equal_th
         .map(|c| serde_json::to_string(c).unwrap())
         .collect();
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let mut file = switchyard::usage_report::read(&path).unwrap();
+    let mut file = switchyard_finance::usage_report::read(&path).unwrap();
     // The simulator's log is complete (`--complete`): the call it never saw was never billed.
     file.evidence.set_complete(true);
     let before = ledger_total(&h).await;

@@ -4,10 +4,11 @@
 
 #[tokio::test]
 async fn a_month_by_team_and_model_comes_from_the_rollup_fast_and_exact() {
-    let figures = switchyard::ledger_bench::run(&switchyard_testkit::admin_database_url(), 100_000)
-        .await
-        .unwrap();
-    println!("{}", switchyard::ledger_bench::render(&figures));
+    let figures =
+        switchyard_lab::ledger_bench::run(&switchyard_testkit::admin_database_url(), 100_000)
+            .await
+            .unwrap();
+    println!("{}", switchyard_lab::ledger_bench::render(&figures));
     assert!(figures.identical, "rollup and ledger disagree");
     assert!(figures.month_rows > 30_000, "{figures:?}");
     assert!(figures.groups >= 20, "{figures:?}");

@@ -131,16 +131,16 @@ async fn a_quality_job_pilots_then_routes_with_the_plan_its_twin_makes() {
     assert_eq!(q.audit.audited, audited);
     assert!(q.audit.low <= q.audit.estimate && q.audit.estimate <= q.audit.high);
     assert!(q.audit.estimate > 0.5, "{:?}", q.audit);
-    let text = switchyard::report::render_quality(&q);
+    let text = switchyard_client::report::render_quality(&q);
     assert!(
         text.contains("audit estimate") && text.contains("conservative proxy"),
         "{text}"
     );
     let mut csv = Vec::new();
-    switchyard::report::export_results(
+    switchyard_client::report::export_results(
         &h.db.pool,
         &job_id,
-        switchyard::report::ResultFormat::Csv,
+        switchyard_client::report::ResultFormat::Csv,
         "weak",
         &mut csv,
     )

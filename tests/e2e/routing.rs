@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use switchyard::policy_arg;
 use switchyard::quote::{JobArgs, TaskArgs};
+use switchyard_client::policy_arg;
 use switchyard_core::rules::{OneOrMany, Rule};
 use switchyard_proto::{Item, Routing, TaskKind};
 use switchyard_router::Router;

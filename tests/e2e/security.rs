@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use switchyard::fleet::Fleet;
+use switchyard_demo::fleet::Fleet;
 use switchyard_proto::topology::{HEADER_JOB_ID, HEADER_MSG_ID};
 use switchyard_proto::{Item, codec, teams};
 use switchyard_runtime::Settings;
@@ -146,7 +146,7 @@ async fn a_team_submits_and_reads_only_as_itself() {
             .await
             .unwrap();
         assert!(
-            matches!(s, switchyard::client::WaitOutcome::Finished(ref s) if s.job.status == "completed"),
+            matches!(s, switchyard_client::WaitOutcome::Finished(ref s) if s.job.status == "completed"),
             "{id}: {s:?}"
         );
     }
@@ -182,7 +182,7 @@ async fn a_team_submits_and_reads_only_as_itself() {
         .await
         .unwrap()
     {
-        switchyard::client::WaitOutcome::Finished(s) => s,
+        switchyard_client::WaitOutcome::Finished(s) => s,
         other => panic!("{other:?}"),
     };
     assert_eq!(s.job.status, "rejected");
@@ -211,7 +211,7 @@ async fn a_team_submits_and_reads_only_as_itself() {
         .await
         .unwrap()
     {
-        switchyard::client::WaitOutcome::Finished(s) => s,
+        switchyard_client::WaitOutcome::Finished(s) => s,
         other => panic!("{other:?}"),
     };
     assert!(

@@ -4,8 +4,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use switchyard::client::{Client, WaitOutcome};
-use switchyard::fleet::Fleet;
+use switchyard_client::{Client, WaitOutcome};
+use switchyard_demo::fleet::Fleet;
 use switchyard_proto::{Item, JobSpec, Policy, Routing, Task};
 use switchyard_runtime::Settings;
 use switchyard_sim::{Dataset, SimConfig};
@@ -19,9 +19,11 @@ pub const STRONG: &str = "gpt-4-1106-preview";
 /// The bundled demo data, parsed once per test binary.
 pub fn data() -> Arc<Dataset> {
     static DATA: OnceLock<Arc<Dataset>> = OnceLock::new();
-    Arc::clone(DATA.get_or_init(|| {
-        Arc::new(switchyard::demo::bundled_dataset().expect("bundled data parses"))
-    }))
+    Arc::clone(
+        DATA.get_or_init(|| {
+            Arc::new(switchyard_demo::bundled_dataset().expect("bundled data parses"))
+        }),
+    )
 }
 
 /// `n` MMLU items (id = the data's id, text = its prompt).
@@ -44,7 +46,7 @@ pub fn classify_job(items: Vec<Item>, strong_share: f64, threshold: f64) -> JobS
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    let mut spec = switchyard::client::new_job(
+    let mut spec = switchyard_client::new_job(
         Task::Classify {
             labels,
             instructions: None,

@@ -16,6 +16,8 @@
 //! point the fleet reached marked. `--strong-share`/`--confidence-threshold` run the
 //! hand-set policy instead.
 
+pub mod fleet;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,13 +35,14 @@ use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::{Dataset, SimConfig};
 use switchyard_twin::job::{JobInput, JobRow, Models, PolicyChoice, SimSetup, Twin};
 
-use crate::client::{Client, WaitOutcome, new_job};
+use switchyard_client::{Client, WaitOutcome, new_job};
+
 use crate::fleet::Fleet;
 
 /// The bundled demo data (see `data/demo/README.md` for sources and licences).
-pub const CLASSIFY_DATA: &str = include_str!("../../data/demo/classify_mmlu.jsonl");
+pub const CLASSIFY_DATA: &str = include_str!("../../../data/demo/classify_mmlu.jsonl");
 /// The bundled summarization data.
-pub const SUMMARIZE_DATA: &str = include_str!("../../data/demo/summarize_news.jsonl");
+pub const SUMMARIZE_DATA: &str = include_str!("../../../data/demo/summarize_news.jsonl");
 
 /// Options of `switchyard demo`.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use switchyard_worker::Worker;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Client;
+use switchyard_client::Client;
 
 /// A worker running in this process, on a runtime (and thread) of its own, so that killing it
 /// drops everything it was doing, its NATS connection included, as a crashed process would.
@@ -189,7 +189,7 @@ impl Fleet {
             nats: self.dispatcher.client.clone(),
             js: self.dispatcher.js.clone(),
             pool: self.dispatcher.pool.clone(),
-            inline_limit: crate::client::INLINE_LIMIT,
+            inline_limit: switchyard_client::INLINE_LIMIT,
         }
     }
 

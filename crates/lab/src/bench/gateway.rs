@@ -40,7 +40,7 @@ use tokio::sync::oneshot;
 
 use super::env::{self, BenchEnv};
 use super::procs::{RoleProcess, spawn_role, write_config};
-use crate::client::{Client, new_job};
+use switchyard_client::{Client, new_job};
 
 /// Arguments of `switchyard bench-gateway`.
 #[derive(Debug, Clone, clap::Args)]
@@ -349,7 +349,7 @@ async fn measure(
 
 /// The bundled MMLU prompts, the items every path sends.
 fn prompts() -> anyhow::Result<Arc<Vec<String>>> {
-    let data = crate::demo::bundled_dataset()?;
+    let data = switchyard_demo::bundled_dataset()?;
     let prompts: Vec<String> = data
         .records()
         .filter(|r| r.choices.is_some())
@@ -360,7 +360,7 @@ fn prompts() -> anyhow::Result<Arc<Vec<String>>> {
 }
 
 fn task() -> Task {
-    crate::demo::mmlu_task()
+    switchyard_demo::mmlu_task()
 }
 
 /// The chat-completions bodies the fleet's worker sends for these prompts (see
@@ -652,7 +652,7 @@ pub async fn run(settings: &Settings, args: &GatewayArgs) -> anyhow::Result<Gate
     let sim_url = match &args.sim_url {
         Some(u) => u.trim_end_matches('/').to_owned(),
         None => {
-            let data = Arc::new(crate::demo::bundled_dataset()?);
+            let data = Arc::new(switchyard_demo::bundled_dataset()?);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let sim =
                 switchyard_sim::start(listener, data, switchyard_sim::SimConfig::default()).await?;

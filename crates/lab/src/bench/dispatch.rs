@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::env::BenchEnv;
 use super::{BenchOptions, Figure};
-use crate::client::{Client, INLINE_LIMIT, new_job};
-use crate::demo::mmlu_task;
+use switchyard_client::{Client, INLINE_LIMIT, new_job};
+use switchyard_demo::mmlu_task;
 
 /// `n` items cycling through the bundled MMLU prompts, with unique ids.
 pub fn bench_items(n: usize) -> anyhow::Result<Vec<Item>> {
-    let data = crate::demo::bundled_dataset()?;
+    let data = switchyard_demo::bundled_dataset()?;
     let prompts: Vec<String> = data
         .records()
         .filter(|r| r.choices.is_some())

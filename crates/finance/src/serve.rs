@@ -24,8 +24,8 @@ use switchyard_store::ledger_reports::{self, Dimension, ReportError, ReportReque
 use switchyard_store::prices::PriceVersion;
 use tokio_util::sync::CancellationToken;
 
-use crate::finance_cli::{parse_instant, report_period};
-use crate::ledger_format::{self, ReportFormat};
+use crate::format::{self as ledger_format, ReportFormat};
+use crate::period::{parse_instant, report_period};
 
 /// The dashboard page (inline SVG charts drawn by a small script; no external assets).
 const DASHBOARD: &str = include_str!("ledger_dashboard.html");

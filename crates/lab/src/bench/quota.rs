@@ -26,7 +26,7 @@ use super::dispatch::bench_job;
 use super::env::BenchEnv;
 use super::procs::{RoleProcess, spawn_role, write_config};
 use super::{BenchOptions, Figure};
-use crate::client::{Client, INLINE_LIMIT};
+use switchyard_client::{Client, INLINE_LIMIT};
 
 const RPM: u32 = 600;
 const TPM: u32 = 200_000;
@@ -206,7 +206,7 @@ async fn measure(
     scenario: Scenario,
     window: Duration,
 ) -> anyhow::Result<QuotaRun> {
-    let data = Arc::new(crate::demo::bundled_dataset()?);
+    let data = Arc::new(switchyard_demo::bundled_dataset()?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sim_config = SimConfig {
         rpm_limit: Some(RPM),

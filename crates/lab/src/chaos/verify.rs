@@ -234,7 +234,7 @@ pub async fn reconcile_and_bill(
 ) -> anyhow::Result<BillCheck> {
     use switchyard_store::money::exact;
     // The simulator's log is complete: a call it never logged was never billed.
-    let mut evidence = crate::usage_report::from_call_log(calls);
+    let mut evidence = switchyard_finance::usage_report::from_call_log(calls);
     evidence.evidence.set_complete(true);
     let s = switchyard_store::reconcile::reconcile(pool, &evidence.evidence, false).await?;
     let ledger: rust_decimal::Decimal =

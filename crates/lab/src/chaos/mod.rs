@@ -45,9 +45,9 @@ use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::{Faults, SimConfig, SimHandle};
 
-use crate::client::Client;
 use procs::Role;
 use services::{NatsServer, Postgres};
+use switchyard_client::Client;
 use verify::Accounting;
 
 /// What to run.
@@ -250,7 +250,7 @@ fn provider_faults() -> Faults {
 
 /// `n` MMLU items from the bundled data (cycled, with distinct ids), one in 20 `local_only`.
 fn chaos_items(n: usize) -> anyhow::Result<Vec<Item>> {
-    let data = crate::demo::bundled_dataset()?;
+    let data = switchyard_demo::bundled_dataset()?;
     let records: Vec<_> = data.records().filter(|r| r.choices.is_some()).collect();
     anyhow::ensure!(!records.is_empty(), "the bundled data has no MMLU items");
     Ok((0..n)
@@ -424,7 +424,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             dir.path().display()
         ),
     );
-    let data = Arc::new(crate::demo::bundled_dataset()?);
+    let data = Arc::new(switchyard_demo::bundled_dataset()?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sim = switchyard_sim::start(
         listener,
@@ -504,8 +504,8 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     }
 
     // The job.
-    let task = crate::demo::mmlu_task();
-    let mut spec = crate::client::new_job(task.clone(), chaos_items(opts.items)?);
+    let task = switchyard_demo::mmlu_task();
+    let mut spec = switchyard_client::new_job(task.clone(), chaos_items(opts.items)?);
     spec.team = Some("chaos".to_owned());
     spec.project = Some("reliability".to_owned());
     spec.policy = Policy {

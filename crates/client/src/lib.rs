@@ -4,6 +4,15 @@
 //! Submissions go over NATS (the dispatcher's stream); reading state goes to Postgres, the
 //! source of truth. Jobs whose encoded spec would exceed [`INLINE_LIMIT`] upload their items
 //! to the deployment's object store bucket as JSONL and reference it.
+//!
+//! Beside the client: [`input`] (reading a JSONL items file, errors naming the line),
+//! [`policy_arg`] (`--policy` strings), [`report`] (rendering a status, exporting results)
+//! and [`exit`] (the exit codes pipelines branch on).
+
+pub mod exit;
+pub mod input;
+pub mod policy_arg;
+pub mod report;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

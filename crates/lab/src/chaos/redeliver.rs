@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use switchyard_proto::{PROTOCOL_VERSION, Task, WorkItem, codec};
 
-use crate::client::Client;
+use switchyard_client::Client;
 
 /// The answered attempts published again, and when.
 #[derive(Debug, Clone, Default)]

@@ -18,16 +18,16 @@ use tokio::sync::{Semaphore, mpsc};
 use super::dispatch::{bench_items, bench_job};
 use super::env::BenchEnv;
 use super::{BenchOptions, Figure};
-use crate::client::WaitOutcome;
-use crate::demo::mmlu_task;
-use crate::fleet::Fleet;
+use switchyard_client::WaitOutcome;
+use switchyard_demo::fleet::Fleet;
+use switchyard_demo::mmlu_task;
 
 /// Runs the end-to-end bench.
 ///
 /// # Errors
 /// When a run fails.
 pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Figure> {
-    let data = Arc::new(crate::demo::bundled_dataset()?);
+    let data = Arc::new(switchyard_demo::bundled_dataset()?);
     let mut runs = Vec::new();
     for rep in 0..opts.repetitions {
         let fleet = fleet_run(settings, &data, opts.end_to_end_items).await?;

@@ -12,7 +12,7 @@ use switchyard_runtime::settings::StorageKind;
 use super::env::BenchEnv;
 use super::procs::{peak_rss_bytes, spawn_role, write_config};
 use super::{BenchOptions, Figure};
-use crate::client::Client;
+use switchyard_client::Client;
 
 /// Runs the memory bench (one repetition: a million items take a minute or two).
 ///

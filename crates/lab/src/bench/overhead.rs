@@ -12,14 +12,14 @@ use super::dispatch::bench_job;
 use super::env::BenchEnv;
 use super::procs::{cpu_micros, spawn_role, write_config};
 use super::{BenchOptions, Figure};
-use crate::client::{Client, WaitOutcome};
+use switchyard_client::{Client, WaitOutcome};
 
 /// Runs the overhead bench.
 ///
 /// # Errors
 /// When a run fails.
 pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Figure> {
-    let data = std::sync::Arc::new(crate::demo::bundled_dataset()?);
+    let data = std::sync::Arc::new(switchyard_demo::bundled_dataset()?);
     let mut runs = Vec::new();
     for rep in 0..opts.repetitions {
         let env = BenchEnv::new(settings, StorageKind::File)?;

@@ -26,7 +26,7 @@ use switchyard_sim::{CallRecord, ModelPrice};
 use switchyard_store::budgets::{self, BudgetSpec, WhenExhausted};
 use switchyard_store::money::exact;
 
-use crate::client::Client;
+use switchyard_client::Client;
 
 /// The racing team.
 pub const TEAM: &str = "chaos-budget";
@@ -119,7 +119,7 @@ pub async fn start(
     items: Vec<Item>,
     within: Duration,
 ) -> anyhow::Result<(String, i64)> {
-    let mut spec = crate::client::new_job(task, items);
+    let mut spec = switchyard_client::new_job(task, items);
     spec.team = Some(TEAM.to_owned());
     spec.project = Some("budget-race".to_owned());
     spec.policy = Policy {
