@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use switchyard::learn::{Labelled, adapt};
 use switchyard_core::agreement::agreement;
-use switchyard_router::data::{Dataset, Filter, id_bucket};
-use switchyard_router::eval::{EvalOptions, evaluate_routers};
 use switchyard_router::model::LearnedRouter;
 use switchyard_router::{DEFAULT_ARTIFACT, Router, RouterArtifact};
+use switchyard_router_lab::data::{Dataset, Filter, id_bucket};
+use switchyard_router_lab::eval::{EvalOptions, evaluate_routers};
 use switchyard_sim::confidence::Calibration;
 use switchyard_sim::replay::{Question, answer};
 

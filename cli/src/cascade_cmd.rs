@@ -5,17 +5,17 @@
 //! (`switchyard_sim::replay`: calibrated to `--auroc` with `--bias`, a pure function of the
 //! row, the model and `--seed`), so the replay shows what the fleet's cascade does on the
 //! simulator, at every confidence threshold at once. The metrics are in
-//! `switchyard_router::cascade`.
+//! `switchyard_router_lab::cascade`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use switchyard_router::baselines::{router_scores, tie_break};
-use switchyard_router::cascade::{CascadeRow, evaluate};
-use switchyard_router::crossval::{CvSet, out_of_fold_scores};
-use switchyard_router::data::{Dataset, Filter, Pair};
-use switchyard_router::eval::call_cost;
-use switchyard_router::train::Recipe;
+use switchyard_router_lab::baselines::{router_scores, tie_break};
+use switchyard_router_lab::cascade::{CascadeRow, evaluate};
+use switchyard_router_lab::crossval::{CvSet, out_of_fold_scores};
+use switchyard_router_lab::data::{Dataset, Filter, Pair};
+use switchyard_router_lab::eval::call_cost;
+use switchyard_router_lab::train::Recipe;
 use switchyard_sim::confidence::{Calibration, DEFAULT_AUROC, DEFAULT_BIAS};
 use switchyard_sim::replay::{Question, answer};
 

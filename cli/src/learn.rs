@@ -31,12 +31,12 @@ use sqlx::PgPool;
 use switchyard_core::agreement::agreement;
 use switchyard_proto::TaskKind;
 use switchyard_router::artifact::{Provenance, RouterArtifact, TrainingSet};
-use switchyard_router::cli::TrainArgs;
-use switchyard_router::data::id_bucket;
 use switchyard_router::model::{LearnedRouter, LinearModel};
 use switchyard_router::prior::{self, QualityPrior};
-use switchyard_router::train::{Example, Target, TrainConfig, fine_tune};
 use switchyard_router::{DEFAULT_ARTIFACT, Router};
+use switchyard_router_lab::cli::TrainArgs;
+use switchyard_router_lab::data::id_bucket;
+use switchyard_router_lab::train::{Example, Target, TrainConfig, fine_tune};
 use switchyard_runtime::Settings;
 use switchyard_store::routing::AnswerPair;
 

@@ -1,4 +1,4 @@
-//! `switchyard router …`: the offline commands of `switchyard_router::cli` (train, score,
+//! `switchyard router …`: the offline commands of `switchyard_router_lab::cli` (train, score,
 //! eval, crossval) and the ones that need the fleet's configuration or database:
 //! `train --from-db`, `explain`, `audit`, and the cascade replay `cascade`.
 
@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Subcommand;
-use switchyard_router::cli::RouterCommand;
+use switchyard_router_lab::cli::RouterCommand;
 use switchyard_runtime::Settings;
 
 use crate::cascade_cmd::CascadeArgs;
@@ -72,7 +72,7 @@ pub async fn run(cmd: RouterCmd, config: Option<&Path>) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         RouterCmd::Offline(c) => {
-            tokio::task::spawn_blocking(move || switchyard_router::cli::run(c)).await??;
+            tokio::task::spawn_blocking(move || switchyard_router_lab::cli::run(c)).await??;
             Ok(exit::OK)
         }
         RouterCmd::Cascade(a) => {

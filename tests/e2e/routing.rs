@@ -288,15 +288,16 @@ async fn a_router_retrained_from_the_fleets_outcomes_beats_the_default_on_held_o
     let replayed =
         switchyard_sim::Dataset::from_jsonl_str("team_tickets.jsonl", TEAM_TRAFFIC).unwrap();
     let rows =
-        switchyard_router::data::Dataset::parse("team_tickets.jsonl", TEAM_TRAFFIC, None).unwrap();
+        switchyard_router_lab::data::Dataset::parse("team_tickets.jsonl", TEAM_TRAFFIC, None)
+            .unwrap();
     let pair = rows.infer_pair().unwrap();
     let rows = rows
-        .paired(&pair, &switchyard_router::data::Filter::default())
+        .paired(&pair, &switchyard_router_lab::data::Filter::default())
         .unwrap();
     // Two thirds run through the fleet; the other third is never seen by it.
     let (held_out, fleet_rows): (Vec<_>, Vec<_>) = rows
         .into_iter()
-        .partition(|r| switchyard_router::data::id_bucket(&r.id, 3) == 0);
+        .partition(|r| switchyard_router_lab::data::id_bucket(&r.id, 3) == 0);
     assert!(held_out.len() > 150 && fleet_rows.len() > 350);
     let h = Harness::start_on(Arc::new(replayed), |_| {}, SimConfig::default()).await;
     let items: Vec<Item> = fleet_rows
@@ -372,11 +373,11 @@ async fn a_router_retrained_from_the_fleets_outcomes_beats_the_default_on_held_o
         switchyard::learn::adapt(&base, &labelled, "support-v1", "db", "test".into()).unwrap();
     let adapted = switchyard_router::model::LearnedRouter::new("adapted", &learned.model);
     let default = switchyard_router::default_router();
-    let report = switchyard_router::eval::evaluate_routers(
+    let report = switchyard_router_lab::eval::evaluate_routers(
         &held_out,
         &pair,
         &[default.as_ref(), &adapted as &dyn Router],
-        &switchyard_router::eval::EvalOptions {
+        &switchyard_router_lab::eval::EvalOptions {
             tfidf_folds: 0,
             random_iters: 2,
             ..Default::default()

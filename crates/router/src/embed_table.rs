@@ -1,5 +1,5 @@
 //! A static token-embedding table: one vector per vocabulary token, distilled offline from a
-//! sentence-embedding model (see `crates/router-lab`), so that a text's semantic vector is the
+//! sentence-embedding model (see `crates/router-distill`), so that a text's semantic vector is the
 //! mean of its tokens' rows: a table lookup per token, no ML runtime at scoring time.
 //!
 //! Why a table rather than the model: the dispatcher scores 100,000+ items per second per core

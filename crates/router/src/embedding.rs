@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use crate::embed_table::{EmbedTable, table_hash};
 use crate::wordpiece::WordPiece;
 
-/// The committed table: all-MiniLM-L6-v2 distilled by `switchyard-router-lab distill`
+/// The committed table: all-MiniLM-L6-v2 distilled by `switchyard-router-distill distill`
 /// (provenance in `embeddings/minilm-l6-static.json`).
 pub const DEFAULT_TABLE: &[u8] = include_bytes!("../embeddings/minilm-l6-static.bin");
 /// The committed table's file name, for artifacts and messages.

@@ -6,12 +6,12 @@
 //! benchmark or subject names). Policies (threshold, strong share, budget) turn scores into
 //! tiers; that happens in the dispatcher, not here.
 //!
-//! The crate has two halves:
-//! - **online** ([`Router`], [`configured_router`], [`default_router`], [`load_router`], [`LearnedRouter`]): what the
-//!   dispatcher links, pure and fast;
-//! - **offline** ([`data`], [`train`], [`metrics`], [`baselines`], [`eval`], [`crossval`],
-//!   [`cascade`], [`plot`], [`cli`]): the tools that build a router artifact from benchmark rows and prove
-//!   what it is worth, with the same metrics as RouteLLM and RouterBench.
+//! This crate is what the dispatcher links: [`Router`], [`configured_router`] (the one
+//! function that picks the configured artifact or the default), [`LearnedRouter`] and its
+//! [`artifact`], [`features`], [`model`] and [`embedding`]; pure and fast, with no I/O
+//! beyond reading an artifact. The tools that build an artifact from benchmark rows and
+//! prove what it is worth (data, training, evaluation, cross-validation, cascade replay,
+//! plots, the `switchyard-router` CLI) are `switchyard-router-lab`'s.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -19,23 +19,14 @@ use std::sync::{Arc, OnceLock};
 pub use switchyard_proto::TaskKind;
 
 pub mod artifact;
-pub mod baselines;
-pub mod cascade;
-pub mod cli;
-pub mod crossval;
-pub mod data;
 pub mod embed_table;
 pub mod embedding;
-pub mod eval;
 pub mod features;
 pub mod knn;
 mod length;
-pub mod metrics;
 pub mod model;
-pub mod plot;
 pub mod prior;
 pub mod rng;
-pub mod train;
 pub mod wordpiece;
 
 pub use artifact::{FORMAT_VERSION, RouterArtifact};

@@ -5,7 +5,7 @@
 //! policy such as `quality=0.95` ("the smallest strong share whose predicted quality reaches
 //! 95% of all-strong") also needs the level the gains are added to, the weak model's
 //! quality. It is measured at training time (weighted as the training weighted the rows) and
-//! stored in the artifact, so the dispatcher and `switchyard quote` predict with the numbers
+//! stored in the artifact (measured by `switchyard_router_lab::prior::measure`), so the dispatcher and `switchyard quote` predict with the numbers
 //! the router was built from.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::TaskKind;
-use crate::data::PairedRow;
 
 /// Mean qualities of the two models on one task kind.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -32,18 +31,6 @@ pub type QualityPrior = BTreeMap<String, KindQuality>;
 /// The weak quality assumed for a task kind the router has no measurement of: halfway, so
 /// that predicted quality is a relative figure and says so (documented in the README).
 pub const ASSUMED_WEAK_QUALITY: f64 = 0.5;
-
-/// The prior of training sets weighted like [`crate::train::train_recipe`]: a set of `n` rows
-/// weighs `n^balance` in total.
-pub fn measure(sets: &[&[PairedRow]], balance: f64) -> QualityPrior {
-    let rows = sets.iter().flat_map(|rows| {
-        let n = rows.len().max(1) as f64;
-        let w = n.powf(balance) / n;
-        rows.iter()
-            .map(move |r| (r.kind, r.weak.score, r.strong.score, w))
-    });
-    from_rows(rows)
-}
 
 /// The prior of `(kind, weak quality, strong quality, weight)` rows.
 pub fn from_rows(rows: impl Iterator<Item = (TaskKind, f64, f64, f64)>) -> QualityPrior {
@@ -95,38 +82,18 @@ pub fn validate(prior: &QualityPrior) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Outcome;
-
-    fn row(kind: TaskKind, weak: f64, strong: f64) -> PairedRow {
-        let o = |score| Outcome {
-            score,
-            prompt_tokens: None,
-            completion_tokens: None,
-            cost_usd: None,
-        };
-        PairedRow {
-            line: 1,
-            id: "x".into(),
-            kind,
-            task: "t".into(),
-            text: "t".into(),
-            weak: o(weak),
-            strong: o(strong),
-        }
-    }
 
     #[test]
-    fn sets_are_weighted_like_training() {
-        let big: Vec<PairedRow> = (0..100)
-            .map(|_| row(TaskKind::Classify, 1.0, 1.0))
-            .collect();
-        let small: Vec<PairedRow> = (0..4).map(|_| row(TaskKind::Classify, 0.0, 1.0)).collect();
-        let p = measure(&[&big, &small], 0.5);
-        // Weights 10 and 2: (10·1 + 2·0) / 12.
+    fn rows_are_weighted_and_unknown_kinds_are_refused() {
+        let p = from_rows(
+            [
+                (TaskKind::Classify, 1.0, 1.0, 10.0),
+                (TaskKind::Classify, 0.0, 1.0, 2.0),
+            ]
+            .into_iter(),
+        );
         assert!((p["classify"].weak - 10.0 / 12.0).abs() < 1e-6);
-        assert_eq!(p["classify"].rows, 104);
-        let p = measure(&[&big, &small], 1.0);
-        assert!((p["classify"].weak - 100.0 / 104.0).abs() < 1e-6);
+        assert_eq!(p["classify"].rows, 2);
         assert!(validate(&p).is_ok());
         let mut bad = p.clone();
         bad.insert("translate".into(), p["classify"]);

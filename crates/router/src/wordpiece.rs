@@ -6,7 +6,7 @@
 //! splits, CJK ideographs and punctuation are words of their own, accents stripped (NFD,
 //! non-spacing marks removed) and text lowercased; then each word is split greedily into the
 //! longest vocabulary pieces (`##` marks a continuation), a word with an unknown part or over
-//! 100 characters being one `[UNK]`. `switchyard-router-lab check-tokenizer` measures the
+//! 100 characters being one `[UNK]`. `switchyard-router-distill check-tokenizer` measures the
 //! agreement with the `tokenizers` crate on real prompts.
 //!
 //! Why our own: scoring must stay at 100,000+ items/s on one core; this does one hash lookup

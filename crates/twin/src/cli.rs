@@ -15,8 +15,8 @@ use switchyard_core::audit::{DEFAULT_AUDIT_SHARE, PROXY_LABEL};
 use switchyard_core::escalation::Labelled;
 use switchyard_core::pricing::Price;
 use switchyard_core::samples::DEFAULT_EXTRA_SAMPLES;
-use switchyard_router::data::{Filter, Pair, PairedRow, Slice};
 use switchyard_router::prior::ASSUMED_WEAK_QUALITY;
+use switchyard_router_lab::data::{Filter, Pair, PairedRow, Slice};
 use switchyard_sim::confidence::{Calibration, DEFAULT_AUROC, DEFAULT_BIAS};
 
 use crate::data::EvalSet;
@@ -153,7 +153,7 @@ pub struct Pooled {
 
 /// List prices (USD per million tokens) as exact decimals, from the data README's table.
 pub fn list_price(model: &str) -> anyhow::Result<Price> {
-    let (input, output) = switchyard_router::eval::price_per_million(model)
+    let (input, output) = switchyard_router_lab::eval::price_per_million(model)
         .with_context(|| format!("no list price for `{model}`"))?;
     let d = |x: f64| -> anyhow::Result<Decimal> {
         x.to_string()
@@ -184,7 +184,7 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<EvalOutput> {
     };
     let mut extra: Vec<Vec<PairedRow>> = Vec::new();
     for path in &a.train {
-        let d = switchyard_router::data::Dataset::read(path, None)?;
+        let d = switchyard_router_lab::data::Dataset::read(path, None)?;
         let p = d.infer_pair()?;
         extra.push(d.paired(&p, &filter)?);
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use switchyard_proto::{Task, TaskKind};
-use switchyard_router::data::{self, Filter, Pair, PairedRow};
+use switchyard_router_lab::data::{self, Filter, Pair, PairedRow};
 use switchyard_sim::Record;
 
 /// One row of an evaluation set.

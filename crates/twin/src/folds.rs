@@ -1,16 +1,17 @@
 //! Held-out router scores by group folds: every row is scored by a router that never saw its
 //! group (its MMLU subject, or the row itself where a file has one task).
 //!
-//! The default recipe (`switchyard_router::train::Recipe::default()`) is trained once per
+//! The default recipe (`switchyard_router_lab::train::Recipe::default()`) is trained once per
 //! fold on the other folds of the evaluated file plus any extra training files, with the
 //! weak/strong quality prior measured on the same rows, as `router train` builds the default
 //! router. A group goes to fold `sha256(group) mod K`, so the split is stable and whole
 //! subjects are held out together.
 
-use switchyard_router::data::{PairedRow, id_bucket};
+use switchyard_router::Router;
 use switchyard_router::model::LearnedRouter;
-use switchyard_router::train::{Recipe, train_recipe};
-use switchyard_router::{Router, prior};
+use switchyard_router_lab::data::{PairedRow, id_bucket};
+use switchyard_router_lab::prior;
+use switchyard_router_lab::train::{Recipe, train_recipe};
 
 use crate::data::EvalSet;
 

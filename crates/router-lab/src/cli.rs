@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use crate::artifact::{Provenance, RouterArtifact, TrainingSet};
 use crate::crossval::{CvSet, Split, calibration_table, crossval, markdown_table};
 use crate::data::{Dataset, Filter, Pair, Slice};
 use crate::eval::{EvalOptions, evaluate_routers};
 use crate::plot::plot_report;
 use crate::train::{Recipe, train_recipe};
-use crate::{TaskKind, configured_router};
+use switchyard_router::artifact::{Provenance, RouterArtifact, TrainingSet};
+use switchyard_router::{TaskKind, configured_router};
 
 /// The router subcommands.
 #[derive(Debug, Subcommand)]

@@ -6,13 +6,13 @@
 //! learned router must clear to be worth anything.
 
 use crate::data::{PairedRow, id_bucket};
-use crate::features::FeatureConfig;
 use crate::metrics::{CurvePoint, Outcomes, optimal_point, routellm_curve};
-use crate::model::LearnedRouter;
-use crate::rng::SplitMix64;
 use crate::train::{Example, Target, TrainConfig, train_linear};
+use switchyard_router::features::FeatureConfig;
+use switchyard_router::model::LearnedRouter;
+use switchyard_router::rng::SplitMix64;
 
-use crate::Router;
+use switchyard_router::Router;
 
 /// RouteLLM's random router: uniform scores, `iters` repetitions, the curves' points grouped
 /// by strong share (rounded to 6 decimals) and their qualities and costs averaged.
@@ -148,8 +148,8 @@ pub fn tie_break(scores: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TaskKind;
     use crate::data::Outcome;
+    use switchyard_router::TaskKind;
 
     fn row(i: usize, text: &str, weak: f64, strong: f64) -> PairedRow {
         let o = |score| Outcome {

@@ -93,7 +93,7 @@ fn train_score_eval_plot_and_crossval() {
     );
     // The scores are exactly what the library router gives.
     let lib = switchyard_router::load_router(&router).expect("loads");
-    let first = switchyard_router::data::Dataset::read(&data, None)
+    let first = switchyard_router_lab::data::Dataset::read(&data, None)
         .expect("reads")
         .rows[0]
         .clone();

@@ -17,9 +17,10 @@
 use crate::baselines::{fold_of, tie_break};
 use crate::data::{Pair, PairedRow, group_keys};
 use crate::eval::{EvalOptions, EvalReport, evaluate_scores};
-use crate::model::LearnedRouter;
 use crate::train::{Recipe, TrainError, train_recipe};
-use crate::{Estimate, Router};
+use switchyard_router::Estimate;
+use switchyard_router::Router;
+use switchyard_router::model::LearnedRouter;
 
 /// One data set in a cross-validation.
 #[derive(Debug, Clone)]
@@ -286,8 +287,8 @@ pub fn calibration_table(results: &[SetResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TaskKind;
     use crate::data::Outcome;
+    use switchyard_router::TaskKind;
 
     fn o(score: f64) -> Outcome {
         Outcome {

@@ -3,7 +3,7 @@
 //! building the whole fleet binary).
 
 use clap::Parser;
-use switchyard_router::cli::{RouterCommand, run};
+use switchyard_router_lab::cli::{RouterCommand, run};
 
 /// Train, score, evaluate and cross-validate Switchyard routers.
 #[derive(Debug, Parser)]

@@ -166,7 +166,7 @@ pub fn run(args: &DistillArgs) -> Result<()> {
         "method": "each token alone as [CLS] token [SEP], mean of the 3 output vectors; PCA \
                    over the vocabulary (without [unusedN]); per-dimension scale, i8 values",
         "command": format!(
-            "cargo run --release -p switchyard-router-lab -- distill --dims {} --out {}",
+            "cargo run --release -p switchyard-router-distill -- distill --dims {} --out {}",
             args.dims,
             args.out.display()
         ),

@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::TaskKind;
+use switchyard_router::TaskKind;
 
 /// Why a data file could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! `switchyard-router-lab`: offline router tooling that needs an ML runtime. The dispatcher
+//! `switchyard-router-distill`: offline router tooling that needs an ML runtime. The dispatcher
 //! never links this crate (it would pull candle and tokenizers into every scoring process);
 //! what it produces, a static token-embedding table, is read by `switchyard-router` with a
 //! few hundred lines of plain Rust.
@@ -15,7 +15,7 @@ mod wheel;
 
 #[derive(Debug, Parser)]
 #[command(
-    name = "switchyard-router-lab",
+    name = "switchyard-router-distill",
     about = "Offline router tooling (distillation)"
 )]
 struct Cli {

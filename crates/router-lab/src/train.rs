@@ -12,13 +12,13 @@
 
 use std::collections::VecDeque;
 
-use crate::TaskKind;
 use crate::data::PairedRow;
-use crate::embedding::default_embedding;
-use crate::features::{DENSE, FeatureConfig, GramCounts, dense};
-use crate::knn::{KnnConfig, KnnIndex};
-pub use crate::model::Target;
-use crate::model::{EmbedSpec, Head, KINDS, LinearModel, idf, kind_index};
+use switchyard_router::TaskKind;
+use switchyard_router::embedding::default_embedding;
+use switchyard_router::features::{DENSE, FeatureConfig, GramCounts, dense};
+use switchyard_router::knn::{KnnConfig, KnnIndex};
+pub use switchyard_router::model::Target;
+use switchyard_router::model::{EmbedSpec, Head, KINDS, LinearModel, idf, kind_index};
 
 /// One training example.
 #[derive(Debug, Clone, Copy)]
@@ -270,10 +270,10 @@ fn fit(
     base: Option<&LinearModel>,
 ) -> Result<LinearModel, TrainError> {
     cfg.features.validate().map_err(TrainError::Config)?;
-    if cfg.heads.is_empty() || cfg.heads.len() > crate::model::MAX_HEADS {
+    if cfg.heads.is_empty() || cfg.heads.len() > switchyard_router::model::MAX_HEADS {
         return Err(TrainError::Config(format!(
             "1 to {} heads, not {}",
-            crate::model::MAX_HEADS,
+            switchyard_router::model::MAX_HEADS,
             cfg.heads.len()
         )));
     }
@@ -722,8 +722,8 @@ pub(crate) fn lbfgs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Router;
-    use crate::model::LearnedRouter;
+    use switchyard_router::Router;
+    use switchyard_router::model::LearnedRouter;
 
     #[test]
     fn lbfgs_finds_a_quadratic_minimum() {

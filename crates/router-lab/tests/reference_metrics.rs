@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use switchyard_router::Router;
-use switchyard_router::baselines::{length_scores, oracle_curve, router_scores};
-use switchyard_router::data::{Dataset, Filter, Pair, PairedRow};
-use switchyard_router::metrics::{Outcomes, RouteMetrics, routellm_curve, routellm_metrics};
+use switchyard_router_lab::baselines::{length_scores, oracle_curve, router_scores};
+use switchyard_router_lab::data::{Dataset, Filter, Pair, PairedRow};
+use switchyard_router_lab::metrics::{Outcomes, RouteMetrics, routellm_curve, routellm_metrics};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

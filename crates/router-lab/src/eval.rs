@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::Router;
 use crate::baselines::{
     crossfit, length_scores, oracle_curve, random_curve, router_scores, tfidf_config,
 };
 use crate::data::{Outcome, Pair, PairedRow};
 use crate::metrics::{CurvePoint, Outcomes, RouteMetrics, aiq, routellm_curve, routellm_metrics};
 use crate::train::TrainConfig;
+use switchyard_router::Router;
 
 /// Public list prices, USD per million input / output tokens (see the data README; the small
 /// summarizers' prices are assumptions made there).
@@ -268,8 +268,8 @@ impl EvalReport {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::LengthRouter;
-    use crate::TaskKind;
+    use switchyard_router::LengthRouter;
+    use switchyard_router::TaskKind;
 
     fn rows() -> Vec<PairedRow> {
         (0..40)
