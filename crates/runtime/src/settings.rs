@@ -328,10 +328,12 @@ pub struct ModelSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub output_usd_per_mtok: Option<Decimal>,
-    /// Requests per minute allowed by the provider (this process's share).
+    /// Requests per minute the provider allows the whole fleet: with `[worker] fleet_quota`
+    /// (the default) every live worker process holds a share of it (docs/sizing.md); with it
+    /// off, each process applies all of it on its own.
     #[serde(default)]
     pub rpm: Option<NonZeroU32>,
-    /// Tokens per minute allowed by the provider (this process's share).
+    /// Tokens per minute the provider allows the whole fleet, shared like `rpm`.
     #[serde(default)]
     pub tpm: Option<NonZeroU32>,
     /// Per-request timeout.
