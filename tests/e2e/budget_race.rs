@@ -16,7 +16,7 @@ use crate::support::classify_job;
 #[tokio::test]
 async fn eight_workers_race_across_a_postgres_restart_with_the_finance_loop_stalled() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = switchyard_lab::chaos::services::Postgres::start(dir.path())
+    let pg = switchyard_testkit::postgres::Postgres::start(dir.path())
         .await
         .expect("a PostgreSQL of this test's own");
     let nats = switchyard_testkit::TestNats::new().await;

@@ -315,7 +315,7 @@ async fn odd_provider_answers_are_booked_once_and_every_item_finishes() {
 #[tokio::test]
 async fn a_429_storm_across_a_postgres_outage_of_twice_ack_wait_calls_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = switchyard_lab::chaos::services::Postgres::start(dir.path())
+    let pg = switchyard_testkit::postgres::Postgres::start(dir.path())
         .await
         .expect("a PostgreSQL of this test's own");
     let nats = switchyard_testkit::TestNats::new().await;

@@ -2,9 +2,10 @@
 //! rendered from `deploy/nats-cluster/node.conf.tmpl`, the same template users start a local
 //! cluster with, on free ports with data in a temporary folder; dropping the value kills them.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::ports::free_port;
 
 const TEMPLATE: &str = include_str!("../../../deploy/nats-cluster/node.conf.tmpl");
 
@@ -14,10 +15,6 @@ pub struct NatsCluster {
     pub urls: Vec<String>,
     nodes: Vec<Option<Child>>,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl NatsCluster {

@@ -1,11 +1,18 @@
-//! Test support, used only as a dev-dependency.
+//! Test support: the one place tests and the lab (chaos, benches) get their servers from.
 //!
 //! Every test gets its own Postgres database ([`TestDb`]) and its own NATS names (a random
 //! deployment prefix, [`TestNats`]), so tests run in parallel against the same servers. The
 //! servers are the ones `scripts/services.sh` starts (`NATS_URL`, `DATABASE_URL`, or the
 //! loopback defaults); a missing server fails the test with instructions, never skips it.
+//!
+//! Servers of a test's own: [`server::NatsServer`] (one nats-server, restartable),
+//! [`cluster::NatsCluster`] (three nodes), [`postgres::Postgres`] (a PostgreSQL of its own,
+//! stoppable and restartable), with [`ports::free_port`] and [`ports::wait_for_port`].
+//! The dispatcher and worker never link this crate.
 
 pub mod cluster;
+pub mod ports;
+pub mod postgres;
 pub mod server;
 
 use std::time::{Duration, Instant};

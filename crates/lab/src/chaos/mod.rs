@@ -29,7 +29,6 @@
 pub mod budget_race;
 pub mod procs;
 pub mod redeliver;
-pub mod services;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -46,8 +45,9 @@ use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::{Faults, SimConfig, SimHandle};
 
 use procs::Role;
-use services::{NatsServer, Postgres};
 use switchyard_client::Client;
+use switchyard_testkit::postgres::Postgres;
+use switchyard_testkit::server::NatsServer;
 use verify::Accounting;
 
 /// What to run.
@@ -188,7 +188,7 @@ fn log(started: Instant, msg: &str) {
 /// their own client tag in [`worker_settings`]).
 fn base_settings(nats: &NatsServer, pg: &Postgres, sim: &SimHandle) -> Settings {
     let mut s = Settings::default();
-    s.nats.url = nats.url();
+    s.nats.url = nats.url.clone();
     s.nats.prefix = "chaos".to_owned();
     s.nats.storage = StorageKind::File;
     s.database.url = SecretString::from(pg.url("switchyard"));

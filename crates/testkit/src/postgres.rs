@@ -1,122 +1,19 @@
-//! A nats-server and a PostgreSQL server of the chaos run's own, on free loopback ports with
-//! their data in the run's temporary folder, so that killing and restarting them disturbs
-//! nothing else on the machine.
+//! A PostgreSQL server of a run's own (chaos, the budget race, tests that stop and restart
+//! the database), on a free loopback port with its data in the run's folder, so that
+//! killing and restarting it disturbs nothing else on the machine.
 //!
 //! PostgreSQL refuses to run as root: when this process is root, `initdb` and `pg_ctl` run as
 //! the `postgres` user through `runuser` (its data folder is handed to that user); otherwise
 //! they run as the current user.
 
-use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
-/// A free loopback port (bound, read, released: good enough on a machine we own).
-///
-/// # Errors
-/// When no port can be bound.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Waits (at most `within`) until something accepts connections on `port`.
-///
-/// # Errors
-/// When nothing does in time.
-pub async fn wait_for_port(what: &str, port: u16, within: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    for _ in 0..(within.as_millis() / 50).max(1) {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        if started.elapsed() > within {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what} did not listen on 127.0.0.1:{port} within {within:?}")
-}
-
-/// A nats-server with JetStream, file storage in `<dir>/nats`.
-pub struct NatsServer {
-    pub port: u16,
-    store: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl NatsServer {
-    /// Starts it and waits until it listens.
-    ///
-    /// # Errors
-    /// When `nats-server` is missing or does not start.
-    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        let mut server = Self {
-            port: free_port()?,
-            store: dir.join("nats"),
-            log: dir.join("logs").join("nats-server.log"),
-            child: None,
-        };
-        server.spawn().await?;
-        Ok(server)
-    }
-
-    /// `nats://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
-            .arg("-l")
-            .arg(&self.log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot run nats-server (install it: scripts/services.sh does)")?;
-        self.child = Some(child);
-        wait_for_port("nats-server", self.port, Duration::from_secs(20)).await
-    }
-
-    /// Kills the server (SIGKILL, as a crash would) and starts it again on the same port and
-    /// store.
-    ///
-    /// # Errors
-    /// When it does not come back.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        self.spawn().await
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::ports::{free_port, wait_for_port};
 
 /// A PostgreSQL cluster in `<dir>/pg`, trusting loopback logins of role `postgres`.
 pub struct Postgres {
