@@ -2,14 +2,12 @@
 //! same `outcomes::commit` the workers use), a minimal HTTP client, and a Chromium finder.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use switchyard_store::booking::Booking;
 use switchyard_store::outcomes::{self, AttemptKey, CallEntry, Outcome, UsageSource};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An exact decimal.
 pub fn d(s: &str) -> Decimal {
@@ -107,28 +105,9 @@ pub async fn count(pool: &PgPool, table: &str) -> i64 {
         .unwrap()
 }
 
-/// `GET path` on a local server: (status, body). HTTP/1.1 with `Connection: close`.
+/// `GET path` on a local server: (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8(buf).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        assert!(
-            !head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked"),
-            "unexpected chunked answer"
-        );
-        (status, body.to_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(30), fut)
-        .await
-        .expect("the finance API answers within 30 s")
+    switchyard_testkit::http::get(&format!("http://{addr}{path}")).await
 }
 
 /// The headless browser: `SWITCHYARD_CHROMIUM`, or Debian's `chromium` (scripts/test.sh

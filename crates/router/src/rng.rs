@@ -1,4 +1,5 @@
-//! A tiny deterministic random generator (SplitMix64).
+//! A tiny deterministic random generator (SplitMix64), the one the router's baselines and
+//! the chaos schedule use (the simulator keeps its own inside its stable per-item hashing).
 //!
 //! The random baseline must give the same numbers on every machine and every version of
 //! this crate, so it does not depend on an external generator whose stream may change
@@ -26,6 +27,16 @@ impl SplitMix64 {
     /// A uniform number in [0, 1).
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A uniform number in `[lo, hi)`.
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.next_f64()
+    }
+
+    /// A uniform index in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 

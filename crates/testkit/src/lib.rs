@@ -7,10 +7,12 @@
 //!
 //! Servers of a test's own: [`server::NatsServer`] (one nats-server, restartable),
 //! [`cluster::NatsCluster`] (three nodes), [`postgres::Postgres`] (a PostgreSQL of its own,
-//! stoppable and restartable), with [`ports::free_port`] and [`ports::wait_for_port`].
+//! stoppable and restartable), with [`ports::free_port`] and [`ports::wait_for_port`];
+//! [`http::get`] for the HTTP servers tests start.
 //! The dispatcher and worker never link this crate.
 
 pub mod cluster;
+pub mod http;
 pub mod ports;
 pub mod postgres;
 pub mod server;

@@ -46,6 +46,7 @@ use switchyard_sim::{Faults, SimConfig, SimHandle};
 
 use procs::Role;
 use switchyard_client::Client;
+use switchyard_router::rng::SplitMix64;
 use switchyard_testkit::postgres::Postgres;
 use switchyard_testkit::server::NatsServer;
 use verify::Accounting;
@@ -142,26 +143,6 @@ pub struct ChaosReport {
     pub seed: u64,
     /// Where logs and data were kept (only when kept).
     pub kept_dir: Option<String>,
-}
-
-/// A small deterministic generator for the schedule (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[lo, hi)`.
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
 }
 
 /// Something to break, when progress reaches `at` (a fraction of the items).
@@ -338,7 +319,7 @@ impl Run {
         }
     }
 
-    async fn kill_worker(&mut self, rng: &mut Rng) {
+    async fn kill_worker(&mut self, rng: &mut SplitMix64) {
         let i = rng.below(self.workers.len());
         let tag = self.workers[i].name.clone();
         let in_flight = self.sim.in_flight(&tag);
@@ -397,7 +378,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let dir = tempfile::Builder::new()
         .prefix("switchyard-chaos-")
         .tempdir()
