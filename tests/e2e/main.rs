@@ -17,7 +17,6 @@ mod finance_support;
 mod foreign_client;
 mod jobs;
 mod ledger_budgets;
-mod ledger_corrections;
 mod ledger_dashboard;
 mod ledger_finance;
 mod ledger_in_doubt;

@@ -13,6 +13,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod ledger;
 pub mod ports;
 pub mod postgres;
 pub mod server;

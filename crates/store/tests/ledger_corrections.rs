@@ -9,7 +9,7 @@ use switchyard_store::ledger_reports::{self, Dimension, ReportRequest, Source};
 use switchyard_store::prices::{self, NewPrice};
 use switchyard_testkit::TestDb;
 
-use crate::finance_support::{answered, book, count, d, ledger_total, seed_job};
+use switchyard_testkit::ledger::{answered, book, count, d, ledger_total, seed_job};
 
 #[tokio::test]
 async fn a_correction_reverses_one_entry_exactly_and_bad_ones_write_nothing() {
