@@ -8,7 +8,8 @@
 //! Servers of a test's own: [`server::NatsServer`] (one nats-server, restartable),
 //! [`cluster::NatsCluster`] (three nodes), [`postgres::Postgres`] (a PostgreSQL of its own,
 //! stoppable and restartable), with [`ports::free_port`] and [`ports::wait_for_port`];
-//! [`http::get`] for the HTTP servers tests start.
+//! [`http::get`] for the HTTP servers tests start; [`procs::Role`] for a role of the fleet
+//! as a child process.
 //! The dispatcher and worker never link this crate.
 
 pub mod cluster;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod ledger;
 pub mod ports;
 pub mod postgres;
+pub mod procs;
 pub mod server;
 
 use std::time::{Duration, Instant};

@@ -39,7 +39,7 @@ use switchyard_runtime::settings::StorageKind;
 use tokio::sync::oneshot;
 
 use super::env::{self, BenchEnv};
-use super::procs::{RoleProcess, spawn_role, write_config};
+use super::procs::{Role, spawn_role, write_config};
 use switchyard_client::{Client, new_job};
 
 /// Arguments of `switchyard bench-gateway`.
@@ -447,7 +447,7 @@ struct FleetUnderTest {
     client: Client,
     waiters: Waiters,
     listener: tokio::task::JoinHandle<()>,
-    roles: Vec<RoleProcess>,
+    roles: Vec<Role>,
     _dir: tempfile::TempDir,
 }
 

@@ -72,7 +72,9 @@ async fn measure(settings: &Settings, n: usize) -> anyhow::Result<(f64, f64)> {
 
     let config = write_config(settings, dir.path())?;
     let dispatcher = spawn_role(settings, &config, &["dispatcher"])?;
-    let pid = dispatcher.child.id();
+    let pid = dispatcher
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the dispatcher process did not start"))?;
     let started = Instant::now();
     loop {
         let status: Option<String> =

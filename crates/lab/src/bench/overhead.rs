@@ -57,7 +57,9 @@ async fn measure(
     let dispatcher = spawn_role(&settings, &config, &["dispatcher"])?;
     let tiers = settings.tiers.keys().cloned().collect::<Vec<_>>().join(",");
     let worker = spawn_role(&settings, &config, &["worker", "--tier", &tiers])?;
-    let (dpid, wpid) = (dispatcher.child.id(), worker.child.id());
+    let (Some(dpid), Some(wpid)) = (dispatcher.pid(), worker.pid()) else {
+        anyhow::bail!("the dispatcher or worker process did not start");
+    };
     // Let both start (connect, migrate, create consumers) before the clock starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let d0 = cpu_micros(dpid).unwrap_or(0);

@@ -2,35 +2,9 @@
 //! so their memory and CPU can be read from `/proc` apart from the bench's own.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use switchyard_runtime::Settings;
-
-/// A child process, killed when dropped.
-pub struct RoleProcess {
-    pub child: Child,
-}
-
-impl RoleProcess {
-    /// Asks the process to stop (SIGTERM: it drains and exits on its own).
-    pub fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-    }
-
-    /// Kills the process (SIGKILL: it stops wherever it is, as if it crashed).
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-impl Drop for RoleProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use switchyard_testkit::procs::Role;
 
 /// Writes `settings` as a config file for child processes (the database URL, redacted in the
 /// file, is passed through the environment).
@@ -43,42 +17,40 @@ pub fn write_config(settings: &Settings, dir: &Path) -> anyhow::Result<PathBuf> 
     Ok(path)
 }
 
-/// Starts `switchyard --config CONFIG ARGS…` (this very executable).
+/// Starts `switchyard --config CONFIG ARGS…` (this very executable), with the deployment's
+/// NATS and database URLs in its environment. `SWITCHYARD_BENCH_LOGS=DIR` keeps each role's
+/// log (at `RUST_LOG`, default warn) there.
 ///
 /// # Errors
 /// When the process cannot start.
-pub fn spawn_role(
-    settings: &Settings,
-    config: &Path,
-    args: &[&str],
-) -> anyhow::Result<RoleProcess> {
-    let exe = std::env::current_exe()?;
-    // `SWITCHYARD_BENCH_LOGS=DIR` keeps each role's log (at `RUST_LOG`, default warn) there.
-    let stderr = match std::env::var_os("SWITCHYARD_BENCH_LOGS") {
-        Some(dir) => {
-            let name = format!(
-                "{}-{}.log",
-                args.join("-").replace(['/', ','], "_"),
-                ulid::Ulid::new()
-            );
-            Stdio::from(std::fs::File::create(Path::new(&dir).join(name))?)
-        }
-        None => Stdio::null(),
-    };
-    let child = Command::new(exe)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("NATS_URL", &settings.nats.url)
-        .env("DATABASE_URL", settings.database_url())
-        .env(
-            "RUST_LOG",
+pub fn spawn_role(settings: &Settings, config: &Path, args: &[&str]) -> anyhow::Result<Role> {
+    let name = format!(
+        "{}-{}",
+        args.join("-").replace(['/', ','], "_"),
+        ulid::Ulid::new()
+    );
+    let logs = std::env::var_os("SWITCHYARD_BENCH_LOGS").map(PathBuf::from);
+    let env = vec![
+        ("NATS_URL".to_owned(), settings.nats.url.clone()),
+        (
+            "DATABASE_URL".to_owned(),
+            settings.database_url().to_owned(),
+        ),
+        (
+            "RUST_LOG".to_owned(),
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()?;
-    Ok(RoleProcess { child })
+        ),
+    ];
+    let mut role = Role::new(
+        &name,
+        &args.join(" "),
+        args,
+        config.to_path_buf(),
+        logs.as_deref(),
+        env,
+    );
+    role.start()?;
+    Ok(role)
 }
 
 /// Peak resident memory (`VmHWM`) of a process, in bytes.

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dispatch::bench_job;
 use super::env::BenchEnv;
-use super::procs::{RoleProcess, spawn_role, write_config};
+use super::procs::{Role, spawn_role, write_config};
 use super::{BenchOptions, Figure};
 use switchyard_client::{Client, INLINE_LIMIT};
 
@@ -166,7 +166,7 @@ struct Fleet<'a> {
     sim: &'a SimHandle,
     dir: &'a Path,
     started: usize,
-    live: Vec<RoleProcess>,
+    live: Vec<Role>,
 }
 
 impl Fleet<'_> {
@@ -287,10 +287,10 @@ async fn measure(
         sleep_until_unix_ms(t0 + 2 * phase).await?;
         // Three leave: one of the first two dies, two of the newcomers stop cleanly.
         let mut killed = fleet.live.remove(0);
-        killed.kill();
-        let mut stopping: Vec<RoleProcess> = fleet.live.drain(3..).collect();
+        killed.kill9();
+        let mut stopping: Vec<Role> = fleet.live.drain(3..).collect();
         for p in &mut stopping {
-            p.terminate();
+            p.sigterm();
         }
         sleep_until_unix_ms(end + 500).await?;
         drop(stopping);

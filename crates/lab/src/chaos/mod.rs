@@ -27,7 +27,6 @@
 //! reconciliation), no process exited on its own and every process exited 0 on SIGTERM.
 
 pub mod budget_race;
-pub mod procs;
 pub mod redeliver;
 pub mod verify;
 
@@ -44,10 +43,10 @@ use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::{Faults, SimConfig, SimHandle};
 
-use procs::Role;
 use switchyard_client::Client;
 use switchyard_router::rng::SplitMix64;
 use switchyard_testkit::postgres::Postgres;
+use switchyard_testkit::procs::Role;
 use switchyard_testkit::server::NatsServer;
 use verify::Accounting;
 
@@ -445,7 +444,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 "dispatcher",
                 &["dispatcher"],
                 dispatcher_config.clone(),
-                &logs,
+                Some(&logs),
                 env.clone(),
             )
         })
@@ -462,7 +461,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             tiers,
             &["worker", "--tier", tiers],
             config,
-            &logs,
+            Some(&logs),
             env.clone(),
         ));
     }

@@ -1,6 +1,8 @@
-//! The fleet as real child processes of the chaos run: this very `switchyard` executable with
-//! `dispatcher` or `worker --tier …`, each with its own configuration file, killable with
-//! SIGKILL at any moment and restartable.
+//! One handle for a role of the fleet run as a child process (`switchyard --config CONFIG
+//! dispatcher`, `… worker --tier T`): started, killed with SIGKILL as a crash would, stopped
+//! with SIGTERM as a deployment does, restarted, and read from `/proc` by pid. Chaos and the
+//! benches use it; by default the program is this very executable (they run inside
+//! `switchyard`), [`Role::with_program`] names another (a test's `CARGO_BIN_EXE_switchyard`).
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -9,58 +11,77 @@ use std::time::{Duration, Instant};
 
 /// One role of the fleet (a dispatcher, or a worker serving some tiers).
 pub struct Role {
-    /// `d0`, `w1`, …; workers also use it as their simulator client tag.
+    /// `d0`, `w1`, …; chaos's workers also use it as their simulator client tag.
     pub name: String,
-    /// What it is, for the log (`dispatcher`, `worker weak`).
+    /// What it is, for logs (`dispatcher`, `worker weak`).
     pub describe: String,
+    program: Option<PathBuf>,
     args: Vec<String>,
     config: PathBuf,
-    log: PathBuf,
+    log: Option<PathBuf>,
     env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl Role {
-    /// A role that is not started yet.
+    /// A role that is not started yet. Its stderr is appended to `<logs>/<name>.log` when
+    /// `logs` is given, dropped otherwise.
     pub fn new(
         name: &str,
         describe: &str,
         args: &[&str],
         config: PathBuf,
-        logs: &Path,
+        logs: Option<&Path>,
         env: Vec<(String, String)>,
     ) -> Self {
         Self {
             name: name.to_owned(),
             describe: describe.to_owned(),
+            program: None,
             args: args.iter().map(|s| (*s).to_owned()).collect(),
             config,
-            log: logs.join(format!("{name}.log")),
+            log: logs.map(|d| d.join(format!("{name}.log"))),
             env,
             child: None,
         }
     }
 
-    /// Starts the process (its stderr appended to `logs/<name>.log`).
+    /// Runs `program` instead of this executable.
+    #[must_use]
+    pub fn with_program(mut self, program: PathBuf) -> Self {
+        self.program = Some(program);
+        self
+    }
+
+    /// Starts the process.
     ///
     /// # Errors
-    /// When it cannot be started.
+    /// When it cannot be started (or its log cannot be opened).
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(std::env::current_exe()?)
+        let stderr = match &self.log {
+            Some(path) => Stdio::from(OpenOptions::new().create(true).append(true).open(path)?),
+            None => Stdio::null(),
+        };
+        let program = match &self.program {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        };
+        let child = Command::new(program)
             .arg("--config")
             .arg(&self.config)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(stderr)
             .spawn()?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The process id while it runs (as far as we know).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// True while the process runs (as far as we know).
@@ -76,6 +97,15 @@ impl Role {
         }
     }
 
+    /// SIGTERM without waiting: the process drains and exits on its own (reaped on drop).
+    pub fn sigterm(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+
     /// The exit status if the process ended by itself since it was started.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         let status = self.child.as_mut()?.try_wait().ok().flatten()?;
@@ -86,10 +116,8 @@ impl Role {
     /// SIGTERM, then waits at most `within` for the process to exit; SIGKILL after that.
     /// Returns the exit code (`None`: killed or signalled).
     pub async fn terminate(&mut self, within: Duration) -> Option<i32> {
+        self.sigterm();
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = child.try_wait() {
