@@ -218,8 +218,17 @@ async fn ten_thousand_calls_reconcile_to_the_last_unit() {
                 false,
             )
         };
-        let s = strong.map_or_else(|| reprice(weak.unwrap(), STRONG), |r| r.cost_usd);
-        let w = weak.map_or_else(|| reprice(strong.unwrap(), WEAK), |r| r.cost_usd);
+        // Every call the item really made on a tier is in that tier's world too (a billed
+        // answer the worker could not use is called again there as well), so all of them count.
+        let paid = |tier: &str| -> Decimal {
+            calls
+                .iter()
+                .filter(|r| r.tier == tier)
+                .map(|r| r.cost_usd)
+                .sum()
+        };
+        let s = strong.map_or_else(|| reprice(weak.unwrap(), STRONG), |_| paid("strong"));
+        let w = weak.map_or_else(|| reprice(strong.unwrap(), WEAK), |_| paid("weak"));
         let e = per_job.entry(job).or_default();
         e.0 += s;
         e.1 += w;
