@@ -5,27 +5,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::ValueEnum;
+use switchyard::quote::TaskArgs;
 use switchyard_client::{Client, WaitOutcome, exit, input, new_job, report};
-use switchyard_proto::Task;
 use switchyard_runtime::Settings;
 
 #[derive(clap::Args)]
 pub struct SubmitArgs {
     /// JSONL file: one `{"id", "text", "sensitivity"?, "metadata"?}` per line.
     pub file: PathBuf,
-    /// What to do with each item.
-    #[arg(long, value_enum)]
-    pub task: TaskArg,
-    /// Labels for `--task classify` (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub labels: Vec<String>,
-    /// Word budget for `--task summarize`.
-    #[arg(long)]
-    pub max_words: Option<u32>,
-    /// Instructions for the model (replaces the task's default).
-    #[arg(long)]
-    pub instructions: Option<String>,
+    /// What to do with each item (`--task`, `--labels`, `--max-words`, `--instructions`: the
+    /// same flags as `quote` and `router explain --file`).
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// Routing policy: `strong-share=0.3` (exactly that share of items strong),
     /// `threshold=0.6` (router score at or above it goes strong), `budget-usd=25` (best gain
     /// per dollar within the budget) or `quality=0.95` (smallest strong share predicted to
@@ -40,7 +31,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub max_escalations: Option<u8>,
     /// Use this model for a tier: `weak=MODEL` (repeatable).
-    #[arg(long = "model", value_parser = crate::args::parse_pair)]
+    #[arg(long = "model", value_parser = switchyard::quote::parse_pair)]
     pub models: Vec<(String, String)>,
     #[arg(long)]
     pub team: Option<String>,
@@ -58,13 +49,6 @@ pub struct SubmitArgs {
     /// With --wait: stop waiting after this long.
     #[arg(long, value_parser = crate::args::humantime_duration)]
     pub timeout: Option<Duration>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum TaskArg {
-    Classify,
-    Summarize,
-    Generate,
 }
 
 /// `switchyard wait JOB`.
@@ -171,24 +155,7 @@ pub async fn retry(settings: Settings, job: &str) -> anyhow::Result<u8> {
 
 /// `switchyard submit FILE`.
 pub async fn submit(settings: Settings, a: SubmitArgs) -> anyhow::Result<u8> {
-    let task = match a.task {
-        TaskArg::Classify => {
-            if a.labels.is_empty() {
-                bail!("--task classify needs --labels a,b,c");
-            }
-            Task::Classify {
-                labels: a.labels,
-                instructions: a.instructions,
-            }
-        }
-        TaskArg::Summarize => Task::Summarize {
-            max_words: a.max_words,
-            instructions: a.instructions,
-        },
-        TaskArg::Generate => Task::Generate {
-            instructions: a.instructions,
-        },
-    };
+    let task = a.task.task()?;
     let items = input::read_items(&a.file)?;
     let mut spec = new_job(task, items);
     if let Some(id) = a.job_id {

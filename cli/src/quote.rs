@@ -95,7 +95,11 @@ pub struct JobArgs {
     pub project: Option<String>,
 }
 
-fn parse_pair(s: &str) -> Result<(String, String), String> {
+/// `TIER=MODEL`, as `--model` takes it (`quote`, `submit`, `router explain`).
+///
+/// # Errors
+/// A message naming the text.
+pub fn parse_pair(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(a, b)| (a.trim().to_owned(), b.trim().to_owned()))
         .ok_or_else(|| format!("`{s}`: expected TIER=MODEL"))

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 /// One role of the fleet (a dispatcher, or a worker serving some tiers).
 pub struct Role {
     /// `d0`, `w1`, …; chaos's workers also use it as their simulator client tag.
@@ -59,14 +61,22 @@ impl Role {
     /// When it cannot be started (or its log cannot be opened).
     pub fn start(&mut self) -> anyhow::Result<()> {
         let stderr = match &self.log {
-            Some(path) => Stdio::from(OpenOptions::new().create(true).append(true).open(path)?),
+            Some(path) => Stdio::from(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| {
+                        format!("cannot open {}'s log {}", self.name, path.display())
+                    })?,
+            ),
             None => Stdio::null(),
         };
         let program = match &self.program {
             Some(p) => p.clone(),
-            None => std::env::current_exe()?,
+            None => std::env::current_exe().context("cannot find this executable")?,
         };
-        let child = Command::new(program)
+        let child = Command::new(&program)
             .arg("--config")
             .arg(&self.config)
             .args(&self.args)
@@ -74,7 +84,8 @@ impl Role {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
-            .spawn()?;
+            .spawn()
+            .with_context(|| format!("cannot start {} ({})", self.name, program.display()))?;
         self.child = Some(child);
         Ok(())
     }

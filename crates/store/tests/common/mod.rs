@@ -1,17 +1,11 @@
 //! What the store's integration tests share: a job with queued items, a price, exact amounts.
 #![allow(dead_code, reason = "each test binary uses part of it")]
 
-use std::str::FromStr;
-
 use chrono::{TimeZone, Utc};
-use rust_decimal::Decimal;
 use sqlx::PgPool;
 use switchyard_store::prices::{self, NewPrice};
 
-/// An exact amount from its decimal text.
-pub fn d(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap()
-}
+pub use switchyard_testkit::ledger::d;
 
 /// Job `job_id` (team `team`, project `proj`, a classification) in `status`, with items
 /// `item-1..=n`, queued on the weak tier.
