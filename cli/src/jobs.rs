@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use switchyard::quote::TaskArgs;
+use switchyard_client::quote::TaskArgs;
 use switchyard_client::{Client, WaitOutcome, exit, input, new_job, report};
 use switchyard_runtime::Settings;
 
@@ -31,7 +31,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub max_escalations: Option<u8>,
     /// Use this model for a tier: `weak=MODEL` (repeatable).
-    #[arg(long = "model", value_parser = switchyard::quote::parse_pair)]
+    #[arg(long = "model", value_parser = switchyard_client::quote::parse_pair)]
     pub models: Vec<(String, String)>,
     #[arg(long)]
     pub team: Option<String>,

@@ -10,8 +10,9 @@ use switchyard_router_lab::cli::RouterCommand;
 use switchyard_runtime::Settings;
 
 use crate::cascade_cmd::CascadeArgs;
-use crate::quote::JobArgs;
 use switchyard_client::exit;
+use switchyard_client::explain;
+use switchyard_client::quote::{self, JobArgs};
 
 /// The `router` subcommands.
 #[derive(Debug, Subcommand)]
@@ -94,13 +95,13 @@ async fn explain(config: Option<&Path>, a: ExplainArgs) -> anyhow::Result<u8> {
                 eprintln!("no item {id:?} in `{}`", file.display());
                 return Ok(exit::NOT_FOUND);
             };
-            let q = crate::quote::compute(&settings, items, &a.job_args).await?;
-            crate::explain::from_quote(&q, index)
+            let q = quote::compute(&settings, items, &a.job_args).await?;
+            explain::from_quote(&q, index)
         }
         (None, Some(job), Some(item)) => {
             let pool = switchyard_store::connect_and_migrate(settings.database_url(), 2).await?;
             match switchyard_store::routing::explain(&pool, job, item).await? {
-                Some(e) => crate::explain::from_job(&e),
+                Some(e) => explain::from_job(&e),
                 None => {
                     eprintln!("no item {item:?} in job `{job}`");
                     return Ok(exit::NOT_FOUND);
@@ -112,7 +113,7 @@ async fn explain(config: Option<&Path>, a: ExplainArgs) -> anyhow::Result<u8> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {
-        print!("{}", crate::explain::render(&explanation));
+        print!("{}", explain::render(&explanation));
     }
     Ok(exit::OK)
 }

@@ -19,17 +19,17 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use switchyard_core::policy::{Cut, Route};
+use switchyard_core::route::ItemRoute;
 use switchyard_proto::{Item, JobSpec, PROTOCOL_VERSION, WorkItem, codec, work};
 use switchyard_store::items::{self, NewItem, StoredItem};
 use switchyard_store::jobs::{self, status};
-use switchyard_store::routing::ItemRoute;
 
 use crate::Dispatcher;
-use crate::ingest::job_router;
+use crate::ingest::{self, job_router};
 use crate::pilot::Stage;
 use crate::publisher::WindowedPublisher;
-use crate::route::TierPrices;
 use crate::source::ItemSource;
+use switchyard_core::route::TierPrices;
 
 /// What pass 2 did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,10 +126,11 @@ pub async fn emit(
                     spec.job_id
                 )
             })?;
-            let (route, raw) = match scores.and_then(|s| s.get(seq as usize)) {
-                Some(&score) => router.route_scored(&item, seq, score, &mut scratch),
-                None => router.route(&item, seq, &mut scratch),
+            let score = match scores.and_then(|s| s.get(seq as usize)) {
+                Some(&score) => score,
+                None => ingest::score(d, spec, &item),
             };
+            let (route, raw) = router.route(&item, seq, score, &mut scratch);
             if stage.includes(&spec.job_id, &item.item_id, route.tier.is_some()) {
                 rows.push(new_item(item, seq, raw, route, cut, ds));
             }

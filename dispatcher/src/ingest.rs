@@ -11,8 +11,8 @@ use switchyard_core::validate::{self, Limits, Rejection};
 use switchyard_proto::JobSpec;
 
 use crate::Dispatcher;
-use crate::route::{JobRouter, TierPrices};
 use crate::source::{ItemSource, SourceError};
+use switchyard_core::route::{JobFacets, JobRouter, TierPrices};
 
 /// The result of a successful ingest.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,13 +57,11 @@ fn rejected(msg: impl Into<String>) -> IngestError {
 pub async fn job_prices(d: &Dispatcher, spec: &JobSpec) -> sqlx::Result<TierPrices> {
     let models: Vec<String> = d
         .settings
-        .tiers
-        .keys()
-        .filter_map(|tier| d.settings.model_for(tier, &spec.policy.models))
-        .map(str::to_owned)
+        .tier_models(&spec.policy.models)
+        .map(|(_, m)| m.to_owned())
         .collect();
     let in_db = switchyard_store::routing::current_prices(&d.pool, &models).await?;
-    Ok(TierPrices::resolve(&d.settings, &spec.policy.models, |m| {
+    Ok(d.settings.tier_prices(&spec.policy.models, |m| {
         in_db.get(m).copied().or_else(|| d.settings.price_of(m))
     }))
 }
@@ -74,25 +72,22 @@ pub fn job_router<'a>(
     spec: &'a JobSpec,
     prices: &'a TierPrices,
 ) -> JobRouter<'a> {
-    let ds = &d.settings.dispatcher;
-    let generate_max_tokens = d
-        .settings
-        .model_for(&ds.weak_tier, &spec.policy.models)
-        .and_then(|m| d.settings.models.get(m))
-        .map_or(512, |m| m.generate_max_tokens);
-    JobRouter {
-        routing: &spec.policy.routing,
-        task: &spec.task,
-        team: spec.team.as_deref().unwrap_or("default"),
-        project: spec.project.as_deref().unwrap_or("default"),
-        rules: &d.rules,
-        router: d.router.as_ref(),
-        weak_tier: &ds.weak_tier,
-        strong_tier: &ds.strong_tier,
-        local_tier: d.settings.local_tier(),
+    JobRouter::new(
+        &d.settings.route_config(&d.rules, &spec.policy.models),
+        JobFacets {
+            routing: &spec.policy.routing,
+            task: &spec.task,
+            team: spec.team.as_deref().unwrap_or("default"),
+            project: spec.project.as_deref().unwrap_or("default"),
+        },
         prices,
-        estimator: switchyard_core::estimate::Estimator::new(&spec.task, generate_max_tokens),
-    }
+        d.router.planned_weak_quality(spec.task.kind()),
+    )
+}
+
+/// The router's raw score of `item` in `spec`'s task.
+pub fn score(d: &Dispatcher, spec: &JobSpec, item: &switchyard_proto::Item) -> f32 {
+    d.router.score(&item.text, spec.task.kind())
 }
 
 /// Reads, checks and scores every item of `spec` and plans the policy over this job's own
@@ -140,7 +135,7 @@ pub async fn ingest(
                 item.item_id
             )));
         }
-        let (_, score) = router.route(&item, seq, &mut inputs);
+        let (_, score) = router.route(&item, seq, score(d, spec, &item), &mut inputs);
         scores.push(score);
         id_hashes.push(id_hash(&item.item_id));
         seq += 1;

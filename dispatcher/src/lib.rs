@@ -12,7 +12,7 @@
 //!    is stored yet, so a bad item rejects the job with nothing of it stored or published.
 //!    Memory stays small in the job's size: the policy's candidates, each item's score and
 //!    a hash of its id (52 bytes an item).
-//! 4. [`route`]: sensitivity pins, then routing rules (force a tier or shift the score), then
+//! 4. Route planning (`switchyard_core::route`, shared with `switchyard quote`): sensitivity pins, then routing rules (force a tier or shift the score), then
 //!    the job's policy turns its own scores into one cut (exact strong share, threshold,
 //!    budget or quality target; `switchyard_core::calibrate`). Why each item went where it
 //!    went is stored with it.
@@ -42,7 +42,6 @@ pub mod intake;
 pub mod job_lock;
 pub mod pilot;
 pub mod publisher;
-pub mod route;
 pub mod source;
 pub mod sweeper;
 pub mod team_api;

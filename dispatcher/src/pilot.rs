@@ -39,8 +39,8 @@ use switchyard_store::quality as store;
 use crate::Dispatcher;
 use crate::emit::cut_from_pair;
 use crate::ingest::job_router;
-use crate::route::TierPrices;
 use crate::source::ItemSource;
+use switchyard_core::route::TierPrices;
 
 /// How long the dispatcher waits for a pilot's answers before it plans with what it has.
 pub const PILOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -324,7 +324,8 @@ pub async fn plan(
                 spec.job_id
             )
         })?;
-        let (route, _) = router.route(&item, seq, &mut scratch);
+        let score = crate::ingest::score(d, spec, &item);
+        let (route, _) = router.route(&item, seq, score, &mut scratch);
         if route.tier.is_none() {
             let pilot = audit::in_pilot(&spec.job_id, &item.item_id, pilot_fraction);
             items.push(JobItem {
@@ -384,7 +385,7 @@ pub async fn plan(
         items: &items,
         pilot: &pilot,
         history: &history,
-        weak_quality: router.weak_quality(),
+        weak_quality: router.weak_quality,
         extra_samples: samples,
         audit_share: audit_share(spec),
     });

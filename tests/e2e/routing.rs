@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use switchyard::quote::{JobArgs, TaskArgs};
 use switchyard_client::policy_arg;
+use switchyard_client::quote::{JobArgs, TaskArgs};
 use switchyard_core::rules::{OneOrMany, Rule};
 use switchyard_proto::{Item, Routing, TaskKind};
 use switchyard_router::Router;
@@ -88,7 +88,7 @@ async fn budget_plans_match_their_quotes_and_every_item_is_explained() {
     let items = items_with_lang(200);
 
     // What all-weak and all-strong would cost, then a budget 30% of the way up.
-    let q0 = switchyard::quote::compute(
+    let q0 = switchyard_client::quote::compute(
         &settings,
         items.clone(),
         &job_args("strong-share=0", ABCD, "team-e2e"),
@@ -99,7 +99,7 @@ async fn budget_plans_match_their_quotes_and_every_item_is_explained() {
     assert!(hi > lo && lo > Decimal::ZERO);
     let budget = (lo + (hi - lo) * Decimal::new(3, 1)).round_dp(4);
     let policy = format!("budget-usd={budget}");
-    let quote = switchyard::quote::compute(
+    let quote = switchyard_client::quote::compute(
         &settings,
         items.clone(),
         &job_args(&policy, ABCD, "team-e2e"),
@@ -148,9 +148,9 @@ async fn budget_plans_match_their_quotes_and_every_item_is_explained() {
         .await
         .unwrap()
         .unwrap();
-    let ex = switchyard::explain::from_job(&e);
+    let ex = switchyard_client::explain::from_job(&e);
     assert_eq!(ex.rule.as_deref(), Some("statements-strong"));
-    let text = switchyard::explain::render(&ex);
+    let text = switchyard_client::explain::render(&ex);
     assert!(
         text.contains("`statements-strong` forces tier `strong`"),
         "{text}"
@@ -164,10 +164,10 @@ async fn budget_plans_match_their_quotes_and_every_item_is_explained() {
         .await
         .unwrap()
         .unwrap();
-    let ex = switchyard::explain::from_job(&e);
+    let ex = switchyard_client::explain::from_job(&e);
     assert_eq!(ex.rule.as_deref(), Some("de-bump"));
     assert!((ex.shift - 0.3).abs() < 1e-5);
-    assert!(switchyard::explain::render(&ex).contains("shifts the score by +0.3000"));
+    assert!(switchyard_client::explain::render(&ex).contains("shifts the score by +0.3000"));
 
     // Every policy item's tier follows from its key, the stored cut and its position, and
     // the explanation from the file says the same as the one from the job.
@@ -176,8 +176,8 @@ async fn budget_plans_match_their_quotes_and_every_item_is_explained() {
             .await
             .unwrap()
             .unwrap();
-        let ex = switchyard::explain::from_job(&e);
-        let from_file = switchyard::explain::from_quote(&quote, i);
+        let ex = switchyard_client::explain::from_job(&e);
+        let from_file = switchyard_client::explain::from_quote(&quote, i);
         assert_eq!(ex.tier, from_file.tier);
         assert_eq!(ex.rule, from_file.rule);
         assert_eq!(ex.key, from_file.key);

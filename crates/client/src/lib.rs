@@ -7,11 +7,15 @@
 //!
 //! Beside the client: [`input`] (reading a JSONL items file, errors naming the line),
 //! [`policy_arg`] (`--policy` strings), [`report`] (rendering a status, exporting results)
-//! and [`exit`] (the exit codes pipelines branch on).
+//! and [`exit`] (the exit codes pipelines branch on). Before a job: [`quote`] (what it would
+//! cost and deliver, routed by the dispatcher's own route planning, no NATS needed); after
+//! one, or on paper: [`explain`] (why an item went where it went).
 
 pub mod exit;
+pub mod explain;
 pub mod input;
 pub mod policy_arg;
+pub mod quote;
 pub mod report;
 
 use std::sync::Arc;

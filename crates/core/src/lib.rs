@@ -4,6 +4,7 @@
 //! - [`policy`]: how router scores become tiers (threshold, exact strong share).
 //! - [`calibrate`]: job-level calibration (share, threshold, budget, quality) into one cut.
 //! - [`rules`]: routing rules from the configuration (force a tier, shift a score).
+//! - [`route`]: route planning: where each item of a job goes (pin, rule or policy) and why.
 //! - [`estimate`]: expected tokens and cost of an item before any call.
 //! - [`shadow`]: which weak-routed items also get a shadow call to the strong model.
 //! - [`agreement`]: how far a weak and a strong answer agree (labels learned from the fleet).
@@ -28,6 +29,7 @@ pub mod policy;
 pub mod pricing;
 pub mod prompt;
 pub mod quality;
+pub mod route;
 pub mod rules;
 pub mod samples;
 pub mod shadow;

@@ -8,10 +8,12 @@
 //! - [`train`], [`prior`]: fitting a router and measuring the quality level its gains add to.
 //! - [`metrics`], [`baselines`], [`eval`], [`crossval`]: APGR, CPT, AIQ and the curves, the
 //!   random/length/oracle baselines, evaluation and group cross-validation.
+//! - [`adapt`]: adapting a router to the fleet's own answers (agreement labels).
 //! - [`cascade`]: replaying a cascade (escalate below a confidence) on routing data.
 //! - [`plot`]: the curves as pictures.
 //! - [`cli`]: `switchyard router …` and the standalone `switchyard-router` binary.
 
+pub mod adapt;
 pub mod baselines;
 pub mod cascade;
 pub mod cli;

@@ -49,6 +49,13 @@ pub trait Router: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// [`Router::weak_quality`], or [`prior::ASSUMED_WEAK_QUALITY`] when the router has no
+    /// measurement: what route planning assumes.
+    fn planned_weak_quality(&self, task: TaskKind) -> f64 {
+        self.weak_quality(task)
+            .unwrap_or(prior::ASSUMED_WEAK_QUALITY)
+    }
+
     /// What the router predicts for this item: the expected quality gain of the strong model
     /// (the score) and the weak model's expected quality on it, so that a quality target can
     /// be planned item by item. The default knows only the task kind's mean weak quality.

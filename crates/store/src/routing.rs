@@ -13,20 +13,7 @@ use sqlx::PgPool;
 use switchyard_core::pricing::Price;
 use switchyard_proto::work::SHADOW_ATTEMPT;
 
-/// Why an item goes where it goes, as stored with it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ItemRoute {
-    /// The rule that decided it (`sensitivity` for a pin); `None`: the policy alone.
-    pub rule: Option<String>,
-    /// The tier a pin or rule forced; `None`: the policy decides.
-    pub tier: Option<String>,
-    /// The router's score after the rule's shift.
-    pub score: f32,
-    /// What the job's cut compares.
-    pub key: f32,
-    pub est_weak_usd: Decimal,
-    pub est_strong_usd: Decimal,
-}
+pub use switchyard_core::route::ItemRoute;
 
 /// [`ItemRoute`]s as the columns of one `UNNEST` insert.
 pub(crate) struct RouteCols<'a> {

@@ -1,14 +1,16 @@
-//! Where each item of a job goes, and why: the pure part of routing, shared by the
-//! dispatcher, `switchyard quote` and `router explain --file`, so a quote is exactly what a
-//! dispatch would do.
+//! Where each item of a job goes, and why: route planning, shared by the dispatcher,
+//! `switchyard quote` and `router explain --file`, so a quote is exactly what a dispatch
+//! would do. The caller scores items with its router (this crate knows no router) and hands
+//! the raw score in; the deployment's side of routing (tiers, rules, token ceilings) comes as
+//! one [`RouteConfig`].
 //!
-//! In the documented order (see `switchyard_core::rules`):
+//! In the documented order (see [`crate::rules`]):
 //! 1. a `local_only` item is pinned to the local tier;
 //! 2. otherwise the first matching routing rule forces a tier or shifts the learned score;
 //! 3. every item not pinned or forced is a candidate of the job's policy, with its (shifted)
 //!    score, its predicted gain (the raw score) and its estimated extra cost on the strong
 //!    model. [`PlanInputs::plan`] turns the candidates into one cut
-//!    (`switchyard_core::calibrate`).
+//!    ([`crate::calibrate`]).
 //!
 //! Every item is scored by the router, pinned or not, so audits and explanations can show
 //! the score of items that a pin or rule decided.
@@ -16,39 +18,72 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
-use switchyard_core::calibrate::{self, Candidate, JobFacts, Plan, PlanError};
-use switchyard_core::estimate;
-use switchyard_core::pricing::Price;
-use switchyard_core::rules::{Effect, ItemFacts, RuleSet};
-use switchyard_core::validate;
 use switchyard_proto::{Item, Routing, Task};
-use switchyard_router::Router;
-use switchyard_router::prior::ASSUMED_WEAK_QUALITY;
-use switchyard_runtime::Settings;
-use switchyard_store::routing::ItemRoute;
+
+use crate::calibrate::{self, Candidate, JobFacts, Plan, PlanError};
+use crate::estimate;
+use crate::pricing::Price;
+use crate::rules::{Effect, ItemFacts, RuleSet};
+use crate::validate;
 
 /// The rule name stored for items pinned by their sensitivity.
 pub const SENSITIVITY_RULE: &str = "sensitivity";
+
+/// Why an item goes where it goes, as stored with it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemRoute {
+    /// The rule that decided it (`sensitivity` for a pin); `None`: the policy alone.
+    pub rule: Option<String>,
+    /// The tier a pin or rule forced; `None`: the policy decides.
+    pub tier: Option<String>,
+    /// The router's score after the rule's shift.
+    pub score: f32,
+    /// What the job's cut compares.
+    pub key: f32,
+    pub est_weak_usd: Decimal,
+    pub est_strong_usd: Decimal,
+}
+
+/// The deployment's side of routing, the same for every job: which tiers play weak, strong
+/// and local, the compiled routing rules, and the weak model's generation ceiling (token
+/// estimates of `generate` tasks). Built from the configuration by
+/// `switchyard_runtime::Settings::route_config`.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteConfig<'a> {
+    pub weak_tier: &'a str,
+    pub strong_tier: &'a str,
+    pub local_tier: Option<&'a str>,
+    pub rules: &'a RuleSet,
+    /// `generate_max_tokens` of the job's weak model.
+    pub generate_max_tokens: u32,
+}
+
+/// The job's side of routing: what it asks for and who it is.
+#[derive(Debug, Clone, Copy)]
+pub struct JobFacets<'a> {
+    pub routing: &'a Routing,
+    pub task: &'a Task,
+    pub team: &'a str,
+    pub project: &'a str,
+}
 
 /// Per tier, the job's model and its price (`None`: the model has no known price).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TierPrices(pub BTreeMap<String, (String, Option<Price>)>);
 
 impl TierPrices {
-    /// The models a job uses per tier (its overrides applied) priced by `price_of`.
-    pub fn resolve(
-        settings: &Settings,
-        overrides: &BTreeMap<String, String>,
+    /// The job's model of each tier (`(tier, model)`, overrides already applied) priced by
+    /// `price_of`.
+    pub fn resolve<'m>(
+        models: impl IntoIterator<Item = (&'m str, &'m str)>,
         mut price_of: impl FnMut(&str) -> Option<Price>,
     ) -> Self {
-        let mut out = BTreeMap::new();
-        for tier in settings.tiers.keys() {
-            if let Some(model) = settings.model_for(tier, overrides) {
-                let price = price_of(model);
-                out.insert(tier.clone(), (model.to_owned(), price));
-            }
-        }
-        Self(out)
+        Self(
+            models
+                .into_iter()
+                .map(|(tier, model)| (tier.to_owned(), (model.to_owned(), price_of(model))))
+                .collect(),
+        )
     }
 
     fn price(&self, tier: &str) -> Option<&Price> {
@@ -61,19 +96,22 @@ impl TierPrices {
 }
 
 /// Everything that decides the items of one job.
+#[derive(Debug, Clone)]
 pub struct JobRouter<'a> {
     pub routing: &'a Routing,
     pub task: &'a Task,
     pub team: &'a str,
     pub project: &'a str,
     pub rules: &'a RuleSet,
-    pub router: &'a dyn Router,
     pub weak_tier: &'a str,
     pub strong_tier: &'a str,
     pub local_tier: Option<&'a str>,
     pub prices: &'a TierPrices,
     /// How many tokens an item of this job is expected to use.
     pub estimator: estimate::Estimator,
+    /// The weak model's expected quality on this job's task kind (the router's measurement,
+    /// or an assumption when it has none).
+    pub weak_quality: f64,
 }
 
 /// What the policy will be computed from, accumulated item by item (32 bytes a candidate).
@@ -94,12 +132,27 @@ pub enum RouteError {
     Unpriced(String),
 }
 
-impl JobRouter<'_> {
-    /// The weak model's expected quality on this job's task kind.
-    pub fn weak_quality(&self) -> f64 {
-        self.router
-            .weak_quality(self.task.kind())
-            .unwrap_or(ASSUMED_WEAK_QUALITY)
+impl<'a> JobRouter<'a> {
+    /// The router of one job under a deployment's routing configuration.
+    pub fn new(
+        config: &RouteConfig<'a>,
+        job: JobFacets<'a>,
+        prices: &'a TierPrices,
+        weak_quality: f64,
+    ) -> Self {
+        Self {
+            routing: job.routing,
+            task: job.task,
+            team: job.team,
+            project: job.project,
+            rules: config.rules,
+            weak_tier: config.weak_tier,
+            strong_tier: config.strong_tier,
+            local_tier: config.local_tier,
+            prices,
+            estimator: estimate::Estimator::new(job.task, config.generate_max_tokens),
+            weak_quality,
+        }
     }
 
     /// Estimated cost of the item on `tier` (zero, and noted, when its model is unpriced).
@@ -118,17 +171,11 @@ impl JobRouter<'_> {
         }
     }
 
-    /// Decides one item: scores it, applies the pin or the first matching rule, and either
-    /// records it as fixed or adds it to the policy's candidates. Returns what is stored with
-    /// the item and its raw router score.
-    pub fn route(&self, item: &Item, seq: i64, acc: &mut PlanInputs) -> (ItemRoute, f32) {
-        let score = self.router.score(&item.text, self.task.kind());
-        self.route_scored(item, seq, score, acc)
-    }
-
-    /// [`JobRouter::route`] with the router's raw score already known (pass 2 of a dispatch
-    /// keeps pass 1's scores rather than scoring every item twice).
-    pub fn route_scored(
+    /// Decides one item given the router's raw `score` for it: applies the pin or the first
+    /// matching rule, and either records it as fixed or adds it to the policy's candidates.
+    /// Returns what is stored with the item and its raw score (a non-finite score counts as
+    /// 0). Scoring stays with the caller, so pass 2 of a dispatch can reuse pass 1's scores.
+    pub fn route(
         &self,
         item: &Item,
         seq: i64,
@@ -219,7 +266,7 @@ impl JobRouter<'_> {
     pub fn inputs(&self) -> PlanInputs {
         PlanInputs {
             facts: JobFacts {
-                weak_quality: self.weak_quality(),
+                weak_quality: self.weak_quality,
                 ..JobFacts::default()
             },
             ..PlanInputs::default()
@@ -250,28 +297,30 @@ impl JobRouter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::Rule;
     use std::str::FromStr;
-    use switchyard_core::rules::Rule;
-    use switchyard_proto::TaskKind;
 
-    #[derive(Debug)]
-    struct Fixed;
-    impl Router for Fixed {
-        fn name(&self) -> &str {
-            "fixed"
+    fn price(input: &str, output: &str) -> Price {
+        Price {
+            input_usd_per_mtok: Decimal::from_str(input).unwrap(),
+            output_usd_per_mtok: Decimal::from_str(output).unwrap(),
         }
-        fn score(&self, text: &str, _: TaskKind) -> f32 {
-            text.len() as f32 / 100.0
-        }
-        fn weak_quality(&self, _: TaskKind) -> Option<f64> {
-            Some(0.6)
-        }
+    }
+
+    /// A stand-in for the router: longer texts score higher.
+    fn score(item: &Item) -> f32 {
+        item.text.len() as f32 / 100.0
     }
 
     #[test]
     fn pins_then_rules_then_policy() {
-        let settings = Settings::default();
-        let prices = TierPrices::resolve(&settings, &BTreeMap::new(), |m| settings.price_of(m));
+        let priced = |m: &str| match m {
+            "small" => Some(price("0.2", "0.2")),
+            "big" => Some(price("10", "30")),
+            _ => None,
+        };
+        let tiers = [("weak", "small"), ("strong", "big"), ("local", "llama")];
+        let prices = TierPrices::resolve(tiers, priced);
         let rules = RuleSet::compile(
             &[
                 Rule {
@@ -290,42 +339,49 @@ mod tests {
             &["weak", "strong", "local"],
         )
         .unwrap();
+        let config = RouteConfig {
+            weak_tier: "weak",
+            strong_tier: "strong",
+            local_tier: Some("local"),
+            rules: &rules,
+            generate_max_tokens: 512,
+        };
         let task = Task::Generate { instructions: None };
         let routing = Routing::StrongShare { value: 0.5 };
-        let jr = JobRouter {
+        let job = JobFacets {
             routing: &routing,
             task: &task,
             team: "t",
             project: "p",
-            rules: &rules,
-            router: &Fixed,
-            weak_tier: "weak",
-            strong_tier: "strong",
-            local_tier: Some("local"),
-            prices: &prices,
-            estimator: estimate::Estimator::new(&task, 512),
         };
+        let jr = JobRouter::new(&config, job, &prices, 0.6);
         let mut acc = jr.inputs();
+        let route = |item: &Item, seq, acc: &mut PlanInputs| jr.route(item, seq, score(item), acc);
         let mut pinned = Item::new("a", "vip but local");
         pinned.sensitivity = Some("local_only".into());
-        let (r, _) = jr.route(&pinned, 0, &mut acc);
+        let (r, _) = route(&pinned, 0, &mut acc);
         assert_eq!(
             (r.rule.as_deref(), r.tier.as_deref()),
             (Some("sensitivity"), Some("local"))
         );
-        let (r, _) = jr.route(&Item::new("b", "a vip item"), 1, &mut acc);
+        let (r, _) = route(&Item::new("b", "a vip item"), 1, &mut acc);
         assert_eq!(
             (r.rule.as_deref(), r.tier.as_deref()),
             (Some("vip"), Some("strong"))
         );
-        let (r, raw) = jr.route(&Item::new("c", "bump"), 2, &mut acc);
+        let (r, raw) = route(&Item::new("c", "bump"), 2, &mut acc);
         assert_eq!(r.rule.as_deref(), Some("bump"));
         assert!((r.score - raw - 0.5).abs() < 1e-6 && r.tier.is_none());
-        let (r, _) = jr.route(&Item::new("d", "plain text here"), 3, &mut acc);
+        let (r, _) = route(&Item::new("d", "plain text here"), 3, &mut acc);
         assert!(r.rule.is_none());
         assert!(r.est_strong_usd > r.est_weak_usd);
         assert_eq!(acc.candidates.len(), 2);
         assert_eq!(acc.facts.fixed_items, 2);
+        assert_eq!(
+            acc.unpriced.iter().collect::<Vec<_>>(),
+            ["local"],
+            "the pinned item's unpriced local model is noted"
+        );
         let plan = jr.plan(&mut acc).unwrap();
         assert_eq!(plan.strong, 1, "the shifted item wins the one strong slot");
         assert_eq!(
@@ -339,24 +395,38 @@ mod tests {
                     .unwrap()
                     .extra_usd
         );
-        // A budget with an unpriced model is refused.
-        let mut bare = settings.clone();
-        if let Some(m) = bare.models.get_mut("gpt-4-1106-preview") {
-            m.input_usd_per_mtok = None;
-            m.output_usd_per_mtok = None;
-        }
-        let prices = TierPrices::resolve(&bare, &BTreeMap::new(), |m| bare.price_of(m));
+        // A non-finite score counts as zero rather than poisoning the plan.
+        let (r, raw) = jr.route(&Item::new("e", "nan"), 4, f32::NAN, &mut jr.inputs());
+        assert_eq!((r.score, raw), (0.0, 0.0));
+    }
+
+    #[test]
+    fn a_budget_with_an_unpriced_model_is_refused_naming_it() {
+        let prices = TierPrices::resolve([("weak", "small"), ("strong", "big")], |m| {
+            (m == "small").then(|| price("0.2", "0.2"))
+        });
+        let rules = RuleSet::compile(&[], &["weak", "strong"]).unwrap();
+        let config = RouteConfig {
+            weak_tier: "weak",
+            strong_tier: "strong",
+            local_tier: None,
+            rules: &rules,
+            generate_max_tokens: 512,
+        };
+        let task = Task::Generate { instructions: None };
         let budget = Routing::BudgetUsd {
             value: Decimal::from_str("1").unwrap(),
         };
-        let jr = JobRouter {
+        let job = JobFacets {
             routing: &budget,
-            prices: &prices,
-            ..jr
+            task: &task,
+            team: "t",
+            project: "p",
         };
+        let jr = JobRouter::new(&config, job, &prices, 0.6);
         let mut acc = jr.inputs();
-        jr.route(&Item::new("d", "plain"), 0, &mut acc);
+        jr.route(&Item::new("d", "plain"), 0, 0.3, &mut acc);
         let e = jr.plan(&mut acc).unwrap_err().to_string();
-        assert!(e.contains("gpt-4-1106-preview"), "{e}");
+        assert!(e.contains("model `big` (tier `strong`)"), "{e}");
     }
 }

@@ -148,7 +148,7 @@ pub fn render(e: &Explanation) -> String {
     out.push_str(&format!("  policy        {}\n", e.policy));
     out.push_str(&format!("  router score  {:+.4}\n", e.router_score));
     match (&e.rule, &e.forced_tier) {
-        (Some(rule), Some(tier)) if rule == switchyard_dispatcher::route::SENSITIVITY_RULE => {
+        (Some(rule), Some(tier)) if rule == switchyard_core::route::SENSITIVITY_RULE => {
             out.push_str(&format!(
                 "  pinned        local_only item → tier `{tier}` (sensitivity pins come first; \
                  no rule or policy applies)\n"
