@@ -3,8 +3,9 @@
 //! dispatcher never links it (it links `switchyard-router`: artifact, features, model,
 //! scoring).
 //!
-//! - [`data`]: the routing-data format (JSONL rows with per-model scores), read once for
-//!   every offline user (training, the twin, the simulator's replay).
+//! - [`data`]: the routing-data format (JSONL rows with per-model scores) as a router may
+//!   see it, for training, evaluation and the twin; [`record`]: the same files read whole
+//!   (responses, references, token counts) for the simulator's replay.
 //! - [`train`], [`prior`]: fitting a router and measuring the quality level its gains add to.
 //! - [`metrics`], [`baselines`], [`eval`], [`crossval`]: APGR, CPT, AIQ and the curves, the
 //!   random/length/oracle baselines, evaluation and group cross-validation.
@@ -23,4 +24,5 @@ pub mod eval;
 pub mod metrics;
 pub mod plot;
 pub mod prior;
+pub mod record;
 pub mod train;

@@ -7,7 +7,7 @@
 //! always gets the same answer and confidence.
 
 use crate::confidence::Calibration;
-use crate::dataset::{Dataset, ModelRecord, Record};
+use crate::dataset::{Dataset, ModelRecord, Record, Replayed as _};
 use crate::hashing::{pick, stable_hash, standard_normal, unit_interval};
 use crate::synthetic;
 

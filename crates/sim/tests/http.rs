@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use switchyard_sim::dataset::Replayed as _;
 use switchyard_sim::{CallRecord, Dataset, Faults, SimConfig, SimHandle};
 
 const STRONG: &str = "gpt-4-1106-preview";
