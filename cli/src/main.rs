@@ -11,6 +11,7 @@ use switchyard_runtime::Settings;
 use switchyard_runtime::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
+mod api_cmd;
 mod args;
 mod demo_cmd;
 mod jobs;
@@ -72,6 +73,11 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<std::net::SocketAddr>,
     },
+    /// Serve OpenAI's Batch API (files and batches under /v1) in front of the fleet.
+    Api(api_cmd::ApiArgs),
+    /// Keys of the Batch API: `create` (for a team), `list`, `revoke`.
+    #[command(subcommand)]
+    ApiKey(api_cmd::KeyCommand),
     /// Run the model simulator (an OpenAI-compatible server replaying routing data).
     Sim(switchyard_sim::cli::SimArgs),
     /// Create the database if needed and apply migrations.
@@ -214,6 +220,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             metrics_listen,
         } => services::worker(settings, tier, metrics_listen, shutdown).await,
         Command::Sim(args) => services::sim(args, shutdown).await,
+        Command::Api(args) => api_cmd::serve(settings, args, shutdown).await,
+        Command::ApiKey(cmd) => api_cmd::keys(settings, cmd).await,
         Command::Migrate => services::migrate(&settings).await,
         Command::Submit(args) => jobs::submit(settings, args).await,
         Command::Wait { job, timeout } => jobs::wait_for(settings, &job, timeout).await,

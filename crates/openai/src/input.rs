@@ -109,6 +109,20 @@ impl FileCheck {
         }
     }
 
+    /// Records the next line as one that is not UTF-8 text (so not JSON either).
+    pub fn not_text(&mut self, len: usize) {
+        self.lines += 1;
+        self.requests += 1;
+        self.bytes += len as u64 + 1;
+        let line = self.lines;
+        self.report(fault(
+            "invalid_json_line",
+            Some(line),
+            None,
+            format!("line {line} is not UTF-8 text"),
+        ));
+    }
+
     fn parse(&mut self, line: u64, text: &str) -> Result<Request, BatchError> {
         let value: Value = serde_json::from_str(text).map_err(|e| {
             fault(
@@ -448,6 +462,18 @@ mod tests {
         assert_eq!(
             (errors[0].code.as_str(), errors[0].line),
             ("too_many_requests", Some(MAX_REQUESTS + 1))
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_text_is_a_fault_of_its_own_line() {
+        let mut check = FileCheck::new(CHAT_COMPLETIONS);
+        assert!(check.line(&line("a")).is_some());
+        check.not_text(3);
+        let errors = check.finish().unwrap_err();
+        assert_eq!(
+            (errors[0].code.as_str(), errors[0].line),
+            ("invalid_json_line", Some(2))
         );
     }
 

@@ -152,6 +152,11 @@ impl Topology {
     pub fn inputs_bucket(&self) -> String {
         format!("{}_INPUTS", self.upper())
     }
+
+    /// Object store bucket for the Batch API's files (uploads, batch output and errors).
+    pub fn files_bucket(&self) -> String {
+        format!("{}_FILES", self.upper())
+    }
 }
 
 /// Makes an id safe as one subject token (ids may contain `.`, `*`, `>` or spaces).

@@ -169,16 +169,17 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &Settings) -> any
             .await
             .with_context(|| format!("cannot create stream `{name}`"))?;
     }
-    let bucket = t.inputs_bucket();
-    if js.get_object_store(&bucket).await.is_err() {
-        js.create_object_store(jetstream::object_store::Config {
-            bucket: bucket.clone(),
-            storage: storage(settings),
-            num_replicas: settings.nats.replicas,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("cannot create object store bucket `{bucket}`"))?;
+    for bucket in [t.inputs_bucket(), t.files_bucket()] {
+        if js.get_object_store(&bucket).await.is_err() {
+            js.create_object_store(jetstream::object_store::Config {
+                bucket: bucket.clone(),
+                storage: storage(settings),
+                num_replicas: settings.nats.replicas,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot create object store bucket `{bucket}`"))?;
+        }
     }
     Ok(())
 }
@@ -329,5 +330,6 @@ pub async fn delete_topology(js: &jetstream::Context, settings: &Settings) -> an
         let _ = js.delete_stream(&name).await;
     }
     let _ = js.delete_object_store(t.inputs_bucket()).await;
+    let _ = js.delete_object_store(t.files_bucket()).await;
     Ok(())
 }

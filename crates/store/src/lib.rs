@@ -1,6 +1,7 @@
 //! Everything Switchyard keeps in Postgres. The schema is in `migrations/` at the repository
 //! root; [`MIGRATOR`] applies it.
 //!
+//! - [`api`]: the OpenAI-compatible Batch API's keys (hashed), files and batches.
 //! - [`audit`]: did a `local_only` item reach an external model (`reporting.local_only_calls`).
 //! - [`connect`]: a pool, creating the database first if it does not exist.
 //! - [`jobs`]: job rows and their life cycle (ingesting → dispatching → running → done).
@@ -29,6 +30,7 @@
 //! model call, dead letters per message; every insert is `ON CONFLICT DO NOTHING`, so a
 //! redelivered message changes nothing it already changed.
 
+pub mod api;
 pub mod audit;
 pub mod booking;
 pub mod budgets;

@@ -1,0 +1,83 @@
+//! Checking a batch's input file after `POST /batches` has answered: the file is read from
+//! the object store a line at a time (it may be 200 MB) through
+//! `switchyard_openai::input::FileCheck`. A file fault fails the batch with every fault's
+//! line; a good file records its request count.
+//!
+//! A check that cannot finish (the process dies, NATS is down) leaves the batch
+//! `validating` under a lease that runs out, so another API process can take it over.
+
+use switchyard_openai::input::FileCheck;
+use switchyard_openai::objects::{BatchError, BatchErrors};
+use switchyard_store::api::{self as store, BatchRow};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use crate::Api;
+
+/// Checks `batch`'s input file and records the verdict.
+pub async fn run(api: Api, batch: BatchRow) {
+    let verdict = match check(&api, &batch).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(batch = %batch.batch_id, error = %e, "cannot check a batch's input file; its lease will run out");
+            return;
+        }
+    };
+    let recorded = match verdict {
+        Ok(total) => {
+            store::validated(
+                &api.pool,
+                &batch.batch_id,
+                i64::try_from(total).unwrap_or(i64::MAX),
+            )
+            .await
+        }
+        Err(errors) => {
+            let errors = serde_json::to_value(BatchErrors::new(errors)).unwrap_or_default();
+            store::fail_validation(&api.pool, &batch.batch_id, &errors).await
+        }
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(batch = %batch.batch_id, error = %e, "cannot record a batch's validation");
+    }
+}
+
+/// The verdict on `batch`'s input file: its request count, or the faults that fail it.
+///
+/// # Errors
+/// The file's bytes cannot be read (not a fault of the file).
+pub async fn check(api: &Api, batch: &BatchRow) -> anyhow::Result<Result<u64, Vec<BatchError>>> {
+    let Some(file) = store::file(&api.pool, &batch.team, &batch.input_file_id).await? else {
+        return Ok(Err(vec![BatchError {
+            code: "file_not_found".to_owned(),
+            message: format!(
+                "input file {} was deleted before the batch could read it",
+                batch.input_file_id
+            ),
+            param: Some("input_file_id".to_owned()),
+            line: None,
+        }]));
+    };
+    let object = api
+        .files
+        .get(&file.object_name)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.object_name))?;
+    let mut reader = BufReader::new(object);
+    let mut check = FileCheck::new(&batch.endpoint);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).await? == 0 {
+            break;
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match std::str::from_utf8(line) {
+            Ok(text) => {
+                check.line(text);
+            }
+            Err(_) => check.not_text(line.len()),
+        }
+    }
+    Ok(check.finish())
+}

@@ -1,0 +1,362 @@
+//! What the OpenAI-compatible Batch API keeps in Postgres: API keys (hashed), files (the
+//! bytes are in the object store; the rows say whose they are) and batches.
+//!
+//! Every read takes the caller's team: another team's file or batch is simply not found,
+//! which the API answers with 404, as for an id that never existed.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// An API key, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyRow {
+    pub key_id: String,
+    pub team: String,
+    pub name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Stores a new key whose secret hashes to `secret_sha256`.
+///
+/// # Errors
+/// Database errors.
+pub async fn insert_key(
+    pool: &PgPool,
+    key_id: &str,
+    team: &str,
+    name: Option<&str>,
+    secret_sha256: &[u8],
+) -> sqlx::Result<KeyRow> {
+    sqlx::query_as(
+        "INSERT INTO api_keys (key_id, team, name, secret_sha256) VALUES ($1, $2, $3, $4)
+         RETURNING key_id, team, name, created_at, revoked_at",
+    )
+    .bind(key_id)
+    .bind(team)
+    .bind(name)
+    .bind(secret_sha256)
+    .fetch_one(pool)
+    .await
+}
+
+/// The live (not revoked) key whose secret hashes to `secret_sha256`.
+///
+/// # Errors
+/// Database errors.
+pub async fn key_by_secret(pool: &PgPool, secret_sha256: &[u8]) -> sqlx::Result<Option<KeyRow>> {
+    sqlx::query_as(
+        "SELECT key_id, team, name, created_at, revoked_at FROM api_keys
+         WHERE secret_sha256 = $1 AND revoked_at IS NULL",
+    )
+    .bind(secret_sha256)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Every key (of `team`, when given), oldest first.
+///
+/// # Errors
+/// Database errors.
+pub async fn list_keys(pool: &PgPool, team: Option<&str>) -> sqlx::Result<Vec<KeyRow>> {
+    sqlx::query_as(
+        "SELECT key_id, team, name, created_at, revoked_at FROM api_keys
+         WHERE $1::text IS NULL OR team = $1 ORDER BY created_at, key_id",
+    )
+    .bind(team)
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes a key; `false` when there is no such key. Revoking twice keeps the first time.
+///
+/// # Errors
+/// Database errors.
+pub async fn revoke_key(pool: &PgPool, key_id: &str) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = $1",
+    )
+    .bind(key_id)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A stored file.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FileRow {
+    pub file_id: String,
+    pub team: String,
+    pub purpose: String,
+    pub filename: String,
+    pub bytes: i64,
+    pub object_name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+const FILE_COLUMNS: &str = "file_id, team, purpose, filename, bytes, object_name, created_at";
+
+/// Records a file whose bytes are already in the object store.
+///
+/// # Errors
+/// Database errors.
+pub async fn insert_file(pool: &PgPool, f: &FileRow) -> sqlx::Result<FileRow> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO api_files (file_id, team, purpose, filename, bytes, object_name)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {FILE_COLUMNS}"
+    )))
+    .bind(&f.file_id)
+    .bind(&f.team)
+    .bind(&f.purpose)
+    .bind(&f.filename)
+    .bind(f.bytes)
+    .bind(&f.object_name)
+    .fetch_one(pool)
+    .await
+}
+
+/// `team`'s file, unless deleted.
+///
+/// # Errors
+/// Database errors.
+pub async fn file(pool: &PgPool, team: &str, file_id: &str) -> sqlx::Result<Option<FileRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {FILE_COLUMNS} FROM api_files
+         WHERE team = $1 AND file_id = $2 AND deleted_at IS NULL"
+    )))
+    .bind(team)
+    .bind(file_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A page of `team`'s files, newest first, after the cursor `after` (a file id), at most
+/// `limit`; one more is fetched to tell whether there are more.
+///
+/// # Errors
+/// Database errors.
+pub async fn list_files(
+    pool: &PgPool,
+    team: &str,
+    purpose: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<(Vec<FileRow>, bool)> {
+    let mut rows: Vec<FileRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {FILE_COLUMNS} FROM api_files
+         WHERE team = $1 AND deleted_at IS NULL
+           AND ($2::text IS NULL OR purpose = $2)
+           AND ($3::text IS NULL OR file_id < $3)
+         ORDER BY file_id DESC LIMIT $4"
+    )))
+    .bind(team)
+    .bind(purpose)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok((rows, more))
+}
+
+/// Marks `team`'s file deleted and returns it (its object is the caller's to remove);
+/// `None` when there is no such live file.
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_file(
+    pool: &PgPool,
+    team: &str,
+    file_id: &str,
+) -> sqlx::Result<Option<FileRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE api_files SET deleted_at = now()
+         WHERE team = $1 AND file_id = $2 AND deleted_at IS NULL RETURNING {FILE_COLUMNS}"
+    )))
+    .bind(team)
+    .bind(file_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A batch as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct BatchRow {
+    pub batch_id: String,
+    pub team: String,
+    pub key_id: String,
+    pub input_file_id: String,
+    pub endpoint: String,
+    pub completion_window: String,
+    pub metadata: Option<serde_json::Value>,
+    pub status: String,
+    pub errors: Option<serde_json::Value>,
+    pub job_id: Option<String>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    pub request_total: i64,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub in_progress_at: Option<DateTime<Utc>>,
+    pub finalizing_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub failed_at: Option<DateTime<Utc>>,
+    pub expired_at: Option<DateTime<Utc>>,
+    pub cancelling_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+const BATCH_COLUMNS: &str = "batch_id, team, key_id, input_file_id, endpoint, completion_window, \
+     metadata, status, errors, job_id, output_file_id, error_file_id, request_total, created_at, \
+     expires_at, in_progress_at, finalizing_at, completed_at, failed_at, expired_at, \
+     cancelling_at, cancelled_at";
+
+/// What a new batch is made of.
+#[derive(Debug, Clone)]
+pub struct NewBatch<'a> {
+    pub batch_id: &'a str,
+    pub team: &'a str,
+    pub key_id: &'a str,
+    pub input_file_id: &'a str,
+    pub endpoint: &'a str,
+    pub completion_window: &'a str,
+    pub metadata: Option<serde_json::Value>,
+    /// How long it may take (its completion window).
+    pub window: std::time::Duration,
+}
+
+/// Creates a batch in `validating`, leased to `owner` for `lease` (the validation it is
+/// about to run).
+///
+/// # Errors
+/// Database errors.
+pub async fn insert_batch(
+    pool: &PgPool,
+    b: &NewBatch<'_>,
+    owner: &str,
+    lease: std::time::Duration,
+) -> sqlx::Result<BatchRow> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO api_batches (batch_id, team, key_id, input_file_id, endpoint,
+             completion_window, metadata, status, expires_at, lease_owner, lease_until)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'validating', now() + $8, $9, now() + $10)
+         RETURNING {BATCH_COLUMNS}"
+    )))
+    .bind(b.batch_id)
+    .bind(b.team)
+    .bind(b.key_id)
+    .bind(b.input_file_id)
+    .bind(b.endpoint)
+    .bind(b.completion_window)
+    .bind(&b.metadata)
+    .bind(b.window)
+    .bind(owner)
+    .bind(lease)
+    .fetch_one(pool)
+    .await
+}
+
+/// `team`'s batch.
+///
+/// # Errors
+/// Database errors.
+pub async fn batch(pool: &PgPool, team: &str, batch_id: &str) -> sqlx::Result<Option<BatchRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {BATCH_COLUMNS} FROM api_batches WHERE team = $1 AND batch_id = $2"
+    )))
+    .bind(team)
+    .bind(batch_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A page of `team`'s batches, newest first, after the cursor `after`.
+///
+/// # Errors
+/// Database errors.
+pub async fn list_batches(
+    pool: &PgPool,
+    team: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<(Vec<BatchRow>, bool)> {
+    let mut rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {BATCH_COLUMNS} FROM api_batches
+         WHERE team = $1 AND ($2::text IS NULL OR batch_id < $2)
+         ORDER BY batch_id DESC LIMIT $3"
+    )))
+    .bind(team)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok((rows, more))
+}
+
+/// Fails a batch still `validating` with the faults of its input file; `false` when it had
+/// moved on (cancelled meanwhile, or another process finished the step).
+///
+/// # Errors
+/// Database errors.
+pub async fn fail_validation(
+    pool: &PgPool,
+    batch_id: &str,
+    errors: &serde_json::Value,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE api_batches SET status = 'failed', failed_at = now(), errors = $2,
+             lease_owner = NULL, lease_until = NULL
+         WHERE batch_id = $1 AND status = 'validating'",
+    )
+    .bind(batch_id)
+    .bind(errors)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Cancels `team`'s batch: a batch still validating is cancelled at once (nothing of it has
+/// started); one in progress goes to `cancelling`, for its runner to finish. Returns the
+/// batch as it is after the call (unchanged when it had already ended); `None` when there is
+/// no such batch.
+///
+/// # Errors
+/// Database errors.
+pub async fn cancel_batch(
+    pool: &PgPool,
+    team: &str,
+    batch_id: &str,
+) -> sqlx::Result<Option<BatchRow>> {
+    sqlx::query(
+        "UPDATE api_batches SET
+             status = CASE status WHEN 'validating' THEN 'cancelled' ELSE 'cancelling' END,
+             cancelling_at = coalesce(cancelling_at, now()),
+             cancelled_at = CASE status WHEN 'validating' THEN now() ELSE cancelled_at END
+         WHERE team = $1 AND batch_id = $2 AND status IN ('validating', 'in_progress')",
+    )
+    .bind(team)
+    .bind(batch_id)
+    .execute(pool)
+    .await?;
+    batch(pool, team, batch_id).await
+}
+
+/// Records that a batch's input file passed its checks with `total` requests, ending the
+/// validation's lease; `false` when the batch had moved on (cancelled meanwhile).
+///
+/// # Errors
+/// Database errors.
+pub async fn validated(pool: &PgPool, batch_id: &str, total: i64) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE api_batches SET request_total = $2, lease_owner = NULL, lease_until = NULL
+         WHERE batch_id = $1 AND status = 'validating'",
+    )
+    .bind(batch_id)
+    .bind(total)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
