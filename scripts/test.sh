@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real NATS and PostgreSQL (started if missing, see
 # scripts/services.sh). Tests isolate themselves (a database and stream prefix each), so they
-# run in parallel. Python's nats-py and msgpack are installed into target/py for the test of
-# a client that is not ours.
+# run in parallel. Python's nats-py and msgpack (the test of a client that is not ours) and
+# the official openai SDK (the Batch API test) are installed into target/py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-deps.sh
@@ -17,8 +17,10 @@ if [ ! -x "$PY" ]; then
     python3 -m venv target/py
   fi
 fi
-if ! "$PY" -c 'import nats, msgpack' 2>/dev/null; then
-  "$PY" -m pip install --quiet --disable-pip-version-check nats-py msgpack
+# The official OpenAI SDK, pinned: the Batch API test runs it against `switchyard api`.
+OPENAI_SDK=3.60.0
+if ! "$PY" -c "import nats, msgpack, openai; assert openai.__version__ == '$OPENAI_SDK'" 2>/dev/null; then
+  "$PY" -m pip install --quiet --disable-pip-version-check nats-py msgpack "openai==$OPENAI_SDK"
 fi
 export SWITCHYARD_TEST_PYTHON="$PWD/$PY"
 

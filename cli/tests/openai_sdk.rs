@@ -1,0 +1,112 @@
+//! The official `openai` Python SDK (the version `scripts/test.sh` pins) against a real
+//! `switchyard api` process with keys made by `switchyard api-key create`: uploads, batches,
+//! the background check of a batch's file, auto-pagination, cancel, team isolation and the
+//! SDK's typed errors (see tests/python/openai_batch.py).
+
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use switchyard_testkit::ports::{free_port, wait_for_port};
+use switchyard_testkit::procs::Role;
+use switchyard_testkit::{TestDb, TestNats};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn python() -> String {
+    std::env::var("SWITCHYARD_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+fn key(cfg: &Path, team: &str) -> String {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(cfg)
+        .args(["api-key", "create", "--team", team, "--name", "sdk-test"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(secret.starts_with("sy-"), "{secret}");
+    secret
+}
+
+#[tokio::test]
+async fn the_official_sdk_runs_files_and_batches_against_switchyard_api() {
+    let db = TestDb::new().await;
+    let nats = TestNats::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("api.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[nats]\nurl = \"{}\"\nprefix = \"{}\"\nstorage = \"memory\"\n\n\
+             [database]\nurl = \"{}\"\nmax_connections = 4\n",
+            switchyard_testkit::nats_url(),
+            nats.prefix,
+            db.url
+        ),
+    )
+    .unwrap();
+    let key_a = key(&cfg, "team-a");
+    let key_b = key(&cfg, "team-b");
+    let port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let mut api = Role::new(
+        "api",
+        "switchyard api",
+        &["api", "--listen", &listen],
+        cfg.clone(),
+        Some(dir.path()),
+        vec![],
+    )
+    .with_program(BIN.into());
+    api.start().unwrap();
+    wait_for_port("switchyard api", port, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}",
+                std::fs::read_to_string(dir.path().join("api.log")).unwrap_or_default()
+            )
+        });
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/python/openai_batch.py"
+    );
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .arg(format!("http://{listen}/v1"))
+        .arg(&key_a)
+        .arg(&key_b)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("the SDK script finishes within 2 minutes")
+        .expect("python runs (scripts/test.sh installs the pinned openai package into target/py)");
+    assert!(
+        out.status.success(),
+        "the SDK script failed (run scripts/test.sh, which installs openai into target/py):\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.path().join("api.log")).unwrap_or_default()
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["checked_total"], 3, "{seen}");
+    assert_eq!(seen["listed"], 5, "{seen}");
+    assert_eq!(
+        seen["errors"],
+        serde_json::json!([
+            "BadRequestError",
+            "BadRequestError",
+            "NotFoundError",
+            "NotFoundError",
+            "AuthenticationError"
+        ])
+    );
+    assert_eq!(api.terminate(Duration::from_secs(10)).await, Some(0));
+}
