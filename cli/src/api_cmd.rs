@@ -53,6 +53,7 @@ pub async fn serve(
         &settings,
         ApiOptions {
             max_upload_bytes: a.max_upload_bytes,
+            ..ApiOptions::default()
         },
     )
     .await?;

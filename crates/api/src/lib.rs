@@ -8,7 +8,8 @@
 //!    their own, not the web framework's default), rows in Postgres say whose they are.
 //! 3. [`batches`]: a batch is created `validating` at once; its input file is checked in the
 //!    background ([`validate`]), line by line as it streams from the object store, and a
-//!    file fault fails the batch with each fault's line.
+//!    file fault fails the batch with each fault's line. A validation whose process died is
+//!    taken over by any API process once its lease runs out ([`validate::sweep`]).
 //!
 //! The wire objects are `switchyard_openai`'s. Nothing lives in the process: any number of
 //! API servers can run side by side over the same NATS and Postgres.
@@ -38,12 +39,15 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = switchyard_openai::input::MAX_FILE_BYT
 pub struct ApiOptions {
     /// Uploads above this many bytes answer 413.
     pub max_upload_bytes: u64,
+    /// How often the process looks for batch steps whose process died.
+    pub sweep_every: std::time::Duration,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
         Self {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            sweep_every: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -113,8 +117,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, api.router())
+    let sweeper = tokio::spawn(validate::sweep(
+        api.clone(),
+        api.options.sweep_every,
+        shutdown.clone(),
+    ));
+    let served = axum::serve(listener, api.router())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+        .await;
+    sweeper.abort();
+    served?;
     Ok(())
 }

@@ -13,6 +13,42 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::Api;
 
+/// Takes over validations whose process died (their lease ran out), one at a time, every
+/// `every`, until `shutdown`.
+pub async fn sweep(
+    api: Api,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            match store::claim_stale_validation(
+                &api.pool,
+                &api.owner,
+                crate::batches::VALIDATION_LEASE,
+            )
+            .await
+            {
+                Ok(Some(batch)) => {
+                    tracing::info!(batch = %batch.batch_id, "taking over a batch's validation");
+                    run(api.clone(), batch).await;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for abandoned validations");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Checks `batch`'s input file and records the verdict.
 pub async fn run(api: Api, batch: BatchRow) {
     let verdict = match check(&api, &batch).await {

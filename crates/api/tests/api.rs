@@ -31,9 +31,11 @@ async fn server(max_upload_bytes: u64) -> Server {
     let db = TestDb::new().await;
     let nats = TestNats::new().await;
     let settings = settings_for(&nats, &db);
-    let api = Api::connect(&settings, ApiOptions { max_upload_bytes })
-        .await
-        .unwrap();
+    let options = ApiOptions {
+        max_upload_bytes,
+        sweep_every: Duration::from_millis(100),
+    };
+    let api = Api::connect(&settings, options).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
@@ -384,4 +386,40 @@ async fn batch_requests_are_checked_listed_cancelled_and_kept_per_team() {
             .0,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn a_validation_whose_process_died_is_taken_over() {
+    let s = server(1 << 20).await;
+    let a = s.key("team-a").await;
+    let (_, f) = s.upload(&a, "batch", good_file(2)).await;
+    let (key, _) = switchyard_store::api::list_keys(&s.pool, Some("team-a"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.key_id, k.team))
+        .next()
+        .unwrap();
+    // A batch created by a process that died at once: validating, its lease already over,
+    // nobody checking its file.
+    let orphan = switchyard_store::api::insert_batch(
+        &s.pool,
+        &switchyard_store::api::NewBatch {
+            batch_id: "batch_orphan",
+            team: "team-a",
+            key_id: &key,
+            input_file_id: f["id"].as_str().unwrap(),
+            endpoint: "/v1/chat/completions",
+            completion_window: "24h",
+            metadata: None,
+            window: Duration::from_secs(86_400),
+        },
+        "api-dead",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(orphan.status, "validating");
+    let checked = s.checked(&a, "batch_orphan").await;
+    assert_eq!(checked["request_counts"]["total"], 2, "{checked}");
 }

@@ -360,3 +360,28 @@ pub async fn validated(pool: &PgPool, batch_id: &str, total: i64) -> sqlx::Resul
     .await?;
     Ok(r.rows_affected() == 1)
 }
+
+/// Takes over one batch whose validation nobody holds any more (its process died before
+/// recording a verdict): leases it to `owner` for `lease` and returns it. Concurrent callers
+/// get different batches (`SKIP LOCKED`).
+///
+/// # Errors
+/// Database errors.
+pub async fn claim_stale_validation(
+    pool: &PgPool,
+    owner: &str,
+    lease: std::time::Duration,
+) -> sqlx::Result<Option<BatchRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE api_batches SET lease_owner = $1, lease_until = now() + $2
+         WHERE batch_id = (
+             SELECT batch_id FROM api_batches
+             WHERE status = 'validating' AND lease_until < now()
+             ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING {BATCH_COLUMNS}"
+    )))
+    .bind(owner)
+    .bind(lease)
+    .fetch_optional(pool)
+    .await
+}
