@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn pins_then_rules_then_policy() {
-        let settings = Settings::default();
+        let settings = Settings::demo();
         let prices = TierPrices::resolve(&settings, &BTreeMap::new(), |m| settings.price_of(m));
         let rules = RuleSet::compile(
             &[
