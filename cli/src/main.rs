@@ -39,6 +39,15 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// `switchyard config …`.
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the demo fleet's configuration (the simulator on 127.0.0.1:8089 serving the
+    /// bundled data's models), a starting point for running the demo fleet as processes:
+    /// `switchyard config demo > fleet.toml`.
+    Demo,
+}
+
 /// `switchyard policy …`.
 #[derive(Subcommand)]
 enum PolicyCmd {
@@ -58,6 +67,10 @@ enum LogFormatArg {
 enum Command {
     /// Run the whole fleet in this process on bundled real data and print a report.
     Demo(demo_cmd::DemoArgs),
+    /// Configuration helpers: `demo` prints the demo fleet's configuration (validate a file
+    /// with `--config FILE --check-config`).
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Run a dispatcher (any number of them may run).
     Dispatcher {
         /// Serve Prometheus `/metrics` on this address (overrides `[metrics] listen`).
@@ -190,7 +203,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         tokio::task::spawn_blocking(move || switchyard_twin::cli::run_and_print(&args)).await??;
         return Ok(exit::OK);
     }
-    let settings = Settings::load(cli.config.as_deref())?;
+    // Printing the demo configuration needs no configuration of its own.
+    if let Some(Command::Config(ConfigCmd::Demo)) = &cli.command {
+        print!("{}", switchyard_runtime::settings::DEMO_TOML);
+        return Ok(exit::OK);
+    }
+    // The demo and the benches run the simulator's fleet unless given another; everything
+    // else starts from the built-in defaults, which configure no models.
+    let without_file: fn() -> Settings = match &cli.command {
+        Some(Command::Demo(_) | Command::Bench(_) | Command::BenchGateway(_)) => Settings::demo,
+        _ => Settings::default,
+    };
+    let settings = Settings::load_or(cli.config.as_deref(), without_file)?;
     if cli.check_config {
         print!("{}", settings.to_redacted_toml());
         eprintln!("configuration is valid");
@@ -206,7 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         shutdown.clone(),
     ));
     match command {
-        Command::Router(_) | Command::Policy(_) => Ok(exit::OK),
+        Command::Router(_) | Command::Policy(_) | Command::Config(_) => Ok(exit::OK),
         Command::Quote(args) => {
             switchyard::quote::run(&settings, args).await?;
             Ok(exit::OK)

@@ -23,6 +23,8 @@ pub struct QuoteArgs {
 /// # Errors
 /// A bad file, flags or configuration; a policy the job cannot meet.
 pub async fn run(settings: &Settings, a: QuoteArgs) -> anyhow::Result<()> {
+    // A quote prices the configured fleet; without one it would price nothing.
+    settings.require_fleet()?;
     let items = switchyard_client::input::read_items(&a.file)?;
     let q = compute(settings, items, &a.job).await?;
     let r = report(&q);

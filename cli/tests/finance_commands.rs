@@ -7,15 +7,31 @@
     reason = "test helpers fail the test by panicking"
 )]
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use switchyard_testkit::TestDb;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const MODEL: &str = "gpt-4-1106-preview";
 
+/// The demo fleet's configuration, written once per test process: the commands price its
+/// models without `--provider`, as a deployment prices the models it configured.
+fn demo_config() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("finance-fleet-{}.toml", std::process::id()));
+        std::fs::write(&path, switchyard_runtime::settings::DEMO_TOML).unwrap();
+        path
+    })
+}
+
 fn run(db: &TestDb, args: &[&str]) -> Output {
     Command::new(BIN)
+        .arg("--config")
+        .arg(demo_config())
         .args(args)
         .env("DATABASE_URL", &db.url)
         .env_remove("SWITCHYARD_CONFIG")

@@ -31,7 +31,7 @@ impl Drop for Proc {
 }
 
 fn settings(nats: &TestNats, db: &TestDb, sim_url: &str) -> Settings {
-    let mut s = Settings::default();
+    let mut s = Settings::demo();
     s.nats.url = switchyard_testkit::nats_url();
     s.nats.prefix = nats.prefix.clone();
     s.nats.storage = StorageKind::Memory;
@@ -39,8 +39,8 @@ fn settings(nats: &TestNats, db: &TestDb, sim_url: &str) -> Settings {
     s.database.max_connections = 4;
     s.worker.ack_wait = Duration::from_secs(20);
     s.worker.retry_delay = Duration::from_millis(100);
+    s.point_models_at(sim_url).unwrap();
     for m in s.models.values_mut() {
-        m.base_url = sim_url.to_owned();
         m.max_retries = 0;
     }
     s
@@ -186,8 +186,8 @@ async fn sigterm_finishes_or_hands_back_in_flight_items_and_nothing_is_booked_tw
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(&nats, &db, &sim.base_url());
-    s.worker.concurrency = 4;
-    s.worker.fetch_batch = 4;
+    s.worker.concurrency = switchyard_runtime::settings::count(4);
+    s.worker.fetch_batch = switchyard_runtime::settings::count(4);
     s.worker.shutdown_grace = Duration::from_secs(10);
     let patient = write(dir.path(), "patient", &s);
     s.worker.shutdown_grace = Duration::from_millis(200);

@@ -70,9 +70,9 @@ pub async fn run(d: Dispatcher, shutdown: CancellationToken) -> anyhow::Result<(
     let spec = switchyard_runtime::nats::dispatcher_consumer_spec(&d.settings);
     let consumer = switchyard_runtime::nats::ensure_consumer(&d.js, &spec).await?;
     let slots = job_slots(&d.settings);
-    if slots < d.settings.dispatcher.concurrent_jobs {
+    if slots < d.settings.dispatcher.concurrent_jobs.get() {
         tracing::warn!(
-            concurrent_jobs = d.settings.dispatcher.concurrent_jobs,
+            concurrent_jobs = d.settings.dispatcher.concurrent_jobs.get(),
             max_connections = d.settings.database.max_connections,
             slots,
             "dispatcher.concurrent_jobs capped: each job in flight holds a database connection"
@@ -141,6 +141,7 @@ pub fn job_slots(settings: &Settings) -> usize {
     settings
         .dispatcher
         .concurrent_jobs
+        .get()
         .min(connections.saturating_sub(1))
         .max(1)
 }

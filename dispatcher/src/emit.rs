@@ -115,8 +115,8 @@ pub async fn emit(
     let mut stored: Vec<Ready> = Vec::new();
     let mut seq: i64 = 0;
     loop {
-        let mut rows: Vec<NewItem> = Vec::with_capacity(ds.chunk_size);
-        while rows.len() < ds.chunk_size {
+        let mut rows: Vec<NewItem> = Vec::with_capacity(ds.chunk_size.get());
+        while rows.len() < ds.chunk_size.get() {
             let Some(next) = source.next().await else {
                 break;
             };
@@ -223,14 +223,14 @@ impl<'a> Sender<'a> {
             d,
             spec,
             stage,
-            publisher: WindowedPublisher::new(d.js.clone(), ds.publish_window),
+            publisher: WindowedPublisher::new(d.js.clone(), ds.publish_window.get()),
             team: spec.team.clone().unwrap_or_else(|| "default".to_owned()),
             project: spec.project.clone().unwrap_or_else(|| "default".to_owned()),
             threshold: spec
                 .policy
                 .cascade
                 .confidence_threshold
-                .unwrap_or(ds.confidence_threshold),
+                .unwrap_or(ds.confidence_threshold.get()),
             escalations: spec
                 .policy
                 .cascade

@@ -49,7 +49,7 @@ mod tests {
 
     #[test]
     fn the_subject_decides_the_team() {
-        let mut settings = Settings::default();
+        let mut settings = Settings::demo();
         let mut s = spec(None);
         settle_team(&settings, "sy.jobs.submit.red", &mut s).unwrap();
         assert_eq!(s.team.as_deref(), Some("red"));

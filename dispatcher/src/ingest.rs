@@ -107,7 +107,7 @@ pub async fn ingest(
     mut progress: impl FnMut(u64),
 ) -> Result<Ingested, IngestError> {
     let limits: Limits = d.settings.dispatcher.limits();
-    let chunk_size = d.settings.dispatcher.chunk_size as u64;
+    let chunk_size = d.settings.dispatcher.chunk_size.get() as u64;
     let has_local = d.settings.local_tier().is_some();
     let prices = job_prices(d, spec).await?;
     let router = job_router(d, spec, &prices);

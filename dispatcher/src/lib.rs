@@ -103,6 +103,8 @@ impl Dispatcher {
     /// # Errors
     /// When a dependency is unreachable or the configured router cannot be loaded.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        // Routing to tiers nobody configured would only fail item by item, later.
+        settings.require_fleet()?;
         let router = switchyard_router::configured_router(
             settings
                 .dispatcher

@@ -371,13 +371,13 @@ async fn republish_lost(
         threshold: policy
             .cascade
             .confidence_threshold
-            .unwrap_or(ds.confidence_threshold),
+            .unwrap_or(ds.confidence_threshold.get()),
         escalations: policy.cascade.max_escalations.unwrap_or(ds.max_escalations),
         policy,
     };
     let lease = d.settings.finance.reservation_lease;
     let t = d.settings.topology();
-    let mut publisher = WindowedPublisher::new(d.js.clone(), ds.publish_window);
+    let mut publisher = WindowedPublisher::new(d.js.clone(), ds.publish_window.get());
     let (mut after, mut sent) = (-1, 0);
     loop {
         let page = sweep::lost_attempts(conn, &job.job_id, lease, after, PAGE).await?;

@@ -24,7 +24,7 @@ async fn eight_workers_race_across_a_postgres_restart_with_the_finance_loop_stal
     let mut settings = switchyard_testkit::settings_for(&nats, &db);
     settings.database.url = pg.url("switchyard").into();
     settings.database.max_connections = 4;
-    settings.worker.concurrency = 32;
+    settings.worker.concurrency = switchyard_runtime::settings::count(32);
     settings.worker.ack_wait = Duration::from_secs(3);
     settings.worker.retry_delay = Duration::from_millis(300);
     settings.worker.max_deliver = 30;

@@ -17,10 +17,10 @@ use crate::support::{classify_job, data, mmlu_items};
 async fn a_job_survives_losing_one_of_three_nats_nodes() {
     let mut cluster = NatsCluster::start(3).await;
     let db = TestDb::new().await;
-    let mut settings = Settings::default();
+    let mut settings = Settings::demo();
     settings.nats.url = cluster.url_list();
     settings.nats.prefix = format!("c{}", &db.name[8..]);
-    settings.nats.replicas = 3;
+    settings.nats.replicas = switchyard_runtime::settings::count(3);
     settings.nats.storage = StorageKind::File;
     settings.database.url = secrecy::SecretString::from(db.url.clone());
     settings.worker.ack_wait = Duration::from_secs(5);

@@ -32,8 +32,8 @@ async fn blocked_by(h: &Harness, pid: i32) -> i64 {
 async fn a_dispatcher_with_several_slots_works_on_jobs_at_once() {
     let h = Harness::start_with(
         |s| {
-            s.dispatcher.concurrent_jobs = 4;
-            s.worker.concurrency = 8;
+            s.dispatcher.concurrent_jobs = switchyard_runtime::settings::count(4);
+            s.worker.concurrency = switchyard_runtime::settings::count(8);
         },
         SimConfig::default(),
     )

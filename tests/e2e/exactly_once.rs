@@ -178,7 +178,11 @@ async fn two_copies_of_an_attempt_in_flight_call_the_model_once() {
         latency: Duration::from_millis(400),
         ..SimConfig::default()
     };
-    let mut h = Harness::start_with(|s| s.worker.concurrency = 16, sim).await;
+    let mut h = Harness::start_with(
+        |s| s.worker.concurrency = switchyard_runtime::settings::count(16),
+        sim,
+    )
+    .await;
     let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
     h.fleet.start_worker(tiers).await.unwrap();
     let n = 12;
@@ -226,7 +230,11 @@ async fn odd_provider_answers_are_booked_once_and_every_item_finishes() {
         },
         ..SimConfig::default()
     };
-    let h = Harness::start_with(|s| s.worker.max_answer_bytes = 64 * 1024, sim).await;
+    let h = Harness::start_with(
+        |s| s.worker.max_answer_bytes = switchyard_runtime::settings::count(64 * 1024),
+        sim,
+    )
+    .await;
     let n = 36;
     let job_id = h
         .client

@@ -276,7 +276,11 @@ async fn cancel_stops_what_has_not_started() {
         latency: Duration::from_millis(100),
         ..SimConfig::default()
     };
-    let h = Harness::start_with(|s| s.worker.concurrency = 2, sim).await;
+    let h = Harness::start_with(
+        |s| s.worker.concurrency = switchyard_runtime::settings::count(2),
+        sim,
+    )
+    .await;
     let job_id = h
         .client
         .submit(classify_job(mmlu_items(80), 0.0, 0.0))

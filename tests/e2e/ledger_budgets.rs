@@ -77,7 +77,7 @@ async fn eight_workers_racing_for_the_last_dollars_never_overspend() {
     let h = Harness::start_with(
         |s| {
             s.database.max_connections = 4;
-            s.worker.concurrency = 32;
+            s.worker.concurrency = switchyard_runtime::settings::count(32);
             s.finance.refresh = Duration::from_millis(200);
             s.finance.budget_poll = Duration::from_millis(200);
         },

@@ -73,7 +73,7 @@ fn groupings() -> Vec<Vec<Dimension>> {
 async fn ten_thousand_calls_reconcile_to_the_last_unit() {
     let h = Harness::start_with(
         |s| {
-            s.worker.concurrency = 128;
+            s.worker.concurrency = switchyard_runtime::settings::count(128);
             s.finance.refresh = Duration::from_millis(200);
         },
         SimConfig::default(),

@@ -45,7 +45,7 @@ async fn every_transient_fault_is_retried_and_the_items_complete() {
     };
     let h = Harness::start_with(
         |s| {
-            s.worker.concurrency = 2;
+            s.worker.concurrency = switchyard_runtime::settings::count(2);
             s.worker.max_deliver = 10;
             // This test is about retries; the breaker has its own test.
             s.worker.breaker.failures = 0;
@@ -232,7 +232,7 @@ async fn a_dead_provider_trips_the_breaker_and_the_fleet_recovers_when_it_return
     };
     let h = Harness::start_with(
         |s| {
-            s.worker.concurrency = 4;
+            s.worker.concurrency = switchyard_runtime::settings::count(4);
             s.worker.max_deliver = 1000;
             s.worker.retry_delay = Duration::from_millis(50);
             s.worker.breaker.failures = 3;

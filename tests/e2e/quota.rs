@@ -127,7 +127,7 @@ async fn a_retry_after_pauses_the_model_in_every_worker() {
     };
     // A quota (far above what the test uses), so that the workers share it.
     let tune = |s: &mut switchyard_runtime::Settings| {
-        s.worker.concurrency = 2;
+        s.worker.concurrency = switchyard_runtime::settings::count(2);
         s.models.get_mut(WEAK).unwrap().rpm = NonZeroU32::new(60_000);
     };
     let mut h = Harness::start_with(tune, sim).await;
@@ -222,7 +222,11 @@ async fn a_429_heard_by_many_calls_and_workers_is_one_pause() {
         latency: Duration::from_millis(50),
         ..SimConfig::default()
     };
-    let mut h = Harness::start_with(|s| s.worker.concurrency = 8, sim).await;
+    let mut h = Harness::start_with(
+        |s| s.worker.concurrency = switchyard_runtime::settings::count(8),
+        sim,
+    )
+    .await;
     let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
     h.fleet.start_worker(tiers).await.unwrap();
     let job_id = h

@@ -62,7 +62,11 @@ async fn a_worker_stopped_mid_job_loses_nothing() {
         latency: Duration::from_millis(20),
         ..SimConfig::default()
     };
-    let mut h = Harness::start_with(|s| s.worker.concurrency = 8, sim).await;
+    let mut h = Harness::start_with(
+        |s| s.worker.concurrency = switchyard_runtime::settings::count(8),
+        sim,
+    )
+    .await;
     let n = 200;
     let job_id = h
         .client
@@ -93,7 +97,7 @@ async fn a_killed_worker_loses_nothing_and_books_nothing_twice() {
     };
     let mut h = Harness::start_with(
         |s| {
-            s.worker.concurrency = 8;
+            s.worker.concurrency = switchyard_runtime::settings::count(8);
             // Redelivery of what the dead worker held comes after ack_wait; its calls are
             // taken over once its lease has run out. (A lease of 2 s let the live worker's
             // renewal miss it once under a fully loaded CI machine: its calls were then
@@ -188,7 +192,11 @@ async fn throttling_and_server_errors_are_retried_without_failing_items() {
         faults,
         ..SimConfig::default()
     };
-    let h = Harness::start_with(|s| s.worker.concurrency = 4, sim).await;
+    let h = Harness::start_with(
+        |s| s.worker.concurrency = switchyard_runtime::settings::count(4),
+        sim,
+    )
+    .await;
     let n = 40;
     let job_id = h
         .client

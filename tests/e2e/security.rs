@@ -71,7 +71,7 @@ fn job(id: &str, team: Option<&str>) -> switchyard_proto::JobSpec {
 
 #[tokio::test]
 async fn a_team_submits_and_reads_only_as_itself() {
-    let mut settings = Settings::default();
+    let mut settings = Settings::demo();
     settings.nats.prefix = "sec".into();
     settings.nats.storage = StorageKind::Memory;
     settings.security.team_from_subject = true;
@@ -283,7 +283,7 @@ async fn a_team_submits_and_reads_only_as_itself() {
 #[tokio::test]
 async fn token_authentication_from_the_configuration() {
     let server = NatsServer::with_args(&["--auth", "tok-Secret-5"]).await;
-    let mut settings = Settings::default();
+    let mut settings = Settings::demo();
     settings.nats.url = server.url.clone();
     settings.nats.auth.token = Some(SecretString::from("tok-Secret-5"));
     let client = switchyard_runtime::nats::connect(&settings, "t")

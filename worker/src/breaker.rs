@@ -17,7 +17,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use switchyard_runtime::reliability_settings::BreakerSettings;
+use switchyard_runtime::settings::BreakerSettings;
 use tokio::time::Instant;
 
 /// What the breaker says about the next call.

@@ -343,12 +343,11 @@ mod tests {
     #[tokio::test]
     async fn an_open_breaker_stops_the_retries() {
         let client = Scripted(Mutex::new((0..6).map(|_| Err(server_error())).collect()));
-        let breaker =
-            CircuitBreaker::new(switchyard_runtime::reliability_settings::BreakerSettings {
-                failures: 2,
-                cooldown: Duration::from_secs(30),
-                max_cooldown: Duration::from_secs(30),
-            });
+        let breaker = CircuitBreaker::new(switchyard_runtime::settings::BreakerSettings {
+            failures: 2,
+            cooldown: Duration::from_secs(30),
+            max_cooldown: Duration::from_secs(30),
+        });
         let limiter = ModelLimiter::new("m", None, None, 1.0);
         let (req, token) = (request(), CancellationToken::new());
         let call = || {

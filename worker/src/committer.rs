@@ -104,7 +104,7 @@ pub async fn run(
     in_flight: InFlight,
     abort: CancellationToken,
 ) {
-    let max = w.settings.worker.commit_batch;
+    let max = w.settings.worker.commit_batch.get();
     let interval = w.settings.worker.commit_interval;
     loop {
         let Some(first) = rx.recv().await else { break };

@@ -89,6 +89,9 @@ impl Worker {
     /// Unreachable services, an unknown tier, a model without any price, or a model whose API
     /// key variable is unset.
     pub async fn connect(settings: Settings, tiers: &[String]) -> anyhow::Result<Self> {
+        // Before anything else: without a fleet there is nothing to serve, and the reason
+        // (no `--config`) deserves a better message than "unknown tier".
+        settings.require_fleet()?;
         for t in tiers {
             anyhow::ensure!(
                 settings.tiers.contains_key(t),
@@ -141,12 +144,17 @@ impl Worker {
                     name: name.clone(),
                     client: OpenAiClient::new(
                         http.clone(),
-                        &m.base_url,
+                        m.base_url.as_str(),
                         api_key,
                         m.timeout,
                         settings.worker.max_body_bytes(),
                     ),
-                    limiter: ModelLimiter::new(name, m.rpm, m.tpm, settings.worker.quota_headroom),
+                    limiter: ModelLimiter::new(
+                        name,
+                        m.rpm,
+                        m.tpm,
+                        settings.worker.quota_headroom.get(),
+                    ),
                     breaker: crate::breaker::CircuitBreaker::new(settings.worker.breaker.clone()),
                     settings: m.clone(),
                     price,

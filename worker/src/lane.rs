@@ -51,7 +51,7 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
     let keeper = Keeper::new(w.js.clone());
     let keeper_stop = CancellationToken::new();
     let keeper_task = tokio::spawn(keeper.clone().run(ws.ack_wait / 3, keeper_stop.clone()));
-    let (tx, rx) = mpsc::channel::<Pending>(ws.commit_batch * 4);
+    let (tx, rx) = mpsc::channel::<Pending>(ws.commit_batch.get() * 4);
     // Per lane, like the committer it informs: another lane's calls never reach this one.
     let in_flight = InFlight::default();
     let committer = tokio::spawn(committer::run(
@@ -61,7 +61,7 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
         abort.clone(),
     ));
     let (claims, claims_task) = Claims::start(w.clone());
-    let permits = Arc::new(Semaphore::new(ws.concurrency));
+    let permits = Arc::new(Semaphore::new(ws.concurrency.get()));
     let tracker = TaskTracker::new();
     tracing::info!(tier = %tier, consumer = %spec.durable, "worker lane ready");
     'pull: loop {
@@ -70,7 +70,7 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
             _ = shutdown.cancelled() => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let free = (1 + permits.available_permits()).min(ws.fetch_batch.max(1));
+        let free = (1 + permits.available_permits()).min(ws.fetch_batch.get());
         let request = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = consumer.batch().max_messages(free).expires(PULL_EXPIRES).messages() => r,
@@ -160,7 +160,7 @@ async fn give_back_rest(
     batch: &mut async_nats::jetstream::consumer::pull::Batch,
     keeper: &Keeper,
 ) {
-    for _ in 0..w.settings.worker.fetch_batch {
+    for _ in 0..w.settings.worker.fetch_batch.get() {
         match tokio::time::timeout(Duration::from_millis(50), batch.next()).await {
             Ok(Some(Ok(m))) => {
                 let d = Delivery::new(&w.js, m, keeper);
@@ -475,7 +475,7 @@ async fn handle(
     };
 
     let usage = Usage::of(&completion);
-    if completion.content.len() > ws.max_answer_bytes {
+    if completion.content.len() > ws.max_answer_bytes.get() {
         let error = format!(
             "`{}` answered {} bytes, over worker.max_answer_bytes ({})",
             model.name,
@@ -673,7 +673,7 @@ fn judge_alone(
     content: &str,
     logprobs: Option<&[confidence::TokenLogprob]>,
 ) -> Judgement {
-    let fallback = model.settings.confidence_without_logprobs;
+    let fallback = model.settings.confidence_without_logprobs.get();
     match task {
         Task::Classify { labels, .. } => {
             confidence::judge_label(content, logprobs, labels, fallback)

@@ -8,7 +8,9 @@
 //! (or has not seen it yet) cannot overshoot the quota. Standalone (`fleet_quota = false`) a
 //! process uses the whole quota, with no lease.
 //!
-//! Pacing is a generic cell rate algorithm with no burst: a call may leave when both the
+//! Pacing is a generic cell rate algorithm with no burst of requests (tokens may run one
+//! second of the rate ahead, so one long prompt does not hold back the calls behind it), at
+//! the quota times `[worker] quota_headroom` times the share: a call may leave when both the
 //! request and the token schedule have caught up with the clock, and then pushes them ahead
 //! by one request and by the call's estimated tokens, from the slot it waited for (a call
 //! woken a little late keeps the grid, so a loaded machine does not lose its lateness on
@@ -19,8 +21,8 @@
 //! share's worth plus a call or two, however often the share moves. Providers enforce windows
 //! shorter than a minute, and a burst on top of the steady rate is what earns 429s.
 //!
-//! Tokens are counted before the call is sent (the prompt's characters / 4 plus `max_tokens`,
-//! [`estimate_tokens`]) and corrected by what the provider reports after
+//! Tokens are counted before the call is sent (the prompt's bytes / 4 and four tokens per
+//! message, plus the completion budget: [`estimate_tokens`]) and corrected by what the provider reports after
 //! ([`ModelLimiter::settle`]).
 //!
 //! A 429 pauses the model for its `Retry-After` (or a doubling default without one) in this

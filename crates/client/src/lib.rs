@@ -305,7 +305,7 @@ impl Client {
                 confidence_threshold: policy
                     .cascade
                     .confidence_threshold
-                    .unwrap_or(ds.confidence_threshold),
+                    .unwrap_or(ds.confidence_threshold.get()),
                 escalations_left: policy.cascade.max_escalations.unwrap_or(ds.max_escalations),
                 escalation: None,
                 router_score: None,

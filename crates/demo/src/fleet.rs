@@ -52,9 +52,7 @@ impl Fleet {
             Some((data, config)) => {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let handle = switchyard_sim::start(listener, data, config).await?;
-                for m in settings.models.values_mut() {
-                    m.base_url = handle.base_url();
-                }
+                settings.point_models_at(&handle.base_url())?;
                 Some(handle)
             }
         };

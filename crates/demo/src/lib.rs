@@ -441,7 +441,7 @@ fn twin_of(
             seed: 0,
             logprobs: weak_settings.is_none_or(|m| m.logprobs),
             confidence_without_logprobs: weak_settings
-                .map_or(0.5, |m| m.confidence_without_logprobs),
+                .map_or(0.5, |m| m.confidence_without_logprobs.get()),
             generate_max_tokens: weak_settings.map_or(512, |m| m.generate_max_tokens),
         },
         models: &models,

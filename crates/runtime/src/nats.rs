@@ -27,8 +27,8 @@ use crate::settings::{Settings, StorageKind};
 /// When the server cannot be reached (the message names the URL).
 pub async fn connect(settings: &Settings, client_name: &str) -> anyhow::Result<async_nats::Client> {
     // Credentials may be in the URL: messages show it redacted.
-    let shown = crate::security_settings::redact_nats_url(&settings.nats.url);
-    let (bare, _) = crate::security_settings::split_url_credentials(&settings.nats.url);
+    let shown = crate::settings::redact::redact_nats_url(&settings.nats.url);
+    let (bare, _) = crate::settings::redact::split_url_credentials(&settings.nats.url);
     // async-nats logs server addresses (at debug level): hand it URLs without credentials and
     // pass those as options instead.
     let servers = server_list(&bare).with_context(|| format!("invalid NATS URL `{shown}`"))?;
@@ -67,7 +67,7 @@ async fn connect_options(
     settings: &Settings,
     client_name: &str,
 ) -> anyhow::Result<async_nats::ConnectOptions> {
-    let (_, in_url) = crate::security_settings::split_url_credentials(&settings.nats.url);
+    let (_, in_url) = crate::settings::redact::split_url_credentials(&settings.nats.url);
     let mut options = async_nats::ConnectOptions::new();
     match in_url {
         Some((user, Some(password))) => {
@@ -100,7 +100,7 @@ pub fn server_list(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
         .filter(|u| !u.is_empty())
         .map(|u| {
             u.parse::<async_nats::ServerAddr>().map_err(|e| {
-                anyhow::anyhow!("`{}`: {e}", crate::security_settings::redact_nats_url(u))
+                anyhow::anyhow!("`{}`: {e}", crate::settings::redact::redact_nats_url(u))
             })
         })
         .collect()
@@ -128,7 +128,7 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &Settings) -> any
     let t = settings.topology();
     let base = stream::Config {
         storage: storage(settings),
-        num_replicas: settings.nats.replicas,
+        num_replicas: settings.nats.replicas.get(),
         duplicate_window: settings.nats.duplicate_window,
         ..Default::default()
     };
@@ -174,7 +174,7 @@ pub async fn ensure_streams(js: &jetstream::Context, settings: &Settings) -> any
             js.create_object_store(jetstream::object_store::Config {
                 bucket: bucket.clone(),
                 storage: storage(settings),
-                num_replicas: settings.nats.replicas,
+                num_replicas: settings.nats.replicas.get(),
                 ..Default::default()
             })
             .await

@@ -131,7 +131,7 @@ impl TestNats {
                 nats_url()
             )
         });
-        let mut settings = Settings::default();
+        let mut settings = Settings::demo();
         settings.nats.url = nats_url();
         settings.nats.prefix = prefix.clone();
         settings.nats.storage = StorageKind::Memory;

@@ -201,10 +201,10 @@ async fn baseline_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64
             })
             .collect();
         let started = Instant::now();
-        for chunk in rows.chunks(s.dispatcher.chunk_size) {
+        for chunk in rows.chunks(s.dispatcher.chunk_size.get()) {
             switchyard_store::items::insert_chunk(&pool, &job_id, chunk).await?;
         }
-        let mut publisher = WindowedPublisher::new(js.clone(), s.dispatcher.publish_window);
+        let mut publisher = WindowedPublisher::new(js.clone(), s.dispatcher.publish_window.get());
         for (subject, id, payload) in messages {
             publisher.publish(subject, &id, payload).await?;
         }

@@ -190,7 +190,7 @@ async fn baseline_inner(s: &Settings, sim_url: &str, n: usize) -> anyhow::Result
     let publisher = {
         let js = js.clone();
         let subject = subject.clone();
-        let window = s.dispatcher.publish_window;
+        let window = s.dispatcher.publish_window.get();
         tokio::spawn(async move {
             let mut p = switchyard_dispatcher::publisher::WindowedPublisher::new(js, window);
             for (id, payload) in payloads {
@@ -200,7 +200,7 @@ async fn baseline_inner(s: &Settings, sim_url: &str, n: usize) -> anyhow::Result
         })
     };
     let (tx, mut rx) = mpsc::channel::<(async_nats::jetstream::Message, Row)>(4096);
-    let permits = Arc::new(Semaphore::new(s.worker.concurrency));
+    let permits = Arc::new(Semaphore::new(s.worker.concurrency.get()));
     let consume = {
         let http = http.clone();
         let url = url.clone();

@@ -469,8 +469,10 @@ impl FleetUnderTest {
         args: &GatewayArgs,
     ) -> Result<Self, (BenchEnv, anyhow::Error)> {
         let rpm = std::num::NonZeroU32::new(args.fleet_rpm.max(1));
+        if let Err(e) = env.settings.point_models_at(sim_url) {
+            return Err((env, anyhow::anyhow!("--sim-url `{sim_url}`: {e}")));
+        }
         for m in env.settings.models.values_mut() {
-            m.base_url = sim_url.to_owned();
             m.rpm = rpm;
         }
         if let Some(ci) = args.fleet_commit_interval {
@@ -928,7 +930,7 @@ mod tests {
 
     #[test]
     fn bodies_match_what_the_worker_sends() {
-        let settings = Settings::default();
+        let settings = Settings::demo();
         let model = "mistralai/Mixtral-8x7B-Instruct-v0.1";
         let b = bodies(&settings, model, &["What is 2+2?".to_owned()]).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&b[0]).unwrap();

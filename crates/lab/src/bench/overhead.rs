@@ -48,9 +48,7 @@ async fn measure(
     let sim =
         switchyard_sim::start(listener, std::sync::Arc::clone(data), SimConfig::default()).await?;
     let mut settings = settings.clone();
-    for m in settings.models.values_mut() {
-        m.base_url = sim.base_url();
-    }
+    settings.point_models_at(&sim.base_url())?;
     let dir = tempfile::tempdir()?;
     let config = write_config(&settings, dir.path())?;
     let client = Client::connect(settings.clone()).await?;

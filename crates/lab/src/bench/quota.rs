@@ -175,9 +175,7 @@ impl Fleet<'_> {
             self.started += 1;
             let tag = format!("w{}", self.started);
             let mut settings = self.settings.clone();
-            for m in settings.models.values_mut() {
-                m.base_url = self.sim.base_url_for(&tag);
-            }
+            settings.point_models_at(&self.sim.base_url_for(&tag))?;
             let dir = self.dir.join(&tag);
             std::fs::create_dir_all(&dir)?;
             let config = write_config(&settings, &dir)?;
@@ -215,8 +213,8 @@ async fn measure(
     };
     let sim = switchyard_sim::start(listener, data, sim_config).await?;
     let mut settings = settings.clone();
+    settings.point_models_at(&sim.base_url())?;
     for (name, m) in settings.models.iter_mut() {
-        m.base_url = sim.base_url();
         if name == MODEL {
             m.rpm = NonZeroU32::new(RPM);
             m.tpm = NonZeroU32::new(TPM);

@@ -166,8 +166,8 @@ fn log(started: Instant, msg: &str) {
 
 /// The settings every process of the run shares (models point at the simulator; workers get
 /// their own client tag in [`worker_settings`]).
-fn base_settings(nats: &NatsServer, pg: &Postgres, sim: &SimHandle) -> Settings {
-    let mut s = Settings::default();
+fn base_settings(nats: &NatsServer, pg: &Postgres, sim: &SimHandle) -> anyhow::Result<Settings> {
+    let mut s = Settings::demo();
     s.nats.url = nats.url.clone();
     s.nats.prefix = "chaos".to_owned();
     s.nats.storage = StorageKind::File;
@@ -176,28 +176,26 @@ fn base_settings(nats: &NatsServer, pg: &Postgres, sim: &SimHandle) -> Settings 
     s.dispatcher.ack_wait = Duration::from_secs(10);
     s.dispatcher.max_deliver = 10;
     s.dispatcher.shutdown_grace = Duration::from_secs(5);
-    s.worker.concurrency = 8;
-    s.worker.fetch_batch = 8;
+    s.worker.concurrency = switchyard_runtime::settings::count(8);
+    s.worker.fetch_batch = switchyard_runtime::settings::count(8);
     s.worker.ack_wait = Duration::from_secs(6);
     s.worker.max_deliver = 10;
     s.worker.retry_delay = Duration::from_millis(300);
     s.worker.shutdown_grace = Duration::from_secs(5);
     // A killed worker's calls are taken over (and booked in doubt) after its lease.
     s.finance.reservation_lease = Duration::from_secs(6);
+    s.point_models_at(&sim.base_url())?;
     for m in s.models.values_mut() {
-        m.base_url = sim.base_url();
         m.timeout = Duration::from_secs(2);
         m.max_retries = 3;
     }
-    s
+    Ok(s)
 }
 
-fn worker_settings(base: &Settings, sim: &SimHandle, tag: &str) -> Settings {
+fn worker_settings(base: &Settings, sim: &SimHandle, tag: &str) -> anyhow::Result<Settings> {
     let mut s = base.clone();
-    for m in s.models.values_mut() {
-        m.base_url = sim.base_url_for(tag);
-    }
-    s
+    s.point_models_at(&sim.base_url_for(tag))?;
+    Ok(s)
 }
 
 fn write_config(dir: &Path, name: &str, settings: &Settings) -> anyhow::Result<PathBuf> {
@@ -419,7 +417,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     )
     .await?;
 
-    let settings = base_settings(&nats, &pg, &sim);
+    let settings = base_settings(&nats, &pg, &sim)?;
     settings.validate()?;
     let client = Client::connect(settings.clone())
         .await
@@ -455,7 +453,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         .enumerate()
     {
         let tag = format!("w{i}");
-        let config = write_config(dir.path(), &tag, &worker_settings(&settings, &sim, &tag))?;
+        let config = write_config(dir.path(), &tag, &worker_settings(&settings, &sim, &tag)?)?;
         workers.push(Role::new(
             &tag,
             tiers,

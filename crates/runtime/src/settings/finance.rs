@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::at_least_duration;
+
 /// Finance knobs (every key has a default).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,19 +48,22 @@ impl FinanceSettings {
     /// Checks the values.
     ///
     /// # Errors
-    /// A message naming the key.
+    /// A message naming the key and the value.
     pub fn validate(&self) -> Result<(), String> {
-        if self.refresh < Duration::from_millis(100)
-            || self.budget_poll < Duration::from_millis(100)
-        {
-            return Err("finance.refresh and finance.budget_poll must be at least 100ms".into());
-        }
-        if self.reservation_lease < Duration::from_millis(300) {
-            return Err("finance.reservation_lease must be at least 300ms".into());
-        }
+        at_least_duration("finance.refresh", self.refresh, Duration::from_millis(100))?;
+        at_least_duration(
+            "finance.budget_poll",
+            self.budget_poll,
+            Duration::from_millis(100),
+        )?;
+        at_least_duration(
+            "finance.reservation_lease",
+            self.reservation_lease,
+            Duration::from_millis(300),
+        )?;
         if self.serve_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!(
-                "finance.serve_listen `{}` is not an address like 127.0.0.1:8090",
+                "finance.serve_listen = \"{}\": not an address like 127.0.0.1:8090",
                 self.serve_listen
             ));
         }

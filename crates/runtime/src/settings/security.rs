@@ -7,6 +7,7 @@
 //! - `[nats.tls]`: a CA to trust, a client certificate, TLS required.
 //! - `[database.tls]`: Postgres TLS (`sslmode`, root certificate, client certificate), merged
 //!   into the connection URL at load.
+//! - Credentials inside URLs are redacted by one rule for every URL (see `redact`).
 //! - `[security]`: whether a job's team comes from the subject it was submitted on
 //!   (`<prefix>.jobs.submit.<team>`, which NATS permissions restrict per user) instead of the
 //!   job's own `team` field, and the NATS user → team mapping those permissions are made
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
+use url::Url;
 
 /// How a process authenticates to NATS (`[nats.auth]`). At most one method.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -229,10 +231,10 @@ impl PostgresTls {
         Ok(())
     }
 
-    /// `url` with these settings as query parameters (`sslmode`, `sslrootcert`, `sslcert`,
-    /// `sslkey`), replacing the URL's own.
-    pub fn merge_into(&self, url: &str) -> String {
-        let params: Vec<(&str, String)> = [
+    /// These settings as libpq-style query parameters (`sslmode`, `sslrootcert`, `sslcert`,
+    /// `sslkey`); empty when none is set.
+    pub(super) fn params(&self) -> Vec<(&'static str, String)> {
+        [
             ("sslmode", self.ssl_mode.clone()),
             (
                 "sslrootcert",
@@ -249,43 +251,27 @@ impl PostgresTls {
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect();
-        if params.is_empty() {
-            return url.to_owned();
-        }
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut kept: Vec<String> = query
-            .split('&')
-            .filter(|kv| !kv.is_empty())
-            .filter(|kv| {
-                let key = kv.split('=').next().unwrap_or_default();
-                !params.iter().any(|(k, _)| *k == key)
-            })
-            .map(str::to_owned)
-            .collect();
-        kept.extend(
-            params
-                .iter()
-                .map(|(k, v)| format!("{k}={}", encode_query(v))),
-        );
-        format!("{base}?{}", kept.join("&"))
-    }
-}
-
-fn encode_query(v: &str) -> String {
-    v.chars()
-        .map(|c| match c {
-            'A'..='Z' | 'a'..='z' | '0'..='9' | '-' | '_' | '.' | '~' | '/' => c.to_string(),
-            other => {
-                let mut buf = [0u8; 4];
-                other
-                    .encode_utf8(&mut buf)
-                    .bytes()
-                    .map(|b| format!("%{b:02X}"))
-                    .collect()
-            }
-        })
         .collect()
+    }
+
+    /// `url` with these settings as query parameters, replacing the URL's own. The query is
+    /// written by `url` (form encoding), which is how the Postgres driver reads it back.
+    pub fn merge_into(&self, mut url: Url) -> Url {
+        let params = self.params();
+        if params.is_empty() {
+            return url;
+        }
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(key, _)| !params.iter().any(|(k, _)| k == key))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(kept)
+            .extend_pairs(params);
+        url
+    }
 }
 
 impl SecuritySettings {
@@ -305,107 +291,9 @@ impl SecuritySettings {
     }
 }
 
-/// Replaces the credentials of a NATS URL (`nats://user:password@host`, or a token
-/// `nats://token@host`) with `[redacted]`, for messages and `--check-config`. Several
-/// comma-separated URLs are each redacted.
-pub fn redact_nats_url(url: &str) -> String {
-    url.split(',')
-        .map(|u| {
-            let u = u.trim();
-            match (u.find("://"), u.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    format!("{}://[redacted]@{}", &u[..scheme], &u[at + 1..])
-                }
-                _ => u.to_owned(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Splits the credentials off NATS URLs: the URLs without them, and `(user, password)` or
-/// `(token, None)` from the first URL that has some (percent-decoded, as URL userinfo is).
-pub fn split_url_credentials(url: &str) -> (String, Option<(String, Option<SecretString>)>) {
-    let mut found = None;
-    let bare = url
-        .split(',')
-        .map(|u| {
-            let u = u.trim();
-            match (u.find("://"), u.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    let userinfo = &u[scheme + 3..at];
-                    if found.is_none() {
-                        found = Some(match userinfo.split_once(':') {
-                            Some((user, password)) => (
-                                percent_decode(user),
-                                Some(SecretString::from(percent_decode(password))),
-                            ),
-                            None => (percent_decode(userinfo), None),
-                        });
-                    }
-                    format!("{}://{}", &u[..scheme], &u[at + 1..])
-                }
-                _ => u.to_owned(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    (bare, found)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(b) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Serializes a NATS URL redacted (for `--check-config`).
-///
-/// # Errors
-/// The serializer's.
-pub fn serialize_nats_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&redact_nats_url(url))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nats_urls_lose_their_credentials() {
-        assert_eq!(
-            redact_nats_url("nats://u:hunter2@h:4222,tls://tok3n@k:1"),
-            "nats://[redacted]@h:4222,tls://[redacted]@k:1"
-        );
-        assert_eq!(redact_nats_url("nats://h:4222"), "nats://h:4222");
-    }
-
-    #[test]
-    fn credentials_leave_the_url() {
-        let (bare, creds) = split_url_credentials("nats://u:p%40ss@h:1, nats://k:2");
-        assert_eq!(bare, "nats://h:1,nats://k:2");
-        let (user, password) = creds.unwrap();
-        assert_eq!(
-            (user.as_str(), password.unwrap().expose_secret()),
-            ("u", "p@ss")
-        );
-        let (_, creds) = split_url_credentials("tls://tok@h:1");
-        assert!(matches!(creds, Some((t, None)) if t == "tok"));
-    }
 
     #[test]
     fn postgres_tls_becomes_url_parameters() {
@@ -414,10 +302,21 @@ mod tests {
             root_cert: Some("/etc/ssl/ca dir/ca.pem".into()),
             ..PostgresTls::default()
         };
-        assert_eq!(
-            tls.merge_into("postgres://u@h/db?sslmode=disable&application_name=x"),
-            "postgres://u@h/db?application_name=x&sslmode=verify-full&sslrootcert=/etc/ssl/ca%20dir/ca.pem"
+        let merged = tls.merge_into(
+            Url::parse("postgres://u@h/db?sslmode=disable&application_name=x").unwrap(),
         );
+        let pairs: Vec<(String, String)> = merged.query_pairs().into_owned().collect();
+        assert_eq!(
+            pairs,
+            [
+                ("application_name", "x"),
+                ("sslmode", "verify-full"),
+                ("sslrootcert", "/etc/ssl/ca dir/ca.pem"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        let plain = Url::parse("postgres://u@h/db").unwrap();
+        assert_eq!(PostgresTls::default().merge_into(plain.clone()), plain);
         assert!(
             PostgresTls {
                 ssl_mode: Some("sometimes".into()),
