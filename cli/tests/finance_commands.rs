@@ -7,25 +7,30 @@
     reason = "test helpers fail the test by panicking"
 )]
 
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use switchyard_testkit::TestDb;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+mod common;
+use common::stderr;
+
 const MODEL: &str = "gpt-4-1106-preview";
 
+/// `switchyard ARGS…` without a config, on the test's database (`DATABASE_URL`).
 fn run(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("SWITCHYARD_CONFIG")
-        .env_remove("NATS_URL")
+    common::switchyard(Path::new(""), args, &[("DATABASE_URL", &db.url)])
+        .without_config()
         .output()
         .unwrap()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// `prices set MODEL ARGS…`, which must succeed.
+fn set_price(db: &TestDb, args: &[&str]) {
+    let mut all = vec!["prices", "set", MODEL];
+    all.extend(args);
+    let out = run(db, &all);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 async fn counts(db: &TestDb) -> (i64, i64, i64) {
@@ -41,12 +46,9 @@ async fn counts(db: &TestDb) -> (i64, i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_finance_input_is_refused_clearly_and_writes_nothing() {
     let db = TestDb::new().await;
-    let ok = run(
+    set_price(
         &db,
         &[
-            "prices",
-            "set",
-            MODEL,
             "--input-per-mtok",
             "10",
             "--output-per-mtok",
@@ -59,7 +61,6 @@ async fn bad_finance_input_is_refused_clearly_and_writes_nothing() {
             "2030-01-01T00:00:00Z",
         ],
     );
-    assert!(ok.status.success(), "{}", stderr(&ok));
     let before = counts(&db).await;
     assert_eq!(before, (1, 0, 0));
 
@@ -225,12 +226,9 @@ async fn bad_finance_input_is_refused_clearly_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finance_sets_and_reads_prices_budgets_and_reports() {
     let db = TestDb::new().await;
-    let out = run(
+    set_price(
         &db,
         &[
-            "prices",
-            "set",
-            MODEL,
             "--input-per-mtok",
             "12.5",
             "--output-per-mtok",
@@ -239,7 +237,6 @@ async fn finance_sets_and_reads_prices_budgets_and_reports() {
             "2026-01-01",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     let out = run(
         &db,
         &["prices", "list", "--at", "2026-06-01", "--format", "json"],
