@@ -296,6 +296,11 @@ impl Run {
         log(self.started, msg);
     }
 
+    /// Notes `what` was done, with where the job stood.
+    fn note_fault(&self, what: &str) {
+        self.note(&format!("{what} ({})", self.last_progress));
+    }
+
     fn count(&mut self, fault: &str) {
         *self.faults.entry(fault.to_owned()).or_default() += 1;
     }
@@ -324,10 +329,7 @@ impl Run {
         let in_flight = self.sim.in_flight(&tag);
         let describe = format!("worker {tag} ({})", self.workers[i].describe);
         self.workers[i].kill9();
-        self.note(&format!(
-            "kill -9 {describe}: {in_flight} calls in flight ({})",
-            self.last_progress
-        ));
+        self.note_fault(&format!("kill -9 {describe}: {in_flight} calls in flight"));
         self.kills.push(Kill {
             at_s: self.started.elapsed().as_secs_f64(),
             process: describe,
@@ -342,10 +344,7 @@ impl Run {
     }
 
     async fn restart_nats(&mut self) -> anyhow::Result<()> {
-        self.note(&format!(
-            "kill -9 nats-server, then start it again ({})",
-            self.last_progress
-        ));
+        self.note_fault("kill -9 nats-server, then start it again");
         self.nats.restart().await?;
         self.count("nats_restart");
         self.nats_back_at_ms = Some(unix_ms());
@@ -354,10 +353,7 @@ impl Run {
     }
 
     async fn restart_postgres(&mut self) -> anyhow::Result<()> {
-        self.note(&format!(
-            "restart PostgreSQL (-m immediate) ({})",
-            self.last_progress
-        ));
+        self.note_fault("restart PostgreSQL (-m immediate)");
         self.pg.restart().await?;
         self.count("postgres_restart");
         self.note("PostgreSQL is back");
@@ -515,10 +511,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         }
     }
     run.dispatchers[0].kill9();
-    run.note(&format!(
-        "kill -9 dispatcher d0 while it dispatches ({})",
-        run.last_progress
-    ));
+    run.note_fault("kill -9 dispatcher d0 while it dispatches");
     run.kills.push(Kill {
         at_s: started.elapsed().as_secs_f64(),
         process: "dispatcher d0".to_owned(),
