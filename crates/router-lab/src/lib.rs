@@ -22,3 +22,6 @@ pub mod metrics;
 pub mod plot;
 pub mod prior;
 pub mod train;
+
+#[cfg(test)]
+mod test_rows;

@@ -14,6 +14,7 @@ use switchyard_store::intents::{self, Intent};
 use switchyard_store::outcomes::{self, Outcome, UsageSource};
 use switchyard_store::reconcile::{self, CallUsage, Evidence, Summary};
 use switchyard_testkit::TestDb;
+use switchyard_testkit::ledger::ledger_total;
 
 mod common;
 use common::d;
@@ -79,13 +80,6 @@ async fn rows(pool: &PgPool) -> Vec<(i64, String)> {
         .unwrap()
 }
 
-async fn total(pool: &PgPool) -> Decimal {
-    sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0) FROM ledger")
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn reconcile_settles_by_reversal_and_evidence_entry_once_and_never_edits() {
     let db = setup(7).await;
@@ -142,7 +136,7 @@ async fn reconcile_settles_by_reversal_and_evidence_entry_once_and_never_edits()
         evidence.add(u);
     }
     let before_rows = rows(pool).await;
-    let before_total = total(pool).await;
+    let before_total = ledger_total(pool).await;
 
     // A dry run says what would happen and writes nothing.
     let dry = reconcile::reconcile(pool, &evidence, true).await.unwrap();
@@ -173,7 +167,7 @@ async fn reconcile_settles_by_reversal_and_evidence_entry_once_and_never_edits()
         expected,
         "the dry run said exactly what the run did"
     );
-    assert_eq!(total(pool).await - before_total, d("-0.00381"));
+    assert_eq!(ledger_total(pool).await - before_total, d("-0.00381"));
 
     // Never an edit: every earlier row is as it was; the new ones are reversals and evidence.
     let after_rows = rows(pool).await;
