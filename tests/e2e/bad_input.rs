@@ -1,7 +1,6 @@
 //! Bad jobs are rejected with a reason stored on the job, their messages terminated (not
 //! redelivered forever), and nothing else is disturbed.
 
-
 use serde_json::json;
 use switchyard_proto::Item;
 use switchyard_sim::SimConfig;
