@@ -78,6 +78,7 @@ async fn bad_finance_input_is_refused_clearly_and_writes_nothing() {
         ]
     };
     let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+    let ghosts_budget = |more: &[&str]| s(&[&["budget", "set", "--team", "ghosts"], more].concat());
     let cases: Vec<(Vec<String>, u8, &str)> = vec![
         (price("-1", "now"), 1, "must not be negative"),
         (price("50000", "now"), 1, "absurd"),
@@ -118,35 +119,17 @@ async fn bad_finance_input_is_refused_clearly_and_writes_nothing() {
             "batch discount",
         ),
         (
-            s(&["budget", "set", "--team", "ghosts", "--monthly", "100"]),
+            ghosts_budget(&["--monthly", "100"]),
             1,
             "unknown team `ghosts`",
         ),
         (
-            s(&[
-                "budget",
-                "set",
-                "--team",
-                "ghosts",
-                "--monthly",
-                "-5",
-                "--new-team",
-            ]),
+            ghosts_budget(&["--monthly", "-5", "--new-team"]),
             1,
             "must be positive",
         ),
         (
-            s(&[
-                "budget",
-                "set",
-                "--team",
-                "ghosts",
-                "--monthly",
-                "10",
-                "--soft",
-                "20",
-                "--new-team",
-            ]),
+            ghosts_budget(&["--monthly", "10", "--soft", "20", "--new-team"]),
             1,
             "below the hard limit",
         ),

@@ -192,28 +192,17 @@ fn bad_input_is_a_clear_error_naming_file_and_line() {
     );
 
     let fine = write("fine.jsonl", &format!("{good}\n"));
-    let e = fails(&[
-        "eval",
-        "--data",
-        s(&fine),
-        "--weak",
-        "nobody",
-        "--strong",
-        "strong-model",
-    ]);
+    // A weak model no row has.
+    let nobody = |command: &str, more: &[&str]| {
+        let mut args = vec![command, "--data", s(&fine)];
+        args.extend(["--weak", "nobody", "--strong", "strong-model"]);
+        args.extend(more);
+        fails(&args)
+    };
+    let e = nobody("eval", &[]);
     assert!(e.contains("fine.jsonl: no row has model `nobody`"), "{e}");
     let out = dir.path().join("r.json");
-    let e = fails(&[
-        "train",
-        "--data",
-        s(&fine),
-        "--weak",
-        "nobody",
-        "--strong",
-        "strong-model",
-        "--out",
-        s(&out),
-    ]);
+    let e = nobody("train", &["--out", s(&out)]);
     assert!(e.contains("no row has model `nobody`"), "{e}");
 
     let corrupt = write(
