@@ -40,16 +40,8 @@ MODEL="mistralai/Mixtral-8x7B-Instruct-v0.1"
 LITELLM_WORKERS=${LITELLM_WORKERS:-$(nproc 2>/dev/null || echo 1)}
 
 say() { printf 'compare-gateways: %s\n' "$*" >&2; }
-have() { command -v "$1" >/dev/null 2>&1; }
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-apt_install() {
-  say "installing $* from the distribution's packages"
-  if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
-    $SUDO apt-get update
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
-  fi
-}
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
 
 # --- everything started here is stopped on exit -------------------------------------------
 PIDS=()

@@ -13,18 +13,9 @@ PG_PORT=${PG_PORT:-5432}
 NATS_STORE=${NATS_STORE:-/var/lib/nats-server}
 
 say() { printf 'services: %s\n' "$*" >&2; }
-have() { command -v "$1" >/dev/null 2>&1; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-
-apt_install() {
-  say "installing $* from the distribution's packages"
-  if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
-    $SUDO apt-get update
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
-  fi
-}
+# shellcheck source=scripts/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 wait_port() { # name port
   for _ in $(seq 1 60); do

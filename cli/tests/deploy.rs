@@ -8,11 +8,10 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_yaml::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+mod common;
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,17 +22,10 @@ fn deploy(file: &str) -> PathBuf {
 
 /// Runs `switchyard --config CONFIG --check-config ARGS…` and asserts it succeeds.
 fn check(config: &Path, args: &[String], env: &[(String, String)], what: &str) {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("--check-config")
-        .args(args)
-        .env_remove("NATS_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("SWITCHYARD_CONFIG")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap();
+    let mut all = vec!["--check-config"];
+    all.extend(args.iter().map(String::as_str));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = common::switchyard(config, &all, &env).output().unwrap();
     assert!(
         out.status.success(),
         "{what}: `switchyard {}` fails: {}",

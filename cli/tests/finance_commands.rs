@@ -8,12 +8,14 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use switchyard_testkit::TestDb;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+mod common;
+use common::stderr;
+
 const MODEL: &str = "gpt-4-1106-preview";
 
 /// The demo fleet's configuration, written once per test process: the commands price its
@@ -28,20 +30,19 @@ fn demo_config() -> &'static Path {
     })
 }
 
+/// `switchyard --config DEMO ARGS…` on the test's database (`DATABASE_URL`).
 fn run(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(demo_config())
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env_remove("SWITCHYARD_CONFIG")
-        .env_remove("NATS_URL")
+    common::switchyard(demo_config(), args, &[("DATABASE_URL", &db.url)])
         .output()
         .unwrap()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// `prices set MODEL ARGS…`, which must succeed.
+fn set_price(db: &TestDb, args: &[&str]) {
+    let mut all = vec!["prices", "set", MODEL];
+    all.extend(args);
+    let out = run(db, &all);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 async fn counts(db: &TestDb) -> (i64, i64, i64) {
@@ -57,12 +58,9 @@ async fn counts(db: &TestDb) -> (i64, i64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_finance_input_is_refused_clearly_and_writes_nothing() {
     let db = TestDb::new().await;
-    let ok = run(
+    set_price(
         &db,
         &[
-            "prices",
-            "set",
-            MODEL,
             "--input-per-mtok",
             "10",
             "--output-per-mtok",
@@ -75,7 +73,6 @@ async fn bad_finance_input_is_refused_clearly_and_writes_nothing() {
             "2030-01-01T00:00:00Z",
         ],
     );
-    assert!(ok.status.success(), "{}", stderr(&ok));
     let before = counts(&db).await;
     assert_eq!(before, (1, 0, 0));
 
@@ -93,6 +90,7 @@ async fn bad_finance_input_is_refused_clearly_and_writes_nothing() {
         ]
     };
     let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+    let ghosts_budget = |more: &[&str]| s(&[&["budget", "set", "--team", "ghosts"], more].concat());
     let cases: Vec<(Vec<String>, u8, &str)> = vec![
         (price("-1", "now"), 1, "must not be negative"),
         (price("50000", "now"), 1, "absurd"),
@@ -133,35 +131,17 @@ async fn bad_finance_input_is_refused_clearly_and_writes_nothing() {
             "batch discount",
         ),
         (
-            s(&["budget", "set", "--team", "ghosts", "--monthly", "100"]),
+            ghosts_budget(&["--monthly", "100"]),
             1,
             "unknown team `ghosts`",
         ),
         (
-            s(&[
-                "budget",
-                "set",
-                "--team",
-                "ghosts",
-                "--monthly",
-                "-5",
-                "--new-team",
-            ]),
+            ghosts_budget(&["--monthly", "-5", "--new-team"]),
             1,
             "must be positive",
         ),
         (
-            s(&[
-                "budget",
-                "set",
-                "--team",
-                "ghosts",
-                "--monthly",
-                "10",
-                "--soft",
-                "20",
-                "--new-team",
-            ]),
+            ghosts_budget(&["--monthly", "10", "--soft", "20", "--new-team"]),
             1,
             "below the hard limit",
         ),
@@ -241,12 +221,9 @@ async fn bad_finance_input_is_refused_clearly_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finance_sets_and_reads_prices_budgets_and_reports() {
     let db = TestDb::new().await;
-    let out = run(
+    set_price(
         &db,
         &[
-            "prices",
-            "set",
-            MODEL,
             "--input-per-mtok",
             "12.5",
             "--output-per-mtok",
@@ -255,7 +232,6 @@ async fn finance_sets_and_reads_prices_budgets_and_reports() {
             "2026-01-01",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     let out = run(
         &db,
         &["prices", "list", "--at", "2026-06-01", "--format", "json"],

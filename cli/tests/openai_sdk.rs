@@ -6,26 +6,20 @@
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use switchyard_testkit::ports::{free_port, wait_for_port};
 use switchyard_testkit::procs::Role;
 use switchyard_testkit::{TestDb, TestNats};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+mod common;
 
 fn python() -> String {
     std::env::var("SWITCHYARD_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
 fn key(cfg: &Path, team: &str) -> String {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .args(["api-key", "create", "--team", team, "--name", "sdk-test"])
-        .output()
-        .unwrap();
+    let out = common::run(cfg, &["api-key", "create", "--team", team, "--name", "sdk-test"]);
     assert!(
         out.status.success(),
         "{}",
@@ -65,7 +59,8 @@ async fn the_official_sdk_runs_files_and_batches_against_switchyard_api() {
         Some(dir.path()),
         vec![],
     )
-    .with_program(BIN.into());
+    .with_program(common::BIN.into())
+    .without_env(&["NATS_URL", "DATABASE_URL", "SWITCHYARD_CONFIG"]);
     api.start().unwrap();
     wait_for_port("switchyard api", port, Duration::from_secs(30))
         .await

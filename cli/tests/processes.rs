@@ -8,23 +8,15 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switchyard_sim::{Faults, SimConfig};
 use switchyard_testkit::{TestDb, TestNats};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{run, start, stderr, stdout};
 
 fn config(dir: &Path, nats: &TestNats, db: &TestDb, sim_url: &str) -> PathBuf {
     let model = |name: &str, tier: &str, price: &str| {
@@ -53,30 +45,21 @@ fn config(dir: &Path, nats: &TestNats, db: &TestDb, sim_url: &str) -> PathBuf {
     path
 }
 
-fn run(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("NATS_URL")
-        .output()
-        .unwrap()
-}
-
-fn spawn(cfg: &Path, args: &[&str]) -> Proc {
-    Proc(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(cfg)
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("NATS_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+/// `submit ITEMS --task classify --labels A,B,C,D EXTRA… --wait --timeout 90s`, off the
+/// test's runtime (it blocks until the job ends).
+async fn submit_and_wait(cfg: &Path, items: &Path, extra: &[&str]) -> Output {
+    let items = items.to_str().unwrap();
+    let mut args = vec!["submit", items, "--task", "classify", "--labels", "A,B,C,D"];
+    args.extend(extra);
+    args.extend(["--wait", "--timeout", "90s"]);
+    let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    let cfg = cfg.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&cfg, &args)
+    })
+    .await
+    .unwrap()
 }
 
 fn write_items(dir: &Path, n: usize) -> PathBuf {
@@ -91,14 +74,6 @@ fn write_items(dir: &Path, n: usize) -> PathBuf {
     let path = dir.join(format!("items-{n}.jsonl"));
     std::fs::write(&path, lines).unwrap();
     path
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,38 +92,17 @@ async fn a_pipeline_submits_waits_exports_and_gets_exit_codes() {
     assert!(check.status.success(), "{}", stderr(&check));
     assert!(stdout(&check).contains("[tiers.local]"));
 
-    let _dispatcher = spawn(&cfg, &["dispatcher"]);
-    let mut worker = spawn(&cfg, &["worker", "--tier", "weak,strong,local"]);
+    let _dispatcher = start(&cfg, &["dispatcher"], &[]);
+    let mut worker = start(&cfg, &["worker", "--tier", "weak,strong,local"], &[]);
 
     // A job that completes: exit 0, the job id on stdout.
     let items = write_items(dir.path(), 30);
-    let items_s = items.to_str().unwrap();
-    let submit = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        let items_s = items_s.to_owned();
-        move || {
-            run(
-                &cfg,
-                &[
-                    "submit",
-                    &items_s,
-                    "--task",
-                    "classify",
-                    "--labels",
-                    "A,B,C,D",
-                    "--policy",
-                    "strong-share=0.2",
-                    "--team",
-                    "ops",
-                    "--wait",
-                    "--timeout",
-                    "90s",
-                ],
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let submit = submit_and_wait(
+        &cfg,
+        &items,
+        &["--policy", "strong-share=0.2", "--team", "ops"],
+    )
+    .await;
     assert_eq!(submit.status.code(), Some(0), "{}", stderr(&submit));
     let job = stdout(&submit).trim().to_owned();
 
@@ -182,28 +136,7 @@ async fn a_pipeline_submits_waits_exports_and_gets_exit_codes() {
         ..Faults::default()
     });
     let items5 = write_items(dir.path(), 5);
-    let failing = tokio::task::spawn_blocking({
-        let cfg = cfg.clone();
-        let p = items5.to_str().unwrap().to_owned();
-        move || {
-            run(
-                &cfg,
-                &[
-                    "submit",
-                    &p,
-                    "--task",
-                    "classify",
-                    "--labels",
-                    "A,B,C,D",
-                    "--wait",
-                    "--timeout",
-                    "90s",
-                ],
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let failing = submit_and_wait(&cfg, &items5, &[]).await;
     assert_eq!(failing.status.code(), Some(3), "{}", stderr(&failing));
     assert!(
         stderr(&failing).contains("dead letter"),
@@ -238,25 +171,7 @@ async fn a_pipeline_submits_waits_exports_and_gets_exit_codes() {
     assert_eq!(run(&cfg, &["status", "no-such-job"]).status.code(), Some(7));
 
     // SIGTERM: the worker drains and exits 0.
-    let pid = worker.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let started = Instant::now();
-    let code = loop {
-        if let Some(status) = worker.0.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "worker did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let code = worker.terminate(Duration::from_secs(30)).await;
     assert_eq!(code, Some(0));
     sim.shutdown().await;
 }

@@ -7,12 +7,12 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use rust_decimal::Decimal;
 use switchyard_testkit::TestDb;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+mod common;
 
 /// A configuration with one routing rule (`urgent` forces strong) and the test's database.
 fn config(dir: &Path, db: &TestDb) -> PathBuf {
@@ -57,14 +57,9 @@ fn items(dir: &Path) -> PathBuf {
 }
 
 fn run(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .arg("--log-format")
-        .arg("json")
-        .args(args)
-        .output()
-        .unwrap()
+    let mut all = vec!["--log-format", "json"];
+    all.extend(args);
+    common::run(cfg, &all)
 }
 
 fn stdout_json(out: &Output) -> serde_json::Value {

@@ -8,7 +8,7 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,18 +17,11 @@ use switchyard_proto::Item;
 use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::SimConfig;
+use switchyard_testkit::procs::Role;
 use switchyard_testkit::{TestDb, TestNats};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::switchyard;
 
 fn settings(nats: &TestNats, db: &TestDb, sim_url: &str) -> Settings {
     let mut s = Settings::demo();
@@ -52,42 +45,17 @@ fn write(dir: &Path, name: &str, s: &Settings) -> PathBuf {
     path
 }
 
-fn spawn(cfg: &Path, db: &TestDb, args: &[&str]) -> Proc {
-    Proc(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(cfg)
-            .args(args)
-            .env("DATABASE_URL", &db.url)
-            .env_remove("NATS_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+/// Starts `switchyard --config CFG ARGS…` with the test's database in `DATABASE_URL`.
+fn spawn(cfg: &Path, db: &TestDb, args: &[&str]) -> Role {
+    common::start(cfg, args, &[("DATABASE_URL", &db.url)])
 }
 
-/// SIGTERM, then the exit code and how long the process took to exit (at most `within`).
-async fn terminate(p: &mut Proc, within: Duration) -> (Option<i32>, Duration) {
-    let pid = p.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+/// SIGTERM, then the exit code (`None`: no exit within `within`, killed) and how long the
+/// process took to exit.
+async fn terminate(p: &mut Role, within: Duration) -> (Option<i32>, Duration) {
     let started = Instant::now();
-    loop {
-        if let Some(status) = p.0.try_wait().unwrap() {
-            return (status.code(), started.elapsed());
-        }
-        assert!(
-            started.elapsed() < within,
-            "no exit within {within:?} of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let code = p.terminate(within).await;
+    (code, started.elapsed())
 }
 
 async fn job_state(db: &TestDb, job_id: &str) -> Option<(String, i64)> {
@@ -265,12 +233,8 @@ async fn sigterm_finishes_or_hands_back_in_flight_items_and_nothing_is_booked_tw
         })
         .await;
     assert_eq!(status.1, 12);
-    let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT call_id) FROM ledger WHERE job_id = $1")
-            .bind(&job_id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (rows, distinct) =
+        switchyard_testkit::ledger::rows_and_distinct_calls(&db.pool, &job_id).await;
     assert_eq!(rows, distinct);
     let finals: i64 =
         sqlx::query_scalar("SELECT count(*) FROM results WHERE job_id = $1 AND NOT escalated")
@@ -299,11 +263,7 @@ fn secrets_never_appear_in_output_errors_or_logs() {
         "sk-env-Secret-E5",
     ];
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = switchyard_testkit::ports::free_port().unwrap();
     let config = dir.path().join("secret.toml");
     std::fs::write(
         &config,
@@ -321,16 +281,8 @@ fn secrets_never_appear_in_output_errors_or_logs() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("NATS_URL")
-            .env("SY_TEST_KEY", "sk-env-Secret-E5")
-            .env("RUST_LOG", "trace")
-            .output()
-            .unwrap()
+        let env = [("SY_TEST_KEY", "sk-env-Secret-E5"), ("RUST_LOG", "trace")];
+        switchyard(&config, args, &env).output().unwrap()
     };
     let check = run(&["--check-config"]);
     assert!(check.status.success(), "{}", output_text(&check));

@@ -1,8 +1,6 @@
 //! Bad jobs are rejected with a reason stored on the job, their messages terminated (not
 //! redelivered forever), and nothing else is disturbed.
 
-use std::time::Duration;
-
 use serde_json::json;
 use switchyard_proto::Item;
 use switchyard_sim::SimConfig;
@@ -75,16 +73,7 @@ async fn each_bad_job_is_rejected_with_its_reason_and_good_jobs_still_run() {
     let good_id = h.client.submit(good).await.unwrap();
 
     for (job_id, _, expected) in &cases {
-        let s = h.wait_final(job_id, 30).await;
-        assert_eq!(s.job.status, "rejected", "{job_id}");
-        let reason = s.job.rejection_reason.clone().unwrap_or_default();
-        assert!(
-            reason.contains(expected),
-            "{job_id}: {reason:?} does not mention {expected:?}"
-        );
-        assert_eq!(s.dead_letters.len(), 1, "{job_id}: one dead letter");
-        // Nothing of a rejected job is kept or sent.
-        assert_eq!(s.items_by_state.values().sum::<i64>(), 0, "{job_id}");
+        h.assert_rejected(job_id, expected).await;
     }
     let good = h.wait_final(&good_id, 60).await;
     assert_eq!(good.job.status, "completed");
@@ -93,23 +82,8 @@ async fn each_bad_job_is_rejected_with_its_reason_and_good_jobs_still_run() {
     // Terminated, not redelivered: the jobs stream is empty and nothing waits for an ack.
     let js = h.nats.js();
     let t = h.fleet.settings.topology();
-    switchyard_testkit::eventually("jobs stream empty", Duration::from_secs(10), || {
-        let js = js.clone();
-        let name = t.jobs_stream();
-        async move {
-            (js.get_stream(&name)
-                .await
-                .ok()?
-                .info()
-                .await
-                .ok()?
-                .state
-                .messages
-                == 0)
-                .then_some(())
-        }
-    })
-    .await;
+    h.stream_emptied(&t.jobs_stream(), "jobs stream empty", 10)
+        .await;
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_stream(t.jobs_stream())
         .await

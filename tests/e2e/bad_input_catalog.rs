@@ -159,70 +159,9 @@ fn rejected_cases() -> Vec<(String, Vec<u8>, &'static str)> {
             "task instructions are 80000 bytes",
         ),
         (
-            "x-negative-budget",
-            with("x-negative-budget", |v| {
-                v["policy"] = json!({"routing": {"kind": "budget_usd", "value": "-5"}});
-            }),
-            "budget_usd -5 is negative",
-        ),
-        (
-            "x-float-budget",
-            with("x-float-budget", |v| {
-                v["policy"] = json!({"routing": {"kind": "budget_usd", "value": 2.5}});
-            }),
-            "write budgets as decimal strings",
-        ),
-        (
-            "x-share",
-            with("x-share", |v| {
-                v["policy"] = json!({"routing": {"kind": "strong_share", "value": 1.5}});
-            }),
-            "strong_share 1.5 is outside [0, 1]",
-        ),
-        (
             "x-nan",
             codec::encode(&nan_spec).unwrap(),
             "not a finite number",
-        ),
-        (
-            "x-threshold",
-            with("x-threshold", |v| {
-                v["policy"] = json!({"cascade": {"confidence_threshold": 2.0}});
-            }),
-            "confidence_threshold 2 is outside [0, 1]",
-        ),
-        (
-            "x-shadow",
-            with("x-shadow", |v| v["policy"] = json!({"shadow": 3.0})),
-            "policy shadow 3 is outside [0, 1]",
-        ),
-        (
-            "x-quality",
-            with("x-quality", |v| {
-                v["policy"] = json!({"routing": {"kind": "quality", "value": 0.0}});
-            }),
-            "policy quality 0 is outside (0, 1]",
-        ),
-        (
-            "x-routing-kind",
-            with("x-routing-kind", |v| {
-                v["policy"] = json!({"routing": {"kind": "coin_flip"}});
-            }),
-            "unknown variant `coin_flip`",
-        ),
-        (
-            "x-unknown-tier",
-            with("x-unknown-tier", |v| {
-                v["policy"] = json!({"models": {"gold": "gpt-4-1106-preview"}});
-            }),
-            "unknown tier `gold`",
-        ),
-        (
-            "x-wrong-tier-model",
-            with("x-wrong-tier-model", |v| {
-                v["policy"] = json!({"models": {"weak": "gpt-4-1106-preview"}});
-            }),
-            "serves tier `strong`, not `weak`",
         ),
         (
             "x-max-words-0",
@@ -234,13 +173,6 @@ fn rejected_cases() -> Vec<(String, Vec<u8>, &'static str)> {
             "x-max-words-negative",
             enc(&json!({"v": 1, "job_id": "x-max-words-negative",
                         "task": {"kind": "summarize", "max_words": -3}, "items": [item("1", "t")]})),
-            "not a valid job spec",
-        ),
-        (
-            "x-escalations-300",
-            with("x-escalations-300", |v| {
-                v["policy"] = json!({"cascade": {"max_escalations": 300}});
-            }),
             "not a valid job spec",
         ),
         (
@@ -294,8 +226,65 @@ fn rejected_cases() -> Vec<(String, Vec<u8>, &'static str)> {
             "idempotency_key",
         ),
     ];
+    // Jobs whose policy is bad: (job id, policy, expected reason).
+    let bad_policies = [
+        (
+            "x-negative-budget",
+            json!({"routing": {"kind": "budget_usd", "value": "-5"}}),
+            "budget_usd -5 is negative",
+        ),
+        (
+            "x-float-budget",
+            json!({"routing": {"kind": "budget_usd", "value": 2.5}}),
+            "write budgets as decimal strings",
+        ),
+        (
+            "x-share",
+            json!({"routing": {"kind": "strong_share", "value": 1.5}}),
+            "strong_share 1.5 is outside [0, 1]",
+        ),
+        (
+            "x-threshold",
+            json!({"cascade": {"confidence_threshold": 2.0}}),
+            "confidence_threshold 2 is outside [0, 1]",
+        ),
+        (
+            "x-shadow",
+            json!({"shadow": 3.0}),
+            "policy shadow 3 is outside [0, 1]",
+        ),
+        (
+            "x-quality",
+            json!({"routing": {"kind": "quality", "value": 0.0}}),
+            "policy quality 0 is outside (0, 1]",
+        ),
+        (
+            "x-routing-kind",
+            json!({"routing": {"kind": "coin_flip"}}),
+            "unknown variant `coin_flip`",
+        ),
+        (
+            "x-unknown-tier",
+            json!({"models": {"gold": "gpt-4-1106-preview"}}),
+            "unknown tier `gold`",
+        ),
+        (
+            "x-wrong-tier-model",
+            json!({"models": {"weak": "gpt-4-1106-preview"}}),
+            "serves tier `strong`, not `weak`",
+        ),
+        (
+            "x-escalations-300",
+            json!({"cascade": {"max_escalations": 300}}),
+            "not a valid job spec",
+        ),
+    ];
+    let bad_policies = bad_policies
+        .into_iter()
+        .map(|(id, policy, reason)| (id, with(id, |v| v["policy"] = policy), reason));
     cases
         .into_iter()
+        .chain(bad_policies)
         .map(|(id, payload, reason)| (id.to_owned(), payload, reason))
         .collect()
 }
@@ -369,15 +358,7 @@ async fn forty_malformed_jobs_get_clear_errors_and_disturb_nothing() {
         .unwrap();
 
     for (job_id, _, expected) in &cases {
-        let s = h.wait_final(job_id, 30).await;
-        assert_eq!(s.job.status, "rejected", "{job_id}");
-        let reason = s.job.rejection_reason.clone().unwrap_or_default();
-        assert!(
-            reason.contains(expected),
-            "{job_id}: {reason:?} does not say {expected:?}"
-        );
-        assert_eq!(s.dead_letters.len(), 1, "{job_id}: one dead letter");
-        assert_eq!(s.items_by_state.values().sum::<i64>(), 0, "{job_id}");
+        h.assert_rejected(job_id, expected).await;
     }
     let rekeyed = h.wait_final("x-key-b", 30).await;
     assert!(
@@ -421,25 +402,9 @@ async fn forty_malformed_jobs_get_clear_errors_and_disturb_nothing() {
     assert_eq!((good.job.status.as_str(), good.done()), ("completed", 20));
 
     // Terminated, not redelivered: nothing is left in the jobs stream or waiting for an ack.
-    let js = h.nats.js();
-    let t = h.fleet.settings.topology();
-    switchyard_testkit::eventually("jobs stream empty", Duration::from_secs(10), || {
-        let js = js.clone();
-        let name = t.jobs_stream();
-        async move {
-            let messages = js
-                .get_stream(&name)
-                .await
-                .ok()?
-                .info()
-                .await
-                .ok()?
-                .state
-                .messages;
-            (messages == 0).then_some(())
-        }
-    })
-    .await;
+    let jobs_stream = h.fleet.settings.topology().jobs_stream();
+    h.stream_emptied(&jobs_stream, "jobs stream empty", 10)
+        .await;
     h.finish().await;
 }
 
@@ -457,12 +422,7 @@ async fn a_job_over_the_message_size_limit_is_refused_at_the_door() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("max payload"), "{err:#}");
     // Nothing else is disturbed.
-    let id = h
-        .client
-        .submit(classify_job(mmlu_items(5), 0.0, 0.0))
-        .await
-        .unwrap();
-    assert_eq!(h.wait_final(&id, 60).await.job.status, "completed");
+    h.a_small_job_completes().await;
     assert!(h.client.status("x-million-labels").await.unwrap().is_none());
     h.finish().await;
 }
@@ -489,11 +449,6 @@ async fn garbage_on_a_work_subject_is_dead_lettered_once() {
         (n == 3).then_some(())
     })
     .await;
-    let id = h
-        .client
-        .submit(classify_job(mmlu_items(5), 0.0, 0.0))
-        .await
-        .unwrap();
-    assert_eq!(h.wait_final(&id, 60).await.job.status, "completed");
+    h.a_small_job_completes().await;
     h.finish().await;
 }

@@ -16,13 +16,7 @@ use crate::support::classify_job;
 #[tokio::test]
 async fn eight_workers_race_across_a_postgres_restart_with_the_finance_loop_stalled() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = switchyard_testkit::postgres::Postgres::start(dir.path())
-        .await
-        .expect("a PostgreSQL of this test's own");
-    let nats = switchyard_testkit::TestNats::new().await;
-    let db = switchyard_testkit::TestDb::new().await;
-    let mut settings = switchyard_testkit::settings_for(&nats, &db);
-    settings.database.url = pg.url("switchyard").into();
+    let (pg, _nats, _db, mut settings) = crate::support::on_own_postgres(dir.path()).await;
     settings.database.max_connections = 4;
     settings.worker.concurrency = switchyard_runtime::settings::count(32);
     settings.worker.ack_wait = Duration::from_secs(3);
@@ -66,19 +60,7 @@ async fn eight_workers_race_across_a_postgres_restart_with_the_finance_loop_stal
         fleet.start_worker(tiers.clone()).await.unwrap();
     }
     assert_eq!(fleet.workers.iter().flatten().count(), 8);
-    eventually(
-        "workers see the budget",
-        Duration::from_secs(10),
-        || async {
-            fleet
-                .workers
-                .iter()
-                .flatten()
-                .all(|w| w.worker.finance.is_budgeted(team))
-                .then_some(())
-        },
-    )
-    .await;
+    crate::support::workers_know_budget(&fleet, team).await;
 
     // Every item strong, no escalation: about $2.90 of calls for a $1.00 budget.
     let items = all_mmlu_items();
@@ -121,32 +103,7 @@ async fn eight_workers_race_across_a_postgres_restart_with_the_finance_loop_stal
 
     // Quiet: every item answered or waiting, and no hold left. (With the finance loop
     // stalled, parked items are not resumed even when room comes back: that is its job.)
-    let started = std::time::Instant::now();
-    let polls = std::sync::atomic::AtomicU32::new(0);
-    let (done, waiting) = eventually("the budget runs dry", Duration::from_secs(240), || {
-        let (pool, job_id) = (pool.clone(), job_id.clone());
-        let poll = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let started = &started;
-        async move {
-            let (done, waiting, holds): (i64, i64, i64) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM items WHERE job_id = $1 AND status = 'done'), \
-                 (SELECT count(*) FROM budget_parked WHERE job_id = $1), \
-                 (SELECT count(*) FROM budget_reservations)",
-            )
-            .bind(&job_id)
-            .fetch_one(&pool)
-            .await
-            .ok()?;
-            if poll.is_multiple_of(250) {
-                println!(
-                    "{:?}: {done} done, {waiting} waiting, {holds} holds of {n}",
-                    started.elapsed()
-                );
-            }
-            (done + waiting == n && holds == 0 && waiting > 0).then_some((done, waiting))
-        }
-    })
-    .await;
+    let (done, waiting) = crate::support::budget_runs_dry(&pool, &job_id, n, false).await;
     let total = spent(pool.clone()).await.unwrap();
     let overspend = (total - limit).max(Decimal::ZERO);
     println!(

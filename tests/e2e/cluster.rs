@@ -80,12 +80,8 @@ async fn a_job_survives_losing_one_of_three_nats_nodes() {
         status.dead_letters
     );
     assert_eq!(status.done(), n as i64);
-    let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT call_id) FROM ledger WHERE job_id = $1")
-            .bind(&job_id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (rows, distinct) =
+        switchyard_testkit::ledger::rows_and_distinct_calls(&db.pool, &job_id).await;
     assert_eq!(rows, distinct, "a call was booked twice");
     let finals: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM items i JOIN results r ON r.job_id = i.job_id AND r.item_id = i.item_id \

@@ -72,21 +72,9 @@ async fn publish_again(h: &Harness, items: &[WorkItem], tag: &str) {
 
 /// Waits until the work stream holds nothing (every message settled).
 async fn drained(h: &Harness) {
-    let js = h.nats.js();
-    let stream = h.fleet.settings.topology().work_stream();
-    eventually(
-        "every work message settled",
-        Duration::from_secs(60),
-        || {
-            let js = js.clone();
-            let stream = stream.clone();
-            async move {
-                let mut s = js.get_stream(&stream).await.ok()?;
-                (s.info().await.ok()?.state.messages == 0).then_some(())
-            }
-        },
-    )
-    .await;
+    let work = h.fleet.settings.topology().work_stream();
+    h.stream_emptied(&work, "every work message settled", 60)
+        .await;
 }
 
 /// Billed simulator calls per ledger call id, and the job's ledger `(call_id, outcome)`.
@@ -323,13 +311,7 @@ async fn odd_provider_answers_are_booked_once_and_every_item_finishes() {
 #[tokio::test]
 async fn a_429_storm_across_a_postgres_outage_of_twice_ack_wait_calls_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let pg = switchyard_testkit::postgres::Postgres::start(dir.path())
-        .await
-        .expect("a PostgreSQL of this test's own");
-    let nats = switchyard_testkit::TestNats::new().await;
-    let db = switchyard_testkit::TestDb::new().await;
-    let mut settings = switchyard_testkit::settings_for(&nats, &db);
-    settings.database.url = pg.url("switchyard").into();
+    let (pg, _nats, _db, mut settings) = crate::support::on_own_postgres(dir.path()).await;
     let ack_wait = Duration::from_secs(2);
     settings.worker.ack_wait = ack_wait;
     settings.worker.retry_delay = Duration::from_millis(300);

@@ -77,17 +77,8 @@ async fn a_job_runs_end_to_end_and_every_call_is_booked_once() {
     );
 
     // The work queue is drained: everything was acked.
-    let js = h.nats.js();
     let work = h.fleet.settings.topology().work_stream();
-    switchyard_testkit::eventually("work stream drained", Duration::from_secs(10), || {
-        let js = js.clone();
-        let work = work.clone();
-        async move {
-            let mut s = js.get_stream(&work).await.ok()?;
-            (s.info().await.ok()?.state.messages == 0).then_some(())
-        }
-    })
-    .await;
+    h.stream_emptied(&work, "work stream drained", 10).await;
     h.finish().await;
 }
 
@@ -301,25 +292,8 @@ async fn cancel_stops_what_has_not_started() {
     let status = h.wait_final(&job_id, 10).await;
     assert_eq!(status.job.status, "cancelled");
     // Workers drain the cancelled items without calling the model (a few in flight finish).
-    let js = h.nats.js();
     let work = h.fleet.settings.topology().work_stream();
-    switchyard_testkit::eventually("cancelled items drained", Duration::from_secs(20), || {
-        let js = js.clone();
-        let work = work.clone();
-        async move {
-            (js.get_stream(&work)
-                .await
-                .ok()?
-                .info()
-                .await
-                .ok()?
-                .state
-                .messages
-                == 0)
-                .then_some(())
-        }
-    })
-    .await;
+    h.stream_emptied(&work, "cancelled items drained", 20).await;
     // Calls made: the items answered before the cancel, the two in flight, and at most what
     // the workers start during their 500 ms cancellation cache (100 ms calls, 2 at a time).
     let calls = h.ledger(&job_id).await.len();

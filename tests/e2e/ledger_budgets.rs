@@ -37,23 +37,6 @@ async fn set_budget(
     .unwrap();
 }
 
-/// Waits until every running worker of the fleet knows `team` has a budget.
-async fn workers_know(h: &Harness, team: &str) {
-    eventually(
-        "workers see the budget",
-        Duration::from_secs(10),
-        || async {
-            h.fleet
-                .workers
-                .iter()
-                .flatten()
-                .all(|w| w.worker.finance.is_budgeted(team))
-                .then_some(())
-        },
-    )
-    .await;
-}
-
 async fn spent(h: &Harness, team: &str) -> Decimal {
     sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0) FROM ledger WHERE team = $1")
         .bind(team)
@@ -70,6 +53,17 @@ fn month_report(group_by: Vec<Dimension>, team: &str) -> ReportRequest {
         to: ledger_reports::midnight(today.succ_opt().unwrap()),
         team: Some(team.into()),
     }
+}
+
+/// This month's report of `team`, by job.
+async fn job_report(h: &Harness, team: &str) -> ledger_reports::Report {
+    ledger_reports::run(
+        &h.db.pool,
+        &month_report(vec![Dimension::Job], team),
+        Source::Auto,
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -92,7 +86,7 @@ async fn eight_workers_racing_for_the_last_dollars_never_overspend() {
         h.fleet.start_worker(all_tiers.clone()).await.unwrap();
     }
     assert_eq!(h.fleet.workers.iter().flatten().count(), 8);
-    workers_know(&h, team).await;
+    crate::support::workers_know_budget(&h.fleet, team).await;
     let warnings_subject = h.fleet.settings.topology().budget_warning_subject(team);
     let mut warnings = h.nats.client.subscribe(warnings_subject).await.unwrap();
     h.nats.client.flush().await.unwrap();
@@ -105,39 +99,9 @@ async fn eight_workers_racing_for_the_last_dollars_never_overspend() {
     let job_id = h.client.submit(spec).await.unwrap();
 
     // Quiet: every item answered or waiting, no hold left, and no waiting item fits.
-    let pool = h.db.pool.clone();
     let started = std::time::Instant::now();
-    let polls = std::sync::atomic::AtomicU32::new(0);
-    let (done, waiting) = eventually("the budget runs dry", Duration::from_secs(240), || {
-        let (pool, job_id) = (pool.clone(), job_id.clone());
-        let poll = polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let started = &started;
-        async move {
-            let (done, waiting, holds, fits): (i64, i64, i64, bool) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM items WHERE job_id = $1 AND status = 'done'), \
-                 (SELECT count(*) FROM budget_parked WHERE job_id = $1), \
-                 (SELECT count(*) FROM budget_reservations), \
-                 EXISTS (SELECT 1 FROM budget_parked k, budget_periods p, budgets b \
-                   WHERE p.team = k.team AND b.team = k.team \
-                   AND p.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date \
-                   AND k.worst_case_usd <= b.monthly_usd - p.spent_usd - p.reserved_usd)",
-            )
-            .bind(&job_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            // Progress in the test's output, so a slow run shows where it stands.
-            if poll.is_multiple_of(250) {
-                println!(
-                    "{:?}: {done} done, {waiting} waiting, {holds} holds, fits {fits} of {n}",
-                    started.elapsed()
-                );
-            }
-            (done + waiting == n as i64 && holds == 0 && !fits && waiting > 0)
-                .then_some((done, waiting))
-        }
-    })
-    .await;
+    let (done, waiting) =
+        crate::support::budget_runs_dry(&h.db.pool, &job_id, n as i64, true).await;
     let spent = spent(&h, team).await;
     let overspend = (spent - limit).max(Decimal::ZERO);
     let share = spent / limit;
@@ -241,7 +205,7 @@ async fn strong_calls_that_do_not_fit_go_weak_and_the_report_says_so() {
     .await;
     let team = "thrifty";
     set_budget(&h, team, "0.002", None, WhenExhausted::Downgrade).await;
-    workers_know(&h, team).await;
+    crate::support::workers_know_budget(&h.fleet, team).await;
     let n = 15;
     let mut spec = classify_job(short_items(n), 1.0, 0.0);
     spec.team = Some(team.into());
@@ -256,13 +220,7 @@ async fn strong_calls_that_do_not_fit_go_weak_and_the_report_says_so() {
         "a strong call was booked"
     );
     assert!(spent(&h, team).await <= d("0.002"));
-    let report = ledger_reports::run(
-        &h.db.pool,
-        &month_report(vec![Dimension::Job], team),
-        Source::Auto,
-    )
-    .await
-    .unwrap();
+    let report = job_report(&h, team).await;
     assert_eq!(report.rows[0].budget_downgraded_items, Some(n as i64));
     let json = serde_json::to_value(&report.rows).unwrap();
     assert_eq!(json[0]["budget_downgraded_items"], n as i64);
@@ -270,7 +228,7 @@ async fn strong_calls_that_do_not_fit_go_weak_and_the_report_says_so() {
     // Escalations that do not fit keep the weak answer the item already has.
     let team = "thrifty-cascade";
     set_budget(&h, team, "0.002", None, WhenExhausted::Downgrade).await;
-    workers_know(&h, team).await;
+    crate::support::workers_know_budget(&h.fleet, team).await;
     let mut spec = classify_job(short_items(n), 0.0, 1.0);
     spec.team = Some(team.into());
     spec.job_id = "cascade".into();
@@ -281,13 +239,7 @@ async fn strong_calls_that_do_not_fit_go_weak_and_the_report_says_so() {
     let ledger = h.ledger(&job_id).await;
     assert_eq!(ledger.len(), n, "one weak call per item, no strong call");
     assert!(ledger.iter().all(|r| r.tier == "weak"));
-    let report = ledger_reports::run(
-        &h.db.pool,
-        &month_report(vec![Dimension::Job], team),
-        Source::Auto,
-    )
-    .await
-    .unwrap();
+    let report = job_report(&h, team).await;
     assert_eq!(report.rows[0].budget_downgraded_items, Some(n as i64));
     h.finish().await;
 }
@@ -308,7 +260,7 @@ async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_
     let team = "slow";
     // Room for one strong call's hold, not two.
     set_budget(&h, team, "0.009", None, WhenExhausted::Wait).await;
-    workers_know(&h, team).await;
+    crate::support::workers_know_budget(&h.fleet, team).await;
     // 350-400 bytes: a strong hold of $0.0049-0.0055.
     let mut spec = classify_job(items_sized(350..400, 1), 1.0, 0.0);
     spec.team = Some(team.into());

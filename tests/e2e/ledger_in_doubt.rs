@@ -50,7 +50,7 @@ async fn in_doubt_calls_reconciled_against_the_call_log_make_the_ledger_equal_th
         .unwrap();
     assert_eq!(h.wait_final(&job_id, 60).await.job.status, "completed");
     let sim = h.fleet.sim.as_ref().unwrap();
-    let http = reqwest::Client::new();
+    let http = switchyard_testkit::http::client();
 
     // The killed worker's two calls: both intents written; one request reached the provider.
     orphan_intent(&h, &job_id, "orphan-item-0", "billed-then-killed").await;
@@ -127,14 +127,7 @@ async fn in_doubt_calls_reconciled_against_the_call_log_make_the_ledger_equal_th
         .await
         .unwrap();
     assert_eq!(put.status(), 200);
-    let bill: Bill = http
-        .get(format!("{}/bill", sim.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bill: Bill = switchyard_testkit::http::get_json(&format!("{}/bill", sim.base_url())).await;
     assert!(bill.unpriced_models.is_empty(), "{bill:?}");
     assert!(bill.calls > 12, "the job's calls and the orphan: {bill:?}");
     assert_eq!(

@@ -18,6 +18,12 @@ fn new_price(model: &str, input: &str, output: &str, at: chrono::DateTime<Utc>) 
     }
 }
 
+/// Item `item` of `job-p` (team `team-p`): a weak call to `m` of 1000 + 100 tokens, priced at
+/// `at`.
+fn weak_call(item: i64, at: chrono::DateTime<Utc>) -> switchyard_store::outcomes::Outcome {
+    answered("job-p", item, "team-p", "proj", "weak", "m", 1000, 100, at)
+}
+
 #[tokio::test]
 async fn a_call_is_booked_with_the_version_in_force_at_its_time_and_keeps_it() {
     let db = TestDb::new().await;
@@ -39,29 +45,9 @@ async fn a_call_is_booked_with_the_version_in_force_at_its_time_and_keeps_it() {
     book(
         pool,
         &[
-            answered(
-                "job-p",
-                1,
-                "team-p",
-                "proj",
-                "weak",
-                "m",
-                1000,
-                100,
-                now - CDuration::minutes(90),
-            ),
-            answered(
-                "job-p",
-                2,
-                "team-p",
-                "proj",
-                "weak",
-                "m",
-                1000,
-                100,
-                now - CDuration::minutes(30),
-            ),
-            answered("job-p", 3, "team-p", "proj", "weak", "m", 1000, 100, now),
+            weak_call(1, now - CDuration::minutes(90)),
+            weak_call(2, now - CDuration::minutes(30)),
+            weak_call(3, now),
         ],
     )
     .await;

@@ -19,20 +19,7 @@ fn model_settings(s: &mut switchyard_runtime::Settings, timeout: Duration, retri
 
 #[tokio::test]
 async fn every_transient_fault_is_retried_and_the_items_complete() {
-    use FaultKind::*;
-    let script = [
-        Http500,
-        Http502,
-        Http503,
-        RateLimit,
-        RateLimitNoRetryAfter,
-        Reset,
-        Timeout,
-        Trickle,
-        MalformedJson,
-        NoUsage,
-        EmptyChoices,
-    ];
+    let script = FaultKind::TRANSIENT;
     let sim = SimConfig {
         faults: Faults {
             script: script.into(),

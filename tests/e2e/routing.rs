@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rust_decimal::Decimal;
 use switchyard_client::policy_arg;
@@ -210,23 +209,13 @@ async fn shadow_calls_are_booked_as_shadow_never_final_and_feed_the_audit() {
         .collect();
     assert!(shadowed.len() > 40, "{}", shadowed.len());
     // Shadow calls may finish after the job: wait (bounded) for all of them.
-    let pool = h.db.pool.clone();
-    let n = shadowed.len() as i64;
-    let jid = job_id.clone();
-    switchyard_testkit::eventually("every shadow call booked", Duration::from_secs(30), || {
-        let pool = pool.clone();
-        let jid = jid.clone();
-        async move {
-            let c: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM ledger WHERE job_id = $1 AND outcome = 'shadow'",
-            )
-            .bind(&jid)
-            .fetch_one(&pool)
-            .await
-            .ok()?;
-            (c == n).then_some(())
-        }
-    })
+    h.count_reaches(
+        "every shadow call booked",
+        "SELECT count(*) FROM ledger WHERE job_id = $1 AND outcome = 'shadow'",
+        &job_id,
+        shadowed.len() as i64,
+        30,
+    )
     .await;
     let rows: Vec<(String, i32, String)> = sqlx::query_as(
         "SELECT item_id, attempt, tier FROM ledger WHERE job_id = $1 AND outcome = 'shadow'",
@@ -313,26 +302,12 @@ async fn a_router_retrained_from_the_fleets_outcomes_beats_the_default_on_held_o
     spec.policy.shadow = Some(1.0);
     let job_id = h.client.submit(spec).await.unwrap();
     h.wait_final(&job_id, 60).await;
-    let pool = h.db.pool.clone();
-    let n = fleet_rows.len() as i64;
-    let jid = job_id.clone();
-    switchyard_testkit::eventually(
+    h.count_reaches(
         "every shadow call answered",
-        Duration::from_secs(30),
-        || {
-            let pool = pool.clone();
-            let jid = jid.clone();
-            async move {
-                let c: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM results WHERE job_id = $1 AND attempt = 1000",
-                )
-                .bind(&jid)
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-                (c == n).then_some(())
-            }
-        },
+        "SELECT count(*) FROM results WHERE job_id = $1 AND attempt = 1000",
+        &job_id,
+        fleet_rows.len() as i64,
+        30,
     )
     .await;
 

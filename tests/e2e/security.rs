@@ -19,6 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{Harness, classify_job, data, mmlu_items};
 
+/// The error of a connection the server refuses, as it is printed.
+async fn refused(settings: &Settings) -> String {
+    let err = switchyard_runtime::nats::connect(settings, "t")
+        .await
+        .unwrap_err();
+    format!("{err:#}")
+}
+
 async fn connect_as(url: &str, user: &str, password: &str) -> Result<async_nats::Client, String> {
     async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
         .custom_inbox_prefix(switchyard::security_cli::inbox_prefix(user))
@@ -136,19 +144,8 @@ async fn a_team_submits_and_reads_only_as_itself() {
         .await
         .unwrap();
     for id in ["a-1", "b-1"] {
-        let s = admin
-            .wait(
-                id,
-                Some(Duration::from_secs(60)),
-                Duration::from_secs(60),
-                |_| {},
-            )
-            .await
-            .unwrap();
-        assert!(
-            matches!(s, switchyard_client::WaitOutcome::Finished(ref s) if s.job.status == "completed"),
-            "{id}: {s:?}"
-        );
+        let s = crate::support::wait_final(&admin, id, 60).await;
+        assert_eq!(s.job.status, "completed", "{id}: {s:?}");
     }
     assert_eq!(admin.status("a-1").await.unwrap().unwrap().job.team, "red");
     assert_eq!(admin.status("b-1").await.unwrap().unwrap().job.team, "blue");
@@ -172,19 +169,7 @@ async fn a_team_submits_and_reads_only_as_itself() {
     submit_on(&alice, &red, &job("a-claims-blue", Some("blue")))
         .await
         .unwrap();
-    let s = match admin
-        .wait(
-            "a-claims-blue",
-            Some(Duration::from_secs(30)),
-            Duration::from_secs(30),
-            |_| {},
-        )
-        .await
-        .unwrap()
-    {
-        switchyard_client::WaitOutcome::Finished(s) => s,
-        other => panic!("{other:?}"),
-    };
+    let s = crate::support::wait_final(&admin, "a-claims-blue", 30).await;
     assert_eq!(s.job.status, "rejected");
     assert!(
         s.job
@@ -201,19 +186,7 @@ async fn a_team_submits_and_reads_only_as_itself() {
         )
         .await
         .unwrap();
-    let s = match admin
-        .wait(
-            "svc-bare",
-            Some(Duration::from_secs(30)),
-            Duration::from_secs(30),
-            |_| {},
-        )
-        .await
-        .unwrap()
-    {
-        switchyard_client::WaitOutcome::Finished(s) => s,
-        other => panic!("{other:?}"),
-    };
+    let s = crate::support::wait_final(&admin, "svc-bare", 30).await;
     assert!(
         s.job
             .rejection_reason
@@ -264,12 +237,7 @@ async fn a_team_submits_and_reads_only_as_itself() {
     assert!(!err.contains("wrong-Secret-9"), "{err}");
     let mut wrong = settings.clone();
     wrong.nats.auth.password = Some(SecretString::from("svc-Wrong-7"));
-    let err = format!(
-        "{:#}",
-        switchyard_runtime::nats::connect(&wrong, "t")
-            .await
-            .unwrap_err()
-    );
+    let err = refused(&wrong).await;
     assert!(
         !err.contains("svc-Wrong-7") && err.contains("cannot connect"),
         "{err}"
@@ -291,22 +259,12 @@ async fn token_authentication_from_the_configuration() {
         .unwrap();
     client.flush().await.unwrap();
     settings.nats.auth.token = Some(SecretString::from("tok-Wrong-6"));
-    let err = format!(
-        "{:#}",
-        switchyard_runtime::nats::connect(&settings, "t")
-            .await
-            .unwrap_err()
-    );
+    let err = refused(&settings).await;
     assert!(!err.contains("tok-Wrong-6"), "{err}");
     // A token in the URL is not printed either.
     settings.nats.auth.token = None;
     settings.nats.url = format!("nats://tok-Wrong-6@127.0.0.1:{}", server.port);
-    let err = format!(
-        "{:#}",
-        switchyard_runtime::nats::connect(&settings, "t")
-            .await
-            .unwrap_err()
-    );
+    let err = refused(&settings).await;
     assert!(!err.contains("tok-Wrong-6"), "{err}");
     assert!(!settings.to_redacted_toml().contains("tok-Wrong-6"));
 }

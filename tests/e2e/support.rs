@@ -1,15 +1,18 @@
 //! The harness every scenario starts from.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rust_decimal::Decimal;
+use sqlx::PgPool;
 use switchyard_client::{Client, WaitOutcome};
 use switchyard_demo::fleet::Fleet;
 use switchyard_proto::{Item, JobSpec, Policy, Routing, Task};
 use switchyard_runtime::Settings;
 use switchyard_sim::{Dataset, SimConfig};
 use switchyard_store::reports::JobStatus;
+use switchyard_testkit::postgres::Postgres;
 use switchyard_testkit::{TestDb, TestNats, settings_for};
 
 /// Weak and strong models of the MMLU data.
@@ -115,21 +118,61 @@ impl Harness {
 
     /// Waits (at most `secs`) for the job to reach a final state.
     pub async fn wait_final(&self, job_id: &str, secs: u64) -> JobStatus {
-        match self
+        wait_final(&self.client, job_id, secs).await
+    }
+
+    /// Waits for the job and asserts it was rejected for a reason that says `expected`, with
+    /// one dead letter and nothing of it kept or sent.
+    pub async fn assert_rejected(&self, job_id: &str, expected: &str) {
+        let s = self.wait_final(job_id, 30).await;
+        assert_eq!(s.job.status, "rejected", "{job_id}");
+        let reason = s.job.rejection_reason.clone().unwrap_or_default();
+        assert!(
+            reason.contains(expected),
+            "{job_id}: {reason:?} does not say {expected:?}"
+        );
+        assert_eq!(s.dead_letters.len(), 1, "{job_id}: one dead letter");
+        assert_eq!(s.items_by_state.values().sum::<i64>(), 0, "{job_id}");
+    }
+
+    /// Submits a small classification job and asserts it completes: the fleet still works.
+    pub async fn a_small_job_completes(&self) {
+        let id = self
             .client
-            .wait(
-                job_id,
-                Some(Duration::from_secs(secs)),
-                Duration::from_secs(secs),
-                |_| {},
-            )
+            .submit(classify_job(mmlu_items(5), 0.0, 0.0))
             .await
-            .unwrap()
-        {
-            WaitOutcome::Finished(s) => *s,
-            WaitOutcome::TimedOut(s) => panic!("job {job_id} did not finish in {secs}s: {s:?}"),
-            WaitOutcome::NotFound => panic!("job {job_id} never appeared"),
-        }
+            .unwrap();
+        assert_eq!(self.wait_final(&id, 60).await.job.status, "completed");
+    }
+
+    /// Waits (at most `secs`) until `count_sql`, a count with the job id as `$1`, counts `n`.
+    pub async fn count_reaches(
+        &self,
+        what: &str,
+        count_sql: &'static str,
+        job_id: &str,
+        n: i64,
+        secs: u64,
+    ) {
+        switchyard_testkit::eventually(what, Duration::from_secs(secs), || async {
+            let c: i64 = sqlx::query_scalar(count_sql)
+                .bind(job_id)
+                .fetch_one(&self.db.pool)
+                .await
+                .ok()?;
+            (c == n).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits (at most `secs`) until stream `name` holds no message, every one settled.
+    pub async fn stream_emptied(&self, name: &str, what: &str, secs: u64) {
+        let js = self.nats.js();
+        switchyard_testkit::eventually(what, Duration::from_secs(secs), || {
+            let js = js.clone();
+            async move { (stream_messages(&js, name).await? == 0).then_some(()) }
+        })
+        .await;
     }
 
     /// Ledger rows of a job: (call_id, model, tier, attempt, prompt, completion, cost, retry).
@@ -153,6 +196,109 @@ impl Harness {
         drop(db);
         drop(nats);
     }
+}
+
+/// A PostgreSQL of the test's own, in `dir` (to stop and restart without disturbing other
+/// tests), and test settings on it with the test's NATS namespace. Keep all of it for the
+/// test's length.
+pub async fn on_own_postgres(dir: &std::path::Path) -> (Postgres, TestNats, TestDb, Settings) {
+    let pg = Postgres::start(dir)
+        .await
+        .expect("a PostgreSQL of this test's own");
+    let nats = TestNats::new().await;
+    let db = TestDb::new().await;
+    let mut settings = settings_for(&nats, &db);
+    settings.database.url = pg.url("switchyard").into();
+    (pg, nats, db, settings)
+}
+
+/// Waits until every running worker of `fleet` knows `team` has a budget.
+pub async fn workers_know_budget(fleet: &Fleet, team: &str) {
+    switchyard_testkit::eventually(
+        "workers see the budget",
+        Duration::from_secs(10),
+        || async {
+            fleet
+                .workers
+                .iter()
+                .flatten()
+                .all(|w| w.worker.finance.is_budgeted(team))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits (at most 240 s) until a job of `n` items bound by its team's budget is quiet: every
+/// item answered or waiting for budget, some waiting, no hold left and, when `nothing_fits`,
+/// no waiting item that would fit the room left. Prints progress now and then, so that a slow
+/// run shows where it stands. Returns (answered, waiting).
+pub async fn budget_runs_dry(
+    pool: &PgPool,
+    job_id: &str,
+    n: i64,
+    nothing_fits: bool,
+) -> (i64, i64) {
+    let started = std::time::Instant::now();
+    let polls = AtomicU32::new(0);
+    switchyard_testkit::eventually("the budget runs dry", Duration::from_secs(240), || {
+        let poll = polls.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let (done, waiting, holds, fits): (i64, i64, i64, bool) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM items WHERE job_id = $1 AND status = 'done'), \
+                 (SELECT count(*) FROM budget_parked WHERE job_id = $1), \
+                 (SELECT count(*) FROM budget_reservations), \
+                 EXISTS (SELECT 1 FROM budget_parked k, budget_periods p, budgets b \
+                   WHERE p.team = k.team AND b.team = k.team \
+                   AND p.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date \
+                   AND k.worst_case_usd <= b.monthly_usd - p.spent_usd - p.reserved_usd)",
+            )
+            .bind(job_id)
+            .fetch_one(pool)
+            .await
+            .ok()?;
+            if poll.is_multiple_of(250) {
+                println!(
+                    "{:?}: {done} done, {waiting} waiting, {holds} holds, fits {fits} of {n}",
+                    started.elapsed()
+                );
+            }
+            let quiet = done + waiting == n && holds == 0 && waiting > 0;
+            (quiet && !(nothing_fits && fits)).then_some((done, waiting))
+        }
+    })
+    .await
+}
+
+/// Waits (at most `secs`) for `client`'s job to reach a final state.
+///
+/// # Panics
+/// When it does not, or never appears.
+pub async fn wait_final(client: &Client, job_id: &str, secs: u64) -> JobStatus {
+    let within = Duration::from_secs(secs);
+    match client
+        .wait(job_id, Some(within), within, |_| {})
+        .await
+        .unwrap()
+    {
+        WaitOutcome::Finished(s) => *s,
+        WaitOutcome::TimedOut(s) => panic!("job {job_id} did not finish in {secs}s: {s:?}"),
+        WaitOutcome::NotFound => panic!("job {job_id} never appeared"),
+    }
+}
+
+/// The number of messages on stream `name`, `None` when it cannot be read.
+pub async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> Option<u64> {
+    Some(
+        js.get_stream(name)
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()?
+            .state
+            .messages,
+    )
 }
 
 /// One ledger row as the tests read it.

@@ -565,6 +565,22 @@ mod tests {
 
     /// Waits (bounded) until every message is acked, which `settle_batch` does only after
     /// the commit, then stops the committer; returns (committed batches, dead-letter rows).
+    /// A committer of `s`'s worker, running: the calls in flight it watches, the sender of
+    /// its outcomes, and its task.
+    fn start_committer(
+        s: &Setup,
+    ) -> (InFlight, mpsc::Sender<Pending>, tokio::task::JoinHandle<()>) {
+        let in_flight = InFlight::default();
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(run(
+            s.w.clone(),
+            rx,
+            in_flight.clone(),
+            CancellationToken::new(),
+        ));
+        (in_flight, tx, task)
+    }
+
     async fn settled(
         s: &Setup,
         tx: mpsc::Sender<Pending>,
@@ -594,14 +610,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_outcome_is_committed_at_once_when_nothing_is_in_flight() {
         let s = setup().await;
-        let in_flight = InFlight::default();
-        let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(run(
-            s.w.clone(),
-            rx,
-            in_flight.clone(),
-            CancellationToken::new(),
-        ));
+        let (in_flight, tx, task) = start_committer(&s);
 
         let p = pending(&s, 1, Some(in_flight.start())).await;
         tx.send(p).await.unwrap();
@@ -613,14 +622,7 @@ mod tests {
     #[tokio::test]
     async fn outcomes_on_their_way_are_waited_for_and_share_one_commit() {
         let s = setup().await;
-        let in_flight = InFlight::default();
-        let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(run(
-            s.w.clone(),
-            rx,
-            in_flight.clone(),
-            CancellationToken::new(),
-        ));
+        let (in_flight, tx, task) = start_committer(&s);
 
         // Another call is in flight while the first outcome arrives: the committer waits for
         // it, and commits both together once it has arrived (nothing is in flight then).
@@ -642,14 +644,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_stops_when_the_calls_in_flight_end_without_an_outcome() {
         let s = setup().await;
-        let in_flight = InFlight::default();
-        let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(run(
-            s.w.clone(),
-            rx,
-            in_flight.clone(),
-            CancellationToken::new(),
-        ));
+        let (in_flight, tx, task) = start_committer(&s);
 
         // A call in flight that then settles its message itself (a nak, say).
         let other = in_flight.start();

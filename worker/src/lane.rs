@@ -713,20 +713,9 @@ pub fn escalation_for(w: &Worker, tier: &str, item: &WorkItem) -> Option<WorkIte
 async fn dead_letter_undecodable(w: &Worker, d: &Delivery, error: &str) -> Disposition {
     let error = format!("work message is not a valid work item: {error}");
     let key = format!("{}:{}", w.settings.topology().work_stream(), d.stream_seq);
-    let recorded = dead_letters::record(
-        &w.pool,
-        &DeadLetter {
-            message_key: &key,
-            kind: "item",
-            job_id: None,
-            item_id: None,
-            attempt: None,
-            subject: &d.subject,
-            deliveries: Some(i32::try_from(d.delivered).unwrap_or(i32::MAX)),
-            error: &error,
-        },
-    )
-    .await;
+    let deliveries = i32::try_from(d.delivered).unwrap_or(i32::MAX);
+    let letter = DeadLetter::unattributed_item(&key, &d.subject, deliveries, &error);
+    let recorded = dead_letters::record(&w.pool, &letter).await;
     match recorded {
         Ok(()) => Disposition::GiveUp { reason: error },
         Err(e) => {

@@ -69,20 +69,9 @@ pub async fn run_reaper(w: Worker, shutdown: CancellationToken) -> anyhow::Resul
                 tracing::error!(error = %error, "giving up on advisory");
                 let key = format!("{}:{seq}", spec.stream);
                 let advisory = String::from_utf8_lossy(&msg.payload).into_owned();
-                let recorded = dead_letters::record(
-                    &w.pool,
-                    &DeadLetter {
-                        message_key: &key,
-                        kind: "item",
-                        job_id: None,
-                        item_id: None,
-                        attempt: None,
-                        subject: &advisory,
-                        deliveries: Some(delivered as i32),
-                        error: &error,
-                    },
-                )
-                .await;
+                let letter =
+                    DeadLetter::unattributed_item(&key, &advisory, delivered as i32, &error);
+                let recorded = dead_letters::record(&w.pool, &letter).await;
                 if recorded.is_ok() {
                     AdvisoryDisposition::GiveUp
                 } else {

@@ -26,9 +26,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sqlx::PgPool;
 use switchyard_proto::topology::{HEADER_JOB_ID, HEADER_MSG_ID};
-use switchyard_proto::{
-    InputRef, Item, JobSpec, PROTOCOL_VERSION, Policy, Task, WorkItem, codec, work,
-};
+use switchyard_proto::{InputRef, Item, JobSpec, PROTOCOL_VERSION, Policy, Task, WorkItem, codec};
 use switchyard_runtime::Settings;
 use switchyard_store::reports::{self, JobStatus};
 
@@ -283,7 +281,6 @@ impl Client {
             serde_json::from_value(job.policy.clone().unwrap_or_default()).unwrap_or_default();
         let items = switchyard_store::jobs::reopen_failed(&self.pool, job_id).await?;
         let ds = &self.settings.dispatcher;
-        let t = self.settings.topology();
         for item in &items {
             let tier = item
                 .routed_tier
@@ -295,7 +292,7 @@ impl Client {
                 job_id: job_id.to_owned(),
                 item_id: item.item_id.clone(),
                 attempt,
-                tier: tier.clone(),
+                tier,
                 text: item.text.clone(),
                 task: task.clone(),
                 team: job.team.clone(),
@@ -310,21 +307,25 @@ impl Client {
                 escalation: None,
                 router_score: None,
             };
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                HEADER_MSG_ID,
-                work::attempt_key(job_id, &item.item_id, attempt).as_str(),
-            );
-            self.js
-                .publish_with_headers(
-                    t.work_subject(&tier),
-                    headers,
-                    Bytes::from(codec::encode(&msg)?),
-                )
-                .await?
-                .await?;
+            self.publish_work(&msg, &msg.attempt_key()).await?;
         }
         Ok(items.len())
+    }
+
+    /// Publishes `msg` on its tier's work subject under message id `msg_id` (JetStream drops
+    /// a second message of an id within its duplicate window) and waits for the ack.
+    ///
+    /// # Errors
+    /// NATS errors.
+    pub async fn publish_work(&self, msg: &WorkItem, msg_id: &str) -> anyhow::Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HEADER_MSG_ID, msg_id);
+        let subject = self.settings.topology().work_subject(&msg.tier);
+        self.js
+            .publish_with_headers(subject, headers, Bytes::from(codec::encode(msg)?))
+            .await?
+            .await?;
+        Ok(())
     }
 }
 

@@ -148,25 +148,17 @@ pub fn tie_break(scores: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Outcome;
     use switchyard_router::TaskKind;
 
     fn row(i: usize, text: &str, weak: f64, strong: f64) -> PairedRow {
-        let o = |score| Outcome {
-            score,
-            prompt_tokens: None,
-            completion_tokens: None,
-            cost_usd: None,
-        };
-        PairedRow {
-            line: i + 1,
-            id: format!("r{i}"),
-            kind: TaskKind::Classify,
-            task: "t".into(),
-            text: text.to_string(),
-            weak: o(weak),
-            strong: o(strong),
-        }
+        crate::test_rows::scored(
+            i + 1,
+            format!("r{i}"),
+            TaskKind::Classify,
+            text,
+            weak,
+            strong,
+        )
     }
 
     #[test]

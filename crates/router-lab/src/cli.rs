@@ -51,6 +51,13 @@ pub struct DataArgs {
     /// The strong model, for every --data file (with --weak).
     #[arg(long, requires = "weak")]
     pub strong: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// Which rows of the data count.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
     /// Keep rows flagged `contaminated` (dropped by default, like RouteLLM's numbers).
     #[arg(long)]
     pub keep_contaminated: bool,
@@ -64,6 +71,18 @@ pub struct DataArgs {
     /// `untouched` once, for the final evaluation).
     #[arg(long, value_enum, default_value = "all")]
     pub slice: Slice,
+}
+
+impl FilterArgs {
+    /// The filter these flags describe.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            keep_contaminated: self.keep_contaminated,
+            exclude_demo: self.exclude_demo,
+            skip_missing: self.skip_missing,
+            slice: self.slice,
+        }
+    }
 }
 
 /// Knobs of the training recipe (defaults: the default router's).
@@ -220,18 +239,8 @@ pub struct EvalArgs {
     /// Draw the cost-quality curves into FILE.svg or FILE.png.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
-    /// Keep rows flagged `contaminated`.
-    #[arg(long)]
-    pub keep_contaminated: bool,
-    /// Drop the project's demo rows.
-    #[arg(long)]
-    pub exclude_demo: bool,
-    /// Drop rows lacking one of the two models instead of failing on them.
-    #[arg(long)]
-    pub skip_missing: bool,
-    /// Which rows relative to the untouched slice.
-    #[arg(long, value_enum, default_value = "all")]
-    pub slice: Slice,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Folds of the cross-fitted TF-IDF baseline.
     #[arg(long, default_value_t = 5)]
     pub folds: u32,
@@ -295,12 +304,7 @@ fn parse_pair(spec: &str) -> anyhow::Result<(PathBuf, Pair)> {
 /// Reads every selected file and pairs its rows. With `allow_empty`, a file that the filters
 /// empty entirely (all its rows are demo rows, say) is skipped with a warning.
 fn load_sets(a: &DataArgs, allow_empty: bool) -> anyhow::Result<Vec<CvSet>> {
-    let filter = Filter {
-        keep_contaminated: a.keep_contaminated,
-        exclude_demo: a.exclude_demo,
-        skip_missing: a.skip_missing,
-        slice: a.slice,
-    };
+    let filter = a.filter.filter();
     let mut plan: Vec<(PathBuf, Option<Pair>)> = Vec::new();
     for spec in &a.pairs {
         let (file, pair) = parse_pair(spec)?;
@@ -367,15 +371,15 @@ fn command_line(a: &DataArgs, extra: &str) -> String {
         cmd.push_str(&format!(" --weak {w} --strong {s}"));
     }
     for (on, flag) in [
-        (a.keep_contaminated, " --keep-contaminated"),
-        (a.exclude_demo, " --exclude-demo"),
-        (a.skip_missing, " --skip-missing"),
+        (a.filter.keep_contaminated, " --keep-contaminated"),
+        (a.filter.exclude_demo, " --exclude-demo"),
+        (a.filter.skip_missing, " --skip-missing"),
     ] {
         if on {
             cmd.push_str(flag);
         }
     }
-    match a.slice {
+    match a.filter.slice {
         Slice::All => {}
         Slice::Dev => cmd.push_str(" --slice dev"),
         Slice::Untouched => cmd.push_str(" --slice untouched"),
@@ -448,12 +452,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         (Some(w), Some(s)) => Pair::new(w, s),
         _ => data.infer_pair()?,
     };
-    let filter = Filter {
-        keep_contaminated: a.keep_contaminated,
-        exclude_demo: a.exclude_demo,
-        skip_missing: a.skip_missing,
-        slice: a.slice,
-    };
+    let filter = a.filter.filter();
     let rows = data.paired(&pair, &filter)?;
     let opts = EvalOptions {
         tfidf_folds: a.folds,

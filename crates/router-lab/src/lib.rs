@@ -26,3 +26,6 @@ pub mod plot;
 pub mod prior;
 pub mod record;
 pub mod train;
+
+#[cfg(test)]
+mod test_rows;

@@ -21,26 +21,11 @@ pub fn measure(sets: &[&[PairedRow]], balance: f64) -> QualityPrior {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::Outcome;
     use switchyard_router::TaskKind;
     use switchyard_router::prior::validate;
 
     fn row(kind: TaskKind, weak: f64, strong: f64) -> PairedRow {
-        let o = |score| Outcome {
-            score,
-            prompt_tokens: None,
-            completion_tokens: None,
-            cost_usd: None,
-        };
-        PairedRow {
-            line: 1,
-            id: "x".into(),
-            kind,
-            task: "t".into(),
-            text: "t".into(),
-            weak: o(weak),
-            strong: o(strong),
-        }
+        crate::test_rows::scored(1, "x".into(), kind, "t", weak, strong)
     }
 
     #[test]

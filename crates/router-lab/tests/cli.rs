@@ -30,6 +30,13 @@ fn ok(args: &[&str]) -> String {
 }
 
 /// Runs a command that must fail; returns its error output.
+/// `eval --data DATA` with the fixture's pair of models, which must fail: its stderr.
+fn eval_fails(data: &Path) -> String {
+    let mut args = vec!["eval", "--data", s(data)];
+    args.extend(PAIR);
+    fails(&args)
+}
+
 fn fails(args: &[&str]) -> String {
     let out = run(args);
     assert!(!out.status.success(), "{args:?} should have failed");
@@ -168,9 +175,7 @@ fn bad_input_is_a_clear_error_naming_file_and_line() {
             r#"{"id":"b","task":"gsm8k","prompt":"y","models":{"weak-model":{"score":1}}}"#
         ),
     );
-    let mut args = vec!["eval", "--data", s(&missing)];
-    args.extend(PAIR);
-    let e = fails(&args);
+    let e = eval_fails(&missing);
     assert!(
         e.contains("missing.jsonl:2: row `b` has no result for model `strong-model`"),
         "{e}"
@@ -180,37 +185,24 @@ fn bad_input_is_a_clear_error_naming_file_and_line() {
         "range.jsonl",
         r#"{"id":"a","task":"gsm8k","prompt":"x","models":{"weak-model":{"score":7},"strong-model":{"score":0}}}"#,
     );
-    let mut args = vec!["eval", "--data", s(&out_of_range)];
-    args.extend(PAIR);
-    let e = fails(&args);
+    let e = eval_fails(&out_of_range);
     assert!(
         e.contains("range.jsonl:1: model `weak-model` has score 7"),
         "{e}"
     );
 
     let fine = write("fine.jsonl", &format!("{good}\n"));
-    let e = fails(&[
-        "eval",
-        "--data",
-        s(&fine),
-        "--weak",
-        "nobody",
-        "--strong",
-        "strong-model",
-    ]);
+    // A weak model no row has.
+    let nobody = |command: &str, more: &[&str]| {
+        let mut args = vec![command, "--data", s(&fine)];
+        args.extend(["--weak", "nobody", "--strong", "strong-model"]);
+        args.extend(more);
+        fails(&args)
+    };
+    let e = nobody("eval", &[]);
     assert!(e.contains("fine.jsonl: no row has model `nobody`"), "{e}");
     let out = dir.path().join("r.json");
-    let e = fails(&[
-        "train",
-        "--data",
-        s(&fine),
-        "--weak",
-        "nobody",
-        "--strong",
-        "strong-model",
-        "--out",
-        s(&out),
-    ]);
+    let e = nobody("train", &["--out", s(&out)]);
     assert!(e.contains("no row has model `nobody`"), "{e}");
 
     let corrupt = write(

@@ -26,23 +26,50 @@ fn rows() -> Vec<PairedRow> {
         .expect("fixture pairs")
 }
 
+/// Both models' scores of the rows, at no cost (the reference ignores costs).
+struct Scored {
+    weak: Vec<f64>,
+    strong: Vec<f64>,
+    zero: Vec<f64>,
+}
+
+impl Scored {
+    fn of(rows: &[PairedRow]) -> Self {
+        Self {
+            weak: rows.iter().map(|r| r.weak.score).collect(),
+            strong: rows.iter().map(|r| r.strong.score).collect(),
+            zero: vec![0.0; rows.len()],
+        }
+    }
+
+    fn outcomes(&self) -> Outcomes<'_> {
+        Outcomes {
+            weak: &self.weak,
+            strong: &self.strong,
+            weak_cost: &self.zero,
+            strong_cost: &self.zero,
+        }
+    }
+
+    /// The weak and the strong model's mean score.
+    fn means(&self) -> (f64, f64) {
+        let n = self.weak.len() as f64;
+        (
+            self.weak.iter().sum::<f64>() / n,
+            self.strong.iter().sum::<f64>() / n,
+        )
+    }
+}
+
 /// Our metrics for scores (with the reference's tie-break already added).
 fn ours(rows: &[PairedRow], scores: &[f64]) -> RouteMetrics {
-    let w: Vec<f64> = rows.iter().map(|r| r.weak.score).collect();
-    let s: Vec<f64> = rows.iter().map(|r| r.strong.score).collect();
-    let zero = vec![0.0; w.len()];
-    let o = Outcomes {
-        weak: &w,
-        strong: &s,
-        weak_cost: &zero,
-        strong_cost: &zero,
-    };
-    let n = w.len() as f64;
-    let pts: Vec<(f64, f64)> = routellm_curve(scores, &o, 10)
+    let scored = Scored::of(rows);
+    let pts: Vec<(f64, f64)> = routellm_curve(scores, &scored.outcomes(), 10)
         .iter()
         .map(|p| (p.strong_pct, p.quality))
         .collect();
-    routellm_metrics(&pts, w.iter().sum::<f64>() / n, s.iter().sum::<f64>() / n)
+    let (wa, sa) = scored.means();
+    routellm_metrics(&pts, wa, sa)
 }
 
 fn python(args: &[&str]) -> String {
@@ -154,17 +181,9 @@ fn oracle_and_prompt_length_baselines_match_the_reference() {
             .replace('\'', "\"");
         serde_json::from_str(&dict).expect("dict parses as JSON")
     };
-    let w: Vec<f64> = rows.iter().map(|r| r.weak.score).collect();
-    let s: Vec<f64> = rows.iter().map(|r| r.strong.score).collect();
-    let zero = vec![0.0; w.len()];
-    let o = Outcomes {
-        weak: &w,
-        strong: &s,
-        weak_cost: &zero,
-        strong_cost: &zero,
-    };
-    let n = w.len() as f64;
-    let (wa, sa) = (w.iter().sum::<f64>() / n, s.iter().sum::<f64>() / n);
+    let scored = Scored::of(&rows);
+    let o = scored.outcomes();
+    let (wa, sa) = scored.means();
     let oracle_pts: Vec<(f64, f64)> = oracle_curve(&o)
         .iter()
         .map(|p| (p.strong_pct, p.quality))

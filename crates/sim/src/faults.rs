@@ -303,6 +303,22 @@ impl Fault {
 }
 
 impl FaultKind {
+    /// Every kind but the odd answers: the faults of a provider having trouble, which a
+    /// client should retry (a test scripts them all to see that it does).
+    pub const TRANSIENT: [FaultKind; 11] = [
+        Self::Http500,
+        Self::Http502,
+        Self::Http503,
+        Self::RateLimit,
+        Self::RateLimitNoRetryAfter,
+        Self::Reset,
+        Self::Timeout,
+        Self::Trickle,
+        Self::MalformedJson,
+        Self::NoUsage,
+        Self::EmptyChoices,
+    ];
+
     /// The fault this kind causes (`retry_after_secs` for a scripted `rate_limit`).
     pub fn fault(self, retry_after_secs: u32) -> Fault {
         match self {

@@ -24,14 +24,9 @@ async fn start(faults: Faults) -> SimHandle {
     switchyard_sim::start(listener, data, config).await.unwrap()
 }
 
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().build().unwrap()
-}
-
 async fn call(url: &str) -> Result<(u16, Option<String>, Vec<u8>), reqwest::Error> {
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "Pick one.\nA. a\nB. b\nAnswer:"}]});
-    let r = client()
+    let r = switchyard_testkit::http::client()
         .post(format!("{url}/chat/completions"))
         .json(&body)
         .send()
@@ -139,22 +134,20 @@ async fn tagged_calls_are_logged_and_counted_in_flight() {
         let url = url.clone();
         async move { call(&url).await }
     });
-    for _ in 0..200 {
-        if sim.in_flight("w7") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    switchyard_testkit::eventually("the call in flight", Duration::from_secs(2), || async {
+        (sim.in_flight("w7") == 1).then_some(())
+    })
+    .await;
     assert_eq!(sim.in_flight("w7"), 1);
     assert_eq!(sim.in_flight_total(), 1);
     hanging.abort();
     let _ = hanging.await;
-    for _ in 0..200 {
-        if sim.in_flight("w7") == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    switchyard_testkit::eventually(
+        "the call no longer in flight",
+        Duration::from_secs(2),
+        || async { (sim.in_flight("w7") == 0).then_some(()) },
+    )
+    .await;
     assert_eq!(
         sim.in_flight("w7"),
         0,

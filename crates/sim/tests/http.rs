@@ -37,15 +37,6 @@ async fn start(config: SimConfig) -> SimHandle {
         .expect("start the simulator")
 }
 
-fn client() -> reqwest::Client {
-    // The workspace's reqwest has no built-in TLS provider; install one (once per process)
-    // even though these tests only speak plain HTTP, since reqwest needs it to build a client.
-    let _already_installed = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .build()
-        .expect("build an HTTP client")
-}
-
 fn chat(model: &str, user: &str) -> Value {
     json!({
         "model": model,
@@ -66,7 +57,7 @@ fn mmlu_prompt(id: &str) -> String {
 }
 
 async fn post(sim: &SimHandle, body: &Value) -> reqwest::Response {
-    client()
+    switchyard_testkit::http::client()
         .post(format!("{}/chat/completions", sim.base_url()))
         .json(body)
         .send()
@@ -264,6 +255,16 @@ async fn rate_limit_next_answers_429_with_retry_after() {
     sim.shutdown().await;
 }
 
+/// Calls the strong model with mmlu-1 three times: two answers, then a 429 (returned).
+async fn two_calls_pass_and_a_third_is_limited(sim: &SimHandle) -> reqwest::Response {
+    let body = chat(STRONG, &mmlu_prompt("mmlu-1"));
+    assert_eq!(post(sim, &body).await.status(), StatusCode::OK);
+    assert_eq!(post(sim, &body).await.status(), StatusCode::OK);
+    let limited = post(sim, &body).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    limited
+}
+
 #[tokio::test]
 async fn rpm_limit_answers_429_per_model() {
     let sim = start(SimConfig {
@@ -271,11 +272,7 @@ async fn rpm_limit_answers_429_per_model() {
         ..SimConfig::default()
     })
     .await;
-    let body = chat(STRONG, &mmlu_prompt("mmlu-1"));
-    assert_eq!(post(&sim, &body).await.status(), StatusCode::OK);
-    assert_eq!(post(&sim, &body).await.status(), StatusCode::OK);
-    let limited = post(&sim, &body).await;
-    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let limited = two_calls_pass_and_a_third_is_limited(&sim).await;
     let retry_after: u64 = limited.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -306,11 +303,7 @@ async fn tpm_limit_counts_the_answer_tokens() {
         ..SimConfig::default()
     })
     .await;
-    let body = chat(STRONG, &mmlu_prompt("mmlu-1"));
-    assert_eq!(post(&sim, &body).await.status(), StatusCode::OK);
-    assert_eq!(post(&sim, &body).await.status(), StatusCode::OK);
-    let limited = post(&sim, &body).await;
-    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let limited = two_calls_pass_and_a_third_is_limited(&sim).await;
     assert!(limited.headers().contains_key("retry-after"));
     assert_eq!(sim.calls()[2].fault.as_deref(), Some("tpm_limit"));
     sim.shutdown().await;
@@ -369,7 +362,7 @@ async fn timeouts_hang_until_the_client_gives_up() {
         hang: Duration::from_secs(60),
         ..Faults::default()
     });
-    let result = client()
+    let result = switchyard_testkit::http::client()
         .post(format!("{}/chat/completions", sim.base_url()))
         .timeout(Duration::from_secs(1))
         .json(&chat(STRONG, &mmlu_prompt("mmlu-1")))
@@ -398,7 +391,7 @@ async fn malformed_bodies_answer_400() {
         json!({"model": "m", "messages": "hello"}).to_string(),
     ];
     for body in bodies {
-        let response = client()
+        let response = switchyard_testkit::http::client()
             .post(&url)
             .header("content-type", "application/json")
             .body(body.clone())
@@ -443,7 +436,7 @@ async fn call_log_records_everything_with_unique_ids() {
         }
     }
     statuses.push(
-        client()
+        switchyard_testkit::http::client()
             .post(format!("{}/chat/completions", sim.base_url()))
             .body("garbage")
             .send()
@@ -466,14 +459,8 @@ async fn call_log_records_everything_with_unique_ids() {
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 5);
 
     // The same log over HTTP and in the file.
-    let over_http: Vec<CallRecord> = client()
-        .get(format!("http://{}/sim/calls", sim.addr()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let over_http: Vec<CallRecord> =
+        switchyard_testkit::http::get_json(&format!("http://{}/sim/calls", sim.addr())).await;
     assert_eq!(comparable(over_http), comparable(calls.clone()));
     let text = std::fs::read_to_string(&log_path).unwrap();
     let in_file: Vec<CallRecord> = text
@@ -510,20 +497,14 @@ fn comparable(calls: Vec<CallRecord>) -> Vec<CallRecord> {
 #[tokio::test]
 async fn control_routes() {
     let sim = start(SimConfig::default()).await;
-    let http = client();
+    let http = switchyard_testkit::http::client();
     let root = format!("http://{}", sim.addr());
 
     let health = http.get(format!("{root}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 
-    let models: Value = http
-        .get(format!("{}/models", sim.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value =
+        switchyard_testkit::http::get_json(&format!("{}/models", sim.base_url())).await;
     let names: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -545,14 +526,7 @@ async fn control_routes() {
         post(&sim, &chat(STRONG, "x")).await.status(),
         StatusCode::INTERNAL_SERVER_ERROR
     );
-    let current: Value = http
-        .get(format!("{root}/sim/faults"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let current: Value = switchyard_testkit::http::get_json(&format!("{root}/sim/faults")).await;
     assert_eq!(current["fail_next"], 0);
 
     let bad = http

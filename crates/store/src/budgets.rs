@@ -339,26 +339,20 @@ pub enum Reservation {
 /// Database errors only.
 pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reservation> {
     // Fast path, one statement: the month row exists and the amount fits.
-    let held: Option<(i64, DateTime<Utc>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH upd AS (UPDATE budget_periods p SET reserved_usd = p.reserved_usd + $2 \
-           FROM budgets b WHERE p.team = $1 AND p.month = {MONTH_AT} AND b.team = p.team \
-           AND p.spent_usd + p.reserved_usd + $2 <= b.monthly_usd RETURNING p.team, p.month) \
-         INSERT INTO budget_reservations (team, month, amount_usd, holder, job_id, item_id, \
-           attempt, model, expires_at, created_at) \
-         SELECT team, month, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), \
-           COALESCE($9::timestamptz, now()) FROM upd \
-         RETURNING reservation_id, created_at"
-    )))
-    .bind(req.team)
-    .bind(req.amount_usd)
-    .bind(req.holder)
-    .bind(req.job_id)
-    .bind(req.item_id)
-    .bind(req.attempt)
-    .bind(req.model)
-    .bind(req.lease.as_secs_f64())
-    .bind(req.at)
-    .fetch_optional(pool)
+    let held = insert_hold(
+        pool,
+        format!(
+            "WITH upd AS (UPDATE budget_periods p SET reserved_usd = p.reserved_usd + $2 \
+               FROM budgets b WHERE p.team = $1 AND p.month = {MONTH_AT} AND b.team = p.team \
+               AND p.spent_usd + p.reserved_usd + $2 <= b.monthly_usd RETURNING p.team, p.month) \
+             INSERT INTO budget_reservations (team, month, amount_usd, holder, job_id, item_id, \
+               attempt, model, expires_at, created_at) \
+             SELECT team, month, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), \
+               COALESCE($9::timestamptz, now()) FROM upd \
+             RETURNING reservation_id, created_at"
+        ),
+        req,
+    )
     .await?;
     if let Some((reservation_id, held_at)) = held {
         return Ok(Reservation::Held {
@@ -412,13 +406,33 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
     .bind(month)
     .execute(&mut *tx)
     .await?;
-    let (reservation_id, held_at): (i64, DateTime<Utc>) =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let (reservation_id, held_at) = insert_hold(
+        &mut *tx,
+        format!(
             "INSERT INTO budget_reservations (team, month, amount_usd, holder, job_id, item_id, \
              attempt, model, expires_at, created_at) VALUES ($1, {MONTH_AT}, $2, $3, $4, $5, \
              $6, $7, now() + make_interval(secs => $8), COALESCE($9::timestamptz, now())) \
              RETURNING reservation_id, created_at"
-        )))
+        ),
+        req,
+    )
+    .await?
+    .ok_or(sqlx::Error::RowNotFound)?;
+    tx.commit().await?;
+    Ok(Reservation::Held {
+        reservation_id,
+        held_at,
+    })
+}
+
+/// Runs `sql`, an insert of a hold that returns its id and time (if it inserted one), with
+/// the request's team, amount, holder, job, item, attempt, model, lease and time as $1 to $9.
+async fn insert_hold<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    sql: String,
+    req: &HoldRequest<'_>,
+) -> sqlx::Result<Option<(i64, DateTime<Utc>)>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(req.team)
         .bind(req.amount_usd)
         .bind(req.holder)
@@ -428,13 +442,8 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
         .bind(req.model)
         .bind(req.lease.as_secs_f64())
         .bind(req.at)
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(Reservation::Held {
-        reservation_id,
-        held_at,
-    })
+        .fetch_optional(db)
+        .await
 }
 
 /// Deletes the team's expired holds of `month` (the caller holds the month row's lock) and

@@ -94,6 +94,13 @@ pub async fn connect_and_migrate(url: &str, max_connections: u32) -> anyhow::Res
     Ok(pool)
 }
 
+async fn database_exists(conn: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+}
+
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
@@ -109,24 +116,14 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
             options.get_port()
         )
     })?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
+    if !database_exists(&mut conn, &name).await? {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)
             .await
         {
             // Two processes starting together: the other one won.
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                    .bind(&name)
-                    .fetch_one(&mut conn)
-                    .await?;
-            if !exists {
+            if !database_exists(&mut conn, &name).await? {
                 return Err(e).with_context(|| format!("cannot create database `{name}`"));
             }
         }

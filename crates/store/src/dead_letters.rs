@@ -14,6 +14,28 @@ pub struct DeadLetter<'a> {
     pub error: &'a str,
 }
 
+impl<'a> DeadLetter<'a> {
+    /// A work message that names no item we could read (undecodable, or an advisory about
+    /// one), delivered `deliveries` times.
+    pub fn unattributed_item(
+        message_key: &'a str,
+        subject: &'a str,
+        deliveries: i32,
+        error: &'a str,
+    ) -> Self {
+        Self {
+            message_key,
+            kind: "item",
+            job_id: None,
+            item_id: None,
+            attempt: None,
+            subject,
+            deliveries: Some(deliveries),
+            error,
+        }
+    }
+}
+
 /// Records a dead letter once (a redelivered message records nothing new).
 ///
 /// # Errors

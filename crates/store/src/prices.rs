@@ -144,28 +144,50 @@ pub async fn set(pool: &PgPool, new: &NewPrice) -> Result<PriceVersion, PriceSet
             latest,
         });
     }
-    let t = &new.tariff;
-    let id: i64 = sqlx::query_scalar(
+    let id = insert_version(
+        &mut tx,
+        &new.model,
+        &new.provider,
+        &new.tariff,
+        Some(new.effective_from),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(version(pool, id).await?)
+}
+
+/// Inserts a version of `model`'s price, in force from `from` (now when `None`); returns its id.
+async fn insert_version(
+    tx: &mut sqlx::PgConnection,
+    model: &str,
+    provider: &str,
+    t: &Tariff,
+    from: Option<DateTime<Utc>>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
         "INSERT INTO prices (model, provider, input_usd_per_mtok, cached_input_usd_per_mtok, \
          output_usd_per_mtok, batch_discount, effective_from) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING price_id",
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7::timestamptz, clock_timestamp())) \
+         RETURNING price_id",
     )
-    .bind(&new.model)
-    .bind(&new.provider)
+    .bind(model)
+    .bind(provider)
     .bind(t.input_usd_per_mtok)
     .bind(t.cached_input_usd_per_mtok)
     .bind(t.output_usd_per_mtok)
     .bind(t.batch_discount)
-    .bind(new.effective_from)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let version = all(pool)
+    .bind(from)
+    .fetch_one(tx)
+    .await
+}
+
+/// The version `price_id` as [`all`] lists it.
+async fn version(pool: &PgPool, price_id: i64) -> sqlx::Result<PriceVersion> {
+    all(pool)
         .await?
         .into_iter()
-        .find(|v| v.price_id == id)
-        .ok_or(sqlx::Error::RowNotFound)?;
-    Ok(version)
+        .find(|v| v.price_id == price_id)
+        .ok_or(sqlx::Error::RowNotFound)
 }
 
 /// Every version, by model then time, each with the time the next one takes over.
@@ -266,27 +288,10 @@ pub async fn seed_if_unpriced(
                     model: model.to_owned(),
                 });
             };
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO prices (model, provider, input_usd_per_mtok, \
-                 cached_input_usd_per_mtok, output_usd_per_mtok, batch_discount, effective_from) \
-                 VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp()) RETURNING price_id",
-            )
-            .bind(model)
-            .bind(provider)
-            .bind(t.input_usd_per_mtok)
-            .bind(t.cached_input_usd_per_mtok)
-            .bind(t.output_usd_per_mtok)
-            .bind(t.batch_discount)
-            .fetch_one(&mut *tx)
-            .await?;
+            let id = insert_version(&mut tx, model, provider, &t, None).await?;
             tx.commit().await?;
             id
         }
     };
-    let version = all(pool)
-        .await?
-        .into_iter()
-        .find(|v| v.price_id == seeded)
-        .ok_or(sqlx::Error::RowNotFound)?;
-    Ok(Seeded::FromConfig(version))
+    Ok(Seeded::FromConfig(version(pool, seeded).await?))
 }

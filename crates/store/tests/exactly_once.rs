@@ -8,53 +8,29 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
-use switchyard_store::booking::Booking;
 use switchyard_store::budgets::{self, BudgetSpec, HoldRequest, Reservation, WhenExhausted};
 use switchyard_store::intents::{self, Claim, Intent};
 use switchyard_store::outcomes::{self, AttemptKey, CallEntry, Outcome, UsageSource};
 use switchyard_testkit::TestDb;
 
 mod common;
-use common::{d, job_with_items, price_since_2020};
+use common::{d, price_since_2020};
 
 const JOB: &str = "job-x";
 const MODEL: &str = "m";
 
-/// A running job with items `item-1..=n`, queued, and a price for [`MODEL`]: $1 / $2 per
-/// million tokens since 2020.
+/// A running job with items `item-1..=n`, queued, and [`MODEL`] at $1 / $2 per million
+/// tokens since 2020.
 async fn setup(n: i64) -> TestDb {
-    let db = TestDb::new().await;
-    job_with_items(&db.pool, JOB, "running", n).await;
-    price_since_2020(&db.pool, MODEL, "1", "2").await;
-    db
+    common::priced_job(JOB, MODEL, n).await
 }
 
 fn key(item: i64, attempt: i32) -> AttemptKey {
-    AttemptKey {
-        job_id: JOB.to_owned(),
-        item_id: format!("item-{item}"),
-        attempt,
-    }
+    common::key(JOB, item, attempt)
 }
 
 fn call(id: &str, tokens: i32, at: DateTime<Utc>) -> CallEntry {
-    CallEntry {
-        call_id: id.to_owned(),
-        provider_response_id: Some("chatcmpl-1".to_owned()),
-        team: "team".to_owned(),
-        project: "proj".to_owned(),
-        tier: "weak".to_owned(),
-        model: MODEL.to_owned(),
-        provider: "test".to_owned(),
-        price_id: 0,
-        prompt_tokens: tokens,
-        completion_tokens: tokens,
-        cost_usd: Decimal::ZERO,
-        usage_source: UsageSource::Provider,
-        latency_ms: 1,
-        retry: false,
-        booking: Booking::at(at),
-    }
+    common::weak_call(id, MODEL, tokens, UsageSource::Provider, at)
 }
 
 fn answered(item: i64, attempt: i32, id: &str, escalated_to: Option<&str>) -> Outcome {

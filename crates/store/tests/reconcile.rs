@@ -9,24 +9,23 @@ use std::time::Duration;
 use chrono::Utc;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
-use switchyard_store::booking::{Booking, Counterfactual};
+use switchyard_store::booking::Counterfactual;
 use switchyard_store::intents::{self, Intent};
-use switchyard_store::outcomes::{self, AttemptKey, CallEntry, Outcome, UsageSource};
+use switchyard_store::outcomes::{self, Outcome, UsageSource};
 use switchyard_store::reconcile::{self, CallUsage, Evidence, Summary};
 use switchyard_testkit::TestDb;
+use switchyard_testkit::ledger::ledger_total;
 
 mod common;
-use common::{d, job_with_items, price_since_2020};
+use common::d;
 
 const JOB: &str = "job-r";
 const MODEL: &str = "m";
 
-/// A running job with items `item-1..=n`, and [`MODEL`] at $1 / $2 per million tokens.
+/// A running job with items `item-1..=n`, queued, and [`MODEL`] at $1 / $2 per million
+/// tokens since 2020.
 async fn setup(n: i64) -> TestDb {
-    let db = TestDb::new().await;
-    job_with_items(&db.pool, JOB, "running", n).await;
-    price_since_2020(&db.pool, MODEL, "1", "2").await;
-    db
+    common::priced_job(JOB, MODEL, n).await
 }
 
 /// An intent of item `item` at 1,000 prompt tokens and 500 completion tokens at most
@@ -34,11 +33,7 @@ async fn setup(n: i64) -> TestDb {
 fn intent(item: i64, id: &str) -> Intent {
     Intent {
         call_id: id.to_owned(),
-        key: AttemptKey {
-            job_id: JOB.to_owned(),
-            item_id: format!("item-{item}"),
-            attempt: 0,
-        },
+        key: common::key(JOB, item, 0),
         team: "team".to_owned(),
         project: "proj".to_owned(),
         tier: "weak".to_owned(),
@@ -54,33 +49,13 @@ fn intent(item: i64, id: &str) -> Intent {
 
 fn answered(item: i64, id: &str, tokens: i32, source: UsageSource) -> Outcome {
     Outcome::Answered {
-        key: AttemptKey {
-            job_id: JOB.to_owned(),
-            item_id: format!("item-{item}"),
-            attempt: 0,
-        },
+        key: common::key(JOB, item, 0),
         tier: "weak".to_owned(),
         answer: "A".to_owned(),
         raw_answer: None,
         confidence: 0.9,
         escalated_to: None,
-        call: CallEntry {
-            call_id: id.to_owned(),
-            provider_response_id: Some("chatcmpl-1".to_owned()),
-            team: "team".to_owned(),
-            project: "proj".to_owned(),
-            tier: "weak".to_owned(),
-            model: MODEL.to_owned(),
-            provider: "test".to_owned(),
-            price_id: 0,
-            prompt_tokens: tokens,
-            completion_tokens: tokens,
-            cost_usd: Decimal::ZERO,
-            usage_source: source,
-            latency_ms: 1,
-            retry: false,
-            booking: Booking::at(Utc::now()),
-        },
+        call: common::weak_call(id, MODEL, tokens, source, Utc::now()),
     }
 }
 
@@ -101,13 +76,6 @@ fn usage(id: &str, model: &str, billed: bool, pt: i64, ct: i64) -> CallUsage {
 async fn rows(pool: &PgPool) -> Vec<(i64, String)> {
     sqlx::query_as("SELECT entry_id, row_to_json(l)::text FROM ledger l ORDER BY entry_id")
         .fetch_all(pool)
-        .await
-        .unwrap()
-}
-
-async fn total(pool: &PgPool) -> Decimal {
-    sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0) FROM ledger")
-        .fetch_one(pool)
         .await
         .unwrap()
 }
@@ -168,7 +136,7 @@ async fn reconcile_settles_by_reversal_and_evidence_entry_once_and_never_edits()
         evidence.add(u);
     }
     let before_rows = rows(pool).await;
-    let before_total = total(pool).await;
+    let before_total = ledger_total(pool).await;
 
     // A dry run says what would happen and writes nothing.
     let dry = reconcile::reconcile(pool, &evidence, true).await.unwrap();
@@ -199,7 +167,7 @@ async fn reconcile_settles_by_reversal_and_evidence_entry_once_and_never_edits()
         expected,
         "the dry run said exactly what the run did"
     );
-    assert_eq!(total(pool).await - before_total, d("-0.00381"));
+    assert_eq!(ledger_total(pool).await - before_total, d("-0.00381"));
 
     // Never an edit: every earlier row is as it was; the new ones are reversals and evidence.
     let after_rows = rows(pool).await;

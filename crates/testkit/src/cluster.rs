@@ -3,7 +3,7 @@
 //! cluster with, on free ports with data in a temporary folder; dropping the value kills them.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::ports::free_port;
 
@@ -73,19 +73,14 @@ impl NatsCluster {
     }
 
     async fn wait_ready(&self) {
-        let started = Instant::now();
-        let mut last_error = String::new();
-        for _ in 0..600 {
-            if started.elapsed() > Duration::from_secs(60) {
-                break;
-            }
-            match self.try_replicated_stream().await {
-                Ok(()) => return,
-                Err(e) => last_error = e,
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the NATS cluster did not form within 60 s: {last_error}");
+        crate::poll(
+            "the NATS cluster to form",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || self.try_replicated_stream(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     async fn try_replicated_stream(&self) -> Result<(), String> {

@@ -107,3 +107,12 @@ pub async fn count(pool: &PgPool, table: &str) -> i64 {
         .await
         .expect("count rows")
 }
+
+/// A job's ledger rows and the distinct calls among them: equal when no call is booked twice.
+pub async fn rows_and_distinct_calls(pool: &PgPool, job_id: &str) -> (i64, i64) {
+    sqlx::query_as("SELECT count(*), count(DISTINCT call_id) FROM ledger WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(pool)
+        .await
+        .expect("count the job's ledger rows")
+}

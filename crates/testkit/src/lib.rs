@@ -55,6 +55,20 @@ fn with_database(url: &str, db: &str) -> String {
     }
 }
 
+/// Runs `work` to the end on a thread with a runtime of its own, for a `Drop` that needs async
+/// clean-up: the test's runtime may be blocked in that drop, so it cannot do the work.
+fn on_a_thread_of_its_own(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(work);
+        }
+    })
+    .join();
+}
+
 /// A fresh, migrated database, dropped when the value is dropped (even if the test panics).
 pub struct TestDb {
     pub name: String,
@@ -91,22 +105,13 @@ impl Drop for TestDb {
         // that panicked): do not wait for them (that would deadlock the test's runtime);
         // `WITH (FORCE)` ends their sessions. A thread with its own runtime does the async
         // work, since the test's runtime is blocked in this drop.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(admin) = PgPool::connect(&admin).await {
-                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
-                    admin.close().await;
-                }
-            });
-        })
-        .join();
+        on_a_thread_of_its_own(async move {
+            if let Ok(admin) = PgPool::connect(&admin).await {
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+                admin.close().await;
+            }
+        });
     }
 }
 
@@ -152,21 +157,12 @@ impl Drop for TestNats {
     fn drop(&mut self) {
         let settings = self.settings.clone();
         let url = nats_url();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(client) = async_nats::connect(url).await {
-                    let js = async_nats::jetstream::new(client);
-                    let _ = switchyard_runtime::nats::delete_topology(&js, &settings).await;
-                }
-            });
-        })
-        .join();
+        on_a_thread_of_its_own(async move {
+            if let Ok(client) = async_nats::connect(url).await {
+                let js = async_nats::jetstream::new(client);
+                let _ = switchyard_runtime::nats::delete_topology(&js, &settings).await;
+            }
+        });
     }
 }
 
@@ -181,8 +177,41 @@ pub fn settings_for(nats: &TestNats, db: &TestDb) -> Settings {
     s
 }
 
-/// Polls `check` until it returns `Some`, at most `timeout` (every 20 ms). This is the one
-/// wait loop tests use against servers: bounded in time and count.
+/// Polls `check` every `every` until it returns `Ok`, at most `timeout` (so at most
+/// `timeout / every + 1` times). This is the one wait loop of tests and the lab against
+/// servers and processes: bounded in time and count.
+///
+/// # Errors
+/// When `timeout` passes, naming `what` and the last error.
+pub async fn poll<T, E, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let start = Instant::now();
+    let max_polls = (timeout.as_millis() / every.as_millis().max(1)).max(1) + 1;
+    let mut last_error = String::new();
+    for _ in 0..max_polls {
+        match check().await {
+            Ok(v) => return Ok(v),
+            Err(e) => last_error = e.to_string(),
+        }
+        if start.elapsed() > timeout {
+            break;
+        }
+        tokio::time::sleep(every).await;
+    }
+    anyhow::bail!("timed out after {timeout:?} waiting for {what}: {last_error}")
+}
+
+/// Polls `check` until it returns `Some`, at most `timeout` (every 20 ms): [`poll`] for a
+/// test, which fails when the time is up.
 ///
 /// # Panics
 /// When `timeout` passes, naming `what`.
@@ -191,18 +220,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    let max_polls = (timeout.as_millis() / 20).max(1) + 1;
-    for _ in 0..max_polls {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if start.elapsed() > timeout {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
+    poll(what, timeout, Duration::from_millis(20), || {
+        let polled = check();
+        async move { polled.await.ok_or("not yet") }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[cfg(test)]

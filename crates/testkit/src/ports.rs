@@ -1,9 +1,7 @@
 //! Loopback ports: finding a free one, waiting until something listens on one.
 
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
-
-use anyhow::bail;
+use std::time::Duration;
 
 /// A free loopback port (bound, read, released: good enough on a machine we own).
 ///
@@ -18,18 +16,12 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// # Errors
 /// When nothing does in time.
 pub async fn wait_for_port(what: &str, port: u16, within: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    for _ in 0..(within.as_millis() / 50).max(1) {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        if started.elapsed() > within {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what} did not listen on 127.0.0.1:{port} within {within:?}")
+    crate::poll(
+        &format!("{what} to listen on 127.0.0.1:{port}"),
+        within,
+        Duration::from_millis(50),
+        || tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .map(drop)
 }

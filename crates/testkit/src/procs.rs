@@ -6,8 +6,8 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -19,9 +19,10 @@ pub struct Role {
     pub describe: String,
     program: Option<PathBuf>,
     args: Vec<String>,
-    config: PathBuf,
+    config: Option<PathBuf>,
     log: Option<PathBuf>,
     env: Vec<(String, String)>,
+    env_removed: Vec<String>,
     child: Option<Child>,
 }
 
@@ -41,9 +42,10 @@ impl Role {
             describe: describe.to_owned(),
             program: None,
             args: args.iter().map(|s| (*s).to_owned()).collect(),
-            config,
+            config: Some(config),
             log: logs.map(|d| d.join(format!("{name}.log"))),
             env,
+            env_removed: Vec::new(),
             child: None,
         }
     }
@@ -53,6 +55,57 @@ impl Role {
     pub fn with_program(mut self, program: PathBuf) -> Self {
         self.program = Some(program);
         self
+    }
+
+    /// Runs without `--config` (the program's defaults and environment).
+    #[must_use]
+    pub fn without_config(mut self) -> Self {
+        self.config = None;
+        self
+    }
+
+    /// Removes `names` from the environment the process inherits (e.g. a developer's
+    /// `DATABASE_URL`, so that the config file says where the services are); the role's own
+    /// `env` is still set.
+    #[must_use]
+    pub fn without_env(mut self, names: &[&str]) -> Self {
+        self.env_removed
+            .extend(names.iter().map(|n| (*n).to_owned()));
+        self
+    }
+
+    /// The command line: `PROGRAM [--config CONFIG] ARGS…` in the role's environment, stdin
+    /// closed.
+    ///
+    /// # Errors
+    /// When this executable cannot be found.
+    pub fn command(&self) -> anyhow::Result<Command> {
+        let program = match &self.program {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("cannot find this executable")?,
+        };
+        let mut cmd = Command::new(program);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        for name in &self.env_removed {
+            cmd.env_remove(name);
+        }
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Runs the command once to its end, capturing stdout and stderr: a one-shot command
+    /// (`status`, `submit --wait`) rather than a service.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn output(&self) -> anyhow::Result<Output> {
+        self.command()?
+            .output()
+            .with_context(|| format!("cannot run {}", self.name))
     }
 
     /// Starts the process.
@@ -72,20 +125,15 @@ impl Role {
             ),
             None => Stdio::null(),
         };
-        let program = match &self.program {
-            Some(p) => p.clone(),
-            None => std::env::current_exe().context("cannot find this executable")?,
-        };
-        let child = Command::new(&program)
-            .arg("--config")
-            .arg(&self.config)
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
+        let mut cmd = self.command()?;
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .with_context(|| format!("cannot start {} ({})", self.name, program.display()))?;
+            .with_context(|| {
+                let program = Path::new(cmd.get_program()).display().to_string();
+                format!("cannot start {} ({program})", self.name)
+            })?;
         self.child = Some(child);
         Ok(())
     }
@@ -129,17 +177,29 @@ impl Role {
     pub async fn terminate(&mut self, within: Duration) -> Option<i32> {
         self.sigterm();
         let mut child = self.child.take()?;
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if started.elapsed() > within {
+        let exited = crate::poll(
+            "an exit after SIGTERM",
+            within,
+            Duration::from_millis(20),
+            || {
+                let status = child.try_wait();
+                async move {
+                    match status {
+                        Ok(Some(status)) => Ok(status),
+                        Ok(None) => Err("still running".to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            },
+        )
+        .await;
+        match exited {
+            Ok(status) => status.code(),
+            Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return None;
+                None
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -306,30 +306,13 @@ fn eval_set(
     };
     let mut out = Vec::new();
     for (j, name) in names.iter().enumerate() {
-        let rows: Vec<JobRow<'_>> = set
-            .rows
-            .iter()
-            .zip(&scores)
-            .zip(&groups)
-            .filter(|(_, g)| **g as usize == j)
-            .map(|((r, &score), _)| JobRow {
-                id: &r.paired.id,
-                text: &r.paired.text,
-                score,
-                weak_score: r.paired.weak.score,
-                strong_score: r.paired.strong.score,
-            })
-            .collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let history: Vec<Labelled> = if a.history {
-            let others: Vec<JobRow<'_>> = set
-                .rows
+        // The rows of job `j` (group `j`), and the others.
+        let rows_where = |in_job: bool| -> Vec<JobRow<'_>> {
+            set.rows
                 .iter()
                 .zip(&scores)
                 .zip(&groups)
-                .filter(|(_, g)| **g as usize != j)
+                .filter(|(_, g)| (**g as usize == j) == in_job)
                 .map(|((r, &score), _)| JobRow {
                     id: &r.paired.id,
                     text: &r.paired.text,
@@ -337,7 +320,14 @@ fn eval_set(
                     weak_score: r.paired.weak.score,
                     strong_score: r.paired.strong.score,
                 })
-                .collect();
+                .collect()
+        };
+        let rows = rows_where(true);
+        if rows.is_empty() {
+            continue;
+        }
+        let history: Vec<Labelled> = if a.history {
+            let others = rows_where(false);
             twin.history(&task, &others, a.samples)
         } else {
             Vec::new()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use switchyard_dispatcher::Dispatcher;
 use switchyard_dispatcher::publisher::WindowedPublisher;
-use switchyard_proto::{Item, PROTOCOL_VERSION, Routing, WorkItem, codec, work};
+use switchyard_proto::{Item, PROTOCOL_VERSION, Routing, Task, WorkItem, codec, work};
 use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_store::items::NewItem;
@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::env::BenchEnv;
 use super::{BenchOptions, Figure};
-use switchyard_client::{Client, INLINE_LIMIT, new_job};
+use switchyard_client::{Client, INLINE_LIMIT, WaitOutcome, new_job};
 use switchyard_demo::mmlu_task;
 
-/// `n` items cycling through the bundled MMLU prompts, with unique ids.
-pub fn bench_items(n: usize) -> anyhow::Result<Vec<Item>> {
+/// The bundled MMLU prompts, the text every bench sends.
+pub fn bundled_prompts() -> anyhow::Result<Vec<String>> {
     let data = switchyard_demo::bundled_dataset()?;
     let prompts: Vec<String> = data
         .records()
@@ -27,6 +27,34 @@ pub fn bench_items(n: usize) -> anyhow::Result<Vec<Item>> {
         .map(|r| r.prompt.clone())
         .collect();
     anyhow::ensure!(!prompts.is_empty(), "no bundled prompts");
+    Ok(prompts)
+}
+
+/// The first attempt of `item` of the bench's job `job_id` on `tier` (team and project
+/// `bench`): never escalated unless the caller says so.
+pub fn work_item(job_id: &str, item: &Item, tier: &str, task: &Task) -> WorkItem {
+    WorkItem {
+        v: PROTOCOL_VERSION,
+        job_id: job_id.to_owned(),
+        item_id: item.item_id.clone(),
+        attempt: 0,
+        tier: tier.to_owned(),
+        text: item.text.clone(),
+        task: task.clone(),
+        team: "bench".into(),
+        project: "bench".into(),
+        local_only: false,
+        models: Default::default(),
+        confidence_threshold: 0.0,
+        escalations_left: 0,
+        escalation: None,
+        router_score: None,
+    }
+}
+
+/// `n` items cycling through the bundled MMLU prompts, with unique ids.
+pub fn bench_items(n: usize) -> anyhow::Result<Vec<Item>> {
+    let prompts = bundled_prompts()?;
     Ok((0..n)
         .map(|i| Item::new(format!("i{i:07}"), prompts[i % prompts.len()].clone()))
         .collect())
@@ -40,6 +68,31 @@ pub fn bench_job(n: usize, strong_share: f64) -> anyhow::Result<switchyard_proto
     };
     spec.policy.cascade.max_escalations = Some(0);
     Ok(spec)
+}
+
+/// Submits `spec` and waits (at most 10 minutes) until it finishes with its `n` items done.
+///
+/// # Errors
+/// When it does not, or NATS or the database fail.
+pub async fn run_to_completion(
+    client: &Client,
+    spec: switchyard_proto::JobSpec,
+    n: usize,
+) -> anyhow::Result<()> {
+    let job_id = client.submit(spec).await?;
+    let outcome = client
+        .wait(
+            &job_id,
+            Some(Duration::from_secs(600)),
+            Duration::from_secs(60),
+            |_| {},
+        )
+        .await?;
+    anyhow::ensure!(
+        matches!(outcome, WaitOutcome::Finished(ref s) if s.done() as usize == n),
+        "bench job {job_id} did not complete: {outcome:?}"
+    );
+    Ok(())
 }
 
 /// Runs the dispatch bench.
@@ -175,23 +228,9 @@ async fn baseline_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64
             .enumerate()
             .map(|(i, it)| {
                 let tier = if i % 5 == 0 { "strong" } else { "weak" };
-                let msg = WorkItem {
-                    v: PROTOCOL_VERSION,
-                    job_id: job_id.clone(),
-                    item_id: it.item_id.clone(),
-                    attempt: 0,
-                    tier: tier.to_owned(),
-                    text: it.text.clone(),
-                    task: task.clone(),
-                    team: "bench".into(),
-                    project: "bench".into(),
-                    local_only: false,
-                    models: Default::default(),
-                    confidence_threshold: 0.5,
-                    escalations_left: 1,
-                    escalation: None,
-                    router_score: None,
-                };
+                let mut msg = work_item(&job_id, it, tier, &task);
+                msg.confidence_threshold = 0.5;
+                msg.escalations_left = 1;
                 let payload = codec::encode(&msg).map(Bytes::from).unwrap_or_default();
                 (
                     t.work_subject(tier),

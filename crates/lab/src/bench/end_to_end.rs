@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use rust_decimal::Decimal;
-use switchyard_proto::{PROTOCOL_VERSION, WorkItem, codec, work};
+use switchyard_proto::{WorkItem, codec, work};
 use switchyard_runtime::Settings;
 use switchyard_runtime::settings::StorageKind;
 use switchyard_sim::SimConfig;
@@ -18,7 +18,6 @@ use tokio::sync::{Semaphore, mpsc};
 use super::dispatch::{bench_items, bench_job};
 use super::env::BenchEnv;
 use super::{BenchOptions, Figure};
-use switchyard_client::WaitOutcome;
 use switchyard_demo::fleet::Fleet;
 use switchyard_demo::mmlu_task;
 
@@ -60,23 +59,11 @@ async fn fleet_run(
         let client = fleet.client();
         let spec = bench_job(n, 0.2)?;
         let started = Instant::now();
-        let job_id = client.submit(spec).await?;
-        let outcome = client
-            .wait(
-                &job_id,
-                Some(Duration::from_secs(600)),
-                Duration::from_secs(60),
-                |_| {},
-            )
-            .await?;
+        let completed = super::dispatch::run_to_completion(&client, spec, n).await;
         let elapsed = started.elapsed();
         fleet.stop().await;
-        match outcome {
-            WaitOutcome::Finished(s) if s.done() as usize == n => {
-                Ok(n as f64 / elapsed.as_secs_f64())
-            }
-            other => anyhow::bail!("bench job did not complete: {other:?}"),
-        }
+        completed?;
+        Ok(n as f64 / elapsed.as_secs_f64())
     }
     .await;
     env.cleanup().await;
@@ -148,27 +135,8 @@ async fn baseline_inner(s: &Settings, sim_url: &str, n: usize) -> anyhow::Result
         .iter()
         .enumerate()
         .map(|(i, it)| {
-            let msg = WorkItem {
-                v: PROTOCOL_VERSION,
-                job_id: "raw".into(),
-                item_id: it.item_id.clone(),
-                attempt: 0,
-                tier: if i % 5 == 0 {
-                    "strong".into()
-                } else {
-                    "weak".into()
-                },
-                text: it.text.clone(),
-                task: task.clone(),
-                team: "bench".into(),
-                project: "bench".into(),
-                local_only: false,
-                models: Default::default(),
-                confidence_threshold: 0.0,
-                escalations_left: 0,
-                escalation: None,
-                router_score: None,
-            };
+            let tier = if i % 5 == 0 { "strong" } else { "weak" };
+            let msg = super::dispatch::work_item("raw", it, tier, &task);
             (
                 work::attempt_key("raw", &it.item_id, 0),
                 codec::encode(&msg).map(Bytes::from).unwrap_or_default(),

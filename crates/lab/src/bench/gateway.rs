@@ -349,14 +349,7 @@ async fn measure(
 
 /// The bundled MMLU prompts, the items every path sends.
 fn prompts() -> anyhow::Result<Arc<Vec<String>>> {
-    let data = switchyard_demo::bundled_dataset()?;
-    let prompts: Vec<String> = data
-        .records()
-        .filter(|r| r.choices.is_some())
-        .map(|r| r.prompt.clone())
-        .collect();
-    anyhow::ensure!(!prompts.is_empty(), "no bundled prompts");
-    Ok(Arc::new(prompts))
+    Ok(Arc::new(super::dispatch::bundled_prompts()?))
 }
 
 fn task() -> Task {

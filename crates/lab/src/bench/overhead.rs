@@ -12,7 +12,7 @@ use super::dispatch::bench_job;
 use super::env::BenchEnv;
 use super::procs::{cpu_micros, spawn_role, write_config};
 use super::{BenchOptions, Figure};
-use switchyard_client::{Client, WaitOutcome};
+use switchyard_client::Client;
 
 /// Runs the overhead bench.
 ///
@@ -63,19 +63,7 @@ async fn measure(
     let d0 = cpu_micros(dpid).unwrap_or(0);
     let w0 = cpu_micros(wpid).unwrap_or(0);
     let spec = bench_job(n, 0.2)?;
-    let job_id = client.submit(spec).await?;
-    let outcome = client
-        .wait(
-            &job_id,
-            Some(Duration::from_secs(600)),
-            Duration::from_secs(60),
-            |_| {},
-        )
-        .await?;
-    anyhow::ensure!(
-        matches!(outcome, WaitOutcome::Finished(ref s) if s.done() as usize == n),
-        "overhead job did not complete: {outcome:?}"
-    );
+    super::dispatch::run_to_completion(&client, spec, n).await?;
     let d1 = cpu_micros(dpid).unwrap_or(0);
     let w1 = cpu_micros(wpid).unwrap_or(0);
     drop(dispatcher);

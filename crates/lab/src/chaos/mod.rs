@@ -92,19 +92,9 @@ pub struct Kill {
 /// The report (`--json` prints it as one object).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChaosReport {
-    pub items: i64,
-    pub final_results: i64,
-    pub lost: i64,
-    pub duplicated_results: i64,
-    pub sim_calls: i64,
-    pub ledger_rows: i64,
-    pub double_charged: i64,
-    /// Calls the simulator billed that have no ledger row at all (must be 0).
-    pub unbooked_calls: i64,
-    /// Calls booked in doubt: at most what killed workers had in flight.
-    pub in_doubt_calls: i64,
-    /// Calls booked as duplicates of an attempt another copy decided.
-    pub duplicate_calls: i64,
+    /// The books: items, results, calls and ledger rows (see [`verify::Accounting`]).
+    #[serde(flatten)]
+    pub books: Accounting,
     /// In-doubt and estimated entries settled against the simulator's call log (and billed
     /// calls the ledger lacked, booked from it).
     pub reconciled_calls: u64,
@@ -123,10 +113,6 @@ pub struct ChaosReport {
     /// The job's final status (`completed` when every item has an answer).
     pub job_status: String,
     pub passed: bool,
-    pub failed_items: i64,
-    pub retry_calls: i64,
-    pub ledger_rows_without_call: i64,
-    pub local_only_violations: i64,
     /// The budgeted team's race across the PostgreSQL restart.
     pub budget_race: budget_race::BudgetRace,
     /// Faults by kind: the simulator's, kills, restarts.
@@ -294,6 +280,11 @@ impl Run {
         log(self.started, msg);
     }
 
+    /// Notes `what` was done, with where the job stood.
+    fn note_fault(&self, what: &str) {
+        self.note(&format!("{what} ({})", self.last_progress));
+    }
+
     fn count(&mut self, fault: &str) {
         *self.faults.entry(fault.to_owned()).or_default() += 1;
     }
@@ -322,10 +313,7 @@ impl Run {
         let in_flight = self.sim.in_flight(&tag);
         let describe = format!("worker {tag} ({})", self.workers[i].describe);
         self.workers[i].kill9();
-        self.note(&format!(
-            "kill -9 {describe}: {in_flight} calls in flight ({})",
-            self.last_progress
-        ));
+        self.note_fault(&format!("kill -9 {describe}: {in_flight} calls in flight"));
         self.kills.push(Kill {
             at_s: self.started.elapsed().as_secs_f64(),
             process: describe,
@@ -340,10 +328,7 @@ impl Run {
     }
 
     async fn restart_nats(&mut self) -> anyhow::Result<()> {
-        self.note(&format!(
-            "kill -9 nats-server, then start it again ({})",
-            self.last_progress
-        ));
+        self.note_fault("kill -9 nats-server, then start it again");
         self.nats.restart().await?;
         self.count("nats_restart");
         self.nats_back_at_ms = Some(unix_ms());
@@ -352,10 +337,7 @@ impl Run {
     }
 
     async fn restart_postgres(&mut self) -> anyhow::Result<()> {
-        self.note(&format!(
-            "restart PostgreSQL (-m immediate) ({})",
-            self.last_progress
-        ));
+        self.note_fault("restart PostgreSQL (-m immediate)");
         self.pg.restart().await?;
         self.count("postgres_restart");
         self.note("PostgreSQL is back");
@@ -513,10 +495,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         }
     }
     run.dispatchers[0].kill9();
-    run.note(&format!(
-        "kill -9 dispatcher d0 while it dispatches ({})",
-        run.last_progress
-    ));
+    run.note_fault("kill -9 dispatcher d0 while it dispatches");
     run.kills.push(Kill {
         at_s: started.elapsed().as_secs_f64(),
         process: "dispatcher d0".to_owned(),
@@ -764,33 +743,8 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     } else {
         None
     };
-    let Accounting {
-        items,
-        final_results,
-        lost,
-        duplicated_results,
-        failed_items,
-        sim_calls,
-        ledger_rows,
-        double_charged,
-        unbooked_calls,
-        in_doubt_calls,
-        duplicate_calls,
-        ledger_rows_without_call,
-        retry_calls,
-        local_only_violations,
-    } = books;
     let report = ChaosReport {
-        items,
-        final_results,
-        lost,
-        duplicated_results,
-        sim_calls,
-        ledger_rows,
-        double_charged,
-        unbooked_calls,
-        in_doubt_calls,
-        duplicate_calls,
+        books,
         reconciled_calls: bill.reconciled_calls,
         ledger_usd: bill.ledger_usd,
         bill_usd: bill.bill_usd,
@@ -801,10 +755,6 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         elapsed_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         job_status: final_status,
         passed,
-        failed_items,
-        retry_calls,
-        ledger_rows_without_call,
-        local_only_violations,
         budget_race: race_books,
         faults: run.faults.clone(),
         kills: run.kills.clone(),
@@ -836,18 +786,18 @@ pub fn render(r: &ChaosReport) -> String {
          faults injected: {}\n",
         if r.passed { "PASSED" } else { "FAILED" },
         r.elapsed_s,
-        r.items,
-        r.final_results,
-        r.lost,
-        r.duplicated_results,
-        r.failed_items,
-        r.sim_calls,
-        r.ledger_rows,
-        r.double_charged,
-        r.unbooked_calls,
-        r.in_doubt_calls,
-        r.duplicate_calls,
-        r.retry_calls,
+        r.books.items,
+        r.books.final_results,
+        r.books.lost,
+        r.books.duplicated_results,
+        r.books.failed_items,
+        r.books.sim_calls,
+        r.books.ledger_rows,
+        r.books.double_charged,
+        r.books.unbooked_calls,
+        r.books.in_doubt_calls,
+        r.books.duplicate_calls,
+        r.books.retry_calls,
         r.reconciled_calls,
         r.ledger_usd,
         r.bill_usd,

@@ -7,9 +7,8 @@
 //! window has seen) and then checks, from the ledger, that none of them was called or booked
 //! again: a delivery of an attempt with a committed outcome calls nothing, however late.
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use switchyard_proto::{PROTOCOL_VERSION, Task, WorkItem, codec};
+use switchyard_proto::{PROTOCOL_VERSION, Task, WorkItem};
 
 use switchyard_client::Client;
 
@@ -62,7 +61,6 @@ pub async fn publish_done_again(
     .bind(limit)
     .fetch_all(&client.pool)
     .await?;
-    let t = client.settings.topology();
     let mut out = Redelivered {
         attempts: Vec::with_capacity(rows.len()),
         at: Some(at),
@@ -86,7 +84,7 @@ pub async fn publish_done_again(
             job_id: job_id.to_owned(),
             item_id: item_id.clone(),
             attempt: n,
-            tier: tier.clone(),
+            tier,
             text,
             task: task.clone(),
             team,
@@ -98,30 +96,13 @@ pub async fn publish_done_again(
             escalation: None,
             router_score: None,
         };
-        let mut headers = async_nats::HeaderMap::new();
         // A message id no duplicate window has seen: this copy is delivered.
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            format!(
-                "chaos-again:{}:{}",
-                at.timestamp_micros(),
-                msg.attempt_key()
-            )
-            .as_str(),
+        let msg_id = format!(
+            "chaos-again:{}:{}",
+            at.timestamp_micros(),
+            msg.attempt_key()
         );
-        let published = async {
-            client
-                .js
-                .publish_with_headers(
-                    t.work_subject(&tier),
-                    headers,
-                    Bytes::from(codec::encode(&msg)?),
-                )
-                .await?
-                .await?;
-            anyhow::Ok(())
-        };
-        if let Err(e) = published.await {
+        if let Err(e) = client.publish_work(&msg, &msg_id).await {
             out.stopped = Some(format!("{e:#}"));
             break;
         }

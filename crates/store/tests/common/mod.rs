@@ -1,9 +1,13 @@
 //! What the store's integration tests share: a job with queued items, a price, exact amounts.
 #![allow(dead_code, reason = "each test binary uses part of it")]
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
 use sqlx::PgPool;
+use switchyard_store::booking::Booking;
+use switchyard_store::outcomes::{AttemptKey, CallEntry, UsageSource};
 use switchyard_store::prices::{self, NewPrice};
+use switchyard_testkit::TestDb;
 
 pub use switchyard_testkit::ledger::d;
 
@@ -32,6 +36,15 @@ pub async fn job_with_items(pool: &PgPool, job_id: &str, status: &str, n: i64) {
     .unwrap();
 }
 
+/// A database of the test's own with a running job `job_id` of items `item-1..=n`, queued,
+/// and `model` at $1 / $2 per million tokens since 2020.
+pub async fn priced_job(job_id: &str, model: &str, n: i64) -> TestDb {
+    let db = TestDb::new().await;
+    job_with_items(&db.pool, job_id, "running", n).await;
+    price_since_2020(&db.pool, model, "1", "2").await;
+    db
+}
+
 /// `model` at `input` / `output` USD per million tokens, in force since 2020.
 pub async fn price_since_2020(pool: &PgPool, model: &str, input: &str, output: &str) {
     prices::set(
@@ -45,4 +58,41 @@ pub async fn price_since_2020(pool: &PgPool, model: &str, input: &str, output: &
     )
     .await
     .unwrap();
+}
+
+/// Attempt `attempt` of item `item-<item>` of `job_id`.
+pub fn key(job_id: &str, item: i64, attempt: i32) -> AttemptKey {
+    AttemptKey {
+        job_id: job_id.to_owned(),
+        item_id: format!("item-{item}"),
+        attempt,
+    }
+}
+
+/// Call `id` to the weak `model` (team `team`, project `proj`): `tokens` prompt and
+/// completion tokens, counted by `source`, booked at `at`.
+pub fn weak_call(
+    id: &str,
+    model: &str,
+    tokens: i32,
+    source: UsageSource,
+    at: DateTime<Utc>,
+) -> CallEntry {
+    CallEntry {
+        call_id: id.to_owned(),
+        provider_response_id: Some("chatcmpl-1".to_owned()),
+        team: "team".to_owned(),
+        project: "proj".to_owned(),
+        tier: "weak".to_owned(),
+        model: model.to_owned(),
+        provider: "test".to_owned(),
+        price_id: 0,
+        prompt_tokens: tokens,
+        completion_tokens: tokens,
+        cost_usd: Decimal::ZERO,
+        usage_source: source,
+        latency_ms: 1,
+        retry: false,
+        booking: Booking::at(at),
+    }
 }
