@@ -13,7 +13,8 @@ use anyhow::{Context as _, bail};
 use switchyard_router_lab::baselines::{router_scores, tie_break};
 use switchyard_router_lab::cascade::{CascadeRow, evaluate};
 use switchyard_router_lab::crossval::{CvSet, out_of_fold_scores};
-use switchyard_router_lab::data::{Dataset, Filter, Pair};
+use switchyard_router_lab::cli::FilterArgs;
+use switchyard_router_lab::data::{Dataset, Pair};
 use switchyard_router_lab::eval::call_cost;
 use switchyard_router_lab::train::Recipe;
 use switchyard_sim::confidence::{Calibration, DEFAULT_AUROC, DEFAULT_BIAS};
@@ -57,12 +58,8 @@ pub struct CascadeArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-    #[arg(long)]
-    pub keep_contaminated: bool,
-    #[arg(long)]
-    pub exclude_demo: bool,
-    #[arg(long)]
-    pub skip_missing: bool,
+    #[command(flatten)]
+    pub rows: FilterArgs,
 }
 
 /// Runs `switchyard router cascade`.
@@ -80,13 +77,7 @@ pub fn run(a: &CascadeArgs) -> anyhow::Result<()> {
         (Some(w), Some(s)) => Pair::new(w, s),
         _ => data.infer_pair()?,
     };
-    let filter = Filter {
-        keep_contaminated: a.keep_contaminated,
-        exclude_demo: a.exclude_demo,
-        skip_missing: a.skip_missing,
-        ..Filter::default()
-    };
-    let rows = data.paired(&pair, &filter)?;
+    let rows = data.paired(&pair, &a.rows.filter())?;
     let sim = switchyard_sim::Dataset::load(&[&a.data])
         .with_context(|| format!("cannot replay {}", a.data.display()))?;
     let (scores, router_name) = match a.folds {

@@ -7,7 +7,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
 use switchyard_openai::COMPLETION_WINDOW;
 use switchyard_openai::objects::{
     Batch, BatchErrors, BatchStatus, CreateBatch, ListPage, PURPOSE_BATCH, RequestCounts,
@@ -17,7 +16,7 @@ use switchyard_store::api::{self as store, BatchRow, NewBatch};
 use crate::Api;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::files::page_limit;
+use crate::files::Page;
 
 /// The completion window, as a duration.
 pub const WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -122,22 +121,15 @@ pub async fn get(
     Ok(Json(object(&b)))
 }
 
-/// The query of `GET /v1/batches`.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    pub after: Option<String>,
-    pub limit: Option<i64>,
-}
-
 /// `GET /v1/batches`: newest first.
 pub async fn list(
     State(api): State<Api>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Query(page): Query<Page>,
 ) -> Result<Json<ListPage<Batch>>, ApiError> {
-    let limit = page_limit(q.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let limit = page.size(DEFAULT_PAGE, MAX_PAGE)?;
     let (rows, more) =
-        store::list_batches(&api.pool, &caller.team, q.after.as_deref(), limit).await?;
+        store::list_batches(&api.pool, &caller.team, page.after.as_deref(), limit).await?;
     let data = rows.iter().map(object).collect();
     Ok(Json(ListPage::new(data, more, |b: &Batch| &b.id)))
 }

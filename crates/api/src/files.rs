@@ -201,44 +201,52 @@ pub async fn delete(
     }))
 }
 
-/// The query of `GET /v1/files`.
+/// `GET /v1/files?purpose=…`.
 #[derive(Debug, Deserialize)]
-pub struct ListQuery {
+pub struct PurposeFilter {
     pub purpose: Option<String>,
+}
+
+/// `after` and `limit`, as every list takes them.
+#[derive(Debug, Deserialize)]
+pub struct Page {
     pub after: Option<String>,
     pub limit: Option<i64>,
+}
+
+impl Page {
+    /// The page's size: `default` when absent, 1 to `max`.
+    ///
+    /// # Errors
+    /// 400 naming `limit`.
+    pub fn size(&self, default: i64, max: i64) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::bad(
+                "limit",
+                format!("limit {n} is out of range: 1 to {max}"),
+            )),
+        }
+    }
 }
 
 /// `GET /v1/files`: newest first.
 pub async fn list(
     State(api): State<Api>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Query(page): Query<Page>,
+    Query(filter): Query<PurposeFilter>,
 ) -> Result<Json<ListPage<FileObject>>, ApiError> {
-    let limit = page_limit(q.limit, MAX_PAGE, MAX_PAGE)?;
+    let limit = page.size(MAX_PAGE, MAX_PAGE)?;
     let (rows, more) = store::list_files(
         &api.pool,
         &caller.team,
-        q.purpose.as_deref(),
-        q.after.as_deref(),
+        filter.purpose.as_deref(),
+        page.after.as_deref(),
         limit,
     )
     .await?;
     let data = rows.iter().map(object).collect();
     Ok(Json(ListPage::new(data, more, |f: &FileObject| &f.id)))
-}
-
-/// A list's `limit`: `default` when absent, 1 to `max`.
-///
-/// # Errors
-/// 400 naming `limit`.
-pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
-    match limit {
-        None => Ok(default),
-        Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::bad(
-            "limit",
-            format!("limit {n} is out of range: 1 to {max}"),
-        )),
-    }
 }

@@ -243,6 +243,19 @@ pub fn id_bucket(id: &str, n: u32) -> u32 {
     first % n.max(1)
 }
 
+/// Every model named in some row's results, sorted, once each.
+pub fn model_names<'a, V: 'a>(
+    rows: impl IntoIterator<Item = &'a BTreeMap<String, V>>,
+) -> Vec<String> {
+    let mut names: Vec<String> = rows
+        .into_iter()
+        .flat_map(|models| models.keys().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 impl Dataset {
     /// Reads a JSONL file. `default_kind` is used for rows without a `task`; without it such
     /// rows are an error.
@@ -328,14 +341,7 @@ impl Dataset {
 
     /// Every model named in some row, sorted.
     pub fn models(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .rows
-            .iter()
-            .flat_map(|r| r.models.keys().cloned())
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+        model_names(self.rows.iter().map(|r| &r.models))
     }
 
     /// The file's natural weak/strong pair: a known pair whose models both occur, or, when

@@ -143,14 +143,7 @@ impl Dataset {
 
     /// Every model name that appears in the data, sorted.
     pub fn models(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .records
-            .iter()
-            .flat_map(|r| r.models.keys().cloned())
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+        switchyard_router_lab::data::model_names(self.records.iter().map(|r| &r.models))
     }
 
     fn extend(&mut self, records: Vec<Record>, source: &str) {

@@ -82,6 +82,13 @@ pub async fn revoke_key(pool: &PgPool, key_id: &str) -> sqlx::Result<bool> {
     Ok(r.rows_affected() == 1)
 }
 
+/// A page of at most `limit` of `rows` (fetched `limit + 1`), and whether there were more.
+fn page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    (rows, more)
+}
+
 /// A stored file.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct FileRow {
@@ -142,7 +149,7 @@ pub async fn list_files(
     after: Option<&str>,
     limit: i64,
 ) -> sqlx::Result<(Vec<FileRow>, bool)> {
-    let mut rows: Vec<FileRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<FileRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {FILE_COLUMNS} FROM api_files
          WHERE team = $1 AND deleted_at IS NULL
            AND ($2::text IS NULL OR purpose = $2)
@@ -155,9 +162,7 @@ pub async fn list_files(
     .bind(limit + 1)
     .fetch_all(pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(usize::try_from(limit).unwrap_or(0));
-    Ok((rows, more))
+    Ok(page(rows, limit))
 }
 
 /// Marks `team`'s file deleted and returns it (its object is the caller's to remove);
@@ -281,7 +286,7 @@ pub async fn list_batches(
     after: Option<&str>,
     limit: i64,
 ) -> sqlx::Result<(Vec<BatchRow>, bool)> {
-    let mut rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<BatchRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {BATCH_COLUMNS} FROM api_batches
          WHERE team = $1 AND ($2::text IS NULL OR batch_id < $2)
          ORDER BY batch_id DESC LIMIT $3"
@@ -291,9 +296,7 @@ pub async fn list_batches(
     .bind(limit + 1)
     .fetch_all(pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(usize::try_from(limit).unwrap_or(0));
-    Ok((rows, more))
+    Ok(page(rows, limit))
 }
 
 /// Fails a batch still `validating` with the faults of its input file; `false` when it had
