@@ -19,7 +19,10 @@ fn python() -> String {
 }
 
 fn key(cfg: &Path, team: &str) -> String {
-    let out = common::run(cfg, &["api-key", "create", "--team", team, "--name", "sdk-test"]);
+    let out = common::run(
+        cfg,
+        &["api-key", "create", "--team", team, "--name", "sdk-test"],
+    );
     assert!(
         out.status.success(),
         "{}",
