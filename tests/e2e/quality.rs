@@ -34,6 +34,10 @@ async fn a_quality_job_pilots_then_routes_with_the_plan_its_twin_makes() {
     let h = Harness::start().await;
     let items = mmlu_items(600);
     let mut spec = classify_job(items.clone(), 0.0, 0.0);
+    // The job id picks the pilot (a hash of job and item ids), and so the plan: a fixed one
+    // makes the test the same every run. With a random id, a CI run drew a
+    // pilot whose plan sends every item strong, leaving nothing to audit.
+    spec.job_id = "quality-e2e-job".to_owned();
     spec.policy.routing = Routing::Quality { value: 0.95 };
     spec.policy.cascade.confidence_threshold = None;
     spec.policy.audit = Some(0.05);
@@ -55,7 +59,7 @@ async fn a_quality_job_pilots_then_routes_with_the_plan_its_twin_makes() {
         plan["predicted_quality_low"].as_f64().unwrap() >= 0.95 - 1e-9,
         "{plan}"
     );
-    assert!(audit_fraction > 0.0);
+    assert!(audit_fraction > 0.0, "a plan with nothing to audit: {plan}");
 
     // Pilot items were answered by both tiers (attempt 0 weak, the audit strong); the other
     // items by their route, and the audit sample among the weak-routed ones by both.
