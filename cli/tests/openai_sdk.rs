@@ -1,11 +1,14 @@
 //! The official `openai` Python SDK (the version `scripts/test.sh` pins) against a real
 //! `switchyard api` process with keys made by `switchyard api-key create`: uploads, batches,
 //! the background check of a batch's file, auto-pagination, cancel, team isolation and the
-//! SDK's typed errors (see tests/python/openai_batch.py).
+//! SDK's typed errors (see tests/python/openai_batch.py); and batches run through a fleet of
+//! real processes (dispatcher, worker, API) with the simulator as the provider: routed, pinned
+//! and refused requests, and a cancel midway (see tests/python/openai_batch_run.py).
 
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_testkit::ports::{free_port, wait_for_port};
@@ -107,4 +110,72 @@ async fn the_official_sdk_runs_files_and_batches_against_switchyard_api() {
         ])
     );
     assert_eq!(api.terminate(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_run_through_the_fleet_and_come_back_as_openai_output_files() {
+    let db = TestDb::new().await;
+    let nats = TestNats::new().await;
+    let data = Arc::new(switchyard_demo::bundled_dataset().unwrap());
+    let prompts: Vec<String> = data
+        .records()
+        .filter(|r| r.choices.is_some())
+        .map(|r| r.prompt.clone())
+        .take(32)
+        .collect();
+    assert_eq!(prompts.len(), 32);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = switchyard_sim::start(listener, data, switchyard_sim::SimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::fleet_config(dir.path(), &nats, &db, &sim.base_url());
+    let key_a = key(&cfg, "team-a");
+    let _dispatcher = common::start(&cfg, &["dispatcher"], &[]);
+    // No worker serves the local tier: requests pinned to its model wait until cancelled.
+    let _worker = common::start(&cfg, &["worker", "--tier", "weak,strong"], &[]);
+    let port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let mut api = common::start(&cfg, &["api", "--listen", &listen], &[]);
+    wait_for_port("switchyard api", port, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/python/openai_batch_run.py"
+    );
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .arg(format!("http://{listen}/v1"))
+        .arg(&key_a)
+        .arg(serde_json::to_string(&prompts).unwrap())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), out)
+        .await
+        .expect("the SDK script finishes within 5 minutes")
+        .expect("python runs (scripts/test.sh installs the pinned openai package into target/py)");
+    assert!(
+        out.status.success(),
+        "the SDK script failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["completed"], 11, "{seen}");
+    assert_eq!(seen["failed"], 3, "{seen}");
+    assert_eq!(seen["cancelled_lines"], 2, "{seen}");
+
+    // The job behind a batch, the Switchyard way: its team, its items, its spend.
+    let batch = seen["batch"].as_str().unwrap();
+    let status = common::run(&cfg, &["status", batch, "--json"]);
+    assert!(status.status.success(), "{}", common::stderr(&status));
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["team"], "team-a", "{s}");
+    assert_eq!(s["task_kind"], "chat", "{s}");
+    assert_eq!(s["items_by_state"]["done"], 11, "{s}");
+    assert_eq!(s["items_by_state"]["failed"], 1, "{s}");
+    let cost: f64 = s["cost_usd"].as_str().unwrap().parse().unwrap();
+    assert!(cost > 0.0, "{s}");
+    assert_eq!(api.terminate(Duration::from_secs(10)).await, Some(0));
+    sim.shutdown().await;
 }

@@ -16,34 +16,7 @@ use switchyard_sim::{Faults, SimConfig};
 use switchyard_testkit::{TestDb, TestNats};
 
 mod common;
-use common::{run, start, stderr, stdout};
-
-fn config(dir: &Path, nats: &TestNats, db: &TestDb, sim_url: &str) -> PathBuf {
-    let model = |name: &str, tier: &str, price: &str| {
-        format!(
-            "[models.\"{name}\"]\ntier = \"{tier}\"\nprovider = \"sim\"\nbase_url = \"{sim_url}\"\n\
-             input_usd_per_mtok = \"{price}\"\noutput_usd_per_mtok = \"{price}\"\nmax_retries = 0\n\n"
-        )
-    };
-    let text = format!(
-        "[nats]\nurl = \"{}\"\nprefix = \"{}\"\nstorage = \"memory\"\n\n\
-         [database]\nurl = \"{}\"\nmax_connections = 4\n\n\
-         [worker]\nack_wait = \"5s\"\nmax_deliver = 2\nretry_delay = \"100ms\"\nshutdown_grace = \"5s\"\n\n\
-         {}{}{}\
-         [tiers.weak]\ndefault_model = \"mistralai/Mixtral-8x7B-Instruct-v0.1\"\nescalate_to = \"strong\"\n\n\
-         [tiers.strong]\ndefault_model = \"gpt-4-1106-preview\"\n\n\
-         [tiers.local]\ndefault_model = \"mistralai/Mistral-7B-Instruct-v0.1\"\nlocal = true\n",
-        switchyard_testkit::nats_url(),
-        nats.prefix,
-        db.url,
-        model("mistralai/Mixtral-8x7B-Instruct-v0.1", "weak", "0.6"),
-        model("gpt-4-1106-preview", "strong", "10"),
-        model("mistralai/Mistral-7B-Instruct-v0.1", "local", "0.2"),
-    );
-    let path = dir.join("fleet.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use common::{fleet_config as config, run, start, stderr, stdout};
 
 /// `submit ITEMS --task classify --labels A,B,C,D EXTRA… --wait --timeout 90s`, off the
 /// test's runtime (it blocks until the job ends).

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use switchyard_core::policy::{Cut, Route};
 use switchyard_core::route::ItemRoute;
-use switchyard_proto::{Item, JobSpec, PROTOCOL_VERSION, WorkItem, codec, work};
+use switchyard_proto::{Item, JobSpec, WorkItem, codec, work};
 use switchyard_store::items::{self, NewItem, StoredItem};
 use switchyard_store::jobs::{self, status};
 
@@ -260,7 +260,7 @@ impl<'a> Sender<'a> {
                 out.per_tier.insert(item.tier.clone(), 1);
             }
             let mut msg = WorkItem {
-                v: PROTOCOL_VERSION,
+                v: self.spec.task.message_version(),
                 job_id: self.spec.job_id.clone(),
                 item_id: item.item_id,
                 attempt: 0,

@@ -8,7 +8,7 @@ use std::hash::BuildHasher;
 use switchyard_core::calibrate::Plan;
 use switchyard_core::policy::Cut;
 use switchyard_core::validate::{self, Limits, Rejection};
-use switchyard_proto::JobSpec;
+use switchyard_proto::{ChatItem, JobSpec, Task};
 
 use crate::Dispatcher;
 use crate::source::{ItemSource, SourceError};
@@ -83,10 +83,17 @@ pub fn job_router<'a>(
         prices,
         d.router.planned_weak_quality(spec.task.kind()),
     )
+    .with_model_tiers(d.settings.model_tiers())
 }
 
 /// The router's raw score of `item` in `spec`'s task.
 pub fn score(d: &Dispatcher, spec: &JobSpec, item: &switchyard_proto::Item) -> f32 {
+    if let Task::Chat {} = spec.task
+        && let Ok(chat) = ChatItem::from_text(&item.text)
+    {
+        // The conversation, not its JSON.
+        return d.router.score(&chat.prompt_text(), spec.task.kind());
+    }
     d.router.score(&item.text, spec.task.kind())
 }
 
@@ -106,7 +113,7 @@ pub async fn ingest(
     source: &mut ItemSource,
     mut progress: impl FnMut(u64),
 ) -> Result<Ingested, IngestError> {
-    let limits: Limits = d.settings.dispatcher.limits();
+    let limits: Limits = d.settings.dispatcher.limits().for_task(&spec.task);
     let chunk_size = d.settings.dispatcher.chunk_size.get() as u64;
     let has_local = d.settings.local_tier().is_some();
     let prices = job_prices(d, spec).await?;

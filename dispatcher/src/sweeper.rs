@@ -41,7 +41,7 @@ use async_nats::jetstream::stream::RawMessageErrorKind;
 use bytes::Bytes;
 use sqlx::PgConnection;
 use switchyard_proto::topology::{HEADER_DLQ_REASON, HEADER_JOB_ID};
-use switchyard_proto::{JobSpec, PROTOCOL_VERSION, Policy, Task, WorkItem, codec, work};
+use switchyard_proto::{JobSpec, Policy, Task, WorkItem, codec, work};
 use switchyard_store::dead_letters::{self, DeadLetter};
 use switchyard_store::jobs::{self, status};
 use switchyard_store::sweep::{self, Candidate, LostAttempt, SweptJob};
@@ -436,7 +436,7 @@ impl Message<'_> {
         let used = u8::try_from(lost.escalations).unwrap_or(u8::MAX);
         let score = lost.router_score;
         let mut msg = WorkItem {
-            v: PROTOCOL_VERSION,
+            v: self.task.message_version(),
             job_id: self.job.job_id.clone(),
             item_id: lost.item_id,
             attempt,

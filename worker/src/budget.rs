@@ -601,11 +601,11 @@ mod tests {
             model: "m".into(),
             messages: vec![
                 Message {
-                    role: "system",
+                    role: "system".into(),
                     content: "x".repeat(100),
                 },
                 Message {
-                    role: "user",
+                    role: "user".into(),
                     content: "y".repeat(300),
                 },
             ],
@@ -615,6 +615,7 @@ mod tests {
             client_request_id: None,
             n: 1,
             temperature: 0.0,
+            params: serde_json::Map::new(),
         };
         // (100 + 8 + 300 + 8 + 16) × 10 + 4 × 30, per million.
         assert_eq!(

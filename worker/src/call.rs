@@ -263,6 +263,7 @@ mod tests {
             client_request_id: None,
             n: 1,
             temperature: 0.0,
+            params: serde_json::Map::new(),
         }
     }
 

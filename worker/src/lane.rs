@@ -32,6 +32,10 @@ use crate::settle::{Delivery, Disposition, Keeper, settle};
 /// How long one pull request waits when the tier is idle.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
+/// How long a message written by a newer version waits before it is offered again (an
+/// upgraded worker of the same tier takes it meanwhile).
+const NEWER_VERSION_DELAY: Duration = Duration::from_secs(30);
+
 /// Pulls the tier's items until `shutdown`, then stops pulling, lets in-flight items finish
 /// within `shutdown_grace`, gives back (naks) the rest, and flushes the last commits.
 ///
@@ -239,6 +243,15 @@ async fn handle(
     };
     let item: WorkItem = match codec::decode(&d.payload) {
         Ok(item) => item,
+        // Written by a newer version (a chat item during a rolling upgrade): not malformed,
+        // only not yet readable here. Leave it for an upgraded worker; only when its
+        // deliveries run out does it become a dead letter (with the reason, to replay).
+        Err(e @ codec::DecodeError::UnsupportedVersion { .. }) if d.delivered < ws.max_deliver => {
+            tracing::warn!(subject = %d.subject, error = %e, "a newer worker must take this message; leaving it");
+            return Handled::Settle(Disposition::Retry {
+                after: NEWER_VERSION_DELAY,
+            });
+        }
         Err(e) => return Handled::Settle(dead_letter_undecodable(w, d, &e.to_string()).await),
     };
     let key = AttemptKey {
@@ -271,16 +284,26 @@ async fn handle(
             None,
         );
     }
-    let Some(model) = w
-        .settings
-        .model_for(tier, &item.models)
-        .and_then(|m| w.models.get(m))
-    else {
+    let pinned = pinned_model(&item);
+    let model = match &pinned {
+        Some(name) => w.models.get(name.as_str()),
+        None => w
+            .settings
+            .model_for(tier, &item.models)
+            .and_then(|m| w.models.get(m)),
+    };
+    let Some(model) = model else {
         return fail(
-            format!(
-                "no model configured for tier `{tier}` (job override: {:?})",
-                item.models.get(tier)
-            ),
+            match pinned {
+                Some(name) => format!(
+                    "{MODEL_NOT_FOUND}: the request names model `{name}`, which this \
+                     deployment does not configure (nothing was sent)"
+                ),
+                None => format!(
+                    "no model configured for tier `{tier}` (job override: {:?})",
+                    item.models.get(tier)
+                ),
+            },
             None,
             None,
         );
@@ -291,7 +314,11 @@ async fn handle(
     let request = CompletionRequest {
         model: model.name.clone(),
         messages: prompt::messages_for(&item.task, &item.text),
-        max_tokens: prompt::max_tokens_for(&item.task, model.settings.generate_max_tokens),
+        max_tokens: prompt::max_tokens_for_item(
+            &item.task,
+            &item.text,
+            model.settings.generate_max_tokens,
+        ),
         logprobs: model.settings.logprobs,
         top_logprobs: if matches!(item.task, Task::Classify { .. }) {
             5
@@ -301,6 +328,7 @@ async fn handle(
         client_request_id: Some(call_id.clone()),
         n: 1 + extra,
         temperature: if extra > 0 { SAMPLE_TEMPERATURE } else { 0.0 },
+        params: chat_params(&item),
     };
 
     // The claim: the intent is durable before the request can leave.
@@ -684,7 +712,31 @@ fn judge_alone(
             Some(max_words.unwrap_or(prompt::DEFAULT_MAX_WORDS)),
             fallback,
         ),
-        Task::Generate { .. } => confidence::judge_text(content, logprobs, None, fallback),
+        Task::Generate { .. } | Task::Chat {} => {
+            confidence::judge_text(content, logprobs, None, fallback)
+        }
+    }
+}
+
+/// `model_not_found`: the error of a chat item pinned to a model this deployment does not
+/// configure (the batch API puts it in the error file with status 404).
+pub const MODEL_NOT_FOUND: &str = "model_not_found";
+
+/// The model a chat item pinned (`None` for other tasks and for routed chat items).
+fn pinned_model(item: &WorkItem) -> Option<String> {
+    match item.task {
+        Task::Chat {} => switchyard_proto::chat::pinned_model(&item.text),
+        _ => None,
+    }
+}
+
+/// A chat item's own parameters, sent as they are (none for other tasks).
+fn chat_params(item: &WorkItem) -> serde_json::Map<String, serde_json::Value> {
+    match item.task {
+        Task::Chat {} => switchyard_proto::ChatItem::from_text(&item.text)
+            .map(|c| c.params)
+            .unwrap_or_default(),
+        _ => serde_json::Map::new(),
     }
 }
 
@@ -694,6 +746,10 @@ fn judge_alone(
 /// tier. Deterministic, so a redelivered message re-publishes the same escalation.
 pub fn escalation_for(w: &Worker, tier: &str, item: &WorkItem) -> Option<WorkItem> {
     if item.escalations_left == 0 || !item.is_own() {
+        return None;
+    }
+    // A chat request that named its model runs on that model only.
+    if pinned_model(item).is_some() {
         return None;
     }
     let next = w.settings.tiers.get(tier)?.escalate_to.as_ref()?;

@@ -578,17 +578,18 @@ mod tests {
             model: "m".into(),
             messages: vec![
                 switchyard_core::prompt::Message {
-                    role: "system",
+                    role: "system".into(),
                     content: "x".repeat(400),
                 },
                 switchyard_core::prompt::Message {
-                    role: "user",
+                    role: "user".into(),
                     content: "y".repeat(41),
                 },
             ],
             max_tokens: 20,
             n: 1,
             temperature: 0.0,
+            params: serde_json::Map::new(),
             logprobs: false,
             top_logprobs: 0,
             client_request_id: None,

@@ -53,8 +53,8 @@ pub fn object(b: &BatchRow) -> Batch {
         cancelled_at: ts(b.cancelled_at),
         request_counts: RequestCounts {
             total: u64::try_from(b.request_total).unwrap_or(0),
-            completed: 0,
-            failed: 0,
+            completed: u64::try_from(b.request_completed).unwrap_or(0),
+            failed: u64::try_from(b.request_failed).unwrap_or(0),
         },
         metadata: b
             .metadata
@@ -73,6 +73,16 @@ pub async fn create(
     let req: CreateBatch = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("body", format!("not a batch creation request: {e}")))?;
     req.check()?;
+    let metadata = req
+        .metadata
+        .as_ref()
+        .map(|m| serde_json::to_value(m).unwrap_or_default());
+    crate::run::batch_policy(metadata.as_ref(), &api.options.default_policy).map_err(|e| {
+        ApiError::bad(
+            &format!("metadata.{}", crate::run::POLICY_KEY),
+            format!("not a policy: {e}"),
+        )
+    })?;
     let file = store::file(&api.pool, &caller.team, &req.input_file_id)
         .await?
         .ok_or_else(|| ApiError::not_found("file", &req.input_file_id))?;
@@ -95,10 +105,7 @@ pub async fn create(
             input_file_id: &file.file_id,
             endpoint: &req.endpoint,
             completion_window: COMPLETION_WINDOW,
-            metadata: req
-                .metadata
-                .as_ref()
-                .map(|m| serde_json::to_value(m).unwrap_or_default()),
+            metadata,
             window: WINDOW,
         },
         &api.owner,

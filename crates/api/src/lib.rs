@@ -10,6 +10,9 @@
 //!    background ([`validate`]), line by line as it streams from the object store, and a
 //!    file fault fails the batch with each fault's line. A validation whose process died is
 //!    taken over by any API process once its lease runs out ([`validate::sweep`]).
+//! 4. [`run`]: a batch that passed becomes a `chat` job of the fleet (dispatcher, tiers,
+//!    cascade, budgets, ledger); any API process looks at it while it runs (counts, cancel,
+//!    expiry) and writes its output and error files when the job stops.
 //!
 //! The wire objects are `switchyard_openai`'s. Nothing lives in the process: any number of
 //! API servers can run side by side over the same NATS and Postgres.
@@ -19,6 +22,7 @@ pub mod batches;
 pub mod error;
 pub mod files;
 pub mod keys;
+pub mod run;
 pub mod validate;
 
 use std::sync::Arc;
@@ -41,13 +45,23 @@ pub struct ApiOptions {
     pub max_upload_bytes: u64,
     /// How often the process looks for batch steps whose process died.
     pub sweep_every: std::time::Duration,
+    /// How often a running batch is looked at (counts, cancellation, expiry, end).
+    pub look_every: std::time::Duration,
+    /// The policy of `switchyard:auto` requests in batches whose metadata names none
+    /// (`switchyard_policy`), as `switchyard submit --policy` takes it.
+    pub default_policy: String,
 }
+
+/// The policy of batches that name none: the product's promise.
+pub const DEFAULT_POLICY: &str = "quality=0.95";
 
 impl Default for ApiOptions {
     fn default() -> Self {
         Self {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             sweep_every: std::time::Duration::from_secs(10),
+            look_every: std::time::Duration::from_secs(2),
+            default_policy: DEFAULT_POLICY.to_owned(),
         }
     }
 }
@@ -60,6 +74,9 @@ pub struct Api {
     pub options: Arc<ApiOptions>,
     /// This process's name in batch leases.
     pub owner: Arc<str>,
+    /// Submits batches' jobs as any client does.
+    pub client: switchyard_client::Client,
+    pub settings: Arc<Settings>,
 }
 
 impl Api {
@@ -71,18 +88,29 @@ impl Api {
     pub async fn connect(settings: &Settings, options: ApiOptions) -> anyhow::Result<Self> {
         let pool = switchyard_store::connect_and_migrate(settings.database_url(), 8).await?;
         let nats = switchyard_runtime::nats::connect(settings, "switchyard-api").await?;
-        let js = jetstream::new(nats);
+        let js = jetstream::new(nats.clone());
         switchyard_runtime::nats::ensure_streams(&js, settings).await?;
         let bucket = settings.topology().files_bucket();
         let files = js
             .get_object_store(&bucket)
             .await
             .map_err(|e| anyhow::anyhow!("files bucket `{bucket}` missing: {e}"))?;
+        batch_policy_default_is_valid(&options.default_policy)?;
+        let settings = Arc::new(settings.clone());
+        let client = switchyard_client::Client {
+            settings: settings.clone(),
+            nats,
+            js,
+            pool: pool.clone(),
+            inline_limit: switchyard_client::INLINE_LIMIT,
+        };
         Ok(Self {
             pool,
             files,
             options: Arc::new(options),
             owner: format!("api-{}", ulid::Ulid::new()).into(),
+            client,
+            settings,
         })
     }
 
@@ -108,6 +136,12 @@ impl Api {
     }
 }
 
+fn batch_policy_default_is_valid(policy: &str) -> anyhow::Result<()> {
+    run::batch_policy(None, policy)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("the API's default batch policy `{policy}`: {e}"))
+}
+
 /// Serves until `shutdown` is cancelled.
 ///
 /// # Errors
@@ -122,10 +156,16 @@ pub async fn serve(
         api.options.sweep_every,
         shutdown.clone(),
     ));
+    let looks = tokio::spawn(run::looks(
+        api.clone(),
+        api.options.look_every,
+        shutdown.clone(),
+    ));
     let served = axum::serve(listener, api.router())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     sweeper.abort();
+    looks.abort();
     served?;
     Ok(())
 }

@@ -59,14 +59,14 @@ pub async fn run(api: Api, batch: BatchRow) {
         }
     };
     let recorded = match verdict {
-        Ok(total) => {
-            store::validated(
-                &api.pool,
-                &batch.batch_id,
-                i64::try_from(total).unwrap_or(i64::MAX),
-            )
-            .await
-        }
+        // The start is part of this step: under the same lease, taken over with it.
+        Ok(total) => match crate::run::start(&api, &batch, total).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::warn!(batch = %batch.batch_id, error = %format!("{e:#}"), "cannot start a batch; its lease will run out");
+                return;
+            }
+        },
         Err(errors) => {
             let errors = serde_json::to_value(BatchErrors::new(errors)).unwrap_or_default();
             store::fail_validation(&api.pool, &batch.batch_id, &errors).await

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sqlx::PgPool;
 use switchyard_proto::topology::{HEADER_JOB_ID, HEADER_MSG_ID};
-use switchyard_proto::{InputRef, Item, JobSpec, PROTOCOL_VERSION, Policy, Task, WorkItem, codec};
+use switchyard_proto::{InputRef, Item, JobSpec, Policy, Task, WorkItem, codec};
 use switchyard_runtime::Settings;
 use switchyard_store::reports::{self, JobStatus};
 
@@ -288,7 +288,7 @@ impl Client {
                 .unwrap_or_else(|| ds.weak_tier.clone());
             let attempt = u16::try_from(item.next_attempt).unwrap_or(u16::MAX);
             let msg = WorkItem {
-                v: PROTOCOL_VERSION,
+                v: task.message_version(),
                 job_id: job_id.to_owned(),
                 item_id: item.item_id.clone(),
                 attempt,

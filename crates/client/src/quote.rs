@@ -70,6 +70,10 @@ impl TaskArgs {
             TaskKind::Generate => Task::Generate {
                 instructions: self.instructions.clone(),
             },
+            TaskKind::Chat => bail!(
+                "--task chat takes chat requests, which come through the OpenAI-compatible \
+                 API (`switchyard api`), not from --file"
+            ),
         })
     }
 }

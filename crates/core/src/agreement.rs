@@ -28,7 +28,7 @@ pub fn agreement(kind: TaskKind, a: &str, b: &str) -> f64 {
                 0.0
             }
         }
-        TaskKind::Generate => match (final_number(a), final_number(b)) {
+        TaskKind::Generate | TaskKind::Chat => match (final_number(a), final_number(b)) {
             (Some(x), Some(y)) => f64::from(u8::from(same_number(&x, &y))),
             _ => word_f1(a, b),
         },

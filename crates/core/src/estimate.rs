@@ -53,7 +53,7 @@ impl Estimator {
             Task::Summarize { max_words, .. } => {
                 (f64::from(max_words.unwrap_or(DEFAULT_MAX_WORDS)) * 1.3).ceil() as u32
             }
-            Task::Generate { .. } => generate_max_tokens.div_ceil(2),
+            Task::Generate { .. } | Task::Chat {} => generate_max_tokens.div_ceil(2),
         };
         Self {
             fixed_chars,

@@ -3,12 +3,13 @@
 //! The classification prompt ends with a `Labels: a, b, c` line; the simulator relies on
 //! that line to answer prompts it has no record of, so keep it stable.
 
-use switchyard_proto::Task;
+use switchyard_proto::{ChatItem, Task};
 
 /// A chat message (OpenAI roles).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    pub role: &'static str,
+    /// `system`, `user`, `assistant` (a chat item's roles pass through as they are).
+    pub role: String,
     pub content: String,
 }
 
@@ -19,6 +20,23 @@ pub const DEFAULT_MAX_WORDS: u32 = 80;
 /// text unchanged as the user message.
 pub fn messages_for(task: &Task, text: &str) -> Vec<Message> {
     let system = match task {
+        // A chat item is its own conversation; text that is not one is sent as the user's.
+        Task::Chat {} => {
+            return match ChatItem::from_text(text) {
+                Ok(chat) => chat
+                    .messages
+                    .into_iter()
+                    .map(|m| Message {
+                        role: m.role,
+                        content: m.content,
+                    })
+                    .collect(),
+                Err(_) => vec![Message {
+                    role: "user".into(),
+                    content: text.to_owned(),
+                }],
+            };
+        }
         Task::Classify {
             labels,
             instructions,
@@ -45,11 +63,11 @@ pub fn messages_for(task: &Task, text: &str) -> Vec<Message> {
     };
     vec![
         Message {
-            role: "system",
+            role: "system".into(),
             content: system,
         },
         Message {
-            role: "user",
+            role: "user".into(),
             content: text.to_owned(),
         },
     ]
@@ -65,7 +83,20 @@ pub fn max_tokens_for(task: &Task, generate_default: u32) -> u32 {
         }
         Task::Summarize { max_words, .. } => max_words.unwrap_or(DEFAULT_MAX_WORDS) * 2 + 16,
         Task::Generate { .. } => generate_default,
+        // A chat request's own ceiling, else what generation gets.
+        Task::Chat {} => generate_default,
     }
+}
+
+/// The completion budget of one item: a chat request's own `max_completion_tokens` /
+/// `max_tokens` when it set one, else the task's ([`max_tokens_for`]).
+pub fn max_tokens_for_item(task: &Task, text: &str, generate_default: u32) -> u32 {
+    if matches!(task, Task::Chat {})
+        && let Some(n) = ChatItem::from_text(text).ok().and_then(|c| c.max_tokens())
+    {
+        return n;
+    }
+    max_tokens_for(task, generate_default)
 }
 
 #[cfg(test)]

@@ -29,6 +29,10 @@ use crate::validate;
 /// The rule name stored for items pinned by their sensitivity.
 pub const SENSITIVITY_RULE: &str = "sensitivity";
 
+/// The rule name stored for chat items that named a model (not a routing alias): they run
+/// on that model's tier.
+pub const MODEL_RULE: &str = "model";
+
 /// Why an item goes where it goes, as stored with it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ItemRoute {
@@ -112,6 +116,10 @@ pub struct JobRouter<'a> {
     /// The weak model's expected quality on this job's task kind (the router's measurement,
     /// or an assumption when it has none).
     pub weak_quality: f64,
+    /// The tier of each configured model, for chat items that pin one
+    /// ([`JobRouter::with_model_tiers`]); empty: such items go to the weak tier, whose
+    /// worker reports the model as not configured.
+    pub model_tiers: BTreeMap<String, String>,
 }
 
 /// What the policy will be computed from, accumulated item by item (32 bytes a candidate).
@@ -152,7 +160,16 @@ impl<'a> JobRouter<'a> {
             prices,
             estimator: estimate::Estimator::new(job.task, config.generate_max_tokens),
             weak_quality,
+            model_tiers: BTreeMap::new(),
         }
+    }
+
+    /// The same router, knowing which tier runs each model (`model → tier`), so a chat item
+    /// that names a model goes to that model's tier.
+    #[must_use]
+    pub fn with_model_tiers(mut self, model_tiers: BTreeMap<String, String>) -> Self {
+        self.model_tiers = model_tiers;
+        self
     }
 
     /// Estimated cost of the item on `tier` (zero, and noted, when its model is unpriced).
@@ -196,9 +213,21 @@ impl<'a> JobRouter<'a> {
             est_weak_usd: weak_usd,
             est_strong_usd: strong_usd,
         };
+        let pinned = match self.task {
+            Task::Chat {} => switchyard_proto::chat::pinned_model(&item.text),
+            _ => None,
+        };
         let forced = if validate::is_local_only(item) {
             route.rule = Some(SENSITIVITY_RULE.to_owned());
             self.local_tier.map(str::to_owned)
+        } else if let Some(model) = pinned {
+            route.rule = Some(MODEL_RULE.to_owned());
+            Some(
+                self.model_tiers
+                    .get(&model)
+                    .cloned()
+                    .unwrap_or_else(|| self.weak_tier.to_owned()),
+            )
         } else {
             let facts = ItemFacts {
                 task: kind,
@@ -310,6 +339,54 @@ mod tests {
     /// A stand-in for the router: longer texts score higher.
     fn score(item: &Item) -> f32 {
         item.text.len() as f32 / 100.0
+    }
+
+    #[test]
+    fn a_chat_request_that_names_a_model_goes_to_its_tier_and_an_alias_is_routed() {
+        use switchyard_proto::{ChatItem, ChatMessage};
+        let prices = TierPrices::resolve([("weak", "small"), ("strong", "big")], |_| {
+            Some(price("1", "1"))
+        });
+        let rules = RuleSet::compile(&[], &["weak", "strong"]).unwrap();
+        let config = RouteConfig {
+            weak_tier: "weak",
+            strong_tier: "strong",
+            local_tier: None,
+            rules: &rules,
+            generate_max_tokens: 512,
+        };
+        let task = Task::Chat {};
+        let routing = Routing::StrongShare { value: 0.0 };
+        let job = JobFacets {
+            routing: &routing,
+            task: &task,
+            team: "t",
+            project: "p",
+        };
+        let tiers = [("small", "weak"), ("big", "strong")]
+            .map(|(m, t)| (m.to_owned(), t.to_owned()))
+            .into_iter()
+            .collect();
+        let jr = JobRouter::new(&config, job, &prices, 0.6).with_model_tiers(tiers);
+        let mut acc = jr.inputs();
+        let chat = |model: &str| {
+            let m = vec![ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }];
+            ChatItem::new(model, m, serde_json::Map::new()).to_text()
+        };
+        let (r, _) = jr.route(&Item::new("a", chat("big")), 0, 0.0, &mut acc);
+        assert_eq!(
+            (r.rule.as_deref(), r.tier.as_deref()),
+            (Some(MODEL_RULE), Some("strong"))
+        );
+        // A model no tier runs goes to the weak tier, whose worker names it as not found.
+        let (r, _) = jr.route(&Item::new("b", chat("nope")), 1, 0.0, &mut acc);
+        assert_eq!(r.tier.as_deref(), Some("weak"));
+        let (r, _) = jr.route(&Item::new("c", chat("switchyard:auto")), 2, 0.0, &mut acc);
+        assert_eq!((r.rule, r.tier), (None, None));
+        assert_eq!(acc.candidates.len(), 1);
     }
 
     #[test]

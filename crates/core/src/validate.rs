@@ -16,7 +16,26 @@ pub struct Limits {
     pub max_labels: usize,
     /// Longest id (job, item, idempotency key), team, project or label, in bytes.
     pub max_name_bytes: usize,
+    /// Largest item of a `chat` job, in bytes: a whole conversation with its parameters
+    /// (an OpenAI batch line's body).
+    pub max_chat_item_bytes: usize,
 }
+
+impl Limits {
+    /// The limits that apply to the items of a job of `task`: a chat item is a whole
+    /// conversation and has a limit of its own.
+    #[must_use]
+    pub fn for_task(&self, task: &Task) -> Self {
+        let mut limits = self.clone();
+        if let Task::Chat {} = task {
+            limits.max_item_bytes = self.max_chat_item_bytes;
+        }
+        limits
+    }
+}
+
+/// The default largest chat item: 1 MiB.
+pub const DEFAULT_MAX_CHAT_ITEM_BYTES: usize = 1024 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -25,6 +44,7 @@ impl Default for Limits {
             max_items: 10_000_000,
             max_labels: 1000,
             max_name_bytes: 256,
+            max_chat_item_bytes: DEFAULT_MAX_CHAT_ITEM_BYTES,
         }
     }
 }
@@ -77,6 +97,7 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
         Task::Classify { instructions, .. }
         | Task::Summarize { instructions, .. }
         | Task::Generate { instructions } => instructions.as_deref(),
+        Task::Chat {} => None,
     };
     if let Some(text) = instructions {
         // Sent with every item: bounded like an item's text.
@@ -117,7 +138,7 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
         Task::Summarize {
             max_words: Some(0), ..
         } => return reject("summarize max_words is 0"),
-        Task::Summarize { .. } | Task::Generate { .. } => {}
+        Task::Summarize { .. } | Task::Generate { .. } | Task::Chat {} => {}
     }
     match (&spec.items, &spec.input) {
         (None, None) => return reject("job has no items: set `items` or `input`"),

@@ -41,6 +41,10 @@ pub struct OutputLine {
     pub custom_id: String,
     pub response: Option<Response>,
     pub error: Option<LineError>,
+    /// Switchyard's extension: the tiers the request's calls ran on and its total cost
+    /// (every call booked for it, escalations included). SDKs ignore fields they do not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchyard: Option<Value>,
 }
 
 impl OutputLine {
@@ -55,6 +59,7 @@ impl OutputLine {
                 body: completion,
             }),
             error: None,
+            switchyard: None,
         }
     }
 
@@ -75,6 +80,7 @@ impl OutputLine {
                 body: serde_json::to_value(error).unwrap_or(Value::Null),
             }),
             error: None,
+            switchyard: None,
         }
     }
 
@@ -89,7 +95,15 @@ impl OutputLine {
                 code: code.to_owned(),
                 message: message.into(),
             }),
+            switchyard: None,
         }
+    }
+
+    /// The line with Switchyard's extension field.
+    #[must_use]
+    pub fn with_switchyard(mut self, extension: Value) -> Self {
+        self.switchyard = Some(extension);
+        self
     }
 
     /// Whether this line belongs in the output file (a 2xx answer) rather than the error file.

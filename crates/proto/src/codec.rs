@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::PROTOCOL_VERSION;
+use crate::MAX_VERSION;
 
 /// Why a message could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -69,10 +69,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let envelope = decode_envelope(bytes)?;
     match envelope.v {
         None => return Err(DecodeError::MissingVersion),
-        Some(found) if found > u64::from(PROTOCOL_VERSION) => {
+        Some(found) if found > u64::from(MAX_VERSION) => {
             return Err(DecodeError::UnsupportedVersion {
                 found,
-                max: PROTOCOL_VERSION,
+                max: MAX_VERSION,
             });
         }
         Some(_) => {}
@@ -94,7 +94,7 @@ mod tests {
             decode::<JobSpec>(&bytes),
             Err(DecodeError::UnsupportedVersion {
                 found: 9,
-                max: PROTOCOL_VERSION
+                max: MAX_VERSION
             })
         );
     }

@@ -44,7 +44,7 @@ impl JobSpec {
     /// A spec with defaults everywhere but the id and the task.
     pub fn new(job_id: impl Into<String>, task: Task) -> Self {
         Self {
-            v: PROTOCOL_VERSION,
+            v: task.message_version(),
             job_id: job_id.into(),
             idempotency_key: None,
             team: None,
@@ -85,6 +85,11 @@ pub enum Task {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         instructions: Option<String>,
     },
+    /// Chat completions: each item's text is a [`crate::chat::ChatItem`] (a conversation
+    /// sent as it is, with its parameters and perhaps a pinned model). What a batch of the
+    /// OpenAI-compatible API becomes. Messages of such jobs carry `v` =
+    /// [`crate::chat::CHAT_VERSION`].
+    Chat {},
 }
 
 impl Task {
@@ -94,6 +99,17 @@ impl Task {
             Task::Classify { .. } => TaskKind::Classify,
             Task::Summarize { .. } => TaskKind::Summarize,
             Task::Generate { .. } => TaskKind::Generate,
+            Task::Chat {} => TaskKind::Chat,
+        }
+    }
+
+    /// The protocol version of messages carrying this task: chat items need a reader that
+    /// knows them ([`crate::chat::CHAT_VERSION`]); everything else stays at
+    /// [`crate::PROTOCOL_VERSION`] so older readers keep reading it.
+    pub fn message_version(&self) -> u16 {
+        match self {
+            Task::Chat {} => crate::chat::CHAT_VERSION,
+            _ => PROTOCOL_VERSION,
         }
     }
 }
@@ -105,6 +121,7 @@ pub enum TaskKind {
     Classify,
     Summarize,
     Generate,
+    Chat,
 }
 
 impl TaskKind {
@@ -114,6 +131,7 @@ impl TaskKind {
             TaskKind::Classify => "classify",
             TaskKind::Summarize => "summarize",
             TaskKind::Generate => "generate",
+            TaskKind::Chat => "chat",
         }
     }
 }
@@ -131,8 +149,9 @@ impl std::str::FromStr for TaskKind {
             "classify" => Ok(TaskKind::Classify),
             "summarize" => Ok(TaskKind::Summarize),
             "generate" => Ok(TaskKind::Generate),
+            "chat" => Ok(TaskKind::Chat),
             other => Err(format!(
-                "unknown task `{other}` (expected classify, summarize or generate)"
+                "unknown task `{other}` (expected classify, summarize, generate or chat)"
             )),
         }
     }

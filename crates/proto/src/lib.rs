@@ -4,6 +4,7 @@
 //! named fields via `rmp-serde`), so a client in any language can follow it. The human
 //! readable version of this contract is `docs/wire-protocol.md`.
 //!
+//! - [`chat`]: an OpenAI chat completion request as an item of a `chat` job.
 //! - [`job`]: the job spec a submitter publishes on `<prefix>.jobs.submit`.
 //! - [`work`]: one item routed to a tier, published by the dispatcher on
 //!   `<prefix>.work.<tier>` and by workers when they escalate.
@@ -14,6 +15,7 @@
 //! Versioning rules: every top-level message carries `v`. New fields are optional; a decoder
 //! rejects a `v` greater than [`PROTOCOL_VERSION`] instead of guessing.
 
+pub mod chat;
 pub mod codec;
 pub mod event;
 pub mod job;
@@ -21,9 +23,14 @@ pub mod teams;
 pub mod topology;
 pub mod work;
 
-/// The highest message version this build understands and the one it writes.
+/// The version of plain messages, which every reader since the first understands.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// The highest message version this build understands: messages of chat jobs carry
+/// [`chat::CHAT_VERSION`].
+pub const MAX_VERSION: u16 = chat::CHAT_VERSION;
+
+pub use chat::{ChatItem, ChatMessage};
 pub use codec::{DecodeError, decode, encode};
 pub use job::{Cascade, InputRef, Item, JobSpec, Policy, Routing, Task, TaskKind};
 pub use topology::Topology;

@@ -36,7 +36,8 @@ pub fn kind_index(kind: TaskKind) -> usize {
     match kind {
         TaskKind::Classify => 0,
         TaskKind::Summarize => 1,
-        TaskKind::Generate => 2,
+        // A chat conversation is scored as generation.
+        TaskKind::Generate | TaskKind::Chat => 2,
     }
 }
 

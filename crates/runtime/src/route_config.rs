@@ -45,6 +45,15 @@ impl Settings {
             .filter_map(move |tier| Some((tier.as_str(), self.model_for(tier, overrides)?)))
     }
 
+    /// The tier of every configured model (`model → tier`): where a chat request that names
+    /// a model runs.
+    pub fn model_tiers(&self) -> BTreeMap<String, String> {
+        self.models
+            .iter()
+            .map(|(name, m)| (name.clone(), m.tier.clone()))
+            .collect()
+    }
+
     /// The job's models per tier priced by `price_of`.
     pub fn tier_prices(
         &self,

@@ -201,6 +201,8 @@ pub struct BatchRow {
     pub output_file_id: Option<String>,
     pub error_file_id: Option<String>,
     pub request_total: i64,
+    pub request_completed: i64,
+    pub request_failed: i64,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub in_progress_at: Option<DateTime<Utc>>,
@@ -213,7 +215,8 @@ pub struct BatchRow {
 }
 
 const BATCH_COLUMNS: &str = "batch_id, team, key_id, input_file_id, endpoint, completion_window, \
-     metadata, status, errors, job_id, output_file_id, error_file_id, request_total, created_at, \
+     metadata, status, errors, job_id, output_file_id, error_file_id, request_total, \
+     request_completed, request_failed, created_at, \
      expires_at, in_progress_at, finalizing_at, completed_at, failed_at, expired_at, \
      cancelling_at, cancelled_at";
 
@@ -387,4 +390,255 @@ pub async fn claim_stale_validation(
     .bind(lease)
     .fetch_optional(pool)
     .await
+}
+
+/// Starts a batch whose file passed its checks: `in_progress`, running as `job_id`, with
+/// `total` requests of which `prefailed` were refused before the job. Its next look is due
+/// at once. `false` when the batch had moved on (cancelled while it was being checked).
+///
+/// # Errors
+/// Database errors.
+pub async fn started(
+    pool: &PgPool,
+    batch_id: &str,
+    job_id: &str,
+    total: i64,
+    prefailed: i64,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE api_batches SET status = 'in_progress', in_progress_at = now(), job_id = $2,
+             request_total = $3, request_prefailed = $4, request_failed = $4,
+             lease_owner = NULL, lease_until = now()
+         WHERE batch_id = $1 AND status = 'validating'",
+    )
+    .bind(batch_id)
+    .bind(job_id)
+    .bind(total)
+    .bind(prefailed)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Takes one running batch (in progress, cancelling or finalizing) whose next look is due,
+/// leased to `owner` for `lease`. Concurrent callers get different batches.
+///
+/// # Errors
+/// Database errors.
+pub async fn claim_due_run(
+    pool: &PgPool,
+    owner: &str,
+    lease: std::time::Duration,
+) -> sqlx::Result<Option<BatchRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE api_batches SET lease_owner = $1, lease_until = now() + $2
+         WHERE batch_id = (
+             SELECT batch_id FROM api_batches
+             WHERE status IN ('in_progress', 'cancelling', 'finalizing')
+               AND (lease_until IS NULL OR lease_until <= now())
+             ORDER BY lease_until NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING {BATCH_COLUMNS}"
+    )))
+    .bind(owner)
+    .bind(lease)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records a running batch's counts (from its job's items) and when it is looked at next.
+///
+/// # Errors
+/// Database errors.
+pub async fn progressed(
+    pool: &PgPool,
+    batch_id: &str,
+    completed: i64,
+    failed: i64,
+    next_look: std::time::Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE api_batches SET request_completed = $2, request_failed = request_prefailed + $3,
+             lease_owner = NULL, lease_until = now() + $4
+         WHERE batch_id = $1",
+    )
+    .bind(batch_id)
+    .bind(completed)
+    .bind(failed)
+    .bind(next_look)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks a running batch past its window: it ends `expired` once its job has stopped.
+///
+/// # Errors
+/// Database errors.
+pub async fn expiring(pool: &PgPool, batch_id: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE api_batches SET expired_at = coalesce(expired_at, now()) WHERE batch_id = $1",
+    )
+    .bind(batch_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A batch's job has stopped and its files are being written.
+///
+/// # Errors
+/// Database errors.
+pub async fn finalizing(pool: &PgPool, batch_id: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE api_batches SET status = 'finalizing',
+             finalizing_at = coalesce(finalizing_at, now())
+         WHERE batch_id = $1 AND status IN ('in_progress', 'finalizing')",
+    )
+    .bind(batch_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// How a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Completed,
+    Cancelled,
+    Expired,
+    /// Its job was refused (`errors` says why).
+    Failed,
+}
+
+/// Ends a running batch with its output and error files and final counts.
+///
+/// # Errors
+/// Database errors.
+#[allow(clippy::too_many_arguments)]
+pub async fn finished(
+    pool: &PgPool,
+    batch_id: &str,
+    ending: Ending,
+    output_file_id: Option<&str>,
+    error_file_id: Option<&str>,
+    completed: i64,
+    failed: i64,
+    errors: Option<&serde_json::Value>,
+) -> sqlx::Result<bool> {
+    let status = match ending {
+        Ending::Completed => "completed",
+        Ending::Cancelled => "cancelled",
+        Ending::Expired => "expired",
+        Ending::Failed => "failed",
+    };
+    let r = sqlx::query(
+        "UPDATE api_batches SET status = $2, output_file_id = $3, error_file_id = $4,
+             request_completed = $5, request_failed = $6, errors = coalesce($7, errors),
+             completed_at = CASE WHEN $2 = 'completed' THEN now() END,
+             cancelled_at = CASE WHEN $2 = 'cancelled' THEN now() END,
+             expired_at = CASE WHEN $2 = 'expired' THEN coalesce(expired_at, now()) END,
+             failed_at = CASE WHEN $2 = 'failed' THEN now() END,
+             lease_owner = NULL, lease_until = NULL
+         WHERE batch_id = $1 AND status IN ('in_progress', 'cancelling', 'finalizing')",
+    )
+    .bind(batch_id)
+    .bind(status)
+    .bind(output_file_id)
+    .bind(error_file_id)
+    .bind(completed)
+    .bind(failed)
+    .bind(errors)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Records a file a batch wrote, unless a file of that id is already recorded (a
+/// finalization taken over after its process died writes the same ids again).
+///
+/// # Errors
+/// Database errors.
+pub async fn insert_file_once(pool: &PgPool, f: &FileRow) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO api_files (file_id, team, purpose, filename, bytes, object_name)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (file_id) DO UPDATE SET bytes = EXCLUDED.bytes",
+    )
+    .bind(&f.file_id)
+    .bind(&f.team)
+    .bind(&f.purpose)
+    .bind(&f.filename)
+    .bind(f.bytes)
+    .bind(&f.object_name)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Items of a job by state (`done`, `failed`, `queued`, …).
+///
+/// # Errors
+/// Database errors.
+pub async fn item_states(
+    pool: &PgPool,
+    job_id: &str,
+) -> sqlx::Result<std::collections::BTreeMap<String, i64>> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM items WHERE job_id = $1 GROUP BY status")
+            .bind(job_id)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// What a batch's output line is made of: one item of its job, its final answer and that
+/// call's ledger entry, the item's total cost and the tiers its own attempts ran on.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ItemOutcome {
+    pub item_id: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub answer: Option<String>,
+    pub answer_raw: Option<String>,
+    pub model: Option<String>,
+    pub call_id: Option<String>,
+    pub provider_response_id: Option<String>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub cached_prompt_tokens: Option<i32>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub cost_usd: rust_decimal::Decimal,
+    pub tiers: Option<Vec<String>>,
+}
+
+/// Every item of `job_id` with what its output line needs.
+///
+/// # Errors
+/// Database errors.
+pub async fn item_outcomes(pool: &PgPool, job_id: &str) -> sqlx::Result<Vec<ItemOutcome>> {
+    let mut rows: Vec<ItemOutcome> = sqlx::query_as(
+        "SELECT i.item_id, i.status, i.error, r.answer,
+             CASE WHEN r.answer_encoding IS NOT NULL THEN r.answer END AS answer_raw,
+             r.model, r.call_id, l.provider_response_id, l.prompt_tokens, l.completion_tokens,
+             l.cached_prompt_tokens, r.created_at AS answered_at,
+             COALESCE(c.cost, 0) AS cost_usd, t.tiers
+         FROM items i
+         LEFT JOIN results r ON r.job_id = i.job_id AND r.item_id = i.item_id
+           AND r.attempt = i.final_attempt AND i.status = 'done'
+         LEFT JOIN ledger l ON l.call_id = r.call_id
+         LEFT JOIN (SELECT item_id, sum(cost_usd) AS cost FROM ledger
+           WHERE job_id = $1 GROUP BY item_id) c ON c.item_id = i.item_id
+         LEFT JOIN (SELECT item_id, array_agg(tier ORDER BY attempt) AS tiers FROM results
+           WHERE job_id = $1 AND attempt < 1000 GROUP BY item_id) t ON t.item_id = i.item_id
+         WHERE i.job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?;
+    for r in &mut rows {
+        if let (Some(raw), Some(answer)) = (&r.answer_raw, &mut r.answer) {
+            *answer = crate::outcomes::decode_answer(raw, Some("json"));
+        }
+    }
+    Ok(rows)
 }

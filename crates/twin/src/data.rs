@@ -115,6 +115,7 @@ impl EvalSet {
                 instructions: None,
             },
             TaskKind::Generate => Task::Generate { instructions: None },
+            TaskKind::Chat => Task::Chat {},
         }
     }
 }

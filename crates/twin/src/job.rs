@@ -241,7 +241,7 @@ impl Twin<'_> {
                 Some(max_words.unwrap_or(prompt::DEFAULT_MAX_WORDS)),
                 fallback,
             ),
-            Task::Generate { .. } => {
+            Task::Generate { .. } | Task::Chat {} => {
                 confidence::judge_text(content, tokens.as_deref(), None, fallback)
             }
         };

@@ -31,6 +31,10 @@ pub struct CompletionRequest {
     pub n: u8,
     /// Sampling temperature: 0 for one answer, above 0 when samples must be able to differ.
     pub temperature: f32,
+    /// A chat request's own parameters (`temperature`, `top_p`, `stop`, `seed`,
+    /// `response_format`), sent as they are; they win over the defaults above. The completion
+    /// ceiling is `max_tokens`, already taken from the request.
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 impl CompletionRequest {

@@ -129,6 +129,11 @@ impl LlmClient for OpenAiClient {
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         });
+        for (k, v) in &request.params {
+            if k != "max_tokens" && k != "max_completion_tokens" {
+                body[k.as_str()] = v.clone();
+            }
+        }
         if request.n > 1 {
             body["n"] = json!(request.n);
         }

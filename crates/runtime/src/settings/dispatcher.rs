@@ -20,6 +20,9 @@ pub struct DispatcherSettings {
     pub router: Option<String>,
     /// Items whose text is longer are rejected (bytes).
     pub max_item_bytes: usize,
+    /// Items of chat jobs (OpenAI batch lines: a conversation and its parameters) longer
+    /// than this are rejected (bytes); the API sends longer lines to the error file.
+    pub max_chat_item_bytes: usize,
     /// Jobs with more items are rejected.
     pub max_items: u64,
     /// Classification tasks with more labels are rejected.
@@ -72,6 +75,7 @@ impl Default for DispatcherSettings {
             strong_tier: "strong".to_owned(),
             router: None,
             max_item_bytes: limits.max_item_bytes,
+            max_chat_item_bytes: limits.max_chat_item_bytes,
             max_items: limits.max_items,
             max_labels: limits.max_labels,
             publish_window: count(256),
@@ -93,6 +97,7 @@ impl DispatcherSettings {
     pub fn limits(&self) -> Limits {
         Limits {
             max_item_bytes: self.max_item_bytes,
+            max_chat_item_bytes: self.max_chat_item_bytes,
             max_items: self.max_items,
             max_labels: self.max_labels,
             ..Limits::default()
