@@ -9,15 +9,19 @@ use switchyard_client::exit;
 use switchyard_runtime::Settings;
 use tokio_util::sync::CancellationToken;
 
-/// `switchyard api`.
+/// `switchyard api`: the `[api]` section of the configuration, these flags overriding it.
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
-    /// Address to serve `/v1` on.
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    pub listen: SocketAddr,
-    /// Uploads above this many bytes answer 413 (default: OpenAI's 200 MB).
-    #[arg(long, default_value_t = switchyard_api::DEFAULT_MAX_UPLOAD_BYTES)]
-    pub max_upload_bytes: u64,
+    /// Address to serve `/v1` and `/healthz` on (default: `[api] listen`, 127.0.0.1:8091).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Uploads above this many bytes answer 413 (default: `[api] max_upload_bytes`,
+    /// OpenAI's 200 MB).
+    #[arg(long)]
+    pub max_upload_bytes: Option<u64>,
+    /// Serve Prometheus `/metrics` on this address (default: `[metrics] listen`).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `switchyard api-key …`.
@@ -49,19 +53,34 @@ pub async fn serve(
     a: ApiArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<u8> {
-    let api = Api::connect(
-        &settings,
-        ApiOptions {
-            max_upload_bytes: a.max_upload_bytes,
-            ..ApiOptions::default()
-        },
-    )
-    .await?;
-    let listener = tokio::net::TcpListener::bind(a.listen)
+    let s = &settings.api;
+    let listen = a.listen.unwrap_or(s.listen);
+    let mut options = ApiOptions::from_settings(s);
+    if let Some(max) = a.max_upload_bytes {
+        options.max_upload_bytes = max;
+    }
+    // Read the certificate before anything listens: a bad one is a clear error at start.
+    let tls = match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(key)) => Some(switchyard_api::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let api = Api::connect(&settings, options).await?;
+    if let Some(addr) = a.metrics_listen.or(settings.metrics.listen) {
+        switchyard_runtime::metrics::serve(addr, api.metrics.clone(), shutdown.clone()).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
-    tracing::info!(listen = %a.listen, "OpenAI-compatible Batch API serving /v1");
-    switchyard_api::serve(api, listener, shutdown).await?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    match tls {
+        Some(tls) => {
+            tracing::info!(%listen, "OpenAI-compatible Batch API serving /v1 over HTTPS");
+            switchyard_api::serve_tls(api, listener, tls, shutdown).await?;
+        }
+        None => {
+            tracing::info!(%listen, "OpenAI-compatible Batch API serving /v1");
+            switchyard_api::serve(api, listener, shutdown).await?;
+        }
+    }
     Ok(exit::OK)
 }
 

@@ -36,6 +36,16 @@ impl FromRequestParts<Api> for Caller {
         let key = switchyard_store::api::key_by_secret(&api.pool, &crate::keys::hash(secret))
             .await?
             .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
+        if let Err(not_until) = api.limits.check_key(&key.key_id) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            api.metrics.api_rate_limited.inc();
+            return Err(ApiError::rate_limited(
+                api.options.requests_per_minute_per_key.get(),
+                wait,
+            ));
+        }
         Ok(Self {
             key_id: key.key_id,
             team: key.team,

@@ -12,6 +12,8 @@ use switchyard_openai::error::ErrorBody;
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
+    /// `Retry-After` (seconds) of a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
         Self {
             status: StatusCode::BAD_REQUEST,
             body: ErrorBody::invalid_request(param, message),
+            retry_after: None,
         }
     }
 
@@ -28,6 +31,7 @@ impl ApiError {
         Self {
             status: StatusCode::NOT_FOUND,
             body: ErrorBody::not_found(what, id),
+            retry_after: None,
         }
     }
 
@@ -36,6 +40,7 @@ impl ApiError {
         Self {
             status: StatusCode::UNAUTHORIZED,
             body: ErrorBody::authentication(message),
+            retry_after: None,
         }
     }
 
@@ -48,6 +53,20 @@ impl ApiError {
                 format!("the file is larger than this server's limit of {limit} bytes"),
             )
             .with_code("file_too_large"),
+            retry_after: None,
+        }
+    }
+
+    /// 429: the key made more requests than its limit allows; `Retry-After` says when.
+    pub fn rate_limited(per_minute: u32, retry_after: std::time::Duration) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: ErrorBody::new(
+                "requests",
+                format!("Rate limit reached for this key: {per_minute} requests per minute"),
+            )
+            .with_code("rate_limit_exceeded"),
+            retry_after: Some(retry_after.as_secs().max(1)),
         }
     }
 
@@ -57,6 +76,7 @@ impl ApiError {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             body: ErrorBody::new("server_error", format!("{what}; try again")),
+            retry_after: None,
         }
     }
 }
@@ -72,12 +92,21 @@ impl From<ErrorBody> for ApiError {
         Self {
             status: StatusCode::BAD_REQUEST,
             body,
+            retry_after: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+        response
     }
 }

@@ -139,7 +139,10 @@ pub async fn upload(
     )
     .await;
     match row {
-        Ok(row) => Ok(Json(object(&row))),
+        Ok(row) => {
+            api.metrics.api_upload_bytes.inc_by(bytes);
+            Ok(Json(object(&row)))
+        }
         Err(e) => {
             let _ = api.files.delete(&file_id).await;
             Err(e.into())

@@ -22,7 +22,10 @@ pub mod batches;
 pub mod error;
 pub mod files;
 pub mod keys;
+pub mod observe;
+pub mod retention;
 pub mod run;
+pub mod tls;
 pub mod validate;
 
 use std::sync::Arc;
@@ -31,8 +34,12 @@ use async_nats::jetstream;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sqlx::PgPool;
+use std::num::NonZeroU32;
 use switchyard_runtime::Settings;
+use switchyard_runtime::metrics::Metrics;
+use switchyard_runtime::settings::ApiSettings;
 use tokio_util::sync::CancellationToken;
 
 /// The largest upload by default: OpenAI's limit for a batch input file.
@@ -50,6 +57,24 @@ pub struct ApiOptions {
     /// The policy of `switchyard:auto` requests in batches whose metadata names none
     /// (`switchyard_policy`), as `switchyard submit --policy` takes it.
     pub default_policy: String,
+    /// Requests per minute one key may make in this process (429 above it).
+    pub requests_per_minute_per_key: NonZeroU32,
+    /// Uploaded and batch files older than this are deleted; `None`: kept.
+    pub file_retention: Option<std::time::Duration>,
+}
+
+impl ApiOptions {
+    /// The options the `[api]` section of the configuration describes.
+    pub fn from_settings(s: &ApiSettings) -> Self {
+        Self {
+            max_upload_bytes: s.max_upload_bytes,
+            look_every: s.look_every,
+            default_policy: s.default_policy.clone(),
+            requests_per_minute_per_key: s.requests_per_minute_per_key,
+            file_retention: s.file_retention,
+            ..Self::default()
+        }
+    }
 }
 
 /// The policy of batches that name none: the product's promise.
@@ -62,6 +87,8 @@ impl Default for ApiOptions {
             sweep_every: std::time::Duration::from_secs(10),
             look_every: std::time::Duration::from_secs(2),
             default_policy: DEFAULT_POLICY.to_owned(),
+            requests_per_minute_per_key: NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
+            file_retention: None,
         }
     }
 }
@@ -77,6 +104,9 @@ pub struct Api {
     /// Submits batches' jobs as any client does.
     pub client: switchyard_client::Client,
     pub settings: Arc<Settings>,
+    /// Each key's requests per minute in this process.
+    pub limits: Arc<DefaultKeyedRateLimiter<String>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Api {
@@ -104,6 +134,7 @@ impl Api {
             pool: pool.clone(),
             inline_limit: switchyard_client::INLINE_LIMIT,
         };
+        let per_minute = options.requests_per_minute_per_key;
         Ok(Self {
             pool,
             files,
@@ -111,6 +142,8 @@ impl Api {
             owner: format!("api-{}", ulid::Ulid::new()).into(),
             client,
             settings,
+            limits: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+            metrics: Arc::new(Metrics::api()),
         })
     }
 
@@ -129,9 +162,13 @@ impl Api {
             .route("/batches", post(batches::create).get(batches::list))
             .route("/batches/{id}", get(batches::get))
             .route("/batches/{id}/cancel", post(batches::cancel));
+        let metrics = self.metrics.clone();
         Router::new()
             .nest("/v1", v1)
             .route("/healthz", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(move |req, next| {
+                observe::request(metrics.clone(), req, next)
+            }))
             .with_state(self)
     }
 }
@@ -142,7 +179,7 @@ fn batch_policy_default_is_valid(policy: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("the API's default batch policy `{policy}`: {e}"))
 }
 
-/// Serves until `shutdown` is cancelled.
+/// Serves plain HTTP until `shutdown` is cancelled.
 ///
 /// # Errors
 /// When the listener fails.
@@ -151,6 +188,28 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_on(api, listener, shutdown).await
+}
+
+/// Serves HTTPS only, with `tls` (see [`tls::acceptor`]), until `shutdown` is cancelled.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve_tls(
+    api: Api,
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tls::TlsListener::new(listener, tls, shutdown.clone());
+    serve_on(api, listener, shutdown).await
+}
+
+async fn serve_on<L>(api: Api, listener: L, shutdown: CancellationToken) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let sweeper = tokio::spawn(validate::sweep(
         api.clone(),
         api.options.sweep_every,
@@ -161,11 +220,13 @@ pub async fn serve(
         api.options.look_every,
         shutdown.clone(),
     ));
+    let retention = tokio::spawn(retention::sweep(api.clone(), shutdown.clone()));
     let served = axum::serve(listener, api.router())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     sweeper.abort();
     looks.abort();
+    retention.abort();
     served?;
     Ok(())
 }

@@ -141,6 +141,23 @@ pub fn job_id_of(batch_id: &str) -> String {
     batch_id.to_owned()
 }
 
+/// The idempotency key of a batch's job.
+pub fn idempotency_key_of(batch_id: &str) -> String {
+    format!("openai-batch:{batch_id}")
+}
+
+/// The project a batch's spend is booked to: its metadata's [`PROJECT_KEY`], else
+/// [`DEFAULT_PROJECT`].
+fn project_of(batch: &BatchRow) -> String {
+    batch
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get(PROJECT_KEY))
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_PROJECT)
+        .to_owned()
+}
+
 /// Turns a batch whose `total` requests passed their checks into a job and marks it
 /// `in_progress`.
 ///
@@ -163,17 +180,9 @@ pub async fn start(api: &Api, batch: &BatchRow, total: u64) -> anyhow::Result<()
         let policy = batch_policy(batch.metadata.as_ref(), &api.options.default_policy)
             .map_err(|e| anyhow::anyhow!("batch {}: {e}", batch.batch_id))?;
         let mut spec = JobSpec::new(job_id.clone(), Task::Chat {});
-        spec.idempotency_key = Some(format!("openai-batch:{}", batch.batch_id));
+        spec.idempotency_key = Some(idempotency_key_of(&batch.batch_id));
         spec.team = Some(batch.team.clone());
-        spec.project = Some(
-            batch
-                .metadata
-                .as_ref()
-                .and_then(|m| m.get(PROJECT_KEY))
-                .and_then(Value::as_str)
-                .unwrap_or(DEFAULT_PROJECT)
-                .to_owned(),
-        );
+        spec.project = Some(project_of(batch));
         spec.policy = policy;
         spec.labels
             .insert("openai_batch".to_owned(), batch.batch_id.clone());
@@ -242,6 +251,18 @@ pub async fn look(api: &Api, batch: &BatchRow) -> anyhow::Result<()> {
         if all_refused {
             return finalize(api, batch, None, Ending::Completed).await;
         }
+        if stopping {
+            // Nothing of it ran: a cancelled row takes the job's place before any
+            // dispatcher admits it (or the dispatcher won, and the next look cancels it).
+            store::cancel_unadmitted_job(
+                &api.pool,
+                job_id,
+                &idempotency_key_of(&batch.batch_id),
+                &batch.team,
+                &project_of(batch),
+            )
+            .await?;
+        }
         store::progressed(&api.pool, &batch.batch_id, 0, 0, next).await?;
         return Ok(());
     };
@@ -276,6 +297,7 @@ async fn fail(api: &Api, batch: &BatchRow, job: &JobRow) -> anyhow::Result<()> {
         line: None,
     }]);
     let errors = serde_json::to_value(errors)?;
+    count_end(api, Ending::Failed);
     store::finished(
         &api.pool,
         &batch.batch_id,
@@ -442,8 +464,22 @@ pub async fn finalize(
         None,
     )
     .await?;
+    count_end(api, ending);
     tracing::info!(batch = %batch.batch_id, completed, failed, ?ending, "batch finalized");
     Ok(())
+}
+
+fn count_end(api: &Api, ending: Ending) {
+    let status = match ending {
+        Ending::Completed => "completed",
+        Ending::Cancelled => "cancelled",
+        Ending::Expired => "expired",
+        Ending::Failed => "failed",
+    };
+    api.metrics
+        .api_batches
+        .get_or_create(&switchyard_runtime::metrics::BatchLabels { status })
+        .inc();
 }
 
 /// Stores one of a batch's files (none when it has no line), under an id derived from the

@@ -1,4 +1,5 @@
-//! Prometheus metrics, served on `/metrics` by the dispatcher and by every worker process.
+//! Prometheus metrics, served on `/metrics` by the dispatcher, every worker process and the
+//! Batch API.
 //!
 //! One [`Metrics`] per process holds every family; [`Metrics::dispatcher`] and
 //! [`Metrics::worker`] register only those the role produces, so a scrape shows what the
@@ -61,6 +62,25 @@ pub struct JobLabels {
     pub outcome: &'static str,
 }
 
+/// An API request: the route's pattern (`/v1/batches/{id}`) and the answer's status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+/// An API route's pattern.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+/// How a batch of the API ended: `completed`, `cancelled`, `expired`, `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    pub status: &'static str,
+}
+
 /// A durable JetStream consumer.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabels {
@@ -116,6 +136,16 @@ pub struct Metrics {
     pub in_doubt_usd: Gauge<f64, AtomicU64>,
     /// Dispatcher: jobs found stuck (no live owner, no progress) and finished by a sweep.
     pub stuck_job_sweeps: Counter,
+    /// API: requests by route and status code.
+    pub api_requests: Family<RouteLabels, Counter>,
+    /// API: seconds to answer a request, by route.
+    pub api_request_seconds: HistogramFamily<RouteLabel>,
+    /// API: requests refused because their key was over its per-minute limit.
+    pub api_rate_limited: Counter,
+    /// API: bytes of uploaded files stored.
+    pub api_upload_bytes: Counter,
+    /// API: batches ended, by final status.
+    pub api_batches: Family<BatchLabels, Counter>,
     /// Messages in the consumer not yet delivered.
     pub consumer_pending: Family<ConsumerLabels, Gauge>,
     /// Messages delivered and not yet acknowledged.
@@ -150,6 +180,11 @@ impl Metrics {
             in_doubt_nanousd: Gauge::default(),
             in_doubt_usd: Gauge::default(),
             stuck_job_sweeps: Counter::default(),
+            api_requests: Family::default(),
+            api_request_seconds: Family::new_with_constructor(latency_histogram),
+            api_rate_limited: Counter::default(),
+            api_upload_bytes: Counter::default(),
+            api_batches: Family::default(),
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
         }
@@ -184,6 +219,37 @@ impl Metrics {
             m.stuck_job_sweeps.clone(),
         );
         m.register_lag();
+        m
+    }
+
+    /// The Batch API's metrics (`switchyard api`).
+    pub fn api() -> Self {
+        let mut m = Self::empty();
+        m.registry.register(
+            "api_requests",
+            "Batch API requests by route and status code",
+            m.api_requests.clone(),
+        );
+        m.registry.register(
+            "api_request_seconds",
+            "Seconds to answer a Batch API request, by route",
+            m.api_request_seconds.clone(),
+        );
+        m.registry.register(
+            "api_rate_limited",
+            "Batch API requests refused because their key was over its limit",
+            m.api_rate_limited.clone(),
+        );
+        m.registry.register(
+            "api_upload_bytes",
+            "Bytes of files uploaded to the Batch API",
+            m.api_upload_bytes.clone(),
+        );
+        m.registry.register(
+            "api_batches",
+            "Batches of the Batch API ended, by final status",
+            m.api_batches.clone(),
+        );
         m
     }
 

@@ -642,3 +642,61 @@ pub async fn item_outcomes(pool: &PgPool, job_id: &str) -> sqlx::Result<Vec<Item
     }
     Ok(rows)
 }
+
+/// Marks deleted up to `limit` live files created longer than `older_than` ago that no
+/// unfinished batch still reads, and returns them (their objects are the caller's to
+/// remove). Concurrent callers get different files.
+///
+/// # Errors
+/// Database errors.
+pub async fn expire_files(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<FileRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE api_files SET deleted_at = now()
+         WHERE file_id IN (
+             SELECT f.file_id FROM api_files f
+             WHERE f.deleted_at IS NULL AND f.created_at < now() - $1
+               AND NOT EXISTS (SELECT 1 FROM api_batches b
+                   WHERE b.input_file_id = f.file_id
+                     AND b.status IN ('validating', 'in_progress', 'cancelling', 'finalizing'))
+             ORDER BY f.created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING {FILE_COLUMNS}"
+    )))
+    .bind(older_than)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Stops a batch's job that no dispatcher has admitted yet (a cancel or an expiry while the
+/// submission waits in its stream): a `cancelled` job row takes its id and idempotency key
+/// first, so the admission finds it and runs nothing. `false` when the job was admitted
+/// meanwhile (cancel that row instead).
+///
+/// # Errors
+/// Database errors.
+pub async fn cancel_unadmitted_job(
+    pool: &PgPool,
+    job_id: &str,
+    idempotency_key: &str,
+    team: &str,
+    project: &str,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "INSERT INTO jobs (job_id, idempotency_key, team, project, task_kind, status,
+             rejection_reason, finished_at)
+         VALUES ($1, $2, $3, $4, 'chat', 'cancelled',
+             'its batch was cancelled or expired before a dispatcher admitted it', now())
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(job_id)
+    .bind(idempotency_key)
+    .bind(team)
+    .bind(project)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}

@@ -16,6 +16,7 @@
 //! a file are the whole fleet. See `deploy/switchyard.example.toml` for every key with
 //! comments.
 
+pub mod api;
 pub mod database;
 pub mod dispatcher;
 pub mod finance;
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_core::pricing::Price;
 use switchyard_proto::Topology;
 
+pub use api::ApiSettings;
 pub use database::{DEFAULT_DATABASE_URL, DatabaseSettings};
 pub use dispatcher::DispatcherSettings;
 pub use finance::FinanceSettings;
@@ -77,6 +79,9 @@ pub struct Settings {
     /// Where the process serves Prometheus `/metrics`.
     #[serde(default)]
     pub metrics: MetricsSettings,
+    /// The OpenAI-compatible Batch API (`switchyard api`).
+    #[serde(default)]
+    pub api: ApiSettings,
     /// Models by name (the name sent to the provider). None by default.
     #[serde(default)]
     pub models: BTreeMap<String, ModelSettings>,
@@ -235,6 +240,7 @@ impl Settings {
         self.dispatcher.validate().map_err(invalid)?;
         self.worker.validate().map_err(invalid)?;
         self.finance.validate().map_err(invalid)?;
+        self.api.validate().map_err(invalid)?;
         self.security.validate().map_err(invalid)?;
         models::validate_fleet(&self.models, &self.tiers).map_err(invalid)?;
         if !self.tiers.is_empty() {
