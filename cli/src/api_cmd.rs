@@ -59,6 +59,7 @@ pub async fn serve(
     if let Some(max) = a.max_upload_bytes {
         options.max_upload_bytes = max;
     }
+    options.file_retention = s.file_retention.or(settings.finance.retention);
     // Read the certificate before anything listens: a bad one is a clear error at start.
     let tls = match (&s.tls_cert, &s.tls_key) {
         (Some(cert), Some(key)) => Some(switchyard_api::tls::acceptor(cert, key)?),

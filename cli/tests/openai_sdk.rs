@@ -134,19 +134,27 @@ async fn batches_run_through_the_fleet_and_come_back_as_openai_output_files() {
     let _dispatcher = common::start(&cfg, &["dispatcher"], &[]);
     // No worker serves the local tier: requests pinned to its model wait until cancelled.
     let _worker = common::start(&cfg, &["worker", "--tier", "weak,strong"], &[]);
-    let port = free_port().unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let mut api = common::start(&cfg, &["api", "--listen", &listen], &[]);
-    wait_for_port("switchyard api", port, Duration::from_secs(30))
-        .await
-        .unwrap();
+    // Two API processes: the script creates on one and follows on the other (an API keeps
+    // nothing of its own).
+    let mut apis = Vec::new();
+    let mut bases = Vec::new();
+    for _ in 0..2 {
+        let port = free_port().unwrap();
+        let listen = format!("127.0.0.1:{port}");
+        apis.push(common::start(&cfg, &["api", "--listen", &listen], &[]));
+        wait_for_port("switchyard api", port, Duration::from_secs(30))
+            .await
+            .unwrap();
+        bases.push(format!("http://{listen}/v1"));
+    }
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/python/openai_batch_run.py"
     );
     let out = tokio::process::Command::new(python())
         .arg(script)
-        .arg(format!("http://{listen}/v1"))
+        .arg(&bases[0])
+        .arg(&bases[1])
         .arg(&key_a)
         .arg(serde_json::to_string(&prompts).unwrap())
         .output();
@@ -176,6 +184,30 @@ async fn batches_run_through_the_fleet_and_come_back_as_openai_output_files() {
     assert_eq!(s["items_by_state"]["failed"], 1, "{s}");
     let cost: f64 = s["cost_usd"].as_str().unwrap().parse().unwrap();
     assert!(cost > 0.0, "{s}");
-    assert_eq!(api.terminate(Duration::from_secs(10)).await, Some(0));
+    // Finance sees the batch's spend under its team, as any job's.
+    let report = common::run(
+        &cfg,
+        &[
+            "ledger",
+            "report",
+            "--group-by",
+            "team,job",
+            "--team",
+            "team-a",
+            "--format",
+            "csv",
+            "--from-ledger",
+        ],
+    );
+    assert!(report.status.success(), "{}", common::stderr(&report));
+    let csv = common::stdout(&report);
+    let row = csv
+        .lines()
+        .find(|l| l.contains(batch))
+        .unwrap_or_else(|| panic!("no row of {batch} in\n{csv}"));
+    assert!(row.contains(&format!("team team-a, job {batch}")), "{row}");
+    for mut api in apis {
+        assert_eq!(api.terminate(Duration::from_secs(10)).await, Some(0));
+    }
     sim.shutdown().await;
 }

@@ -452,3 +452,61 @@ async fn garbage_on_a_work_subject_is_dead_lettered_once() {
     h.a_small_job_completes().await;
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_message_of_a_newer_version_is_left_for_a_newer_worker_not_terminated_at_sight() {
+    // What a rolling upgrade looks like to a worker that is not upgraded yet: a work message
+    // written by a newer version. It is offered again (after `ack_wait`) for a newer worker
+    // while deliveries last; only then is it a dead letter, naming the version.
+    let h = Harness::start_with(
+        |s| {
+            s.worker.ack_wait = Duration::from_secs(1);
+            s.worker.max_deliver = 3;
+        },
+        switchyard_sim::SimConfig::default(),
+    )
+    .await;
+    let t = h.fleet.settings.topology();
+    #[derive(serde::Serialize)]
+    struct Newer<'a> {
+        v: u16,
+        job_id: &'a str,
+        item_id: &'a str,
+        attempt: u16,
+        hologram: &'a str,
+    }
+    let payload = switchyard_proto::codec::encode(&Newer {
+        v: switchyard_proto::MAX_VERSION + 1,
+        job_id: "from-the-future",
+        item_id: "1",
+        attempt: 0,
+        hologram: "a field this build does not know",
+    })
+    .unwrap();
+    h.nats
+        .js()
+        .publish(t.work_subject("weak"), payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (deliveries, error): (Option<i32>, String) = switchyard_testkit::eventually(
+        "the newer message's dead letter",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_as("SELECT deliveries, error FROM dead_letters WHERE kind = 'item'")
+                .fetch_optional(&h.db.pool)
+                .await
+                .ok()?
+        },
+    )
+    .await;
+    assert_eq!(
+        deliveries,
+        Some(3),
+        "offered on every delivery first: {error}"
+    );
+    assert!(error.contains("unsupported message version"), "{error}");
+    h.a_small_job_completes().await;
+    h.finish().await;
+}

@@ -1,7 +1,9 @@
 """The official `openai` SDK runs batches through the fleet behind `switchyard api`.
 
-Usage: openai_batch_run.py BASE_URL KEY PROMPTS_JSON
-PROMPTS_JSON: a JSON list of prompts (texts the simulator has answers for).
+Usage: openai_batch_run.py BASE_URL OTHER_BASE_URL KEY PROMPTS_JSON
+PROMPTS_JSON: a JSON list of prompts (texts the simulator has answers for). Batches are
+created through BASE_URL and followed, downloaded and cancelled through OTHER_BASE_URL (a
+second API process: the API keeps nothing of its own).
 
 Batch 1 mixes routed requests (`switchyard:auto`, with a policy in the batch's metadata),
 requests pinned to the strong and to the weak model, and requests the fleet refuses (`stream`,
@@ -21,8 +23,9 @@ import time
 import openai
 from openai import OpenAI
 
-BASE, KEY, PROMPTS = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=30)
+BASE, OTHER, KEY, PROMPTS = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+creator = OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=30)
+client = OpenAI(base_url=OTHER, api_key=KEY, max_retries=0, timeout=30)
 STRONG = "gpt-4-1106-preview"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 UNSERVED = "mistralai/Mistral-7B-Instruct-v0.1"
@@ -75,8 +78,8 @@ text += request("two-choices", PROMPTS[12], n=2)
 text += request("no-such-model", PROMPTS[13], "no-such-model")
 sent = routed + ["pin-strong-0", "pin-strong-1", "pin-weak", "stream", "two-choices",
                  "no-such-model"]
-f = client.files.create(file=("requests.jsonl", text.encode()), purpose="batch")
-batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+f = creator.files.create(file=("requests.jsonl", text.encode()), purpose="batch")
+batch = creator.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                               completion_window="24h",
                               metadata={"switchyard_policy": "strong-share=0.25"})
 assert batch.status == "validating", batch
@@ -121,8 +124,8 @@ seen["failed"] = ended.request_counts.failed
 answered = [f"c{i}" for i in range(4)]
 text = "".join(request(c, PROMPTS[20 + i]) for i, c in enumerate(answered))
 text += request("stuck-0", PROMPTS[30], UNSERVED) + request("stuck-1", PROMPTS[31], UNSERVED)
-f2 = client.files.create(file=("cancel.jsonl", text.encode()), purpose="batch")
-batch2 = client.batches.create(input_file_id=f2.id, endpoint="/v1/chat/completions",
+f2 = creator.files.create(file=("cancel.jsonl", text.encode()), purpose="batch")
+batch2 = creator.batches.create(input_file_id=f2.id, endpoint="/v1/chat/completions",
                                completion_window="24h")
 wait_until(batch2.id, lambda b: b.status == "in_progress" and b.request_counts.completed == 4,
            "four answers in")

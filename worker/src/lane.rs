@@ -32,10 +32,6 @@ use crate::settle::{Delivery, Disposition, Keeper, settle};
 /// How long one pull request waits when the tier is idle.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
-/// How long a message written by a newer version waits before it is offered again (an
-/// upgraded worker of the same tier takes it meanwhile).
-const NEWER_VERSION_DELAY: Duration = Duration::from_secs(30);
-
 /// Pulls the tier's items until `shutdown`, then stops pulling, lets in-flight items finish
 /// within `shutdown_grace`, gives back (naks) the rest, and flushes the last commits.
 ///
@@ -244,13 +240,12 @@ async fn handle(
     let item: WorkItem = match codec::decode(&d.payload) {
         Ok(item) => item,
         // Written by a newer version (a chat item during a rolling upgrade): not malformed,
-        // only not yet readable here. Leave it for an upgraded worker; only when its
-        // deliveries run out does it become a dead letter (with the reason, to replay).
+        // only not yet readable here. Leave it for an upgraded worker, offered again after
+        // an `ack_wait` each time: `max_deliver × ack_wait` of grace (5 minutes by default)
+        // before it becomes a dead letter, with the reason.
         Err(e @ codec::DecodeError::UnsupportedVersion { .. }) if d.delivered < ws.max_deliver => {
             tracing::warn!(subject = %d.subject, error = %e, "a newer worker must take this message; leaving it");
-            return Handled::Settle(Disposition::Retry {
-                after: NEWER_VERSION_DELAY,
-            });
+            return Handled::Settle(Disposition::Retry { after: ws.ack_wait });
         }
         Err(e) => return Handled::Settle(dead_letter_undecodable(w, d, &e.to_string()).await),
     };

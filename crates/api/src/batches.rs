@@ -77,12 +77,14 @@ pub async fn create(
         .metadata
         .as_ref()
         .map(|m| serde_json::to_value(m).unwrap_or_default());
-    crate::run::batch_policy(metadata.as_ref(), &api.options.default_policy).map_err(|e| {
-        ApiError::bad(
-            &format!("metadata.{}", crate::run::POLICY_KEY),
-            format!("not a policy: {e}"),
-        )
-    })?;
+    crate::run::batch_policy(metadata.as_ref(), api.default_policy_of(&caller.team)).map_err(
+        |e| {
+            ApiError::bad(
+                &format!("metadata.{}", crate::run::POLICY_KEY),
+                format!("not a policy: {e}"),
+            )
+        },
+    )?;
     let file = store::file(&api.pool, &caller.team, &req.input_file_id)
         .await?
         .ok_or_else(|| ApiError::not_found("file", &req.input_file_id))?;

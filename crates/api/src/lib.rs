@@ -57,6 +57,8 @@ pub struct ApiOptions {
     /// The policy of `switchyard:auto` requests in batches whose metadata names none
     /// (`switchyard_policy`), as `switchyard submit --policy` takes it.
     pub default_policy: String,
+    /// Teams' own default policies, in place of `default_policy`.
+    pub team_policies: std::collections::BTreeMap<String, String>,
     /// Requests per minute one key may make in this process (429 above it).
     pub requests_per_minute_per_key: NonZeroU32,
     /// Uploaded and batch files older than this are deleted; `None`: kept.
@@ -70,6 +72,7 @@ impl ApiOptions {
             max_upload_bytes: s.max_upload_bytes,
             look_every: s.look_every,
             default_policy: s.default_policy.clone(),
+            team_policies: s.team_policies.clone(),
             requests_per_minute_per_key: s.requests_per_minute_per_key,
             file_retention: s.file_retention,
             ..Self::default()
@@ -87,6 +90,7 @@ impl Default for ApiOptions {
             sweep_every: std::time::Duration::from_secs(10),
             look_every: std::time::Duration::from_secs(2),
             default_policy: DEFAULT_POLICY.to_owned(),
+            team_policies: std::collections::BTreeMap::new(),
             requests_per_minute_per_key: NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
             file_retention: None,
         }
@@ -126,6 +130,9 @@ impl Api {
             .await
             .map_err(|e| anyhow::anyhow!("files bucket `{bucket}` missing: {e}"))?;
         batch_policy_default_is_valid(&options.default_policy)?;
+        for policy in options.team_policies.values() {
+            batch_policy_default_is_valid(policy)?;
+        }
         let settings = Arc::new(settings.clone());
         let client = switchyard_client::Client {
             settings: settings.clone(),
@@ -145,6 +152,14 @@ impl Api {
             limits: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
             metrics: Arc::new(Metrics::api()),
         })
+    }
+
+    /// The default policy of `team`'s batches.
+    pub fn default_policy_of(&self, team: &str) -> &str {
+        self.options
+            .team_policies
+            .get(team)
+            .unwrap_or(&self.options.default_policy)
     }
 
     /// The routes under `/v1`.

@@ -177,7 +177,7 @@ pub async fn start(api: &Api, batch: &BatchRow, total: u64) -> anyhow::Result<()
     let total = i64::try_from(total).unwrap_or(i64::MAX);
     let job_id = job_id_of(&batch.batch_id);
     if !items.is_empty() {
-        let policy = batch_policy(batch.metadata.as_ref(), &api.options.default_policy)
+        let policy = batch_policy(batch.metadata.as_ref(), api.default_policy_of(&batch.team))
             .map_err(|e| anyhow::anyhow!("batch {}: {e}", batch.batch_id))?;
         let mut spec = JobSpec::new(job_id.clone(), Task::Chat {});
         spec.idempotency_key = Some(idempotency_key_of(&batch.batch_id));

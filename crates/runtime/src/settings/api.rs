@@ -2,6 +2,7 @@
 //! (docs/openai-compatibility.md). Flags of the command override `listen` and
 //! `max_upload_bytes`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -24,6 +25,9 @@ pub struct ApiSettings {
     /// The policy of `switchyard:auto` requests in batches whose metadata names none
     /// (`switchyard_policy`), as `switchyard submit --policy` takes it.
     pub default_policy: String,
+    /// Per team, a default policy of its own (`[api.team_policies] support = "quality=0.9"`),
+    /// in place of `default_policy` for that team's batches.
+    pub team_policies: BTreeMap<String, String>,
     /// How often a running batch is looked at (its counts, a cancellation, its expiry, its
     /// end): the delay between a job's end and its batch's `completed`.
     #[serde(with = "humantime_serde")]
@@ -37,7 +41,8 @@ pub struct ApiSettings {
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<String>,
     /// Uploaded files and the output and error files of batches are deleted (row and
-    /// object) this long after they were created. Unset: kept until deleted.
+    /// object) this long after they were created. Unset: `finance.retention` (the retention
+    /// of prompts and answers), and when that is unset too, kept until deleted.
     #[serde(default, with = "humantime_serde")]
     pub file_retention: Option<Duration>,
 }
@@ -48,6 +53,7 @@ impl Default for ApiSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8091)),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             default_policy: "quality=0.95".to_owned(),
+            team_policies: BTreeMap::new(),
             look_every: Duration::from_secs(2),
             requests_per_minute_per_key: NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
             tls_cert: None,
