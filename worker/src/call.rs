@@ -247,6 +247,8 @@ mod tests {
             prompt_tokens: 1,
             completion_tokens: 1,
             cached_prompt_tokens: 0,
+            cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             usage_estimated: false,
             latency: Duration::ZERO,
             samples: Vec::new(),

@@ -40,6 +40,12 @@ pub struct ParsedCompletion {
     /// Prompt tokens served from the provider's cache (`prompt_tokens_details.cached_tokens`),
     /// never more than `prompt_tokens`.
     pub cached_prompt_tokens: u32,
+    /// Prompt tokens written to the provider's cache at this call (Anthropic's
+    /// `cache_creation_input_tokens`; OpenAI caches without charging writes: 0). Part of
+    /// `prompt_tokens`, disjoint from `cached_prompt_tokens`.
+    pub cache_write_tokens: u32,
+    /// Of `cache_write_tokens`, those written for one hour (a dearer rate than five minutes).
+    pub cache_write_1h_tokens: u32,
     /// No usable `usage` in the body: the token counts are estimates.
     pub usage_estimated: bool,
     /// The texts of the other choices, when the request asked for `n > 1` (extra samples of
@@ -156,6 +162,8 @@ pub fn parse_completion(
         prompt_tokens,
         completion_tokens,
         cached_prompt_tokens,
+        cache_write_tokens: 0,
+        cache_write_1h_tokens: 0,
         usage_estimated,
         samples,
     })

@@ -25,6 +25,7 @@ pub mod completion;
 pub mod confidence;
 pub mod escalation;
 pub mod estimate;
+pub mod messages;
 pub mod policy;
 pub mod pricing;
 pub mod prompt;

@@ -59,6 +59,10 @@ pub struct Completion {
     pub completion_tokens: u32,
     /// Prompt tokens the provider served from its cache.
     pub cached_prompt_tokens: u32,
+    /// Prompt tokens written to the provider's cache (Anthropic), and of those the ones kept
+    /// for an hour: priced at the cache-write rates.
+    pub cache_write_tokens: u32,
+    pub cache_write_1h_tokens: u32,
     /// The provider returned no usable `usage`: the token counts are estimates (chars / 4).
     pub usage_estimated: bool,
     pub latency: Duration,

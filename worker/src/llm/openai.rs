@@ -109,6 +109,8 @@ pub fn parse_completion(
         prompt_tokens: parsed.prompt_tokens,
         completion_tokens: parsed.completion_tokens,
         cached_prompt_tokens: parsed.cached_prompt_tokens,
+        cache_write_tokens: parsed.cache_write_tokens,
+        cache_write_1h_tokens: parsed.cache_write_1h_tokens,
         usage_estimated: parsed.usage_estimated,
         latency,
         samples: parsed.samples,
