@@ -60,6 +60,14 @@ pub struct PriceSetArgs {
     /// price).
     #[arg(long, value_parser = parse_decimal, allow_negative_numbers = true)]
     pub cached_input_per_mtok: Option<Decimal>,
+    /// USD per million prompt tokens written to the provider's cache for 5 minutes
+    /// (Anthropic: 1.25 × input; default: the input price).
+    #[arg(long, value_parser = parse_decimal, allow_negative_numbers = true)]
+    pub cache_write_per_mtok: Option<Decimal>,
+    /// USD per million prompt tokens written to the cache for an hour (Anthropic: 2 × input;
+    /// default: the 5-minute price).
+    #[arg(long, value_parser = parse_decimal, allow_negative_numbers = true)]
+    pub cache_write_1h_per_mtok: Option<Decimal>,
     /// Fraction off for calls through a batch API: 0.5 or 50% (default 0).
     #[arg(long, value_parser = parse_fraction, allow_negative_numbers = true)]
     pub batch_discount: Option<Decimal>,
@@ -240,6 +248,7 @@ pub async fn prices(settings: Settings, cmd: PricesCommand) -> anyhow::Result<u8
                 a.output_per_mtok,
                 a.batch_discount.unwrap_or(Decimal::ZERO),
             )
+            .and_then(|t| t.with_cache_writes(a.cache_write_per_mtok, a.cache_write_1h_per_mtok))
             .with_context(|| format!("price of `{}` refused", a.model))?;
             let pool = pool(&settings).await?;
             let configured = settings.models.get(&a.model);
@@ -276,13 +285,17 @@ pub async fn prices(settings: Settings, cmd: PricesCommand) -> anyhow::Result<u8
             )
             .await?;
             eprintln!(
-                "price version {} of `{}` recorded: input {} / cached input {} / output {} USD per \
-                 million tokens, batch discount {}, effective from {}",
+                "price version {} of `{}` recorded: input {} / cached input {} / cache write {} \
+                 (1 h {}) / output {} USD per million tokens, batch discount {}, effective from {}",
                 v.price_id,
                 v.model,
                 exact(v.input_usd_per_mtok),
                 v.cached_input_usd_per_mtok
                     .map_or_else(|| "(input)".to_owned(), exact),
+                v.cache_write_usd_per_mtok
+                    .map_or_else(|| "(input)".to_owned(), exact),
+                v.cache_write_1h_usd_per_mtok
+                    .map_or_else(|| "(5 min)".to_owned(), exact),
                 exact(v.output_usd_per_mtok),
                 exact(v.batch_discount),
                 v.effective_from.to_rfc3339()

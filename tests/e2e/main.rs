@@ -7,6 +7,7 @@
 //! JetStream and PostgreSQL, calling the simulator over real HTTP. Each test has its own
 //! database and stream prefix, so they run in parallel.
 
+mod anthropic;
 mod bad_input;
 mod bad_input_catalog;
 mod budget_race;

@@ -249,6 +249,7 @@ mod tests {
             cached_prompt_tokens: 0,
             cache_write_tokens: 0,
             cache_write_1h_tokens: 0,
+            raw_usage: None,
             usage_estimated: false,
             latency: Duration::ZERO,
             samples: Vec::new(),

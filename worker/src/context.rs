@@ -15,14 +15,17 @@ use switchyard_runtime::settings::ModelSettings;
 use tokio::sync::Mutex;
 
 use crate::limiter::ModelLimiter;
+use crate::llm::Provider;
+use crate::llm::anthropic::AnthropicClient;
 use crate::llm::openai::{OpenAiClient, http_client};
+use switchyard_runtime::settings::Protocol;
 
 /// A model this worker can call.
 #[derive(Debug)]
 pub struct ModelRuntime {
     pub name: String,
     pub settings: ModelSettings,
-    pub client: OpenAiClient,
+    pub client: Provider,
     pub limiter: ModelLimiter,
     /// Stops calls to this model while its provider is down (see [`crate::breaker`]).
     pub breaker: crate::breaker::CircuitBreaker,
@@ -142,13 +145,22 @@ impl Worker {
                 name.clone(),
                 ModelRuntime {
                     name: name.clone(),
-                    client: OpenAiClient::new(
-                        http.clone(),
-                        m.base_url.as_str(),
-                        api_key,
-                        m.timeout,
-                        settings.worker.max_body_bytes(),
-                    ),
+                    client: match m.protocol {
+                        Protocol::Openai => Provider::Openai(OpenAiClient::new(
+                            http.clone(),
+                            m.base_url.as_str(),
+                            api_key,
+                            m.timeout,
+                            settings.worker.max_body_bytes(),
+                        )),
+                        Protocol::Anthropic => Provider::Anthropic(AnthropicClient::new(
+                            http.clone(),
+                            m.base_url.as_str(),
+                            api_key,
+                            m.timeout,
+                            settings.worker.max_body_bytes(),
+                        )),
+                    },
                     limiter: ModelLimiter::new(
                         name,
                         m.rpm,

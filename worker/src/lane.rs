@@ -426,6 +426,9 @@ async fn handle(
         retry: d.delivered > 1,
         booking: switchyard_store::booking::Booking {
             cached_prompt_tokens: usage.cached,
+            cache_write_tokens: usage.written,
+            cache_write_1h_tokens: usage.written_1h.min(usage.written),
+            raw_usage: usage.raw,
             reservation_id: hold.map(budget::Hold::hand_over),
             ..booking(escalated)
         },
@@ -563,6 +566,10 @@ struct Usage {
     prompt: i32,
     completion: i32,
     cached: i32,
+    /// Written to the provider's cache, and of those kept an hour.
+    written: i32,
+    written_1h: i32,
+    raw: Option<String>,
     source: UsageSource,
     latency_ms: i32,
 }
@@ -575,6 +582,12 @@ impl Usage {
             prompt: clamp(c.prompt_tokens),
             completion: clamp(c.completion_tokens),
             cached: clamp(c.cached_prompt_tokens.min(c.prompt_tokens)),
+            written: clamp(
+                c.cache_write_tokens
+                    .min(c.prompt_tokens.saturating_sub(c.cached_prompt_tokens)),
+            ),
+            written_1h: clamp(c.cache_write_1h_tokens.min(c.cache_write_tokens)),
+            raw: c.raw_usage.as_deref().and_then(outcomes::storable_usage),
             source: if c.usage_estimated {
                 UsageSource::Estimated
             } else {
@@ -598,6 +611,9 @@ impl Usage {
             prompt: i32::try_from(prompt_chars.div_ceil(4)).unwrap_or(i32::MAX),
             completion: i32::try_from(completion).unwrap_or(i32::MAX),
             cached: 0,
+            written: 0,
+            written_1h: 0,
+            raw: None,
             source: UsageSource::Estimated,
             latency_ms: 0,
         }
@@ -641,6 +657,10 @@ const SAMPLE_TEMPERATURE: f32 = 0.7;
 /// (docs/quality.md, the worker contract). Only the item's own attempts decide anything
 /// with it; shadow and audit calls never escalate, so they draw none.
 fn extra_samples(item: &WorkItem, model: &ModelRuntime) -> u8 {
+    // Anthropic has no `n`: extra samples would be extra requests (not drawn yet).
+    if model.settings.protocol == switchyard_runtime::settings::Protocol::Anthropic {
+        return 0;
+    }
     match &item.escalation {
         Some(rule) if item.is_own() && !model.settings.logprobs => rule.samples.min(MAX_SAMPLES),
         _ => 0,

@@ -48,6 +48,8 @@ pub struct ParsedCompletion {
     pub cache_write_1h_tokens: u32,
     /// No usable `usage` in the body: the token counts are estimates.
     pub usage_estimated: bool,
+    /// The body's `usage` as the provider wrote it (JSON), kept on the ledger row.
+    pub raw_usage: Option<String>,
     /// The texts of the other choices, when the request asked for `n > 1` (extra samples of
     /// the same answer, see [`crate::samples`]); choices without readable text are skipped.
     pub samples: Vec<String>,
@@ -140,6 +142,7 @@ pub fn parse_completion(
                 })
                 .collect::<Vec<_>>()
         });
+    let raw_usage = parsed.usage.map(|u| u.get().to_owned());
     let usage = parsed.usage.and_then(read_usage);
     let (prompt_tokens, completion_tokens, cached_prompt_tokens, usage_estimated) = match usage {
         Some((p, c, cached)) => (p, c, cached.min(p), false),
@@ -165,6 +168,7 @@ pub fn parse_completion(
         cache_write_tokens: 0,
         cache_write_1h_tokens: 0,
         usage_estimated,
+        raw_usage,
         samples,
     })
 }

@@ -80,6 +80,7 @@ pub fn parse_message(
         cache_write_tokens: written,
         cache_write_1h_tokens: written_1h,
         usage_estimated: estimated,
+        raw_usage: v.get("usage").map(Value::to_string),
         samples: Vec::new(),
     })
 }

@@ -1,11 +1,14 @@
-//! A price version's full tariff: input, cached input and output prices (USD per million
-//! tokens) and a batch discount, with the validation `switchyard prices set` applies.
+//! A price version's full tariff: input, cached input, cache-write (5-minute and 1-hour) and
+//! output prices (USD per million tokens) and a batch discount, with the validation
+//! `switchyard prices set` applies.
 //!
 //! The ledger's costs are computed by Postgres (`call_cost` in the migrations) so that the
 //! version in force at the call's time is resolved where the versions live; [`Tariff::cost`]
 //! is the same formula in Rust, for reservations, estimates and the reconciliation tests. Both
-//! are exact: `((prompt − cached) × input + cached × cached_input + completion × output) ×
-//! (1 − discount if batch) × 10⁻⁶`, never rounded. Scales are bounded (prices at most 9
+//! are exact: `((prompt − cached − written) × input + cached × cached_input + (written −
+//! written_1h) × cache_write + written_1h × cache_write_1h + completion × output) × (1 −
+//! discount if batch) × 10⁻⁶`, never rounded (a missing cached or cache-write price is the
+//! input price; a missing 1-hour price is the 5-minute one). Scales are bounded (prices at most 9
 //! decimal places, discounts at most 4) so a cost always fits `rust_decimal`'s 28 digits.
 
 use rust_decimal::Decimal;
@@ -29,6 +32,14 @@ pub struct Tariff {
     pub output_usd_per_mtok: Decimal,
     /// Fraction taken off calls made through a batch API, in `[0, 1)`.
     pub batch_discount: Decimal,
+    /// Price of prompt tokens written to the provider's cache for 5 minutes (Anthropic:
+    /// 1.25 × input); `None`: the input price.
+    #[serde(default)]
+    pub cache_write_usd_per_mtok: Option<Decimal>,
+    /// Price of prompt tokens written to the cache for an hour (Anthropic: 2 × input);
+    /// `None`: the 5-minute price.
+    #[serde(default)]
+    pub cache_write_1h_usd_per_mtok: Option<Decimal>,
 }
 
 /// Why a tariff cannot be used.
@@ -95,7 +106,38 @@ impl Tariff {
             cached_input_usd_per_mtok: cached_input.map(|c| c.normalize()),
             output_usd_per_mtok: output.normalize(),
             batch_discount: d.normalize(),
+            cache_write_usd_per_mtok: None,
+            cache_write_1h_usd_per_mtok: None,
         })
+    }
+
+    /// The same tariff with cache-write prices (5 minutes, 1 hour).
+    ///
+    /// # Errors
+    /// A negative, absurd or over-precise price.
+    pub fn with_cache_writes(
+        mut self,
+        five_minutes: Option<Decimal>,
+        one_hour: Option<Decimal>,
+    ) -> Result<Self, TariffError> {
+        for (what, value) in [
+            ("cache write", five_minutes),
+            ("1-hour cache write", one_hour),
+        ] {
+            let Some(value) = value else { continue };
+            if value.is_sign_negative() && !value.is_zero() {
+                return Err(TariffError::Negative { what, value });
+            }
+            if value > MAX_USD_PER_MTOK {
+                return Err(TariffError::Absurd { what, value });
+            }
+            if value.normalize().scale() > MAX_PRICE_SCALE {
+                return Err(TariffError::TooPrecise { what, value });
+            }
+        }
+        self.cache_write_usd_per_mtok = five_minutes.map(|p| p.normalize());
+        self.cache_write_1h_usd_per_mtok = one_hour.map(|p| p.normalize());
+        Ok(self)
     }
 
     /// A tariff with input and output prices only.
@@ -109,11 +151,29 @@ impl Tariff {
     /// The exact cost of a call: `cached` of the `prompt` tokens at the cached price.
     /// Token counts may be negative (a reversal's).
     pub fn cost(&self, prompt: i64, cached: i64, completion: i64, batch: bool) -> Decimal {
-        let cached_price = self
-            .cached_input_usd_per_mtok
-            .unwrap_or(self.input_usd_per_mtok);
-        let full = Decimal::from(prompt - cached) * self.input_usd_per_mtok
+        self.cost_with_writes(prompt, cached, 0, 0, completion, batch)
+    }
+
+    /// The exact cost of a call that also wrote `written` of its `prompt` tokens to the
+    /// provider's cache, `written_1h` of them for an hour (`call_cost` with seven arguments
+    /// in the migrations).
+    pub fn cost_with_writes(
+        &self,
+        prompt: i64,
+        cached: i64,
+        written: i64,
+        written_1h: i64,
+        completion: i64,
+        batch: bool,
+    ) -> Decimal {
+        let input = self.input_usd_per_mtok;
+        let cached_price = self.cached_input_usd_per_mtok.unwrap_or(input);
+        let write = self.cache_write_usd_per_mtok.unwrap_or(input);
+        let write_1h = self.cache_write_1h_usd_per_mtok.unwrap_or(write);
+        let full = Decimal::from(prompt - cached - written) * input
             + Decimal::from(cached) * cached_price
+            + Decimal::from(written - written_1h) * write
+            + Decimal::from(written_1h) * write_1h
             + Decimal::from(completion) * self.output_usd_per_mtok;
         let discounted = if batch {
             full * (Decimal::ONE - self.batch_discount)
@@ -176,5 +236,37 @@ mod tests {
             let cached = c.min(p);
             prop_assert!(t.cost(p, cached, o, true) >= Decimal::ZERO);
         }
+    }
+
+    #[test]
+    fn cache_writes_are_priced_at_their_own_rates() {
+        let t = Tariff::new(d("3"), Some(d("0.3")), d("15"), d("0.5"))
+            .unwrap()
+            .with_cache_writes(Some(d("3.75")), Some(d("6")))
+            .unwrap();
+        // 1,000 prompt tokens: 100 read, 500 written (200 for an hour), 400 plain.
+        let want = (d("400") * d("3")
+            + d("100") * d("0.3")
+            + d("300") * d("3.75")
+            + d("200") * d("6")
+            + d("10") * d("15"))
+            / d("1000000");
+        assert_eq!(t.cost_with_writes(1000, 100, 500, 200, 10, false), want);
+        assert_eq!(
+            t.cost_with_writes(1000, 100, 500, 200, 10, true),
+            want / d("2")
+        );
+        // Without write prices, writes cost input; without an hour price, the 5-minute one.
+        let plain = Tariff::new(d("3"), None, d("15"), d("0")).unwrap();
+        assert_eq!(
+            plain.cost_with_writes(10, 0, 4, 2, 0, false),
+            plain.cost(10, 0, 0, false)
+        );
+        let five = plain.with_cache_writes(Some(d("4")), None).unwrap();
+        assert_eq!(
+            five.cost_with_writes(10, 0, 4, 2, 0, false),
+            (d("6") * d("3") + d("4") * d("4")) / d("1000000")
+        );
+        assert!(plain.with_cache_writes(Some(d("-1")), None).is_err());
     }
 }

@@ -146,7 +146,8 @@ async fn report(
 async fn prices(State(pool): State<PgPool>) -> Result<axum::Json<Vec<PriceVersion>>, ApiError> {
     let rows = sqlx::query_as(
         "SELECT price_id, model, provider, input_usd_per_mtok, cached_input_usd_per_mtok, \
-         output_usd_per_mtok, batch_discount, effective_from, effective_until, created_at \
+         output_usd_per_mtok, batch_discount, cache_write_usd_per_mtok, \
+         cache_write_1h_usd_per_mtok, effective_from, effective_until, created_at \
          FROM reporting.prices ORDER BY model, effective_from",
     )
     .fetch_all(&pool)

@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+pub mod anthropic;
 pub mod bill;
 pub mod call_log;
 pub mod cli;

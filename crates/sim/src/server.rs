@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | answer a chat completion (see [`crate::replay`]) |
 //! | `POST /c/<tag>/v1/chat/completions` | the same, the call logged and counted in flight under client `tag` |
+//! | `POST /v1/messages`, `POST /c/<tag>/v1/messages` | Anthropic's Messages API, answered the same way, with prompt caching (see [`crate::anthropic`]) |
 //! | `GET /v1/models` | the dataset's model names |
 //! | `GET /sim/calls` | the call log as a JSON array |
 //! | `GET`/`PUT /sim/faults` | read or replace the [`Faults`] at run time |
@@ -74,6 +75,7 @@ pub async fn start(
         in_flight: Mutex::new(HashMap::new()),
         log,
         prices: Mutex::new(BTreeMap::new()),
+        cache: Mutex::new(std::collections::HashSet::new()),
         dataset,
         config,
         stop: stop.clone(),
@@ -178,6 +180,8 @@ impl Drop for SimHandle {
 /// Everything the handlers share.
 #[derive(Debug)]
 struct AppState {
+    /// `(model, system text)` written to the Anthropic prompt cache so far.
+    cache: Mutex<std::collections::HashSet<(String, String)>>,
     dataset: Arc<Dataset>,
     config: SimConfig,
     calibration: Calibration,
@@ -276,6 +280,8 @@ fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(untagged_chat))
         .route("/c/{tag}/v1/chat/completions", post(tagged_chat))
+        .route("/v1/messages", post(untagged_messages))
+        .route("/c/{tag}/v1/messages", post(tagged_messages))
         .route("/v1/models", get(list_models))
         .route("/c/{tag}/v1/models", get(list_models))
         .route("/sim/calls", get(list_calls))
@@ -303,6 +309,76 @@ async fn tagged_chat(
     body: Bytes,
 ) -> Response {
     chat_completions(state, Some(tag), request_id(&headers), body).await
+}
+
+async fn untagged_messages(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    messages(state, None, request_id(&headers), body).await
+}
+
+async fn tagged_messages(
+    State(state): State<Arc<AppState>>,
+    Path(tag): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    messages(state, Some(tag), request_id(&headers), body).await
+}
+
+/// Anthropic's Messages API: the request answered as its chat completion, the answer (or
+/// error) rewritten in Anthropic's shape. Bodies a fault broke on purpose go out as they are.
+async fn messages(
+    state: Arc<AppState>,
+    client: Option<String>,
+    client_request_id: Option<String>,
+    body: Bytes,
+) -> Response {
+    let (chat, cached) = match crate::anthropic::to_chat(&body) {
+        Ok(c) => c,
+        Err(message) => {
+            let e = serde_json::json!({"type": "error",
+                "error": {"type": "invalid_request_error", "message": message}});
+            return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+        }
+    };
+    let chat_body = Bytes::from(chat.to_string());
+    let response = chat_completions(state.clone(), client, client_request_id, chat_body).await;
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let status = parts.status;
+    let rewritten = if status.is_success() {
+        let cache = match cached {
+            Some((text, hour)) => {
+                let model = value["model"].as_str().unwrap_or_default().to_owned();
+                let tokens = u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX);
+                let first = lock(&state.cache).insert((model, text));
+                if first {
+                    (tokens, hour, 0)
+                } else {
+                    (0, hour, tokens)
+                }
+            }
+            None => (0, false, 0),
+        };
+        crate::anthropic::from_chat(&value, cache)
+    } else {
+        crate::anthropic::error_from_chat(status.as_u16(), &value)
+    };
+    let mut out = (status, Json(rewritten)).into_response();
+    for (name, v) in &parts.headers {
+        if name != header::CONTENT_LENGTH && name != header::CONTENT_TYPE {
+            out.headers_mut().insert(name.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// The client's id of the request (`X-Client-Request-Id`), as OpenAI logs it.

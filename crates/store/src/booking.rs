@@ -46,6 +46,13 @@ pub struct Booking {
     pub priced_at: DateTime<Utc>,
     /// Prompt tokens served from the provider's cache (priced at the cached-input price).
     pub cached_prompt_tokens: i32,
+    /// Prompt tokens written to the provider's cache (priced at the cache-write price), and
+    /// of those the ones kept an hour (the 1-hour price).
+    pub cache_write_tokens: i32,
+    pub cache_write_1h_tokens: i32,
+    /// The provider's `usage` object as it came, when it is JSON Postgres can hold
+    /// ([`crate::outcomes::storable_usage`]).
+    pub raw_usage: Option<String>,
     /// The call happened because an earlier answer of the item escalated.
     pub escalation: bool,
     /// This call's share of the all-strong counterfactual.
@@ -62,6 +69,9 @@ impl Booking {
         Self {
             priced_at,
             cached_prompt_tokens: 0,
+            cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
+            raw_usage: None,
             escalation: false,
             all_strong: Counterfactual::Own,
             all_weak: Counterfactual::Own,

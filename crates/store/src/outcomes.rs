@@ -197,6 +197,21 @@ pub struct CommitReport {
     pub settled_in_doubt: u64,
 }
 
+/// The longest raw `usage` kept on a ledger row.
+pub const MAX_RAW_USAGE_BYTES: usize = 4096;
+
+/// A provider's raw `usage` as the ledger keeps it: a JSON object Postgres' `jsonb` can hold
+/// (no NUL, in text or escaped), at most [`MAX_RAW_USAGE_BYTES`]; anything else is not kept
+/// (the normalized counts are, and a usage no row can store must never lose the booking).
+pub fn storable_usage(raw: &str) -> Option<String> {
+    if raw.len() > MAX_RAW_USAGE_BYTES || raw.contains('\0') || raw.contains("\\u0000") {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw)
+        .ok()
+        .map(|_| raw.to_owned())
+}
+
 /// Postgres `text` cannot hold NUL: such an answer is stored JSON-escaped (lossless) and
 /// flagged `answer_encoding = 'json'`. Returns the stored text and its encoding.
 pub fn storable_answer(answer: &str) -> (std::borrow::Cow<'_, str>, Option<&'static str>) {
@@ -607,23 +622,25 @@ async fn insert_ledger(conn: &mut PgConnection, l: &LedgerCols<'_>) -> sqlx::Res
         "INSERT INTO ledger (call_id, job_id, item_id, attempt, team, project, tier, model, \
          provider, price_id, prompt_tokens, cached_prompt_tokens, completion_tokens, \
          cost_usd, latency_ms, outcome, retry, priced_at, escalation, cost_all_strong_usd, \
-         cost_all_weak_usd, provider_response_id, usage_source, settles_entry_id) \
+         cost_all_weak_usd, provider_response_id, usage_source, settles_entry_id, \
+         cache_write_tokens, cache_write_1h_tokens, raw_usage) \
          SELECT c.call_id, c.job_id, c.item_id, c.attempt, c.team, c.project, c.tier, \
          c.model, c.provider, c.pid, c.pt, c.cached, c.ct, c.cost, c.latency, c.outcome, \
          c.retry, c.priced_at, c.escalation, \
          counterfactual_cost(c.s_mode, c.s_model, c.priced_at, c.pt, c.cached, c.ct, c.cost), \
          counterfactual_cost(c.w_mode, c.w_model, c.priced_at, c.pt, c.cached, c.ct, c.cost), \
-         c.response_id, c.usage_source, c.settles \
-         FROM (SELECT p.*, call_cost(p.pid, p.pt, p.cached, p.ct, false) AS cost FROM \
+         c.response_id, c.usage_source, c.settles, c.written, c.written_1h, c.raw::jsonb \
+         FROM (SELECT p.*, call_cost(p.pid, p.pt, p.cached, p.written, p.written_1h, p.ct, \
+         false) AS cost FROM \
          (SELECT u.*, price_in_force(u.model, u.priced_at) AS pid \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], \
          $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], \
          $12::int4[], $13::int4[], $14::bool[], $15::timestamptz[], $16::bool[], \
          $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], \
-         $23::text[], $24::int8[]) \
+         $23::text[], $24::int8[], $25::int4[], $26::int4[], $27::text[]) \
          AS u(call_id, job_id, item_id, attempt, team, project, tier, model, provider, \
          pt, cached, ct, latency, retry, priced_at, escalation, s_mode, s_model, w_mode, \
-         w_model, outcome, response_id, usage_source, settles)) p) c \
+         w_model, outcome, response_id, usage_source, settles, written, written_1h, raw)) p) c \
          ON CONFLICT (call_id) DO NOTHING RETURNING call_id",
     )
     .bind(&l.call_id)
@@ -650,6 +667,9 @@ async fn insert_ledger(conn: &mut PgConnection, l: &LedgerCols<'_>) -> sqlx::Res
     .bind(&l.response_id)
     .bind(&l.usage_source)
     .bind(&l.settles)
+    .bind(&l.cache_write_tokens)
+    .bind(&l.cache_write_1h_tokens)
+    .bind(&l.raw_usage)
     .fetch_all(&mut *conn)
     .await
 }
@@ -732,6 +752,9 @@ struct LedgerCols<'a> {
     provider: Vec<&'a str>,
     prompt_tokens: Vec<i32>,
     cached_prompt_tokens: Vec<i32>,
+    cache_write_tokens: Vec<i32>,
+    cache_write_1h_tokens: Vec<i32>,
+    raw_usage: Vec<Option<&'a str>>,
     completion_tokens: Vec<i32>,
     latency: Vec<i32>,
     retry: Vec<bool>,
@@ -768,6 +791,10 @@ impl<'a> LedgerCols<'a> {
         self.prompt_tokens.push(c.prompt_tokens);
         self.cached_prompt_tokens
             .push(c.booking.cached_prompt_tokens);
+        self.cache_write_tokens.push(c.booking.cache_write_tokens);
+        self.cache_write_1h_tokens
+            .push(c.booking.cache_write_1h_tokens);
+        self.raw_usage.push(c.booking.raw_usage.as_deref());
         self.completion_tokens.push(c.completion_tokens);
         self.latency.push(c.latency_ms);
         self.retry.push(c.retry);
@@ -803,6 +830,10 @@ impl<'a> LedgerCols<'a> {
         self.provider.push(from.provider[n]);
         self.prompt_tokens.push(from.prompt_tokens[n]);
         self.cached_prompt_tokens.push(from.cached_prompt_tokens[n]);
+        self.cache_write_tokens.push(from.cache_write_tokens[n]);
+        self.cache_write_1h_tokens
+            .push(from.cache_write_1h_tokens[n]);
+        self.raw_usage.push(from.raw_usage[n]);
         self.completion_tokens.push(from.completion_tokens[n]);
         self.latency.push(from.latency[n]);
         self.retry.push(from.retry[n]);

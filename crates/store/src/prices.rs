@@ -28,6 +28,10 @@ pub struct PriceVersion {
     pub output_usd_per_mtok: Decimal,
     #[serde(serialize_with = "crate::money::ser")]
     pub batch_discount: Decimal,
+    #[serde(serialize_with = "crate::money::ser_opt")]
+    pub cache_write_usd_per_mtok: Option<Decimal>,
+    #[serde(serialize_with = "crate::money::ser_opt")]
+    pub cache_write_1h_usd_per_mtok: Option<Decimal>,
     pub effective_from: DateTime<Utc>,
     /// When the next version takes over (`None`: still in force, or the latest).
     pub effective_until: Option<DateTime<Utc>>,
@@ -42,6 +46,8 @@ impl PriceVersion {
             cached_input_usd_per_mtok: self.cached_input_usd_per_mtok,
             output_usd_per_mtok: self.output_usd_per_mtok,
             batch_discount: self.batch_discount,
+            cache_write_usd_per_mtok: self.cache_write_usd_per_mtok,
+            cache_write_1h_usd_per_mtok: self.cache_write_1h_usd_per_mtok,
         }
     }
 
@@ -100,7 +106,8 @@ pub enum PriceSeedError {
 }
 
 const SELECT_VERSIONS: &str = "SELECT price_id, model, provider, input_usd_per_mtok, \
-     cached_input_usd_per_mtok, output_usd_per_mtok, batch_discount, effective_from, \
+     cached_input_usd_per_mtok, output_usd_per_mtok, batch_discount, cache_write_usd_per_mtok, \
+     cache_write_1h_usd_per_mtok, effective_from, \
      lead(effective_from) OVER (PARTITION BY model ORDER BY effective_from) AS effective_until, \
      created_at FROM prices";
 
@@ -166,8 +173,9 @@ async fn insert_version(
 ) -> sqlx::Result<i64> {
     sqlx::query_scalar(
         "INSERT INTO prices (model, provider, input_usd_per_mtok, cached_input_usd_per_mtok, \
-         output_usd_per_mtok, batch_discount, effective_from) \
-         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7::timestamptz, clock_timestamp())) \
+         output_usd_per_mtok, batch_discount, cache_write_usd_per_mtok, \
+         cache_write_1h_usd_per_mtok, effective_from) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9::timestamptz, clock_timestamp())) \
          RETURNING price_id",
     )
     .bind(model)
@@ -176,6 +184,8 @@ async fn insert_version(
     .bind(t.cached_input_usd_per_mtok)
     .bind(t.output_usd_per_mtok)
     .bind(t.batch_discount)
+    .bind(t.cache_write_usd_per_mtok)
+    .bind(t.cache_write_1h_usd_per_mtok)
     .bind(from)
     .fetch_one(tx)
     .await

@@ -1,8 +1,11 @@
 //! Model providers. [`LlmClient`] is what the worker needs from one; [`openai`] implements it
 //! for every OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, OpenRouter, and our
-//! simulator).
+//! simulator), [`anthropic`] for Anthropic's Messages API; [`Provider`] is the one a model's
+//! `protocol` names.
 
+pub mod anthropic;
 pub mod error;
+mod http;
 pub mod openai;
 
 use std::future::Future;
@@ -63,6 +66,8 @@ pub struct Completion {
     /// for an hour: priced at the cache-write rates.
     pub cache_write_tokens: u32,
     pub cache_write_1h_tokens: u32,
+    /// The provider's `usage` object as it came (kept on the ledger row when storable).
+    pub raw_usage: Option<String>,
     /// The provider returned no usable `usage`: the token counts are estimates (chars / 4).
     pub usage_estimated: bool,
     pub latency: Duration,
@@ -78,4 +83,20 @@ pub trait LlmClient: Send + Sync {
         &self,
         request: &CompletionRequest,
     ) -> impl Future<Output = Result<Completion, ProviderError>> + Send;
+}
+
+/// The client of one model endpoint, by the protocol it speaks.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    Openai(openai::OpenAiClient),
+    Anthropic(anthropic::AnthropicClient),
+}
+
+impl LlmClient for Provider {
+    async fn complete(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
+        match self {
+            Provider::Openai(c) => c.complete(request).await,
+            Provider::Anthropic(c) => c.complete(request).await,
+        }
+    }
 }

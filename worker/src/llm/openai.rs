@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use switchyard_core::completion;
 
-use super::{Completion, CompletionRequest, LlmClient, ProviderError};
+use super::{Completion, CompletionRequest, LlmClient, ProviderError, http};
 
 /// A client for one OpenAI-compatible endpoint.
 #[derive(Clone)]
@@ -70,20 +70,6 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// Reads `Retry-After` (seconds) or `retry-after-ms`.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok())
-        && let Ok(ms) = ms.trim().parse::<f64>()
-        && ms.is_finite()
-        && ms >= 0.0
-    {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
-    }
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    let secs = v.trim().parse::<f64>().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
-}
-
 /// Parses a completion body (the pure parser is `switchyard_core::completion`, which the
 /// fuzz targets exercise).
 ///
@@ -111,6 +97,7 @@ pub fn parse_completion(
         cached_prompt_tokens: parsed.cached_prompt_tokens,
         cache_write_tokens: parsed.cache_write_tokens,
         cache_write_1h_tokens: parsed.cache_write_1h_tokens,
+        raw_usage: parsed.raw_usage,
         usage_estimated: parsed.usage_estimated,
         latency,
         samples: parsed.samples,
@@ -151,91 +138,23 @@ impl LlmClient for OpenAiClient {
             builder = builder.header(CLIENT_REQUEST_ID, id);
         }
         let started = Instant::now();
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| classify_send_error(model, e, self.timeout))?;
-        let status = response.status();
-        let after = retry_after(response.headers());
-        let bytes = match read_body(response, self.max_body_bytes).await {
-            Ok(bytes) => bytes,
-            // An error's body is only read for its message.
-            Err(BodyError::TooLarge) if !status.is_success() => Vec::new(),
-            Err(BodyError::TooLarge) => {
-                return Err(ProviderError::TooLarge {
-                    model: model.to_owned(),
-                    limit: self.max_body_bytes,
-                });
-            }
-            Err(BodyError::Http(e)) => return Err(classify_send_error(model, e, self.timeout)),
-        };
-        let latency = started.elapsed();
-        if status.is_success() {
-            let prompt_chars = request.messages.iter().map(|m| m.content.len()).sum();
-            return parse_completion(model, &bytes, prompt_chars, latency);
-        }
-        let mut text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
-        // Some providers and proxies echo the request's key in their error: it would end up
-        // in logs, dead letters and `status`.
-        if let Some(key) = self.api_key.as_deref().filter(|k| !k.is_empty()) {
-            text = text.replace(key, "[redacted]");
-        }
-        Err(match status.as_u16() {
-            429 => ProviderError::RateLimited {
-                model: model.to_owned(),
-                retry_after: after,
-            },
-            s if s >= 500 => ProviderError::ServerError {
-                model: model.to_owned(),
-                status: s,
-                body: text,
-                retry_after: after,
-            },
-            s => ProviderError::Refused {
-                model: model.to_owned(),
-                status: s,
-                body: text,
-            },
-        })
-    }
-}
-
-enum BodyError {
-    TooLarge,
-    Http(reqwest::Error),
-}
-
-/// Reads a body of at most `limit` bytes: a provider (or a proxy) that streams without end
-/// must not take the worker's memory with it.
-async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(BodyError::Http)? {
-        if body.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn classify_send_error(model: &str, e: reqwest::Error, timeout: Duration) -> ProviderError {
-    if e.is_timeout() {
-        ProviderError::Timeout {
-            model: model.to_owned(),
-            after: timeout,
-        }
-    } else {
-        // The URL may carry credentials: report the error without it.
-        ProviderError::Connection {
-            model: model.to_owned(),
-            message: e.without_url().to_string(),
-        }
+        let bytes = http::exchange(
+            builder,
+            model,
+            self.max_body_bytes,
+            self.timeout,
+            self.api_key.as_deref(),
+        )
+        .await?;
+        let prompt_chars = request.messages.iter().map(|m| m.content.len()).sum();
+        parse_completion(model, &bytes, prompt_chars, started.elapsed())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::http::retry_after;
 
     #[test]
     fn parses_content_logprobs_and_usage() {

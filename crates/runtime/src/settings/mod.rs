@@ -45,7 +45,7 @@ pub use dispatcher::DispatcherSettings;
 pub use finance::FinanceSettings;
 pub use fraction::Fraction;
 pub use metrics::MetricsSettings;
-pub use models::{ModelSettings, TierSettings};
+pub use models::{ModelSettings, Protocol, TierSettings};
 pub use nats::{DEFAULT_NATS_URL, NatsSettings, StorageKind};
 pub use redact::redact_url;
 pub use reliability::BreakerSettings;

@@ -25,7 +25,12 @@ pub struct ModelSettings {
     /// Provider label for the ledger (`openai`, `vllm`, `sim`).
     #[serde(default = "default_provider")]
     pub provider: String,
-    /// OpenAI-compatible base URL (ending in `/v1`); http or https.
+    /// The API the endpoint speaks: `openai` (chat completions: OpenAI, vLLM, Ollama,
+    /// llama.cpp, OpenRouter, the simulator) or `anthropic` (the Messages API:
+    /// `POST {base_url}/messages`, `x-api-key`, no logprobs, prompt caching).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Base URL (ending in `/v1`); http or https.
     pub base_url: Url,
     /// API key, inline (prefer `api_key_env`). Never printed.
     #[serde(default, serialize_with = "serialize_redacted_opt")]
@@ -78,6 +83,17 @@ pub struct ModelSettings {
     /// Completion budget for `generate` tasks.
     #[serde(default = "default_generate_max_tokens")]
     pub generate_max_tokens: u32,
+}
+
+/// The API a model endpoint speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// OpenAI's chat completions (and every server compatible with it).
+    #[default]
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
 }
 
 /// One tier of the fleet.

@@ -1,0 +1,118 @@
+//! A model that speaks Anthropic's Messages API, through the fleet: the worker sends the
+//! system prompt as Anthropic's top-level `system` (marked for caching), the simulator caches
+//! it as Anthropic does, and the ledger books each call's cache write and cache reads at their
+//! own rates, exactly, with the provider's raw usage kept on the row.
+
+use chrono::Utc;
+use rust_decimal::Decimal;
+use switchyard_core::tariff::Tariff;
+use switchyard_runtime::settings::Protocol;
+use switchyard_sim::SimConfig;
+use switchyard_store::prices::{self, NewPrice};
+
+use crate::support::{Harness, classify_job, mmlu_items};
+
+const WEAK: &str = "mistralai/Mixtral-8x7B-Instruct-v0.1";
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    prompt_tokens: i32,
+    cached_prompt_tokens: i32,
+    cache_write_tokens: i32,
+    cache_write_1h_tokens: i32,
+    completion_tokens: i32,
+    cost_usd: Decimal,
+    raw_usage: Option<serde_json::Value>,
+    provider: String,
+}
+
+#[tokio::test]
+async fn an_anthropic_model_answers_and_its_cache_writes_and_reads_are_booked_at_their_rates() {
+    let h = Harness::start_with(
+        |s| {
+            let m = s
+                .models
+                .get_mut(WEAK)
+                .expect("the weak model is configured");
+            m.protocol = Protocol::Anthropic;
+            m.provider = "anthropic".to_owned();
+        },
+        SimConfig::default(),
+    )
+    .await;
+    // Anthropic's rates relative to input: reads 0.1 ×, 5-minute writes 1.25 ×, 1 hour 2 ×.
+    let tariff = Tariff::new(d("3"), Some(d("0.3")), d("15"), Decimal::ZERO)
+        .unwrap()
+        .with_cache_writes(Some(d("3.75")), Some(d("6")))
+        .unwrap();
+    prices::set(
+        &h.db.pool,
+        &NewPrice {
+            model: WEAK.to_owned(),
+            provider: "anthropic".to_owned(),
+            tariff,
+            effective_from: Utc::now(),
+        },
+    )
+    .await
+    .unwrap();
+
+    let job = h
+        .client
+        .submit(classify_job(mmlu_items(12), 0.0, 0.0))
+        .await
+        .unwrap();
+    let status = h.wait_final(&job, 60).await;
+    assert_eq!(status.job.status, "completed", "{:?}", status.dead_letters);
+    assert_eq!(status.items_by_state.get("done"), Some(&12));
+
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT prompt_tokens, cached_prompt_tokens, cache_write_tokens, cache_write_1h_tokens, \
+         completion_tokens, cost_usd, raw_usage, provider FROM ledger \
+         WHERE job_id = $1 AND model = $2 ORDER BY entry_id",
+    )
+    .bind(&job)
+    .bind(WEAK)
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 12, "{rows:?}");
+    // The shared system prompt is written to the cache once and read by every other call.
+    let writes: Vec<&Row> = rows.iter().filter(|r| r.cache_write_tokens > 0).collect();
+    assert_eq!(writes.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows.iter().filter(|r| r.cached_prompt_tokens > 0).count(),
+        11,
+        "{rows:?}"
+    );
+    for r in &rows {
+        assert_eq!(r.provider, "anthropic");
+        assert!(
+            r.cached_prompt_tokens + r.cache_write_tokens <= r.prompt_tokens,
+            "{r:?}"
+        );
+        let want = tariff.cost_with_writes(
+            r.prompt_tokens.into(),
+            r.cached_prompt_tokens.into(),
+            r.cache_write_tokens.into(),
+            r.cache_write_1h_tokens.into(),
+            r.completion_tokens.into(),
+            false,
+        );
+        assert_eq!(r.cost_usd, want, "{r:?}");
+        let raw = r.raw_usage.as_ref().expect("raw usage kept");
+        assert!(raw.get("cache_read_input_tokens").is_some(), "{raw}");
+        // The provider's input_tokens leave cache tokens out; the ledger's prompt does not.
+        let input = raw["input_tokens"].as_i64().unwrap();
+        assert_eq!(
+            input + i64::from(r.cached_prompt_tokens) + i64::from(r.cache_write_tokens),
+            i64::from(r.prompt_tokens),
+            "{raw}"
+        );
+    }
+    h.finish().await;
+}

@@ -1,0 +1,199 @@
+//! Anthropic's Messages API (`POST {base_url}/messages`), for models whose `protocol` is
+//! `anthropic`.
+//!
+//! What differs from chat completions, and how it is bridged:
+//! - `system` is a top-level field: the request's system messages are joined into it (with
+//!   `cache_control` on it, so a long shared system prompt is cached by the provider and its
+//!   reads are booked at the cached rate);
+//! - `max_tokens` is required (the request always has one); `stop` becomes `stop_sequences`;
+//!   `temperature` and `top_p` pass through; `seed`, `response_format` and `n` do not exist
+//!   (a request for extra samples gets one answer: no samples, so no agreement signal);
+//! - no logprobs: confidence comes from the model's `confidence_without_logprobs` or the
+//!   job's escalation rule;
+//! - usage is normalized by `switchyard_core::messages` (prompt = input + cache reads +
+//!   cache writes).
+//!
+//! The key goes in `x-api-key` and is never logged; `anthropic-version` is pinned.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_core::messages;
+
+use super::openai::CLIENT_REQUEST_ID;
+use super::{Completion, CompletionRequest, LlmClient, ProviderError, http};
+
+/// The API version every request names.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// A client for one Anthropic endpoint.
+#[derive(Clone)]
+pub struct AnthropicClient {
+    http: reqwest::Client,
+    url: String,
+    api_key: Option<String>,
+    timeout: Duration,
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for AnthropicClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnthropicClient")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl AnthropicClient {
+    /// A client for `base_url` (ending in `/v1`), sharing `http`'s connection pool.
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self {
+            http,
+            url: format!("{}/messages", base_url.trim_end_matches('/')),
+            api_key,
+            timeout,
+            max_body_bytes,
+        }
+    }
+}
+
+/// The Messages API body of `request`.
+pub fn body_of(request: &CompletionRequest) -> Value {
+    let system: Vec<&str> = request
+        .messages
+        .iter()
+        .filter(|m| m.role == "system")
+        .map(|m| m.content.as_str())
+        .collect();
+    let messages: Vec<Value> = request
+        .messages
+        .iter()
+        .filter(|m| m.role != "system")
+        .map(|m| json!({"role": m.role, "content": m.content}))
+        .collect();
+    let mut body = json!({
+        "model": request.model,
+        "max_tokens": request.max_tokens.max(1),
+        "messages": messages,
+        "temperature": request.temperature,
+    });
+    if !system.is_empty() {
+        body["system"] = json!([{
+            "type": "text",
+            "text": system.join("\n\n"),
+            "cache_control": {"type": "ephemeral"},
+        }]);
+    }
+    for key in ["temperature", "top_p"] {
+        if let Some(v) = request.params.get(key) {
+            body[key] = v.clone();
+        }
+    }
+    match request.params.get("stop") {
+        Some(Value::String(s)) => body["stop_sequences"] = json!([s]),
+        Some(Value::Array(a)) => body["stop_sequences"] = Value::Array(a.clone()),
+        _ => {}
+    }
+    body
+}
+
+impl LlmClient for AnthropicClient {
+    async fn complete(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
+        let model = request.model.as_str();
+        let mut builder = self
+            .http
+            .post(&self.url)
+            .timeout(self.timeout)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .json(&body_of(request));
+        if let Some(key) = &self.api_key {
+            builder = builder.header("x-api-key", key);
+        }
+        if let Some(id) = &request.client_request_id {
+            builder = builder.header(CLIENT_REQUEST_ID, id);
+        }
+        let started = Instant::now();
+        let bytes = http::exchange(
+            builder,
+            model,
+            self.max_body_bytes,
+            self.timeout,
+            self.api_key.as_deref(),
+        )
+        .await?;
+        let latency = started.elapsed();
+        let prompt_chars = request.messages.iter().map(|m| m.content.len()).sum();
+        let parsed =
+            messages::parse_message(&bytes, prompt_chars).map_err(|e| ProviderError::BadBody {
+                model: model.to_owned(),
+                message: e.to_string(),
+                bytes: bytes.len(),
+            })?;
+        Ok(Completion {
+            response_id: parsed.response_id,
+            content: parsed.content,
+            raw_content: parsed.raw_content,
+            logprobs: None,
+            prompt_tokens: parsed.prompt_tokens,
+            completion_tokens: parsed.completion_tokens,
+            cached_prompt_tokens: parsed.cached_prompt_tokens,
+            cache_write_tokens: parsed.cache_write_tokens,
+            cache_write_1h_tokens: parsed.cache_write_1h_tokens,
+            raw_usage: parsed.raw_usage,
+            usage_estimated: parsed.usage_estimated,
+            latency,
+            samples: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_core::prompt::Message;
+
+    #[test]
+    fn system_is_top_level_and_cached_and_parameters_are_translated() {
+        let mut params = serde_json::Map::new();
+        params.insert("stop".into(), json!("END"));
+        params.insert("top_p".into(), json!(0.9));
+        params.insert("seed".into(), json!(7));
+        let request = CompletionRequest {
+            model: "claude".into(),
+            messages: vec![
+                Message {
+                    role: "system".into(),
+                    content: "Be brief.".into(),
+                },
+                Message {
+                    role: "user".into(),
+                    content: "Hi".into(),
+                },
+            ],
+            max_tokens: 0,
+            logprobs: true,
+            top_logprobs: 5,
+            client_request_id: None,
+            n: 3,
+            temperature: 0.0,
+            params,
+        };
+        let body = body_of(&request);
+        assert_eq!(body["system"][0]["text"], "Be brief.");
+        assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(body["messages"], json!([{"role": "user", "content": "Hi"}]));
+        assert_eq!(body["max_tokens"], 1, "required, at least 1");
+        assert_eq!(body["stop_sequences"], json!(["END"]));
+        assert_eq!(body["top_p"], 0.9);
+        for absent in ["seed", "n", "logprobs", "top_logprobs", "stop"] {
+            assert!(body.get(absent).is_none(), "{absent} is not Anthropic's");
+        }
+    }
+}
