@@ -115,6 +115,7 @@ async fn in_doubt_calls_reconciled_against_the_call_log_make_the_ledger_equal_th
                 ModelPrice {
                     input_usd_per_mtok: p.input_usd_per_mtok,
                     output_usd_per_mtok: p.output_usd_per_mtok,
+                    ..Default::default()
                 },
             ))
         })

@@ -15,10 +15,13 @@ use serde::{Deserialize, Serialize};
 use crate::call_log::CallRecord;
 
 /// One model's prices, USD per million tokens (decimal strings in JSON).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelPrice {
     pub input_usd_per_mtok: Decimal,
     pub output_usd_per_mtok: Decimal,
+    /// Fraction off lines served through the batch API (`0.5`: half price).
+    #[serde(default)]
+    pub batch_discount: Decimal,
 }
 
 /// The bill of one model.
@@ -56,9 +59,12 @@ pub fn bill(calls: &[CallRecord], prices: &BTreeMap<String, ModelPrice>) -> Bill
         m.completion_tokens += u64::from(c.completion_tokens);
         match prices.get(&c.model) {
             Some(p) => {
-                let cost = (Decimal::from(c.prompt_tokens) * p.input_usd_per_mtok
+                let mut cost = (Decimal::from(c.prompt_tokens) * p.input_usd_per_mtok
                     + Decimal::from(c.completion_tokens) * p.output_usd_per_mtok)
                     * PER_MILLION;
+                if c.is_batch_line() {
+                    cost *= Decimal::ONE - p.batch_discount;
+                }
                 m.usd += cost;
                 b.usd += cost;
             }
@@ -103,6 +109,7 @@ mod tests {
                 ModelPrice {
                     input_usd_per_mtok: d("0.15"),
                     output_usd_per_mtok: d("0.6"),
+                    ..Default::default()
                 },
             ),
             (
@@ -110,6 +117,7 @@ mod tests {
                 ModelPrice {
                     input_usd_per_mtok: d("2.5"),
                     output_usd_per_mtok: d("10"),
+                    ..Default::default()
                 },
             ),
         ]);

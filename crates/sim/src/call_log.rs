@@ -57,6 +57,16 @@ fn one() -> u32 {
 }
 
 impl CallRecord {
+    /// True for a line of a batch (its client tag is `batch:<id>`): billed at the batch
+    /// discount.
+    pub fn is_batch_line(&self) -> bool {
+        self.client
+            .as_deref()
+            .is_some_and(|c| c.starts_with(crate::batches::BATCH_TAG_PREFIX))
+    }
+}
+
+impl CallRecord {
     /// True when the simulator sent this answer in full (usable or not): what it bills. A
     /// call that hung past the client's timeout or whose connection broke is not billed.
     pub fn billed(&self) -> bool {

@@ -33,6 +33,11 @@ pub struct SimConfig {
     /// the agreement of repeated samples is then the only confidence signal, see
     /// [`crate::replay::sample`]).
     pub logprobs: bool,
+    /// How long a batch of the batch API waits before its lines are answered.
+    pub batch_delay: Duration,
+    /// A batch expires after answering this many lines (the rest come back
+    /// `batch_expired`); `None`: batches run to the end.
+    pub batch_expire_after_lines: Option<usize>,
 }
 
 impl Default for SimConfig {
@@ -48,6 +53,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             call_log_path: None,
             logprobs: true,
+            batch_delay: Duration::ZERO,
+            batch_expire_after_lines: None,
         }
     }
 }

@@ -30,6 +30,7 @@
 //! ```
 
 pub mod anthropic;
+pub mod batches;
 pub mod bill;
 pub mod call_log;
 pub mod cli;

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | answer a chat completion (see [`crate::replay`]) |
 //! | `POST /c/<tag>/v1/chat/completions` | the same, the call logged and counted in flight under client `tag` |
+//! | `POST /v1/files`, `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}`, `POST`/`GET /v1/batches`, `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel` | OpenAI's Batch API, lines answered like calls and billed at the batch discount (see [`crate::batches`]) |
 //! | `POST /v1/messages`, `POST /c/<tag>/v1/messages` | Anthropic's Messages API, answered the same way, with prompt caching (see [`crate::anthropic`]) |
 //! | `GET /v1/models` | the dataset's model names |
 //! | `GET /sim/calls` | the call log as a JSON array |
@@ -76,6 +77,7 @@ pub async fn start(
         log,
         prices: Mutex::new(BTreeMap::new()),
         cache: Mutex::new(std::collections::HashSet::new()),
+        batch_store: Mutex::new(crate::batches::BatchStore::default()),
         dataset,
         config,
         stop: stop.clone(),
@@ -179,11 +181,13 @@ impl Drop for SimHandle {
 
 /// Everything the handlers share.
 #[derive(Debug)]
-struct AppState {
+pub(crate) struct AppState {
     /// `(model, system text)` written to the Anthropic prompt cache so far.
     cache: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Files and batches of the batch API.
+    pub(crate) batch_store: Mutex<crate::batches::BatchStore>,
     dataset: Arc<Dataset>,
-    config: SimConfig,
+    pub(crate) config: SimConfig,
     calibration: Calibration,
     faults: Mutex<Faults>,
     limiter: Mutex<RateLimiter>,
@@ -271,7 +275,7 @@ impl AppState {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its data consistent, so a poisoned lock is still usable.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -281,6 +285,21 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(untagged_chat))
         .route("/c/{tag}/v1/chat/completions", post(tagged_chat))
         .route("/v1/messages", post(untagged_messages))
+        .route(
+            "/v1/files",
+            post(crate::batches::upload).layer(DefaultBodyLimit::max(256 * 1024 * 1024)),
+        )
+        .route(
+            "/v1/files/{id}",
+            axum::routing::delete(crate::batches::delete),
+        )
+        .route("/v1/files/{id}/content", get(crate::batches::content))
+        .route(
+            "/v1/batches",
+            post(crate::batches::create).get(crate::batches::list),
+        )
+        .route("/v1/batches/{id}", get(crate::batches::get))
+        .route("/v1/batches/{id}/cancel", post(crate::batches::cancel))
         .route("/c/{tag}/v1/messages", post(tagged_messages))
         .route("/v1/models", get(list_models))
         .route("/c/{tag}/v1/models", get(list_models))
@@ -389,7 +408,7 @@ fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn chat_completions(
+pub(crate) async fn chat_completions(
     state: Arc<AppState>,
     client: Option<String>,
     client_request_id: Option<String>,
@@ -692,7 +711,7 @@ fn model_hint(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-fn unix_secs() -> u64 {
+pub(crate) fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

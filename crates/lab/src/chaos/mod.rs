@@ -694,6 +694,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                     switchyard_sim::ModelPrice {
                         input_usd_per_mtok: p.input_usd_per_mtok,
                         output_usd_per_mtok: p.output_usd_per_mtok,
+                        ..Default::default()
                     },
                 )
             })
