@@ -97,6 +97,7 @@ async fn the_official_sdk_runs_files_and_batches_against_switchyard_api() {
         std::fs::read_to_string(dir.path().join("api.log")).unwrap_or_default()
     );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("the SDK script saw: {seen}");
     assert_eq!(seen["checked_total"], 3, "{seen}");
     assert_eq!(seen["listed"], 5, "{seen}");
     assert_eq!(
@@ -169,6 +170,7 @@ async fn batches_run_through_the_fleet_and_come_back_as_openai_output_files() {
         String::from_utf8_lossy(&out.stdout),
     );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("the SDK script saw: {seen}");
     assert_eq!(seen["completed"], 11, "{seen}");
     assert_eq!(seen["failed"], 3, "{seen}");
     assert_eq!(seen["cancelled_lines"], 2, "{seen}");
