@@ -89,6 +89,24 @@ async fn an_anthropic_model_answers_and_its_cache_writes_and_reads_are_booked_at
         11,
         "{rows:?}"
     );
+    // The provider's bill at the same rates equals the ledger to the last unit.
+    let sim = h.fleet.sim.as_ref().expect("the simulator runs");
+    let price = switchyard_sim::ModelPrice {
+        input_usd_per_mtok: tariff.input_usd_per_mtok,
+        output_usd_per_mtok: tariff.output_usd_per_mtok,
+        batch_discount: Decimal::ZERO,
+        cached_input_usd_per_mtok: tariff.cached_input_usd_per_mtok,
+        cache_write_usd_per_mtok: tariff.cache_write_usd_per_mtok,
+        cache_write_1h_usd_per_mtok: tariff.cache_write_1h_usd_per_mtok,
+    };
+    let calls: Vec<switchyard_sim::CallRecord> = sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.model == WEAK)
+        .collect();
+    let bill = switchyard_sim::bill::bill(&calls, &[(WEAK.to_owned(), price)].into());
+    let booked: Decimal = rows.iter().map(|r| r.cost_usd).sum();
+    assert_eq!(bill.usd, booked, "the ledger equals the bill");
     for r in &rows {
         assert_eq!(r.provider, "anthropic");
         assert!(

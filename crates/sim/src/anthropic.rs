@@ -67,10 +67,9 @@ pub fn to_chat(body: &[u8]) -> Result<(Value, Option<(String, bool)>), String> {
 pub fn from_chat(chat: &Value, cache: (u32, bool, u32)) -> Value {
     let text = chat["choices"][0]["message"]["content"].clone();
     let prompt = chat["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
-    let (written, hour, read) = cache;
-    // The cache never holds more than the prompt.
-    let written = u64::from(written).min(prompt);
-    let read = u64::from(read).min(prompt - written);
+    let prompt32 = u32::try_from(prompt).unwrap_or(u32::MAX);
+    let (written, hour, read) = crate::server::capped(cache, prompt32);
+    let (written, read) = (u64::from(written), u64::from(read));
     let input = prompt - written - read;
     let stop = match chat["choices"][0]["finish_reason"].as_str() {
         Some("length") => "max_tokens",

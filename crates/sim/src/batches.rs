@@ -317,6 +317,7 @@ async fn answer(state: &Arc<AppState>, id: &str, line: &Line) -> OutputLine {
             .and_then(Value::as_str)
             .map(str::to_owned),
         Bytes::from(line.body.to_string()),
+        None,
     )
     .await;
     let status = response.status().as_u16();

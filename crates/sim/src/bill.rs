@@ -1,9 +1,10 @@
 //! The provider's bill: what the simulator would invoice for its call log, exactly.
 //!
 //! A provider bills every call it answered in full ([`CallRecord::billed`]) at its prices:
-//! `(prompt × input + completion × output) × 10⁻⁶` USD with prices per million tokens, the
-//! same formula the ledger's `call_cost` uses (no cached tokens, no batch discount: the
-//! simulator offers neither). Nothing is rounded, so a ledger that booked every billed call at
+//! `((prompt − read − written) × input + read × cached + (written − written_1h) × write +
+//! written_1h × write_1h + completion × output) × (1 − discount for batch lines) × 10⁻⁶` USD
+//! with prices per million tokens, the same formula the ledger's `call_cost` uses (cache reads
+//! and writes come from the Anthropic route's prompt cache, batch lines from the batch API). Nothing is rounded, so a ledger that booked every billed call at
 //! the same prices equals this bill to the last unit. Served as `GET /v1/bill` once prices
 //! are set with `PUT /sim/prices`.
 
@@ -22,6 +23,15 @@ pub struct ModelPrice {
     /// Fraction off lines served through the batch API (`0.5`: half price).
     #[serde(default)]
     pub batch_discount: Decimal,
+    /// Prompt tokens read from the cache; `None`: the input price.
+    #[serde(default)]
+    pub cached_input_usd_per_mtok: Option<Decimal>,
+    /// Prompt tokens written to the cache for 5 minutes; `None`: the input price.
+    #[serde(default)]
+    pub cache_write_usd_per_mtok: Option<Decimal>,
+    /// Written for an hour; `None`: the 5-minute price.
+    #[serde(default)]
+    pub cache_write_1h_usd_per_mtok: Option<Decimal>,
 }
 
 /// The bill of one model.
@@ -59,7 +69,16 @@ pub fn bill(calls: &[CallRecord], prices: &BTreeMap<String, ModelPrice>) -> Bill
         m.completion_tokens += u64::from(c.completion_tokens);
         match prices.get(&c.model) {
             Some(p) => {
-                let mut cost = (Decimal::from(c.prompt_tokens) * p.input_usd_per_mtok
+                let input = p.input_usd_per_mtok;
+                let cached = p.cached_input_usd_per_mtok.unwrap_or(input);
+                let write = p.cache_write_usd_per_mtok.unwrap_or(input);
+                let write_1h = p.cache_write_1h_usd_per_mtok.unwrap_or(write);
+                let (read, written) = (c.cached_prompt_tokens, c.cache_write_tokens);
+                let plain = c.prompt_tokens.saturating_sub(read).saturating_sub(written);
+                let mut cost = (Decimal::from(plain) * input
+                    + Decimal::from(read) * cached
+                    + Decimal::from(written.saturating_sub(c.cache_write_1h_tokens)) * write
+                    + Decimal::from(c.cache_write_1h_tokens) * write_1h
                     + Decimal::from(c.completion_tokens) * p.output_usd_per_mtok)
                     * PER_MILLION;
                 if c.is_batch_line() {

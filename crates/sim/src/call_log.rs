@@ -50,6 +50,14 @@ pub struct CallRecord {
     /// first one's, the tokens all of them.
     #[serde(default = "one")]
     pub choices: u32,
+    /// Prompt tokens read from the prompt cache (Anthropic route), of `prompt_tokens`.
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
+    /// Prompt tokens written to the prompt cache, and of those the ones kept an hour.
+    #[serde(default)]
+    pub cache_write_tokens: u32,
+    #[serde(default)]
+    pub cache_write_1h_tokens: u32,
 }
 
 fn one() -> u32 {
@@ -92,6 +100,9 @@ impl CallRecord {
             client: None,
             choices: 1,
             client_request_id: None,
+            cached_prompt_tokens: 0,
+            cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
         }
     }
 }

@@ -318,7 +318,7 @@ async fn untagged_chat(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    chat_completions(state, None, request_id(&headers), body).await
+    chat_completions(state, None, request_id(&headers), body, None).await
 }
 
 async fn tagged_chat(
@@ -327,7 +327,7 @@ async fn tagged_chat(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    chat_completions(state, Some(tag), request_id(&headers), body).await
+    chat_completions(state, Some(tag), request_id(&headers), body, None).await
 }
 
 async fn untagged_messages(
@@ -363,8 +363,19 @@ async fn messages(
             return (StatusCode::BAD_REQUEST, Json(e)).into_response();
         }
     };
+    // Written the first time a model sees the marked system text, read afterwards.
+    let cache = cached.map(|(text, hour)| {
+        let model = chat["model"].as_str().unwrap_or_default().to_owned();
+        let tokens = u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX);
+        if lock(&state.cache).insert((model, text)) {
+            (tokens, hour, 0)
+        } else {
+            (0, hour, tokens)
+        }
+    });
     let chat_body = Bytes::from(chat.to_string());
-    let response = chat_completions(state.clone(), client, client_request_id, chat_body).await;
+    let response =
+        chat_completions(state.clone(), client, client_request_id, chat_body, cache).await;
     let (parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         return StatusCode::BAD_GATEWAY.into_response();
@@ -374,20 +385,7 @@ async fn messages(
     };
     let status = parts.status;
     let rewritten = if status.is_success() {
-        let cache = match cached {
-            Some((text, hour)) => {
-                let model = value["model"].as_str().unwrap_or_default().to_owned();
-                let tokens = u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX);
-                let first = lock(&state.cache).insert((model, text));
-                if first {
-                    (tokens, hour, 0)
-                } else {
-                    (0, hour, tokens)
-                }
-            }
-            None => (0, false, 0),
-        };
-        crate::anthropic::from_chat(&value, cache)
+        crate::anthropic::from_chat(&value, cache.unwrap_or((0, false, 0)))
     } else {
         crate::anthropic::error_from_chat(status.as_u16(), &value)
     };
@@ -408,11 +406,24 @@ fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Prompt tokens a call read from or wrote to the prompt cache (the Anthropic route):
+/// `(written, written for an hour, read)`, before they are capped at the prompt.
+pub(crate) type CacheUse = (u32, bool, u32);
+
+/// The cache use capped at a `prompt` of that many tokens: the cache never holds more than
+/// the prompt. The Anthropic answer and the call log both use this.
+pub(crate) fn capped(cache: CacheUse, prompt: u32) -> CacheUse {
+    let (written, hour, read) = cache;
+    let written = written.min(prompt);
+    (written, hour, read.min(prompt - written))
+}
+
 pub(crate) async fn chat_completions(
     state: Arc<AppState>,
     client: Option<String>,
     client_request_id: Option<String>,
     body: Bytes,
+    cache: Option<CacheUse>,
 ) -> Response {
     let _in_flight = InFlight::new(&state, client.as_deref().unwrap_or_default());
     let request = match ChatRequest::parse(&body) {
@@ -491,6 +502,12 @@ pub(crate) async fn chat_completions(
     call.score = answer.score;
     call.confidence = Some(answer.confidence);
     call.prompt_tokens = answer.prompt_tokens;
+    if let Some(cache) = cache {
+        let (written, hour, read) = capped(cache, answer.prompt_tokens);
+        call.cache_write_tokens = written;
+        call.cache_write_1h_tokens = if hour { written } else { 0 };
+        call.cached_prompt_tokens = read;
+    }
     call.completion_tokens = completion_tokens;
     call.choices = u32::try_from(answers.len()).unwrap_or(u32::MAX);
     if fault == Some(Fault::Odd(OddAnswer::Huge)) {

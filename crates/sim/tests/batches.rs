@@ -155,6 +155,7 @@ async fn a_batch_is_answered_line_by_line_and_billed_at_the_batch_discount() {
         input_usd_per_mtok: Decimal::from(2),
         output_usd_per_mtok: Decimal::from(4),
         batch_discount: "0.5".parse().unwrap(),
+        ..ModelPrice::default()
     };
     let prices = BTreeMap::from([(WEAK.to_owned(), price)]);
     let full = BTreeMap::from([(
