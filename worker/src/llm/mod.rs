@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod error;
 mod http;
 pub mod openai;
+pub mod openai_batch;
 
 use std::future::Future;
 use std::time::Duration;

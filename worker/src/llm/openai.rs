@@ -104,32 +104,38 @@ pub fn parse_completion(
     })
 }
 
+/// The chat completion body of `request` (also a batch line's `body`).
+pub fn body_of(request: &CompletionRequest) -> serde_json::Value {
+    let messages: Vec<_> = request
+        .messages
+        .iter()
+        .map(|m| json!({"role": m.role, "content": m.content}))
+        .collect();
+    let mut body = json!({
+        "model": request.model,
+        "messages": messages,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+    });
+    for (k, v) in &request.params {
+        if k != "max_tokens" && k != "max_completion_tokens" {
+            body[k.as_str()] = v.clone();
+        }
+    }
+    if request.n > 1 {
+        body["n"] = json!(request.n);
+    }
+    if request.logprobs {
+        body["logprobs"] = json!(true);
+        body["top_logprobs"] = json!(request.top_logprobs);
+    }
+    body
+}
+
 impl LlmClient for OpenAiClient {
     async fn complete(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
         let model = request.model.as_str();
-        let messages: Vec<_> = request
-            .messages
-            .iter()
-            .map(|m| json!({"role": m.role, "content": m.content}))
-            .collect();
-        let mut body = json!({
-            "model": model,
-            "messages": messages,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-        });
-        for (k, v) in &request.params {
-            if k != "max_tokens" && k != "max_completion_tokens" {
-                body[k.as_str()] = v.clone();
-            }
-        }
-        if request.n > 1 {
-            body["n"] = json!(request.n);
-        }
-        if request.logprobs {
-            body["logprobs"] = json!(true);
-            body["top_logprobs"] = json!(request.top_logprobs);
-        }
+        let body = body_of(request);
         let mut builder = self.http.post(&self.url).timeout(self.timeout).json(&body);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);

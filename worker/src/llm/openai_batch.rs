@@ -1,0 +1,275 @@
+//! OpenAI's Batch API as a provider (`POST /files`, `POST /batches`, `GET /batches/{id}`,
+//! `GET /batches`, `POST /batches/{id}/cancel`, `GET /files/{id}/content`,
+//! `DELETE /files/{id}`): the client the deadline-tolerant path will send a tier's items
+//! through at the batch price. The wire objects are `switchyard_openai`'s, shared with the
+//! Batch API the fleet itself serves.
+//!
+//! What makes a crash at any step recoverable is the caller's order (record the local batch,
+//! upload, create with `metadata` naming the local batch, record the provider ids); this
+//! client gives it the pieces, including [`OpenAiBatchClient::find_by_metadata`], which finds
+//! a batch that was created but never recorded.
+
+use std::time::Duration;
+
+use serde_json::json;
+use switchyard_openai::objects::{Batch, FileObject, ListPage};
+use switchyard_openai::output::OutputLine;
+
+use super::openai::{body_of, parse_completion};
+use super::{Completion, CompletionRequest, ProviderError, http};
+
+/// Pages read at most when looking for a batch by its metadata (100 batches a page).
+pub const MAX_LIST_PAGES: usize = 20;
+
+/// A client for one OpenAI-compatible provider's Batch API.
+#[derive(Clone)]
+pub struct OpenAiBatchClient {
+    http: reqwest::Client,
+    base: String,
+    api_key: Option<String>,
+    timeout: Duration,
+    max_body_bytes: usize,
+    /// The provider's label, for errors.
+    name: String,
+}
+
+impl std::fmt::Debug for OpenAiBatchClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiBatchClient")
+            .field("base", &self.base)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// One answered line of an output or error file.
+#[derive(Debug)]
+pub struct LineResult {
+    pub custom_id: String,
+    /// The completion (billed at the batch price), or why the line has none.
+    pub result: Result<Completion, ProviderError>,
+}
+
+impl OpenAiBatchClient {
+    /// A client for `base_url` (ending in `/v1`). `max_body_bytes` bounds what is read of
+    /// any answer, output files included.
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+        max_body_bytes: usize,
+        name: &str,
+    ) -> Self {
+        Self {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+            timeout,
+            max_body_bytes,
+            name: name.to_owned(),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut b = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(self.timeout);
+        if let Some(key) = &self.api_key {
+            b = b.bearer_auth(key);
+        }
+        b
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<T, ProviderError> {
+        let bytes = http::exchange(
+            builder,
+            &self.name,
+            self.max_body_bytes,
+            self.timeout,
+            self.api_key.as_deref(),
+        )
+        .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ProviderError::BadBody {
+            model: self.name.clone(),
+            message: e.to_string(),
+            bytes: bytes.len(),
+        })
+    }
+
+    /// The JSONL line of one request: `custom_id` and the chat completion body.
+    pub fn line(custom_id: &str, request: &CompletionRequest) -> String {
+        json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+               "body": body_of(request)})
+        .to_string()
+    }
+
+    /// Uploads an input file (`purpose=batch`).
+    ///
+    /// # Errors
+    /// What the provider answered, as for any call.
+    pub async fn upload(
+        &self,
+        filename: &str,
+        jsonl: Vec<u8>,
+    ) -> Result<FileObject, ProviderError> {
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "batch")
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(jsonl).file_name(filename.to_owned()),
+            );
+        self.send(
+            self.request(reqwest::Method::POST, "/files")
+                .multipart(form),
+        )
+        .await
+    }
+
+    /// Creates a batch of `input_file_id` whose `metadata` names the local batch.
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn create(
+        &self,
+        input_file_id: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Batch, ProviderError> {
+        let body = json!({"input_file_id": input_file_id, "endpoint": "/v1/chat/completions",
+                          "completion_window": "24h", "metadata": metadata});
+        self.send(self.request(reqwest::Method::POST, "/batches").json(&body))
+            .await
+    }
+
+    /// The batch as the provider sees it now.
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn get(&self, batch_id: &str) -> Result<Batch, ProviderError> {
+        self.send(self.request(reqwest::Method::GET, &format!("/batches/{batch_id}")))
+            .await
+    }
+
+    /// Asks the provider to cancel a batch.
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn cancel(&self, batch_id: &str) -> Result<Batch, ProviderError> {
+        let path = format!("/batches/{batch_id}/cancel");
+        self.send(self.request(reqwest::Method::POST, &path)).await
+    }
+
+    /// The newest batch whose metadata has `key = value` (a batch created but never
+    /// recorded), reading at most [`MAX_LIST_PAGES`] pages.
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn find_by_metadata(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<Batch>, ProviderError> {
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let path = match &after {
+                Some(a) => format!("/batches?limit=100&after={a}"),
+                None => "/batches?limit=100".to_owned(),
+            };
+            let page: ListPage<Batch> =
+                self.send(self.request(reqwest::Method::GET, &path)).await?;
+            if let Some(found) = page.data.iter().find(|b| {
+                b.metadata
+                    .as_ref()
+                    .and_then(|m| m.get(key))
+                    .is_some_and(|v| v == value)
+            }) {
+                return Ok(Some(found.clone()));
+            }
+            if !page.has_more {
+                return Ok(None);
+            }
+            after = page.last_id;
+        }
+        Ok(None)
+    }
+
+    /// Reads an output or error file, one result per line. Lines that are not output lines
+    /// are skipped (logged); the caller retries their requests.
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn results(&self, file_id: &str) -> Result<Vec<LineResult>, ProviderError> {
+        let bytes = http::exchange(
+            self.request(reqwest::Method::GET, &format!("/files/{file_id}/content")),
+            &self.name,
+            self.max_body_bytes,
+            self.timeout,
+            self.api_key.as_deref(),
+        )
+        .await?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut out = Vec::new();
+        for raw in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(line) = serde_json::from_str::<OutputLine>(raw) else {
+                tracing::warn!(provider = %self.name, file = file_id, "an output line is not one; its request is retried");
+                continue;
+            };
+            out.push(self.result_of(line));
+        }
+        Ok(out)
+    }
+
+    fn result_of(&self, line: OutputLine) -> LineResult {
+        let model = self.name.clone();
+        let result = match (line.response, line.error) {
+            (Some(r), _) if (200..300).contains(&r.status_code) => {
+                let body = r.body.to_string();
+                parse_completion(&model, body.as_bytes(), 0, Duration::ZERO)
+            }
+            (Some(r), _) => Err(if r.status_code >= 500 || r.status_code == 429 {
+                ProviderError::ServerError {
+                    model,
+                    status: r.status_code,
+                    body: r.body.to_string(),
+                    retry_after: None,
+                }
+            } else {
+                ProviderError::Refused {
+                    model,
+                    status: r.status_code,
+                    body: r.body.to_string(),
+                }
+            }),
+            (None, Some(e)) => Err(ProviderError::ServerError {
+                model,
+                status: 503,
+                body: format!("{}: {}", e.code, e.message),
+                retry_after: None,
+            }),
+            (None, None) => Err(ProviderError::BadBody {
+                model,
+                message: "an output line with neither a response nor an error".to_owned(),
+                bytes: 0,
+            }),
+        };
+        LineResult {
+            custom_id: line.custom_id,
+            result,
+        }
+    }
+
+    /// Deletes a file at the provider (after its lines are booked).
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn delete_file(&self, file_id: &str) -> Result<(), ProviderError> {
+        let _: serde_json::Value = self
+            .send(self.request(reqwest::Method::DELETE, &format!("/files/{file_id}")))
+            .await?;
+        Ok(())
+    }
+}
