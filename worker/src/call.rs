@@ -250,6 +250,7 @@ mod tests {
             cache_write_tokens: 0,
             cache_write_1h_tokens: 0,
             raw_usage: None,
+            finish_reason: None,
             usage_estimated: false,
             latency: Duration::ZERO,
             samples: Vec::new(),

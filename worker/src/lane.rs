@@ -527,6 +527,7 @@ async fn handle(
             tier: tier.to_owned(),
             answer: judgement.answer,
             raw_answer: completion.raw_content,
+            finish_reason: completion.finish_reason,
             confidence: judgement.confidence,
             escalated_to: escalation.as_ref().map(|e| e.tier.clone()),
             call,

@@ -343,7 +343,8 @@ pub fn completion_of(o: &ItemOutcome) -> Value {
             "index": 0,
             "message": {"role": "assistant", "content": o.answer, "refusal": null},
             "logprobs": null,
-            "finish_reason": "stop",
+            // Rows from before finish reasons were kept say `stop`.
+            "finish_reason": o.finish_reason.as_deref().unwrap_or("stop"),
         }],
         "usage": {
             "prompt_tokens": prompt,

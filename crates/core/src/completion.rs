@@ -50,6 +50,9 @@ pub struct ParsedCompletion {
     pub usage_estimated: bool,
     /// The body's `usage` as the provider wrote it (JSON), kept on the ledger row.
     pub raw_usage: Option<String>,
+    /// Why the answer ended, in OpenAI's words (`stop`, `length`, `content_filter`, …), when
+    /// the provider said so in a short plain word.
+    pub finish_reason: Option<String>,
     /// The texts of the other choices, when the request asked for `n > 1` (extra samples of
     /// the same answer, see [`crate::samples`]); choices without readable text are skipped.
     pub samples: Vec<String>,
@@ -85,6 +88,19 @@ struct Choice<'a> {
     message: Option<&'a RawValue>,
     #[serde(borrow)]
     logprobs: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+/// A finish reason worth keeping: a short word of letters, digits and underscores (anything
+/// else a provider sends is dropped rather than stored).
+pub fn plain_finish_reason(reason: &str) -> Option<String> {
+    (!reason.is_empty()
+        && reason.len() <= 32
+        && reason
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    .then(|| reason.to_owned())
 }
 
 #[derive(Deserialize)]
@@ -143,6 +159,10 @@ pub fn parse_completion(
                 .collect::<Vec<_>>()
         });
     let raw_usage = parsed.usage.map(|u| u.get().to_owned());
+    let finish_reason = choice
+        .finish_reason
+        .and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+        .and_then(|r| plain_finish_reason(&r));
     let usage = parsed.usage.and_then(read_usage);
     let (prompt_tokens, completion_tokens, cached_prompt_tokens, usage_estimated) = match usage {
         Some((p, c, cached)) => (p, c, cached.min(p), false),
@@ -169,6 +189,7 @@ pub fn parse_completion(
         cache_write_1h_tokens: 0,
         usage_estimated,
         raw_usage,
+        finish_reason,
         samples,
     })
 }
@@ -276,6 +297,25 @@ mod tests {
         assert_eq!((c.prompt_tokens, c.completion_tokens), (12, 1));
         let lp = c.logprobs.unwrap();
         assert_eq!((lp[0].logprob, lp[1].logprob), (-0.1, 0.0));
+    }
+
+    #[test]
+    fn the_finish_reason_is_kept_when_it_is_a_plain_word() {
+        let with = |reason: &str| {
+            let body = format!(
+                r#"{{"choices":[{{"message":{{"content":"A"}},"finish_reason":{reason}}}]}}"#
+            );
+            parse_completion(body.as_bytes(), 4).unwrap().finish_reason
+        };
+        assert_eq!(with(r#""length""#).as_deref(), Some("length"));
+        assert_eq!(
+            with(r#""content_filter""#).as_deref(),
+            Some("content_filter")
+        );
+        for odd in [r#""""#, "7", "null", r#""a b""#, r#""x\u0000""#] {
+            assert_eq!(with(odd), None, "{odd}");
+        }
+        assert_eq!(with(&format!(r#""{}""#, "x".repeat(40))), None);
     }
 
     #[test]

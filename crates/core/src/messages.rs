@@ -81,6 +81,17 @@ pub fn parse_message(
         cache_write_1h_tokens: written_1h,
         usage_estimated: estimated,
         raw_usage: v.get("usage").map(Value::to_string),
+        // In OpenAI's words, as the Batch API's output lines say them.
+        finish_reason: v
+            .get("stop_reason")
+            .and_then(Value::as_str)
+            .map(|r| match r {
+                "end_turn" | "stop_sequence" => "stop",
+                "max_tokens" => "length",
+                "refusal" => "content_filter",
+                other => other,
+            })
+            .and_then(crate::completion::plain_finish_reason),
         samples: Vec::new(),
     })
 }
@@ -144,6 +155,7 @@ mod tests {
         let c = parse_message(body, 10).unwrap();
         assert_eq!(c.response_id.as_deref(), Some("msg_01"));
         assert_eq!(c.content, "Paris.");
+        assert_eq!(c.finish_reason.as_deref(), Some("stop"));
         assert_eq!(
             (c.prompt_tokens, c.cached_prompt_tokens, c.completion_tokens),
             (1520, 1000, 3)

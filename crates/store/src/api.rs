@@ -607,6 +607,7 @@ pub struct ItemOutcome {
     pub completion_tokens: Option<i32>,
     pub cached_prompt_tokens: Option<i32>,
     pub answered_at: Option<DateTime<Utc>>,
+    pub finish_reason: Option<String>,
     pub cost_usd: rust_decimal::Decimal,
     pub tiers: Option<Vec<String>>,
 }
@@ -620,7 +621,7 @@ pub async fn item_outcomes(pool: &PgPool, job_id: &str) -> sqlx::Result<Vec<Item
         "SELECT i.item_id, i.status, i.error, r.answer,
              CASE WHEN r.answer_encoding IS NOT NULL THEN r.answer END AS answer_raw,
              r.model, r.call_id, l.provider_response_id, l.prompt_tokens, l.completion_tokens,
-             l.cached_prompt_tokens, r.created_at AS answered_at,
+             l.cached_prompt_tokens, r.created_at AS answered_at, r.finish_reason,
              COALESCE(c.cost, 0) AS cost_usd, t.tiers
          FROM items i
          LEFT JOIN results r ON r.job_id = i.job_id AND r.item_id = i.item_id

@@ -126,6 +126,8 @@ pub enum Outcome {
         /// The answer as the provider's JSON string literal, when `answer` cannot hold it
         /// exactly (lone surrogates): stored as it is, `answer_encoding = 'json'`.
         raw_answer: Option<String>,
+        /// Why the answer ended (`stop`, `length`, …), when the provider said.
+        finish_reason: Option<String>,
         confidence: f64,
         escalated_to: Option<String>,
         call: CallEntry,
@@ -362,9 +364,11 @@ async fn insert_results(
             confidence,
             escalated_to,
             call,
+            finish_reason,
             ..
         } = &outcomes[i]
         {
+            r.finish_reason.push(finish_reason.as_deref());
             r.job.push(&key.job_id);
             r.item.push(&key.item_id);
             r.attempt.push(key.attempt);
@@ -385,9 +389,9 @@ async fn insert_results(
     }
     let rows: Vec<(String, String, i32)> = sqlx::query_as(
         "INSERT INTO results (job_id, item_id, attempt, tier, model, answer, answer_encoding, \
-         confidence, escalated, call_id) \
+         confidence, escalated, call_id, finish_reason) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], \
-         $6::text[], $7::text[], $8::float8[], $9::bool[], $10::text[]) \
+         $6::text[], $7::text[], $8::float8[], $9::bool[], $10::text[], $11::text[]) \
          ON CONFLICT DO NOTHING RETURNING job_id, item_id, attempt",
     )
     .bind(&r.job)
@@ -400,6 +404,7 @@ async fn insert_results(
     .bind(&r.confidence)
     .bind(&r.escalated)
     .bind(&r.call_id)
+    .bind(&r.finish_reason)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
@@ -737,6 +742,7 @@ struct ResultCols<'a> {
     confidence: Vec<f64>,
     escalated: Vec<bool>,
     call_id: Vec<&'a str>,
+    finish_reason: Vec<Option<&'a str>>,
 }
 
 #[derive(Default)]

@@ -58,6 +58,7 @@ fn answer_with(
         tier: "weak".to_owned(),
         answer: answer.to_owned(),
         raw_answer: raw_answer.map(str::to_owned),
+        finish_reason: None,
         confidence: 0.5,
         escalated_to: escalated_to.map(str::to_owned),
         call,

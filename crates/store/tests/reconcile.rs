@@ -53,6 +53,7 @@ fn answered(item: i64, id: &str, tokens: i32, source: UsageSource) -> Outcome {
         tier: "weak".to_owned(),
         answer: "A".to_owned(),
         raw_answer: None,
+        finish_reason: None,
         confidence: 0.9,
         escalated_to: None,
         call: common::weak_call(id, MODEL, tokens, source, Utc::now()),

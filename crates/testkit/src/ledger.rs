@@ -62,6 +62,7 @@ pub fn answered(
         tier: tier.to_owned(),
         answer: "A".to_owned(),
         raw_answer: None,
+        finish_reason: Some("stop".to_owned()),
         confidence: 0.9,
         escalated_to: None,
         call: CallEntry {

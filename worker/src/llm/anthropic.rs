@@ -147,6 +147,7 @@ impl LlmClient for AnthropicClient {
             cache_write_tokens: parsed.cache_write_tokens,
             cache_write_1h_tokens: parsed.cache_write_1h_tokens,
             raw_usage: parsed.raw_usage,
+            finish_reason: parsed.finish_reason,
             usage_estimated: parsed.usage_estimated,
             latency,
             samples: Vec::new(),

@@ -69,6 +69,8 @@ pub struct Completion {
     pub cache_write_1h_tokens: u32,
     /// The provider's `usage` object as it came (kept on the ledger row when storable).
     pub raw_usage: Option<String>,
+    /// Why the answer ended (`stop`, `length`, …), in OpenAI's words.
+    pub finish_reason: Option<String>,
     /// The provider returned no usable `usage`: the token counts are estimates (chars / 4).
     pub usage_estimated: bool,
     pub latency: Duration,
