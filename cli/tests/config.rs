@@ -7,35 +7,34 @@
     reason = "test helpers fail the test by panicking"
 )]
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+use switchyard_testkit::procs::Role;
+
+mod common;
 
 /// Runs the binary with no configuration from the environment, killing it if it is still
 /// running after `limit` (a role that started would run until stopped).
 fn run_bounded(args: &[&str], limit: Duration) -> (Option<Output>, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("SWITCHYARD_CONFIG")
-        .env_remove("NATS_URL")
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if child.try_wait().unwrap().is_some() {
-            let out = child.wait_with_output().unwrap();
-            let text = String::from_utf8_lossy(&out.stderr).into_owned();
-            return (Some(out), text);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    (None, String::new())
+    let out = Role::new(
+        "switchyard",
+        &args.join(" "),
+        args,
+        "unused".into(),
+        None,
+        vec![],
+    )
+    .with_program(common::BIN.into())
+    .without_config()
+    .without_env(&["SWITCHYARD_CONFIG", "NATS_URL", "DATABASE_URL"])
+    .output_within(limit)
+    .unwrap();
+    let text = out
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    (out, text)
 }
 
 #[test]

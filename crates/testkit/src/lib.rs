@@ -210,6 +210,28 @@ where
     anyhow::bail!("timed out after {timeout:?} waiting for {what}: {last_error}")
 }
 
+/// [`poll`] for code without a runtime (a child process of a synchronous test): calls
+/// `check` every `every` until it returns `Some`, at most `timeout` and `timeout / every + 1`
+/// times; `None` when the time is up.
+pub fn poll_blocking<T>(
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let start = Instant::now();
+    let max_polls = (timeout.as_millis() / every.as_millis().max(1)).max(1) + 1;
+    for _ in 0..max_polls {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            break;
+        }
+        std::thread::sleep(every);
+    }
+    None
+}
+
 /// Polls `check` until it returns `Some`, at most `timeout` (every 20 ms): [`poll`] for a
 /// test, which fails when the time is up.
 ///

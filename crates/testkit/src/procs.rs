@@ -108,6 +108,28 @@ impl Role {
             .with_context(|| format!("cannot run {}", self.name))
     }
 
+    /// Runs the command to its end as [`Role::output`] does, but gives up after `limit`
+    /// (killing it): `None` when it was still running, as a service that started would be.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn output_within(&self, limit: Duration) -> anyhow::Result<Option<Output>> {
+        let mut child = self
+            .command()?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.name))?;
+        let every = Duration::from_millis(50);
+        let ended = crate::poll_blocking(limit, every, || child.try_wait().ok().flatten());
+        if ended.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        Ok(Some(child.wait_with_output()?))
+    }
+
     /// Starts the process.
     ///
     /// # Errors
