@@ -45,6 +45,7 @@ pub mod ledger_reports;
 pub mod money;
 pub mod outcomes;
 pub mod prices;
+pub mod provider_batches;
 pub mod quality;
 pub mod reconcile;
 pub mod reports;

@@ -1,0 +1,231 @@
+//! What the fleet keeps of the batches it sends to providers' batch APIs (the migration
+//! `20261204000500_provider_batches.sql` says why in this order): a batch and its lines are
+//! recorded before anything is uploaded; the provider's ids after the batch is created; any
+//! worker takes over a batch whose lease ran out. An attempt is in at most one open line, so
+//! a redelivered work message records nothing new.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// The metadata key that names our batch at the provider.
+pub const METADATA_KEY: &str = "switchyard_batch";
+
+/// A line about to be recorded: an attempt and the ledger call id it will be booked under
+/// (also its `custom_id` at the provider).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLine {
+    pub call_id: String,
+    pub job_id: String,
+    pub item_id: String,
+    pub attempt: i32,
+}
+
+/// A batch about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub batch_id: String,
+    pub model: String,
+    pub provider: String,
+    pub deadline: DateTime<Utc>,
+    pub lines: Vec<NewLine>,
+}
+
+/// A recorded batch.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct BatchRow {
+    pub batch_id: String,
+    pub model: String,
+    pub provider: String,
+    pub status: String,
+    pub provider_batch_id: Option<String>,
+    pub input_file_id: Option<String>,
+    pub line_count: i32,
+    pub deadline: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "batch_id, model, provider, status, provider_batch_id, input_file_id, \
+     line_count, deadline, created_at";
+
+/// Records a batch and those of its lines whose attempt is not in an open line already;
+/// returns the call ids recorded (the lines to upload). A batch none of whose lines is new is
+/// not kept. The batch is leased to `owner` for `lease` (the upload and create it is about
+/// to do).
+///
+/// # Errors
+/// Database errors (nothing is recorded then).
+pub async fn record(
+    pool: &PgPool,
+    b: &NewBatch,
+    owner: &str,
+    lease: std::time::Duration,
+) -> sqlx::Result<Vec<String>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO provider_batches (batch_id, model, provider, status, deadline, lease_owner,
+             lease_until)
+         VALUES ($1, $2, $3, 'recorded', $4, $5, now() + $6)",
+    )
+    .bind(&b.batch_id)
+    .bind(&b.model)
+    .bind(&b.provider)
+    .bind(b.deadline)
+    .bind(owner)
+    .bind(lease)
+    .execute(&mut *tx)
+    .await?;
+    let call: Vec<&str> = b.lines.iter().map(|l| l.call_id.as_str()).collect();
+    let job: Vec<&str> = b.lines.iter().map(|l| l.job_id.as_str()).collect();
+    let item: Vec<&str> = b.lines.iter().map(|l| l.item_id.as_str()).collect();
+    let attempt: Vec<i32> = b.lines.iter().map(|l| l.attempt).collect();
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO provider_batch_lines (batch_id, call_id, job_id, item_id, attempt)
+         SELECT $1, u.c, u.j, u.i, u.a
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int4[]) AS u(c, j, i, a)
+         ON CONFLICT DO NOTHING RETURNING call_id",
+    )
+    .bind(&b.batch_id)
+    .bind(&call)
+    .bind(&job)
+    .bind(&item)
+    .bind(&attempt)
+    .fetch_all(&mut *tx)
+    .await?;
+    if recorded.is_empty() {
+        tx.rollback().await?;
+        return Ok(recorded);
+    }
+    sqlx::query("UPDATE provider_batches SET line_count = $2 WHERE batch_id = $1")
+        .bind(&b.batch_id)
+        .bind(i32::try_from(recorded.len()).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// Records the provider's ids of a batch it created; `false` when it was recorded before (a
+/// worker that found it by its metadata did) or the batch is no longer `recorded`.
+///
+/// # Errors
+/// Database errors.
+pub async fn submitted(
+    pool: &PgPool,
+    batch_id: &str,
+    provider_batch_id: &str,
+    input_file_id: &str,
+    next_look: std::time::Duration,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE provider_batches SET status = 'submitted', provider_batch_id = $2,
+             input_file_id = $3, submitted_at = now(), lease_owner = NULL,
+             lease_until = now() + $4
+         WHERE batch_id = $1 AND status = 'recorded'",
+    )
+    .bind(batch_id)
+    .bind(provider_batch_id)
+    .bind(input_file_id)
+    .bind(next_look)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Takes one open batch (recorded or submitted) whose lease ran out, leased to `owner` for
+/// `lease`: a submitted one to poll, a recorded one to find at the provider by its metadata
+/// (its creator died between creating and recording it) or to send. Concurrent callers get
+/// different batches.
+///
+/// # Errors
+/// Database errors.
+pub async fn claim_due(
+    pool: &PgPool,
+    owner: &str,
+    lease: std::time::Duration,
+) -> sqlx::Result<Option<BatchRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE provider_batches SET lease_owner = $1, lease_until = now() + $2
+         WHERE batch_id = (
+             SELECT batch_id FROM provider_batches
+             WHERE status IN ('recorded', 'submitted')
+               AND (lease_until IS NULL OR lease_until <= now())
+             ORDER BY lease_until NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING {COLUMNS}"
+    )))
+    .bind(owner)
+    .bind(lease)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The open lines of a batch: `(call_id, job_id, item_id, attempt)`.
+///
+/// # Errors
+/// Database errors.
+pub async fn open_lines(pool: &PgPool, batch_id: &str) -> sqlx::Result<Vec<NewLine>> {
+    let rows: Vec<(String, String, String, i32)> = sqlx::query_as(
+        "SELECT call_id, job_id, item_id, attempt FROM provider_batch_lines
+         WHERE batch_id = $1 AND status = 'open' ORDER BY call_id",
+    )
+    .bind(batch_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(call_id, job_id, item_id, attempt)| NewLine {
+            call_id,
+            job_id,
+            item_id,
+            attempt,
+        })
+        .collect())
+}
+
+/// Closes lines: `booked` (their outcome is committed) or `returned` (sent back to real
+/// time). Returns how many were still open.
+///
+/// # Errors
+/// Database errors.
+pub async fn close_lines(
+    pool: &PgPool,
+    batch_id: &str,
+    call_ids: &[String],
+    booked: bool,
+) -> sqlx::Result<u64> {
+    let r = sqlx::query(
+        "UPDATE provider_batch_lines SET status = $3
+         WHERE batch_id = $1 AND call_id = ANY($2) AND status = 'open'",
+    )
+    .bind(batch_id)
+    .bind(call_ids)
+    .bind(if booked { "booked" } else { "returned" })
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Ends a batch (its lines all closed, its files noted); `abandoned` when nothing of it was
+/// sent.
+///
+/// # Errors
+/// Database errors.
+pub async fn end(
+    pool: &PgPool,
+    batch_id: &str,
+    output_file_id: Option<&str>,
+    error_file_id: Option<&str>,
+    abandoned: bool,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE provider_batches SET status = $2, output_file_id = $3, error_file_id = $4,
+             ended_at = now(), lease_owner = NULL, lease_until = NULL
+         WHERE batch_id = $1 AND status IN ('recorded', 'submitted')",
+    )
+    .bind(batch_id)
+    .bind(if abandoned { "abandoned" } else { "ended" })
+    .bind(output_file_id)
+    .bind(error_file_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
