@@ -26,7 +26,7 @@ use switchyard_proto::chat::{self, ChatItem, ChatMessage};
 use switchyard_proto::{Item, JobSpec, Policy, Task};
 use switchyard_store::api::{self as store, BatchRow, Ending, FileRow, ItemOutcome};
 use switchyard_store::jobs::{self, JobRow, status};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 use crate::Api;
 
@@ -103,37 +103,47 @@ pub fn item_of(request: &Request, max_item_bytes: usize) -> Result<Item, Request
     Ok(Item::new(request.custom_id.clone(), text))
 }
 
-/// Calls `each` with every request of the batch's input file, in order.
-async fn each_request(
-    api: &Api,
-    batch: &BatchRow,
-    mut each: impl FnMut(Request),
-) -> anyhow::Result<()> {
-    let file = store::file(&api.pool, &batch.team, &batch.input_file_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("input file {} is gone", batch.input_file_id))?;
-    let object = api
-        .files
-        .get(&file.object_name)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.object_name))?;
-    let mut reader = BufReader::new(object);
-    let mut check = FileCheck::new(&batch.endpoint);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf).await? == 0 {
-            break;
-        }
-        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Ok(text) = std::str::from_utf8(line)
-            && let Some(request) = check.line(text)
-        {
-            each(request);
+/// The requests of a batch's input file, in order, read a line at a time from the object
+/// store (a 200 MB file never sits in memory).
+struct Requests {
+    reader: BufReader<async_nats::jetstream::object_store::Object>,
+    check: FileCheck,
+    buf: Vec<u8>,
+}
+
+impl Requests {
+    async fn open(api: &Api, batch: &BatchRow) -> anyhow::Result<Self> {
+        let file = store::file(&api.pool, &batch.team, &batch.input_file_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("input file {} is gone", batch.input_file_id))?;
+        let object = api
+            .files
+            .get(&file.object_name)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.object_name))?;
+        Ok(Self {
+            reader: BufReader::new(object),
+            check: FileCheck::new(&batch.endpoint),
+            buf: Vec::new(),
+        })
+    }
+
+    /// The next request; `None` at the end of the file.
+    async fn next(&mut self) -> anyhow::Result<Option<Request>> {
+        loop {
+            self.buf.clear();
+            if self.reader.read_until(b'\n', &mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+            let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Ok(text) = std::str::from_utf8(line)
+                && let Some(request) = self.check.line(text)
+            {
+                return Ok(Some(request));
+            }
         }
     }
-    Ok(())
 }
 
 /// The job of a batch: its id is the batch's.
@@ -169,11 +179,13 @@ pub async fn start(api: &Api, batch: &BatchRow, total: u64) -> anyhow::Result<()
     let max_item_bytes = api.settings.dispatcher.max_chat_item_bytes;
     let mut items = Vec::new();
     let mut refused: i64 = 0;
-    each_request(api, batch, |r| match item_of(&r, max_item_bytes) {
-        Ok(item) => items.push(item),
-        Err(_) => refused += 1,
-    })
-    .await?;
+    let mut requests = Requests::open(api, batch).await?;
+    while let Some(r) = requests.next().await? {
+        match item_of(&r, max_item_bytes) {
+            Ok(item) => items.push(item),
+            Err(_) => refused += 1,
+        }
+    }
     let total = i64::try_from(total).unwrap_or(i64::MAX);
     let job_id = job_id_of(&batch.batch_id);
     if !items.is_empty() {
@@ -422,9 +434,12 @@ pub async fn finalize(
         None => HashMap::new(),
     };
     let max_item_bytes = api.settings.dispatcher.max_chat_item_bytes;
-    let (mut output, mut errors) = (Vec::new(), Vec::new());
+    // Both files stream to the object store as their lines are made.
+    let mut output = FileWriter::open(api, batch, "output");
+    let mut errors = FileWriter::open(api, batch, "errors");
     let (mut completed, mut failed) = (0i64, 0i64);
-    each_request(api, batch, |r| {
+    let mut requests = Requests::open(api, batch).await?;
+    while let Some(r) = requests.next().await? {
         let line = match item_of(&r, max_item_bytes) {
             Err(fault) => OutputLine::refused(
                 format!("batch_req_{}", ulid::Ulid::new()),
@@ -441,19 +456,16 @@ pub async fn finalize(
                 line
             }
         };
-        let file = if line.is_success() {
+        if line.is_success() {
             completed += 1;
-            &mut output
+            output.line(&line).await?;
         } else {
             failed += 1;
-            &mut errors
-        };
-        file.extend_from_slice(line.to_json_line().as_bytes());
-        file.push(b'\n');
-    })
-    .await?;
-    let output_id = write_file(api, batch, "output", output).await?;
-    let error_id = write_file(api, batch, "errors", errors).await?;
+            errors.line(&line).await?;
+        }
+    }
+    let output_id = output.finish(api, batch).await?;
+    let error_id = errors.finish(api, batch).await?;
     store::finished(
         &api.pool,
         &batch.batch_id,
@@ -483,37 +495,81 @@ fn count_end(api: &Api, ending: Ending) {
         .inc();
 }
 
-/// Stores one of a batch's files (none when it has no line), under an id derived from the
-/// batch's.
-async fn write_file(
-    api: &Api,
-    batch: &BatchRow,
-    which: &str,
-    bytes: Vec<u8>,
-) -> anyhow::Result<Option<String>> {
-    if bytes.is_empty() {
-        return Ok(None);
+/// One of a batch's files (`output` or `errors`), streamed to the object store under an id
+/// derived from the batch's as its lines are written.
+struct FileWriter {
+    which: &'static str,
+    file_id: String,
+    sink: Option<tokio::io::DuplexStream>,
+    put: tokio::task::JoinHandle<anyhow::Result<()>>,
+    bytes: u64,
+}
+
+impl FileWriter {
+    fn open(api: &Api, batch: &BatchRow, which: &'static str) -> Self {
+        let suffix = batch.batch_id.trim_start_matches("batch_");
+        let file_id = format!("file-{suffix}-{which}");
+        let (sink, mut source) = tokio::io::duplex(64 * 1024);
+        let (files, name) = (api.files.clone(), file_id.clone());
+        let put = tokio::spawn(async move {
+            files
+                .put(name.as_str(), &mut source)
+                .await
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("cannot store {name}: {e}"))
+        });
+        Self {
+            which,
+            file_id,
+            sink: Some(sink),
+            put,
+            bytes: 0,
+        }
     }
-    let suffix = batch.batch_id.trim_start_matches("batch_");
-    let file_id = format!("file-{suffix}-{which}");
-    let object_name = file_id.clone();
-    let len = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-    api.files
-        .put(object_name.as_str(), &mut &bytes[..])
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot store {file_id}: {e}"))?;
-    store::insert_file_once(
-        &api.pool,
-        &FileRow {
-            file_id: file_id.clone(),
-            team: batch.team.clone(),
-            purpose: PURPOSE_BATCH_OUTPUT.to_owned(),
-            filename: format!("{}_{which}.jsonl", batch.batch_id),
-            bytes: len,
-            object_name,
-            created_at: chrono::Utc::now(),
-        },
-    )
-    .await?;
-    Ok(Some(file_id))
+
+    async fn line(&mut self, line: &OutputLine) -> anyhow::Result<()> {
+        let mut text = line.to_json_line();
+        text.push('\n');
+        let Some(sink) = self.sink.as_mut() else {
+            anyhow::bail!("{} is already closed", self.file_id);
+        };
+        if let Err(e) = sink.write_all(text.as_bytes()).await {
+            // The upload stopped: its error says why.
+            self.sink = None;
+            return Err(match (&mut self.put).await {
+                Ok(Err(put)) => put,
+                _ => e.into(),
+            });
+        }
+        self.bytes += text.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the upload and records the file; `None` (and nothing kept) when it has no line.
+    async fn finish(mut self, api: &Api, batch: &BatchRow) -> anyhow::Result<Option<String>> {
+        if let Some(mut sink) = self.sink.take() {
+            sink.shutdown().await?;
+        }
+        (&mut self.put)
+            .await
+            .map_err(|e| anyhow::anyhow!("the upload of {} stopped: {e}", self.file_id))??;
+        if self.bytes == 0 {
+            let _ = api.files.delete(&self.file_id).await;
+            return Ok(None);
+        }
+        store::insert_file_once(
+            &api.pool,
+            &FileRow {
+                file_id: self.file_id.clone(),
+                team: batch.team.clone(),
+                purpose: PURPOSE_BATCH_OUTPUT.to_owned(),
+                filename: format!("{}_{}.jsonl", batch.batch_id, self.which),
+                bytes: i64::try_from(self.bytes).unwrap_or(i64::MAX),
+                object_name: self.file_id.clone(),
+                created_at: chrono::Utc::now(),
+            },
+        )
+        .await?;
+        Ok(Some(self.file_id))
+    }
 }
