@@ -23,7 +23,7 @@ use switchyard_openai::input::{FileCheck, Request, RequestFault, check_chat};
 use switchyard_openai::objects::{BatchError, BatchErrors, PURPOSE_BATCH_OUTPUT};
 use switchyard_openai::output::{BATCH_CANCELLED, BATCH_EXPIRED, OutputLine};
 use switchyard_proto::chat::{self, ChatItem, ChatMessage};
-use switchyard_proto::{Item, JobSpec, Policy, Task};
+use switchyard_proto::{InputRef, Item, JobSpec, Policy, Task};
 use switchyard_store::api::{self as store, BatchRow, Ending, FileRow, ItemOutcome};
 use switchyard_store::jobs::{self, JobRow, status};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
@@ -177,29 +177,67 @@ fn project_of(batch: &BatchRow) -> String {
 /// the batch id).
 pub async fn start(api: &Api, batch: &BatchRow, total: u64) -> anyhow::Result<()> {
     let max_item_bytes = api.settings.dispatcher.max_chat_item_bytes;
-    let mut items = Vec::new();
-    let mut refused: i64 = 0;
+    let total = i64::try_from(total).unwrap_or(i64::MAX);
+    let job_id = job_id_of(&batch.batch_id);
+    let key = idempotency_key_of(&batch.batch_id);
+    let policy = batch_policy(batch.metadata.as_ref(), api.default_policy_of(&batch.team))
+        .map_err(|e| anyhow::anyhow!("batch {}: {e}", batch.batch_id))?;
+    // A start taken over after the job was submitted only counts the refusals: the job's
+    // items are in the inputs bucket already, maybe being read.
+    let submitted = jobs::by_idempotency_key(&api.pool, &key).await?.is_some();
+    let bucket = api.settings.topology().inputs_bucket();
+    let inputs = api
+        .client
+        .js
+        .get_object_store(&bucket)
+        .await
+        .map_err(|e| anyhow::anyhow!("inputs bucket `{bucket}` missing: {e}"))?;
+    // The items stream to the inputs bucket as the file is read, one JSONL line each.
+    let (mut sink, mut source) = tokio::io::duplex(64 * 1024);
+    let put = (!submitted).then(|| {
+        let (inputs, name) = (inputs.clone(), job_id.clone());
+        tokio::spawn(async move {
+            inputs
+                .put(name.as_str(), &mut source)
+                .await
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("cannot store the items of {name}: {e}"))
+        })
+    });
+    let (mut items, mut refused) = (0u64, 0i64);
     let mut requests = Requests::open(api, batch).await?;
     while let Some(r) = requests.next().await? {
         match item_of(&r, max_item_bytes) {
-            Ok(item) => items.push(item),
+            Ok(item) => {
+                items += 1;
+                if put.is_some() {
+                    let mut line = serde_json::to_vec(&item)?;
+                    line.push(b'\n');
+                    sink.write_all(&line).await?;
+                }
+            }
             Err(_) => refused += 1,
         }
     }
-    let total = i64::try_from(total).unwrap_or(i64::MAX);
-    let job_id = job_id_of(&batch.batch_id);
-    if !items.is_empty() {
-        let policy = batch_policy(batch.metadata.as_ref(), api.default_policy_of(&batch.team))
-            .map_err(|e| anyhow::anyhow!("batch {}: {e}", batch.batch_id))?;
-        let mut spec = JobSpec::new(job_id.clone(), Task::Chat {});
-        spec.idempotency_key = Some(idempotency_key_of(&batch.batch_id));
-        spec.team = Some(batch.team.clone());
-        spec.project = Some(project_of(batch));
-        spec.policy = policy;
-        spec.labels
-            .insert("openai_batch".to_owned(), batch.batch_id.clone());
-        spec.items = Some(items);
-        api.client.submit(spec).await?;
+    if let Some(put) = put {
+        sink.shutdown().await?;
+        put.await??;
+        if items == 0 {
+            let _ = inputs.delete(job_id.as_str()).await;
+        } else {
+            let mut spec = JobSpec::new(job_id.clone(), Task::Chat {});
+            spec.idempotency_key = Some(key);
+            spec.team = Some(batch.team.clone());
+            spec.project = Some(project_of(batch));
+            spec.policy = policy;
+            spec.labels
+                .insert("openai_batch".to_owned(), batch.batch_id.clone());
+            spec.input = Some(InputRef {
+                bucket,
+                name: job_id.clone(),
+            });
+            api.client.submit_uploaded(spec).await?;
+        }
     }
     if !store::started(&api.pool, &batch.batch_id, &job_id, total, refused).await? {
         // Cancelled while it was being started: the job must not run either.

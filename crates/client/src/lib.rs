@@ -116,6 +116,33 @@ impl Client {
             });
             payload = codec::encode(&spec)?;
         }
+        self.publish_submission(&spec, payload).await
+    }
+
+    /// Submits a job whose items are already in the inputs bucket (`spec.input` set), so a
+    /// caller that streams a large job's items there never holds them in memory. Returns the
+    /// job id, an earlier job's when the idempotency key was already used.
+    ///
+    /// # Errors
+    /// A spec without `input`, or when NATS does not acknowledge the submission.
+    pub async fn submit_uploaded(&self, spec: JobSpec) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            spec.input.is_some() && spec.items.is_none(),
+            "submit_uploaded needs a spec whose items are in the inputs bucket (`input`)"
+        );
+        if let Some(existing) =
+            switchyard_store::jobs::by_idempotency_key(&self.pool, spec.effective_idempotency_key())
+                .await?
+        {
+            return Ok(existing);
+        }
+        let payload = codec::encode(&spec)?;
+        self.publish_submission(&spec, payload).await
+    }
+
+    /// Publishes an encoded submission on the subject this deployment takes it on, and
+    /// resolves a duplicate to the job that holds its key.
+    async fn publish_submission(&self, spec: &JobSpec, payload: Vec<u8>) -> anyhow::Result<String> {
         let key = spec.effective_idempotency_key().to_owned();
         let t = self.settings.topology();
         // Where team identity is enforced, the team is the subject's (NATS permissions allow
@@ -146,7 +173,7 @@ impl Client {
                 "idempotency key `{key}` was just used by another submission; try `switchyard status` later"
             );
         }
-        Ok(spec.job_id)
+        Ok(spec.job_id.clone())
     }
 
     /// Publishes an encoded job spec as is, with `Nats-Msg-Id: msg_id` (the client uses
