@@ -350,23 +350,6 @@ pub async fn cancel_batch(
     batch(pool, team, batch_id).await
 }
 
-/// Records that a batch's input file passed its checks with `total` requests, ending the
-/// validation's lease; `false` when the batch had moved on (cancelled meanwhile).
-///
-/// # Errors
-/// Database errors.
-pub async fn validated(pool: &PgPool, batch_id: &str, total: i64) -> sqlx::Result<bool> {
-    let r = sqlx::query(
-        "UPDATE api_batches SET request_total = $2, lease_owner = NULL, lease_until = NULL
-         WHERE batch_id = $1 AND status = 'validating'",
-    )
-    .bind(batch_id)
-    .bind(total)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected() == 1)
-}
-
 /// Takes over one batch whose validation nobody holds any more (its process died before
 /// recording a verdict): leases it to `owner` for `lease` and returns it. Concurrent callers
 /// get different batches (`SKIP LOCKED`).
@@ -378,16 +361,29 @@ pub async fn claim_stale_validation(
     owner: &str,
     lease: std::time::Duration,
 ) -> sqlx::Result<Option<BatchRow>> {
+    claim(pool, owner, lease, &["validating"]).await
+}
+
+/// Leases to `owner` for `lease` one batch in one of `statuses` whose lease ran out (or that
+/// has none), the longest due first. The one way a batch's next step is taken: concurrent
+/// callers get different batches (`SKIP LOCKED`).
+async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    lease: std::time::Duration,
+    statuses: &[&str],
+) -> sqlx::Result<Option<BatchRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE api_batches SET lease_owner = $1, lease_until = now() + $2
          WHERE batch_id = (
              SELECT batch_id FROM api_batches
-             WHERE status = 'validating' AND lease_until < now()
-             ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED)
+             WHERE status = ANY($3) AND (lease_until IS NULL OR lease_until <= now())
+             ORDER BY lease_until NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED)
          RETURNING {BATCH_COLUMNS}"
     )))
     .bind(owner)
     .bind(lease)
+    .bind(statuses)
     .fetch_optional(pool)
     .await
 }
@@ -430,18 +426,12 @@ pub async fn claim_due_run(
     owner: &str,
     lease: std::time::Duration,
 ) -> sqlx::Result<Option<BatchRow>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE api_batches SET lease_owner = $1, lease_until = now() + $2
-         WHERE batch_id = (
-             SELECT batch_id FROM api_batches
-             WHERE status IN ('in_progress', 'cancelling', 'finalizing')
-               AND (lease_until IS NULL OR lease_until <= now())
-             ORDER BY lease_until NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED)
-         RETURNING {BATCH_COLUMNS}"
-    )))
-    .bind(owner)
-    .bind(lease)
-    .fetch_optional(pool)
+    claim(
+        pool,
+        owner,
+        lease,
+        &["in_progress", "cancelling", "finalizing"],
+    )
     .await
 }
 
