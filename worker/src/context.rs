@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use crate::limiter::ModelLimiter;
 use crate::llm::Provider;
 use crate::llm::anthropic::AnthropicClient;
+use crate::llm::http::Endpoint;
 use crate::llm::openai::{OpenAiClient, http_client};
 use switchyard_runtime::settings::Protocol;
 
@@ -145,21 +146,20 @@ impl Worker {
                 name.clone(),
                 ModelRuntime {
                     name: name.clone(),
-                    client: match m.protocol {
-                        Protocol::Openai => Provider::Openai(OpenAiClient::new(
+                    client: {
+                        let endpoint = Endpoint::new(
                             http.clone(),
                             m.base_url.as_str(),
                             api_key,
                             m.timeout,
                             settings.worker.max_body_bytes(),
-                        )),
-                        Protocol::Anthropic => Provider::Anthropic(AnthropicClient::new(
-                            http.clone(),
-                            m.base_url.as_str(),
-                            api_key,
-                            m.timeout,
-                            settings.worker.max_body_bytes(),
-                        )),
+                        );
+                        match m.protocol {
+                            Protocol::Openai => Provider::Openai(OpenAiClient::new(endpoint)),
+                            Protocol::Anthropic => {
+                                Provider::Anthropic(AnthropicClient::new(endpoint))
+                            }
+                        }
                     },
                     limiter: ModelLimiter::new(
                         name,

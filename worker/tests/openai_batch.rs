@@ -11,6 +11,7 @@ use std::time::Duration;
 use switchyard_core::prompt::Message;
 use switchyard_openai::objects::BatchStatus;
 use switchyard_worker::llm::CompletionRequest;
+use switchyard_worker::llm::http::Endpoint;
 use switchyard_worker::llm::openai_batch::OpenAiBatchClient;
 
 const WEAK: &str = "mistralai/Mixtral-8x7B-Instruct-v0.1";
@@ -45,14 +46,14 @@ async fn a_tier_s_requests_go_up_as_one_file_and_come_back_by_custom_id() {
     let sim = switchyard_sim::start(listener, data, switchyard_sim::SimConfig::default())
         .await
         .unwrap();
-    let client = OpenAiBatchClient::new(
+    let endpoint = Endpoint::new(
         switchyard_worker::llm::openai::http_client().unwrap(),
         &sim.base_url(),
         Some("sk-test".to_owned()),
         Duration::from_secs(10),
         1 << 20,
-        "sim",
     );
+    let client = OpenAiBatchClient::new(endpoint, "sim");
     let jsonl: String = (0..3)
         .map(|i| {
             OpenAiBatchClient::line(

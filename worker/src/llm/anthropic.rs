@@ -15,51 +15,29 @@
 //!
 //! The key goes in `x-api-key` and is never logged; `anthropic-version` is pinned.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use switchyard_core::messages;
 
+use super::http::{Auth, Endpoint};
 use super::openai::CLIENT_REQUEST_ID;
-use super::{Completion, CompletionRequest, LlmClient, ProviderError, http};
+use super::{Completion, CompletionRequest, LlmClient, ProviderError};
 
 /// The API version every request names.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// A client for one Anthropic endpoint.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AnthropicClient {
-    http: reqwest::Client,
-    url: String,
-    api_key: Option<String>,
-    timeout: Duration,
-    max_body_bytes: usize,
-}
-
-impl std::fmt::Debug for AnthropicClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnthropicClient")
-            .field("url", &self.url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
-            .finish()
-    }
+    endpoint: Endpoint,
 }
 
 impl AnthropicClient {
-    /// A client for `base_url` (ending in `/v1`), sharing `http`'s connection pool.
-    pub fn new(
-        http: reqwest::Client,
-        base_url: &str,
-        api_key: Option<String>,
-        timeout: Duration,
-        max_body_bytes: usize,
-    ) -> Self {
+    /// A client for `endpoint` (its key sent in `x-api-key`).
+    pub fn new(endpoint: Endpoint) -> Self {
         Self {
-            http,
-            url: format!("{}/messages", base_url.trim_end_matches('/')),
-            api_key,
-            timeout,
-            max_body_bytes,
+            endpoint: endpoint.with_auth(Auth::ApiKeyHeader),
         }
     }
 }
@@ -108,26 +86,15 @@ impl LlmClient for AnthropicClient {
     async fn complete(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
         let model = request.model.as_str();
         let mut builder = self
-            .http
-            .post(&self.url)
-            .timeout(self.timeout)
+            .endpoint
+            .request(reqwest::Method::POST, "/messages")
             .header("anthropic-version", ANTHROPIC_VERSION)
             .json(&body_of(request));
-        if let Some(key) = &self.api_key {
-            builder = builder.header("x-api-key", key);
-        }
         if let Some(id) = &request.client_request_id {
             builder = builder.header(CLIENT_REQUEST_ID, id);
         }
         let started = Instant::now();
-        let bytes = http::exchange(
-            builder,
-            model,
-            self.max_body_bytes,
-            self.timeout,
-            self.api_key.as_deref(),
-        )
-        .await?;
+        let bytes = self.endpoint.send(builder, model).await?;
         let latency = started.elapsed();
         let prompt_chars = request.messages.iter().map(|m| m.content.len()).sum();
         let parsed =

@@ -7,6 +7,102 @@ use std::time::Duration;
 
 use super::ProviderError;
 
+/// How an endpoint expects its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer <key>` (OpenAI and every compatible server).
+    Bearer,
+    /// `x-api-key: <key>` (Anthropic).
+    ApiKeyHeader,
+}
+
+/// One provider endpoint: where it is, the key it takes and how, how long a request may
+/// take and how much of an answer is read. Every client of a provider protocol holds one, so
+/// the key is sent, redacted from `Debug` and scrubbed from error bodies in one place.
+#[derive(Clone)]
+pub struct Endpoint {
+    http: reqwest::Client,
+    base: String,
+    api_key: Option<String>,
+    auth: Auth,
+    timeout: Duration,
+    /// Bodies are read up to this many bytes; a longer one is a [`ProviderError::TooLarge`].
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("base", &self.base)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint at `base_url` (ending in `/v1`), sharing `http`'s connection pool, its key
+    /// sent as a bearer token (see [`Endpoint::with_auth`]).
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        api_key: Option<String>,
+        timeout: Duration,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+            auth: Auth::Bearer,
+            timeout,
+            max_body_bytes,
+        }
+    }
+
+    /// The same endpoint with another way of sending the key.
+    #[must_use]
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// A request to `path` (after the base URL) with the timeout and the key.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut b = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(self.timeout);
+        if let Some(key) = &self.api_key {
+            b = match self.auth {
+                Auth::Bearer => b.bearer_auth(key),
+                Auth::ApiKeyHeader => b.header("x-api-key", key),
+            };
+        }
+        b
+    }
+
+    /// Sends `builder` (made by [`Endpoint::request`]) and returns the body of a successful
+    /// answer; `label` names the model or provider in errors.
+    ///
+    /// # Errors
+    /// As [`exchange`].
+    pub async fn send(
+        &self,
+        builder: reqwest::RequestBuilder,
+        label: &str,
+    ) -> Result<Vec<u8>, ProviderError> {
+        exchange(
+            builder,
+            label,
+            self.max_body_bytes,
+            self.timeout,
+            self.api_key.as_deref(),
+        )
+        .await
+    }
+}
+
 /// Sends `builder` and returns the body of a successful answer.
 ///
 /// # Errors

@@ -5,7 +5,7 @@
 
 pub mod anthropic;
 pub mod error;
-mod http;
+pub mod http;
 pub mod openai;
 pub mod openai_batch;
 

@@ -10,49 +10,23 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use switchyard_core::completion;
 
-use super::{Completion, CompletionRequest, LlmClient, ProviderError, http};
+use super::http::Endpoint;
+use super::{Completion, CompletionRequest, LlmClient, ProviderError};
 
 /// A client for one OpenAI-compatible endpoint.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct OpenAiClient {
-    http: reqwest::Client,
-    url: String,
-    api_key: Option<String>,
-    timeout: Duration,
-    /// Bodies are read up to this many bytes; a longer one is a [`ProviderError::TooLarge`].
-    max_body_bytes: usize,
+    endpoint: Endpoint,
 }
 
 /// The header that carries our call id to the provider (OpenAI echoes it in its logs; any
 /// server that logs request headers lets finance match its usage to the ledger).
 pub const CLIENT_REQUEST_ID: &str = "x-client-request-id";
 
-impl std::fmt::Debug for OpenAiClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiClient")
-            .field("url", &self.url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
-            .finish()
-    }
-}
-
 impl OpenAiClient {
-    /// A client for `base_url` (ending in `/v1`), sharing `http`'s connection pool, reading
-    /// bodies of at most `max_body_bytes`.
-    pub fn new(
-        http: reqwest::Client,
-        base_url: &str,
-        api_key: Option<String>,
-        timeout: Duration,
-        max_body_bytes: usize,
-    ) -> Self {
-        Self {
-            http,
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
-            api_key,
-            timeout,
-            max_body_bytes,
-        }
+    /// A client for `endpoint` (`POST /chat/completions`).
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
     }
 }
 
@@ -137,22 +111,15 @@ impl LlmClient for OpenAiClient {
     async fn complete(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
         let model = request.model.as_str();
         let body = body_of(request);
-        let mut builder = self.http.post(&self.url).timeout(self.timeout).json(&body);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key);
-        }
+        let mut builder = self
+            .endpoint
+            .request(reqwest::Method::POST, "/chat/completions")
+            .json(&body);
         if let Some(id) = &request.client_request_id {
             builder = builder.header(CLIENT_REQUEST_ID, id);
         }
         let started = Instant::now();
-        let bytes = http::exchange(
-            builder,
-            model,
-            self.max_body_bytes,
-            self.timeout,
-            self.api_key.as_deref(),
-        )
-        .await?;
+        let bytes = self.endpoint.send(builder, model).await?;
         let prompt_chars = request.messages.iter().map(|m| m.content.len()).sum();
         parse_completion(model, &bytes, prompt_chars, started.elapsed())
     }

@@ -15,31 +15,19 @@ use serde_json::json;
 use switchyard_openai::objects::{Batch, FileObject, ListPage};
 use switchyard_openai::output::OutputLine;
 
+use super::http::Endpoint;
 use super::openai::{body_of, parse_completion};
-use super::{Completion, CompletionRequest, ProviderError, http};
+use super::{Completion, CompletionRequest, ProviderError};
 
 /// Pages read at most when looking for a batch by its metadata (100 batches a page).
 pub const MAX_LIST_PAGES: usize = 20;
 
 /// A client for one OpenAI-compatible provider's Batch API.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct OpenAiBatchClient {
-    http: reqwest::Client,
-    base: String,
-    api_key: Option<String>,
-    timeout: Duration,
-    max_body_bytes: usize,
+    endpoint: Endpoint,
     /// The provider's label, for errors.
     name: String,
-}
-
-impl std::fmt::Debug for OpenAiBatchClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiBatchClient")
-            .field("base", &self.base)
-            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
-            .finish()
-    }
 }
 
 /// One answered line of an output or error file.
@@ -51,49 +39,24 @@ pub struct LineResult {
 }
 
 impl OpenAiBatchClient {
-    /// A client for `base_url` (ending in `/v1`). `max_body_bytes` bounds what is read of
-    /// any answer, output files included.
-    pub fn new(
-        http: reqwest::Client,
-        base_url: &str,
-        api_key: Option<String>,
-        timeout: Duration,
-        max_body_bytes: usize,
-        name: &str,
-    ) -> Self {
+    /// A client for `endpoint`, called `name` in errors.
+    /// The endpoint's body limit bounds what is read of any answer, output files included.
+    pub fn new(endpoint: Endpoint, name: &str) -> Self {
         Self {
-            http,
-            base: base_url.trim_end_matches('/').to_owned(),
-            api_key,
-            timeout,
-            max_body_bytes,
+            endpoint,
             name: name.to_owned(),
         }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut b = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .timeout(self.timeout);
-        if let Some(key) = &self.api_key {
-            b = b.bearer_auth(key);
-        }
-        b
+        self.endpoint.request(method, path)
     }
 
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         builder: reqwest::RequestBuilder,
     ) -> Result<T, ProviderError> {
-        let bytes = http::exchange(
-            builder,
-            &self.name,
-            self.max_body_bytes,
-            self.timeout,
-            self.api_key.as_deref(),
-        )
-        .await?;
+        let bytes = self.endpoint.send(builder, &self.name).await?;
         serde_json::from_slice(&bytes).map_err(|e| ProviderError::BadBody {
             model: self.name.clone(),
             message: e.to_string(),
@@ -203,14 +166,11 @@ impl OpenAiBatchClient {
     /// # Errors
     /// What the provider answered.
     pub async fn results(&self, file_id: &str) -> Result<Vec<LineResult>, ProviderError> {
-        let bytes = http::exchange(
-            self.request(reqwest::Method::GET, &format!("/files/{file_id}/content")),
-            &self.name,
-            self.max_body_bytes,
-            self.timeout,
-            self.api_key.as_deref(),
-        )
-        .await?;
+        let path = format!("/files/{file_id}/content");
+        let bytes = self
+            .endpoint
+            .send(self.request(reqwest::Method::GET, &path), &self.name)
+            .await?;
         let text = String::from_utf8_lossy(&bytes);
         let mut out = Vec::new();
         for raw in text.lines().filter(|l| !l.trim().is_empty()) {
