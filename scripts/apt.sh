@@ -1,4 +1,5 @@
-# Sourced by the scripts that install what is missing (services.sh, compare-gateways.sh):
+# Sourced by the scripts that install what is missing (services.sh, compare-gateways.sh,
+# bench-batch-api.sh):
 # `have PROGRAM`, and `apt_install PACKAGE…` from the distribution's packages (Debian/Ubuntu),
 # through sudo unless root, refreshing the package lists only when an install fails. The
 # sourcing script defines `say`.

@@ -24,35 +24,8 @@ say() { printf 'bench-batch-api: %s\n' "$*" >&2; }
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh
 
-PIDS=()
-DB=""
-cleanup() {
-  local status=$?
-  for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  done
-  if [ -n "$DB" ]; then
-    psql "$PG/postgres" -qAtc "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_http() { # name url seconds
-  for _ in $(seq 1 $(($3 * 4))); do
-    if curl -sf -o /dev/null "$2"; then return 0; fi
-    sleep 0.25
-  done
-  say "$1 did not answer $2 within $3 s"
-  return 1
-}
+# shellcheck source=scripts/procs.sh
+. scripts/procs.sh
 
 ./scripts/services.sh
 have curl || apt_install curl ca-certificates
@@ -73,8 +46,8 @@ fi
 
 mkdir -p "$RUN_DIR"
 RUN=bench$(date +%s)$$
-DB=switchyard_$RUN
-psql "$PG/postgres" -qAtc "CREATE DATABASE \"$DB\"" >/dev/null
+CLEANUP_DB=switchyard_$RUN
+psql "$PG/postgres" -qAtc "CREATE DATABASE \"$CLEANUP_DB\"" >/dev/null
 
 SIM_PORT=$(free_port)
 API_PORT=$(free_port)
@@ -86,7 +59,7 @@ cat >>"$CFG" <<EOF
 prefix = "$RUN"
 
 [database]
-url = "$PG/$DB"
+url = "$PG/$CLEANUP_DB"
 
 [api]
 listen = "127.0.0.1:$API_PORT"

@@ -43,39 +43,8 @@ say() { printf 'compare-gateways: %s\n' "$*" >&2; }
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh
 
-# --- everything started here is stopped on exit -------------------------------------------
-PIDS=()
-LITELLM_DB=""
-cleanup() {
-  local status=$?
-  for pid in "${PIDS[@]}"; do
-    # Each was started with setsid: its process group is its own (LiteLLM forks workers).
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  done
-  if [ -n "$LITELLM_DB" ]; then
-    psql "$PG/postgres" -qAtc "DROP DATABASE IF EXISTS \"$LITELLM_DB\" WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_http() { # name url seconds
-  for _ in $(seq 1 $(($3 * 4))); do
-    if curl -sf -o /dev/null "$2"; then return 0; fi
-    sleep 0.25
-  done
-  say "$1 did not answer $2 within $3 s"
-  return 1
-}
+# shellcheck source=scripts/procs.sh
+. scripts/procs.sh
 
 # --- services, tools, the binary ----------------------------------------------------------
 ./scripts/services.sh
@@ -117,9 +86,9 @@ export PATH="$PWD/$VENV/bin:$PATH"
 SCHEMA=$("$VENV/bin/python" -c 'import os, litellm.proxy as p; print(os.path.join(os.path.dirname(p.__file__), "schema.prisma"))')
 DB_ENV=()
 if (cd "$RUN_DIR" && DATABASE_URL="$PG/postgres" timeout 600 prisma generate --schema "$SCHEMA") >"$RUN_DIR/prisma-generate.log" 2>&1; then
-  LITELLM_DB="litellm_gateway_$(date +%s)_$$"
-  psql "$PG/postgres" -qAtc "CREATE DATABASE \"$LITELLM_DB\"" >/dev/null
-  DB_ENV=(DATABASE_URL="$PG/$LITELLM_DB" ENFORCE_PRISMA_MIGRATION_CHECK=true)
+  CLEANUP_DB="litellm_gateway_$(date +%s)_$$"
+  psql "$PG/postgres" -qAtc "CREATE DATABASE \"$CLEANUP_DB\"" >/dev/null
+  DB_ENV=(DATABASE_URL="$PG/$CLEANUP_DB" ENFORCE_PRISMA_MIGRATION_CHECK=true)
   SETUP="spend logs in Postgres (own database, LiteLLM's migrations at start-up), $LITELLM_WORKERS workers, litellm $LITELLM_VERSION"
 else
   why=$(grep -m1 -oE 'request to [^ ]+ failed, reason: [^\\]*|Error: .*' "$RUN_DIR/prisma-generate.log" || tail -1 "$RUN_DIR/prisma-generate.log")
@@ -167,7 +136,7 @@ LITELLM_MASTER_KEY="$LITELLM_KEY" "$BIN" bench-gateway \
   --litellm-setup "$SETUP" \
   "$@"
 
-if [ -n "$LITELLM_DB" ]; then
-  rows=$(psql "$PG/$LITELLM_DB" -qAtc 'SELECT count(*) FROM "LiteLLM_SpendLogs"' 2>/dev/null || echo "?")
+if [ -n "$CLEANUP_DB" ]; then
+  rows=$(psql "$PG/$CLEANUP_DB" -qAtc 'SELECT count(*) FROM "LiteLLM_SpendLogs"' 2>/dev/null || echo "?")
   say "LiteLLM spend log rows so far: $rows (written in batches, up to proxy_batch_write_at late)"
 fi
