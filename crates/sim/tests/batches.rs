@@ -52,43 +52,29 @@ impl Api {
         }
     }
 
+    /// The JSON answer of `request`.
+    async fn json(request: reqwest::RequestBuilder) -> Value {
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
     async fn batch_of(&self, text: String, metadata: Value) -> Value {
         let form = Form::new()
             .text("purpose", "batch")
             .part("file", Part::bytes(text.into_bytes()).file_name("in.jsonl"));
-        let file: Value = self
-            .http
-            .post(format!("{}/files", self.base))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        self.http
-            .post(format!("{}/batches", self.base))
-            .json(
-                &json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
-                          "completion_window": "24h", "metadata": metadata}),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let files = self.http.post(format!("{}/files", self.base));
+        let file = Self::json(files.multipart(form)).await;
+        let create = json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                            "completion_window": "24h", "metadata": metadata});
+        Self::json(
+            self.http
+                .post(format!("{}/batches", self.base))
+                .json(&create),
+        )
+        .await
     }
 
     async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        Self::json(self.http.get(format!("{}{path}", self.base))).await
     }
 
     async fn ended(&self, id: &str) -> Value {
@@ -203,15 +189,7 @@ async fn a_batch_cancelled_before_it_starts_answers_nothing() {
     let api = Api::of(&sim);
     let b = api.batch_of(input(3), json!({})).await;
     let id = b["id"].as_str().unwrap();
-    let c: Value = api
-        .http
-        .post(format!("{}/batches/{id}/cancel", api.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c = Api::json(api.http.post(format!("{}/batches/{id}/cancel", api.base))).await;
     assert_eq!(c["status"], "cancelling", "{c}");
     let b = api.ended(id).await;
     assert_eq!(b["status"], "cancelled", "{b}");
