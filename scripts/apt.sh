@@ -1,5 +1,5 @@
-# Sourced by the scripts that install what is missing (services.sh, compare-gateways.sh,
-# bench-batch-api.sh):
+# Sourced by the scripts that install what is missing (services.sh, and through
+# scripts/procs.sh bench-batch-api.sh and compare-gateways.sh):
 # `have PROGRAM`, and `apt_install PACKAGE…` from the distribution's packages (Debian/Ubuntu),
 # through sudo unless root, refreshing the package lists only when an install fails. The
 # sourcing script defines `say`.

@@ -21,15 +21,10 @@ OPENAI_SDK=3.60.0
 PG=${PGHOST_URL:-postgresql://postgres@127.0.0.1:5432}
 RUN_DIR=target/bench-batch-api
 say() { printf 'bench-batch-api: %s\n' "$*" >&2; }
-# shellcheck source=scripts/apt.sh
-. scripts/apt.sh
-
 # shellcheck source=scripts/procs.sh
 . scripts/procs.sh
 
-./scripts/services.sh
-have curl || apt_install curl ca-certificates
-have psql || apt_install postgresql-client
+need_fleet
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then apt_install python3-venv; fi
 PY=target/py/bin/python
 [ -x "$PY" ] || python3 -m venv target/py

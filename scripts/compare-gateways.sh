@@ -40,16 +40,11 @@ MODEL="mistralai/Mixtral-8x7B-Instruct-v0.1"
 LITELLM_WORKERS=${LITELLM_WORKERS:-$(nproc 2>/dev/null || echo 1)}
 
 say() { printf 'compare-gateways: %s\n' "$*" >&2; }
-# shellcheck source=scripts/apt.sh
-. scripts/apt.sh
-
 # shellcheck source=scripts/procs.sh
 . scripts/procs.sh
 
 # --- services, tools, the binary ----------------------------------------------------------
-./scripts/services.sh
-have curl || apt_install curl ca-certificates
-have psql || apt_install postgresql-client
+need_fleet
 have python3 || apt_install python3
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then apt_install python3-venv; fi
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then

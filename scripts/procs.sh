@@ -6,7 +6,12 @@
 # - `CLEANUP_DB=name` to have that database dropped on exit (needs `PG`, a server URL);
 # - `free_port` prints a free TCP port on loopback; `wait_http NAME URL SECONDS` waits for
 #   URL to answer 2xx, bounded.
-# The sourcing script defines `say`.
+# - `need_fleet` starts NATS and Postgres (scripts/services.sh) and installs the clients the
+#   scripts use (curl, psql) from the distribution's packages when missing.
+# The sourcing script defines `say`; this file sources scripts/apt.sh.
+
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
 
 PIDS=()
 CLEANUP_DB=""
@@ -39,4 +44,10 @@ wait_http() { # name url seconds
   done
   say "$1 did not answer $2 within $3 s"
   return 1
+}
+
+need_fleet() {
+  ./scripts/services.sh
+  have curl || apt_install curl ca-certificates
+  have psql || apt_install postgresql-client
 }

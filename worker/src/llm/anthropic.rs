@@ -103,22 +103,7 @@ impl LlmClient for AnthropicClient {
                 message: e.to_string(),
                 bytes: bytes.len(),
             })?;
-        Ok(Completion {
-            response_id: parsed.response_id,
-            content: parsed.content,
-            raw_content: parsed.raw_content,
-            logprobs: None,
-            prompt_tokens: parsed.prompt_tokens,
-            completion_tokens: parsed.completion_tokens,
-            cached_prompt_tokens: parsed.cached_prompt_tokens,
-            cache_write_tokens: parsed.cache_write_tokens,
-            cache_write_1h_tokens: parsed.cache_write_1h_tokens,
-            raw_usage: parsed.raw_usage,
-            finish_reason: parsed.finish_reason,
-            usage_estimated: parsed.usage_estimated,
-            latency,
-            samples: Vec::new(),
-        })
+        Ok(Completion::from_parsed(parsed, latency))
     }
 }
 

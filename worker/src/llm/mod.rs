@@ -12,6 +12,7 @@ pub mod openai_batch;
 use std::future::Future;
 use std::time::Duration;
 
+use switchyard_core::completion::ParsedCompletion;
 use switchyard_core::confidence::TokenLogprob;
 use switchyard_core::prompt::Message;
 
@@ -77,6 +78,29 @@ pub struct Completion {
     /// The texts of the choices after the first, when `n > 1` was asked for (the usage
     /// covers every choice).
     pub samples: Vec<String>,
+}
+
+impl Completion {
+    /// What a parser of a provider's body read (`switchyard_core::completion` or
+    /// `::messages`), answered after `latency`.
+    pub fn from_parsed(parsed: ParsedCompletion, latency: Duration) -> Self {
+        Self {
+            response_id: parsed.response_id,
+            content: parsed.content,
+            raw_content: parsed.raw_content,
+            logprobs: parsed.logprobs,
+            prompt_tokens: parsed.prompt_tokens,
+            completion_tokens: parsed.completion_tokens,
+            cached_prompt_tokens: parsed.cached_prompt_tokens,
+            cache_write_tokens: parsed.cache_write_tokens,
+            cache_write_1h_tokens: parsed.cache_write_1h_tokens,
+            raw_usage: parsed.raw_usage,
+            finish_reason: parsed.finish_reason,
+            usage_estimated: parsed.usage_estimated,
+            latency,
+            samples: parsed.samples,
+        }
+    }
 }
 
 /// A model endpoint.

@@ -61,22 +61,7 @@ pub fn parse_completion(
             message: e.to_string(),
             bytes: body.len(),
         })?;
-    Ok(Completion {
-        response_id: parsed.response_id,
-        content: parsed.content,
-        raw_content: parsed.raw_content,
-        logprobs: parsed.logprobs,
-        prompt_tokens: parsed.prompt_tokens,
-        completion_tokens: parsed.completion_tokens,
-        cached_prompt_tokens: parsed.cached_prompt_tokens,
-        cache_write_tokens: parsed.cache_write_tokens,
-        cache_write_1h_tokens: parsed.cache_write_1h_tokens,
-        raw_usage: parsed.raw_usage,
-        finish_reason: parsed.finish_reason,
-        usage_estimated: parsed.usage_estimated,
-        latency,
-        samples: parsed.samples,
-    })
+    Ok(Completion::from_parsed(parsed, latency))
 }
 
 /// The chat completion body of `request` (also a batch line's `body`).
