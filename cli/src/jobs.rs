@@ -43,6 +43,9 @@ pub struct SubmitArgs {
     /// Re-submitting with the same key creates nothing new (default: the job id).
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// The job may take this long (`24h`): recorded with it and carried by its messages.
+    #[arg(long, value_parser = crate::args::humantime_duration)]
+    pub deadline: Option<Duration>,
     /// Wait for the job to finish (progress bar; exit code as for `wait`).
     #[arg(long)]
     pub wait: bool,
@@ -169,6 +172,9 @@ pub async fn submit(settings: Settings, a: SubmitArgs) -> anyhow::Result<u8> {
     spec.policy.cascade.confidence_threshold = a.confidence_threshold;
     spec.policy.cascade.max_escalations = a.max_escalations;
     spec.policy.models = a.models.into_iter().collect();
+    if let Some(d) = a.deadline {
+        spec = spec.with_deadline(d.as_secs());
+    }
     let n = spec.items.as_ref().map_or(0, Vec::len);
     let client = Client::connect(settings).await?;
     let job_id = client.submit(spec).await?;

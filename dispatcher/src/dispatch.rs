@@ -232,6 +232,7 @@ fn new_job_row(spec: &JobSpec) -> NewJob {
         policy: serde_json::to_value(&spec.policy).unwrap_or_default(),
         labels: serde_json::to_value(&spec.labels).unwrap_or_default(),
         message_seq: None,
+        deadline_secs: spec.deadline.and_then(|s| i64::try_from(s).ok()),
     }
 }
 

@@ -111,7 +111,12 @@ pub async fn emit(
     // Pass 1 planned already; this accumulator is only what `route` writes to.
     let mut scratch = router.inputs();
     let mut out = Emitted::default();
-    let mut sender = Sender::new(d, spec, stage);
+    // The deadline was fixed when the job was admitted; every message carries that instant.
+    let deadline = match spec.deadline {
+        Some(_) => unix_deadline(jobs::deadline_unix(&d.pool, &spec.job_id).await?),
+        None => None,
+    };
+    let mut sender = Sender::new(d, spec, stage, deadline);
     let mut stored: Vec<Ready> = Vec::new();
     let mut seq: i64 = 0;
     loop {
@@ -204,6 +209,11 @@ fn new_item(
     }
 }
 
+/// A job's deadline as its messages carry it: Unix seconds.
+pub fn unix_deadline(secs: Option<i64>) -> Option<u64> {
+    secs.and_then(|t| u64::try_from(t).ok())
+}
+
 /// Publishes stored items as work messages (and their shadow calls).
 struct Sender<'a> {
     d: &'a Dispatcher,
@@ -214,15 +224,18 @@ struct Sender<'a> {
     project: String,
     threshold: f64,
     escalations: u8,
+    /// The job's deadline in Unix seconds, carried by every message.
+    deadline: Option<u64>,
 }
 
 impl<'a> Sender<'a> {
-    fn new(d: &'a Dispatcher, spec: &'a JobSpec, stage: &'a Stage) -> Self {
+    fn new(d: &'a Dispatcher, spec: &'a JobSpec, stage: &'a Stage, deadline: Option<u64>) -> Self {
         let ds = &d.settings.dispatcher;
         Sender {
             d,
             spec,
             stage,
+            deadline,
             publisher: WindowedPublisher::new(d.js.clone(), ds.publish_window.get()),
             team: spec.team.clone().unwrap_or_else(|| "default".to_owned()),
             project: spec.project.clone().unwrap_or_else(|| "default".to_owned()),
@@ -260,7 +273,7 @@ impl<'a> Sender<'a> {
                 out.per_tier.insert(item.tier.clone(), 1);
             }
             let mut msg = WorkItem {
-                v: self.spec.task.message_version(),
+                v: switchyard_proto::version_for(&self.spec.task, self.deadline.is_some()),
                 job_id: self.spec.job_id.clone(),
                 item_id: item.item_id,
                 attempt: 0,
@@ -275,6 +288,7 @@ impl<'a> Sender<'a> {
                 escalations_left: self.escalations,
                 escalation: None,
                 router_score: None,
+                deadline: self.deadline,
             };
             let ds = &self.d.settings.dispatcher;
             let audit = self

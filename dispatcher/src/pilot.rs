@@ -453,6 +453,7 @@ mod tests {
             escalations_left: 1,
             escalation: None,
             router_score: None,
+            deadline: None,
         }
     }
 

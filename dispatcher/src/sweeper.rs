@@ -435,8 +435,9 @@ impl Message<'_> {
         let attempt = u16::try_from(lost.attempt).ok()?;
         let used = u8::try_from(lost.escalations).unwrap_or(u8::MAX);
         let score = lost.router_score;
+        let deadline = crate::emit::unix_deadline(self.job.deadline_unix);
         let mut msg = WorkItem {
-            v: self.task.message_version(),
+            v: switchyard_proto::version_for(&self.task, deadline.is_some()),
             job_id: self.job.job_id.clone(),
             item_id: lost.item_id,
             attempt,
@@ -450,6 +451,7 @@ impl Message<'_> {
             confidence_threshold: self.threshold,
             escalation: None,
             router_score: None,
+            deadline,
             escalations_left: self.escalations.saturating_sub(used),
         };
         if let (0, Some(stored)) = (attempt, &self.stage) {
@@ -515,6 +517,7 @@ mod tests {
             message_seq: None,
             progress_mark: None,
             routing_plan: None,
+            deadline_unix: None,
         }
     }
 

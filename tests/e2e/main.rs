@@ -12,6 +12,7 @@ mod bad_input;
 mod bad_input_catalog;
 mod budget_race;
 mod cluster;
+mod deadline;
 mod dispatcher_concurrency;
 mod exactly_once;
 mod finance_support;

@@ -330,6 +330,7 @@ async fn local_only_items_never_reach_an_external_model() {
         escalations_left: 0,
         escalation: None,
         router_score: None,
+        deadline: None,
     };
     let t = h.fleet.settings.topology();
     // Shadow calls may still be in flight after the job is final, so count only calls whose

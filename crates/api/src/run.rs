@@ -225,7 +225,12 @@ pub async fn start(api: &Api, batch: &BatchRow, total: u64) -> anyhow::Result<()
         if items == 0 {
             let _ = inputs.delete(job_id.as_str()).await;
         } else {
-            let mut spec = JobSpec::new(job_id.clone(), Task::Chat {});
+            // The completion window is the job's deadline (its calls may wait in providers'
+            // batches). From the batch's own times, so a start taken over submits the same
+            // spec; the batch still expires at its `expires_at`.
+            let window = (batch.expires_at - batch.created_at).num_seconds();
+            let mut spec = JobSpec::new(job_id.clone(), Task::Chat {})
+                .with_deadline(u64::try_from(window).unwrap_or(0));
             spec.idempotency_key = Some(key);
             spec.team = Some(batch.team.clone());
             spec.project = Some(project_of(batch));

@@ -30,6 +30,12 @@ pub fn render_status(s: &JobStatus) -> String {
     if let Some(reason) = &j.rejection_reason {
         out.push_str(&format!("rejected: {reason}\n"));
     }
+    if let Some(at) = j.deadline_at {
+        out.push_str(&format!(
+            "deadline {}\n",
+            at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
     let states: Vec<String> = s
         .items_by_state
         .iter()

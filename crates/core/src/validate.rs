@@ -49,6 +49,11 @@ impl Default for Limits {
     }
 }
 
+/// The shortest deadline a job may have: a minute (less is real time by another name).
+pub const MIN_DEADLINE_SECS: u64 = 60;
+/// The longest deadline a job may have: 30 days (longer than any provider keeps a batch).
+pub const MAX_DEADLINE_SECS: u64 = 30 * 24 * 3600;
+
 /// Why a job was rejected (the text is shown to the submitter as is).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -92,6 +97,14 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
     }
     if let Some(project) = &spec.project {
         check_name("project", project, limits)?;
+    }
+    if let Some(secs) = spec.deadline
+        && !(MIN_DEADLINE_SECS..=MAX_DEADLINE_SECS).contains(&secs)
+    {
+        return reject(format!(
+            "deadline is {secs} s; a deadline is between {MIN_DEADLINE_SECS} s and \
+             {MAX_DEADLINE_SECS} s (30 days)"
+        ));
     }
     let instructions = match &spec.task {
         Task::Classify { instructions, .. }
@@ -259,6 +272,15 @@ mod tests {
         let mut s = spec();
         s.job_id = String::new();
         assert!(check_spec(&s, &l).unwrap_err().0.contains("job_id"));
+        for bad in [0, MIN_DEADLINE_SECS - 1, MAX_DEADLINE_SECS + 1] {
+            let s = spec().with_deadline(bad);
+            let e = check_spec(&s, &l).unwrap_err().0;
+            assert!(
+                e.contains("deadline is") && e.contains(&bad.to_string()),
+                "{e}"
+            );
+        }
+        assert_eq!(check_spec(&spec().with_deadline(86_400), &l), Ok(()));
     }
 
     #[test]

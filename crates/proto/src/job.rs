@@ -38,6 +38,13 @@ pub struct JobSpec {
     /// Free tags for finance (`cost_center = "ops"`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// How long the job may take, in seconds from when the dispatcher accepts it (60 s to 30
+    /// days). The dispatcher fixes the instant and every work message carries it: what lets a
+    /// job that can wait (a nightly pipeline) have its calls sent through a provider's batch
+    /// API at the batch price. Absent: real time. A spec that carries it has
+    /// `v` = [`crate::DEADLINE_VERSION`] ([`JobSpec::message_version`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
 }
 
 impl JobSpec {
@@ -54,7 +61,22 @@ impl JobSpec {
             input: None,
             policy: Policy::default(),
             labels: BTreeMap::new(),
+            deadline: None,
         }
+    }
+
+    /// The version this spec must carry: the lowest whose readers understand its task and
+    /// its deadline.
+    pub fn message_version(&self) -> u16 {
+        crate::version_for(&self.task, self.deadline.is_some())
+    }
+
+    /// This spec with a deadline of `secs` seconds, its version raised to match.
+    #[must_use]
+    pub fn with_deadline(mut self, secs: u64) -> Self {
+        self.deadline = Some(secs);
+        self.v = self.message_version();
+        self
     }
 
     /// The idempotency key in force: the explicit one, or the job id.
@@ -285,6 +307,28 @@ pub struct Cascade {
 mod tests {
     use super::*;
     use crate::codec::{decode, encode};
+
+    #[test]
+    fn a_deadline_raises_the_version_only_of_the_messages_that_carry_it() {
+        let plain = JobSpec::new("j", Task::Generate { instructions: None });
+        assert_eq!(
+            plain.v,
+            crate::PROTOCOL_VERSION,
+            "older readers keep reading it"
+        );
+        let chat = JobSpec::new("j", Task::Chat {});
+        assert_eq!(chat.v, crate::chat::CHAT_VERSION);
+        for spec in [plain, chat] {
+            let later = spec.with_deadline(86_400);
+            assert_eq!(later.v, crate::DEADLINE_VERSION);
+            assert_eq!(later.message_version(), crate::DEADLINE_VERSION);
+            let back: JobSpec = decode(&encode(&later).unwrap()).unwrap();
+            assert_eq!(back.deadline, Some(86_400));
+        }
+        // A spec without one encodes no `deadline` key at all (byte-identical to before).
+        let bytes = encode(&JobSpec::new("j", Task::Generate { instructions: None })).unwrap();
+        assert!(!bytes.windows(8).any(|w| w == b"deadline"));
+    }
 
     #[test]
     fn new_routing_kinds_and_shadow_travel_and_budgets_stay_exact() {

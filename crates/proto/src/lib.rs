@@ -26,9 +26,26 @@ pub mod work;
 /// The version of plain messages, which every reader since the first understands.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// The version of messages that carry a deadline ([`JobSpec::deadline`],
+/// [`WorkItem::deadline`]): a reader of an older version would run such an item in real time
+/// (at the real-time price) without knowing it may wait, so it leaves the message for a newer
+/// reader instead (a worker offers it again every `ack_wait`). Readers of this version read
+/// chat items too.
+pub const DEADLINE_VERSION: u16 = 3;
+
 /// The highest message version this build understands: messages of chat jobs carry
-/// [`chat::CHAT_VERSION`].
-pub const MAX_VERSION: u16 = chat::CHAT_VERSION;
+/// [`chat::CHAT_VERSION`], messages with a deadline [`DEADLINE_VERSION`].
+pub const MAX_VERSION: u16 = DEADLINE_VERSION;
+
+/// The version a message about `task` needs, with or without a deadline: the lowest one
+/// whose readers understand it, so older readers keep reading what they can.
+pub fn version_for(task: &Task, has_deadline: bool) -> u16 {
+    if has_deadline {
+        DEADLINE_VERSION
+    } else {
+        task.message_version()
+    }
+}
 
 pub use chat::{ChatItem, ChatMessage};
 pub use codec::{DecodeError, decode, encode};

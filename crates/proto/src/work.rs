@@ -42,6 +42,12 @@ pub struct WorkItem {
     /// rule; absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_score: Option<f32>,
+    /// When the item's job must be done, in Unix seconds (the job's deadline fixed by the
+    /// dispatcher when it accepted the job): until then the attempt may wait in a provider's
+    /// batch. Absent: real time. A message that carries it has `v` =
+    /// [`crate::DEADLINE_VERSION`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
 }
 
 /// A calibrated escalation rule, as data: a logistic model over what is known after an
@@ -131,6 +137,7 @@ mod tests {
             escalations_left: 1,
             escalation: None,
             router_score: None,
+            deadline: None,
         }
     }
 

@@ -46,6 +46,8 @@ pub struct NewJob {
     pub labels: serde_json::Value,
     /// The stream sequence of the job message that brings it (see `jobs.message_seq`).
     pub message_seq: Option<i64>,
+    /// The spec's deadline, seconds after admission (`jobs.deadline_at` is fixed from it).
+    pub deadline_secs: Option<i64>,
 }
 
 /// What storing a job found.
@@ -68,8 +70,10 @@ pub enum Admission {
 pub async fn admit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Admission> {
     let inserted = sqlx::query(
         "INSERT INTO jobs (job_id, idempotency_key, spec_hash, team, project, task_kind, task, \
-         policy, labels, message_seq, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ingesting') ON CONFLICT DO NOTHING",
+         policy, labels, message_seq, status, deadline_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ingesting', \
+                 date_trunc('second', now() + $11 * interval '1 second')) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(&job.job_id)
     .bind(&job.idempotency_key)
@@ -81,6 +85,7 @@ pub async fn admit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Admission> {
     .bind(&job.policy)
     .bind(&job.labels)
     .bind(job.message_seq)
+    .bind(job.deadline_secs)
     .execute(pool)
     .await?
     .rows_affected();
@@ -341,6 +346,8 @@ pub struct JobRow {
     pub task: Option<serde_json::Value>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the job must be done (a job with a deadline); `None`: real time.
+    pub deadline_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The job holding an idempotency key, if any.
@@ -354,6 +361,18 @@ pub async fn by_idempotency_key(pool: &PgPool, key: &str) -> sqlx::Result<Option
         .await
 }
 
+/// A job's deadline in Unix seconds, if it has one.
+///
+/// # Errors
+/// Database errors only.
+pub async fn deadline_unix(pool: &PgPool, job_id: &str) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT extract(epoch FROM deadline_at)::bigint FROM jobs WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await
+        .map(Option::flatten)
+}
+
 /// One job by id.
 ///
 /// # Errors
@@ -361,7 +380,8 @@ pub async fn by_idempotency_key(pool: &PgPool, key: &str) -> sqlx::Result<Option
 pub async fn get(pool: &PgPool, job_id: &str) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(
         "SELECT job_id, team, project, task_kind, status, item_count, rejection_reason, \
-         failure_reason, routing_cut, routing_cut_seq, policy, task, created_at, finished_at \
+         failure_reason, routing_cut, routing_cut_seq, policy, task, created_at, finished_at, \
+         deadline_at \
          FROM jobs WHERE job_id = $1",
     )
     .bind(job_id)

@@ -61,6 +61,9 @@ pub struct SweptJob {
     /// A quality job's stored stage (`jobs.routing_plan`): its first messages carry the
     /// stage's rule, so a re-published one must too.
     pub routing_plan: Option<serde_json::Value>,
+    /// The job's deadline in Unix seconds: a re-published message carries it as the first
+    /// did.
+    pub deadline_unix: Option<i64>,
 }
 
 /// Reads the job again (under its lock).
@@ -74,7 +77,8 @@ pub async fn job(
 ) -> sqlx::Result<Option<SweptJob>> {
     sqlx::query_as(
         "SELECT job_id, status, progress_at < now() - make_interval(secs => $2) AS quiet, team, \
-         project, task, policy, item_count, message_seq, progress_mark, routing_plan \
+         project, task, policy, item_count, message_seq, progress_mark, routing_plan, \
+         extract(epoch FROM deadline_at)::bigint AS deadline_unix \
          FROM jobs WHERE job_id = $1",
     )
     .bind(job_id)

@@ -49,6 +49,7 @@ pub fn work_item(job_id: &str, item: &Item, tier: &str, task: &Task) -> WorkItem
         escalations_left: 0,
         escalation: None,
         router_score: None,
+        deadline: None,
     }
 }
 
@@ -193,6 +194,7 @@ async fn baseline_run(settings: &Settings, items: &[Item]) -> anyhow::Result<f64
                 policy: serde_json::json!({}),
                 labels: serde_json::json!({}),
                 message_seq: None,
+                deadline_secs: None,
             },
         )
         .await?;

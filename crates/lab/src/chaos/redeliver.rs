@@ -95,6 +95,7 @@ pub async fn publish_done_again(
             escalations_left: 1,
             escalation: None,
             router_score: None,
+            deadline: None,
         };
         // A message id no duplicate window has seen: this copy is delivered.
         let msg_id = format!(
