@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use switchyard_core::tariff::Tariff;
 use switchyard_runtime::settings::Protocol;
 use switchyard_sim::SimConfig;
+use switchyard_store::ledger_reports;
 use switchyard_store::prices::{self, NewPrice};
 
 use crate::support::{Harness, classify_job, mmlu_items};
@@ -130,6 +131,41 @@ async fn an_anthropic_model_answers_and_its_cache_writes_and_reads_are_booked_at
             input + i64::from(r.cached_prompt_tokens) + i64::from(r.cache_write_tokens),
             i64::from(r.prompt_tokens),
             "{raw}"
+        );
+    }
+
+    // Finance sees what the cache saved apart from what routing saved, from the ledger and
+    // from the daily rollup alike: each call at list price (no cache pricing) less what it
+    // was booked at. One write at 1.25 × input, then reads at 0.1 ×: a saving.
+    let list: Decimal = rows
+        .iter()
+        .map(|r| tariff.cost(r.prompt_tokens.into(), 0, r.completion_tokens.into(), false))
+        .sum();
+    let cache_saved = list - booked;
+    assert!(cache_saved > Decimal::ZERO, "{cache_saved}");
+    let today = Utc::now().date_naive();
+    let request = ledger_reports::ReportRequest {
+        group_by: vec![ledger_reports::Dimension::Job],
+        from: ledger_reports::midnight(today),
+        to: ledger_reports::midnight(today.succ_opt().unwrap()),
+        team: None,
+    };
+    for source in [
+        ledger_reports::Source::Ledger,
+        ledger_reports::Source::Rollup,
+    ] {
+        let report = ledger_reports::run(&h.db.pool, &request, source)
+            .await
+            .unwrap();
+        let row = report.total();
+        assert_eq!(row.cache_savings_usd, cache_saved, "{source:?}");
+        assert_eq!(row.batch_savings_usd, Decimal::ZERO, "{source:?}");
+        assert_eq!(row.cost_usd, booked, "{source:?}");
+        // Routing's savings are the counterfactual's alone (one tier here: none).
+        assert_eq!(
+            row.savings_usd(),
+            row.cost_all_strong_usd - row.cost_usd,
+            "{source:?}"
         );
     }
     h.finish().await;

@@ -40,7 +40,7 @@ pub fn write_report(
 }
 
 /// FOCUS columns first (BilledCost, ChargePeriodStart, …), then Switchyard's `x_` columns.
-pub const CSV_COLUMNS: [&str; 40] = [
+pub const CSV_COLUMNS: [&str; 42] = [
     "BilledCost",
     "EffectiveCost",
     "ListCost",
@@ -80,6 +80,8 @@ pub const CSV_COLUMNS: [&str; 40] = [
     "x_Corrections",
     "x_InDoubtCost",
     "x_DuplicateCost",
+    "x_BatchSavings",
+    "x_CacheSavings",
     "x_TierCostShare",
 ];
 
@@ -127,10 +129,13 @@ pub fn csv_record(report: &Report, row: &ReportRow) -> Vec<String> {
         .map(|(t, s)| format!("{t}={}", exact(s)))
         .collect();
     let cost = exact(row.cost_usd);
+    // List cost: what the calls cost at the real-time price without cache pricing (FOCUS's
+    // price before discounts); batch and cache savings are the difference.
+    let list = exact(row.cost_usd + row.batch_savings_usd + row.cache_savings_usd);
     let mut rec = vec![
         cost.clone(),
         cost.clone(),
-        cost.clone(),
+        list,
         cost,
         "USD".to_owned(),
         ts(Some(report.from)),
@@ -171,6 +176,8 @@ pub fn csv_record(report: &Report, row: &ReportRow) -> Vec<String> {
         exact(row.corrections_usd),
         exact(row.in_doubt_usd),
         exact(row.duplicate_usd),
+        exact(row.batch_savings_usd),
+        exact(row.cache_savings_usd),
         tier_share.join(";"),
     ];
     if has_budget_columns(report) {
@@ -232,6 +239,8 @@ pub fn render_report_table(report: &Report) -> String {
             "shadow",
             "in doubt",
             "duplicate",
+            "batch saved",
+            "cache saved",
         ]
         .map(str::to_owned),
     );
@@ -255,6 +264,8 @@ pub fn render_report_table(report: &Report) -> String {
             exact(r.shadow_cost_usd),
             exact(r.in_doubt_usd),
             exact(r.duplicate_usd),
+            exact(r.batch_savings_usd),
+            exact(r.cache_savings_usd),
         ]);
         if budget {
             v.push(opt(r.budget_downgraded_items));

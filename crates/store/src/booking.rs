@@ -55,6 +55,10 @@ pub struct Booking {
     pub raw_usage: Option<String>,
     /// The call happened because an earlier answer of the item escalated.
     pub escalation: bool,
+    /// The call was a line of a provider's batch: priced at the price version's batch
+    /// discount (`ledger.batch`). Its counterfactuals stay at real-time prices, so reports
+    /// show what the batch price saved apart from what routing saved.
+    pub batch: bool,
     /// This call's share of the all-strong counterfactual.
     pub all_strong: Counterfactual,
     /// This call's share of the all-weak counterfactual.
@@ -73,6 +77,7 @@ impl Booking {
             cache_write_1h_tokens: 0,
             raw_usage: None,
             escalation: false,
+            batch: false,
             all_strong: Counterfactual::Own,
             all_weak: Counterfactual::Own,
             reservation_id: None,

@@ -165,6 +165,12 @@ pub struct ReportRow {
     pub in_doubt_usd: Decimal,
     /// Second copies of an attempt another copy decided: real spend, no answer used.
     pub duplicate_usd: Decimal,
+    /// What calls made through providers' batch APIs saved against the real-time price. Not
+    /// routing's: left out of [`ReportRow::savings_usd`].
+    pub batch_savings_usd: Decimal,
+    /// What providers' prompt caches saved (cache reads, less the premium of cache writes)
+    /// against list price. Not routing's either.
+    pub cache_savings_usd: Decimal,
     pub cost_by_tier: BTreeMap<String, Decimal>,
     pub calls_by_tier: BTreeMap<String, i64>,
     /// Items whose strong call went weak for lack of budget (rows by team, project or job).
@@ -191,9 +197,12 @@ impl ReportRow {
             .map(|(_, v)| v.as_str())
     }
 
-    /// All-strong cost minus actual cost.
+    /// What routing saved: the all-strong cost minus the actual cost, less what batch prices
+    /// saved (the counterfactual is priced in real time, so a batch call's discount would
+    /// otherwise count as routing's). Cache reads are priced alike in both, so caching does
+    /// not count either ([`ReportRow::cache_savings_usd`] is shown apart).
     pub fn savings_usd(&self) -> Decimal {
-        self.cost_all_strong_usd - self.cost_usd
+        self.cost_all_strong_usd - self.cost_usd - self.batch_savings_usd
     }
 
     /// Savings as a share of the all-strong cost.
@@ -228,6 +237,8 @@ impl ReportRow {
         self.corrections_usd += o.corrections_usd;
         self.in_doubt_usd += o.in_doubt_usd;
         self.duplicate_usd += o.duplicate_usd;
+        self.batch_savings_usd += o.batch_savings_usd;
+        self.cache_savings_usd += o.cache_savings_usd;
         for (t, c) in &o.cost_by_tier {
             *self.cost_by_tier.entry(t.clone()).or_default() += *c;
         }
@@ -273,6 +284,8 @@ impl serde::Serialize for ReportRow {
         m.serialize_entry("corrections_usd", &exact(self.corrections_usd))?;
         m.serialize_entry("in_doubt_usd", &exact(self.in_doubt_usd))?;
         m.serialize_entry("duplicate_usd", &exact(self.duplicate_usd))?;
+        m.serialize_entry("batch_savings_usd", &exact(self.batch_savings_usd))?;
+        m.serialize_entry("cache_savings_usd", &exact(self.cache_savings_usd))?;
         let by_tier: BTreeMap<&str, String> = self
             .cost_by_tier
             .iter()
@@ -348,14 +361,21 @@ const LEDGER_FACTS: &str = "SELECT (l.created_at AT TIME ZONE 'UTC')::date AS da
     CASE WHEN l.kind = 'reversal' THEN l.cost_usd ELSE 0 END AS corrections_usd, \
     CASE WHEN l.outcome = 'in_doubt' AND l.usage_source = 'worst_case' THEN l.cost_usd \
     ELSE 0 END AS in_doubt_cost_usd, \
-    CASE WHEN l.outcome = 'duplicate' THEN l.cost_usd ELSE 0 END AS duplicate_cost_usd \
-    FROM reporting.ledger l WHERE l.created_at >= $1 AND l.created_at < $2 \
+    CASE WHEN l.outcome = 'duplicate' THEN l.cost_usd ELSE 0 END AS duplicate_cost_usd, \
+    COALESCE(v.batch_savings_usd, 0) AS batch_savings_usd, \
+    COALESCE(v.cache_savings_usd, 0) AS cache_savings_usd \
+    FROM reporting.ledger l LEFT JOIN reporting.ledger_levers v ON v.entry_id = l.entry_id \
+    WHERE l.created_at >= $1 AND l.created_at < $2 \
     AND ($3::text IS NULL OR l.team = $3)";
 
 const ROLLUP_FACTS: &str = "SELECT day, team, project, job_id, model, tier, calls, \
     prompt_tokens, cached_prompt_tokens, completion_tokens, cost_usd, cost_all_strong_usd, \
     cost_all_weak_usd, escalation_cost_usd, shadow_cost_usd, retry_cost_usd, corrections_usd, \
-    in_doubt_cost_usd, duplicate_cost_usd FROM reporting.spend_daily WHERE day >= ($1 AT TIME ZONE 'UTC')::date \
+    in_doubt_cost_usd, duplicate_cost_usd, COALESCE(v.batch_savings_usd, 0) AS batch_savings_usd, \
+    COALESCE(v.cache_savings_usd, 0) AS cache_savings_usd \
+    FROM reporting.spend_daily LEFT JOIN reporting.spend_levers_daily v \
+    USING (day, team, project, job_id, model, tier) \
+    WHERE day >= ($1 AT TIME ZONE 'UTC')::date \
     AND day < ($2 AT TIME ZONE 'UTC')::date AND ($3::text IS NULL OR team = $3)";
 
 /// True when `team` submitted a job, booked a call or has a budget (through the reporting
@@ -420,7 +440,8 @@ pub async fn run(
          sum(s.cached_prompt_tokens)::int8, sum(s.completion_tokens)::int8, sum(s.cost_usd), \
          sum(s.cost_all_strong_usd), sum(s.cost_all_weak_usd), sum(s.escalation_cost_usd), \
          sum(s.shadow_cost_usd), sum(s.retry_cost_usd), sum(s.corrections_usd), \
-         sum(s.in_doubt_cost_usd), sum(s.duplicate_cost_usd) FROM ({facts}) s GROUP BY {} ORDER BY {}",
+         sum(s.in_doubt_cost_usd), sum(s.duplicate_cost_usd), sum(s.batch_savings_usd), \
+         sum(s.cache_savings_usd) FROM ({facts}) s GROUP BY {} ORDER BY {}",
         select.join(", "),
         positions.join(", "),
         positions.join(", ")
@@ -453,6 +474,8 @@ pub async fn run(
             corrections_usd: row.try_get(n + 11)?,
             in_doubt_usd: row.try_get(n + 12)?,
             duplicate_usd: row.try_get(n + 13)?,
+            batch_savings_usd: row.try_get(n + 14)?,
+            cache_savings_usd: row.try_get(n + 15)?,
             ..ReportRow::default()
         };
         let entry = grouped.entry(key).or_default();

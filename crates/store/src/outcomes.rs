@@ -623,29 +623,36 @@ async fn record_dead_letters(
 /// Inserts ledger rows; returns the call ids inserted (the others were booked before).
 async fn insert_ledger(conn: &mut PgConnection, l: &LedgerCols<'_>) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(
-        // Price version and cost are resolved here, by time (see `booking`).
+        // Price version and cost are resolved here, by time (see `booking`). A call's own
+        // counterfactual is its real-time cost: a batch line's discount is not routing's.
         "INSERT INTO ledger (call_id, job_id, item_id, attempt, team, project, tier, model, \
          provider, price_id, prompt_tokens, cached_prompt_tokens, completion_tokens, \
          cost_usd, latency_ms, outcome, retry, priced_at, escalation, cost_all_strong_usd, \
          cost_all_weak_usd, provider_response_id, usage_source, settles_entry_id, \
-         cache_write_tokens, cache_write_1h_tokens, raw_usage) \
+         cache_write_tokens, cache_write_1h_tokens, raw_usage, batch) \
          SELECT c.call_id, c.job_id, c.item_id, c.attempt, c.team, c.project, c.tier, \
          c.model, c.provider, c.pid, c.pt, c.cached, c.ct, c.cost, c.latency, c.outcome, \
          c.retry, c.priced_at, c.escalation, \
-         counterfactual_cost(c.s_mode, c.s_model, c.priced_at, c.pt, c.cached, c.ct, c.cost), \
-         counterfactual_cost(c.w_mode, c.w_model, c.priced_at, c.pt, c.cached, c.ct, c.cost), \
-         c.response_id, c.usage_source, c.settles, c.written, c.written_1h, c.raw::jsonb \
+         counterfactual_cost(c.s_mode, c.s_model, c.priced_at, c.pt, c.cached, c.ct, \
+         COALESCE(c.real_time, c.cost)), \
+         counterfactual_cost(c.w_mode, c.w_model, c.priced_at, c.pt, c.cached, c.ct, \
+         COALESCE(c.real_time, c.cost)), \
+         c.response_id, c.usage_source, c.settles, c.written, c.written_1h, c.raw::jsonb, \
+         c.batch \
          FROM (SELECT p.*, call_cost(p.pid, p.pt, p.cached, p.written, p.written_1h, p.ct, \
-         false) AS cost FROM \
+         p.batch) AS cost, \
+         CASE WHEN p.batch THEN call_cost(p.pid, p.pt, p.cached, p.written, p.written_1h, \
+         p.ct, false) END AS real_time FROM \
          (SELECT u.*, price_in_force(u.model, u.priced_at) AS pid \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], \
          $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], \
          $12::int4[], $13::int4[], $14::bool[], $15::timestamptz[], $16::bool[], \
          $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], \
-         $23::text[], $24::int8[], $25::int4[], $26::int4[], $27::text[]) \
+         $23::text[], $24::int8[], $25::int4[], $26::int4[], $27::text[], $28::bool[]) \
          AS u(call_id, job_id, item_id, attempt, team, project, tier, model, provider, \
          pt, cached, ct, latency, retry, priced_at, escalation, s_mode, s_model, w_mode, \
-         w_model, outcome, response_id, usage_source, settles, written, written_1h, raw)) p) c \
+         w_model, outcome, response_id, usage_source, settles, written, written_1h, raw, \
+         batch)) p) c \
          ON CONFLICT (call_id) DO NOTHING RETURNING call_id",
     )
     .bind(&l.call_id)
@@ -675,6 +682,7 @@ async fn insert_ledger(conn: &mut PgConnection, l: &LedgerCols<'_>) -> sqlx::Res
     .bind(&l.cache_write_tokens)
     .bind(&l.cache_write_1h_tokens)
     .bind(&l.raw_usage)
+    .bind(&l.batch)
     .fetch_all(&mut *conn)
     .await
 }
@@ -774,6 +782,7 @@ struct LedgerCols<'a> {
     response_id: Vec<Option<&'a str>>,
     usage_source: Vec<&'static str>,
     settles: Vec<Option<i64>>,
+    batch: Vec<bool>,
     reservation_ids: Vec<i64>,
 }
 
@@ -814,6 +823,7 @@ impl<'a> LedgerCols<'a> {
         self.response_id.push(c.provider_response_id.as_deref());
         self.usage_source.push(c.usage_source.as_str());
         self.settles.push(settles);
+        self.batch.push(c.booking.batch);
         self.reservation_ids.extend(c.booking.reservation_id);
     }
 
@@ -853,6 +863,7 @@ impl<'a> LedgerCols<'a> {
         self.response_id.push(from.response_id[n]);
         self.usage_source.push(from.usage_source[n]);
         self.settles.push(settles);
+        self.batch.push(from.batch[n]);
     }
 }
 
