@@ -28,53 +28,49 @@ CROSS JOIN LATERAL (
                - rt.real_time END, 0) AS cache_usd
 ) s;
 
--- The same per UTC day, kept by a trigger beside `ledger_daily` (whose trigger is left as it
--- is): only entries that can save anything are looked at, so the common real-time, uncached
--- call costs the rollup nothing more.
-CREATE TABLE ledger_daily_levers (
-    day               date NOT NULL,
-    team              text NOT NULL,
-    project           text NOT NULL,
-    job_id            text NOT NULL,
-    model             text NOT NULL,
-    tier              text NOT NULL,
-    batch_savings_usd numeric NOT NULL,
-    cache_savings_usd numeric NOT NULL,
-    PRIMARY KEY (day, team, project, job_id, model, tier)
-);
+-- The same per UTC day, in the daily rollup: two columns summed by a trigger of their own,
+-- which fires after `ledger_rollup` (triggers of one event fire in name order), so the day's
+-- row exists and is already locked by this transaction. Only entries that can save anything
+-- are looked at: the common real-time, uncached call costs the rollup nothing more.
+ALTER TABLE ledger_daily
+    ADD COLUMN batch_savings_usd numeric NOT NULL DEFAULT 0,
+    ADD COLUMN cache_savings_usd numeric NOT NULL DEFAULT 0;
 
-CREATE FUNCTION ledger_levers_rollup() RETURNS trigger AS $$
+CREATE FUNCTION ledger_rollup_levers() RETURNS trigger AS $$
 BEGIN
-    INSERT INTO ledger_daily_levers AS d (day, team, project, job_id, model, tier,
-        batch_savings_usd, cache_savings_usd)
-    SELECT (n.created_at AT TIME ZONE 'UTC')::date, n.team, n.project, n.job_id, n.model,
-        n.tier, sum(v.batch_savings_usd), sum(v.cache_savings_usd)
-    FROM new_rows n JOIN ledger_levers v ON v.entry_id = n.entry_id
-    WHERE n.batch OR n.kind = 'reversal' OR n.cached_prompt_tokens <> 0
-        OR n.cache_write_tokens <> 0
-    GROUP BY 1, 2, 3, 4, 5, 6
-    ORDER BY 1, 2, 3, 4, 5, 6
-    ON CONFLICT (day, team, project, job_id, model, tier) DO UPDATE SET
-        batch_savings_usd = d.batch_savings_usd + EXCLUDED.batch_savings_usd,
-        cache_savings_usd = d.cache_savings_usd + EXCLUDED.cache_savings_usd;
+    UPDATE ledger_daily d SET batch_savings_usd = d.batch_savings_usd + s.batch_usd,
+        cache_savings_usd = d.cache_savings_usd + s.cache_usd
+    FROM (SELECT (n.created_at AT TIME ZONE 'UTC')::date AS day, n.team, n.project, n.job_id,
+              n.model, n.tier, sum(v.batch_savings_usd) AS batch_usd,
+              sum(v.cache_savings_usd) AS cache_usd
+          FROM new_rows n JOIN ledger_levers v ON v.entry_id = n.entry_id
+          WHERE n.batch OR n.kind = 'reversal' OR n.cached_prompt_tokens <> 0
+              OR n.cache_write_tokens <> 0
+          GROUP BY 1, 2, 3, 4, 5, 6) s
+    WHERE (d.day, d.team, d.project, d.job_id, d.model, d.tier)
+        = (s.day, s.team, s.project, s.job_id, s.model, s.tier);
     RETURN NULL;
 END;
 $$ LANGUAGE plpgsql;
 
-CREATE TRIGGER ledger_levers_rollup
+CREATE TRIGGER ledger_rollup_levers
     AFTER INSERT ON ledger
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_levers_rollup();
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_rollup_levers();
 
 -- Entries booked before this migration.
-INSERT INTO ledger_daily_levers (day, team, project, job_id, model, tier, batch_savings_usd,
-    cache_savings_usd)
-SELECT (n.created_at AT TIME ZONE 'UTC')::date, n.team, n.project, n.job_id, n.model, n.tier,
-    sum(v.batch_savings_usd), sum(v.cache_savings_usd)
-FROM ledger n JOIN ledger_levers v ON v.entry_id = n.entry_id
-WHERE n.batch OR n.kind = 'reversal' OR n.cached_prompt_tokens <> 0 OR n.cache_write_tokens <> 0
-GROUP BY 1, 2, 3, 4, 5, 6;
+UPDATE ledger_daily d SET batch_savings_usd = s.batch_usd, cache_savings_usd = s.cache_usd
+FROM (SELECT (n.created_at AT TIME ZONE 'UTC')::date AS day, n.team, n.project, n.job_id,
+          n.model, n.tier, sum(v.batch_savings_usd) AS batch_usd,
+          sum(v.cache_savings_usd) AS cache_usd
+      FROM ledger n JOIN ledger_levers v ON v.entry_id = n.entry_id
+      WHERE n.batch OR n.kind = 'reversal' OR n.cached_prompt_tokens <> 0
+          OR n.cache_write_tokens <> 0
+      GROUP BY 1, 2, 3, 4, 5, 6) s
+WHERE (d.day, d.team, d.project, d.job_id, d.model, d.tier)
+    = (s.day, s.team, s.project, s.job_id, s.model, s.tier);
 
--- Finance reads both (`switchyard ledger grant-finance` grants every view of the schema).
+-- Finance reads both (`switchyard ledger grant-finance` grants every view of the schema;
+-- the rollup's view is re-created so `*` takes in the new columns).
+CREATE OR REPLACE VIEW reporting.spend_daily AS SELECT * FROM ledger_daily;
 CREATE VIEW reporting.ledger_levers AS SELECT * FROM ledger_levers;
-CREATE VIEW reporting.spend_levers_daily AS SELECT * FROM ledger_daily_levers;

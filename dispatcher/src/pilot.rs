@@ -437,24 +437,13 @@ mod tests {
     use switchyard_proto::Task;
 
     fn msg(tier: &str) -> WorkItem {
-        WorkItem {
-            v: 1,
-            job_id: "job".into(),
-            item_id: "item-7".into(),
-            attempt: 0,
-            tier: tier.into(),
-            text: "t".into(),
-            task: Task::Generate { instructions: None },
-            team: "default".into(),
-            project: "default".into(),
-            local_only: false,
-            models: Default::default(),
-            confidence_threshold: 0.8,
-            escalations_left: 1,
-            escalation: None,
-            router_score: None,
-            deadline: None,
-        }
+        WorkItem::new(
+            "job",
+            "item-7",
+            tier,
+            "t",
+            Task::Generate { instructions: None },
+        )
     }
 
     #[test]

@@ -73,6 +73,37 @@ pub struct EscalationRule {
 }
 
 impl WorkItem {
+    /// An item's first attempt on `tier`, with the defaults of a job that sets nothing: team
+    /// and project `default`, no model overrides, escalation below confidence 0.8 and at
+    /// most once, no calibrated rule, no deadline; `v` is the task's. Callers set what their
+    /// job says.
+    pub fn new(
+        job_id: impl Into<String>,
+        item_id: impl Into<String>,
+        tier: impl Into<String>,
+        text: impl Into<String>,
+        task: Task,
+    ) -> Self {
+        Self {
+            v: task.message_version(),
+            job_id: job_id.into(),
+            item_id: item_id.into(),
+            attempt: 0,
+            tier: tier.into(),
+            text: text.into(),
+            task,
+            team: "default".to_owned(),
+            project: "default".to_owned(),
+            local_only: false,
+            models: BTreeMap::new(),
+            confidence_threshold: 0.8,
+            escalations_left: 1,
+            escalation: None,
+            router_score: None,
+            deadline: None,
+        }
+    }
+
     /// The key of this attempt, unique per (job, item, attempt). Length-prefixed so that ids
     /// containing `:` cannot collide.
     pub fn attempt_key(&self) -> String {
@@ -121,24 +152,9 @@ mod tests {
     use crate::codec::{decode, encode};
 
     fn item() -> WorkItem {
-        WorkItem {
-            v: 1,
-            job_id: "j".into(),
-            item_id: "i".into(),
-            attempt: 0,
-            tier: "weak".into(),
-            text: "t".into(),
-            task: Task::Generate { instructions: None },
-            team: "default".into(),
-            project: "default".into(),
-            local_only: false,
-            models: BTreeMap::new(),
-            confidence_threshold: 0.8,
-            escalations_left: 1,
-            escalation: None,
-            router_score: None,
-            deadline: None,
-        }
+        let mut item = WorkItem::new("j", "i", "weak", "t", Task::Generate { instructions: None });
+        item.v = 1;
+        item
     }
 
     #[test]

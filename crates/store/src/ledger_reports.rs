@@ -371,11 +371,8 @@ const LEDGER_FACTS: &str = "SELECT (l.created_at AT TIME ZONE 'UTC')::date AS da
 const ROLLUP_FACTS: &str = "SELECT day, team, project, job_id, model, tier, calls, \
     prompt_tokens, cached_prompt_tokens, completion_tokens, cost_usd, cost_all_strong_usd, \
     cost_all_weak_usd, escalation_cost_usd, shadow_cost_usd, retry_cost_usd, corrections_usd, \
-    in_doubt_cost_usd, duplicate_cost_usd, COALESCE(v.batch_savings_usd, 0) AS batch_savings_usd, \
-    COALESCE(v.cache_savings_usd, 0) AS cache_savings_usd \
-    FROM reporting.spend_daily LEFT JOIN reporting.spend_levers_daily v \
-    USING (day, team, project, job_id, model, tier) \
-    WHERE day >= ($1 AT TIME ZONE 'UTC')::date \
+    in_doubt_cost_usd, duplicate_cost_usd, batch_savings_usd, cache_savings_usd \
+    FROM reporting.spend_daily WHERE day >= ($1 AT TIME ZONE 'UTC')::date \
     AND day < ($2 AT TIME ZONE 'UTC')::date AND ($3::text IS NULL OR team = $3)";
 
 /// True when `team` submitted a job, booked a call or has a budget (through the reporting

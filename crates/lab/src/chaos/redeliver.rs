@@ -8,7 +8,7 @@
 //! again: a delivery of an attempt with a committed outcome calls nothing, however late.
 
 use chrono::{DateTime, Utc};
-use switchyard_proto::{PROTOCOL_VERSION, Task, WorkItem};
+use switchyard_proto::{Task, WorkItem};
 
 use switchyard_client::Client;
 
@@ -79,24 +79,11 @@ pub async fn publish_done_again(
         let Ok(n) = u16::try_from(attempt) else {
             continue;
         };
-        let msg = WorkItem {
-            v: PROTOCOL_VERSION,
-            job_id: job_id.to_owned(),
-            item_id: item_id.clone(),
-            attempt: n,
-            tier,
-            text,
-            task: task.clone(),
-            team,
-            project,
-            local_only: sensitivity.as_deref() == Some("local_only"),
-            models: Default::default(),
-            confidence_threshold: 0.8,
-            escalations_left: 1,
-            escalation: None,
-            router_score: None,
-            deadline: None,
-        };
+        let mut msg = WorkItem::new(job_id, item_id.clone(), tier, text, task.clone());
+        msg.attempt = n;
+        msg.team = team;
+        msg.project = project;
+        msg.local_only = sensitivity.as_deref() == Some("local_only");
         // A message id no duplicate window has seen: this copy is delivered.
         let msg_id = format!(
             "chaos-again:{}:{}",
