@@ -3,6 +3,14 @@
 //! recorded before anything is uploaded; the provider's ids after the batch is created; any
 //! worker takes over a batch whose lease ran out. An attempt is in at most one open line, so
 //! a redelivered work message records nothing new.
+//!
+//! **A batch owns its lines' intents and holds.** A line's call intent and budget hold were
+//! taken by the worker that claimed the attempt, under its lease; once the line is recorded
+//! they belong to the batch (`owner`/`holder` = the batch id, with a lease of the batch's own
+//! in `worker_leases` past its deadline and at least a day). A worker that dies while its
+//! batches run leaves nothing to book in doubt; any worker that adopts the batch books its
+//! lines. Only a batch nobody ended by then has its open lines booked in doubt at their worst
+//! case (the sweeper's usual path), and a late answer settles them as for any call.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -49,8 +57,9 @@ const COLUMNS: &str = "batch_id, model, provider, status, provider_batch_id, inp
 
 /// Records a batch and those of its lines whose attempt is not in an open line already;
 /// returns the call ids recorded (the lines to upload). A batch none of whose lines is new is
-/// not kept. The batch is leased to `owner` for `lease` (the upload and create it is about
-/// to do).
+/// not kept. The batch is leased to `owner` (a worker's lease owner) for `lease` (the upload
+/// and create it is about to do), and the recorded lines' call intents and budget holds move
+/// from `owner` to the batch, in the same transaction (see the module docs).
 ///
 /// # Errors
 /// Database errors (nothing is recorded then).
@@ -100,8 +109,53 @@ pub async fn record(
         .bind(i32::try_from(recorded.len()).unwrap_or(i32::MAX))
         .execute(&mut *tx)
         .await?;
+    hand_over(&mut tx, &b.batch_id, owner, &recorded, b.deadline).await?;
     tx.commit().await?;
     Ok(recorded)
+}
+
+/// Moves the intents and holds of `call_ids` (lines of `batch_id`) from `owner` to the batch,
+/// which gets a lease of its own (past its deadline, at least a day): the sweeper leaves them alone while
+/// it lasts, and the holds are neither renewed by `owner` any more nor reclaimed.
+async fn hand_over(
+    tx: &mut sqlx::PgConnection,
+    batch_id: &str,
+    owner: &str,
+    call_ids: &[String],
+    deadline: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    // Past the deadline, and at least a day after the batch is recorded (the longest a
+    // provider takes to end a batch), with an hour's margin for the worker that polls it.
+    let until: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO worker_leases (owner, expires_at)
+         VALUES ($1, greatest($2, now() + interval '24 hours') + interval '1 hour')
+         ON CONFLICT (owner) DO UPDATE
+         SET expires_at = greatest(worker_leases.expires_at, EXCLUDED.expires_at)
+         RETURNING expires_at",
+    )
+    .bind(batch_id)
+    .bind(deadline)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE call_intents SET owner = $1 WHERE call_id = ANY($2) AND owner = $3")
+        .bind(batch_id)
+        .bind(call_ids)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE budget_reservations r SET holder = $1, expires_at = greatest(r.expires_at, $4)
+         FROM provider_batch_lines l
+         WHERE l.batch_id = $1 AND l.call_id = ANY($2) AND r.holder = $3
+           AND (r.job_id, r.item_id, r.attempt) = (l.job_id, l.item_id, l.attempt)",
+    )
+    .bind(batch_id)
+    .bind(call_ids)
+    .bind(owner)
+    .bind(until)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Records the provider's ids of a batch it created; `false` when it was recorded before (a
@@ -181,31 +235,65 @@ pub async fn open_lines(pool: &PgPool, batch_id: &str) -> sqlx::Result<Vec<NewLi
         .collect())
 }
 
-/// Closes lines: `booked` (their outcome is committed) or `returned` (sent back to real
-/// time). Returns how many were still open.
+/// Closes lines: `booked` (their outcome is committed: the commit deleted their intents and
+/// settled their holds) or `returned` (sent back to real time, nothing billed for them at the
+/// provider: their intents and holds are given up here, so the attempt can be claimed again).
+/// Returns how many were still open.
 ///
 /// # Errors
-/// Database errors.
+/// Database errors (nothing is closed then).
 pub async fn close_lines(
     pool: &PgPool,
     batch_id: &str,
     call_ids: &[String],
     booked: bool,
 ) -> sqlx::Result<u64> {
-    let r = sqlx::query(
+    let mut tx = pool.begin().await?;
+    let closed: Vec<(String, String, i32)> = sqlx::query_as(
         "UPDATE provider_batch_lines SET status = $3
-         WHERE batch_id = $1 AND call_id = ANY($2) AND status = 'open'",
+         WHERE batch_id = $1 AND call_id = ANY($2) AND status = 'open'
+         RETURNING job_id, item_id, attempt",
     )
     .bind(batch_id)
     .bind(call_ids)
     .bind(if booked { "booked" } else { "returned" })
-    .execute(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(r.rows_affected())
+    let mut holds = Vec::new();
+    if !booked && !closed.is_empty() {
+        sqlx::query("DELETE FROM call_intents WHERE call_id = ANY($2) AND owner = $1")
+            .bind(batch_id)
+            .bind(call_ids)
+            .execute(&mut *tx)
+            .await?;
+        let job: Vec<&str> = closed.iter().map(|c| c.0.as_str()).collect();
+        let item: Vec<&str> = closed.iter().map(|c| c.1.as_str()).collect();
+        let attempt: Vec<i32> = closed.iter().map(|c| c.2).collect();
+        holds = sqlx::query_scalar(
+            "SELECT r.reservation_id FROM budget_reservations r
+             JOIN UNNEST($2::text[], $3::text[], $4::int4[]) AS u(j, i, a)
+               ON (r.job_id, r.item_id, r.attempt) = (u.j, u.i, u.a)
+             WHERE r.holder = $1",
+        )
+        .bind(batch_id)
+        .bind(&job)
+        .bind(&item)
+        .bind(&attempt)
+        .fetch_all(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    // Each hold in its own transaction, month row first as everywhere. A crash before this
+    // leaves holds without an intent: reclaimed once they expire, as any such hold.
+    for id in holds {
+        crate::budgets::release(pool, id).await?;
+    }
+    Ok(closed.len() as u64)
 }
 
 /// Ends a batch (its lines all closed, its files noted); `abandoned` when nothing of it was
-/// sent.
+/// sent. Its own lease goes: a line somehow still open is then the sweeper's to book in
+/// doubt, as any intent whose owner is gone.
 ///
 /// # Errors
 /// Database errors.
@@ -227,5 +315,5 @@ pub async fn end(
     .bind(error_file_id)
     .execute(pool)
     .await?;
-    Ok(())
+    crate::intents::drop_lease(pool, batch_id).await
 }

@@ -579,3 +579,118 @@ async fn an_in_doubt_call_without_a_price_stays_open_until_it_can_be_booked() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+/// The intents and holds of lines recorded in a provider batch belong to the batch: the
+/// recording worker's death books none of them in doubt; a line sent back to real time gives
+/// its intent and hold up (the attempt can be claimed again); a batch ended with a line
+/// still open leaves that line to the sweeper, booked in doubt at its worst case.
+#[tokio::test]
+async fn a_provider_batch_owns_its_lines_intents_and_holds_beyond_its_workers_lease() {
+    use switchyard_store::provider_batches::{self as pb, NewBatch, NewLine};
+    let db = setup(3).await;
+    let pool = &db.pool;
+    budget(pool, "1").await;
+    let lease = Duration::from_secs(60);
+    intents::renew_lease(pool, "w1", lease).await.unwrap();
+    let mine = [intent(1, 0, "c1"), intent(2, 0, "c2"), intent(3, 0, "c3")];
+    let claimed = intents::claim(pool, "w1", Duration::ZERO, &mine)
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![Claim::Claimed; 3]);
+    for item in ["item-1", "item-2", "item-3"] {
+        let hold = HoldRequest {
+            item_id: item,
+            lease,
+            ..hold_for("w1", "0.002")
+        };
+        assert!(matches!(
+            budgets::reserve(pool, &hold).await.unwrap(),
+            Reservation::Held { .. }
+        ));
+    }
+    let line = |call: &str, item: &str| NewLine {
+        call_id: call.to_owned(),
+        job_id: JOB.to_owned(),
+        item_id: item.to_owned(),
+        attempt: 0,
+    };
+    let batch = NewBatch {
+        batch_id: "pb_h".to_owned(),
+        model: MODEL.to_owned(),
+        provider: "test".to_owned(),
+        deadline: Utc::now() + chrono::Duration::hours(2),
+        lines: vec![line("c1", "item-1"), line("c2", "item-2")],
+    };
+    assert_eq!(
+        pb::record(pool, &batch, "w1", lease).await.unwrap(),
+        ["c1", "c2"]
+    );
+    let owners: Vec<(String, String)> =
+        sqlx::query_as("SELECT call_id, owner FROM call_intents ORDER BY call_id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        owners,
+        [("c1", "pb_h"), ("c2", "pb_h"), ("c3", "w1")].map(|(c, o)| (c.to_owned(), o.to_owned()))
+    );
+    let holds: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT item_id, holder, expires_at > now() + interval '24 hours' \
+         FROM budget_reservations ORDER BY item_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        holds,
+        [
+            ("item-1", "pb_h", true),
+            ("item-2", "pb_h", true),
+            ("item-3", "w1", false)
+        ]
+        .map(|(i, h, long)| (i.to_owned(), h.to_owned(), long))
+    );
+
+    // The worker dies: only the attempt it kept is its to book in doubt.
+    intents::drop_lease(pool, "w1").await.unwrap();
+    let swept = intents::book_in_doubt(pool, Duration::ZERO, 100)
+        .await
+        .unwrap();
+    let swept: Vec<&str> = swept.iter().map(|s| s.call_id.as_str()).collect();
+    assert_eq!(swept, ["c3"]);
+
+    // A line sent back to real time: intent and hold given up, the attempt free again.
+    let month = Utc::now().format("%Y-%m-01").to_string();
+    let (_, reserved_before) = period(pool, &month).await;
+    assert_eq!(
+        pb::close_lines(pool, "pb_h", &["c2".to_owned()], false)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        period(pool, &month).await.1,
+        reserved_before - d("0.002"),
+        "its hold released"
+    );
+    intents::renew_lease(pool, "w2", lease).await.unwrap();
+    let again = intents::claim(pool, "w2", Duration::ZERO, &[intent(2, 0, "c2-real-time")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Claim::Claimed]);
+
+    // Ended with c1 still open (a bug, or a provider that lost it): the sweeper books it.
+    pb::end(pool, "pb_h", None, None, false).await.unwrap();
+    let swept = intents::book_in_doubt(pool, Duration::ZERO, 100)
+        .await
+        .unwrap();
+    let swept: Vec<&str> = swept.iter().map(|s| s.call_id.as_str()).collect();
+    assert_eq!(swept, ["c1"]);
+    let (outcome, reason): (String, String) =
+        sqlx::query_as("SELECT outcome, reason FROM ledger WHERE call_id = 'c1'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome, "in_doubt");
+    assert!(reason.contains("pb_h"), "{reason}");
+}
