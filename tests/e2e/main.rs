@@ -26,6 +26,7 @@ mod ledger_prices;
 mod ledger_reconcile;
 mod ledger_scale;
 mod metrics;
+mod provider_batches;
 mod provider_faults;
 mod quality;
 mod quality_twin;

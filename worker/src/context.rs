@@ -30,6 +30,8 @@ pub struct ModelRuntime {
     pub limiter: ModelLimiter,
     /// Stops calls to this model while its provider is down (see [`crate::breaker`]).
     pub breaker: crate::breaker::CircuitBreaker,
+    /// The provider's Batch API, for a model with `batch = true` (see [`crate::batching`]).
+    pub batch: Option<crate::llm::openai_batch::OpenAiBatchClient>,
     /// The version in force at start-up (calls are booked with the version in force at their
     /// own time: see [`crate::price_book`]).
     pub price: Price,
@@ -146,6 +148,23 @@ impl Worker {
                 name.clone(),
                 ModelRuntime {
                     name: name.clone(),
+                    batch: m.batch.then(|| {
+                        // Output files hold a whole batch's answers: read up to a batch's
+                        // worth of the largest answers (at most 1 GiB).
+                        let limit = settings
+                            .worker
+                            .max_body_bytes()
+                            .saturating_mul(settings.worker.batching.max_lines.get())
+                            .min(1 << 30);
+                        let endpoint = Endpoint::new(
+                            http.clone(),
+                            m.base_url.as_str(),
+                            api_key.clone(),
+                            m.timeout,
+                            limit,
+                        );
+                        crate::llm::openai_batch::OpenAiBatchClient::new(endpoint, &m.provider)
+                    }),
                     client: {
                         let endpoint = Endpoint::new(
                             http.clone(),

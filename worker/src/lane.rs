@@ -61,6 +61,7 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
         abort.clone(),
     ));
     let (claims, claims_task) = Claims::start(w.clone());
+    let (batches, batcher) = crate::batching::start(w.clone(), tx.clone());
     let permits = Arc::new(Semaphore::new(ws.concurrency.get()));
     let tracker = TaskTracker::new();
     tracing::info!(tier = %tier, consumer = %spec.durable, "worker lane ready");
@@ -116,18 +117,22 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
                     }
                 },
             };
-            let (w2, tier2, tx2, abort2, claims2) = (
+            let (w2, tier2, tx2, abort2, claims2, batches2) = (
                 w.clone(),
                 tier.clone(),
                 tx.clone(),
                 abort.clone(),
                 claims.clone(),
+                batches.clone(),
             );
             // Counted from here until the committer receives the outcome or the message is
             // settled here (the guard is dropped on every path).
             let guard = in_flight.start();
             tracker.spawn(async move {
-                process(&w2, &tier2, delivery, &tx2, &claims2, &abort2, guard).await;
+                process(
+                    &w2, &tier2, delivery, &tx2, &batches2, &claims2, &abort2, guard,
+                )
+                .await;
                 drop(permit);
             });
         }
@@ -142,6 +147,9 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
         abort.cancel();
         tracker.wait().await;
     }
+    // The batcher records what it holds and gives back through the committer what it cannot.
+    drop(batches);
+    let _ = batcher.await;
     drop(tx);
     drop(claims);
     let _ = committer.await;
@@ -186,19 +194,33 @@ enum Handled {
         escalation: Option<WorkItem>,
         then: Disposition,
     },
+    /// A line for a provider batch: the lane's batcher records it and settles the message.
+    Batch(crate::batching::Line),
 }
 
 /// Handles one message and hands it to the committer or settles it.
+#[expect(clippy::too_many_arguments, reason = "a lane's hand-offs")]
 async fn process(
     w: &Worker,
     tier: &str,
     d: Delivery,
     tx: &mpsc::Sender<Pending>,
+    batches: &mpsc::Sender<crate::batching::Queued>,
     claims: &Claims,
     abort: &CancellationToken,
     in_flight: InFlightGuard,
 ) {
     match handle(w, tier, &d, claims, abort).await {
+        Handled::Batch(line) => {
+            drop(in_flight);
+            let queued = crate::batching::Queued { line, delivery: d };
+            if let Err(e) = batches.send(queued).await {
+                // The batcher is gone (shutdown): the attempt's intent stays with this
+                // worker and is booked in doubt if no delivery takes it up.
+                let after = Duration::ZERO;
+                settle(w, e.0.delivery, Disposition::Retry { after }).await;
+            }
+        }
         Handled::Settle(disposition) => {
             drop(in_flight);
             settle(w, d, disposition).await;
@@ -305,26 +327,7 @@ async fn handle(
     };
 
     let call_id = uuid::Uuid::now_v7().to_string();
-    let extra = extra_samples(&item, model);
-    let request = CompletionRequest {
-        model: model.name.clone(),
-        messages: prompt::messages_for(&item.task, &item.text),
-        max_tokens: prompt::max_tokens_for_item(
-            &item.task,
-            &item.text,
-            model.settings.generate_max_tokens,
-        ),
-        logprobs: model.settings.logprobs,
-        top_logprobs: if matches!(item.task, Task::Classify { .. }) {
-            5
-        } else {
-            0
-        },
-        client_request_id: Some(call_id.clone()),
-        n: 1 + extra,
-        temperature: if extra > 0 { SAMPLE_TEMPERATURE } else { 0.0 },
-        params: chat_params(&item),
-    };
+    let request = request_for(&item, model, &call_id);
 
     // The claim: the intent is durable before the request can leave.
     let intent = intent_for(w, tier, &item, model, &request, &key, &call_id);
@@ -376,6 +379,21 @@ async fn handle(
     let priced_at = hold
         .as_ref()
         .map_or_else(chrono::Utc::now, budget::Hold::held_at);
+    // A job that can wait: the attempt goes into a provider batch (its intent and hold with
+    // it) instead of being called now.
+    if crate::batching::eligible(w, &item, model) {
+        return Handled::Batch(crate::batching::Line {
+            key,
+            call_id,
+            tier: tier.to_owned(),
+            model: model.name.clone(),
+            request,
+            reservation_id: hold.map(budget::Hold::hand_over),
+            priced_at,
+            deadline: item.deadline.unwrap_or(0),
+            work: d.payload.to_vec(),
+        });
+    }
     let estimated_tokens = (item.text.len() / 4) as u32 + request.completion_bound();
     WorkerCounters::add(&w.counters.calls, 1);
     let call_started = std::time::Instant::now();
@@ -396,42 +414,20 @@ async fn handle(
     WorkerCounters::add(&w.counters.retries, u64::from(stats.retries));
     crate::metrics::called(w, &model.name, &result, &stats, call_started.elapsed());
     let exhausted = d.delivered >= ws.max_deliver;
-    let booking = |escalated: bool| {
-        budget::booking_for(
-            w, tier, &item, escalated, priced_at,
-            // Moved into the entry below; the hold is consumed at most once.
-            None,
-        )
-    };
-    let entry = |usage: Usage, escalated: bool, hold: Option<budget::Hold>| CallEntry {
-        call_id: call_id.clone(),
-        provider_response_id: usage
-            .response_id
-            .as_deref()
-            .and_then(outcomes::sanitize_response_id),
-        team: item.team.clone(),
-        project: item.project.clone(),
-        tier: tier.to_owned(),
-        model: model.name.clone(),
-        provider: model.settings.provider.clone(),
-        price_id: model.price_id,
-        prompt_tokens: usage.prompt,
-        completion_tokens: usage.completion,
-        cost_usd: model.price.cost(
-            u32::try_from(usage.prompt).unwrap_or(0),
-            u32::try_from(usage.completion).unwrap_or(0),
-        ),
-        usage_source: usage.source,
-        latency_ms: usage.latency_ms,
+    let booking = CallBooking {
+        w,
+        tier,
+        item: &item,
+        model,
+        call_id: &call_id,
+        priced_at,
         retry: d.delivered > 1,
-        booking: switchyard_store::booking::Booking {
-            cached_prompt_tokens: usage.cached,
-            cache_write_tokens: usage.written,
-            cache_write_1h_tokens: usage.written_1h.min(usage.written),
-            raw_usage: usage.raw,
-            reservation_id: hold.map(budget::Hold::hand_over),
-            ..booking(escalated)
-        },
+        batch: false,
+        subject: &d.subject,
+        deliveries: i32::try_from(d.delivered).unwrap_or(i32::MAX),
+    };
+    let entry = |usage: Usage, escalated: bool, hold: Option<budget::Hold>| {
+        booking.entry(usage, escalated, hold.map(budget::Hold::hand_over))
     };
     let completion = match result {
         Ok(c) => c,
@@ -500,40 +496,153 @@ async fn handle(
         }
     };
 
-    let usage = Usage::of(&completion);
-    if completion.content.len() > ws.max_answer_bytes.get() {
-        let error = format!(
-            "`{}` answered {} bytes, over worker.max_answer_bytes ({})",
-            model.name,
-            completion.content.len(),
-            ws.max_answer_bytes
-        );
-        return fail(error, Some(entry(usage, false, hold)), None);
-    }
-    let judgement = judge(
-        &item.task,
-        model,
-        &completion.content,
-        completion.logprobs.as_deref(),
-        &completion.samples,
-    );
-    let escalation = (item.is_own() && escalates(&item, &judgement, &completion))
-        .then(|| escalation_for(w, tier, &item))
-        .flatten();
-    let call = entry(usage, escalation.is_some(), hold);
+    let (outcome, escalation) =
+        booking.answered(key, completion, hold.map(budget::Hold::hand_over));
     Handled::Commit {
-        outcome: Outcome::Answered {
+        outcome,
+        escalation,
+        then: Disposition::Done,
+    }
+}
+
+/// What booking an attempt's call needs, whichever path its answer takes: called here in
+/// real time, or answered in a provider batch and booked by whichever worker reads the
+/// batch's results ([`crate::batching`]).
+pub(crate) struct CallBooking<'a> {
+    pub w: &'a Worker,
+    pub tier: &'a str,
+    pub item: &'a WorkItem,
+    pub model: &'a ModelRuntime,
+    pub call_id: &'a str,
+    /// The call is priced at the version in force then (its budget hold's time).
+    pub priced_at: chrono::DateTime<chrono::Utc>,
+    /// The delivery was not the first (its cost is reported as retry cost).
+    pub retry: bool,
+    /// A provider batch line: priced at the batch discount.
+    pub batch: bool,
+    /// Where the work message came from and how often, for a failure's dead letter.
+    pub subject: &'a str,
+    pub deliveries: i32,
+}
+
+impl CallBooking<'_> {
+    /// The ledger entry of the call, settling the budget hold `reservation_id`.
+    fn entry(&self, usage: Usage, escalated: bool, reservation_id: Option<i64>) -> CallEntry {
+        let base = budget::booking_for(
+            self.w,
+            self.tier,
+            self.item,
+            escalated,
+            self.priced_at,
+            None,
+        );
+        CallEntry {
+            call_id: self.call_id.to_owned(),
+            provider_response_id: usage
+                .response_id
+                .as_deref()
+                .and_then(outcomes::sanitize_response_id),
+            team: self.item.team.clone(),
+            project: self.item.project.clone(),
+            tier: self.tier.to_owned(),
+            model: self.model.name.clone(),
+            provider: self.model.settings.provider.clone(),
+            price_id: self.model.price_id,
+            prompt_tokens: usage.prompt,
+            completion_tokens: usage.completion,
+            cost_usd: self.model.price.cost(
+                u32::try_from(usage.prompt).unwrap_or(0),
+                u32::try_from(usage.completion).unwrap_or(0),
+            ),
+            usage_source: usage.source,
+            latency_ms: usage.latency_ms,
+            retry: self.retry,
+            booking: switchyard_store::booking::Booking {
+                cached_prompt_tokens: usage.cached,
+                cache_write_tokens: usage.written,
+                cache_write_1h_tokens: usage.written_1h.min(usage.written),
+                raw_usage: usage.raw,
+                reservation_id,
+                batch: self.batch,
+                ..base
+            },
+        }
+    }
+
+    /// The outcome of an answer: judged, escalated (the message that carries the escalation)
+    /// or final, and booked; an answer over `worker.max_answer_bytes` fails its item (the
+    /// call is still booked).
+    pub(crate) fn answered(
+        &self,
+        key: AttemptKey,
+        completion: Completion,
+        reservation_id: Option<i64>,
+    ) -> (Outcome, Option<WorkItem>) {
+        let ws = &self.w.settings.worker;
+        let usage = Usage::of(&completion);
+        if completion.content.len() > ws.max_answer_bytes.get() {
+            let error = format!(
+                "`{}` answered {} bytes, over worker.max_answer_bytes ({})",
+                self.model.name,
+                completion.content.len(),
+                ws.max_answer_bytes
+            );
+            return (self.failed(key, error, usage, reservation_id), None);
+        }
+        let item = self.item;
+        let judgement = judge(
+            &item.task,
+            self.model,
+            &completion.content,
+            completion.logprobs.as_deref(),
+            &completion.samples,
+        );
+        let escalation = (item.is_own() && escalates(item, &judgement, &completion))
+            .then(|| escalation_for(self.w, self.tier, item))
+            .flatten();
+        let call = self.entry(usage, escalation.is_some(), reservation_id);
+        let outcome = Outcome::Answered {
             key,
-            tier: tier.to_owned(),
+            tier: self.tier.to_owned(),
             answer: judgement.answer,
             raw_answer: completion.raw_content,
             finish_reason: completion.finish_reason,
             confidence: judgement.confidence,
             escalated_to: escalation.as_ref().map(|e| e.tier.clone()),
             call,
-        },
-        escalation,
-        then: Disposition::Done,
+        };
+        (outcome, escalation)
+    }
+
+    /// The item fails with `error`; the call that was made is booked.
+    fn failed(
+        &self,
+        key: AttemptKey,
+        error: String,
+        usage: Usage,
+        reservation_id: Option<i64>,
+    ) -> Outcome {
+        Outcome::Failed {
+            key,
+            subject: self.subject.to_owned(),
+            deliveries: self.deliveries,
+            error,
+            call: Some(self.entry(usage, false, reservation_id)),
+            intent: None,
+        }
+    }
+
+    /// The item fails with `error` and no answer: a provider batch line the provider
+    /// refused (nothing billed). Its intent is released by the commit.
+    pub(crate) fn refused(&self, key: AttemptKey, error: String) -> Outcome {
+        Outcome::Failed {
+            key,
+            subject: self.subject.to_owned(),
+            deliveries: self.deliveries,
+            error,
+            call: None,
+            intent: Some(self.call_id.to_owned()),
+        }
     }
 }
 
@@ -618,6 +727,35 @@ impl Usage {
             source: UsageSource::Estimated,
             latency_ms: 0,
         }
+    }
+}
+
+/// The request of `item`'s call `call_id` to `model` (in real time, or as a provider batch
+/// line).
+pub(crate) fn request_for(
+    item: &WorkItem,
+    model: &ModelRuntime,
+    call_id: &str,
+) -> CompletionRequest {
+    let extra = extra_samples(item, model);
+    CompletionRequest {
+        model: model.name.clone(),
+        messages: prompt::messages_for(&item.task, &item.text),
+        max_tokens: prompt::max_tokens_for_item(
+            &item.task,
+            &item.text,
+            model.settings.generate_max_tokens,
+        ),
+        logprobs: model.settings.logprobs,
+        top_logprobs: if matches!(item.task, Task::Classify { .. }) {
+            5
+        } else {
+            0
+        },
+        client_request_id: Some(call_id.to_owned()),
+        n: 1 + extra,
+        temperature: if extra > 0 { SAMPLE_TEMPERATURE } else { 0.0 },
+        params: chat_params(item),
     }
 }
 

@@ -26,11 +26,16 @@
 //! max-deliveries advisory), so nothing is lost silently. [`lease`] keeps the process alive
 //! to the fleet and books in doubt the calls of workers that died mid-call.
 //!
+//! [`batching`] sends attempts of jobs with a deadline through providers' batch APIs at
+//! the batch price: grouped per model, recorded before anything leaves, polled and booked by
+//! whichever worker looks next.
+//!
 //! [`budget`] holds each call's worst-case cost against its team's budget before the call
 //! and settles it in the commit that books the call; [`price_book`] keeps the price versions
 //! (the ledger books the version in force at each call's time). [`metrics`] counts calls,
 //! latency, tokens, cost, escalations and quota waits for `/metrics`.
 
+pub mod batching;
 pub mod breaker;
 pub mod budget;
 pub mod call;
@@ -135,6 +140,7 @@ pub async fn run_with(
     ));
     // The lease keeps this process's intents and holds alive; it ends last, after the lanes
     // have drained and committed (see `lease`).
+    tracker.spawn(batching::run_poller(worker.clone(), finance_token.clone()));
     let lease_token = CancellationToken::new();
     tracker.spawn(lease::run_lease(worker.clone(), lease_token.clone()));
     tracker.spawn(lease::run_sweeper(worker.clone(), finance_token.clone()));

@@ -311,11 +311,9 @@ async fn answer(state: &Arc<AppState>, id: &str, line: &Line) -> OutputLine {
     let response = chat_completions(
         state.clone(),
         Some(format!("{BATCH_TAG_PREFIX}{id}")),
-        line.body
-            .get("metadata")
-            .and_then(|m| m.get("client_request_id"))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        // A line's id at the client is its `custom_id` (Switchyard's ledger call id): the log
+        // matches the ledger line by line.
+        Some(line.custom_id.clone()),
         Bytes::from(line.body.to_string()),
         None,
     )

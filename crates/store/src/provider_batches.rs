@@ -18,14 +18,22 @@ use sqlx::PgPool;
 /// The metadata key that names our batch at the provider.
 pub const METADATA_KEY: &str = "switchyard_batch";
 
-/// A line about to be recorded: an attempt and the ledger call id it will be booked under
-/// (also its `custom_id` at the provider).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A line: an attempt and the ledger call id it will be booked under (also its `custom_id`
+/// at the provider), with what booking it needs.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct NewLine {
     pub call_id: String,
     pub job_id: String,
     pub item_id: String,
     pub attempt: i32,
+    /// The attempt's work message as delivered (MessagePack).
+    pub work: Vec<u8>,
+    /// The tier it runs on.
+    pub tier: String,
+    /// The budget hold its booking settles.
+    pub reservation_id: Option<i64>,
+    /// When its call is priced (the hold's time, or when it was recorded).
+    pub priced_at: DateTime<Utc>,
 }
 
 /// A batch about to be recorded.
@@ -87,10 +95,16 @@ pub async fn record(
     let job: Vec<&str> = b.lines.iter().map(|l| l.job_id.as_str()).collect();
     let item: Vec<&str> = b.lines.iter().map(|l| l.item_id.as_str()).collect();
     let attempt: Vec<i32> = b.lines.iter().map(|l| l.attempt).collect();
+    let work: Vec<&[u8]> = b.lines.iter().map(|l| l.work.as_slice()).collect();
+    let tier: Vec<&str> = b.lines.iter().map(|l| l.tier.as_str()).collect();
+    let hold: Vec<Option<i64>> = b.lines.iter().map(|l| l.reservation_id).collect();
+    let priced_at: Vec<DateTime<Utc>> = b.lines.iter().map(|l| l.priced_at).collect();
     let recorded: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO provider_batch_lines (batch_id, call_id, job_id, item_id, attempt)
-         SELECT $1, u.c, u.j, u.i, u.a
-         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int4[]) AS u(c, j, i, a)
+        "INSERT INTO provider_batch_lines (batch_id, call_id, job_id, item_id, attempt, work,
+             tier, reservation_id, priced_at)
+         SELECT $1, u.c, u.j, u.i, u.a, u.w, u.t, u.r, u.p
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int4[], $6::bytea[], $7::text[],
+                     $8::int8[], $9::timestamptz[]) AS u(c, j, i, a, w, t, r, p)
          ON CONFLICT DO NOTHING RETURNING call_id",
     )
     .bind(&b.batch_id)
@@ -98,6 +112,10 @@ pub async fn record(
     .bind(&job)
     .bind(&item)
     .bind(&attempt)
+    .bind(&work)
+    .bind(&tier)
+    .bind(&hold)
+    .bind(&priced_at)
     .fetch_all(&mut *tx)
     .await?;
     if recorded.is_empty() {
@@ -185,8 +203,8 @@ pub async fn submitted(
     Ok(r.rows_affected() == 1)
 }
 
-/// Takes one open batch (recorded or submitted) whose lease ran out, leased to `owner` for
-/// `lease`: a submitted one to poll, a recorded one to find at the provider by its metadata
+/// Takes one open batch (recorded or submitted) of one of `models` whose lease ran out,
+/// leased to `owner` for `lease`: a submitted one to poll, a recorded one to find at the provider by its metadata
 /// (its creator died between creating and recording it) or to send. Concurrent callers get
 /// different batches.
 ///
@@ -196,43 +214,58 @@ pub async fn claim_due(
     pool: &PgPool,
     owner: &str,
     lease: std::time::Duration,
+    models: &[String],
 ) -> sqlx::Result<Option<BatchRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE provider_batches SET lease_owner = $1, lease_until = now() + $2
          WHERE batch_id = (
              SELECT batch_id FROM provider_batches
-             WHERE status IN ('recorded', 'submitted')
+             WHERE status IN ('recorded', 'submitted') AND model = ANY($3)
                AND (lease_until IS NULL OR lease_until <= now())
              ORDER BY lease_until NULLS FIRST LIMIT 1 FOR UPDATE SKIP LOCKED)
          RETURNING {COLUMNS}"
     )))
     .bind(owner)
     .bind(lease)
+    .bind(models)
     .fetch_optional(pool)
     .await
 }
 
-/// The open lines of a batch: `(call_id, job_id, item_id, attempt)`.
+/// The open lines of a batch.
 ///
 /// # Errors
 /// Database errors.
 pub async fn open_lines(pool: &PgPool, batch_id: &str) -> sqlx::Result<Vec<NewLine>> {
-    let rows: Vec<(String, String, String, i32)> = sqlx::query_as(
-        "SELECT call_id, job_id, item_id, attempt FROM provider_batch_lines
-         WHERE batch_id = $1 AND status = 'open' ORDER BY call_id",
+    sqlx::query_as(
+        "SELECT call_id, job_id, item_id, attempt, COALESCE(work, ''::bytea) AS work,
+             COALESCE(tier, '') AS tier, reservation_id, priced_at
+         FROM provider_batch_lines WHERE batch_id = $1 AND status = 'open' ORDER BY call_id",
     )
     .bind(batch_id)
     .fetch_all(pool)
+    .await
+}
+
+/// Gives up the lease on a batch still running at its provider: any worker looks at it
+/// again after `after`.
+///
+/// # Errors
+/// Database errors.
+pub async fn look_later(
+    pool: &PgPool,
+    batch_id: &str,
+    after: std::time::Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE provider_batches SET lease_owner = NULL, lease_until = now() + $2
+         WHERE batch_id = $1 AND status IN ('recorded', 'submitted')",
+    )
+    .bind(batch_id)
+    .bind(after)
+    .execute(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(call_id, job_id, item_id, attempt)| NewLine {
-            call_id,
-            job_id,
-            item_id,
-            attempt,
-        })
-        .collect())
+    Ok(())
 }
 
 /// Closes lines: `booked` (their outcome is committed: the commit deleted their intents and

@@ -613,6 +613,10 @@ async fn a_provider_batch_owns_its_lines_intents_and_holds_beyond_its_workers_le
         job_id: JOB.to_owned(),
         item_id: item.to_owned(),
         attempt: 0,
+        work: Vec::new(),
+        tier: "weak".to_owned(),
+        reservation_id: None,
+        priced_at: Utc::now(),
     };
     let batch = NewBatch {
         batch_id: "pb_h".to_owned(),

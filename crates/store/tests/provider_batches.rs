@@ -17,7 +17,15 @@ fn line(call: &str, item: &str) -> NewLine {
         job_id: "job".to_owned(),
         item_id: item.to_owned(),
         attempt: 0,
+        work: Vec::new(),
+        tier: "weak".to_owned(),
+        reservation_id: None,
+        priced_at: Utc::now(),
     }
+}
+
+fn models() -> Vec<String> {
+    vec!["m".to_owned()]
 }
 
 fn batch(id: &str, lines: Vec<NewLine>) -> NewBatch {
@@ -66,7 +74,12 @@ async fn an_attempt_is_in_one_open_line_and_a_dead_worker_s_batch_is_taken_over_
     assert_eq!(kept, 2);
 
     // Both are leased to their creators: nobody else takes them.
-    assert!(pb::claim_due(pool, "w3", lease).await.unwrap().is_none());
+    assert!(
+        pb::claim_due(pool, "w3", lease, &models())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         pb::submitted(pool, "pb_1", "batch_abc", "file_1", Duration::ZERO)
             .await
@@ -83,9 +96,10 @@ async fn an_attempt_is_in_one_open_line_and_a_dead_worker_s_batch_is_taken_over_
         .execute(pool)
         .await
         .unwrap();
+    let served = models();
     let (a, b) = tokio::join!(
-        pb::claim_due(pool, "w3", lease),
-        pb::claim_due(pool, "w4", lease)
+        pb::claim_due(pool, "w3", lease, &served),
+        pb::claim_due(pool, "w4", lease, &served)
     );
     let mut taken: Vec<String> = [a.unwrap(), b.unwrap()]
         .into_iter()
@@ -94,7 +108,12 @@ async fn an_attempt_is_in_one_open_line_and_a_dead_worker_s_batch_is_taken_over_
         .collect();
     taken.sort();
     assert_eq!(taken, ["pb_1", "pb_2"], "each taken by exactly one worker");
-    assert!(pb::claim_due(pool, "w5", lease).await.unwrap().is_none());
+    assert!(
+        pb::claim_due(pool, "w5", lease, &models())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Closing lines frees their attempts; an ended batch is never due again.
     assert_eq!(
@@ -104,7 +123,11 @@ async fn an_attempt_is_in_one_open_line_and_a_dead_worker_s_batch_is_taken_over_
         1
     );
     let open = pb::open_lines(pool, "pb_1").await.unwrap();
-    assert_eq!(open, [line("c2", "b")]);
+    let open: Vec<(&str, &str)> = open
+        .iter()
+        .map(|l| (l.call_id.as_str(), l.item_id.as_str()))
+        .collect();
+    assert_eq!(open, [("c2", "b")]);
     let again = pb::record(pool, &batch("pb_4", vec![line("c6", "a")]), "w1", lease)
         .await
         .unwrap();
@@ -122,7 +145,7 @@ async fn an_attempt_is_in_one_open_line_and_a_dead_worker_s_batch_is_taken_over_
         .unwrap();
     let mut due = Vec::new();
     for _ in 0..4 {
-        match pb::claim_due(pool, "w6", lease).await.unwrap() {
+        match pb::claim_due(pool, "w6", lease, &models()).await.unwrap() {
             Some(r) => due.push(r.batch_id),
             None => break,
         }

@@ -83,6 +83,11 @@ pub struct ModelSettings {
     /// Completion budget for `generate` tasks.
     #[serde(default = "default_generate_max_tokens")]
     pub generate_max_tokens: u32,
+    /// The provider serves OpenAI's Batch API at `base_url` (`/files`, `/batches`): attempts
+    /// of jobs with a deadline are sent through it, at the price version's batch discount
+    /// (`[worker.batching]`; `protocol = "openai"` only).
+    #[serde(default)]
+    pub batch: bool,
 }
 
 /// The API a model endpoint speaks.
@@ -207,6 +212,12 @@ pub fn validate_fleet(
         }
     }
     for (name, m) in models {
+        if m.batch && m.protocol != Protocol::Openai {
+            return Err(format!(
+                "models.\"{name}\".batch = true: only OpenAI's Batch API is supported \
+                 (protocol = \"openai\"); Anthropic's Message Batches are not yet"
+            ));
+        }
         if !tiers.contains_key(&m.tier) {
             return Err(format!(
                 "models.\"{name}\".tier = \"{}\": not in [tiers]",

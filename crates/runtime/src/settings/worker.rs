@@ -47,7 +47,42 @@ pub struct WorkerSettings {
     /// Largest answer (bytes of its text) a call may return: a longer one fails its item
     /// (the call is still booked). Bodies are read up to four times this plus 64 KiB.
     pub max_answer_bytes: NonZeroUsize,
+    /// Provider batches for jobs with a deadline (`[worker.batching]`).
+    pub batching: BatchingSettings,
 }
+
+/// How attempts of jobs with a deadline are grouped into provider batches, on models with
+/// `batch = true`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingSettings {
+    /// Lines in one provider batch, at most (OpenAI allows 50,000).
+    pub max_lines: NonZeroUsize,
+    /// How long a batch's first line waits for more before the batch is sent.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// How often a batch running at its provider is looked at (by any worker).
+    #[serde(with = "humantime_serde")]
+    pub poll_every: Duration,
+    /// An attempt waits in a batch only while its job's deadline is at least this far off;
+    /// nearer, and past it, it is called in real time.
+    #[serde(with = "humantime_serde")]
+    pub min_time_left: Duration,
+}
+
+impl Default for BatchingSettings {
+    fn default() -> Self {
+        Self {
+            max_lines: count(10_000),
+            max_wait: Duration::from_secs(30),
+            poll_every: Duration::from_secs(30),
+            min_time_left: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// OpenAI's limit of lines in one batch input file.
+pub const MAX_BATCH_LINES: usize = 50_000;
 
 impl WorkerSettings {
     /// The most of a provider's body a worker reads (an answer plus logprobs and JSON).
@@ -74,6 +109,7 @@ impl Default for WorkerSettings {
             quota_headroom: const { Fraction::literal(0.98) },
             breaker: BreakerSettings::default(),
             max_answer_bytes: count(1024 * 1024),
+            batching: BatchingSettings::default(),
         }
     }
 }
@@ -89,6 +125,12 @@ impl WorkerSettings {
             return Err(
                 "worker.quota_headroom = 0: must be above 0 (it scales every quota)".into(),
             );
+        }
+        if self.batching.max_lines.get() > MAX_BATCH_LINES {
+            return Err(format!(
+                "worker.batching.max_lines = {}: at most {MAX_BATCH_LINES} (a provider's limit)",
+                self.batching.max_lines
+            ));
         }
         at_least_duration("worker.ack_wait", self.ack_wait, Duration::from_secs(1))
     }

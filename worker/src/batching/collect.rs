@@ -1,0 +1,226 @@
+//! A lane's batcher: groups the lane's batch lines per model and sends each group as one
+//! provider batch (record, settle the messages, upload, create, record the provider's ids).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use switchyard_store::outcomes::Outcome;
+use switchyard_store::provider_batches::{self as pb, NewBatch, NewLine};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::{Line, Queued};
+use crate::committer::Pending;
+use crate::context::Worker;
+use crate::llm::openai_batch::OpenAiBatchClient;
+use crate::llm::{CompletionRequest, ProviderError};
+use crate::settle::{Disposition, settle};
+
+/// Starts a lane's batcher; `commits` is the lane's committer (a line that cannot be
+/// recorded gives its intent back through it). The batcher ends when every sender is gone,
+/// after recording what it holds.
+pub fn start(w: Worker, commits: mpsc::Sender<Pending>) -> (mpsc::Sender<Queued>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(w.settings.worker.concurrency.get() * 4);
+    (tx, tokio::spawn(run(w, rx, commits)))
+}
+
+async fn run(w: Worker, mut rx: mpsc::Receiver<Queued>, commits: mpsc::Sender<Pending>) {
+    let bs = w.settings.worker.batching.clone();
+    let mut groups: HashMap<String, (Instant, Vec<Queued>)> = HashMap::new();
+    let senders = TaskTracker::new();
+    loop {
+        let due = groups.values().map(|(first, _)| *first + bs.max_wait).min();
+        let next = match due {
+            Some(at) => tokio::select! {
+                q = rx.recv() => Some(q),
+                () = tokio::time::sleep_until(at) => None,
+            },
+            None => Some(rx.recv().await),
+        };
+        match next {
+            Some(Some(q)) => {
+                let model = q.line.model.clone();
+                let group = groups
+                    .entry(model.clone())
+                    .or_insert_with(|| (Instant::now(), Vec::new()));
+                group.1.push(q);
+                if group.1.len() >= bs.max_lines.get()
+                    && let Some((_, lines)) = groups.remove(&model)
+                {
+                    flush(&w, lines, &commits, &senders).await;
+                }
+            }
+            // Every sender is gone: the lane is stopping.
+            Some(None) => break,
+            None => {
+                let now = Instant::now();
+                let ripe: Vec<String> = groups
+                    .iter()
+                    .filter(|(_, (first, _))| now >= *first + bs.max_wait)
+                    .map(|(m, _)| m.clone())
+                    .collect();
+                for model in ripe {
+                    if let Some((_, lines)) = groups.remove(&model) {
+                        flush(&w, lines, &commits, &senders).await;
+                    }
+                }
+            }
+        }
+    }
+    for (_, (_, lines)) in groups.drain() {
+        flush(&w, lines, &commits, &senders).await;
+    }
+    senders.close();
+    // A batch whose upload is cut short stays recorded and is taken up by another worker.
+    let _ = tokio::time::timeout(w.settings.worker.shutdown_grace, senders.wait()).await;
+}
+
+/// Records `queued` as one batch, settles their messages, and sends the batch.
+async fn flush(
+    w: &Worker,
+    queued: Vec<Queued>,
+    commits: &mpsc::Sender<Pending>,
+    senders: &TaskTracker,
+) {
+    let Some(first) = queued.first() else {
+        return;
+    };
+    let model = first.line.model.clone();
+    let provider = w
+        .models
+        .get(&model)
+        .map_or_else(String::new, |m| m.settings.provider.clone());
+    let deadline = queued.iter().map(|q| q.line.deadline).min().unwrap_or(0);
+    let batch = NewBatch {
+        batch_id: format!("pb_{}", uuid::Uuid::now_v7().simple()),
+        model: model.clone(),
+        provider,
+        deadline: chrono::DateTime::from_timestamp(i64::try_from(deadline).unwrap_or(0), 0)
+            .unwrap_or_else(chrono::Utc::now),
+        lines: queued.iter().map(|q| new_line(&q.line)).collect(),
+    };
+    let bs = &w.settings.worker.batching;
+    // Leased to this worker for the upload and create it is about to do.
+    let lease = bs.poll_every.max(Duration::from_secs(60));
+    match pb::record(&w.pool, &batch, &w.worker_id, lease).await {
+        Ok(recorded) => {
+            let recorded: HashSet<String> = recorded.into_iter().collect();
+            let mut to_send = Vec::new();
+            for q in queued {
+                if recorded.contains(&q.line.call_id) {
+                    // The batch renews nothing: its hold is no longer this worker's.
+                    w.finance.booked(q.line.reservation_id);
+                    settle(w, q.delivery, Disposition::Done).await;
+                    to_send.push((q.line.call_id, q.line.request));
+                } else {
+                    // The attempt is in another open line already.
+                    give_back(w, q, commits, Disposition::Done).await;
+                }
+            }
+            if !to_send.is_empty() {
+                tracing::info!(batch = %batch.batch_id, model = %model, lines = to_send.len(), "provider batch recorded");
+                let (w, id) = (w.clone(), batch.batch_id);
+                senders.spawn(async move { send(&w, &id, &model, &to_send).await });
+            }
+        }
+        Err(e) => {
+            tracing::warn!(model = %model, error = %e, "cannot record a provider batch; its items will be delivered again");
+            let then = Disposition::Retry {
+                after: w.settings.worker.retry_delay,
+            };
+            for q in queued {
+                give_back(w, q, commits, then.clone()).await;
+            }
+        }
+    }
+}
+
+fn new_line(l: &Line) -> NewLine {
+    NewLine {
+        call_id: l.call_id.clone(),
+        job_id: l.key.job_id.clone(),
+        item_id: l.key.item_id.clone(),
+        attempt: l.key.attempt,
+        work: l.work.clone(),
+        tier: l.tier.clone(),
+        reservation_id: l.reservation_id,
+        priced_at: l.priced_at,
+    }
+}
+
+/// A line that will not be sent: its hold and intent are given up and its message settled
+/// as `then` says (through the committer, which deletes the intent first).
+async fn give_back(w: &Worker, q: Queued, commits: &mpsc::Sender<Pending>, then: Disposition) {
+    if let Some(id) = q.line.reservation_id {
+        w.finance.booked([id]);
+        if let Err(e) = switchyard_store::budgets::release(&w.pool, id).await {
+            tracing::warn!(reservation_id = id, error = %e, "cannot release a budget hold; it will expire");
+        }
+    }
+    let pending = Pending {
+        outcome: Outcome::Released {
+            key: q.line.key,
+            call_id: q.line.call_id,
+        },
+        delivery: q.delivery,
+        escalation: None,
+        then,
+        in_flight: None,
+    };
+    if let Err(e) = commits.send(pending).await {
+        let after = Duration::ZERO;
+        settle(w, e.0.delivery, Disposition::Retry { after }).await;
+    }
+}
+
+/// Uploads a recorded batch's lines and creates it at the provider, then records the
+/// provider's ids. A failure leaves the batch recorded: whichever worker takes it next looks
+/// for it at the provider and sends it if it is not there.
+pub(super) async fn send(
+    w: &Worker,
+    batch_id: &str,
+    model: &str,
+    lines: &[(String, CompletionRequest)],
+) {
+    let Some(client) = w.models.get(model).and_then(|m| m.batch.as_ref()) else {
+        return;
+    };
+    match create(client, batch_id, lines).await {
+        Ok((provider_batch_id, file_id)) => {
+            let poll = w.settings.worker.batching.poll_every;
+            match pb::submitted(&w.pool, batch_id, &provider_batch_id, &file_id, poll).await {
+                Ok(_) => {
+                    tracing::info!(batch = %batch_id, provider_batch = %provider_batch_id, "provider batch created");
+                }
+                Err(e) => {
+                    tracing::warn!(batch = %batch_id, error = %e, "provider batch created but not recorded; it will be found by its metadata");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(batch = %batch_id, error = %e, "cannot create the provider batch; another look will send it");
+        }
+    }
+}
+
+/// Uploads `lines` as an input file and creates a batch of it whose metadata names
+/// `batch_id`. Returns the provider's batch and file ids.
+async fn create(
+    client: &OpenAiBatchClient,
+    batch_id: &str,
+    lines: &[(String, CompletionRequest)],
+) -> Result<(String, String), ProviderError> {
+    let mut jsonl = String::new();
+    for (call_id, request) in lines {
+        jsonl.push_str(&OpenAiBatchClient::line(call_id, request));
+        jsonl.push('\n');
+    }
+    let file = client
+        .upload(&format!("{batch_id}.jsonl"), jsonl.into_bytes())
+        .await?;
+    let metadata = BTreeMap::from([(pb::METADATA_KEY.to_owned(), batch_id.to_owned())]);
+    let created = client.create(&file.id, &metadata).await?;
+    Ok((created.id, file.id))
+}

@@ -1,0 +1,237 @@
+//! Looks after open provider batches, whoever created them: sends a recorded batch its
+//! creator did not get to the provider, polls a submitted one, books an ended one.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use switchyard_openai::objects::{Batch, BatchStatus};
+use switchyard_proto::topology::HEADER_MSG_ID;
+use switchyard_proto::{WorkItem, codec};
+use switchyard_store::outcomes::{self, AttemptKey};
+use switchyard_store::provider_batches::{self as pb, BatchRow, NewLine};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{ModelRuntime, Worker};
+use crate::lane::{CallBooking, request_for};
+use crate::llm::openai_batch::{LineResult, OpenAiBatchClient};
+use crate::llm::{Completion, ProviderError};
+
+/// Batches looked at per round, at most (the rest wait for the next round).
+const PER_ROUND: usize = 64;
+
+/// Runs until `shutdown`: every `poll_every / 2`, takes the open batches of this worker's
+/// batch models whose lease ran out and moves each one step on.
+pub async fn run_poller(w: Worker, shutdown: CancellationToken) {
+    let models: Vec<String> = w
+        .models
+        .iter()
+        .filter(|(_, m)| m.batch.is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    if models.is_empty() {
+        return;
+    }
+    let every = w.settings.worker.batching.poll_every;
+    let lease = every.max(Duration::from_secs(60));
+    loop {
+        for _ in 0..PER_ROUND {
+            let batch = match pb::claim_due(&w.pool, &w.worker_id, lease, &models).await {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for open provider batches");
+                    break;
+                }
+            };
+            if let Err(e) = look_at(&w, &batch).await {
+                // Its lease runs out and the next look tries again.
+                tracing::warn!(batch = %batch.batch_id, error = %format!("{e:#}"), "provider batch not moved on");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every / 2) => {}
+        }
+    }
+}
+
+/// Moves one batch a step on.
+async fn look_at(w: &Worker, b: &BatchRow) -> anyhow::Result<()> {
+    let model = w
+        .models
+        .get(&b.model)
+        .ok_or_else(|| anyhow::anyhow!("model `{}` not served here", b.model))?;
+    let client = model
+        .batch
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("model `{}` has no batch API here", b.model))?;
+    let every = w.settings.worker.batching.poll_every;
+    let provider_batch_id = match &b.provider_batch_id {
+        Some(id) => id.clone(),
+        None => {
+            // Recorded, maybe created: its creator may have died in between.
+            match client
+                .find_by_metadata(pb::METADATA_KEY, &b.batch_id)
+                .await?
+            {
+                Some(found) => {
+                    pb::submitted(&w.pool, &b.batch_id, &found.id, &found.input_file_id, every)
+                        .await?;
+                    found.id
+                }
+                None => {
+                    let lines = pb::open_lines(&w.pool, &b.batch_id).await?;
+                    let requests = lines
+                        .iter()
+                        .filter_map(|l| {
+                            let item: WorkItem = codec::decode(&l.work).ok()?;
+                            Some((l.call_id.clone(), request_for(&item, model, &l.call_id)))
+                        })
+                        .collect::<Vec<_>>();
+                    super::collect::send(w, &b.batch_id, &b.model, &requests).await;
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let at_provider = client.get(&provider_batch_id).await?;
+    match at_provider.status {
+        BatchStatus::Completed
+        | BatchStatus::Expired
+        | BatchStatus::Cancelled
+        | BatchStatus::Failed => finish(w, b, model, client, &at_provider).await,
+        BatchStatus::Cancelling => Ok(pb::look_later(&w.pool, &b.batch_id, every).await?),
+        _ => {
+            if chrono::Utc::now() > b.deadline {
+                // Past the deadline: what has not been answered goes to real time once the
+                // provider has stopped.
+                tracing::info!(batch = %b.batch_id, "deadline passed; cancelling the provider batch");
+                client.cancel(&provider_batch_id).await?;
+            }
+            Ok(pb::look_later(&w.pool, &b.batch_id, every).await?)
+        }
+    }
+}
+
+/// Books an ended batch: each open line's answer (or failure) from the provider's files,
+/// lines without one sent back to their tier; then the files are deleted and the batch
+/// ended.
+async fn finish(
+    w: &Worker,
+    b: &BatchRow,
+    model: &ModelRuntime,
+    client: &OpenAiBatchClient,
+    at_provider: &Batch,
+) -> anyhow::Result<()> {
+    let mut results: HashMap<String, Result<Completion, ProviderError>> = HashMap::new();
+    for file in [&at_provider.output_file_id, &at_provider.error_file_id]
+        .into_iter()
+        .flatten()
+    {
+        for LineResult { custom_id, result } in client.results(file).await? {
+            results.insert(custom_id, result);
+        }
+    }
+    let lines = pb::open_lines(&w.pool, &b.batch_id).await?;
+    let mut outcomes = Vec::new();
+    let mut escalations = Vec::new();
+    let mut booked = Vec::new();
+    let mut returned: Vec<NewLine> = Vec::new();
+    let mut refused_holds = Vec::new();
+    let subject = w.settings.topology().work_subject("batch");
+    for line in lines {
+        let Ok(item) = codec::decode::<WorkItem>(&line.work) else {
+            tracing::warn!(batch = %b.batch_id, call_id = %line.call_id, "a line's work message does not decode; sent back");
+            returned.push(line);
+            continue;
+        };
+        let key = AttemptKey {
+            job_id: line.job_id.clone(),
+            item_id: line.item_id.clone(),
+            attempt: line.attempt,
+        };
+        let booking = CallBooking {
+            w,
+            tier: &line.tier,
+            item: &item,
+            model,
+            call_id: &line.call_id,
+            priced_at: line.priced_at,
+            retry: false,
+            batch: true,
+            subject: &subject,
+            deliveries: 1,
+        };
+        match results.remove(&line.call_id) {
+            Some(Ok(completion)) => {
+                let (outcome, escalation) = booking.answered(key, completion, line.reservation_id);
+                outcomes.push(outcome);
+                escalations.extend(escalation);
+                booked.push(line.call_id.clone());
+            }
+            Some(Err(ProviderError::Refused { status, body, .. })) => {
+                // The provider refused the request itself: calling again would not help.
+                let error = format!("the provider refused the batch line ({status}): {body}");
+                outcomes.push(booking.refused(key, error));
+                refused_holds.extend(line.reservation_id);
+                booked.push(line.call_id.clone());
+            }
+            // A transient failure, or no line at all (expired, cancelled): called again.
+            Some(Err(_)) | None => returned.push(line),
+        }
+    }
+    if !outcomes.is_empty() {
+        outcomes::commit(&w.pool, &outcomes).await?;
+    }
+    for id in refused_holds {
+        switchyard_store::budgets::release(&w.pool, id).await?;
+    }
+    let refs: Vec<&WorkItem> = escalations.iter().collect();
+    crate::committer::publish_escalations(w, &refs).await?;
+    pb::close_lines(&w.pool, &b.batch_id, &booked, true).await?;
+    send_back(w, &b.batch_id, &returned).await?;
+    let files = [
+        Some(&at_provider.input_file_id),
+        at_provider.output_file_id.as_ref(),
+        at_provider.error_file_id.as_ref(),
+    ];
+    for file in files.into_iter().flatten() {
+        if let Err(e) = client.delete_file(file).await {
+            tracing::warn!(batch = %b.batch_id, file = %file, error = %e, "cannot delete a provider file");
+        }
+    }
+    pb::end(
+        &w.pool,
+        &b.batch_id,
+        at_provider.output_file_id.as_deref(),
+        at_provider.error_file_id.as_deref(),
+        false,
+    )
+    .await?;
+    tracing::info!(batch = %b.batch_id, booked = booked.len(), returned = returned.len(), status = ?at_provider.status, "provider batch booked");
+    Ok(())
+}
+
+/// Lines the provider did not answer go back to their tier: their intents and holds are
+/// given up, then their work messages published again (under ids of their own, so a
+/// duplicate window does not drop them). A crash in between leaves the item to the
+/// dispatcher's sweeper, which re-publishes lost attempts.
+async fn send_back(w: &Worker, batch_id: &str, lines: &[NewLine]) -> anyhow::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = lines.iter().map(|l| l.call_id.clone()).collect();
+    pb::close_lines(&w.pool, batch_id, &ids, false).await?;
+    let t = w.settings.topology();
+    for l in lines {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            HEADER_MSG_ID,
+            format!("pb-return:{batch_id}:{}", l.call_id).as_str(),
+        );
+        w.js.publish_with_headers(t.work_subject(&l.tier), headers, l.work.clone().into())
+            .await?
+            .await?;
+    }
+    Ok(())
+}
