@@ -18,8 +18,9 @@ fn d(s: &str) -> Decimal {
     s.parse().unwrap()
 }
 
-#[tokio::test]
-async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price() {
+/// A fleet whose weak model has a Batch API (the simulator's, answering a batch after
+/// `delay`), priced at half through it, polled every 200 ms.
+async fn fleet(sim: SimConfig) -> Harness {
     let h = Harness::start_with(
         |s| {
             s.models.get_mut(WEAK).expect("weak model").batch = true;
@@ -28,13 +29,9 @@ async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price(
             b.poll_every = Duration::from_millis(200);
             b.min_time_left = Duration::from_secs(60);
         },
-        SimConfig {
-            batch_delay: Duration::from_millis(300),
-            ..SimConfig::default()
-        },
+        sim,
     )
     .await;
-    // The weak model at half price through its batch API.
     let weak = Tariff::new(d("0.6"), None, d("0.6"), d("0.5")).unwrap();
     prices::set(
         &h.db.pool,
@@ -47,37 +44,37 @@ async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price(
     )
     .await
     .unwrap();
+    h
+}
 
-    let n = 30;
-    let spec = classify_job(mmlu_items(n), 0.0, 0.9).with_deadline(86_400);
-    let job = h.client.submit(spec).await.unwrap();
-    let status = h.wait_final(&job, 90).await;
+#[derive(sqlx::FromRow, Debug)]
+struct Row {
+    call_id: String,
+    model: String,
+    batch: bool,
+    outcome: String,
+    cost_usd: Decimal,
+}
+
+/// The job is complete and every weak call was one batch line, answered once by the
+/// simulator and booked once at the batch price (the ledger equals the bill, call id for
+/// custom id); nothing is left open, in doubt or held. Returns the ledger rows.
+async fn booked_once(h: &Harness, job: &str, n: usize) -> Vec<Row> {
+    let status = h.wait_final(job, 120).await;
     assert_eq!(status.job.status, "completed", "{:?}", status.dead_letters);
     assert_eq!(status.done(), n as i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT call_id, model, batch, outcome, cost_usd FROM ledger WHERE job_id = $1",
+    )
+    .bind(job)
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert!(rows.iter().all(|r| r.outcome != "in_doubt"), "{rows:?}");
+    let weak: Vec<&Row> = rows.iter().filter(|r| r.model == WEAK).collect();
+    assert_eq!(weak.len(), n, "one weak call per item: {rows:?}");
+    assert!(weak.iter().all(|r| r.batch), "{rows:?}");
 
-    #[derive(sqlx::FromRow, Debug)]
-    struct Row {
-        call_id: String,
-        model: String,
-        batch: bool,
-        cost_usd: Decimal,
-    }
-    let rows: Vec<Row> =
-        sqlx::query_as("SELECT call_id, model, batch, cost_usd FROM ledger WHERE job_id = $1")
-            .bind(&job)
-            .fetch_all(&h.db.pool)
-            .await
-            .unwrap();
-    let weak_rows: Vec<&Row> = rows.iter().filter(|r| r.model == WEAK).collect();
-    assert_eq!(weak_rows.len(), n, "one weak call per item");
-    assert!(weak_rows.iter().all(|r| r.batch), "{rows:?}");
-    // Escalations ran on the strong model in real time (it has no batch API here).
-    let strong: Vec<&Row> = rows.iter().filter(|r| r.model == STRONG).collect();
-    assert_eq!(strong.len() as i64, status.escalated, "{rows:?}");
-    assert!(status.escalated > 0, "the cascade ran");
-    assert!(strong.iter().all(|r| !r.batch));
-
-    // The simulator's bill: every batch line once, at the batch price.
     let sim = h.fleet.sim.as_ref().expect("the simulator runs");
     let calls: Vec<switchyard_sim::CallRecord> = sim
         .calls()
@@ -86,15 +83,15 @@ async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price(
         .collect();
     assert_eq!(calls.len(), n, "each line answered once");
     assert!(calls.iter().all(|c| c.is_batch_line()));
-    let mut ids: Vec<String> = calls
+    let mut answered: Vec<String> = calls
         .iter()
         .filter_map(|c| c.client_request_id.clone())
         .collect();
-    ids.sort();
-    let mut booked_ids: Vec<String> = weak_rows.iter().map(|r| r.call_id.clone()).collect();
-    booked_ids.sort();
+    answered.sort();
+    let mut booked: Vec<String> = weak.iter().map(|r| r.call_id.clone()).collect();
+    booked.sort();
     assert_eq!(
-        ids, booked_ids,
+        answered, booked,
         "the ledger's call ids are the lines' custom ids"
     );
     let price = switchyard_sim::ModelPrice {
@@ -106,10 +103,9 @@ async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price(
         cache_write_1h_usd_per_mtok: None,
     };
     let bill = switchyard_sim::bill::bill(&calls, &[(WEAK.to_owned(), price)].into());
-    let booked: Decimal = weak_rows.iter().map(|r| r.cost_usd).sum();
-    assert_eq!(bill.usd, booked, "the ledger equals the bill");
+    let total: Decimal = weak.iter().map(|r| r.cost_usd).sum();
+    assert_eq!(bill.usd, total, "the ledger equals the bill");
 
-    // Every batch ended, nothing left open or held.
     let (open, lines_open, intents, holds): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM provider_batches WHERE status NOT IN ('ended', 'abandoned')),
                 (SELECT count(*) FROM provider_batch_lines WHERE status = 'open'),
@@ -120,5 +116,88 @@ async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price(
     .await
     .unwrap();
     assert_eq!((open, lines_open, intents, holds), (0, 0, 0, 0));
+    rows
+}
+
+/// The batches the simulator was asked to create.
+async fn batches_at_the_provider(h: &Harness) -> Vec<serde_json::Value> {
+    let base = h.fleet.sim.as_ref().expect("the simulator runs").base_url();
+    let page: serde_json::Value =
+        switchyard_testkit::http::get_json(&format!("{base}/batches?limit=100")).await;
+    page["data"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price() {
+    let h = fleet(SimConfig {
+        batch_delay: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await;
+    let n = 30;
+    let spec = classify_job(mmlu_items(n), 0.0, 0.9).with_deadline(86_400);
+    let job = h.client.submit(spec).await.unwrap();
+    let rows = booked_once(&h, &job, n).await;
+    // Low-confidence answers escalated to the strong model in real time (it has no batch
+    // API here): the cascade goes on in the next round.
+    let status = h.wait_final(&job, 10).await;
+    let strong: Vec<&Row> = rows.iter().filter(|r| r.model == STRONG).collect();
+    assert!(status.escalated > 0, "the cascade ran");
+    assert_eq!(strong.len() as i64, status.escalated, "{rows:?}");
+    assert!(strong.iter().all(|r| !r.batch));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_batch_created_but_never_recorded_is_found_by_its_metadata_not_created_twice() {
+    // The provider creates the first batch but its answer is lost, as when a worker dies
+    // between creating a batch and recording its id.
+    let h = fleet(SimConfig {
+        batch_delay: Duration::from_millis(200),
+        batch_creations_lost: 1,
+        ..SimConfig::default()
+    })
+    .await;
+    let n = 12;
+    let spec = classify_job(mmlu_items(n), 0.0, 0.0).with_deadline(86_400);
+    let job = h.client.submit(spec).await.unwrap();
+    booked_once(&h, &job, n).await;
+    let ours: i64 = sqlx::query_scalar("SELECT count(*) FROM provider_batches")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    let theirs = batches_at_the_provider(&h).await;
+    assert_eq!(
+        theirs.len() as i64,
+        ours,
+        "one provider batch per batch of ours: {theirs:?}"
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_while_its_batches_run_leaves_them_to_another() {
+    let h = fleet(SimConfig {
+        batch_delay: Duration::from_secs(2),
+        ..SimConfig::default()
+    })
+    .await;
+    let mut h = h;
+    let n = 12;
+    let spec = classify_job(mmlu_items(n), 0.0, 0.0).with_deadline(86_400);
+    let job = h.client.submit(spec).await.unwrap();
+    h.count_reaches(
+        "a batch running at the provider",
+        "SELECT count(*) FROM provider_batches b JOIN provider_batch_lines l USING (batch_id) \
+         WHERE b.status = 'submitted' AND l.job_id = $1 LIMIT 1",
+        &job,
+        i64::try_from(n).unwrap(),
+        30,
+    )
+    .await;
+    h.fleet.kill_worker(0).await;
+    let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
+    h.fleet.start_worker(tiers).await.unwrap();
+    booked_once(&h, &job, n).await;
     h.finish().await;
 }

@@ -357,6 +357,16 @@ async fn settle_batch(w: &Worker, mut batch: Vec<Pending>, abort: &CancellationT
         };
         settle(w, p.delivery, disposition).await;
     }
+    announce(w, finished_per_job, report.jobs).await;
+}
+
+/// After a commit: a progress event per job for the items it finished, and each touched
+/// job checked for completion (announced once it is done).
+pub(crate) async fn announce(
+    w: &Worker,
+    finished_per_job: BTreeMap<String, u64>,
+    jobs: impl IntoIterator<Item = String>,
+) {
     let t = w.settings.topology();
     for (job_id, finished) in finished_per_job {
         let event = JobEvent {
@@ -372,7 +382,7 @@ async fn settle_batch(w: &Worker, mut batch: Vec<Pending>, abort: &CancellationT
                 .await;
         }
     }
-    for job_id in report.jobs {
+    for job_id in jobs {
         crate::budget::announce_if_finished(w, &job_id).await;
     }
 }

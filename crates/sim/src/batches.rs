@@ -8,8 +8,10 @@
 //! faults and limits as real-time calls; each line is logged as a call whose client tag is
 //! `batch:<batch id>` ([`BATCH_TAG_PREFIX`]), so the bill prices it at the batch discount.
 //! `batch_expire_after_lines` makes a batch expire after that many lines (the rest come back
-//! `batch_expired`); a cancel stops it before its next line (`batch_cancelled`). Output and
-//! error files are written when the batch ends, one line per request, as OpenAI writes them.
+//! `batch_expired`); a cancel stops it before its next line (`batch_cancelled`);
+//! `batch_creations_lost` carries out the first creations but answers them 503 (a client
+//! that died between creating and recording). Output and error files are written when the
+//! batch ends, one line per request, as OpenAI writes them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub struct BatchStore {
     files: HashMap<String, (FileObject, Bytes)>,
     batches: BTreeMap<String, Batch>,
     next: u64,
+    /// Creations answered 503 so far (see `SimConfig::batch_creations_lost`).
+    lost: usize,
 }
 
 impl BatchStore {
@@ -149,9 +153,19 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> R
             metadata: req.metadata,
         };
         store.batches.insert(id, batch.clone());
-        batch
+        let lose = store.lost < state.config.batch_creations_lost;
+        store.lost += usize::from(lose);
+        (batch, lose)
     };
+    let (batch, lose) = batch;
     tokio::spawn(run(state, batch.id.clone()));
+    if lose {
+        // Created, but the answer is lost on its way.
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the batch was created; this answer was lost".to_owned(),
+        );
+    }
     Json(batch).into_response()
 }
 

@@ -38,6 +38,10 @@ pub struct SimConfig {
     /// A batch expires after answering this many lines (the rest come back
     /// `batch_expired`); `None`: batches run to the end.
     pub batch_expire_after_lines: Option<usize>,
+    /// The first this many batch creations are carried out but answered 503, so the
+    /// client never learns the batch's id: what a client sees when it dies between creating
+    /// a batch and recording it (it must find the batch again, not create a second).
+    pub batch_creations_lost: usize,
 }
 
 impl Default for SimConfig {
@@ -55,6 +59,7 @@ impl Default for SimConfig {
             logprobs: true,
             batch_delay: Duration::ZERO,
             batch_expire_after_lines: None,
+            batch_creations_lost: 0,
         }
     }
 }

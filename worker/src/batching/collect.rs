@@ -101,9 +101,8 @@ async fn flush(
             .unwrap_or_else(chrono::Utc::now),
         lines: queued.iter().map(|q| new_line(&q.line)).collect(),
     };
-    let bs = &w.settings.worker.batching;
     // Leased to this worker for the upload and create it is about to do.
-    let lease = bs.poll_every.max(Duration::from_secs(60));
+    let lease = super::lease(&w.settings);
     match pb::record(&w.pool, &batch, &w.worker_id, lease).await {
         Ok(recorded) => {
             let recorded: HashSet<String> = recorded.into_iter().collect();

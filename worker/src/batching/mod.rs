@@ -60,6 +60,13 @@ pub struct Queued {
     pub delivery: Delivery,
 }
 
+/// How long a worker holds a batch it is moving on (recording and sending it, or looking at
+/// it): four polls, at least a second. A worker that dies meanwhile delays the batch by this
+/// much at most; another worker takes it after.
+pub fn lease(settings: &switchyard_runtime::Settings) -> std::time::Duration {
+    (settings.worker.batching.poll_every * 4).max(std::time::Duration::from_secs(1))
+}
+
 /// Whether `item` goes into a provider batch of `model`: the model has a Batch API, the
 /// item's job has a deadline far enough off (`[worker.batching] min_time_left`), and the
 /// attempt is not a shadow call (a sample of the routing, not worth a day's wait).

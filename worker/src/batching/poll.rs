@@ -1,8 +1,7 @@
 //! Looks after open provider batches, whoever created them: sends a recorded batch its
 //! creator did not get to the provider, polls a submitted one, books an ended one.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
 
 use switchyard_openai::objects::{Batch, BatchStatus};
 use switchyard_proto::topology::HEADER_MSG_ID;
@@ -32,7 +31,7 @@ pub async fn run_poller(w: Worker, shutdown: CancellationToken) {
         return;
     }
     let every = w.settings.worker.batching.poll_every;
-    let lease = every.max(Duration::from_secs(60));
+    let lease = super::lease(&w.settings);
     loop {
         for _ in 0..PER_ROUND {
             let batch = match pb::claim_due(&w.pool, &w.worker_id, lease, &models).await {
@@ -166,13 +165,14 @@ async fn finish(
             Some(Ok(completion)) => {
                 let (outcome, escalation) = booking.answered(key, completion, line.reservation_id);
                 outcomes.push(outcome);
-                escalations.extend(escalation);
+                escalations.push(escalation);
                 booked.push(line.call_id.clone());
             }
             Some(Err(ProviderError::Refused { status, body, .. })) => {
                 // The provider refused the request itself: calling again would not help.
                 let error = format!("the provider refused the batch line ({status}): {body}");
                 outcomes.push(booking.refused(key, error));
+                escalations.push(None);
                 refused_holds.extend(line.reservation_id);
                 booked.push(line.call_id.clone());
             }
@@ -180,15 +180,26 @@ async fn finish(
             Some(Err(_)) | None => returned.push(line),
         }
     }
-    if !outcomes.is_empty() {
-        outcomes::commit(&w.pool, &outcomes).await?;
-    }
+    let report = outcomes::commit(&w.pool, &outcomes).await?;
     for id in refused_holds {
         switchyard_store::budgets::release(&w.pool, id).await?;
     }
-    let refs: Vec<&WorkItem> = escalations.iter().collect();
-    crate::committer::publish_escalations(w, &refs).await?;
+    // Only the answers that decided their item escalate or finish it (a line booked before
+    // a crash is booked again as nothing new).
+    let mut finished: BTreeMap<String, u64> = BTreeMap::new();
+    let mut escalate: Vec<&WorkItem> = Vec::new();
+    for (i, (outcome, escalation)) in outcomes.iter().zip(&escalations).enumerate() {
+        if !report.decided.contains(&i) {
+            continue;
+        }
+        match escalation {
+            Some(up) => escalate.push(up),
+            None => *finished.entry(outcome.key().job_id.clone()).or_default() += 1,
+        }
+    }
+    crate::committer::publish_escalations(w, &escalate).await?;
     pb::close_lines(&w.pool, &b.batch_id, &booked, true).await?;
+    crate::committer::announce(w, finished, report.jobs).await;
     send_back(w, &b.batch_id, &returned).await?;
     let files = [
         Some(&at_provider.input_file_id),
