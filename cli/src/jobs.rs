@@ -43,7 +43,7 @@ pub struct SubmitArgs {
     /// Re-submitting with the same key creates nothing new (default: the job id).
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// The job may take this long (`24h`): recorded with it and carried by its messages.
+    /// The job may take this long (`24h`): its calls may wait in providers' batches.
     #[arg(long, value_parser = crate::args::humantime_duration)]
     pub deadline: Option<Duration>,
     /// Wait for the job to finish (progress bar; exit code as for `wait`).

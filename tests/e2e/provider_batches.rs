@@ -201,3 +201,32 @@ async fn a_worker_killed_while_its_batches_run_leaves_them_to_another() {
     booked_once(&h, &job, n).await;
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_batch_that_expires_half_done_books_what_was_answered_and_sends_the_rest_again() {
+    // Every batch expires after six lines: the rest come back `batch_expired`, unbilled, and
+    // go into the next batch while the deadline allows.
+    let h = fleet(SimConfig {
+        batch_delay: Duration::from_millis(100),
+        batch_expire_after_lines: Some(6),
+        ..SimConfig::default()
+    })
+    .await;
+    let n = 12;
+    let spec = classify_job(mmlu_items(n), 0.0, 0.0).with_deadline(86_400);
+    let job = h.client.submit(spec).await.unwrap();
+    booked_once(&h, &job, n).await;
+    let (batches, returned): (i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT batch_id), count(*) FILTER (WHERE status = 'returned') \
+         FROM provider_batch_lines WHERE job_id = $1",
+    )
+    .bind(&job)
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        batches >= 2 && returned >= 6,
+        "{batches} batches, {returned} lines returned"
+    );
+    h.finish().await;
+}

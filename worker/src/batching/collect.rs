@@ -1,5 +1,7 @@
-//! A lane's batcher: groups the lane's batch lines per model and sends each group as one
-//! provider batch (record, settle the messages, upload, create, record the provider's ids).
+//! A lane's batcher: groups the lane's batch lines per model (bounded by a count, an input
+//! file's bytes and a wait) and sends each group as one provider batch (record, settle the
+//! messages, upload, create, record the provider's ids). The team's budget bounds it too:
+//! each line holds its call's worst case from its claim on, as a real-time call does.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -18,6 +20,15 @@ use crate::llm::openai_batch::OpenAiBatchClient;
 use crate::llm::{CompletionRequest, ProviderError};
 use crate::settle::{Disposition, settle};
 
+/// The largest input file a batch is given: OpenAI takes up to 200 MB; a line's size is
+/// estimated from its work message (twice it plus 1 KiB, for the prompt's framing and the
+/// line's JSON), so this keeps a margin.
+pub const MAX_FILE_BYTES: usize = 180 * 1024 * 1024;
+
+fn estimated_bytes(l: &Line) -> usize {
+    l.work.len().saturating_mul(2).saturating_add(1024)
+}
+
 /// Starts a lane's batcher; `commits` is the lane's committer (a line that cannot be
 /// recorded gives its intent back through it). The batcher ends when every sender is gone,
 /// after recording what it holds.
@@ -28,10 +39,14 @@ pub fn start(w: Worker, commits: mpsc::Sender<Pending>) -> (mpsc::Sender<Queued>
 
 async fn run(w: Worker, mut rx: mpsc::Receiver<Queued>, commits: mpsc::Sender<Pending>) {
     let bs = w.settings.worker.batching.clone();
-    let mut groups: HashMap<String, (Instant, Vec<Queued>)> = HashMap::new();
+    // Per model: when its first line came, its lines, their estimated bytes.
+    let mut groups: HashMap<String, (Instant, Vec<Queued>, usize)> = HashMap::new();
     let senders = TaskTracker::new();
     loop {
-        let due = groups.values().map(|(first, _)| *first + bs.max_wait).min();
+        let due = groups
+            .values()
+            .map(|(first, ..)| *first + bs.max_wait)
+            .min();
         let next = match due {
             Some(at) => tokio::select! {
                 q = rx.recv() => Some(q),
@@ -42,12 +57,22 @@ async fn run(w: Worker, mut rx: mpsc::Receiver<Queued>, commits: mpsc::Sender<Pe
         match next {
             Some(Some(q)) => {
                 let model = q.line.model.clone();
+                let size = estimated_bytes(&q.line);
+                // A line that would take the file past its limit starts the next batch.
+                if groups
+                    .get(&model)
+                    .is_some_and(|g| g.2.saturating_add(size) > MAX_FILE_BYTES)
+                    && let Some((_, lines, _)) = groups.remove(&model)
+                {
+                    flush(&w, lines, &commits, &senders).await;
+                }
                 let group = groups
                     .entry(model.clone())
-                    .or_insert_with(|| (Instant::now(), Vec::new()));
+                    .or_insert_with(|| (Instant::now(), Vec::new(), 0));
                 group.1.push(q);
+                group.2 = group.2.saturating_add(size);
                 if group.1.len() >= bs.max_lines.get()
-                    && let Some((_, lines)) = groups.remove(&model)
+                    && let Some((_, lines, _)) = groups.remove(&model)
                 {
                     flush(&w, lines, &commits, &senders).await;
                 }
@@ -58,18 +83,18 @@ async fn run(w: Worker, mut rx: mpsc::Receiver<Queued>, commits: mpsc::Sender<Pe
                 let now = Instant::now();
                 let ripe: Vec<String> = groups
                     .iter()
-                    .filter(|(_, (first, _))| now >= *first + bs.max_wait)
+                    .filter(|(_, (first, ..))| now >= *first + bs.max_wait)
                     .map(|(m, _)| m.clone())
                     .collect();
                 for model in ripe {
-                    if let Some((_, lines)) = groups.remove(&model) {
+                    if let Some((_, lines, _)) = groups.remove(&model) {
                         flush(&w, lines, &commits, &senders).await;
                     }
                 }
             }
         }
     }
-    for (_, (_, lines)) in groups.drain() {
+    for (_, (_, lines, _)) in groups.drain() {
         flush(&w, lines, &commits, &senders).await;
     }
     senders.close();
