@@ -32,6 +32,9 @@ pub struct DemoArgs {
     /// Where to write each job's frontier picture (SVG).
     #[arg(long, default_value = ".")]
     pub plot_dir: PathBuf,
+    /// Also run the jobs with this deadline (`24h`), through the simulator's batch API.
+    #[arg(long, value_parser = crate::args::humantime_duration)]
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// Runs the demo and prints its report; exit 3 when an item failed.
@@ -47,6 +50,7 @@ pub async fn run(settings: Settings, a: DemoArgs) -> anyhow::Result<u8> {
         auroc: a.auroc,
         quality: (!hand_set).then_some(a.quality),
         plot_dir: Some(a.plot_dir),
+        deadline: a.deadline,
         ..defaults
     };
     let report = demo::run(settings, &opts).await?;

@@ -62,6 +62,9 @@ pub struct DemoOptions {
     pub quality: Option<f64>,
     /// Where each job's frontier picture is written; `None`: no pictures.
     pub plot_dir: Option<PathBuf>,
+    /// Run every job a second time with this deadline: the simulator's models get a Batch
+    /// API at half price, and the report shows both runs side by side.
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl Default for DemoOptions {
@@ -74,6 +77,7 @@ impl Default for DemoOptions {
             progress: true,
             quality: Some(0.95),
             plot_dir: Some(PathBuf::from(".")),
+            deadline: None,
         }
     }
 }
@@ -96,7 +100,11 @@ pub struct Figures {
     pub cost_all_strong_usd: Decimal,
     #[serde(serialize_with = "ser_dec")]
     pub cost_all_weak_usd: Decimal,
-    /// 1 − cost / all-strong cost.
+    /// What batch prices saved (a job with a deadline): not routing's, so left out of
+    /// `savings_vs_all_strong`.
+    #[serde(serialize_with = "ser_dec")]
+    pub batch_savings_usd: Decimal,
+    /// What routing saved: 1 − (cost + batch savings) / all-strong cost.
     pub savings_vs_all_strong: f64,
     /// Mean replayed score of the final answers.
     pub quality: f64,
@@ -162,6 +170,9 @@ pub struct DemoReport {
     pub confidence_threshold: f64,
     pub prices: &'static str,
     pub jobs: Vec<JobReport>,
+    /// The same jobs again with a deadline (`--deadline`), through provider batches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with_deadline: Option<Box<DemoReport>>,
 }
 
 struct DemoJob {
@@ -212,6 +223,9 @@ fn demo_jobs(data: &Dataset, opts: &DemoOptions, team: &str) -> Vec<DemoJob> {
     );
     classify.policy = policy(cw, cs);
     classify.team = Some(team.to_owned());
+    if let Some(d) = opts.deadline {
+        classify = classify.with_deadline(d.as_secs());
+    }
     classify.project = Some("mmlu".into());
     let mut summarize = new_job(
         Task::Summarize {
@@ -222,6 +236,9 @@ fn demo_jobs(data: &Dataset, opts: &DemoOptions, team: &str) -> Vec<DemoJob> {
     );
     summarize.policy = policy(sw, ss);
     summarize.team = Some(team.to_owned());
+    if let Some(d) = opts.deadline {
+        summarize = summarize.with_deadline(d.as_secs());
+    }
     summarize.project = Some("news".into());
     vec![
         DemoJob {
@@ -262,12 +279,35 @@ pub async fn run(mut settings: Settings, opts: &DemoOptions) -> anyhow::Result<D
         ulid::Ulid::new().to_string()[18..].to_lowercase()
     );
     settings.nats.storage = StorageKind::Memory;
-    let sim = SimConfig {
+    let mut sim = SimConfig {
         auroc: opts.auroc,
         ..SimConfig::default()
     };
+    if opts.deadline.is_some() {
+        // Every model gets the simulator's Batch API; batches are small and quick here.
+        for m in settings.models.values_mut() {
+            m.batch = true;
+        }
+        let b = &mut settings.worker.batching;
+        b.max_wait = std::time::Duration::from_millis(500);
+        b.poll_every = std::time::Duration::from_millis(200);
+        b.min_time_left = std::time::Duration::from_secs(60);
+        sim.batch_delay = std::time::Duration::from_millis(200);
+    }
     let fleet = Fleet::start(settings, Some((Arc::clone(&data), sim))).await?;
-    let result = run_jobs(&fleet, &data, opts).await;
+    let result = async {
+        let real_time = DemoOptions {
+            deadline: None,
+            ..opts.clone()
+        };
+        let mut report = run_jobs(&fleet, &data, &real_time, "").await?;
+        if opts.deadline.is_some() {
+            batch_prices(&fleet).await?;
+            report.with_deadline = Some(Box::new(run_jobs(&fleet, &data, opts, "-d").await?));
+        }
+        Ok(report)
+    }
+    .await;
     let js = fleet.dispatcher.js.clone();
     let settings = fleet.settings.clone();
     fleet.stop().await;
@@ -275,11 +315,45 @@ pub async fn run(mut settings: Settings, opts: &DemoOptions) -> anyhow::Result<D
     result
 }
 
-async fn run_jobs(fleet: &Fleet, data: &Dataset, opts: &DemoOptions) -> anyhow::Result<DemoReport> {
+/// Gives every model in force without a batch price the simulator's: half price through
+/// its Batch API (a new price version, the rates unchanged).
+async fn batch_prices(fleet: &Fleet) -> anyhow::Result<()> {
+    let pool = &fleet.dispatcher.pool;
+    let half = Decimal::new(5, 1);
+    for v in switchyard_store::prices::in_force_at(pool, chrono::Utc::now()).await? {
+        if !fleet.settings.models.contains_key(&v.model) || !v.batch_discount.is_zero() {
+            continue;
+        }
+        let tariff = switchyard_core::tariff::Tariff::new(
+            v.input_usd_per_mtok,
+            v.cached_input_usd_per_mtok,
+            v.output_usd_per_mtok,
+            half,
+        )?;
+        let price = switchyard_store::prices::NewPrice {
+            model: v.model.clone(),
+            provider: v.provider.clone(),
+            tariff,
+            effective_from: chrono::Utc::now(),
+        };
+        switchyard_store::prices::set(pool, &price).await?;
+    }
+    Ok(())
+}
+
+async fn run_jobs(
+    fleet: &Fleet,
+    data: &Dataset,
+    opts: &DemoOptions,
+    team_suffix: &str,
+) -> anyhow::Result<DemoReport> {
     let client = fleet.client();
     // A team of this run's own: a quality job learns from its team's history, and an earlier
     // demo's answers to these very items would be a leak, not history.
-    let team = format!("demo-{}", &fleet.settings.nats.prefix["demo_".len()..]);
+    let team = format!(
+        "demo-{}{team_suffix}",
+        &fleet.settings.nats.prefix["demo_".len()..]
+    );
     let jobs = demo_jobs(data, opts, &team);
     let bars = MultiProgress::new();
     if !opts.progress {
@@ -405,6 +479,7 @@ async fn run_jobs(fleet: &Fleet, data: &Dataset, opts: &DemoOptions) -> anyhow::
                  T0pp 0.3/0.3 (assumed hosting price)",
         total,
         jobs: reports,
+        with_deadline: None,
     })
 }
 
@@ -539,6 +614,12 @@ async fn job_figures(
         escalated: status.escalated as u64,
         calls: status.calls as u64,
         cost_usd: status.cost_usd,
+        batch_savings_usd: switchyard_store::ledger_reports::job_lever_savings(
+            &client.pool,
+            &job.spec.job_id,
+        )
+        .await?
+        .0,
         ..Figures::default()
     };
     let mut rows = switchyard_store::reports::results_stream(&client.pool, &job.spec.job_id);
@@ -575,6 +656,7 @@ impl Figures {
         self.cost_usd += o.cost_usd;
         self.cost_all_strong_usd += o.cost_all_strong_usd;
         self.cost_all_weak_usd += o.cost_all_weak_usd;
+        self.batch_savings_usd += o.batch_savings_usd;
         self.quality_sum += o.quality_sum;
         self.strong_sum += o.strong_sum;
         self.weak_sum += o.weak_sum;
@@ -593,7 +675,7 @@ impl Figures {
         self.savings_vs_all_strong = if self.cost_all_strong_usd.is_zero() {
             0.0
         } else {
-            let ratio = self.cost_usd / self.cost_all_strong_usd;
+            let ratio = (self.cost_usd + self.batch_savings_usd) / self.cost_all_strong_usd;
             1.0 - ratio.to_string().parse::<f64>().unwrap_or(1.0)
         };
     }
@@ -621,6 +703,12 @@ pub fn render_text(r: &DemoReport) -> String {
     };
     for j in &r.jobs {
         line(&mut out, &j.task, &j.figures);
+        if !j.figures.batch_savings_usd.is_zero() {
+            out.push_str(&format!(
+                "             batch prices saved ${} more (not counted in `saved`, which is routing's)\n",
+                j.figures.batch_savings_usd.round_dp(6)
+            ));
+        }
         out.push_str(&format!(
             "             {} → {}, final answers by tier: {:?}\n",
             j.weak_model, j.strong_model, j.figures.by_tier
@@ -672,6 +760,25 @@ pub fn render_text(r: &DemoReport) -> String {
         r.elapsed_s,
         r.prices
     ));
+    if let Some(d) = &r.with_deadline {
+        out.push_str("\nthe same jobs with a deadline, through the providers' batch APIs:\n");
+        out.push_str(&render_text(d));
+        let ratio = |a: Decimal, b: Decimal| {
+            if b.is_zero() {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", a / b)
+            }
+        };
+        out.push_str(&format!(
+            "with a deadline: cost {}× the real-time run's (${} vs ${}), quality {:.1}% vs {:.1}% of all-strong\n",
+            ratio(d.total.cost_usd, r.total.cost_usd),
+            d.total.cost_usd.round_dp(6),
+            r.total.cost_usd.round_dp(6),
+            100.0 * d.jobs_mean_quality_vs_all_strong,
+            100.0 * r.jobs_mean_quality_vs_all_strong,
+        ));
+    }
     out
 }
 

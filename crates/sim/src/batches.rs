@@ -46,13 +46,20 @@ pub struct BatchStore {
     next: u64,
     /// Creations answered 503 so far (see `SimConfig::batch_creations_lost`).
     lost: usize,
+    /// This simulator run's mark in its ids, so a restarted simulator never hands out an id
+    /// it gave before (as a real provider never does).
+    run: String,
 }
 
 impl BatchStore {
     fn id(&mut self, prefix: &str) -> String {
         self.next += 1;
+        if self.run.is_empty() {
+            let fresh = uuid::Uuid::now_v7().simple().to_string();
+            self.run = fresh[fresh.len() - 8..].to_owned();
+        }
         // Zero-padded so ids sort by creation, as lists need.
-        format!("{prefix}_sim{:012}", self.next)
+        format!("{prefix}_sim{:012}{}", self.next, self.run)
     }
 }
 

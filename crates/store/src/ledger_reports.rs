@@ -375,6 +375,22 @@ const ROLLUP_FACTS: &str = "SELECT day, team, project, job_id, model, tier, call
     FROM reporting.spend_daily WHERE day >= ($1 AT TIME ZONE 'UTC')::date \
     AND day < ($2 AT TIME ZONE 'UTC')::date AND ($3::text IS NULL OR team = $3)";
 
+/// What batch prices and prompt caches saved on `job_id`'s calls: `(batch, cache)` USD
+/// (see the `ledger_levers` view).
+///
+/// # Errors
+/// Database errors only.
+pub async fn job_lever_savings(pool: &PgPool, job_id: &str) -> sqlx::Result<(Decimal, Decimal)> {
+    sqlx::query_as(
+        "SELECT COALESCE(sum(v.batch_savings_usd), 0), COALESCE(sum(v.cache_savings_usd), 0) \
+         FROM reporting.ledger l JOIN reporting.ledger_levers v ON v.entry_id = l.entry_id \
+         WHERE l.job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_one(pool)
+    .await
+}
+
 /// True when `team` submitted a job, booked a call or has a budget (through the reporting
 /// views, so the finance role can ask).
 ///
