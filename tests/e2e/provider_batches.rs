@@ -145,6 +145,23 @@ async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price(
     assert!(status.escalated > 0, "the cascade ran");
     assert_eq!(strong.len() as i64, status.escalated, "{rows:?}");
     assert!(strong.iter().all(|r| !r.batch));
+    // The worker counted the lines it booked; once its poller has looked again, no batch is
+    // open and no line either.
+    let worker = &h.fleet.workers[0].as_ref().expect("the worker runs").worker;
+    let exported = worker.metrics.encode();
+    let booked = format!("switchyard_provider_batch_lines_closed_total{{state=\"booked\"}} {n}");
+    assert!(exported.contains(&booked), "{exported}");
+    switchyard_testkit::eventually(
+        "the open gauges at zero",
+        Duration::from_secs(10),
+        || async {
+            let text = worker.metrics.encode();
+            (text.contains("switchyard_provider_batch_lines_open 0")
+                && text.contains("switchyard_provider_batch_oldest_seconds 0"))
+            .then_some(())
+        },
+    )
+    .await;
     h.finish().await;
 }
 

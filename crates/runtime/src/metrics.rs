@@ -81,6 +81,12 @@ pub struct BatchLabels {
     pub status: &'static str,
 }
 
+/// A provider batch line's state (`open`, `booked`, `returned`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LineState {
+    pub state: &'static str,
+}
+
 /// A durable JetStream consumer.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabels {
@@ -146,6 +152,15 @@ pub struct Metrics {
     pub api_upload_bytes: Counter,
     /// API: batches ended, by final status.
     pub api_batches: Family<BatchLabels, Counter>,
+    /// Worker, fleet-wide from Postgres: provider batches not ended, by status (`recorded`,
+    /// `submitted`).
+    pub provider_batches_open: Family<BatchLabels, Gauge>,
+    /// Worker, fleet-wide: seconds since the oldest provider batch not ended was recorded.
+    pub provider_batch_oldest_seconds: Gauge,
+    /// Worker, fleet-wide: lines of provider batches still open.
+    pub provider_batch_lines_open: Gauge,
+    /// Worker: provider batch lines this process closed, by state (`booked`, `returned`).
+    pub provider_batch_lines_closed: Family<LineState, Counter>,
     /// Messages in the consumer not yet delivered.
     pub consumer_pending: Family<ConsumerLabels, Gauge>,
     /// Messages delivered and not yet acknowledged.
@@ -185,6 +200,10 @@ impl Metrics {
             api_rate_limited: Counter::default(),
             api_upload_bytes: Counter::default(),
             api_batches: Family::default(),
+            provider_batches_open: Family::default(),
+            provider_batch_oldest_seconds: Gauge::default(),
+            provider_batch_lines_open: Gauge::default(),
+            provider_batch_lines_closed: Family::default(),
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
         }
@@ -328,6 +347,26 @@ impl Metrics {
             "Worst-case cost of the in-doubt entries not settled yet, in USD (for dashboards; \
              exact figures are in the ledger reports)",
             m.in_doubt_usd.clone(),
+        );
+        m.registry.register(
+            "provider_batches_open",
+            "Provider batches not ended yet, fleet-wide, by status",
+            m.provider_batches_open.clone(),
+        );
+        m.registry.register(
+            "provider_batch_oldest_seconds",
+            "Age of the oldest provider batch not ended yet, fleet-wide",
+            m.provider_batch_oldest_seconds.clone(),
+        );
+        m.registry.register(
+            "provider_batch_lines_open",
+            "Lines of provider batches still open, fleet-wide",
+            m.provider_batch_lines_open.clone(),
+        );
+        m.registry.register(
+            "provider_batch_lines_closed",
+            "Provider batch lines this process booked or sent back to their tier",
+            m.provider_batch_lines_closed.clone(),
         );
         m.register_lag();
         m

@@ -350,3 +350,30 @@ pub async fn end(
     .await?;
     crate::intents::drop_lease(pool, batch_id).await
 }
+
+/// The fleet's open provider batches at a glance, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct OpenSummary {
+    pub recorded: i64,
+    pub submitted: i64,
+    /// Seconds since the oldest open batch was recorded (0: none open).
+    pub oldest_seconds: i64,
+    pub open_lines: i64,
+}
+
+/// Counts the open batches and lines.
+///
+/// # Errors
+/// Database errors.
+pub async fn open_summary(pool: &PgPool) -> sqlx::Result<OpenSummary> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'recorded') AS recorded,
+                count(*) FILTER (WHERE status = 'submitted') AS submitted,
+                COALESCE(extract(epoch FROM now() - min(created_at))::int8, 0)
+                    AS oldest_seconds,
+                (SELECT count(*) FROM provider_batch_lines WHERE status = 'open') AS open_lines
+         FROM provider_batches WHERE status IN ('recorded', 'submitted')",
+    )
+    .fetch_one(pool)
+    .await
+}

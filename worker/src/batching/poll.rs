@@ -47,10 +47,29 @@ pub async fn run_poller(w: Worker, shutdown: CancellationToken) {
                 tracing::warn!(batch = %batch.batch_id, error = %format!("{e:#}"), "provider batch not moved on");
             }
         }
+        observe(&w).await;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every / 2) => {}
         }
+    }
+}
+
+/// Sets the open batches' gauges (fleet-wide, from Postgres).
+async fn observe(w: &Worker) {
+    use switchyard_runtime::metrics::BatchLabels;
+    match pb::open_summary(&w.pool).await {
+        Ok(s) => {
+            let m = &w.metrics;
+            for (status, n) in [("recorded", s.recorded), ("submitted", s.submitted)] {
+                m.provider_batches_open
+                    .get_or_create(&BatchLabels { status })
+                    .set(n);
+            }
+            m.provider_batch_oldest_seconds.set(s.oldest_seconds);
+            m.provider_batch_lines_open.set(s.open_lines);
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot count open provider batches"),
     }
 }
 
@@ -219,6 +238,14 @@ async fn finish(
         false,
     )
     .await?;
+    let closed = &w.metrics.provider_batch_lines_closed;
+    use switchyard_runtime::metrics::LineState;
+    closed
+        .get_or_create(&LineState { state: "booked" })
+        .inc_by(booked.len() as u64);
+    closed
+        .get_or_create(&LineState { state: "returned" })
+        .inc_by(returned.len() as u64);
     tracing::info!(batch = %b.batch_id, booked = booked.len(), returned = returned.len(), status = ?at_provider.status, "provider batch booked");
     Ok(())
 }
