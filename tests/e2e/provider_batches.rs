@@ -119,6 +119,15 @@ async fn booked_once(h: &Harness, job: &str, n: usize) -> Vec<Row> {
     rows
 }
 
+/// A fleet as [`fleet`] says and a job of `n` MMLU items (all weak, escalating below
+/// `threshold`) with a day's deadline, submitted.
+async fn job_with_deadline(sim: SimConfig, n: usize, threshold: f64) -> (Harness, String) {
+    let h = fleet(sim).await;
+    let spec = classify_job(mmlu_items(n), 0.0, threshold).with_deadline(86_400);
+    let job = h.client.submit(spec).await.unwrap();
+    (h, job)
+}
+
 /// The batches the simulator was asked to create.
 async fn batches_at_the_provider(h: &Harness) -> Vec<serde_json::Value> {
     let base = h.fleet.sim.as_ref().expect("the simulator runs").base_url();
@@ -129,14 +138,16 @@ async fn batches_at_the_provider(h: &Harness) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price() {
-    let h = fleet(SimConfig {
-        batch_delay: Duration::from_millis(300),
-        ..SimConfig::default()
-    })
-    .await;
     let n = 30;
-    let spec = classify_job(mmlu_items(n), 0.0, 0.9).with_deadline(86_400);
-    let job = h.client.submit(spec).await.unwrap();
+    let (h, job) = job_with_deadline(
+        SimConfig {
+            batch_delay: Duration::from_millis(300),
+            ..SimConfig::default()
+        },
+        n,
+        0.9,
+    )
+    .await;
     let rows = booked_once(&h, &job, n).await;
     // Low-confidence answers escalated to the strong model in real time (it has no batch
     // API here): the cascade goes on in the next round.
@@ -169,15 +180,17 @@ async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price(
 async fn a_batch_created_but_never_recorded_is_found_by_its_metadata_not_created_twice() {
     // The provider creates the first batch but its answer is lost, as when a worker dies
     // between creating a batch and recording its id.
-    let h = fleet(SimConfig {
-        batch_delay: Duration::from_millis(200),
-        batch_creations_lost: 1,
-        ..SimConfig::default()
-    })
-    .await;
     let n = 12;
-    let spec = classify_job(mmlu_items(n), 0.0, 0.0).with_deadline(86_400);
-    let job = h.client.submit(spec).await.unwrap();
+    let (h, job) = job_with_deadline(
+        SimConfig {
+            batch_delay: Duration::from_millis(200),
+            batch_creations_lost: 1,
+            ..SimConfig::default()
+        },
+        n,
+        0.0,
+    )
+    .await;
     booked_once(&h, &job, n).await;
     let ours: i64 = sqlx::query_scalar("SELECT count(*) FROM provider_batches")
         .fetch_one(&h.db.pool)
@@ -194,15 +207,16 @@ async fn a_batch_created_but_never_recorded_is_found_by_its_metadata_not_created
 
 #[tokio::test]
 async fn a_worker_killed_while_its_batches_run_leaves_them_to_another() {
-    let h = fleet(SimConfig {
-        batch_delay: Duration::from_secs(2),
-        ..SimConfig::default()
-    })
-    .await;
-    let mut h = h;
     let n = 12;
-    let spec = classify_job(mmlu_items(n), 0.0, 0.0).with_deadline(86_400);
-    let job = h.client.submit(spec).await.unwrap();
+    let (mut h, job) = job_with_deadline(
+        SimConfig {
+            batch_delay: Duration::from_secs(2),
+            ..SimConfig::default()
+        },
+        n,
+        0.0,
+    )
+    .await;
     h.count_reaches(
         "a batch running at the provider",
         "SELECT count(*) FROM provider_batches b JOIN provider_batch_lines l USING (batch_id) \
@@ -223,15 +237,17 @@ async fn a_worker_killed_while_its_batches_run_leaves_them_to_another() {
 async fn a_batch_that_expires_half_done_books_what_was_answered_and_sends_the_rest_again() {
     // Every batch expires after six lines: the rest come back `batch_expired`, unbilled, and
     // go into the next batch while the deadline allows.
-    let h = fleet(SimConfig {
-        batch_delay: Duration::from_millis(100),
-        batch_expire_after_lines: Some(6),
-        ..SimConfig::default()
-    })
-    .await;
     let n = 12;
-    let spec = classify_job(mmlu_items(n), 0.0, 0.0).with_deadline(86_400);
-    let job = h.client.submit(spec).await.unwrap();
+    let (h, job) = job_with_deadline(
+        SimConfig {
+            batch_delay: Duration::from_millis(100),
+            batch_expire_after_lines: Some(6),
+            ..SimConfig::default()
+        },
+        n,
+        0.0,
+    )
+    .await;
     booked_once(&h, &job, n).await;
     let (batches, returned): (i64, i64) = sqlx::query_as(
         "SELECT count(DISTINCT batch_id), count(*) FILTER (WHERE status = 'returned') \

@@ -586,7 +586,7 @@ async fn an_in_doubt_call_without_a_price_stays_open_until_it_can_be_booked() {
 /// still open leaves that line to the sweeper, booked in doubt at its worst case.
 #[tokio::test]
 async fn a_provider_batch_owns_its_lines_intents_and_holds_beyond_its_workers_lease() {
-    use switchyard_store::provider_batches::{self as pb, NewBatch, NewLine};
+    use switchyard_store::provider_batches::{self as pb, NewBatch};
     let db = setup(3).await;
     let pool = &db.pool;
     budget(pool, "1").await;
@@ -608,16 +608,7 @@ async fn a_provider_batch_owns_its_lines_intents_and_holds_beyond_its_workers_le
             Reservation::Held { .. }
         ));
     }
-    let line = |call: &str, item: &str| NewLine {
-        call_id: call.to_owned(),
-        job_id: JOB.to_owned(),
-        item_id: item.to_owned(),
-        attempt: 0,
-        work: Vec::new(),
-        tier: "weak".to_owned(),
-        reservation_id: None,
-        priced_at: Utc::now(),
-    };
+    let line = |call: &str, item: &str| common::batch_line(call, JOB, item);
     let batch = NewBatch {
         batch_id: "pb_h".to_owned(),
         model: MODEL.to_owned(),

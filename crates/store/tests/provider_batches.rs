@@ -11,17 +11,10 @@ use chrono::Utc;
 use switchyard_store::provider_batches::{self as pb, NewBatch, NewLine};
 use switchyard_testkit::TestDb;
 
+mod common;
+
 fn line(call: &str, item: &str) -> NewLine {
-    NewLine {
-        call_id: call.to_owned(),
-        job_id: "job".to_owned(),
-        item_id: item.to_owned(),
-        attempt: 0,
-        work: Vec::new(),
-        tier: "weak".to_owned(),
-        reservation_id: None,
-        priced_at: Utc::now(),
-    }
+    common::batch_line(call, "job", item)
 }
 
 fn models() -> Vec<String> {

@@ -96,3 +96,22 @@ pub fn weak_call(
         booking: Booking::at(at),
     }
 }
+
+/// A provider batch line of attempt 0 of `job_id`'s `item` on the weak tier, booked under
+/// `call`, with no work message and no hold.
+pub fn batch_line(
+    call: &str,
+    job_id: &str,
+    item: &str,
+) -> switchyard_store::provider_batches::NewLine {
+    switchyard_store::provider_batches::NewLine {
+        call_id: call.to_owned(),
+        job_id: job_id.to_owned(),
+        item_id: item.to_owned(),
+        attempt: 0,
+        work: Vec::new(),
+        tier: "weak".to_owned(),
+        reservation_id: None,
+        priced_at: Utc::now(),
+    }
+}
