@@ -106,16 +106,27 @@ async fn booked_once(h: &Harness, job: &str, n: usize) -> Vec<Row> {
     let total: Decimal = weak.iter().map(|r| r.cost_usd).sum();
     assert_eq!(bill.usd, total, "the ledger equals the bill");
 
-    let (open, lines_open, intents, holds): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM provider_batches WHERE status NOT IN ('ended', 'abandoned')),
-                (SELECT count(*) FROM provider_batch_lines WHERE status = 'open'),
-                (SELECT count(*) FROM call_intents),
-                (SELECT count(*) FROM budget_reservations)",
-    )
-    .fetch_one(&h.db.pool)
-    .await
-    .unwrap();
-    assert_eq!((open, lines_open, intents, holds), (0, 0, 0, 0));
+    // The job is announced once its lines are booked; its batch ends just after (the
+    // provider's files are deleted first).
+    let left = || async {
+        let counts: (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM provider_batches
+                     WHERE status NOT IN ('ended', 'abandoned')),
+                    (SELECT count(*) FROM provider_batch_lines WHERE status = 'open'),
+                    (SELECT count(*) FROM call_intents),
+                    (SELECT count(*) FROM budget_reservations)",
+        )
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+        counts
+    };
+    let ended =
+        switchyard_testkit::eventually("every batch ended", Duration::from_secs(20), || async {
+            (left().await.0 == 0).then_some(())
+        });
+    ended.await;
+    assert_eq!(left().await, (0, 0, 0, 0), "nothing open, in doubt or held");
     rows
 }
 
