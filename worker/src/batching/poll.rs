@@ -87,11 +87,18 @@ async fn look_at(w: &Worker, b: &BatchRow) -> anyhow::Result<()> {
     let provider_batch_id = match &b.provider_batch_id {
         Some(id) => id.clone(),
         None => {
-            // Recorded, maybe created: its creator may have died in between.
-            match client
-                .find_by_metadata(pb::METADATA_KEY, &b.batch_id)
-                .await?
-            {
+            // Recorded, maybe created: its creator may have died in between. A provider that
+            // refuses the listing itself (no Batch API there: a misconfigured `batch = true`)
+            // cannot have created it either.
+            let found = match client.find_by_metadata(pb::METADATA_KEY, &b.batch_id).await {
+                Ok(found) => found,
+                Err(ProviderError::Refused { status, body, .. }) => {
+                    tracing::warn!(batch = %b.batch_id, status, body = %body, "the provider refuses to list batches; is `batch = true` right for this model?");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match found {
                 Some(found) => {
                     pb::submitted(&w.pool, &b.batch_id, &found.id, &found.input_file_id, every)
                         .await?;
@@ -99,6 +106,14 @@ async fn look_at(w: &Worker, b: &BatchRow) -> anyhow::Result<()> {
                 }
                 None => {
                     let lines = pb::open_lines(&w.pool, &b.batch_id).await?;
+                    if chrono::Utc::now() > b.deadline {
+                        // Never sent and out of time: the lines go back to real time (nothing
+                        // was billed for them), instead of waiting to be booked in doubt.
+                        tracing::warn!(batch = %b.batch_id, lines = lines.len(), "provider batch never created before its deadline; its lines go to real time");
+                        send_back(w, &b.batch_id, &lines).await?;
+                        pb::end(&w.pool, &b.batch_id, None, None, true).await?;
+                        return Ok(());
+                    }
                     let requests = lines
                         .iter()
                         .filter_map(|l| {
