@@ -1,4 +1,5 @@
-//! Jobs with a deadline through the provider's Batch API (the simulator's): every item
+//! Jobs with a deadline through the provider's batch API (the simulator's OpenAI Batch API
+//! and Anthropic Message Batches): every item
 //! answered, every weak call a batch line booked at the batch price, the low-confidence
 //! answers escalated to the strong tier in real time (the cascade across rounds), the ledger
 //! equal to the simulator's bill to the last unit, and the batches ended with their files
@@ -9,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rust_decimal::Decimal;
 use switchyard_core::tariff::Tariff;
+use switchyard_runtime::settings::{ModelSettings, Protocol};
 use switchyard_sim::SimConfig;
 use switchyard_store::prices::{self, NewPrice};
 
@@ -18,12 +20,26 @@ fn d(s: &str) -> Decimal {
     s.parse().unwrap()
 }
 
-/// A fleet whose weak model has a Batch API (the simulator's, answering a batch after
-/// `delay`), priced at half through it, polled every 200 ms.
-async fn fleet(sim: SimConfig) -> Harness {
+/// A fleet whose weak model has a batch API (the simulator's, answering a batch after
+/// `delay`) of `protocol`'s kind, priced at half through it, polled every 200 ms.
+async fn fleet(sim: SimConfig, protocol: Protocol) -> Harness {
+    fleet_tuned(sim, protocol, |_| {}).await
+}
+
+/// As [`fleet`], the weak model's settings then tuned by `tune`.
+async fn fleet_tuned(
+    sim: SimConfig,
+    protocol: Protocol,
+    tune: impl FnOnce(&mut ModelSettings),
+) -> Harness {
+    let provider = provider_of(protocol);
     let h = Harness::start_with(
         |s| {
-            s.models.get_mut(WEAK).expect("weak model").batch = true;
+            let m = s.models.get_mut(WEAK).expect("weak model");
+            m.batch = true;
+            m.protocol = protocol;
+            m.provider = provider.to_owned();
+            tune(m);
             let b = &mut s.worker.batching;
             b.max_wait = Duration::from_millis(300);
             b.poll_every = Duration::from_millis(200);
@@ -37,7 +53,7 @@ async fn fleet(sim: SimConfig) -> Harness {
         &h.db.pool,
         &NewPrice {
             model: WEAK.to_owned(),
-            provider: "sim".to_owned(),
+            provider: provider.to_owned(),
             tariff: weak,
             effective_from: Utc::now(),
         },
@@ -130,31 +146,57 @@ async fn booked_once(h: &Harness, job: &str, n: usize) -> Vec<Row> {
     rows
 }
 
+fn provider_of(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Openai => "sim",
+        Protocol::Anthropic => "anthropic",
+    }
+}
+
 /// A fleet as [`fleet`] says and a job of `n` MMLU items (all weak, escalating below
 /// `threshold`) with a day's deadline, submitted.
-async fn job_with_deadline(sim: SimConfig, n: usize, threshold: f64) -> (Harness, String) {
-    let h = fleet(sim).await;
+async fn job_with_deadline(
+    sim: SimConfig,
+    protocol: Protocol,
+    n: usize,
+    threshold: f64,
+) -> (Harness, String) {
+    let h = fleet(sim, protocol).await;
     let spec = classify_job(mmlu_items(n), 0.0, threshold).with_deadline(86_400);
     let job = h.client.submit(spec).await.unwrap();
     (h, job)
 }
 
-/// The batches the simulator was asked to create.
-async fn batches_at_the_provider(h: &Harness) -> Vec<serde_json::Value> {
-    let base = h.fleet.sim.as_ref().expect("the simulator runs").base_url();
-    let page: serde_json::Value =
-        switchyard_testkit::http::get_json(&format!("{base}/batches?limit=100")).await;
-    page["data"].as_array().cloned().unwrap_or_default()
+/// The provider batches that answered lines, by the simulator's call log (each line's call
+/// is tagged with its batch; an Anthropic batch is deleted once booked, so a listing after
+/// the job would not show it).
+fn batches_at_the_provider(h: &Harness) -> std::collections::BTreeSet<String> {
+    let sim = h.fleet.sim.as_ref().expect("the simulator runs");
+    sim.calls()
+        .into_iter()
+        .filter(switchyard_sim::CallRecord::is_batch_line)
+        .filter_map(|c| c.client)
+        .collect()
 }
 
 #[tokio::test]
 async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price() {
+    cascade_through_batches(Protocol::Openai).await;
+}
+
+#[tokio::test]
+async fn a_job_with_a_deadline_runs_through_anthropic_message_batches_at_the_batch_price() {
+    cascade_through_batches(Protocol::Anthropic).await;
+}
+
+async fn cascade_through_batches(protocol: Protocol) {
     let n = 30;
     let (h, job) = job_with_deadline(
         SimConfig {
             batch_delay: Duration::from_millis(300),
             ..SimConfig::default()
         },
+        protocol,
         n,
         0.9,
     )
@@ -189,6 +231,17 @@ async fn a_job_with_a_deadline_runs_through_provider_batches_at_the_batch_price(
 
 #[tokio::test]
 async fn a_batch_created_but_never_recorded_is_found_by_its_metadata_not_created_twice() {
+    lost_creation(Protocol::Openai).await;
+}
+
+/// Anthropic batches carry no metadata: the lost one is found by its results' custom ids,
+/// and nothing is created while a batch that may be ours still runs.
+#[tokio::test]
+async fn an_anthropic_batch_created_but_never_recorded_is_found_by_its_results() {
+    lost_creation(Protocol::Anthropic).await;
+}
+
+async fn lost_creation(protocol: Protocol) {
     // The provider creates the first batch but its answer is lost, as when a worker dies
     // between creating a batch and recording its id.
     let n = 12;
@@ -198,6 +251,7 @@ async fn a_batch_created_but_never_recorded_is_found_by_its_metadata_not_created
             batch_creations_lost: 1,
             ..SimConfig::default()
         },
+        protocol,
         n,
         0.0,
     )
@@ -207,7 +261,7 @@ async fn a_batch_created_but_never_recorded_is_found_by_its_metadata_not_created
         .fetch_one(&h.db.pool)
         .await
         .unwrap();
-    let theirs = batches_at_the_provider(&h).await;
+    let theirs = batches_at_the_provider(&h);
     assert_eq!(
         theirs.len() as i64,
         ours,
@@ -224,6 +278,7 @@ async fn a_worker_killed_while_its_batches_run_leaves_them_to_another() {
             batch_delay: Duration::from_secs(2),
             ..SimConfig::default()
         },
+        Protocol::Openai,
         n,
         0.0,
     )
@@ -246,8 +301,9 @@ async fn a_worker_killed_while_its_batches_run_leaves_them_to_another() {
 
 #[tokio::test]
 async fn a_batch_that_expires_half_done_books_what_was_answered_and_sends_the_rest_again() {
-    // Every batch expires after six lines: the rest come back `batch_expired`, unbilled, and
-    // go into the next batch while the deadline allows.
+    // Every batch expires after six lines: the rest come back `expired` (Anthropic's
+    // per-result state; OpenAI's `batch_expired` takes the same path), unbilled, and go into
+    // the next batch while the deadline allows.
     let n = 12;
     let (h, job) = job_with_deadline(
         SimConfig {
@@ -255,6 +311,7 @@ async fn a_batch_that_expires_half_done_books_what_was_answered_and_sends_the_re
             batch_expire_after_lines: Some(6),
             ..SimConfig::default()
         },
+        Protocol::Anthropic,
         n,
         0.0,
     )
@@ -272,5 +329,43 @@ async fn a_batch_that_expires_half_done_books_what_was_answered_and_sends_the_re
         batches >= 2 && returned >= 6,
         "{batches} batches, {returned} lines returned"
     );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_model_s_batch_queue_bounds_its_batches_and_every_line_is_still_booked_once() {
+    // OpenAI's enqueued-token limit as `batch_queue_tokens`: a batch never holds more than
+    // the queue (unless one line alone does), and one waits, recorded, while earlier ones
+    // fill the queue.
+    let n = 12;
+    let queue = 600;
+    let h = fleet_tuned(
+        SimConfig {
+            batch_delay: Duration::from_millis(300),
+            ..SimConfig::default()
+        },
+        Protocol::Openai,
+        |m| m.batch_queue_tokens = std::num::NonZeroU64::new(queue),
+    )
+    .await;
+    let spec = classify_job(mmlu_items(n), 0.0, 0.0).with_deadline(86_400);
+    let job = h.client.submit(spec).await.unwrap();
+    booked_once(&h, &job, n).await;
+    let batches: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT count(*), sum(tokens)::int8 FROM provider_batch_lines WHERE job_id = $1 \
+         GROUP BY batch_id",
+    )
+    .bind(&job)
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert!(batches.len() >= 2, "{batches:?}");
+    for (lines, tokens) in &batches {
+        assert!(*tokens > 0, "lines carry their tokens: {batches:?}");
+        assert!(
+            *lines == 1 || *tokens <= i64::try_from(queue).unwrap(),
+            "a batch within the queue: {batches:?}"
+        );
+    }
     h.finish().await;
 }

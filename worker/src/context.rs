@@ -31,7 +31,7 @@ pub struct ModelRuntime {
     /// Stops calls to this model while its provider is down (see [`crate::breaker`]).
     pub breaker: crate::breaker::CircuitBreaker,
     /// The provider's Batch API, for a model with `batch = true` (see [`crate::batching`]).
-    pub batch: Option<crate::llm::openai_batch::OpenAiBatchClient>,
+    pub batch: Option<crate::llm::batch_api::BatchApi>,
     /// The version in force at start-up (calls are booked with the version in force at their
     /// own time: see [`crate::price_book`]).
     pub price: Price,
@@ -163,7 +163,21 @@ impl Worker {
                             m.timeout,
                             limit,
                         );
-                        crate::llm::openai_batch::OpenAiBatchClient::new(endpoint, &m.provider)
+                        use crate::llm::batch_api::BatchApi;
+                        match m.protocol {
+                            Protocol::Openai => {
+                                BatchApi::OpenAi(crate::llm::openai_batch::OpenAiBatchClient::new(
+                                    endpoint,
+                                    &m.provider,
+                                ))
+                            }
+                            Protocol::Anthropic => BatchApi::Anthropic(
+                                crate::llm::anthropic_batch::AnthropicBatchClient::new(
+                                    endpoint,
+                                    &m.provider,
+                                ),
+                            ),
+                        }
                     }),
                     client: {
                         let endpoint = Endpoint::new(

@@ -52,7 +52,9 @@ pub struct BatchStore {
 }
 
 impl BatchStore {
-    fn id(&mut self, prefix: &str) -> String {
+    /// A fresh id `<prefix>_sim<n><run>`: never repeated, even by a restarted simulator, and
+    /// sorting by creation. Anthropic's message batches take theirs here too.
+    pub(crate) fn id(&mut self, prefix: &str) -> String {
         self.next += 1;
         if self.run.is_empty() {
             let fresh = uuid::Uuid::now_v7().simple().to_string();
@@ -60,6 +62,14 @@ impl BatchStore {
         }
         // Zero-padded so ids sort by creation, as lists need.
         format!("{prefix}_sim{:012}{}", self.next, self.run)
+    }
+
+    /// True when this creation's answer is to be lost (`SimConfig::batch_creations_lost`,
+    /// `limit`): one counter for OpenAI batches and Anthropic message batches alike.
+    pub(crate) fn lose_creation(&mut self, limit: usize) -> bool {
+        let lose = self.lost < limit;
+        self.lost += usize::from(lose);
+        lose
     }
 }
 
@@ -160,8 +170,7 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> R
             metadata: req.metadata,
         };
         store.batches.insert(id, batch.clone());
-        let lose = store.lost < state.config.batch_creations_lost;
-        store.lost += usize::from(lose);
+        let lose = store.lose_creation(state.config.batch_creations_lost);
         (batch, lose)
     };
     let (batch, lose) = batch;

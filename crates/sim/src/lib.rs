@@ -11,6 +11,8 @@
 //! - [`synthetic`]: answers for prompts the data does not know.
 //! - [`openai`]: the chat-completions wire format and logprobs.
 //! - [`faults`] and [`rate_limit`]: injected failures and rpm/tpm quotas.
+//! - [`anthropic`]: Anthropic's Messages API; [`batches`] and [`message_batches`]: OpenAI's
+//!   Batch API and Anthropic's Message Batches API, answered like calls at the batch discount.
 //! - [`call_log`]: the record of every call served; [`bill`]: its exact bill at given prices.
 //! - [`server`]: the axum routes; [`start`] returns a [`SimHandle`].
 //! - [`cli`]: `switchyard sim`.
@@ -40,6 +42,7 @@ pub mod dataset;
 pub mod error;
 pub mod faults;
 mod hashing;
+pub mod message_batches;
 pub mod openai;
 pub mod rate_limit;
 pub mod replay;

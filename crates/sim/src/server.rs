@@ -6,6 +6,7 @@
 //! | `POST /c/<tag>/v1/chat/completions` | the same, the call logged and counted in flight under client `tag` |
 //! | `POST /v1/files`, `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}`, `POST`/`GET /v1/batches`, `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel` | OpenAI's Batch API, lines answered like calls and billed at the batch discount (see [`crate::batches`]) |
 //! | `POST /v1/messages`, `POST /c/<tag>/v1/messages` | Anthropic's Messages API, answered the same way, with prompt caching (see [`crate::anthropic`]) |
+//! | `POST`/`GET /v1/messages/batches`, `GET`/`DELETE /v1/messages/batches/{id}`, `POST …/{id}/cancel`, `GET …/{id}/results` (also under `/c/<tag>`) | Anthropic's Message Batches API, requests answered like `/v1/messages` calls and billed at the batch discount (see [`crate::message_batches`]) |
 //! | `GET /v1/models` | the dataset's model names |
 //! | `GET /sim/calls` | the call log as a JSON array |
 //! | `GET`/`PUT /sim/faults` | read or replace the [`Faults`] at run time |
@@ -78,6 +79,8 @@ pub async fn start(
         prices: Mutex::new(BTreeMap::new()),
         cache: Mutex::new(std::collections::HashSet::new()),
         batch_store: Mutex::new(crate::batches::BatchStore::default()),
+        message_batches: Mutex::new(crate::message_batches::MessageBatchStore::default()),
+        addr: loopback(addr),
         dataset,
         config,
         stop: stop.clone(),
@@ -114,11 +117,7 @@ pub struct SimHandle {
 impl SimHandle {
     /// The OpenAI base URL, e.g. `http://127.0.0.1:8089/v1` (loopback if bound to any address).
     pub fn base_url(&self) -> String {
-        let mut addr = self.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{addr}/v1")
+        format!("http://{}/v1", loopback(self.addr))
     }
 
     /// The OpenAI base URL under client tag `tag` (`http://…/c/<tag>/v1`): calls through it
@@ -173,6 +172,14 @@ impl SimHandle {
     }
 }
 
+/// `addr`, with loopback for an unspecified (any) address: where a local client reaches it.
+fn loopback(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
 impl Drop for SimHandle {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -186,6 +193,11 @@ pub(crate) struct AppState {
     cache: Mutex<std::collections::HashSet<(String, String)>>,
     /// Files and batches of the batch API.
     pub(crate) batch_store: Mutex<crate::batches::BatchStore>,
+    /// Anthropic's message batches (ids and lost creations come from `batch_store`).
+    pub(crate) message_batches: Mutex<crate::message_batches::MessageBatchStore>,
+    /// Where the server listens (loopback if bound to any address), for URLs it hands out
+    /// when a request names no `Host`.
+    pub(crate) addr: SocketAddr,
     dataset: Arc<Dataset>,
     pub(crate) config: SimConfig,
     calibration: Calibration,
@@ -301,6 +313,7 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/batches/{id}", get(crate::batches::get))
         .route("/v1/batches/{id}/cancel", post(crate::batches::cancel))
         .route("/c/{tag}/v1/messages", post(tagged_messages))
+        .merge(crate::message_batches::routes())
         .route("/v1/models", get(list_models))
         .route("/c/{tag}/v1/models", get(list_models))
         .route("/sim/calls", get(list_calls))
@@ -349,7 +362,8 @@ async fn tagged_messages(
 
 /// Anthropic's Messages API: the request answered as its chat completion, the answer (or
 /// error) rewritten in Anthropic's shape. Bodies a fault broke on purpose go out as they are.
-async fn messages(
+/// A request of a message batch is answered here too ([`crate::message_batches`]).
+pub(crate) async fn messages(
     state: Arc<AppState>,
     client: Option<String>,
     client_request_id: Option<String>,

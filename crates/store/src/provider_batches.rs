@@ -34,6 +34,8 @@ pub struct NewLine {
     pub reservation_id: Option<i64>,
     /// When its call is priced (the hold's time, or when it was recorded).
     pub priced_at: DateTime<Utc>,
+    /// Its estimated input tokens: what it puts in the provider's batch queue.
+    pub tokens: i32,
 }
 
 /// A batch about to be recorded.
@@ -99,12 +101,13 @@ pub async fn record(
     let tier: Vec<&str> = b.lines.iter().map(|l| l.tier.as_str()).collect();
     let hold: Vec<Option<i64>> = b.lines.iter().map(|l| l.reservation_id).collect();
     let priced_at: Vec<DateTime<Utc>> = b.lines.iter().map(|l| l.priced_at).collect();
+    let tokens: Vec<i32> = b.lines.iter().map(|l| l.tokens).collect();
     let recorded: Vec<String> = sqlx::query_scalar(
         "INSERT INTO provider_batch_lines (batch_id, call_id, job_id, item_id, attempt, work,
-             tier, reservation_id, priced_at)
-         SELECT $1, u.c, u.j, u.i, u.a, u.w, u.t, u.r, u.p
+             tier, reservation_id, priced_at, tokens)
+         SELECT $1, u.c, u.j, u.i, u.a, u.w, u.t, u.r, u.p, u.k
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int4[], $6::bytea[], $7::text[],
-                     $8::int8[], $9::timestamptz[]) AS u(c, j, i, a, w, t, r, p)
+                     $8::int8[], $9::timestamptz[], $10::int4[]) AS u(c, j, i, a, w, t, r, p, k)
          ON CONFLICT DO NOTHING RETURNING call_id",
     )
     .bind(&b.batch_id)
@@ -116,6 +119,7 @@ pub async fn record(
     .bind(&tier)
     .bind(&hold)
     .bind(&priced_at)
+    .bind(&tokens)
     .fetch_all(&mut *tx)
     .await?;
     if recorded.is_empty() {
@@ -185,7 +189,7 @@ pub async fn submitted(
     pool: &PgPool,
     batch_id: &str,
     provider_batch_id: &str,
-    input_file_id: &str,
+    input_file_id: Option<&str>,
     next_look: std::time::Duration,
 ) -> sqlx::Result<bool> {
     let r = sqlx::query(
@@ -201,6 +205,44 @@ pub async fn submitted(
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// The provider batch ids at `provider` recorded for a local batch since `since`: a provider
+/// batch created since then and found while looking for an orphan is only ours if no other
+/// local batch holds it (a batch's id is recorded after the provider created it).
+///
+/// # Errors
+/// Database errors.
+pub async fn provider_ids_since(
+    pool: &PgPool,
+    provider: &str,
+    since: DateTime<Utc>,
+) -> sqlx::Result<std::collections::HashSet<String>> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT provider_batch_id FROM provider_batches
+         WHERE provider = $1 AND provider_batch_id IS NOT NULL AND submitted_at >= $2",
+    )
+    .bind(provider)
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The estimated input tokens of `model`'s open lines in batches submitted to the provider
+/// (fleet-wide): what its batch queue holds of ours now.
+///
+/// # Errors
+/// Database errors.
+pub async fn enqueued_tokens(pool: &PgPool, model: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(l.tokens), 0)::int8 FROM provider_batch_lines l
+         JOIN provider_batches b USING (batch_id)
+         WHERE b.model = $1 AND b.status = 'submitted' AND l.status = 'open'",
+    )
+    .bind(model)
+    .fetch_one(pool)
+    .await
 }
 
 /// Takes one open batch (recorded or submitted) of one of `models` whose lease ran out,
@@ -239,7 +281,7 @@ pub async fn claim_due(
 pub async fn open_lines(pool: &PgPool, batch_id: &str) -> sqlx::Result<Vec<NewLine>> {
     sqlx::query_as(
         "SELECT call_id, job_id, item_id, attempt, COALESCE(work, ''::bytea) AS work,
-             COALESCE(tier, '') AS tier, reservation_id, priced_at
+             COALESCE(tier, '') AS tier, reservation_id, priced_at, tokens
          FROM provider_batch_lines WHERE batch_id = $1 AND status = 'open' ORDER BY call_id",
     )
     .bind(batch_id)

@@ -74,12 +74,12 @@ async fn an_attempt_is_in_one_open_line_and_a_dead_worker_s_batch_is_taken_over_
             .is_none()
     );
     assert!(
-        pb::submitted(pool, "pb_1", "batch_abc", "file_1", Duration::ZERO)
+        pb::submitted(pool, "pb_1", "batch_abc", Some("file_1"), Duration::ZERO)
             .await
             .unwrap()
     );
     assert!(
-        !pb::submitted(pool, "pb_1", "batch_abc", "file_1", Duration::ZERO)
+        !pb::submitted(pool, "pb_1", "batch_abc", Some("file_1"), Duration::ZERO)
             .await
             .unwrap(),
         "recorded once"
@@ -145,4 +145,39 @@ async fn an_attempt_is_in_one_open_line_and_a_dead_worker_s_batch_is_taken_over_
     }
     due.sort();
     assert_eq!(due, ["pb_2", "pb_4"]);
+}
+
+#[tokio::test]
+async fn the_batch_queue_holds_the_tokens_of_open_lines_in_submitted_batches_only() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let lease = Duration::from_secs(60);
+    pb::record(
+        pool,
+        &batch("pb_q1", vec![line("c1", "i1"), line("c2", "i2")]),
+        "w",
+        lease,
+    )
+    .await
+    .unwrap();
+    pb::record(pool, &batch("pb_q2", vec![line("c3", "i3")]), "w", lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        pb::enqueued_tokens(pool, "m").await.unwrap(),
+        0,
+        "nothing sent yet"
+    );
+    assert!(
+        pb::submitted(pool, "pb_q1", "batch_q1", None, Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    assert_eq!(pb::enqueued_tokens(pool, "m").await.unwrap(), 200);
+    assert_eq!(pb::enqueued_tokens(pool, "other").await.unwrap(), 0);
+    // A booked line leaves the queue.
+    pb::close_lines(pool, "pb_q1", &["c1".to_owned()], true)
+        .await
+        .unwrap();
+    assert_eq!(pb::enqueued_tokens(pool, "m").await.unwrap(), 100);
 }

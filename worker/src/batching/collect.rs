@@ -3,7 +3,7 @@
 //! messages, upload, create, record the provider's ids). The team's budget bounds it too:
 //! each line holds its call's worst case from its claim on, as a real-time call does.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use switchyard_store::outcomes::Outcome;
@@ -16,8 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::{Line, Queued};
 use crate::committer::Pending;
 use crate::context::Worker;
-use crate::llm::openai_batch::OpenAiBatchClient;
-use crate::llm::{CompletionRequest, ProviderError};
+use crate::llm::CompletionRequest;
 use crate::settle::{Disposition, settle};
 
 /// The largest input file a batch is given: OpenAI takes up to 200 MB; a line's size is
@@ -37,16 +36,47 @@ pub fn start(w: Worker, commits: mpsc::Sender<Pending>) -> (mpsc::Sender<Queued>
     (tx, tokio::spawn(run(w, rx, commits)))
 }
 
+/// A model's lines waiting to be recorded as one batch.
+struct Group {
+    /// When its first line came.
+    first: Instant,
+    lines: Vec<Queued>,
+    /// Their estimated input file bytes and input tokens.
+    bytes: usize,
+    tokens: u64,
+}
+
+impl Group {
+    fn new() -> Self {
+        Self {
+            first: Instant::now(),
+            lines: Vec::new(),
+            bytes: 0,
+            tokens: 0,
+        }
+    }
+
+    /// Whether `line` would take the group past the input file's bytes or the model's batch
+    /// queue (`queue`): it starts the next batch instead.
+    fn overflows(&self, line: &Line, queue: Option<u64>) -> bool {
+        !self.lines.is_empty()
+            && (self.bytes.saturating_add(estimated_bytes(line)) > MAX_FILE_BYTES
+                || queue.is_some_and(|q| self.tokens.saturating_add(line.input_tokens()) > q))
+    }
+
+    fn push(&mut self, q: Queued) {
+        self.bytes = self.bytes.saturating_add(estimated_bytes(&q.line));
+        self.tokens = self.tokens.saturating_add(q.line.input_tokens());
+        self.lines.push(q);
+    }
+}
+
 async fn run(w: Worker, mut rx: mpsc::Receiver<Queued>, commits: mpsc::Sender<Pending>) {
     let bs = w.settings.worker.batching.clone();
-    // Per model: when its first line came, its lines, their estimated bytes.
-    let mut groups: HashMap<String, (Instant, Vec<Queued>, usize)> = HashMap::new();
+    let mut groups: HashMap<String, Group> = HashMap::new();
     let senders = TaskTracker::new();
     loop {
-        let due = groups
-            .values()
-            .map(|(first, ..)| *first + bs.max_wait)
-            .min();
+        let due = groups.values().map(|g| g.first + bs.max_wait).min();
         let next = match due {
             Some(at) => tokio::select! {
                 q = rx.recv() => Some(q),
@@ -57,24 +87,24 @@ async fn run(w: Worker, mut rx: mpsc::Receiver<Queued>, commits: mpsc::Sender<Pe
         match next {
             Some(Some(q)) => {
                 let model = q.line.model.clone();
-                let size = estimated_bytes(&q.line);
-                // A line that would take the file past its limit starts the next batch.
+                let queue = w
+                    .models
+                    .get(&model)
+                    .and_then(|m| m.settings.batch_queue_tokens)
+                    .map(std::num::NonZeroU64::get);
                 if groups
                     .get(&model)
-                    .is_some_and(|g| g.2.saturating_add(size) > MAX_FILE_BYTES)
-                    && let Some((_, lines, _)) = groups.remove(&model)
+                    .is_some_and(|g| g.overflows(&q.line, queue))
+                    && let Some(g) = groups.remove(&model)
                 {
-                    flush(&w, lines, &commits, &senders).await;
+                    flush(&w, g.lines, &commits, &senders).await;
                 }
-                let group = groups
-                    .entry(model.clone())
-                    .or_insert_with(|| (Instant::now(), Vec::new(), 0));
-                group.1.push(q);
-                group.2 = group.2.saturating_add(size);
-                if group.1.len() >= bs.max_lines.get()
-                    && let Some((_, lines, _)) = groups.remove(&model)
+                let group = groups.entry(model.clone()).or_insert_with(Group::new);
+                group.push(q);
+                if group.lines.len() >= bs.max_lines.get()
+                    && let Some(g) = groups.remove(&model)
                 {
-                    flush(&w, lines, &commits, &senders).await;
+                    flush(&w, g.lines, &commits, &senders).await;
                 }
             }
             // Every sender is gone: the lane is stopping.
@@ -83,19 +113,19 @@ async fn run(w: Worker, mut rx: mpsc::Receiver<Queued>, commits: mpsc::Sender<Pe
                 let now = Instant::now();
                 let ripe: Vec<String> = groups
                     .iter()
-                    .filter(|(_, (first, ..))| now >= *first + bs.max_wait)
+                    .filter(|(_, g)| now >= g.first + bs.max_wait)
                     .map(|(m, _)| m.clone())
                     .collect();
                 for model in ripe {
-                    if let Some((_, lines, _)) = groups.remove(&model) {
-                        flush(&w, lines, &commits, &senders).await;
+                    if let Some(g) = groups.remove(&model) {
+                        flush(&w, g.lines, &commits, &senders).await;
                     }
                 }
             }
         }
     }
-    for (_, (_, lines, _)) in groups.drain() {
-        flush(&w, lines, &commits, &senders).await;
+    for (_, g) in groups.drain() {
+        flush(&w, g.lines, &commits, &senders).await;
     }
     senders.close();
     // A batch whose upload is cut short stays recorded and is taken up by another worker.
@@ -171,6 +201,7 @@ fn new_line(l: &Line) -> NewLine {
         tier: l.tier.clone(),
         reservation_id: l.reservation_id,
         priced_at: l.priced_at,
+        tokens: i32::try_from(l.input_tokens()).unwrap_or(i32::MAX),
     }
 }
 
@@ -208,18 +239,32 @@ pub(super) async fn send(
     model: &str,
     lines: &[(String, CompletionRequest)],
 ) {
-    let Some(client) = w.models.get(model).and_then(|m| m.batch.as_ref()) else {
+    let Some(runtime) = w.models.get(model) else {
         return;
     };
-    match create(client, batch_id, lines).await {
-        Ok((provider_batch_id, file_id)) => {
+    let Some(client) = runtime.batch.as_ref() else {
+        return;
+    };
+    if let Some(queue) = runtime.settings.batch_queue_tokens {
+        match fits_in_queue(w, model, batch_id, queue.get()).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(batch = %batch_id, error = %e, "cannot read the batch queue; the batch is sent later");
+                return;
+            }
+        }
+    }
+    match client.create(batch_id, lines).await {
+        Ok(created) => {
             let poll = w.settings.worker.batching.poll_every;
-            match pb::submitted(&w.pool, batch_id, &provider_batch_id, &file_id, poll).await {
+            let (id, file) = (&created.provider_batch_id, created.input_file_id.as_deref());
+            match pb::submitted(&w.pool, batch_id, id, file, poll).await {
                 Ok(_) => {
-                    tracing::info!(batch = %batch_id, provider_batch = %provider_batch_id, "provider batch created");
+                    tracing::info!(batch = %batch_id, provider_batch = %id, "provider batch created");
                 }
                 Err(e) => {
-                    tracing::warn!(batch = %batch_id, error = %e, "provider batch created but not recorded; it will be found by its metadata");
+                    tracing::warn!(batch = %batch_id, error = %e, "provider batch created but not recorded; it will be found at the provider");
                 }
             }
         }
@@ -229,22 +274,26 @@ pub(super) async fn send(
     }
 }
 
-/// Uploads `lines` as an input file and creates a batch of it whose metadata names
-/// `batch_id`. Returns the provider's batch and file ids.
-async fn create(
-    client: &OpenAiBatchClient,
+/// Whether recorded batch `batch_id` fits in `model`'s batch queue (`queue` tokens) beside
+/// the model's batches at the provider. One that does not stays recorded: the poller looks
+/// at it again after its lease and sends it once earlier batches have ended. (Two workers
+/// checking at the same moment may both send; the provider then fails the later batch and
+/// its lines come back to be sent again.)
+async fn fits_in_queue(
+    w: &Worker,
+    model: &str,
     batch_id: &str,
-    lines: &[(String, CompletionRequest)],
-) -> Result<(String, String), ProviderError> {
-    let mut jsonl = String::new();
-    for (call_id, request) in lines {
-        jsonl.push_str(&OpenAiBatchClient::line(call_id, request));
-        jsonl.push('\n');
+    queue: u64,
+) -> anyhow::Result<bool> {
+    let enqueued = u64::try_from(pb::enqueued_tokens(&w.pool, model).await?).unwrap_or(0);
+    let ours: u64 = pb::open_lines(&w.pool, batch_id)
+        .await?
+        .iter()
+        .map(|l| u64::try_from(l.tokens).unwrap_or(0))
+        .sum();
+    if enqueued > 0 && enqueued.saturating_add(ours) > queue {
+        tracing::info!(batch = %batch_id, model, enqueued, ours, queue, "the model's batch queue is full; the batch waits");
+        return Ok(false);
     }
-    let file = client
-        .upload(&format!("{batch_id}.jsonl"), jsonl.into_bytes())
-        .await?;
-    let metadata = BTreeMap::from([(pb::METADATA_KEY.to_owned(), batch_id.to_owned())]);
-    let created = client.create(&file.id, &metadata).await?;
-    Ok((created.id, file.id))
+    Ok(true)
 }

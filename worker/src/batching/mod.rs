@@ -54,6 +54,15 @@ pub struct Line {
     pub work: Vec<u8>,
 }
 
+impl Line {
+    /// Its estimated input tokens (as the TPM estimate counts a prompt): what it puts in the
+    /// provider's batch queue (`batch_queue_tokens`).
+    pub fn input_tokens(&self) -> u64 {
+        let all = crate::limiter::estimate_tokens(&self.request);
+        u64::from(all.saturating_sub(self.request.completion_bound()))
+    }
+}
+
 /// A line with the message that brought it, settled once the line is recorded.
 pub struct Queued {
     pub line: Line,

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use switchyard_openai::objects::{Batch, BatchStatus};
 use switchyard_proto::topology::HEADER_MSG_ID;
 use switchyard_proto::{WorkItem, codec};
 use switchyard_store::outcomes::{self, AttemptKey};
@@ -12,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::{ModelRuntime, Worker};
 use crate::lane::{CallBooking, request_for};
-use crate::llm::openai_batch::{LineResult, OpenAiBatchClient};
+use crate::llm::batch_api::{BatchApi, LineResult, Lookup, Progress, ProviderBatch};
 use crate::llm::{Completion, ProviderError};
 
 /// Batches looked at per round, at most (the rest wait for the next round).
@@ -86,55 +85,16 @@ async fn look_at(w: &Worker, b: &BatchRow) -> anyhow::Result<()> {
     let every = w.settings.worker.batching.poll_every;
     let provider_batch_id = match &b.provider_batch_id {
         Some(id) => id.clone(),
-        None => {
-            // Recorded, maybe created: its creator may have died in between. A provider that
-            // refuses the listing itself (no Batch API there: a misconfigured `batch = true`)
-            // cannot have created it either.
-            let found = match client.find_by_metadata(pb::METADATA_KEY, &b.batch_id).await {
-                Ok(found) => found,
-                Err(ProviderError::Refused { status, body, .. }) => {
-                    tracing::warn!(batch = %b.batch_id, status, body = %body, "the provider refuses to list batches; is `batch = true` right for this model?");
-                    None
-                }
-                Err(e) => return Err(e.into()),
-            };
-            match found {
-                Some(found) => {
-                    pb::submitted(&w.pool, &b.batch_id, &found.id, &found.input_file_id, every)
-                        .await?;
-                    found.id
-                }
-                None => {
-                    let lines = pb::open_lines(&w.pool, &b.batch_id).await?;
-                    if chrono::Utc::now() > b.deadline {
-                        // Never sent and out of time: the lines go back to real time (nothing
-                        // was billed for them), instead of waiting to be booked in doubt.
-                        tracing::warn!(batch = %b.batch_id, lines = lines.len(), "provider batch never created before its deadline; its lines go to real time");
-                        send_back(w, &b.batch_id, &lines).await?;
-                        pb::end(&w.pool, &b.batch_id, None, None, true).await?;
-                        return Ok(());
-                    }
-                    let requests = lines
-                        .iter()
-                        .filter_map(|l| {
-                            let item: WorkItem = codec::decode(&l.work).ok()?;
-                            Some((l.call_id.clone(), request_for(&item, model, &l.call_id)))
-                        })
-                        .collect::<Vec<_>>();
-                    super::collect::send(w, &b.batch_id, &b.model, &requests).await;
-                    return Ok(());
-                }
-            }
-        }
+        None => match find_or_send(w, b, model, client).await? {
+            Some(id) => id,
+            None => return Ok(()),
+        },
     };
     let at_provider = client.get(&provider_batch_id).await?;
-    match at_provider.status {
-        BatchStatus::Completed
-        | BatchStatus::Expired
-        | BatchStatus::Cancelled
-        | BatchStatus::Failed => finish(w, b, model, client, &at_provider).await,
-        BatchStatus::Cancelling => Ok(pb::look_later(&w.pool, &b.batch_id, every).await?),
-        _ => {
+    match at_provider.progress {
+        Progress::Ended => finish(w, b, model, client, &at_provider).await,
+        Progress::Stopping => Ok(pb::look_later(&w.pool, &b.batch_id, every).await?),
+        Progress::Running => {
             if chrono::Utc::now() > b.deadline {
                 // Past the deadline: what has not been answered goes to real time once the
                 // provider has stopped.
@@ -146,6 +106,71 @@ async fn look_at(w: &Worker, b: &BatchRow) -> anyhow::Result<()> {
     }
 }
 
+/// A batch recorded but not known to be created (its creator may have died in between, or
+/// the creation's answer was lost): looks for it at the provider and returns its id if it is
+/// there; else sends it (or, past its deadline, sends its lines back to real time) and
+/// returns `None`. While the provider cannot tell (an Anthropic batch that may be ours is
+/// still running), nothing is sent.
+async fn find_or_send(
+    w: &Worker,
+    b: &BatchRow,
+    model: &ModelRuntime,
+    client: &BatchApi,
+) -> anyhow::Result<Option<String>> {
+    let every = w.settings.worker.batching.poll_every;
+    let lines = pb::open_lines(&w.pool, &b.batch_id).await?;
+    let calls: Vec<String> = lines.iter().map(|l| l.call_id.clone()).collect();
+    let since = b.created_at - crate::llm::anthropic_batch::CLOCK_SKEW;
+    let known = pb::provider_ids_since(&w.pool, &b.provider, since).await?;
+    // A provider that refuses the listing itself (no batch API there: a misconfigured
+    // `batch = true`) cannot have created it either.
+    let lookup = match client.find(&b.batch_id, b.created_at, &calls, &known).await {
+        Ok(lookup) => lookup,
+        Err(ProviderError::Refused { status, body, .. }) => {
+            tracing::warn!(batch = %b.batch_id, status, body = %body, "the provider refuses to list batches; is `batch = true` right for this model?");
+            Lookup::Absent
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match lookup {
+        Lookup::Found(found) => {
+            pb::submitted(
+                &w.pool,
+                &b.batch_id,
+                &found.id,
+                found.input_file_id.as_deref(),
+                every,
+            )
+            .await?;
+            Ok(Some(found.id))
+        }
+        Lookup::Undecided(why) => {
+            tracing::info!(batch = %b.batch_id, why = %why, "not sending a batch that may exist already");
+            pb::look_later(&w.pool, &b.batch_id, every).await?;
+            Ok(None)
+        }
+        Lookup::Absent if chrono::Utc::now() > b.deadline => {
+            // Never sent and out of time: the lines go back to real time (nothing was billed
+            // for them), instead of waiting to be booked in doubt.
+            tracing::warn!(batch = %b.batch_id, lines = lines.len(), "provider batch never created before its deadline; its lines go to real time");
+            send_back(w, &b.batch_id, &lines).await?;
+            pb::end(&w.pool, &b.batch_id, None, None, true).await?;
+            Ok(None)
+        }
+        Lookup::Absent => {
+            let requests = lines
+                .iter()
+                .filter_map(|l| {
+                    let item: WorkItem = codec::decode(&l.work).ok()?;
+                    Some((l.call_id.clone(), request_for(&item, model, &l.call_id)))
+                })
+                .collect::<Vec<_>>();
+            super::collect::send(w, &b.batch_id, &b.model, &requests).await;
+            Ok(None)
+        }
+    }
+}
+
 /// Books an ended batch: each open line's answer (or failure) from the provider's files,
 /// lines without one sent back to their tier; then the files are deleted and the batch
 /// ended.
@@ -153,17 +178,12 @@ async fn finish(
     w: &Worker,
     b: &BatchRow,
     model: &ModelRuntime,
-    client: &OpenAiBatchClient,
-    at_provider: &Batch,
+    client: &BatchApi,
+    at_provider: &ProviderBatch,
 ) -> anyhow::Result<()> {
     let mut results: HashMap<String, Result<Completion, ProviderError>> = HashMap::new();
-    for file in [&at_provider.output_file_id, &at_provider.error_file_id]
-        .into_iter()
-        .flatten()
-    {
-        for LineResult { custom_id, result } in client.results(file).await? {
-            results.insert(custom_id, result);
-        }
+    for LineResult { custom_id, result } in client.results(at_provider).await? {
+        results.insert(custom_id, result);
     }
     let lines = pb::open_lines(&w.pool, &b.batch_id).await?;
     let mut outcomes = Vec::new();
@@ -235,16 +255,7 @@ async fn finish(
     pb::close_lines(&w.pool, &b.batch_id, &booked, true).await?;
     crate::committer::announce(w, finished, report.jobs).await;
     send_back(w, &b.batch_id, &returned).await?;
-    let files = [
-        Some(&at_provider.input_file_id),
-        at_provider.output_file_id.as_ref(),
-        at_provider.error_file_id.as_ref(),
-    ];
-    for file in files.into_iter().flatten() {
-        if let Err(e) = client.delete_file(file).await {
-            tracing::warn!(batch = %b.batch_id, file = %file, error = %e, "cannot delete a provider file");
-        }
-    }
+    client.clean_up(at_provider).await;
     pb::end(
         &w.pool,
         &b.batch_id,
@@ -261,7 +272,7 @@ async fn finish(
     closed
         .get_or_create(&LineState { state: "returned" })
         .inc_by(returned.len() as u64);
-    tracing::info!(batch = %b.batch_id, booked = booked.len(), returned = returned.len(), status = ?at_provider.status, "provider batch booked");
+    tracing::info!(batch = %b.batch_id, booked = booked.len(), returned = returned.len(), status = %at_provider.status, "provider batch booked");
     Ok(())
 }
 

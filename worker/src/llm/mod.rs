@@ -4,6 +4,8 @@
 //! `protocol` names.
 
 pub mod anthropic;
+pub mod anthropic_batch;
+pub mod batch_api;
 pub mod error;
 pub mod http;
 pub mod openai;

@@ -12,12 +12,13 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchyard_openai::objects::{Batch, FileObject, ListPage};
+use switchyard_openai::objects::{Batch, BatchStatus, FileObject, ListPage};
 use switchyard_openai::output::OutputLine;
 
+use super::batch_api::{LineResult, Progress, ProviderBatch};
 use super::http::Endpoint;
 use super::openai::{body_of, parse_completion};
-use super::{Completion, CompletionRequest, ProviderError};
+use super::{CompletionRequest, ProviderError};
 
 /// Pages read at most when looking for a batch by its metadata (100 batches a page).
 pub const MAX_LIST_PAGES: usize = 20;
@@ -28,14 +29,6 @@ pub struct OpenAiBatchClient {
     endpoint: Endpoint,
     /// The provider's label, for errors.
     name: String,
-}
-
-/// One answered line of an output or error file.
-#[derive(Debug)]
-pub struct LineResult {
-    pub custom_id: String,
-    /// The completion (billed at the batch price), or why the line has none.
-    pub result: Result<Completion, ProviderError>,
 }
 
 impl OpenAiBatchClient {
@@ -231,5 +224,25 @@ impl OpenAiBatchClient {
             .send(self.request(reqwest::Method::DELETE, &format!("/files/{file_id}")))
             .await?;
         Ok(())
+    }
+}
+
+/// What the poller needs of an OpenAI batch.
+pub fn view(b: &Batch) -> ProviderBatch {
+    let progress = match b.status {
+        BatchStatus::Completed
+        | BatchStatus::Expired
+        | BatchStatus::Cancelled
+        | BatchStatus::Failed => Progress::Ended,
+        BatchStatus::Cancelling => Progress::Stopping,
+        _ => Progress::Running,
+    };
+    ProviderBatch {
+        id: b.id.clone(),
+        progress,
+        status: format!("{:?}", b.status).to_lowercase(),
+        input_file_id: Some(b.input_file_id.clone()),
+        output_file_id: b.output_file_id.clone(),
+        error_file_id: b.error_file_id.clone(),
     }
 }

@@ -83,11 +83,19 @@ pub struct ModelSettings {
     /// Completion budget for `generate` tasks.
     #[serde(default = "default_generate_max_tokens")]
     pub generate_max_tokens: u32,
-    /// The provider serves OpenAI's Batch API at `base_url` (`/files`, `/batches`): attempts
-    /// of jobs with a deadline are sent through it, at the price version's batch discount
-    /// (`[worker.batching]`; `protocol = "openai"` only).
+    /// The provider serves a batch API at `base_url`: OpenAI's Batch API (`/files`,
+    /// `/batches`) for `protocol = "openai"`, Anthropic's Message Batches
+    /// (`/messages/batches`) for `protocol = "anthropic"`. Attempts of jobs with a deadline
+    /// are sent through it, at the price version's batch discount (`[worker.batching]`).
     #[serde(default)]
     pub batch: bool,
+    /// The provider's batch queue limit for this model (OpenAI's "enqueued tokens"): input
+    /// tokens of its batches waiting or running at the provider at once, fleet-wide, a
+    /// quota like `rpm` and `tpm`. A batch is created only when its lines' estimated tokens
+    /// fit beside those of the model's open batches (else it waits, recorded, and is sent
+    /// when earlier batches have ended), and a batch is never grouped larger than it.
+    #[serde(default)]
+    pub batch_queue_tokens: Option<std::num::NonZeroU64>,
 }
 
 /// The API a model endpoint speaks.
@@ -212,12 +220,6 @@ pub fn validate_fleet(
         }
     }
     for (name, m) in models {
-        if m.batch && m.protocol != Protocol::Openai {
-            return Err(format!(
-                "models.\"{name}\".batch = true: only OpenAI's Batch API is supported \
-                 (protocol = \"openai\"); Anthropic's Message Batches are not yet"
-            ));
-        }
         if !tiers.contains_key(&m.tier) {
             return Err(format!(
                 "models.\"{name}\".tier = \"{}\": not in [tiers]",

@@ -98,7 +98,7 @@ pub fn weak_call(
 }
 
 /// A provider batch line of attempt 0 of `job_id`'s `item` on the weak tier, booked under
-/// `call`, with no work message and no hold.
+/// `call`, with no work message and no hold, of 100 tokens.
 pub fn batch_line(
     call: &str,
     job_id: &str,
@@ -113,5 +113,6 @@ pub fn batch_line(
         tier: "weak".to_owned(),
         reservation_id: None,
         priced_at: Utc::now(),
+        tokens: 100,
     }
 }

@@ -1,0 +1,191 @@
+//! A provider's batch API as the batching path sees it, whichever protocol the model speaks:
+//! OpenAI's Batch API ([`super::openai_batch`]: an uploaded file, a batch with `metadata`,
+//! output and error files) or Anthropic's Message Batches ([`super::anthropic_batch`]:
+//! requests in the body, no metadata, results read from the batch). The batching path
+//! (`crate::batching`) is written once against [`BatchApi`]: create, find a batch created but
+//! never recorded, poll, cancel, read results, clean up.
+
+use super::anthropic_batch::AnthropicBatchClient;
+use super::openai_batch::OpenAiBatchClient;
+use super::{Completion, CompletionRequest, ProviderError};
+
+/// One answered (or failed) request of a provider batch.
+#[derive(Debug)]
+pub struct LineResult {
+    pub custom_id: String,
+    /// The completion (billed at the batch price), or why the line has none.
+    pub result: Result<Completion, ProviderError>,
+}
+
+/// Where a provider batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Still answering (or validating, or not started).
+    Running,
+    /// Cancelling: results are not final yet.
+    Stopping,
+    /// Every request has its result (answered, failed, expired or cancelled).
+    Ended,
+}
+
+/// A provider batch as the poller needs it.
+#[derive(Debug, Clone)]
+pub struct ProviderBatch {
+    pub id: String,
+    pub progress: Progress,
+    /// The provider's own word for its status, for logs.
+    pub status: String,
+    /// OpenAI's files (input, output, error); Anthropic has none.
+    pub input_file_id: Option<String>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+}
+
+/// The answer to "did we create this batch before we could record it?".
+#[derive(Debug)]
+pub enum Lookup {
+    /// Yes: this is it.
+    Found(ProviderBatch),
+    /// No: nothing the provider holds can be it; sending it is safe.
+    Absent,
+    /// Cannot tell yet (why): sending it now could answer its items twice.
+    Undecided(String),
+}
+
+/// What a local batch was created as: the provider's batch id and, for OpenAI, its input file.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub provider_batch_id: String,
+    pub input_file_id: Option<String>,
+}
+
+/// The batch API of a model with `batch = true`.
+#[derive(Debug, Clone)]
+pub enum BatchApi {
+    OpenAi(OpenAiBatchClient),
+    Anthropic(AnthropicBatchClient),
+}
+
+/// The metadata key naming our batch on an OpenAI batch.
+pub const METADATA_KEY: &str = switchyard_store::provider_batches::METADATA_KEY;
+
+impl BatchApi {
+    /// Creates the provider batch of local batch `batch_id` holding `lines` (call id,
+    /// request); on OpenAI, its input file is uploaded first and the batch named in its
+    /// metadata.
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn create(
+        &self,
+        batch_id: &str,
+        lines: &[(String, CompletionRequest)],
+    ) -> Result<Created, ProviderError> {
+        match self {
+            Self::OpenAi(c) => {
+                let mut jsonl = String::new();
+                for (call_id, request) in lines {
+                    jsonl.push_str(&OpenAiBatchClient::line(call_id, request));
+                    jsonl.push('\n');
+                }
+                let file = c
+                    .upload(&format!("{batch_id}.jsonl"), jsonl.into_bytes())
+                    .await?;
+                let metadata = std::collections::BTreeMap::from([(
+                    METADATA_KEY.to_owned(),
+                    batch_id.to_owned(),
+                )]);
+                let created = c.create(&file.id, &metadata).await?;
+                Ok(Created {
+                    provider_batch_id: created.id,
+                    input_file_id: Some(file.id),
+                })
+            }
+            Self::Anthropic(c) => Ok(Created {
+                provider_batch_id: c.create(lines).await?,
+                input_file_id: None,
+            }),
+        }
+    }
+
+    /// Looks for the provider batch of local batch `batch_id` (recorded at `recorded_at`
+    /// with the lines `calls`), created but never recorded. `known` says whether a provider
+    /// batch id is recorded for another local batch already.
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn find(
+        &self,
+        batch_id: &str,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+        calls: &[String],
+        known: &std::collections::HashSet<String>,
+    ) -> Result<Lookup, ProviderError> {
+        match self {
+            Self::OpenAi(c) => Ok(match c.find_by_metadata(METADATA_KEY, batch_id).await? {
+                Some(b) => Lookup::Found(super::openai_batch::view(&b)),
+                None => Lookup::Absent,
+            }),
+            Self::Anthropic(c) => c.find_orphan(recorded_at, calls, known).await,
+        }
+    }
+
+    /// The provider batch now.
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn get(&self, id: &str) -> Result<ProviderBatch, ProviderError> {
+        match self {
+            Self::OpenAi(c) => Ok(super::openai_batch::view(&c.get(id).await?)),
+            Self::Anthropic(c) => c.get(id).await,
+        }
+    }
+
+    /// Asks the provider to cancel a batch.
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn cancel(&self, id: &str) -> Result<(), ProviderError> {
+        match self {
+            Self::OpenAi(c) => c.cancel(id).await.map(|_| ()),
+            Self::Anthropic(c) => c.cancel(id).await,
+        }
+    }
+
+    /// The results of an ended batch.
+    ///
+    /// # Errors
+    /// What the provider answered.
+    pub async fn results(&self, b: &ProviderBatch) -> Result<Vec<LineResult>, ProviderError> {
+        match self {
+            Self::OpenAi(c) => {
+                let mut out = Vec::new();
+                for file in [&b.output_file_id, &b.error_file_id].into_iter().flatten() {
+                    out.extend(c.results(file).await?);
+                }
+                Ok(out)
+            }
+            Self::Anthropic(c) => c.results(&b.id).await,
+        }
+    }
+
+    /// Deletes what the provider keeps of a booked batch (OpenAI's files; Anthropic's batch
+    /// and its results). Failures are logged: the provider expires them in time.
+    pub async fn clean_up(&self, b: &ProviderBatch) {
+        match self {
+            Self::OpenAi(c) => {
+                let files = [&b.input_file_id, &b.output_file_id, &b.error_file_id];
+                for file in files.into_iter().flatten() {
+                    if let Err(e) = c.delete_file(file).await {
+                        tracing::warn!(batch = %b.id, file = %file, error = %e, "cannot delete a provider file");
+                    }
+                }
+            }
+            Self::Anthropic(c) => {
+                if let Err(e) = c.delete(&b.id).await {
+                    tracing::warn!(batch = %b.id, error = %e, "cannot delete a provider batch");
+                }
+            }
+        }
+    }
+}
