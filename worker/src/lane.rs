@@ -632,6 +632,23 @@ impl CallBooking<'_> {
         }
     }
 
+    /// An answer the provider sent (and bills) but that cannot be used: booked at an
+    /// estimate of its usage (`request`'s prompt, the body's size), the item not decided: its
+    /// attempt is called again. A provider batch line's unusable output line takes this path
+    /// as a real-time call's unusable body does.
+    pub(crate) fn unusable(
+        &self,
+        key: AttemptKey,
+        request: &CompletionRequest,
+        e: &crate::llm::ProviderError,
+        reservation_id: Option<i64>,
+    ) -> Outcome {
+        Outcome::Unusable {
+            key,
+            call: self.entry(Usage::estimated(request, e), false, reservation_id),
+        }
+    }
+
     /// The item fails with `error` and no answer: a provider batch line the provider
     /// refused (nothing billed). Its intent is released by the commit.
     pub(crate) fn refused(&self, key: AttemptKey, error: String) -> Outcome {

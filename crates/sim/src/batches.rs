@@ -38,6 +38,37 @@ fn unix_secs() -> i64 {
 /// The client tag of a batch line's call in the call log: `batch:<batch id>`.
 pub const BATCH_TAG_PREFIX: &str = "batch:";
 
+/// Path parameters of a file's or batch's route (`/c/{tag}` routes carry the client's tag).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct One {
+    #[allow(dead_code, reason = "the tag only selects the route")]
+    tag: Option<String>,
+    id: String,
+}
+
+/// The Batch API's routes, untagged and under `/c/{tag}` (a client tagged by its base URL,
+/// as the chaos run's workers are).
+pub(crate) fn routes() -> axum::Router<Arc<AppState>> {
+    use axum::routing::{delete as delete_route, get as get_route, post};
+    let mut router = axum::Router::new();
+    for root in ["", "/c/{tag}"] {
+        router = router
+            .route(
+                &format!("{root}/v1/files"),
+                post(upload).layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024)),
+            )
+            .route(&format!("{root}/v1/files/{{id}}"), delete_route(delete))
+            .route(
+                &format!("{root}/v1/files/{{id}}/content"),
+                get_route(content),
+            )
+            .route(&format!("{root}/v1/batches"), post(create).get(list))
+            .route(&format!("{root}/v1/batches/{{id}}"), get_route(get))
+            .route(&format!("{root}/v1/batches/{{id}}/cancel"), post(cancel));
+    }
+    router
+}
+
 /// Files and batches the simulator holds (in memory).
 #[derive(Debug, Default)]
 pub struct BatchStore {
@@ -112,7 +143,7 @@ pub(crate) async fn upload(State(state): State<Arc<AppState>>, mut form: Multipa
 /// `GET /v1/files/{id}/content`.
 pub(crate) async fn content(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    Path(One { id, .. }): Path<One>,
 ) -> Response {
     match lock(&state.batch_store).files.get(&id) {
         Some((_, bytes)) => bytes.clone().into_response(),
@@ -121,7 +152,10 @@ pub(crate) async fn content(
 }
 
 /// `DELETE /v1/files/{id}`.
-pub(crate) async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(One { id, .. }): Path<One>,
+) -> Response {
     match lock(&state.batch_store).files.remove(&id) {
         Some(_) => Json(json!({"id": id, "object": "file", "deleted": true})).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("No such file: '{id}'")),
@@ -186,7 +220,10 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> R
 }
 
 /// `GET /v1/batches/{id}`.
-pub(crate) async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(One { id, .. }): Path<One>,
+) -> Response {
     match lock(&state.batch_store).batches.get(&id) {
         Some(b) => Json(b.clone()).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("No such batch: '{id}'")),
@@ -218,7 +255,10 @@ pub(crate) async fn list(State(state): State<Arc<AppState>>, Query(page): Query<
 }
 
 /// `POST /v1/batches/{id}/cancel`.
-pub(crate) async fn cancel(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(One { id, .. }): Path<One>,
+) -> Response {
     let mut store = lock(&state.batch_store);
     let Some(b) = store.batches.get_mut(&id) else {
         return error(StatusCode::NOT_FOUND, format!("No such batch: '{id}'"));

@@ -297,21 +297,7 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(untagged_chat))
         .route("/c/{tag}/v1/chat/completions", post(tagged_chat))
         .route("/v1/messages", post(untagged_messages))
-        .route(
-            "/v1/files",
-            post(crate::batches::upload).layer(DefaultBodyLimit::max(256 * 1024 * 1024)),
-        )
-        .route(
-            "/v1/files/{id}",
-            axum::routing::delete(crate::batches::delete),
-        )
-        .route("/v1/files/{id}/content", get(crate::batches::content))
-        .route(
-            "/v1/batches",
-            post(crate::batches::create).get(crate::batches::list),
-        )
-        .route("/v1/batches/{id}", get(crate::batches::get))
-        .route("/v1/batches/{id}/cancel", post(crate::batches::cancel))
+        .merge(crate::batches::routes())
         .route("/c/{tag}/v1/messages", post(tagged_messages))
         .merge(crate::message_batches::routes())
         .route("/v1/models", get(list_models))
@@ -479,6 +465,13 @@ pub(crate) async fn chat_completions(
         .fold(0u32, |sum, a| sum.saturating_add(a.completion_tokens));
     let tokens = answer.prompt_tokens.saturating_add(completion_tokens);
     let (fault, hang, trickle) = state.decide_fault(&request.model, tokens);
+    // A batch line has no connection to break, hold open or trickle down: connection faults
+    // do not apply to it (what is written to its output file is served, and billed).
+    let batch_line = client
+        .as_deref()
+        .is_some_and(|c| c.starts_with(crate::batches::BATCH_TAG_PREFIX));
+    let fault = fault
+        .filter(|f| !(batch_line && matches!(f, Fault::Timeout | Fault::Reset | Fault::Trickle)));
 
     let mut call = CallRecord::new(request.model.clone(), fault.map_or(200, |f| f.status()));
     call.record_id.clone_from(&answer.record_id);

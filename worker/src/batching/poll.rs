@@ -190,6 +190,8 @@ async fn finish(
     let mut escalations = Vec::new();
     let mut booked = Vec::new();
     let mut returned: Vec<NewLine> = Vec::new();
+    // Booked as unusable, their attempts to be called again.
+    let mut again: Vec<NewLine> = Vec::new();
     let mut refused_holds = Vec::new();
     let subject = w.settings.topology().work_subject("batch");
     for line in lines {
@@ -230,7 +232,17 @@ async fn finish(
                 refused_holds.extend(line.reservation_id);
                 booked.push(line.call_id.clone());
             }
-            // A transient failure, or no line at all (expired, cancelled): called again.
+            Some(Err(e @ ProviderError::BadBody { .. })) => {
+                // Answered and billed, but unusable: booked at an estimate as in real time,
+                // and the attempt sent again (under a new call).
+                let request = request_for(&item, model, &line.call_id);
+                outcomes.push(booking.unusable(key, &request, &e, line.reservation_id));
+                escalations.push(None);
+                booked.push(line.call_id.clone());
+                again.push(line);
+            }
+            // A transient failure, or no line at all (expired, cancelled): called again,
+            // nothing billed.
             Some(Err(_)) | None => returned.push(line),
         }
     }
@@ -254,6 +266,7 @@ async fn finish(
     crate::committer::publish_escalations(w, &escalate).await?;
     pb::close_lines(&w.pool, &b.batch_id, &booked, true).await?;
     crate::committer::announce(w, finished, report.jobs).await;
+    republish(w, &b.batch_id, &again).await?;
     send_back(w, &b.batch_id, &returned).await?;
     client.clean_up(at_provider).await;
     pb::end(
@@ -286,6 +299,13 @@ async fn send_back(w: &Worker, batch_id: &str, lines: &[NewLine]) -> anyhow::Res
     }
     let ids: Vec<String> = lines.iter().map(|l| l.call_id.clone()).collect();
     pb::close_lines(&w.pool, batch_id, &ids, false).await?;
+    republish(w, batch_id, lines).await
+}
+
+/// Publishes closed lines' work messages again, each under an id of its own (its call's),
+/// so a duplicate window does not drop them. A crash before leaves the item to the
+/// dispatcher's sweeper, which re-publishes lost attempts.
+async fn republish(w: &Worker, batch_id: &str, lines: &[NewLine]) -> anyhow::Result<()> {
     let t = w.settings.topology();
     for l in lines {
         let mut headers = async_nats::HeaderMap::new();

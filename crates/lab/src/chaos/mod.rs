@@ -18,7 +18,9 @@
 //!    be called again;
 //! 6. just before PostgreSQL restarts, starts a second team's job against a hard budget far
 //!    below its cost, so that the race for its last dollars crosses the restart and the
-//!    worker kills ([`budget_race`]): nothing may be booked past the limit.
+//!    worker kills ([`budget_race`]): nothing may be booked past the limit;
+//! 7. runs a third job with a deadline through the simulator's Batch API, whose batches
+//!    expire half-done ([`provider_batch`]): every batch line billed must be booked once.
 //!
 //! When the job is finished it stops the fleet with SIGTERM and joins the simulator's call
 //! log with the ledger ([`verify`]). It passes when no item is lost, none has two final
@@ -27,6 +29,7 @@
 //! reconciliation), no process exited on its own and every process exited 0 on SIGTERM.
 
 pub mod budget_race;
+pub mod provider_batch;
 pub mod redeliver;
 pub mod verify;
 
@@ -115,6 +118,8 @@ pub struct ChaosReport {
     pub passed: bool,
     /// The budgeted team's race across the PostgreSQL restart.
     pub budget_race: budget_race::BudgetRace,
+    /// The job with a deadline, through provider batches that expire half-done.
+    pub provider_batch: provider_batch::ProviderBatchRun,
     /// Faults by kind: the simulator's, kills, restarts.
     pub faults: BTreeMap<String, u64>,
     pub kills: Vec<Kill>,
@@ -175,6 +180,7 @@ fn base_settings(nats: &NatsServer, pg: &Postgres, sim: &SimHandle) -> anyhow::R
         m.timeout = Duration::from_secs(2);
         m.max_retries = 3;
     }
+    provider_batch::tune(&mut s);
     Ok(s)
 }
 
@@ -394,6 +400,8 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             latency_jitter: Duration::from_millis(100),
             seed,
             faults: provider_faults(),
+            batch_delay: Duration::from_secs(1),
+            batch_expire_after_lines: Some(provider_batch::EXPIRE_AFTER),
             ..SimConfig::default()
         },
     )
@@ -405,6 +413,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         .await
         .context("cannot set up the run's streams and database")?;
     budget_race::set_budget(&client).await?;
+    provider_batch::set_prices(&client, &settings).await?;
     let env = vec![
         ("NATS_URL".to_owned(), settings.nats.url.clone()),
         (
@@ -481,6 +490,22 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         "job {job_id} submitted ({} items) to dispatcher d0",
         opts.items
     ));
+    let mut nightly_items = chaos_items(provider_batch::ITEMS)?;
+    for item in &mut nightly_items {
+        item.sensitivity = None;
+    }
+    let nightly = match provider_batch::start(&client, task.clone(), nightly_items).await {
+        Ok(id) => {
+            run.note(&format!(
+                "job {id} submitted ({} items, a day's deadline: through provider batches \
+                 that expire after {} lines)",
+                provider_batch::ITEMS,
+                provider_batch::EXPIRE_AFTER
+            ));
+            Ok(id)
+        }
+        Err(e) => Err(format!("the job with a deadline could not start: {e:#}")),
+    };
 
     // 1. The dispatcher dies while it holds the job; d1 joins, then d0 comes back.
     let deadline = started + opts.timeout;
@@ -646,6 +671,15 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         }
     ));
 
+    // The job with a deadline: its batches still running are waited for (bounded).
+    if let Ok(id) = &nightly
+        && !provider_batch::wait_final(&client, id, Duration::from_secs(120)).await
+    {
+        run.note(&format!(
+            "the job with a deadline {id} did not finish in time"
+        ));
+    }
+
     // Stop the fleet the way an orchestrator does, then do the books.
     let mut sigterm_exit_codes = BTreeMap::new();
     for role in run.dispatchers.iter_mut().chain(run.workers.iter_mut()) {
@@ -680,7 +714,12 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     // Every job of the run calls the one simulator: the ledger side of the join is theirs.
     let ledger_jobs: Vec<String> = std::iter::once(job_id.clone())
         .chain(race.iter().map(|(id, _)| id.clone()))
+        .chain(nightly.iter().cloned())
         .collect();
+    let nightly_books = match &nightly {
+        Ok(id) => provider_batch::books(&client, id, &calls).await?,
+        Err(why) => provider_batch::ProviderBatchRun::not_started(why.clone()),
+    };
     let books = verify::account(&client.pool, &job_id, &ledger_jobs, &calls, &local_tiers).await?;
     // The finance side: settle what was booked in doubt against the provider's call log,
     // then the ledger must equal the provider's bill exactly.
@@ -694,6 +733,11 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                     switchyard_sim::ModelPrice {
                         input_usd_per_mtok: p.input_usd_per_mtok,
                         output_usd_per_mtok: p.output_usd_per_mtok,
+                        batch_discount: if settings.models.get(m).is_some_and(|x| x.batch) {
+                            provider_batch::BATCH_DISCOUNT
+                        } else {
+                            rust_decimal::Decimal::ZERO
+                        },
                         ..Default::default()
                     },
                 )
@@ -735,6 +779,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         && done_work_called_again == 0
         && bill.balances()
         && race_books.holds()
+        && nightly_books.holds()
         && run.unexpected_exits.is_empty()
         && sigterm_exit_codes.values().all(|c| *c == Some(0));
     let kept_dir = if opts.keep || !passed {
@@ -757,6 +802,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         job_status: final_status,
         passed,
         budget_race: race_books,
+        provider_batch: nightly_books,
         faults: run.faults.clone(),
         kills: run.kills.clone(),
         unexpected_exits: run.unexpected_exits.clone(),
@@ -818,6 +864,23 @@ pub fn render(r: &ChaosReport) -> String {
     );
     for p in &r.budget_race.problems {
         out.push_str(&format!("  budget race: {p}\n"));
+    }
+    let pb = &r.provider_batch;
+    out.push_str(&format!(
+        "job with a deadline: {} ({} of {} items done), {} provider batches, {} lines \
+         booked, {} sent back (expired), {} open; {} batch lines billed, {} ledger batch rows\n",
+        pb.job_status,
+        pb.done,
+        pb.items,
+        pb.batches,
+        pb.lines_booked,
+        pb.lines_returned,
+        pb.lines_open,
+        pb.lines_billed,
+        pb.batch_ledger_rows
+    ));
+    for p in &pb.problems {
+        out.push_str(&format!("  job with a deadline: {p}\n"));
     }
     for (k, v) in &r.faults {
         out.push_str(&format!("  {k}: {v}\n"));
