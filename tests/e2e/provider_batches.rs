@@ -369,3 +369,57 @@ async fn a_model_s_batch_queue_bounds_its_batches_and_every_line_is_still_booked
     }
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_batch_line_whose_answer_cannot_be_read_is_booked_and_called_again() {
+    // The first line the provider answers is a 200 with a broken body: billed, unusable.
+    let n = 6;
+    let (h, job) = job_with_deadline(
+        SimConfig {
+            batch_delay: Duration::from_millis(100),
+            faults: switchyard_sim::Faults {
+                script: vec![switchyard_sim::FaultKind::MalformedJson].into(),
+                ..switchyard_sim::Faults::default()
+            },
+            ..SimConfig::default()
+        },
+        Protocol::Openai,
+        n,
+        0.0,
+    )
+    .await;
+    let status = h.wait_final(&job, 120).await;
+    assert_eq!(status.job.status, "completed", "{:?}", status.dead_letters);
+    assert_eq!(status.done(), n as i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT call_id, model, batch, outcome, cost_usd FROM ledger WHERE job_id = $1",
+    )
+    .bind(&job)
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    let sim = h.fleet.sim.as_ref().expect("the simulator runs");
+    let billed: Vec<switchyard_sim::CallRecord> = sim
+        .calls()
+        .into_iter()
+        .filter(switchyard_sim::CallRecord::billed)
+        .collect();
+    assert_eq!(billed.len(), n + 1, "the unreadable line was billed too");
+    let mut billed_ids: Vec<String> = billed
+        .iter()
+        .filter_map(|c| c.client_request_id.clone())
+        .collect();
+    billed_ids.sort();
+    let mut booked: Vec<String> = rows.iter().map(|r| r.call_id.clone()).collect();
+    booked.sort();
+    assert_eq!(
+        booked, billed_ids,
+        "every billed line booked once: {rows:?}"
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r.outcome == "unusable").count(),
+        1,
+        "{rows:?}"
+    );
+    h.finish().await;
+}
