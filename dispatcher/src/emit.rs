@@ -136,7 +136,7 @@ pub async fn emit(
                 None => ingest::score(d, spec, &item),
             };
             let (route, raw) = router.route(&item, seq, score, &mut scratch);
-            if stage.includes(&spec.job_id, &item.item_id, route.tier.is_some()) {
+            if stage.includes(spec.sample_key(), &item.item_id, route.tier.is_some()) {
                 rows.push(new_item(item, seq, raw, route, cut, ds));
             }
             seq += 1;
@@ -172,7 +172,7 @@ pub async fn emit(
             stored = items::unanswered_between(&d.pool, &spec.job_id, first, last)
                 .await?
                 .into_iter()
-                .filter(|i| stage.includes(&spec.job_id, &i.item_id, i.route_tier.is_some()))
+                .filter(|i| stage.includes(spec.sample_key(), &i.item_id, i.route_tier.is_some()))
                 .map(|i| sender.ready_from_stored(i))
                 .collect();
         }
@@ -291,9 +291,13 @@ impl<'a> Sender<'a> {
                 deadline: self.deadline,
             };
             let ds = &self.d.settings.dispatcher;
-            let audit = self
-                .stage
-                .decorate(&mut msg, item.score, &ds.weak_tier, &ds.strong_tier);
+            let audit = self.stage.decorate(
+                &mut msg,
+                self.spec.sample_key(),
+                item.score,
+                &ds.weak_tier,
+                &ds.strong_tier,
+            );
             let shadow = crate::dispatch::shadow_of(self.d, self.spec, &msg);
             let payload = codec::encode(&msg)?;
             let id = work::attempt_key(&msg.job_id, &msg.item_id, 0);

@@ -80,13 +80,16 @@ impl Stage {
     }
 
     /// Whether this stage stores and publishes the item. `forced`: a pin or a rule decided
-    /// its tier (it is never in the pilot).
-    pub fn includes(&self, job_id: &str, item_id: &str, forced: bool) -> bool {
+    /// its tier (it is never in the pilot). `sample_key`: what the pilot's draw hashes (the
+    /// job's [`JobSpec::sample_key`]).
+    pub fn includes(&self, sample_key: &str, item_id: &str, forced: bool) -> bool {
         match self {
             Stage::All { .. } => true,
-            Stage::Pilot { fraction, .. } => !forced && audit::in_pilot(job_id, item_id, *fraction),
+            Stage::Pilot { fraction, .. } => {
+                !forced && audit::in_pilot(sample_key, item_id, *fraction)
+            }
             Stage::Routed { pilot_fraction, .. } => {
-                forced || !audit::in_pilot(job_id, item_id, *pilot_fraction)
+                forced || !audit::in_pilot(sample_key, item_id, *pilot_fraction)
             }
         }
     }
@@ -96,6 +99,7 @@ impl Stage {
     pub fn decorate(
         &self,
         msg: &mut WorkItem,
+        sample_key: &str,
         router_score: f32,
         weak_tier: &str,
         strong_tier: &str,
@@ -120,7 +124,7 @@ impl Stage {
             } => {
                 msg.escalation = Some(rule.clone());
                 msg.confidence_threshold = *fallback_threshold;
-                audit::sampled(&msg.job_id, &msg.item_id, *audit_fraction)
+                audit::sampled(sample_key, &msg.item_id, *audit_fraction)
             }
         };
         msg.router_score = Some(router_score);
@@ -182,7 +186,7 @@ pub fn extra_samples_for(
 /// stage: a first message published again (by the stuck-job sweep) must carry the same rule
 /// (or the same record-only pilot sampling) as the lost one did. `samples`: the job's extra
 /// samples per weak answer ([`extra_samples_for`]; a routed stage does not store them).
-pub fn stage_of_item(stored: &StoredStage, job_id: &str, item_id: &str, samples: u8) -> Stage {
+pub fn stage_of_item(stored: &StoredStage, sample_key: &str, item_id: &str, samples: u8) -> Stage {
     match stored {
         StoredStage::Pilot {
             pilot_fraction,
@@ -193,7 +197,7 @@ pub fn stage_of_item(stored: &StoredStage, job_id: &str, item_id: &str, samples:
             samples: *samples,
         },
         StoredStage::Routed { pilot_fraction, .. }
-            if audit::in_pilot(job_id, item_id, *pilot_fraction) =>
+            if audit::in_pilot(sample_key, item_id, *pilot_fraction) =>
         {
             Stage::Pilot {
                 fraction: *pilot_fraction,
@@ -327,7 +331,7 @@ pub async fn plan(
         let score = crate::ingest::score(d, spec, &item);
         let (route, _) = router.route(&item, seq, score, &mut scratch);
         if route.tier.is_none() {
-            let pilot = audit::in_pilot(&spec.job_id, &item.item_id, pilot_fraction);
+            let pilot = audit::in_pilot(spec.sample_key(), &item.item_id, pilot_fraction);
             items.push(JobItem {
                 seq,
                 router_score: route.key,
@@ -478,7 +482,9 @@ mod tests {
             samples: 4,
         };
         let mut m = msg("weak");
-        let audit = stage.decorate(&mut m, 0.25, "weak", "strong").unwrap();
+        let audit = stage
+            .decorate(&mut m, "job", 0.25, "weak", "strong")
+            .unwrap();
         assert_eq!((m.escalations_left, m.confidence_threshold), (0, 0.0));
         assert_eq!(m.router_score, Some(0.25));
         let rule = m.escalation.as_ref().unwrap();
@@ -495,11 +501,19 @@ mod tests {
         assert_ne!(audit.attempt_key(), m.attempt_key());
         // Strong-routed and local items get nothing.
         let mut s = msg("strong");
-        assert!(stage.decorate(&mut s, 0.0, "weak", "strong").is_none());
+        assert!(
+            stage
+                .decorate(&mut s, "job", 0.0, "weak", "strong")
+                .is_none()
+        );
         assert!(s.escalation.is_none());
         let mut l = msg("weak");
         l.local_only = true;
-        assert!(stage.decorate(&mut l, 0.0, "weak", "strong").is_none());
+        assert!(
+            stage
+                .decorate(&mut l, "job", 0.0, "weak", "strong")
+                .is_none()
+        );
     }
 
     #[test]
@@ -524,7 +538,7 @@ mod tests {
             }
         );
         let mut m = msg("weak");
-        assert!(s.decorate(&mut m, 0.1, "weak", "strong").is_none());
+        assert!(s.decorate(&mut m, "job", 0.1, "weak", "strong").is_none());
         assert_eq!(m.escalation, Some(rule));
         assert_eq!(m.confidence_threshold, 0.75);
         // Plans of other policies are not quality stages.

@@ -455,9 +455,13 @@ impl Message<'_> {
             escalations_left: self.escalations.saturating_sub(used),
         };
         if let (0, Some(stored)) = (attempt, &self.stage) {
-            let stage =
-                crate::pilot::stage_of_item(stored, &msg.job_id, &msg.item_id, self.samples);
-            let _audit = stage.decorate(&mut msg, score, self.weak_tier, self.strong_tier);
+            let key = self
+                .policy
+                .sample_key
+                .as_deref()
+                .unwrap_or(&self.job.job_id);
+            let stage = crate::pilot::stage_of_item(stored, key, &msg.item_id, self.samples);
+            let _audit = stage.decorate(&mut msg, key, score, self.weak_tier, self.strong_tier);
         }
         Some(msg)
     }

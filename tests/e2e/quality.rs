@@ -194,3 +194,48 @@ fn assert_same_json(a: &serde_json::Value, b: &serde_json::Value) {
         _ => assert_eq!(a, b),
     }
 }
+
+#[tokio::test]
+async fn two_quality_jobs_with_one_sample_key_pilot_the_same_items() {
+    let h = Harness::start().await;
+    let items = mmlu_items(300);
+    let mut pilots = Vec::new();
+    for id in ["paired-a", "paired-b"] {
+        let mut spec = classify_job(items.clone(), 0.0, 0.0);
+        spec.job_id = id.to_owned();
+        // Teams of their own: the first job's answers are not the second's history.
+        spec.team = Some(id.to_owned());
+        spec.policy.routing = Routing::Quality { value: 0.95 };
+        spec.policy.cascade.confidence_threshold = None;
+        spec.policy.sample_key = Some("nightly-paired".to_owned());
+        h.client.submit(spec).await.unwrap();
+        let status = h.wait_final(id, 120).await;
+        assert_eq!(status.job.status, "completed", "{status:?}");
+        let stored = switchyard_store::quality::stored_plan(&h.db.pool, id)
+            .await
+            .unwrap()
+            .unwrap();
+        let fraction = stored["pilot_fraction"].as_f64().unwrap();
+        // Every pilot item is audited: the pilot is what the key draws, not the job id.
+        let audited: Vec<String> = attempts(&h, id)
+            .await
+            .into_iter()
+            .filter(|(_, (_, a))| a.contains(&i32::from(AUDIT_ATTEMPT)))
+            .map(|(item, _)| item)
+            .collect();
+        let pilot: Vec<String> = items
+            .iter()
+            .map(|i| i.item_id.clone())
+            .filter(|i| audit::in_pilot("nightly-paired", i, fraction))
+            .collect();
+        assert!(!pilot.is_empty());
+        let missing: Vec<&String> = pilot.iter().filter(|i| !audited.contains(i)).collect();
+        assert!(
+            missing.is_empty(),
+            "{id}: pilot items not audited: {missing:?}"
+        );
+        pilots.push(pilot);
+    }
+    assert_eq!(pilots[0], pilots[1], "the same pilot");
+    h.finish().await;
+}

@@ -67,6 +67,7 @@ pub fn classify_job(items: Vec<Item>, strong_share: f64, threshold: f64) -> JobS
         models: Default::default(),
         shadow: None,
         audit: None,
+        sample_key: None,
     };
     spec.team = Some("team-e2e".into());
     spec.project = Some("proj".into());

@@ -49,6 +49,9 @@ impl Default for Limits {
     }
 }
 
+/// The longest `sample_key` a policy may name.
+pub const MAX_SAMPLE_KEY_BYTES: usize = 256;
+
 /// The shortest deadline a job may have: a minute (less is real time by another name).
 pub const MIN_DEADLINE_SECS: u64 = 60;
 /// The longest deadline a job may have: 30 days (longer than any provider keeps a batch).
@@ -186,6 +189,14 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
     {
         return reject(format!("policy shadow {f} is outside [0, 1]"));
     }
+    if let Some(key) = &spec.policy.sample_key
+        && (key.is_empty() || key.len() > MAX_SAMPLE_KEY_BYTES)
+    {
+        return reject(format!(
+            "policy sample_key is {} bytes; it must be 1 to {MAX_SAMPLE_KEY_BYTES}",
+            key.len()
+        ));
+    }
     if let Some(t) = spec.policy.cascade.confidence_threshold
         && !(0.0..=1.0).contains(&t)
     {
@@ -281,6 +292,15 @@ mod tests {
             );
         }
         assert_eq!(check_spec(&spec().with_deadline(86_400), &l), Ok(()));
+        for (key, ok) in [("", false), ("k", true), (&"k".repeat(257)[..], false)] {
+            let mut s = spec();
+            s.policy.sample_key = Some(key.to_owned());
+            let got = check_spec(&s, &l);
+            assert_eq!(got.is_ok(), ok, "{key:?}: {got:?}");
+            if !ok {
+                assert!(got.unwrap_err().0.contains("sample_key"));
+            }
+        }
     }
 
     #[test]

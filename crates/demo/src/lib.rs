@@ -181,7 +181,10 @@ struct DemoJob {
     strong: &'static str,
 }
 
-fn demo_jobs(data: &Dataset, opts: &DemoOptions, team: &str) -> Vec<DemoJob> {
+/// The demo's jobs for `team`. `sample_key`: what each job's pilot and audit draws hash
+/// (with the job's kind), the same for the real-time run and the run with a deadline, so the
+/// two are compared item for item.
+fn demo_jobs(data: &Dataset, opts: &DemoOptions, team: &str, sample_key: &str) -> Vec<DemoJob> {
     let policy = |weak: &str, strong: &str| Policy {
         routing: match opts.quality {
             Some(value) => Routing::Quality { value },
@@ -199,6 +202,7 @@ fn demo_jobs(data: &Dataset, opts: &DemoOptions, team: &str) -> Vec<DemoJob> {
         ]),
         shadow: None,
         audit: None,
+        sample_key: None,
     };
     let (cw, cs) = ("mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview");
     let (sw, ss) = ("T0pp", "text-davinci-002");
@@ -222,6 +226,7 @@ fn demo_jobs(data: &Dataset, opts: &DemoOptions, team: &str) -> Vec<DemoJob> {
         mc,
     );
     classify.policy = policy(cw, cs);
+    classify.policy.sample_key = Some(format!("{sample_key}-mmlu"));
     classify.team = Some(team.to_owned());
     if let Some(d) = opts.deadline {
         classify = classify.with_deadline(d.as_secs());
@@ -235,6 +240,7 @@ fn demo_jobs(data: &Dataset, opts: &DemoOptions, team: &str) -> Vec<DemoJob> {
         news,
     );
     summarize.policy = policy(sw, ss);
+    summarize.policy.sample_key = Some(format!("{sample_key}-news"));
     summarize.team = Some(team.to_owned());
     if let Some(d) = opts.deadline {
         summarize = summarize.with_deadline(d.as_secs());
@@ -350,11 +356,9 @@ async fn run_jobs(
     let client = fleet.client();
     // A team of this run's own: a quality job learns from its team's history, and an earlier
     // demo's answers to these very items would be a leak, not history.
-    let team = format!(
-        "demo-{}{team_suffix}",
-        &fleet.settings.nats.prefix["demo_".len()..]
-    );
-    let jobs = demo_jobs(data, opts, &team);
+    let run = format!("demo-{}", &fleet.settings.nats.prefix["demo_".len()..]);
+    let team = format!("{run}{team_suffix}");
+    let jobs = demo_jobs(data, opts, &team, &run);
     let bars = MultiProgress::new();
     if !opts.progress {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -538,7 +542,8 @@ fn twin_of(
         })
         .collect();
     let report = twin.run(&JobInput {
-        job_id: job.spec.job_id.clone(),
+        // The twin draws its pilot and audit with what the fleet's job draws them with.
+        job_id: job.spec.sample_key().to_owned(),
         task: job.spec.task.clone(),
         rows,
         policy: PolicyChoice::Quality {

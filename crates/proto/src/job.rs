@@ -65,6 +65,11 @@ impl JobSpec {
         }
     }
 
+    /// What the pilot's and audit's draws hash: the policy's `sample_key`, else the job id.
+    pub fn sample_key(&self) -> &str {
+        self.policy.sample_key.as_deref().unwrap_or(&self.job_id)
+    }
+
     /// The version this spec must carry: the lowest whose readers understand its task and
     /// its deadline.
     pub fn message_version(&self) -> u16 {
@@ -238,6 +243,12 @@ pub struct Policy {
     /// the job's all-strong cost. `None`: the deployment's default (2%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<f64>,
+    /// The key a `quality=Q` job's pilot and audit samples are drawn with (hashed with each
+    /// item id). `None`: the job id. Two jobs of the same items with the same key pilot and
+    /// audit the same items, so they can be compared pair for pair (the demo runs its jobs
+    /// again with a deadline this way: the difference is the batch price, not the draw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_key: Option<String>,
 }
 
 /// The routing rule applied to the router's scores (higher score = more need for the strong

@@ -189,11 +189,18 @@ pub async fn job_quality(
     let kind = kind
         .and_then(|k| k.parse::<switchyard_proto::TaskKind>().ok())
         .unwrap_or(switchyard_proto::TaskKind::Generate);
+    // The pilot was drawn with the policy's sample key, if it names one.
+    let key = policy
+        .as_ref()
+        .and_then(|p| p.get("sample_key"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(job_id)
+        .to_owned();
     let rows = answered_items(pool, job_id).await?;
     let views: Vec<switchyard_core::audit::ItemView<'_>> = rows
         .iter()
         .map(|r| switchyard_core::audit::ItemView {
-            pilot: switchyard_core::audit::in_pilot(job_id, &r.item_id, pilot_fraction),
+            pilot: switchyard_core::audit::in_pilot(&key, &r.item_id, pilot_fraction),
             strong_routed: r.routed_tier.as_deref().is_some_and(|t| t != weak_tier),
             first: r
                 .first_answer
