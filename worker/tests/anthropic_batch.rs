@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_core::prompt::Message;
@@ -42,19 +41,11 @@ fn request(prompt: &str) -> CompletionRequest {
 
 #[tokio::test]
 async fn requests_go_up_in_one_batch_and_an_unrecorded_one_is_found_by_its_results() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let data = Arc::new(
-        switchyard_sim::Dataset::from_jsonl_str(
-            "mmlu.jsonl",
-            r#"{"id": "q1", "task": "mmlu/x", "prompt": "Pick one.\nA. a\nB. b\nAnswer:", "choices": ["a", "b"], "models": {"mistralai/Mixtral-8x7B-Instruct-v0.1": {"score": 1.0, "prompt_tokens": 20, "completion_tokens": 1}}}"#,
-        )
-        .unwrap(),
-    );
     let config = switchyard_sim::SimConfig {
         batch_delay: Duration::from_millis(300),
         ..switchyard_sim::SimConfig::default()
     };
-    let sim = switchyard_sim::start(listener, data, config).await.unwrap();
+    let sim = switchyard_sim::start_one_question(config).await.unwrap();
     let endpoint = Endpoint::new(
         switchyard_worker::llm::openai::http_client().unwrap(),
         &sim.base_url(),

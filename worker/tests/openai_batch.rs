@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_core::prompt::Message;
@@ -35,15 +34,7 @@ fn request(prompt: &str) -> CompletionRequest {
 
 #[tokio::test]
 async fn a_tier_s_requests_go_up_as_one_file_and_come_back_by_custom_id() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let data = Arc::new(
-        switchyard_sim::Dataset::from_jsonl_str(
-            "mmlu.jsonl",
-            r#"{"id": "q1", "task": "mmlu/x", "prompt": "Pick one.\nA. a\nB. b\nAnswer:", "choices": ["a", "b"], "models": {"mistralai/Mixtral-8x7B-Instruct-v0.1": {"score": 1.0, "prompt_tokens": 20, "completion_tokens": 1}}}"#,
-        )
-        .unwrap(),
-    );
-    let sim = switchyard_sim::start(listener, data, switchyard_sim::SimConfig::default())
+    let sim = switchyard_sim::start_one_question(switchyard_sim::SimConfig::default())
         .await
         .unwrap();
     let endpoint = Endpoint::new(

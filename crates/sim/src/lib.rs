@@ -56,4 +56,4 @@ pub use config::SimConfig;
 pub use dataset::{Dataset, ModelRecord, Record};
 pub use error::SimError;
 pub use faults::{FaultKind, Faults, OddAnswer};
-pub use server::{SimHandle, start};
+pub use server::{SimHandle, start, start_one_question};

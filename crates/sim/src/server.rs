@@ -57,6 +57,21 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// How long [`SimHandle::shutdown`] waits for the server task before aborting it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// A simulator on a free loopback port replaying one MMLU question answered by Mixtral
+/// (right, 20 prompt tokens, 1 completion token): what the batch APIs' tests of the simulator
+/// and of the worker's batch clients need, in one place.
+///
+/// # Errors
+/// As [`start`], or when no loopback port is free.
+pub async fn start_one_question(config: SimConfig) -> Result<SimHandle, SimError> {
+    const ROW: &str = r#"{"id": "q1", "task": "mmlu/x", "prompt": "Pick one.\nA. a\nB. b\nAnswer:", "choices": ["a", "b"], "models": {"mistralai/Mixtral-8x7B-Instruct-v0.1": {"score": 1.0, "prompt_tokens": 20, "completion_tokens": 1}}}"#;
+    let data = Arc::new(Dataset::from_jsonl_str("mmlu.jsonl", ROW)?);
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(SimError::Listener)?;
+    start(listener, data, config).await
+}
+
 /// Starts serving on `listener` in a background task and returns at once.
 pub async fn start(
     listener: TcpListener,

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -16,15 +15,7 @@ use switchyard_sim::{ModelPrice, SimConfig, SimHandle};
 const WEAK: &str = "mistralai/Mixtral-8x7B-Instruct-v0.1";
 
 async fn start(config: SimConfig) -> SimHandle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let data = Arc::new(
-        switchyard_sim::Dataset::from_jsonl_str(
-            "mmlu.jsonl",
-            r#"{"id": "q1", "task": "mmlu/x", "prompt": "Pick one.\nA. a\nB. b\nAnswer:", "choices": ["a", "b"], "models": {"mistralai/Mixtral-8x7B-Instruct-v0.1": {"score": 1.0, "prompt_tokens": 20, "completion_tokens": 1}}}"#,
-        )
-        .unwrap(),
-    );
-    switchyard_sim::start(listener, data, config).await.unwrap()
+    switchyard_sim::start_one_question(config).await.unwrap()
 }
 
 fn requests(ids: &[&str]) -> Value {

@@ -229,6 +229,20 @@ pub async fn provider_ids_since(
     Ok(rows.into_iter().collect())
 }
 
+/// The estimated input tokens of `batch_id`'s open lines.
+///
+/// # Errors
+/// Database errors.
+pub async fn batch_tokens(pool: &PgPool, batch_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(tokens), 0)::int8 FROM provider_batch_lines
+         WHERE batch_id = $1 AND status = 'open'",
+    )
+    .bind(batch_id)
+    .fetch_one(pool)
+    .await
+}
+
 /// The estimated input tokens of `model`'s open lines in batches submitted to the provider
 /// (fleet-wide): what its batch queue holds of ours now.
 ///

@@ -286,11 +286,7 @@ async fn fits_in_queue(
     queue: u64,
 ) -> anyhow::Result<bool> {
     let enqueued = u64::try_from(pb::enqueued_tokens(&w.pool, model).await?).unwrap_or(0);
-    let ours: u64 = pb::open_lines(&w.pool, batch_id)
-        .await?
-        .iter()
-        .map(|l| u64::try_from(l.tokens).unwrap_or(0))
-        .sum();
+    let ours = u64::try_from(pb::batch_tokens(&w.pool, batch_id).await?).unwrap_or(0);
     if enqueued > 0 && enqueued.saturating_add(ours) > queue {
         tracing::info!(batch = %batch_id, model, enqueued, ours, queue, "the model's batch queue is full; the batch waits");
         return Ok(false);

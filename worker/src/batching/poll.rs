@@ -120,8 +120,14 @@ async fn find_or_send(
     let every = w.settings.worker.batching.poll_every;
     let lines = pb::open_lines(&w.pool, &b.batch_id).await?;
     let calls: Vec<String> = lines.iter().map(|l| l.call_id.clone()).collect();
-    let since = b.created_at - crate::llm::anthropic_batch::CLOCK_SKEW;
-    let known = pb::provider_ids_since(&w.pool, &b.provider, since).await?;
+    // Only a search by results (Anthropic's) needs the ids other batches of ours hold.
+    let known = match client {
+        BatchApi::Anthropic(_) => {
+            let since = b.created_at - crate::llm::anthropic_batch::CLOCK_SKEW;
+            pb::provider_ids_since(&w.pool, &b.provider, since).await?
+        }
+        BatchApi::OpenAi(_) => std::collections::HashSet::new(),
+    };
     // A provider that refuses the listing itself (no batch API there: a misconfigured
     // `batch = true`) cannot have created it either.
     let lookup = match client.find(&b.batch_id, b.created_at, &calls, &known).await {

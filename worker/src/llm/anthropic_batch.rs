@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use switchyard_core::messages;
 
 use super::anthropic::{ANTHROPIC_VERSION, body_of};
-use super::batch_api::{LineResult, Lookup, Progress, ProviderBatch};
+use super::batch_api::{LineResult, Lookup, Progress, ProviderBatch, read_lines};
 use super::http::{Auth, Endpoint};
 use super::{Completion, CompletionRequest, ProviderError};
 
@@ -240,16 +240,9 @@ impl AnthropicBatchClient {
             .endpoint
             .send(self.request(reqwest::Method::GET, &path), &self.name)
             .await?;
-        let text = String::from_utf8_lossy(&bytes);
-        let mut out = Vec::new();
-        for raw in text.lines().filter(|l| !l.trim().is_empty()) {
-            let Ok(line) = serde_json::from_str::<ResultLine>(raw) else {
-                tracing::warn!(provider = %self.name, batch = id, "a results line is not one; its request is retried");
-                continue;
-            };
-            out.push(self.result_of(line));
-        }
-        Ok(out)
+        Ok(read_lines(&bytes, &self.name, id, |l: ResultLine| {
+            self.result_of(l)
+        }))
     }
 
     fn result_of(&self, line: ResultLine) -> LineResult {

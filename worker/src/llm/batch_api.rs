@@ -17,6 +17,28 @@ pub struct LineResult {
     pub result: Result<Completion, ProviderError>,
 }
 
+/// Reads a results file of JSON lines: each line that parses as `T` becomes a result by
+/// `result_of`; one that does not is skipped (logged with `source`) and its request goes back
+/// to be called again, as a line without a result does.
+pub(crate) fn read_lines<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    provider: &str,
+    source: &str,
+    result_of: impl Fn(T) -> LineResult,
+) -> Vec<LineResult> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = Vec::new();
+    for raw in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<T>(raw) {
+            Ok(line) => out.push(result_of(line)),
+            Err(e) => {
+                tracing::warn!(provider, source, error = %e, "a results line does not parse; its request is called again");
+            }
+        }
+    }
+    out
+}
+
 /// Where a provider batch is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {

@@ -15,7 +15,7 @@ use serde_json::json;
 use switchyard_openai::objects::{Batch, BatchStatus, FileObject, ListPage};
 use switchyard_openai::output::OutputLine;
 
-use super::batch_api::{LineResult, Progress, ProviderBatch};
+use super::batch_api::{LineResult, Progress, ProviderBatch, read_lines};
 use super::http::Endpoint;
 use super::openai::{body_of, parse_completion};
 use super::{CompletionRequest, ProviderError};
@@ -164,16 +164,9 @@ impl OpenAiBatchClient {
             .endpoint
             .send(self.request(reqwest::Method::GET, &path), &self.name)
             .await?;
-        let text = String::from_utf8_lossy(&bytes);
-        let mut out = Vec::new();
-        for raw in text.lines().filter(|l| !l.trim().is_empty()) {
-            let Ok(line) = serde_json::from_str::<OutputLine>(raw) else {
-                tracing::warn!(provider = %self.name, file = file_id, "an output line is not one; its request is retried");
-                continue;
-            };
-            out.push(self.result_of(line));
-        }
-        Ok(out)
+        Ok(read_lines(&bytes, &self.name, file_id, |l: OutputLine| {
+            self.result_of(l)
+        }))
     }
 
     fn result_of(&self, line: OutputLine) -> LineResult {
