@@ -31,8 +31,9 @@ struct Row {
     provider: String,
 }
 
-#[tokio::test]
-async fn an_anthropic_model_answers_and_its_cache_writes_and_reads_are_booked_at_their_rates() {
+/// A fleet whose weak model speaks Anthropic's protocol (with logprobs or without), priced
+/// at Anthropic's rates relative to input: reads 0.1 ×, 5-minute writes 1.25 ×, 1 hour 2 ×.
+async fn anthropic_fleet(logprobs: bool) -> (Harness, Tariff) {
     let h = Harness::start_with(
         |s| {
             let m = s
@@ -41,11 +42,14 @@ async fn an_anthropic_model_answers_and_its_cache_writes_and_reads_are_booked_at
                 .expect("the weak model is configured");
             m.protocol = Protocol::Anthropic;
             m.provider = "anthropic".to_owned();
+            m.logprobs = logprobs;
         },
-        SimConfig::default(),
+        SimConfig {
+            logprobs,
+            ..SimConfig::default()
+        },
     )
     .await;
-    // Anthropic's rates relative to input: reads 0.1 ×, 5-minute writes 1.25 ×, 1 hour 2 ×.
     let tariff = Tariff::new(d("3"), Some(d("0.3")), d("15"), Decimal::ZERO)
         .unwrap()
         .with_cache_writes(Some(d("3.75")), Some(d("6")))
@@ -61,6 +65,32 @@ async fn an_anthropic_model_answers_and_its_cache_writes_and_reads_are_booked_at
     )
     .await
     .unwrap();
+    (h, tariff)
+}
+
+/// The simulator's requests to the weak model, and its bill for them at `tariff`.
+fn weak_bill(h: &Harness, tariff: &Tariff) -> (Vec<switchyard_sim::CallRecord>, Decimal) {
+    let sim = h.fleet.sim.as_ref().expect("the simulator runs");
+    let price = switchyard_sim::ModelPrice {
+        input_usd_per_mtok: tariff.input_usd_per_mtok,
+        output_usd_per_mtok: tariff.output_usd_per_mtok,
+        batch_discount: Decimal::ZERO,
+        cached_input_usd_per_mtok: tariff.cached_input_usd_per_mtok,
+        cache_write_usd_per_mtok: tariff.cache_write_usd_per_mtok,
+        cache_write_1h_usd_per_mtok: tariff.cache_write_1h_usd_per_mtok,
+    };
+    let calls: Vec<switchyard_sim::CallRecord> = sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.model == WEAK)
+        .collect();
+    let bill = switchyard_sim::bill::bill(&calls, &[(WEAK.to_owned(), price)].into());
+    (calls, bill.usd)
+}
+
+#[tokio::test]
+async fn an_anthropic_model_answers_and_its_cache_writes_and_reads_are_booked_at_their_rates() {
+    let (h, tariff) = anthropic_fleet(true).await;
 
     let job = h
         .client
@@ -91,23 +121,9 @@ async fn an_anthropic_model_answers_and_its_cache_writes_and_reads_are_booked_at
         "{rows:?}"
     );
     // The provider's bill at the same rates equals the ledger to the last unit.
-    let sim = h.fleet.sim.as_ref().expect("the simulator runs");
-    let price = switchyard_sim::ModelPrice {
-        input_usd_per_mtok: tariff.input_usd_per_mtok,
-        output_usd_per_mtok: tariff.output_usd_per_mtok,
-        batch_discount: Decimal::ZERO,
-        cached_input_usd_per_mtok: tariff.cached_input_usd_per_mtok,
-        cache_write_usd_per_mtok: tariff.cache_write_usd_per_mtok,
-        cache_write_1h_usd_per_mtok: tariff.cache_write_1h_usd_per_mtok,
-    };
-    let calls: Vec<switchyard_sim::CallRecord> = sim
-        .calls()
-        .into_iter()
-        .filter(|c| c.model == WEAK)
-        .collect();
-    let bill = switchyard_sim::bill::bill(&calls, &[(WEAK.to_owned(), price)].into());
+    let (_, bill) = weak_bill(&h, &tariff);
     let booked: Decimal = rows.iter().map(|r| r.cost_usd).sum();
-    assert_eq!(bill.usd, booked, "the ledger equals the bill");
+    assert_eq!(bill, booked, "the ledger equals the bill");
     for r in &rows {
         assert_eq!(r.provider, "anthropic");
         assert!(
@@ -168,5 +184,72 @@ async fn an_anthropic_model_answers_and_its_cache_writes_and_reads_are_booked_at
             "{source:?}"
         );
     }
+    h.finish().await;
+}
+
+/// A quality job whose weak model speaks Anthropic's protocol and gives no logprobs: the
+/// worker draws each weak answer's extra samples as requests of their own (Anthropic has no
+/// `n`), all under the call's one id, their agreement is the answer's stored confidence (a
+/// real signal, not the configured constant), and the ledger's one row per call books every
+/// request the provider billed, to the last unit.
+#[tokio::test]
+async fn a_model_without_n_draws_its_samples_as_requests_and_books_them_all() {
+    let (h, tariff) = anthropic_fleet(false).await;
+    let mut spec = classify_job(mmlu_items(120), 0.0, 0.0);
+    spec.job_id = "anthropic-samples".to_owned();
+    spec.policy.routing = switchyard_proto::Routing::Quality { value: 0.95 };
+    spec.policy.cascade.confidence_threshold = None;
+    h.client.submit(spec).await.unwrap();
+    let status = h.wait_final("anthropic-samples", 120).await;
+    assert_eq!(status.job.status, "completed", "{status:?}");
+
+    let rows: Vec<(String, Decimal)> =
+        sqlx::query_as("SELECT call_id, cost_usd FROM ledger WHERE job_id = $1 AND model = $2")
+            .bind("anthropic-samples")
+            .bind(WEAK)
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    assert!(!rows.is_empty());
+    let (calls, bill) = weak_bill(&h, &tariff);
+    // Every weak call asked five times: the answer and four samples, under its one id.
+    for (call_id, _) in &rows {
+        let requests = calls
+            .iter()
+            .filter(|c| c.client_request_id.as_deref() == Some(call_id.as_str()))
+            .count();
+        assert_eq!(requests, 5, "call {call_id}");
+    }
+    assert_eq!(
+        calls.len(),
+        rows.len() * 5,
+        "no request outside the ledger's calls"
+    );
+    // The ledger equals the provider's bill for all of them.
+    let booked: Decimal = rows.iter().map(|r| r.1).sum();
+    assert_eq!(bill, booked, "the ledger equals the bill");
+
+    // The weak answers' confidences are the samples' agreement: quarters, and not one
+    // constant.
+    let confidences: Vec<f64> = sqlx::query_scalar(
+        "SELECT r.confidence FROM results r JOIN items i \
+         ON i.job_id = r.job_id AND i.item_id = r.item_id \
+         WHERE r.job_id = $1 AND r.tier = 'weak' AND r.confidence IS NOT NULL",
+    )
+    .bind("anthropic-samples")
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert!(!confidences.is_empty());
+    assert!(
+        confidences
+            .iter()
+            .all(|c| ((c * 4.0).round() - c * 4.0).abs() < 1e-9),
+        "{confidences:?}"
+    );
+    assert!(
+        confidences.iter().any(|c| *c < 1.0) && confidences.iter().any(|c| *c >= 0.75),
+        "{confidences:?}"
+    );
     h.finish().await;
 }

@@ -182,14 +182,20 @@ pub enum Admission {
 }
 
 /// The most prompt tokens a request can have: a token covers at least one byte, plus a few
-/// per message for the chat template (see the module docs).
+/// per message for the chat template (see the module docs); `n` times over for a provider
+/// that takes a request per choice.
 pub fn prompt_bound(request: &CompletionRequest) -> usize {
-    request
+    let one = request
         .messages
         .iter()
         .map(|m| m.content.len() + 8)
         .sum::<usize>()
-        + 16
+        + 16;
+    if request.separate_choices {
+        one.saturating_mul(usize::from(request.n.max(1)))
+    } else {
+        one
+    }
 }
 
 /// The most a call can cost (see the module docs).
@@ -615,6 +621,7 @@ mod tests {
             client_request_id: None,
             n: 1,
             temperature: 0.0,
+            separate_choices: false,
             params: serde_json::Map::new(),
         };
         // (100 + 8 + 300 + 8 + 16) × 10 + 4 × 30, per million.
@@ -624,5 +631,20 @@ mod tests {
         );
         // Never below the real cost of a call whose tokens fit the bounds.
         assert!(worst_case(&t, &request) >= t.cost(400, 0, 4, false));
+        // Five choices: one prompt for a provider with `n`, five for one that takes a
+        // request per choice; five completions either way.
+        let five = CompletionRequest { n: 5, ..request };
+        assert_eq!(
+            worst_case(&t, &five),
+            Decimal::from_str("0.0049200").unwrap()
+        );
+        let separate = CompletionRequest {
+            separate_choices: true,
+            ..five
+        };
+        assert_eq!(
+            worst_case(&t, &separate),
+            Decimal::from_str("0.0222000").unwrap()
+        );
     }
 }

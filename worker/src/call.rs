@@ -267,6 +267,7 @@ mod tests {
             client_request_id: None,
             n: 1,
             temperature: 0.0,
+            separate_choices: false,
             params: serde_json::Map::new(),
         }
     }

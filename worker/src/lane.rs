@@ -771,6 +771,9 @@ pub(crate) fn request_for(
         },
         client_request_id: Some(call_id.to_owned()),
         n: 1 + extra,
+        // Anthropic has no `n`: its client asks once per choice.
+        separate_choices: extra > 0
+            && model.settings.protocol == switchyard_runtime::settings::Protocol::Anthropic,
         temperature: if extra > 0 { SAMPLE_TEMPERATURE } else { 0.0 },
         params: chat_params(item),
     }
@@ -813,10 +816,6 @@ const SAMPLE_TEMPERATURE: f32 = 0.7;
 /// (docs/quality.md, the worker contract). Only the item's own attempts decide anything
 /// with it; shadow and audit calls never escalate, so they draw none.
 fn extra_samples(item: &WorkItem, model: &ModelRuntime) -> u8 {
-    // Anthropic has no `n`: extra samples would be extra requests (not drawn yet).
-    if model.settings.protocol == switchyard_runtime::settings::Protocol::Anthropic {
-        return 0;
-    }
     match &item.escalation {
         Some(rule) if item.is_own() && !model.settings.logprobs => rule.samples.min(MAX_SAMPLES),
         _ => 0,

@@ -589,6 +589,7 @@ mod tests {
             max_tokens: 20,
             n: 1,
             temperature: 0.0,
+            separate_choices: false,
             params: serde_json::Map::new(),
             logprobs: false,
             top_logprobs: 0,

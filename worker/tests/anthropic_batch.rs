@@ -35,6 +35,7 @@ fn request(prompt: &str) -> CompletionRequest {
         client_request_id: None,
         n: 1,
         temperature: 0.0,
+        separate_choices: false,
         params: serde_json::Map::new(),
     }
 }

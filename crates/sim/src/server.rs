@@ -93,6 +93,7 @@ pub async fn start(
         log,
         prices: Mutex::new(BTreeMap::new()),
         cache: Mutex::new(std::collections::HashSet::new()),
+        samples_drawn: Mutex::new(HashMap::new()),
         batch_store: Mutex::new(crate::batches::BatchStore::default()),
         message_batches: Mutex::new(crate::message_batches::MessageBatchStore::default()),
         addr: loopback(addr),
@@ -206,6 +207,10 @@ impl Drop for SimHandle {
 pub(crate) struct AppState {
     /// `(model, system text)` written to the Anthropic prompt cache so far.
     cache: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Requests at a temperature above 0 seen so far on the Anthropic route, per call
+    /// (client request id, model, prompt): the next one's sample (Anthropic has no `seed`
+    /// and no `n`, see [`messages`]).
+    samples_drawn: Mutex<HashMap<(String, String, String), u64>>,
     /// Files and batches of the batch API.
     pub(crate) batch_store: Mutex<crate::batches::BatchStore>,
     /// Anthropic's message batches (ids and lost creations come from `batch_store`).
@@ -370,7 +375,7 @@ pub(crate) async fn messages(
     client_request_id: Option<String>,
     body: Bytes,
 ) -> Response {
-    let (chat, cached) = match crate::anthropic::to_chat(&body) {
+    let (mut chat, cached) = match crate::anthropic::to_chat(&body) {
         Ok(c) => c,
         Err(message) => {
             let e = serde_json::json!({"type": "error",
@@ -378,6 +383,22 @@ pub(crate) async fn messages(
             return (StatusCode::BAD_REQUEST, Json(e)).into_response();
         }
     };
+    // Anthropic has neither `seed` nor `n`: a client that wants several samples of one
+    // answer asks again at a temperature above 0, and a real model answers differently each
+    // time. Here the k-th such request of one call (its client request id and prompt) is
+    // answered with sample k, as OpenAI's `seed = k` would be: the first is the replayed
+    // answer, the others repeat it as often as its confidence says.
+    if chat["temperature"].as_f64().is_some_and(|t| t > 0.0) {
+        let key = (
+            client_request_id.clone().unwrap_or_default(),
+            chat["model"].as_str().unwrap_or_default().to_owned(),
+            chat["messages"].to_string(),
+        );
+        let mut drawn = lock(&state.samples_drawn);
+        let k = drawn.entry(key).or_insert(0);
+        chat["seed"] = serde_json::json!(*k);
+        *k += 1;
+    }
     // Written the first time a model sees the marked system text, read afterwards.
     let cache = cached.map(|(text, hour)| {
         let model = chat["model"].as_str().unwrap_or_default().to_owned();

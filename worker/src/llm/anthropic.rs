@@ -6,8 +6,15 @@
 //!   `cache_control` on it, so a long shared system prompt is cached by the provider and its
 //!   reads are booked at the cached rate);
 //! - `max_tokens` is required (the request always has one); `stop` becomes `stop_sequences`;
-//!   `temperature` and `top_p` pass through; `seed`, `response_format` and `n` do not exist
-//!   (a request for extra samples gets one answer: no samples, so no agreement signal);
+//!   `temperature` and `top_p` pass through; `seed`, `response_format` and `n` do not exist;
+//! - a request for `n > 1` choices (extra samples of a weak answer, whose agreement is its
+//!   confidence: `switchyard_core::samples`) is made as `n` requests, the answer's first and
+//!   then the samples' side by side, all under the call's one id; the call's usage is their
+//!   sum, so the ledger's one row for the call books every request the provider bills (a
+//!   provider's usage lines of one call id are summed by `ledger reconcile` too). A sample
+//!   request that fails is left out: the answer keeps the samples that came (the escalation
+//!   rule knows an answer without samples); one whose `200` body cannot be read is billed,
+//!   so it is booked at an estimate, as an unusable answer is;
 //! - no logprobs: confidence comes from the model's `confidence_without_logprobs` or the
 //!   job's escalation rule;
 //! - usage is normalized by `switchyard_core::messages` (prompt = input + cache reads +
@@ -82,8 +89,9 @@ pub fn body_of(request: &CompletionRequest) -> Value {
     body
 }
 
-impl LlmClient for AnthropicClient {
-    async fn complete(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
+impl AnthropicClient {
+    /// One request of `request` (its `n` ignored).
+    async fn one(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
         let model = request.model.as_str();
         let mut builder = self
             .endpoint
@@ -105,6 +113,84 @@ impl LlmClient for AnthropicClient {
             })?;
         Ok(Completion::from_parsed(parsed, latency))
     }
+}
+
+impl LlmClient for AnthropicClient {
+    async fn complete(&self, request: &CompletionRequest) -> Result<Completion, ProviderError> {
+        let mut answer = self.one(request).await?;
+        if request.n > 1 {
+            let samples = (1..request.n).map(|_| self.one(request));
+            let raw_first = answer.raw_usage.take();
+            let mut raws = vec![raw_first];
+            for drawn in futures::future::join_all(samples).await {
+                raws.push(add_sample(&mut answer, drawn, request));
+            }
+            answer.raw_usage = raw_usages(&raws);
+        }
+        Ok(answer)
+    }
+}
+
+/// Adds one sample request's outcome to the call's answer: its text to the samples and its
+/// usage to the call's; returns its raw usage. A failed request adds nothing, except a
+/// `200` whose body could not be read: billed, so booked at an estimate (the prompt, and the
+/// body's size as completion, at most `max_tokens`).
+fn add_sample(
+    answer: &mut Completion,
+    drawn: Result<Completion, ProviderError>,
+    request: &CompletionRequest,
+) -> Option<String> {
+    match drawn {
+        Ok(c) => {
+            answer.samples.push(c.content);
+            answer.prompt_tokens = answer.prompt_tokens.saturating_add(c.prompt_tokens);
+            answer.completion_tokens = answer.completion_tokens.saturating_add(c.completion_tokens);
+            answer.cached_prompt_tokens = answer
+                .cached_prompt_tokens
+                .saturating_add(c.cached_prompt_tokens);
+            answer.cache_write_tokens = answer
+                .cache_write_tokens
+                .saturating_add(c.cache_write_tokens);
+            answer.cache_write_1h_tokens = answer
+                .cache_write_1h_tokens
+                .saturating_add(c.cache_write_1h_tokens);
+            answer.usage_estimated |= c.usage_estimated;
+            answer.latency = answer.latency.max(c.latency);
+            c.raw_usage
+        }
+        Err(ProviderError::BadBody { bytes, .. }) => {
+            let prompt_chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
+            let prompt = u32::try_from(prompt_chars.div_ceil(4)).unwrap_or(u32::MAX);
+            let completion = u32::try_from(bytes / 4)
+                .unwrap_or(u32::MAX)
+                .min(request.max_tokens);
+            answer.prompt_tokens = answer.prompt_tokens.saturating_add(prompt);
+            answer.completion_tokens = answer.completion_tokens.saturating_add(completion);
+            answer.usage_estimated = true;
+            None
+        }
+        Err(e) => {
+            tracing::debug!(model = %request.model, error = %e, "a sample request failed; the answer keeps the others");
+            None
+        }
+    }
+}
+
+/// The raw usages of a call's requests, as one JSON array (`null` for a request without
+/// one), or nothing when none had any.
+fn raw_usages(raws: &[Option<String>]) -> Option<String> {
+    if raws.iter().all(Option::is_none) {
+        return None;
+    }
+    let values: Vec<Value> = raws
+        .iter()
+        .map(|r| {
+            r.as_deref()
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or(Value::Null)
+        })
+        .collect();
+    Some(Value::Array(values).to_string())
 }
 
 #[cfg(test)]
@@ -136,6 +222,7 @@ mod tests {
             client_request_id: None,
             n: 3,
             temperature: 0.0,
+            separate_choices: false,
             params,
         };
         let body = body_of(&request);

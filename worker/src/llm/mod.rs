@@ -36,6 +36,9 @@ pub struct CompletionRequest {
     /// Choices to ask for (OpenAI's `n`): 1, or `1 + k` to draw `k` extra samples of the
     /// answer in the same request (a model without logprobs, see `switchyard_core::samples`).
     pub n: u8,
+    /// The provider has no `n`: each choice is a request of its own, its prompt billed
+    /// again (Anthropic; see `anthropic.rs`). Budget bounds count the prompt `n` times.
+    pub separate_choices: bool,
     /// Sampling temperature: 0 for one answer, above 0 when samples must be able to differ.
     pub temperature: f32,
     /// A chat request's own parameters (`temperature`, `top_p`, `stop`, `seed`,
