@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
-use switchyard_proto::Routing;
 use switchyard_proto::work::AUDIT_ATTEMPT;
+use switchyard_proto::{Item, Routing};
 use switchyard_sim::SimConfig;
 
-use crate::support::{Harness, STRONG, classify_job, data, mmlu_items, quality_twin_of};
+use crate::support::{Harness, STRONG, WEAK, classify_job, data, mmlu_items, quality_twin_of};
 
 #[tokio::test]
 async fn a_held_out_quality_job_through_the_fleet_matches_policy_eval() {
@@ -22,7 +22,37 @@ async fn a_held_out_quality_job_through_the_fleet_matches_policy_eval() {
     };
     let h = Harness::start_with(|_| {}, sim.clone()).await;
     // The bundled MMLU rows are held out from the default router's training.
-    let items = mmlu_items(1_000);
+    fleet_matches_its_twin(&h, &sim, mmlu_items(1_000)).await;
+    h.finish().await;
+}
+
+/// The same for a weak model without logprobs: each weak answer draws four extra samples in
+/// its request, their agreement is its confidence, and the fleet still spends, escalates
+/// and delivers what the twin replays.
+#[tokio::test]
+async fn a_quality_job_of_a_model_without_logprobs_matches_policy_eval() {
+    let sim = SimConfig {
+        auroc: 0.85,
+        logprobs: false,
+        ..SimConfig::default()
+    };
+    let h = Harness::start_with(
+        |s| {
+            s.models
+                .get_mut(WEAK)
+                .expect("the weak model is configured")
+                .logprobs = false;
+        },
+        sim.clone(),
+    )
+    .await;
+    fleet_matches_its_twin(&h, &sim, mmlu_items(400)).await;
+    h.finish().await;
+}
+
+/// Runs `items` as a `quality=0.95` job through the fleet and asserts it did what the twin
+/// replays for them.
+async fn fleet_matches_its_twin(h: &Harness, sim: &SimConfig, items: Vec<Item>) {
     let mut spec = classify_job(items.clone(), 0.0, 0.0);
     spec.policy.routing = Routing::Quality { value: 0.95 };
     spec.policy.cascade.confidence_threshold = None;
@@ -32,7 +62,7 @@ async fn a_held_out_quality_job_through_the_fleet_matches_policy_eval() {
     assert_eq!(status.job.status, "completed", "{status:?}");
 
     // The twin, on the same items, job id, router, prices and simulator settings.
-    let replay = quality_twin_of(&h, &sim, &spec, switchyard_core::audit::DEFAULT_AUDIT_SHARE);
+    let replay = quality_twin_of(h, sim, &spec, switchyard_core::audit::DEFAULT_AUDIT_SHARE);
 
     // Decisions: the same items routed strong, escalated and audited.
     let escalated: i64 = sqlx::query_scalar(
@@ -72,13 +102,12 @@ async fn a_held_out_quality_job_through_the_fleet_matches_policy_eval() {
         q_strong += r.models[STRONG].score;
     }
     assert!((q / q_strong - replay.quality_vs_all_strong).abs() < 1e-9);
-    // The promise itself (>= 95% of all-strong) is not met on this held-out job since the
-    // learned-v2 router and the worker wiring merged (93.3%, see docs/quality.md): this test
-    // holds the fleet to its twin, and prints what both achieved.
+    // The promise itself is not asserted here: the job id is new each run, so is the pilot
+    // it draws, and one draw may land under 95% (docs/quality.md: "what is still short").
+    // This test holds the fleet to its twin, and prints what both achieved.
     println!(
-        "fleet = twin: quality {:.4} of all-strong",
-        replay.quality_vs_all_strong
+        "fleet = twin: quality {:.4} of all-strong, {} escalated, {} calls",
+        replay.quality_vs_all_strong, replay.escalated, replay.calls
     );
     assert!(replay.quality_vs_all_strong > 0.5);
-    h.finish().await;
 }

@@ -344,8 +344,11 @@ pub fn quality_twin_of(
                 sim.confidence_bias,
             ),
             seed: sim.seed,
-            logprobs: true,
-            confidence_without_logprobs: 0.5,
+            logprobs: sim.logprobs,
+            confidence_without_logprobs: settings
+                .models
+                .get(WEAK)
+                .map_or(0.5, |m| m.confidence_without_logprobs.get()),
             generate_max_tokens: 512,
         },
         models: &models,

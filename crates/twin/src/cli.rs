@@ -74,6 +74,11 @@ pub struct EvalArgs {
     /// The audit's cap, as a share of the all-strong cost.
     #[arg(long, default_value_t = DEFAULT_AUDIT_SHARE)]
     pub audit_share: f64,
+    /// Replay each job this many times, each draw under a job id of its own (so its own
+    /// pilot and audit samples, as two runs of one job with different sample keys): the
+    /// table shows every draw, the pooled line how many kept the target.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub draws: u32,
     /// Write each job's cost-quality frontier (with the chosen point) as SVG into DIR.
     #[arg(long, value_name = "DIR")]
     pub plot: Option<PathBuf>,
@@ -149,6 +154,8 @@ pub struct Pooled {
     pub worst_quality_vs_all_strong: f64,
     pub saved: f64,
     pub audit_estimate: Option<f64>,
+    /// Jobs (draws included) that kept the `quality=Q` target; `None` for a hand-set policy.
+    pub kept_target: Option<usize>,
 }
 
 /// List prices (USD per million tokens) as exact decimals, from the data README's table.
@@ -218,6 +225,14 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<EvalOutput> {
                 .map(|j| j.report.audit.map(|a| a.estimate))
                 .sum::<Option<f64>>()
                 .map(|s| s / k),
+            kept_target: match policy {
+                PolicyChoice::Quality { target } => Some(
+                    of.iter()
+                        .filter(|j| j.report.quality_vs_all_strong >= target - 1e-12)
+                        .count(),
+                ),
+                PolicyChoice::Fixed { .. } => None,
+            },
         });
     }
     Ok(EvalOutput {
@@ -332,33 +347,40 @@ fn eval_set(
         } else {
             Vec::new()
         };
-        let report = twin.run(&JobInput {
-            job_id: name.clone(),
-            task: task.clone(),
-            rows,
-            policy,
-            weak_quality: weak_qualities[j],
-            history: &history,
-            samples: a.samples,
-            audit_share: a.audit_share,
-        });
-        let plot = match &a.plot {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                let path = dir.join(format!("{}.svg", name.replace('/', "-")));
-                plot::write_frontier(&path, name, &report)?;
-                Some(path.display().to_string())
-            }
-            None => None,
-        };
-        out.push(EvalLine {
-            set: set.name.clone(),
-            job: name.clone(),
-            router: router_name.clone(),
-            report,
-            plot,
-        });
+        for draw in 0..a.draws {
+            let job_id = if draw == 0 {
+                name.clone()
+            } else {
+                format!("{name}#draw-{draw}")
+            };
+            let report = twin.run(&JobInput {
+                job_id: job_id.clone(),
+                task: task.clone(),
+                rows: rows.clone(),
+                policy,
+                weak_quality: weak_qualities[j],
+                history: &history,
+                samples: a.samples,
+                audit_share: a.audit_share,
+            });
+            let plot = match &a.plot {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    let path = dir.join(format!("{}.svg", job_id.replace(['/', '#'], "-")));
+                    plot::write_frontier(&path, &job_id, &report)?;
+                    Some(path.display().to_string())
+                }
+                None => None,
+            };
+            out.push(EvalLine {
+                set: set.name.clone(),
+                job: job_id,
+                router: router_name.clone(),
+                report,
+                plot,
+            });
+        }
     }
     Ok(out)
 }
@@ -406,13 +428,15 @@ pub fn table(o: &EvalOutput) -> String {
     }
     for p in &o.pooled {
         s.push_str(&format!(
-            "{} ({} jobs): mean quality {:.1}% of all-strong (worst job {:.1}%), mean saved {:.1}%, mean audit estimate {}\n",
+            "{} ({} jobs): mean quality {:.1}% of all-strong (worst job {:.1}%), mean saved {:.1}%, mean audit estimate {}{}\n",
             p.set,
             p.jobs,
             100.0 * p.quality_vs_all_strong,
             100.0 * p.worst_quality_vs_all_strong,
             100.0 * p.saved,
-            p.audit_estimate.map_or("-".to_owned(), |a| format!("{a:.3}"))
+            p.audit_estimate.map_or("-".to_owned(), |a| format!("{a:.3}")),
+            p.kept_target
+                .map_or(String::new(), |k| format!(", {k} of {} kept the target", p.jobs))
         ));
     }
     s.push_str(&format!(

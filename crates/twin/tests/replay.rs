@@ -27,6 +27,7 @@ fn args(file: &str) -> EvalArgs {
         no_logprobs: false,
         samples: 4,
         audit_share: 0.02,
+        draws: 1,
         plot: None,
         json: false,
         keep_contaminated: false,
@@ -137,4 +138,37 @@ fn bad_input_is_refused_with_the_file_named() {
     a.data = vec![bad.clone()];
     let e = run(&a).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl"), "{e}");
+}
+
+#[test]
+fn draws_replay_a_job_under_ids_of_their_own_and_count_who_kept_the_target() {
+    let mut a = args("summarize_news.jsonl");
+    a.draws = 3;
+    let out = run(&a).unwrap();
+    assert_eq!(out.jobs.len(), 3);
+    let ids: Vec<&str> = out.jobs.iter().map(|j| j.job.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "summarize_news",
+            "summarize_news#draw-1",
+            "summarize_news#draw-2"
+        ]
+    );
+    // Other ids draw other pilots: not every draw plans the same job.
+    let pilots: std::collections::BTreeSet<String> = out
+        .jobs
+        .iter()
+        .map(|j| format!("{:?}", j.report.plan.as_ref().unwrap().rule))
+        .collect();
+    assert!(pilots.len() > 1, "{pilots:?}");
+    let pooled = &out.pooled[0];
+    assert_eq!(pooled.jobs, 3);
+    let kept = out
+        .jobs
+        .iter()
+        .filter(|j| j.report.quality_vs_all_strong >= 0.95)
+        .count();
+    assert_eq!(pooled.kept_target, Some(kept));
+    assert!(table(&out).contains(&format!("{kept} of 3 kept the target")));
 }
