@@ -185,17 +185,13 @@ pub enum Admission {
 /// per message for the chat template (see the module docs); `n` times over for a provider
 /// that takes a request per choice.
 pub fn prompt_bound(request: &CompletionRequest) -> usize {
-    let one = request
+    request
         .messages
         .iter()
         .map(|m| m.content.len() + 8)
         .sum::<usize>()
-        + 16;
-    if request.separate_choices {
-        one.saturating_mul(usize::from(request.n.max(1)))
-    } else {
-        one
-    }
+        .saturating_add(16)
+        .saturating_mul(request.requests() as usize)
 }
 
 /// The most a call can cost (see the module docs).

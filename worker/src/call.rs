@@ -127,7 +127,7 @@ pub async fn call_model<C: LlmClient>(
             keepalive,
             keepalive_period,
             shutdown,
-            limiter.admit(reserved),
+            limiter.admit_requests(reserved, request.requests()),
         )
         .await
         else {

@@ -77,7 +77,8 @@ pub fn estimate_tokens(request: &CompletionRequest) -> u32 {
         .messages
         .iter()
         .map(|m| m.content.len().div_ceil(4) + 4)
-        .sum();
+        .sum::<usize>()
+        .saturating_mul(request.requests() as usize);
     u32::try_from(prompt)
         .unwrap_or(u32::MAX)
         .saturating_add(3)
@@ -264,7 +265,7 @@ impl ModelLimiter {
     }
 
     /// Why a call of `tokens` tokens cannot leave at `now`, or `None` after booking it.
-    fn try_take(&self, s: &mut State, now: Instant, tokens: u32) -> Option<Wait> {
+    fn try_take(&self, s: &mut State, now: Instant, tokens: u32, requests: u32) -> Option<Wait> {
         if let Some(until) = s.paused_until.filter(|u| *u > now) {
             return Some(Wait::Until(until));
         }
@@ -298,7 +299,8 @@ impl ModelLimiter {
             from + slot
         };
         if let Some(p) = self.request_period {
-            s.request_at = next_slot(s.request_at, Duration::from_secs_f64(p / s.share));
+            let slots = f64::from(requests.max(1));
+            s.request_at = next_slot(s.request_at, Duration::from_secs_f64(slots * p / s.share));
         }
         if let Some(p) = self.token_period {
             let slot = Duration::from_secs_f64(p * f64::from(tokens) / s.share);
@@ -320,6 +322,12 @@ impl ModelLimiter {
     /// busy machine can hold a task for milliseconds between admission and the request; a
     /// timestamp taken after admission would then count its 429 as a second episode).
     pub async fn admit(&self, tokens: u32) -> (Duration, Instant) {
+        self.admit_requests(tokens, 1).await
+    }
+
+    /// [`Self::admit`] for a call of `requests` requests (a provider without `n` takes one
+    /// per choice, see [`CompletionRequest::requests`]): it takes that many request slots.
+    pub async fn admit_requests(&self, tokens: u32, requests: u32) -> (Duration, Instant) {
         let started = Instant::now();
         let _turn = self.queue.lock().await;
         loop {
@@ -329,7 +337,7 @@ impl ModelLimiter {
             let (wait, at) = {
                 let mut s = self.state();
                 let now = Instant::now();
-                (self.try_take(&mut s, now, tokens), now)
+                (self.try_take(&mut s, now, tokens, requests), now)
             };
             match wait {
                 None => return (started.elapsed(), at),
@@ -466,6 +474,15 @@ mod tests {
         assert!(l.acquire(10).await < Duration::from_millis(5));
         l.pause_for(Duration::from_millis(30));
         assert!(l.acquire(1).await >= Duration::from_millis(25));
+    }
+
+    #[tokio::test]
+    async fn a_call_of_five_requests_takes_five_request_slots() {
+        // 1200/min = one every 50 ms: after a call of five requests, the next waits for
+        // the four slots its samples used as well.
+        let l = limiter(Some(1200), None);
+        l.admit_requests(1, 5).await;
+        assert!(l.acquire(1).await >= Duration::from_millis(200));
     }
 
     #[tokio::test]

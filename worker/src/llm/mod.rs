@@ -52,6 +52,15 @@ impl CompletionRequest {
     pub fn completion_bound(&self) -> u32 {
         self.max_tokens.saturating_mul(u32::from(self.n.max(1)))
     }
+
+    /// The requests this call makes: one, or one per choice for a provider without `n`.
+    pub fn requests(&self) -> u32 {
+        if self.separate_choices {
+            u32::from(self.n.max(1))
+        } else {
+            1
+        }
+    }
 }
 
 /// What a provider answered.
