@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use switchyard_proto::work::AUDIT_ATTEMPT;
-use switchyard_proto::{Item, Routing};
+use switchyard_proto::{Item, JobSpec, Routing, Task};
 use switchyard_sim::SimConfig;
 
-use crate::support::{Harness, STRONG, WEAK, classify_job, data, mmlu_items, quality_twin_of};
+use crate::support::{Harness, WEAK, classify_job, data, job_models, mmlu_items, quality_twin_of};
 
 #[tokio::test]
 async fn a_held_out_quality_job_through_the_fleet_matches_policy_eval() {
@@ -22,7 +22,12 @@ async fn a_held_out_quality_job_through_the_fleet_matches_policy_eval() {
     };
     let h = Harness::start_with(|_| {}, sim.clone()).await;
     // The bundled MMLU rows are held out from the default router's training.
-    fleet_matches_its_twin(&h, &sim, mmlu_items(1_000)).await;
+    fleet_matches_its_twin(
+        &h,
+        &sim,
+        quality_job(classify_job(mmlu_items(1_000), 0.0, 0.0)),
+    )
+    .await;
     h.finish().await;
 }
 
@@ -46,16 +51,53 @@ async fn a_quality_job_of_a_model_without_logprobs_matches_policy_eval() {
         sim.clone(),
     )
     .await;
-    fleet_matches_its_twin(&h, &sim, mmlu_items(400)).await;
+    fleet_matches_its_twin(
+        &h,
+        &sim,
+        quality_job(classify_job(mmlu_items(400), 0.0, 0.0)),
+    )
+    .await;
     h.finish().await;
 }
 
-/// Runs `items` as a `quality=0.95` job through the fleet and asserts it did what the twin
-/// replays for them.
-async fn fleet_matches_its_twin(h: &Harness, sim: &SimConfig, items: Vec<Item>) {
-    let mut spec = classify_job(items.clone(), 0.0, 0.0);
+/// A summarization job of held-out news (T0pp → text-davinci-002, the demo's pair): the
+/// fleet spends, escalates, audits and delivers what the twin replays for free text too.
+#[tokio::test]
+async fn a_quality_job_of_summaries_matches_policy_eval() {
+    let sim = SimConfig::default();
+    let h = Harness::start_with(|_| {}, sim.clone()).await;
+    let data = data();
+    let (weak, strong) = ("T0pp", "text-davinci-002");
+    let items: Vec<Item> = data
+        .records()
+        .filter(|r| r.task == "summarize" && r.models.contains_key(weak))
+        .filter(|r| r.models.contains_key(strong))
+        .map(|r| Item::new(r.id.clone(), r.prompt.clone()))
+        .collect();
+    assert!(items.len() > 100, "{} news items", items.len());
+    let mut spec = classify_job(items, 0.0, 0.0);
+    spec.task = Task::Summarize {
+        max_words: Some(120),
+        instructions: None,
+    };
+    spec.policy.models = BTreeMap::from([
+        ("weak".to_owned(), weak.to_owned()),
+        ("strong".to_owned(), strong.to_owned()),
+    ]);
+    fleet_matches_its_twin(&h, &sim, quality_job(spec)).await;
+    h.finish().await;
+}
+
+/// `spec` asking for `quality=0.95` and nothing else.
+fn quality_job(mut spec: JobSpec) -> JobSpec {
     spec.policy.routing = Routing::Quality { value: 0.95 };
     spec.policy.cascade.confidence_threshold = None;
+    spec
+}
+
+/// Runs the quality job `spec` through the fleet and asserts it did what the twin replays
+/// for it.
+async fn fleet_matches_its_twin(h: &Harness, sim: &SimConfig, spec: JobSpec) {
     let job_id = spec.job_id.clone();
     h.client.submit(spec.clone()).await.unwrap();
     let status = h.wait_final(&job_id, 180).await;
@@ -96,10 +138,11 @@ async fn fleet_matches_its_twin(h: &Harness, sim: &SimConfig, items: Vec<Item>) 
     let by_item: BTreeMap<String, String> = finals.into_iter().collect();
     let (mut q, mut q_strong) = (0.0, 0.0);
     let data = data();
-    for it in &items {
+    let (_, strong) = job_models(&spec);
+    for it in spec.items.as_deref().unwrap_or_default() {
         let r = data.get(&it.item_id).unwrap();
         q += r.models[by_item[&it.item_id].as_str()].score;
-        q_strong += r.models[STRONG].score;
+        q_strong += r.models[strong.as_str()].score;
     }
     assert!((q / q_strong - replay.quality_vs_all_strong).abs() < 1e-9);
     // The promise itself is not asserted here: the job id is new each run, so is the pilot

@@ -318,6 +318,18 @@ pub struct LedgerRow {
     pub outcome: String,
 }
 
+/// The weak and strong models of `spec` (its policy's, else the fleet's defaults).
+pub fn job_models(spec: &switchyard_proto::JobSpec) -> (String, String) {
+    let of = |tier: &str, default: &str| {
+        spec.policy
+            .models
+            .get(tier)
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    };
+    (of("weak", WEAK), of("strong", STRONG))
+}
+
 /// What the offline twin (`switchyard policy eval`) makes of the quality job `spec` (target
 /// 0.95) the fleet of `h` ran: the same items, job id, router, prices, and the simulator
 /// settings `sim`, with `audit_share` the job's audit share.
@@ -329,12 +341,14 @@ pub fn quality_twin_of(
 ) -> switchyard_twin::job::JobReport {
     use switchyard_twin::job::{JobInput, JobRow, Models, PolicyChoice, SimSetup, Twin};
     let settings = &h.fleet.settings;
+    let (weak, strong) = job_models(spec);
     let models = Models {
-        weak: WEAK.to_owned(),
-        strong: STRONG.to_owned(),
-        weak_price: settings.price_of(WEAK).unwrap(),
-        strong_price: settings.price_of(STRONG).unwrap(),
+        weak: weak.clone(),
+        strong: strong.clone(),
+        weak_price: settings.price_of(&weak).unwrap(),
+        strong_price: settings.price_of(&strong).unwrap(),
     };
+    let weak_settings = settings.models.get(&weak);
     let data = data();
     let twin = Twin {
         data: &data,
@@ -345,16 +359,14 @@ pub fn quality_twin_of(
             ),
             seed: sim.seed,
             logprobs: sim.logprobs,
-            confidence_without_logprobs: settings
-                .models
-                .get(WEAK)
+            confidence_without_logprobs: weak_settings
                 .map_or(0.5, |m| m.confidence_without_logprobs.get()),
-            generate_max_tokens: 512,
+            generate_max_tokens: weak_settings.map_or(512, |m| m.generate_max_tokens),
         },
         models: &models,
     };
     let router = h.fleet.dispatcher.router.as_ref();
-    let kind = switchyard_proto::TaskKind::Classify;
+    let kind = spec.task.kind();
     let rows: Vec<JobRow<'_>> = spec
         .items
         .as_deref()
@@ -366,8 +378,8 @@ pub fn quality_twin_of(
                 id: &it.item_id,
                 text: &it.text,
                 score: router.score(&it.text, kind),
-                weak_score: r.models[WEAK].score,
-                strong_score: r.models[STRONG].score,
+                weak_score: r.models[weak.as_str()].score,
+                strong_score: r.models[strong.as_str()].score,
             }
         })
         .collect();
