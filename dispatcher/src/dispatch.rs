@@ -93,7 +93,7 @@ pub async fn dispatch_job(
                 }
                 Err(SourceError::Io(e)) => return Err(e.into()),
             };
-            let ingested = match ingest::ingest(d, spec, &mut source, |_| progress()).await {
+            let mut ingested = match ingest::ingest(d, spec, &mut source, |_| progress()).await {
                 Ok(i) => i,
                 Err(IngestError::Rejected(r)) => {
                     jobs::reject_during_ingest(&d.pool, &spec.job_id, &r.0).await?;
@@ -103,7 +103,7 @@ pub async fn dispatch_job(
             };
             if matches!(spec.policy.routing, Routing::Quality { .. }) {
                 // Pilot, then route: the router-only plan of pass 1 is not used.
-                let stage = pilot::pilot_stage(d, spec, ingested.item_count).await?;
+                let stage = pilot::pilot_stage(d, spec, &mut ingested.pilot_draws).await?;
                 let json = serde_json::to_value(&stage).unwrap_or_default();
                 jobs::mark_ingested(&d.pool, &spec.job_id, ingested.item_count, None, &json)
                     .await?;

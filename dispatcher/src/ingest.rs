@@ -27,6 +27,10 @@ pub struct Ingested {
     pub scores: Vec<f32>,
     /// The prices the items were routed with (pass 2 uses the same ones).
     pub prices: TierPrices,
+    /// A `quality=Q` job's pilot draw of every item (8 bytes an item; empty for other
+    /// policies): the pilot's fraction is made exact from them
+    /// (`switchyard_core::quality::exact_pilot_fraction`).
+    pub pilot_draws: Vec<f64>,
 }
 
 /// Why an ingest stopped.
@@ -134,7 +138,8 @@ fn score_all(router: &dyn Router, spec: &JobSpec, items: &[switchyard_proto::Ite
 /// to keep the job message alive).
 ///
 /// Memory stays small in the job's size: the policy's candidates (32 bytes an item), the raw
-/// scores (4 bytes) and a 128-bit hash of each item id to find duplicates (16 bytes).
+/// scores (4 bytes), a 128-bit hash of each item id to find duplicates (16 bytes) and, for a
+/// quality job, each item's pilot draw (8 bytes).
 ///
 /// # Errors
 /// [`IngestError::Rejected`] for bad items, [`IngestError::Transient`] for database or NATS
@@ -153,6 +158,11 @@ pub async fn ingest(
     let mut inputs = router.inputs();
     let mut scores: Vec<f32> = Vec::new();
     let mut id_hashes: Vec<u128> = Vec::new();
+    let quality = matches!(
+        spec.policy.routing,
+        switchyard_proto::Routing::Quality { .. }
+    );
+    let mut pilot_draws: Vec<f64> = Vec::new();
     let mut seq: i64 = 0;
     // Items read and checked, waiting to be scored together.
     let mut pending: Vec<switchyard_proto::Item> = Vec::with_capacity(SCORE_CHUNK);
@@ -191,6 +201,12 @@ pub async fn ingest(
             let (_, score) = router.route(&item, seq, raw, &mut inputs);
             scores.push(score);
             id_hashes.push(id_hash(&item.item_id));
+            if quality {
+                pilot_draws.push(switchyard_core::audit::pilot_draw(
+                    spec.sample_key(),
+                    &item.item_id,
+                ));
+            }
             seq += 1;
             if (seq as u64).is_multiple_of(chunk_size) {
                 progress(seq as u64);
@@ -220,6 +236,7 @@ pub async fn ingest(
         plan,
         scores,
         prices,
+        pilot_draws,
     })
 }
 

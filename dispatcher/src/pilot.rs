@@ -216,23 +216,21 @@ pub fn audit_share(spec: &JobSpec) -> f64 {
 }
 
 /// The first stage of a quality job just ingested: the pilot's fraction (from the job's
-/// size and the team's history), stored with the job.
+/// size and the team's history, made exact from its items' `pilot_draws`), stored with the
+/// job.
 ///
 /// # Errors
 /// Database errors.
 pub async fn pilot_stage(
     d: &Dispatcher,
     spec: &JobSpec,
-    items: i64,
+    pilot_draws: &mut [f64],
 ) -> anyhow::Result<StoredStage> {
     let history = history(d, spec).await?.len();
     let share = audit_share(spec);
+    let asked = quality::pilot_fraction(pilot_draws.len(), history, share);
     Ok(StoredStage::Pilot {
-        pilot_fraction: quality::pilot_fraction(
-            usize::try_from(items).unwrap_or(usize::MAX),
-            history,
-            share,
-        ),
+        pilot_fraction: quality::exact_pilot_fraction(pilot_draws, asked),
         samples: extra_samples(d, spec),
         audit_share: share,
     })

@@ -54,7 +54,13 @@ pub fn sampled(job_id: &str, item_id: &str, fraction: f64) -> bool {
 /// slice of a `quality=Q` job, answered by both tiers before the rest is routed. Nested like
 /// the audit: what a smaller fraction picks, a larger one picks too.
 pub fn in_pilot(job_id: &str, item_id: &str, fraction: f64) -> bool {
-    draw(b"pilot\0", job_id, item_id) < fraction
+    pilot_draw(job_id, item_id) < fraction
+}
+
+/// The item's draw for the pilot: in the pilot at `fraction` when below it (see
+/// [`crate::quality::exact_pilot_fraction`], which sets the fraction from the job's draws).
+pub fn pilot_draw(job_id: &str, item_id: &str) -> f64 {
+    draw(b"pilot\0", job_id, item_id)
 }
 
 /// A uniform draw in [0, 1) from `sha256(salt, job, item)`.

@@ -346,7 +346,15 @@ impl Twin<'_> {
             Vec<bool>,
         ) = match job.policy {
             PolicyChoice::Quality { target } => {
-                let fraction = quality::pilot_fraction(n, job.history.len(), job.audit_share);
+                let mut draws: Vec<f64> = job
+                    .rows
+                    .iter()
+                    .map(|r| audit::pilot_draw(&job.job_id, r.id))
+                    .collect();
+                let fraction = quality::exact_pilot_fraction(
+                    &mut draws,
+                    quality::pilot_fraction(n, job.history.len(), job.audit_share),
+                );
                 let pilot_set: Vec<bool> = job
                     .rows
                     .iter()
