@@ -727,15 +727,14 @@ impl Usage {
     /// An unusable answer's usage: the prompt at four characters a token, the completion
     /// from the body's size (at most `max_tokens`).
     fn estimated(request: &CompletionRequest, e: &crate::llm::ProviderError) -> Self {
-        let prompt_chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
         let body = match e {
             crate::llm::ProviderError::BadBody { bytes, .. } => *bytes,
             _ => usize::MAX,
         };
-        let completion = (body / 4).min(request.completion_bound() as usize);
+        let (prompt, completion) = request.estimate_unusable(body, request.completion_bound());
         Self {
             response_id: None,
-            prompt: i32::try_from(prompt_chars.div_ceil(4)).unwrap_or(i32::MAX),
+            prompt: i32::try_from(prompt).unwrap_or(i32::MAX),
             completion: i32::try_from(completion).unwrap_or(i32::MAX),
             cached: 0,
             written: 0,

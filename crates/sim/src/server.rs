@@ -207,10 +207,10 @@ impl Drop for SimHandle {
 pub(crate) struct AppState {
     /// `(model, system text)` written to the Anthropic prompt cache so far.
     cache: Mutex<std::collections::HashSet<(String, String)>>,
-    /// Requests at a temperature above 0 seen so far on the Anthropic route, per call
-    /// (client request id, model, prompt): the next one's sample (Anthropic has no `seed`
+    /// Requests at a temperature above 0 seen so far on the Anthropic route, per call (a
+    /// hash of its client request id, model and prompt): the next one's sample (Anthropic has no `seed`
     /// and no `n`, see [`messages`]).
-    samples_drawn: Mutex<HashMap<(String, String, String), u64>>,
+    samples_drawn: Mutex<HashMap<u64, u64>>,
     /// Files and batches of the batch API.
     pub(crate) batch_store: Mutex<crate::batches::BatchStore>,
     /// Anthropic's message batches (ids and lost creations come from `batch_store`).
@@ -389,11 +389,12 @@ pub(crate) async fn messages(
     // answered with sample k, as OpenAI's `seed = k` would be: the first is the replayed
     // answer, the others repeat it as often as its confidence says.
     if chat["temperature"].as_f64().is_some_and(|t| t > 0.0) {
-        let key = (
-            client_request_id.clone().unwrap_or_default(),
-            chat["model"].as_str().unwrap_or_default().to_owned(),
-            chat["messages"].to_string(),
-        );
+        // A hash of the call, not its text: the map lives as long as the server.
+        let key = crate::hashing::stable_hash(&[
+            client_request_id.as_deref().unwrap_or_default().as_bytes(),
+            chat["model"].as_str().unwrap_or_default().as_bytes(),
+            chat["messages"].to_string().as_bytes(),
+        ]);
         let mut drawn = lock(&state.samples_drawn);
         let k = drawn.entry(key).or_insert(0);
         chat["seed"] = serde_json::json!(*k);

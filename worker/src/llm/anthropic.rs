@@ -159,11 +159,7 @@ fn add_sample(
             c.raw_usage
         }
         Err(ProviderError::BadBody { bytes, .. }) => {
-            let prompt_chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
-            let prompt = u32::try_from(prompt_chars.div_ceil(4)).unwrap_or(u32::MAX);
-            let completion = u32::try_from(bytes / 4)
-                .unwrap_or(u32::MAX)
-                .min(request.max_tokens);
+            let (prompt, completion) = request.estimate_unusable(bytes, request.max_tokens);
             answer.prompt_tokens = answer.prompt_tokens.saturating_add(prompt);
             answer.completion_tokens = answer.completion_tokens.saturating_add(completion);
             answer.usage_estimated = true;

@@ -53,6 +53,16 @@ impl CompletionRequest {
         self.max_tokens.saturating_mul(u32::from(self.n.max(1)))
     }
 
+    /// The tokens of an answer that could not be used, estimated: one prompt at four
+    /// characters a token, the completion from the body's `body_bytes` at four a token, at
+    /// most `cap`. The provider bills such an answer; the worker books this estimate.
+    pub fn estimate_unusable(&self, body_bytes: usize, cap: u32) -> (u32, u32) {
+        let prompt_chars: usize = self.messages.iter().map(|m| m.content.len()).sum();
+        let prompt = u32::try_from(prompt_chars.div_ceil(4)).unwrap_or(u32::MAX);
+        let completion = u32::try_from(body_bytes / 4).unwrap_or(u32::MAX).min(cap);
+        (prompt, completion)
+    }
+
     /// The requests this call makes: one, or one per choice for a provider without `n`.
     pub fn requests(&self) -> u32 {
         if self.separate_choices {
