@@ -208,8 +208,8 @@ pub(crate) struct AppState {
     /// `(model, system text)` written to the Anthropic prompt cache so far.
     cache: Mutex<std::collections::HashSet<(String, String)>>,
     /// Requests at a temperature above 0 seen so far on the Anthropic route, per call (a
-    /// hash of its client request id, model and prompt): the next one's sample (Anthropic has no `seed`
-    /// and no `n`, see [`messages`]).
+    /// hash of its client request id, model and prompt): the next one's sample (Anthropic has
+    /// no `seed` and no `n`, see [`messages`]).
     samples_drawn: Mutex<HashMap<u64, u64>>,
     /// Files and batches of the batch API.
     pub(crate) batch_store: Mutex<crate::batches::BatchStore>,
