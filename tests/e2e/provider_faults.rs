@@ -269,3 +269,70 @@ async fn a_dead_provider_trips_the_breaker_and_the_fleet_recovers_when_it_return
     assert!(!w.models.get(STRONG).unwrap().breaker.is_open());
     h.finish().await;
 }
+
+#[tokio::test]
+async fn an_outage_longer_than_the_deliveries_fails_no_item() {
+    // Two deliveries an item, and a provider down for many cooldowns: each hand-back to the
+    // open breaker spends a delivery, so items on their last one must wait in the worker
+    // for the breaker (up to `max_hold`) rather than fail untried.
+    let sim = SimConfig {
+        faults: Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    };
+    let h = Harness::start_with(
+        |s| {
+            s.worker.concurrency = switchyard_runtime::settings::count(4);
+            s.worker.max_deliver = 2;
+            s.worker.retry_delay = Duration::from_millis(50);
+            s.worker.breaker.failures = 3;
+            s.worker.breaker.cooldown = Duration::from_millis(200);
+            s.worker.breaker.max_cooldown = Duration::from_millis(400);
+            model_settings(s, Duration::from_secs(2), 1);
+        },
+        sim,
+    )
+    .await;
+    let n = 8;
+    let job_id = h
+        .client
+        .submit(classify_job(mmlu_items(n), 0.0, 0.0))
+        .await
+        .unwrap();
+    let w = h.fleet.workers[0].as_ref().unwrap().worker.clone();
+    let weak = w.models.get(WEAK).unwrap();
+    switchyard_testkit::eventually("the breaker opens", Duration::from_secs(30), || async {
+        weak.breaker.is_open().then_some(())
+    })
+    .await;
+    // Six failed probes later (each at least a cooldown apart), every item has long had
+    // both its deliveries: handed back, they would all have failed by now (and, with no
+    // item left to call, no probe would come).
+    let sim = h.fleet.sim.as_ref().unwrap();
+    let calls_at_open = sim.calls().len();
+    let failed = switchyard_testkit::eventually(
+        "six probes fail, or an item does",
+        Duration::from_secs(30),
+        || async {
+            let failed = h.client.status(&job_id).await.ok()??.failed();
+            (failed > 0 || sim.calls().len() >= calls_at_open + 6).then_some(failed)
+        },
+    )
+    .await;
+    assert_eq!(
+        failed, 0,
+        "items failed untried while the provider was down"
+    );
+    assert!(weak.breaker.is_open());
+
+    // The provider comes back: the waiting items are called and every item completes.
+    sim.set_faults(Faults::default());
+    let status = h.wait_final(&job_id, 60).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!((status.done(), status.failed()), (n as i64, 0));
+    // The waits were this fix's, not a lucky timing: items on their last delivery waited.
+    assert!(WorkerCounters::get(&w.counters.breaker_waits) > 0);
+    h.finish().await;
+}

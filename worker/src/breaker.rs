@@ -168,6 +168,7 @@ mod tests {
             failures: 3,
             cooldown: Duration::from_secs(1),
             max_cooldown: Duration::from_secs(3),
+            ..BreakerSettings::default()
         })
     }
 

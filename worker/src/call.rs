@@ -10,7 +10,8 @@
 //! - Any other 4xx: no retry; the item fails with the provider's message.
 //! - A model whose circuit breaker is open ([`crate::breaker`]) is not called at all: the
 //!   call ends at once with [`CallFailure::CircuitOpen`] and the item is handed back for when
-//!   the breaker lets a probe through.
+//!   the breaker lets a probe through. Unless handing back would be its last chance
+//!   ([`Patience::breaker_hold`]): then the call waits here, kept alive, for the breaker.
 
 use std::future::Future;
 use std::time::Duration;
@@ -51,6 +52,29 @@ pub struct CallStats {
     pub throttled: u32,
     pub retries: u32,
     pub quota_wait: Duration,
+    /// Times the call waited in the worker for an open breaker.
+    pub breaker_waits: u32,
+}
+
+/// How long a call keeps trying before it ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// Retries on transient faults (5xx, timeouts) before the item is handed back.
+    pub max_retries: u32,
+    /// How long the call may wait here for an open breaker instead of ending with
+    /// [`CallFailure::CircuitOpen`]: zero but on an item's last delivery, where a hand-back
+    /// would fail an item that was never tried (each hand-back spends a delivery).
+    pub breaker_hold: Duration,
+}
+
+impl Patience {
+    /// Retries only: an open breaker ends the call at once.
+    pub fn retries(max_retries: u32) -> Self {
+        Self {
+            max_retries,
+            breaker_hold: Duration::ZERO,
+        }
+    }
 }
 
 /// Something that keeps a message from being redelivered while it is worked on.
@@ -112,13 +136,15 @@ pub async fn call_model<C: LlmClient>(
     breaker: &CircuitBreaker,
     request: &CompletionRequest,
     estimated_tokens: u32,
-    max_retries: u32,
+    patience: Patience,
     keepalive: &impl KeepAlive,
     keepalive_period: Duration,
     shutdown: &CancellationToken,
 ) -> (Result<Completion, CallFailure>, CallStats) {
     let mut stats = CallStats::default();
     let mut transient_failures = 0u32;
+    let max_retries = patience.max_retries;
+    let hold_until = tokio::time::Instant::now().checked_add(patience.breaker_hold);
     // Tokens are booked before the call (the whole prompt and the completion budget) and
     // corrected by the provider's usage after.
     let reserved = estimated_tokens.max(crate::limiter::estimate_tokens(request));
@@ -139,6 +165,26 @@ pub async fn call_model<C: LlmClient>(
             last_error,
         } = breaker.admit()
         {
+            // Spread out so the waiting calls do not all come back at once.
+            let wait = retry_in
+                .max(Duration::from_millis(10))
+                .mul_f64(rand::rng().random_range(1.0..1.5));
+            if hold_until.is_some_and(|until| tokio::time::Instant::now() + wait <= until) {
+                // Not called: the quota it took goes back while it waits for the breaker.
+                limiter.settle(reserved, 0);
+                stats.breaker_waits += 1;
+                let slept = kept_alive(
+                    keepalive,
+                    keepalive_period,
+                    shutdown,
+                    tokio::time::sleep(wait),
+                )
+                .await;
+                if slept.is_none() {
+                    return (Err(CallFailure::ShuttingDown { sent: false }), stats);
+                }
+                continue;
+            }
             return (
                 Err(CallFailure::CircuitOpen {
                     retry_in,
@@ -300,7 +346,7 @@ mod tests {
             &CircuitBreaker::new(Default::default()),
             &request(),
             1,
-            max_retries,
+            Patience::retries(max_retries),
             &(),
             Duration::from_secs(1),
             &CancellationToken::new(),
@@ -353,6 +399,7 @@ mod tests {
             failures: 2,
             cooldown: Duration::from_secs(30),
             max_cooldown: Duration::from_secs(30),
+            ..Default::default()
         });
         let limiter = ModelLimiter::new("m", None, None, 1.0);
         let (req, token) = (request(), CancellationToken::new());
@@ -363,7 +410,7 @@ mod tests {
                 &breaker,
                 &req,
                 1,
-                5,
+                Patience::retries(5),
                 &(),
                 Duration::from_secs(1),
                 &token,
@@ -381,6 +428,55 @@ mod tests {
         let (r, _) = call().await;
         assert!(matches!(r, Err(CallFailure::CircuitOpen { .. })));
         assert_eq!(client.0.lock().unwrap().len(), 4, "no call while open");
+    }
+
+    #[tokio::test]
+    async fn a_call_on_its_last_chance_waits_out_an_open_breaker() {
+        let mut script: Vec<_> = (0..2).map(|_| Err(server_error())).collect();
+        script.push(ok());
+        let client = Scripted(Mutex::new(script));
+        let breaker = CircuitBreaker::new(switchyard_runtime::settings::BreakerSettings {
+            failures: 2,
+            cooldown: Duration::from_millis(50),
+            max_cooldown: Duration::from_millis(50),
+            ..Default::default()
+        });
+        let limiter = ModelLimiter::new("m", None, None, 1.0);
+        let (req, token) = (request(), CancellationToken::new());
+        let call = |patience| {
+            call_model(
+                &client,
+                &limiter,
+                &breaker,
+                &req,
+                1,
+                patience,
+                &(),
+                Duration::from_secs(1),
+                &token,
+            )
+        };
+        // Two failures open the breaker: a call that may not wait ends at once.
+        let (r, _) = call(Patience::retries(5)).await;
+        assert!(matches!(r, Err(CallFailure::CircuitOpen { .. })), "{r:?}");
+        // A hold shorter than the cooldown does not wait either.
+        let short = Patience {
+            max_retries: 5,
+            breaker_hold: Duration::from_millis(1),
+        };
+        let (r, stats) = call(short).await;
+        assert!(matches!(r, Err(CallFailure::CircuitOpen { .. })), "{r:?}");
+        assert_eq!(stats.breaker_waits, 0);
+        // The last chance waits for the probe, which the provider answers.
+        let last = Patience {
+            max_retries: 5,
+            breaker_hold: Duration::from_secs(30),
+        };
+        let (r, stats) = call(last).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert!(stats.breaker_waits >= 1);
+        assert!(!breaker.is_open());
+        assert!(client.0.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct WorkerCounters {
     pub redelivered_skipped: AtomicU64,
     pub naked: AtomicU64,
     pub committed_batches: AtomicU64,
+    /// Waits for an open breaker by items on their last delivery (see `call::Patience`).
+    pub breaker_waits: AtomicU64,
 }
 
 impl WorkerCounters {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::budget;
-use crate::call::{CallFailure, call_model};
+use crate::call::{CallFailure, Patience, call_model};
 use crate::claims::Claims;
 use crate::committer::{self, InFlight, InFlightGuard, Pending};
 use crate::context::{ModelRuntime, Worker, WorkerCounters};
@@ -397,6 +397,17 @@ async fn handle(
     let estimated_tokens = (item.text.len() / 4) as u32 + request.completion_bound();
     WorkerCounters::add(&w.counters.calls, 1);
     let call_started = std::time::Instant::now();
+    let exhausted = d.delivered >= ws.max_deliver;
+    // On its last delivery an item is not handed back to an open breaker (that would fail
+    // it untried): it waits here for the breaker's probe, up to `max_hold`.
+    let patience = Patience {
+        max_retries: model.settings.max_retries,
+        breaker_hold: if exhausted {
+            ws.breaker.max_hold
+        } else {
+            Duration::ZERO
+        },
+    };
     // The lane's keeper keeps the message alive meanwhile (`()`: no keep-alive of its own).
     let (result, stats) = call_model(
         &model.client,
@@ -404,7 +415,7 @@ async fn handle(
         &model.breaker,
         &request,
         estimated_tokens,
-        model.settings.max_retries,
+        patience,
         &(),
         ws.ack_wait / 3,
         abort,
@@ -412,8 +423,8 @@ async fn handle(
     .await;
     WorkerCounters::add(&w.counters.throttled, u64::from(stats.throttled));
     WorkerCounters::add(&w.counters.retries, u64::from(stats.retries));
+    WorkerCounters::add(&w.counters.breaker_waits, u64::from(stats.breaker_waits));
     crate::metrics::called(w, &model.name, &result, &stats, call_started.elapsed());
-    let exhausted = d.delivered >= ws.max_deliver;
     let booking = CallBooking {
         w,
         tier,
@@ -449,9 +460,9 @@ async fn handle(
         }) => {
             if exhausted {
                 let error = format!(
-                    "gave up after {} deliveries: circuit breaker open for `{}` (provider \
-                     failing; last error: {last_error})",
-                    d.delivered, model.name
+                    "gave up after {} deliveries: circuit breaker open for `{}` longer than \
+                     `worker.breaker.max_hold` ({:?}; provider failing; last error: {last_error})",
+                    d.delivered, model.name, ws.breaker.max_hold
                 );
                 return fail(error, None, Some(call_id.clone()));
             }

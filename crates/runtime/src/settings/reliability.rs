@@ -19,6 +19,12 @@ pub struct BreakerSettings {
     /// A failed probe doubles the cooldown, up to this.
     #[serde(with = "humantime_serde")]
     pub max_cooldown: Duration,
+    /// An item on its last JetStream delivery whose model's breaker is open waits in the
+    /// worker (kept alive) for the breaker's probe, up to this long, instead of being handed
+    /// back: a hand-back spends a delivery, and an outage longer than a few cooldowns would
+    /// otherwise fail items that were never tried. 0 fails them at once, as before.
+    #[serde(with = "humantime_serde")]
+    pub max_hold: Duration,
 }
 
 impl Default for BreakerSettings {
@@ -27,6 +33,7 @@ impl Default for BreakerSettings {
             failures: 5,
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(60),
+            max_hold: Duration::from_secs(30 * 60),
         }
     }
 }
