@@ -394,3 +394,61 @@ async fn a_429_storm_across_a_postgres_outage_of_twice_ack_wait_calls_nothing_tw
     fleet.stop().await;
     drop(pg);
 }
+
+#[tokio::test]
+async fn a_postgres_outage_on_two_deliveries_an_item_fails_no_item() {
+    // Two deliveries an item: a worker that handed an item back each time it could not reach
+    // Postgres would spend them within a fraction of a second and fail the item untried. The
+    // workers wait for a connection instead (the pool's acquire timeout, 30 s), the messages
+    // kept alive meanwhile.
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, _nats, _db, mut settings) = crate::support::on_own_postgres(dir.path()).await;
+    settings.worker.max_deliver = 2;
+    settings.worker.retry_delay = Duration::from_millis(100);
+    let sim = SimConfig {
+        latency: Duration::from_millis(20),
+        ..SimConfig::default()
+    };
+    let mut fleet =
+        switchyard_demo::fleet::Fleet::start(settings, Some((crate::support::data(), sim)))
+            .await
+            .unwrap();
+    let tiers: Vec<String> = fleet.settings.tiers.keys().cloned().collect();
+    fleet.start_worker(tiers).await.unwrap();
+    let client = fleet.client();
+    let n = 60;
+    let job_id = client
+        .submit(classify_job(mmlu_items(n), 0.0, 0.0))
+        .await
+        .unwrap();
+    let sim_handle = fleet.sim.as_ref().unwrap();
+    eventually(
+        "dispatched, answers flowing",
+        Duration::from_secs(60),
+        || async {
+            let status = client.status(&job_id).await.ok()??;
+            (status.job.status == "running" && sim_handle.calls().len() >= 5).then_some(())
+        },
+    )
+    .await;
+    // Postgres goes away for three seconds (thirty retry delays) mid-job.
+    pg.stop().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.resume().await.unwrap();
+    let status = match client
+        .wait(&job_id, None, Duration::from_secs(120), |_| {})
+        .await
+        .unwrap()
+    {
+        switchyard_client::WaitOutcome::Finished(s) => *s,
+        other => panic!("job did not finish: {other:?}"),
+    };
+    assert_eq!(
+        (status.done(), status.failed()),
+        (n as i64, 0),
+        "every item answered, none failed for the outage: {:?}",
+        status.job
+    );
+    fleet.stop().await;
+    drop(pg);
+}
