@@ -396,17 +396,20 @@ async fn a_429_storm_across_a_postgres_outage_of_twice_ack_wait_calls_nothing_tw
 }
 
 #[tokio::test]
-async fn a_postgres_outage_on_two_deliveries_an_item_fails_no_item() {
-    // Two deliveries an item: a worker that handed an item back each time it could not reach
-    // Postgres would spend them within a fraction of a second and fail the item untried. The
-    // workers wait for a connection instead (the pool's acquire timeout, 30 s), the messages
-    // kept alive meanwhile.
+async fn a_postgres_outage_longer_than_the_deliveries_fails_no_item() {
+    // Two deliveries an item and queries that give up on a connection after half a second: a
+    // worker that handed an item back each time it could not claim or reserve would spend
+    // both within a second of the outage and fail the item untried. It waits instead (the
+    // message kept alive) until Postgres answers.
     let dir = tempfile::tempdir().unwrap();
     let (pg, _nats, _db, mut settings) = crate::support::on_own_postgres(dir.path()).await;
     settings.worker.max_deliver = 2;
+    settings.database.acquire_timeout = Duration::from_millis(500);
     settings.worker.retry_delay = Duration::from_millis(100);
+    // Slow enough calls that the job is still running when Postgres goes away.
+    settings.worker.concurrency = switchyard_runtime::settings::count(4);
     let sim = SimConfig {
-        latency: Duration::from_millis(20),
+        latency: Duration::from_millis(300),
         ..SimConfig::default()
     };
     let mut fleet =
@@ -431,7 +434,8 @@ async fn a_postgres_outage_on_two_deliveries_an_item_fails_no_item() {
         },
     )
     .await;
-    // Postgres goes away for three seconds (thirty retry delays) mid-job.
+    // Postgres goes away for three seconds (six acquire timeouts, thirty retry delays).
+    let calls_before_outage = sim_handle.calls().len();
     pg.stop().unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg.resume().await.unwrap();
@@ -443,6 +447,10 @@ async fn a_postgres_outage_on_two_deliveries_an_item_fails_no_item() {
         switchyard_client::WaitOutcome::Finished(s) => *s,
         other => panic!("job did not finish: {other:?}"),
     };
+    assert!(
+        sim_handle.calls().len() > calls_before_outage,
+        "items were still open at the outage"
+    );
     assert_eq!(
         (status.done(), status.failed()),
         (n as i64, 0),

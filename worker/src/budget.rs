@@ -215,6 +215,7 @@ pub async fn admit(
     model: &ModelRuntime,
     request: &CompletionRequest,
     payload: &Bytes,
+    abort: &CancellationToken,
 ) -> Admission {
     if !w.finance.is_budgeted(&item.team) {
         return Admission::Go(None);
@@ -239,7 +240,23 @@ pub async fn admit(
         lease: w.settings.finance.reservation_lease,
         at: None,
     };
-    match budgets::reserve(&w.pool, &req).await {
+    // Postgres unreachable or restarting: wait here (the message is kept alive by the lane's
+    // keeper) rather than hand the item back, which spends one of its deliveries.
+    let mut outage_wait = Duration::from_millis(100);
+    let reserved = loop {
+        match budgets::reserve(&w.pool, &req).await {
+            Err(e) if !abort.is_cancelled() && switchyard_store::is_transient_sqlx(&e) => {
+                tracing::warn!(team = %item.team, "Postgres unreachable, waiting to reserve budget");
+                tokio::select! {
+                    () = tokio::time::sleep(outage_wait) => {}
+                    () = abort.cancelled() => {}
+                }
+                outage_wait = (outage_wait * 2).min(Duration::from_secs(2));
+            }
+            other => break other,
+        }
+    };
+    match reserved {
         Ok(Reservation::Unbudgeted) => Admission::Go(None),
         Ok(Reservation::Held {
             reservation_id,

@@ -6,7 +6,6 @@
 //! it runs, the next requests gather, so under load each statement carries many claims and an
 //! idle worker pays a single round trip.
 
-use anyhow::Context as _;
 use switchyard_store::intents::{self, Claim, Intent};
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,7 +14,18 @@ use crate::context::Worker;
 /// At most this many claims go in one statement.
 const MAX_GROUP: usize = 512;
 
-type Request = (Intent, oneshot::Sender<Result<Claim, String>>);
+type Request = (Intent, oneshot::Sender<Result<Claim, ClaimError>>);
+
+/// A claim that could not be made.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot claim the attempt: {message}")]
+pub struct ClaimError {
+    /// Postgres is unreachable, restarting or out of connections
+    /// ([`switchyard_store::is_transient`]): worth waiting for, not a reason to hand the
+    /// item back (which spends one of its deliveries).
+    pub transient: bool,
+    message: String,
+}
 
 /// A lane's claim writer.
 #[derive(Clone)]
@@ -33,17 +43,15 @@ impl Claims {
     /// Claims `intent`'s attempt (see [`switchyard_store::intents`]).
     ///
     /// # Errors
-    /// When Postgres could not be asked (the message is retried later).
-    pub async fn claim(&self, intent: Intent) -> anyhow::Result<Claim> {
+    /// When Postgres could not be asked, or the writer has stopped (not transient).
+    pub async fn claim(&self, intent: Intent) -> Result<Claim, ClaimError> {
+        let stopped = || ClaimError {
+            transient: false,
+            message: "the claim writer has stopped".into(),
+        };
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((intent, reply))
-            .await
-            .map_err(|_| anyhow::anyhow!("the claim writer has stopped"))?;
-        answer
-            .await
-            .context("the claim writer has stopped")?
-            .map_err(|e| anyhow::anyhow!("cannot claim the attempt: {e}"))
+        self.tx.send((intent, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -65,7 +73,10 @@ async fn run(w: Worker, mut rx: mpsc::Receiver<Request>) {
                 }
             }
             Err(e) => {
-                let e = e.to_string();
+                let e = ClaimError {
+                    transient: switchyard_store::is_transient_sqlx(&e),
+                    message: e.to_string(),
+                };
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::budget;
 use crate::call::{CallFailure, Patience, call_model};
-use crate::claims::Claims;
+use crate::claims::{ClaimError, Claims};
 use crate::committer::{self, InFlight, InFlightGuard, Pending};
 use crate::context::{ModelRuntime, Worker, WorkerCounters};
 use crate::llm::{Completion, CompletionRequest};
@@ -331,7 +331,7 @@ async fn handle(
 
     // The claim: the intent is durable before the request can leave.
     let intent = intent_for(w, tier, &item, model, &request, &key, &call_id);
-    match claim_patiently(w, claims, intent).await {
+    match claim_patiently(w, claims, intent, abort).await {
         Ok(Claim::Claimed) => {}
         Ok(Claim::Settled { escalate }) => {
             WorkerCounters::add(&w.counters.redelivered_skipped, 1);
@@ -372,7 +372,7 @@ async fn handle(
 
     // Teams with a budget: hold the call's worst case first (released if the call does not
     // happen, settled by the commit that books it); a call that does not fit is diverted.
-    let hold = match budget::admit(w, tier, &item, model, &request, &d.payload).await {
+    let hold = match budget::admit(w, tier, &item, model, &request, &d.payload, abort).await {
         budget::Admission::Go(hold) => hold,
         budget::Admission::Diverted(disposition) => return released(disposition),
     };
@@ -674,28 +674,50 @@ impl CallBooking<'_> {
     }
 }
 
-/// Claims `intent`; while another live worker is calling the attempt, waits in place (the
-/// message kept alive, no delivery used) and asks again, for up to twice the lease: by then
-/// that call is booked (this delivery then calls nothing) or its worker's lease has run out
-/// (the claim takes the attempt over).
-async fn claim_patiently(w: &Worker, claims: &Claims, intent: Intent) -> anyhow::Result<Claim> {
+/// Claims the attempt, waiting for it while another live worker holds it (at most twice the
+/// lease) and while Postgres cannot be reached (until the lane aborts): the message is kept
+/// alive by the lane's keeper meanwhile, and handing it back would spend one of its
+/// deliveries, so an outage longer than `max_deliver` hand-backs would fail items untried.
+async fn claim_patiently(
+    w: &Worker,
+    claims: &Claims,
+    intent: Intent,
+    abort: &CancellationToken,
+) -> Result<Claim, ClaimError> {
     let lease = crate::lease::lease(w);
     let poll = (lease / 4).max(Duration::from_millis(100));
-    let started = tokio::time::Instant::now();
-    for round in 0u32.. {
-        let claim = claims.claim(intent.clone()).await?;
-        if claim != Claim::Busy {
-            return Ok(claim);
+    let mut busy_since: Option<tokio::time::Instant> = None;
+    let mut outage_wait = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        let wait = match claims.claim(intent.clone()).await {
+            Ok(Claim::Busy) => {
+                let since = *busy_since.get_or_insert_with(|| {
+                    crate::metrics::busy(w);
+                    tokio::time::Instant::now()
+                });
+                if since.elapsed() >= lease * 2 {
+                    return Ok(Claim::Busy);
+                }
+                poll
+            }
+            Ok(claim) => return Ok(claim),
+            Err(e) if e.transient => {
+                if !warned {
+                    tracing::warn!(job_id = %intent.key.job_id, item_id = %intent.key.item_id, error = %e, "Postgres unreachable, waiting to claim");
+                    warned = true;
+                }
+                let wait = outage_wait;
+                outage_wait = (outage_wait * 2).min(Duration::from_secs(2));
+                wait
+            }
+            Err(e) => return Err(e),
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = abort.cancelled() => return Ok(Claim::Busy),
         }
-        if round == 0 {
-            crate::metrics::busy(w);
-        }
-        if started.elapsed() >= lease * 2 {
-            return Ok(Claim::Busy);
-        }
-        tokio::time::sleep(poll).await;
     }
-    Ok(Claim::Busy)
 }
 
 /// A call's usage, validated for the ledger.

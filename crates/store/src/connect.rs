@@ -13,6 +13,21 @@ use sqlx::{ConnectOptions, Connection};
 /// # Errors
 /// An unparsable URL, an unreachable server, or a database that cannot be created.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    connect_waiting(url, max_connections, ACQUIRE_TIMEOUT).await
+}
+
+/// How long a query waits for a connection (through an outage, for a new one) by default.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`connect`] whose queries wait at most `acquire_timeout` for a connection.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_waiting(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid URL")?;
     let options = options.log_statements(tracing::log::LevelFilter::Trace);
     // A process that starts while Postgres restarts or fails over waits for it (bounded);
@@ -20,7 +35,7 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match try_connect(&options, max_connections).await {
+        match try_connect(&options, max_connections, acquire_timeout).await {
             Ok(pool) => return Ok(pool),
             Err(e) if is_transient(&e) && started.elapsed() < INITIAL_CONNECT_PATIENCE => {
                 tracing::warn!(error = %format!("{e:#}"), "Postgres not reachable yet, retrying");
@@ -35,11 +50,15 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
 /// How long a starting process keeps trying to reach a Postgres that is down or restarting.
 const INITIAL_CONNECT_PATIENCE: Duration = Duration::from_secs(20);
 
-async fn try_connect(options: &PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
+async fn try_connect(
+    options: &PgConnectOptions,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> anyhow::Result<PgPool> {
     create_database_if_missing(options).await?;
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(acquire_timeout)
         .connect_with(options.clone())
         .await
         .with_context(|| {
@@ -70,15 +89,23 @@ pub fn connect_punctual(url: &str, patience: Duration) -> anyhow::Result<PgPool>
 
 /// Connection refused or reset, a pool timeout, or a server starting up or shutting down
 /// (SQLSTATE class 57P and 08): worth another try.
-fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
-            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
-            Some(sqlx::Error::Database(db)) => db
-                .code()
-                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
-            _ => false,
-        })
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(is_transient_sqlx)
+    })
+}
+
+/// [`is_transient`] for a driver error.
+pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
 }
 
 /// Connects and applies every pending migration.
@@ -86,7 +113,19 @@ fn is_transient(e: &anyhow::Error) -> bool {
 /// # Errors
 /// As [`connect`], or a migration that fails.
 pub async fn connect_and_migrate(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let pool = connect(url, max_connections).await?;
+    connect_and_migrate_waiting(url, max_connections, ACQUIRE_TIMEOUT).await
+}
+
+/// [`connect_and_migrate`] whose queries wait at most `acquire_timeout` for a connection.
+///
+/// # Errors
+/// As [`connect_and_migrate`].
+pub async fn connect_and_migrate_waiting(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> anyhow::Result<PgPool> {
+    let pool = connect_waiting(url, max_connections, acquire_timeout).await?;
     crate::MIGRATOR
         .run(&pool)
         .await

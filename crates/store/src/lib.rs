@@ -53,7 +53,10 @@ pub mod retention;
 pub mod routing;
 pub mod sweep;
 
-pub use connect::{connect, connect_and_migrate, connect_punctual};
+pub use connect::{
+    connect, connect_and_migrate, connect_and_migrate_waiting, connect_punctual, is_transient,
+    is_transient_sqlx,
+};
 
 /// The schema migrations, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -17,6 +17,11 @@ pub struct DatabaseSettings {
     #[serde(serialize_with = "serialize_redacted_url")]
     pub url: SecretString,
     pub max_connections: u32,
+    /// How long a query waits for a connection, through an outage for a new one, before it
+    /// fails (the workers then wait again: a claim that cannot reach Postgres is not handed
+    /// back, see `worker/src/claims.rs`).
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: std::time::Duration,
     /// TLS (`[database.tls]`), merged into the URL when the settings are loaded.
     pub tls: PostgresTls,
 }
@@ -26,6 +31,7 @@ impl Default for DatabaseSettings {
         Self {
             url: SecretString::from(DEFAULT_DATABASE_URL),
             max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(30),
             tls: PostgresTls::default(),
         }
     }
