@@ -11,7 +11,10 @@
 //! another dispatcher (or another slot of this one) holds (advisory lock) is nak'ed for later.
 //! Bad jobs are recorded, dead-lettered and terminated; transient failures are nak'ed with a
 //! delay until the consumer's `max_deliver`: on the last delivery the job ends `failed` with
-//! the last error as its reason, whatever state it was in, and is dead-lettered too.
+//! the last error as its reason, whatever state it was in, and is dead-lettered too. Except
+//! Postgres being unreachable: the last delivery waits for it in place (kept alive), since a
+//! job must not fail because its database restarted, and a job with no row yet could not even
+//! be found by the sweep afterwards.
 //!
 //! [`handle_job`] decides what becomes of a message ([`JobDisposition`]) and
 //! [`handle_message`] is the one place that turns that into ack, nak or term. A message whose
@@ -347,22 +350,39 @@ pub async fn handle_job(d: &Dispatcher, job: &JobMessage) -> JobDisposition {
     let team = spec.team.clone().unwrap_or_else(|| "default".to_owned());
     let project = spec.project.clone().unwrap_or_else(|| "default".to_owned());
 
-    // One dispatcher per job at a time, across processes.
-    let lock = match JobLock::try_acquire_for_message(&d.pool, &spec.job_id, job.seq()).await {
-        Ok(Some(lock)) => lock,
-        Ok(None) => {
-            tracing::info!(job_id = %spec.job_id, "job is held by another dispatcher, retrying later");
-            return JobDisposition::Retry {
-                after: Duration::from_secs(5),
-            };
-        }
-        Err(e) => {
-            let e = e.context("cannot take the job's lock");
-            return transient_failure(d, &dead(&spec.job_id, ""), &team, &project, last, &e).await;
+    // On the last delivery a Postgres outage is waited out here (the message kept alive)
+    // rather than ending the job `failed`: JetStream would not deliver it again, and a job
+    // must not fail because its database restarted. Earlier deliveries are handed back.
+    let mut outage_wait = Duration::from_millis(200);
+    let result = loop {
+        // One dispatcher per job at a time, across processes.
+        let lock = match JobLock::try_acquire_for_message(&d.pool, &spec.job_id, job.seq()).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                tracing::info!(job_id = %spec.job_id, "job is held by another dispatcher, retrying later");
+                return JobDisposition::Retry {
+                    after: Duration::from_secs(5),
+                };
+            }
+            Err(e) => {
+                let e = e.context("cannot take the job's lock");
+                if last && switchyard_store::is_transient(&e) {
+                    outage(&spec.job_id, &e, &mut outage_wait).await;
+                    continue;
+                }
+                return transient_failure(d, &dead(&spec.job_id, ""), &team, &project, last, &e)
+                    .await;
+            }
+        };
+        let result = dispatch_job(d, &spec, job.seq(), || {}).await;
+        lock.release().await;
+        match result {
+            Err(e) if last && switchyard_store::is_transient(&e) => {
+                outage(&spec.job_id, &e, &mut outage_wait).await;
+            }
+            other => break other,
         }
     };
-    let result = dispatch_job(d, &spec, job.seq(), || {}).await;
-    lock.release().await;
 
     match result {
         Ok(JobOutcome::Dispatched { items, duplicate }) => {
@@ -446,6 +466,14 @@ async fn reject(
 /// A failure that may pass (Postgres or NATS down, the input unreadable for now): retried
 /// with a delay; on the last delivery the job ends `failed` with the error as its reason,
 /// whatever state it was in (see [`jobs::fail`]).
+/// Waits before a job's last delivery tries again after Postgres could not be reached
+/// (doubling, up to 5 s).
+async fn outage(job_id: &str, e: &anyhow::Error, wait: &mut Duration) {
+    tracing::warn!(job_id = %job_id, error = %format!("{e:#}"), retry_in = ?*wait, "Postgres unreachable on the job's last delivery, waiting");
+    tokio::time::sleep(*wait).await;
+    *wait = (*wait * 2).min(Duration::from_secs(5));
+}
+
 async fn transient_failure(
     d: &Dispatcher,
     dead: &DeadLetterOf,

@@ -116,9 +116,10 @@ impl Dispatcher {
         let client = switchyard_runtime::nats::connect(&settings, "switchyard-dispatcher").await?;
         let js = switchyard_runtime::nats::jetstream(client.clone());
         switchyard_runtime::nats::ensure_streams(&js, &settings).await?;
-        let pool = switchyard_store::connect_and_migrate(
+        let pool = switchyard_store::connect_and_migrate_waiting(
             settings.database_url(),
             settings.database.max_connections,
+            settings.database.acquire_timeout,
         )
         .await?;
         Ok(Self {

@@ -460,3 +460,46 @@ async fn a_postgres_outage_longer_than_the_deliveries_fails_no_item() {
     fleet.stop().await;
     drop(pg);
 }
+
+#[tokio::test]
+async fn a_job_whose_deliveries_all_meet_a_postgres_outage_is_dispatched_once_it_is_back() {
+    // Two deliveries of the job message, both inside the outage (each waits half a second
+    // for a connection, then a 2 s hand-back): the last one waits for Postgres rather than
+    // giving up on the job (whose failure could not even be recorded).
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, _nats, _db, mut settings) = crate::support::on_own_postgres(dir.path()).await;
+    settings.database.acquire_timeout = Duration::from_millis(500);
+    settings.dispatcher.max_deliver = 2;
+    let mut fleet = switchyard_demo::fleet::Fleet::start(
+        settings,
+        Some((crate::support::data(), SimConfig::default())),
+    )
+    .await
+    .unwrap();
+    let tiers: Vec<String> = fleet.settings.tiers.keys().cloned().collect();
+    fleet.start_worker(tiers).await.unwrap();
+    let client = fleet.client();
+    let n = 20;
+    let spec = classify_job(mmlu_items(n), 0.0, 0.0);
+    let job_id = spec.job_id.clone();
+    pg.stop().unwrap();
+    client
+        .publish_spec(&job_id, &job_id, codec::encode(&spec).unwrap())
+        .await
+        .unwrap();
+    // The outage's length: both deliveries (at 0 s and after 2.5 s) fall inside it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pg.resume().await.unwrap();
+    let status = match client
+        .wait(&job_id, None, Duration::from_secs(60), |_| {})
+        .await
+        .unwrap()
+    {
+        switchyard_client::WaitOutcome::Finished(s) => *s,
+        other => panic!("job did not finish: {other:?}"),
+    };
+    assert_eq!(status.job.status, "completed", "{:?}", status.job);
+    assert_eq!(status.done(), n as i64);
+    fleet.stop().await;
+    drop(pg);
+}
