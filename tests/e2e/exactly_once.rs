@@ -12,7 +12,7 @@ use switchyard_proto::{PROTOCOL_VERSION, Task, WorkItem, codec};
 use switchyard_sim::{Faults, SimConfig};
 use switchyard_testkit::eventually;
 
-use crate::support::{Harness, classify_job, mmlu_items};
+use crate::support::{Harness, classify_job, fleet_on_own_postgres, mmlu_items, wait_final};
 
 /// The attempt-0 work message of every item of `job_id`, as a dispatcher publishes it.
 async fn first_attempts(h: &Harness, job_id: &str) -> Vec<WorkItem> {
@@ -312,12 +312,7 @@ async fn odd_provider_answers_are_booked_once_and_every_item_finishes() {
 #[tokio::test]
 async fn a_429_storm_across_a_postgres_outage_of_twice_ack_wait_calls_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let (pg, _nats, _db, mut settings) = crate::support::on_own_postgres(dir.path()).await;
     let ack_wait = Duration::from_secs(2);
-    settings.worker.ack_wait = ack_wait;
-    settings.worker.retry_delay = Duration::from_millis(300);
-    settings.worker.max_deliver = 20;
-    settings.finance.reservation_lease = Duration::from_secs(2);
     let sim = SimConfig {
         latency: Duration::from_millis(50),
         faults: Faults {
@@ -327,12 +322,13 @@ async fn a_429_storm_across_a_postgres_outage_of_twice_ack_wait_calls_nothing_tw
         },
         ..SimConfig::default()
     };
-    let mut fleet =
-        switchyard_demo::fleet::Fleet::start(settings, Some((crate::support::data(), sim)))
-            .await
-            .unwrap();
-    let tiers: Vec<String> = fleet.settings.tiers.keys().cloned().collect();
-    fleet.start_worker(tiers).await.unwrap();
+    let tune = |s: &mut switchyard_runtime::Settings| {
+        s.worker.ack_wait = ack_wait;
+        s.worker.retry_delay = Duration::from_millis(300);
+        s.worker.max_deliver = 20;
+        s.finance.reservation_lease = Duration::from_secs(2);
+    };
+    let (pg, _nats, _db, fleet) = fleet_on_own_postgres(dir.path(), tune, sim).await;
     let client = fleet.client();
     let n = 80;
     let job_id = client
@@ -354,14 +350,7 @@ async fn a_429_storm_across_a_postgres_outage_of_twice_ack_wait_calls_nothing_tw
     pg.stop().unwrap();
     tokio::time::sleep(ack_wait * 2).await;
     pg.resume().await.unwrap();
-    let status = match client
-        .wait(&job_id, None, Duration::from_secs(120), |_| {})
-        .await
-        .unwrap()
-    {
-        switchyard_client::WaitOutcome::Finished(s) => *s,
-        other => panic!("job did not finish: {other:?}"),
-    };
+    let status = wait_final(&client, &job_id, 120).await;
     assert_eq!(status.job.status, "completed");
     let mut billed: BTreeMap<String, usize> = BTreeMap::new();
     for c in sim_handle.calls() {
@@ -402,22 +391,18 @@ async fn a_postgres_outage_longer_than_the_deliveries_fails_no_item() {
     // both within a second of the outage and fail the item untried. It waits instead (the
     // message kept alive) until Postgres answers.
     let dir = tempfile::tempdir().unwrap();
-    let (pg, _nats, _db, mut settings) = crate::support::on_own_postgres(dir.path()).await;
-    settings.worker.max_deliver = 2;
-    settings.database.acquire_timeout = Duration::from_millis(500);
-    settings.worker.retry_delay = Duration::from_millis(100);
-    // Slow enough calls that the job is still running when Postgres goes away.
-    settings.worker.concurrency = switchyard_runtime::settings::count(4);
+    let tune = |s: &mut switchyard_runtime::Settings| {
+        s.worker.max_deliver = 2;
+        s.database.acquire_timeout = Duration::from_millis(500);
+        s.worker.retry_delay = Duration::from_millis(100);
+        // Slow enough calls that the job is still running when Postgres goes away.
+        s.worker.concurrency = switchyard_runtime::settings::count(4);
+    };
     let sim = SimConfig {
         latency: Duration::from_millis(300),
         ..SimConfig::default()
     };
-    let mut fleet =
-        switchyard_demo::fleet::Fleet::start(settings, Some((crate::support::data(), sim)))
-            .await
-            .unwrap();
-    let tiers: Vec<String> = fleet.settings.tiers.keys().cloned().collect();
-    fleet.start_worker(tiers).await.unwrap();
+    let (pg, _nats, _db, fleet) = fleet_on_own_postgres(dir.path(), tune, sim).await;
     let client = fleet.client();
     let n = 60;
     let job_id = client
@@ -439,14 +424,7 @@ async fn a_postgres_outage_longer_than_the_deliveries_fails_no_item() {
     pg.stop().unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg.resume().await.unwrap();
-    let status = match client
-        .wait(&job_id, None, Duration::from_secs(120), |_| {})
-        .await
-        .unwrap()
-    {
-        switchyard_client::WaitOutcome::Finished(s) => *s,
-        other => panic!("job did not finish: {other:?}"),
-    };
+    let status = wait_final(&client, &job_id, 120).await;
     assert!(
         sim_handle.calls().len() > calls_before_outage,
         "items were still open at the outage"
@@ -467,17 +445,12 @@ async fn a_job_whose_deliveries_all_meet_a_postgres_outage_is_dispatched_once_it
     // for a connection, then a 2 s hand-back): the last one waits for Postgres rather than
     // giving up on the job (whose failure could not even be recorded).
     let dir = tempfile::tempdir().unwrap();
-    let (pg, _nats, _db, mut settings) = crate::support::on_own_postgres(dir.path()).await;
-    settings.database.acquire_timeout = Duration::from_millis(500);
-    settings.dispatcher.max_deliver = 2;
-    let mut fleet = switchyard_demo::fleet::Fleet::start(
-        settings,
-        Some((crate::support::data(), SimConfig::default())),
-    )
-    .await
-    .unwrap();
-    let tiers: Vec<String> = fleet.settings.tiers.keys().cloned().collect();
-    fleet.start_worker(tiers).await.unwrap();
+    let tune = |s: &mut switchyard_runtime::Settings| {
+        s.database.acquire_timeout = Duration::from_millis(500);
+        s.dispatcher.max_deliver = 2;
+    };
+    let (pg, _nats, _db, fleet) =
+        fleet_on_own_postgres(dir.path(), tune, SimConfig::default()).await;
     let client = fleet.client();
     let n = 20;
     let spec = classify_job(mmlu_items(n), 0.0, 0.0);
@@ -490,14 +463,7 @@ async fn a_job_whose_deliveries_all_meet_a_postgres_outage_is_dispatched_once_it
     // The outage's length: both deliveries (at 0 s and after 2.5 s) fall inside it.
     tokio::time::sleep(Duration::from_secs(5)).await;
     pg.resume().await.unwrap();
-    let status = match client
-        .wait(&job_id, None, Duration::from_secs(60), |_| {})
-        .await
-        .unwrap()
-    {
-        switchyard_client::WaitOutcome::Finished(s) => *s,
-        other => panic!("job did not finish: {other:?}"),
-    };
+    let status = wait_final(&client, &job_id, 60).await;
     assert_eq!(status.job.status, "completed", "{:?}", status.job);
     assert_eq!(status.done(), n as i64);
     fleet.stop().await;

@@ -208,8 +208,10 @@ async fn a_fault_that_persists_fails_the_item_with_a_clear_error() {
     h.finish().await;
 }
 
-#[tokio::test]
-async fn a_dead_provider_trips_the_breaker_and_the_fleet_recovers_when_it_returns() {
+/// A fleet whose provider answers every call with a server error, its items given
+/// `max_deliver` deliveries, and a quick breaker (3 failures, a cooldown of `cooldown`
+/// doubling up to twice that).
+async fn dead_provider(max_deliver: i64, cooldown: Duration, retries: u32) -> Harness {
     let sim = SimConfig {
         faults: Faults {
             error_rate: 1.0,
@@ -217,19 +219,24 @@ async fn a_dead_provider_trips_the_breaker_and_the_fleet_recovers_when_it_return
         },
         ..SimConfig::default()
     };
-    let h = Harness::start_with(
+    Harness::start_with(
         |s| {
             s.worker.concurrency = switchyard_runtime::settings::count(4);
-            s.worker.max_deliver = 1000;
+            s.worker.max_deliver = max_deliver;
             s.worker.retry_delay = Duration::from_millis(50);
             s.worker.breaker.failures = 3;
-            s.worker.breaker.cooldown = Duration::from_millis(300);
-            s.worker.breaker.max_cooldown = Duration::from_millis(600);
-            model_settings(s, Duration::from_secs(2), 3);
+            s.worker.breaker.cooldown = cooldown;
+            s.worker.breaker.max_cooldown = cooldown * 2;
+            model_settings(s, Duration::from_secs(2), retries);
         },
         sim,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_dead_provider_trips_the_breaker_and_the_fleet_recovers_when_it_returns() {
+    let h = dead_provider(1000, Duration::from_millis(300), 3).await;
     let n = 20;
     let job_id = h
         .client
@@ -275,26 +282,7 @@ async fn an_outage_longer_than_the_deliveries_fails_no_item() {
     // Two deliveries an item, and a provider down for many cooldowns: each hand-back to the
     // open breaker spends a delivery, so items on their last one must wait in the worker
     // for the breaker (up to `max_hold`) rather than fail untried.
-    let sim = SimConfig {
-        faults: Faults {
-            error_rate: 1.0,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    };
-    let h = Harness::start_with(
-        |s| {
-            s.worker.concurrency = switchyard_runtime::settings::count(4);
-            s.worker.max_deliver = 2;
-            s.worker.retry_delay = Duration::from_millis(50);
-            s.worker.breaker.failures = 3;
-            s.worker.breaker.cooldown = Duration::from_millis(200);
-            s.worker.breaker.max_cooldown = Duration::from_millis(400);
-            model_settings(s, Duration::from_secs(2), 1);
-        },
-        sim,
-    )
-    .await;
+    let h = dead_provider(2, Duration::from_millis(200), 1).await;
     let n = 8;
     let job_id = h
         .client

@@ -213,6 +213,22 @@ pub async fn on_own_postgres(dir: &std::path::Path) -> (Postgres, TestNats, Test
     (pg, nats, db, settings)
 }
 
+/// A fleet (dispatcher, a worker of every tier, the simulator over HTTP) on a Postgres of the
+/// test's own, which the test may stop and resume (outages), with `tune` applied to its
+/// settings. The servers stop when the returned handles drop.
+pub async fn fleet_on_own_postgres(
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut Settings),
+    sim: SimConfig,
+) -> (Postgres, TestNats, TestDb, Fleet) {
+    let (pg, nats, db, mut settings) = on_own_postgres(dir).await;
+    tune(&mut settings);
+    let mut fleet = Fleet::start(settings, Some((data(), sim))).await.unwrap();
+    let tiers: Vec<String> = fleet.settings.tiers.keys().cloned().collect();
+    fleet.start_worker(tiers).await.unwrap();
+    (pg, nats, db, fleet)
+}
+
 /// Waits until every running worker of `fleet` knows `team` has a budget.
 pub async fn workers_know_budget(fleet: &Fleet, team: &str) {
     switchyard_testkit::eventually(
