@@ -229,27 +229,7 @@ async fn a_model_without_n_draws_its_samples_as_requests_and_books_them_all() {
     let booked: Decimal = rows.iter().map(|r| r.1).sum();
     assert_eq!(bill, booked, "the ledger equals the bill");
 
-    // The weak answers' confidences are the samples' agreement: quarters, and not one
-    // constant.
-    let confidences: Vec<f64> = sqlx::query_scalar(
-        "SELECT r.confidence FROM results r JOIN items i \
-         ON i.job_id = r.job_id AND i.item_id = r.item_id \
-         WHERE r.job_id = $1 AND r.tier = 'weak' AND r.confidence IS NOT NULL",
-    )
-    .bind("anthropic-samples")
-    .fetch_all(&h.db.pool)
-    .await
-    .unwrap();
-    assert!(!confidences.is_empty());
-    assert!(
-        confidences
-            .iter()
-            .all(|c| ((c * 4.0).round() - c * 4.0).abs() < 1e-9),
-        "{confidences:?}"
-    );
-    assert!(
-        confidences.iter().any(|c| *c < 1.0) && confidences.iter().any(|c| *c >= 0.75),
-        "{confidences:?}"
-    );
+    // The weak answers' confidences are the samples' agreement.
+    crate::support::assert_confidences_are_sample_agreement(&h.db.pool, "anthropic-samples").await;
     h.finish().await;
 }

@@ -72,6 +72,20 @@ struct Row {
     cost_usd: Decimal,
 }
 
+/// The simulator's bill for `calls` of the weak model at its price in [`fleet`] (half
+/// through the batch API).
+fn weak_bill(calls: &[switchyard_sim::CallRecord]) -> Decimal {
+    let price = switchyard_sim::ModelPrice {
+        input_usd_per_mtok: d("0.6"),
+        output_usd_per_mtok: d("0.6"),
+        batch_discount: d("0.5"),
+        cached_input_usd_per_mtok: None,
+        cache_write_usd_per_mtok: None,
+        cache_write_1h_usd_per_mtok: None,
+    };
+    switchyard_sim::bill::bill(calls, &[(WEAK.to_owned(), price)].into()).usd
+}
+
 /// The job is complete and every weak call was one batch line, answered once by the
 /// simulator and booked once at the batch price (the ledger equals the bill, call id for
 /// custom id); nothing is left open, in doubt or held. Returns the ledger rows.
@@ -110,17 +124,9 @@ async fn booked_once(h: &Harness, job: &str, n: usize) -> Vec<Row> {
         answered, booked,
         "the ledger's call ids are the lines' custom ids"
     );
-    let price = switchyard_sim::ModelPrice {
-        input_usd_per_mtok: d("0.6"),
-        output_usd_per_mtok: d("0.6"),
-        batch_discount: d("0.5"),
-        cached_input_usd_per_mtok: None,
-        cache_write_usd_per_mtok: None,
-        cache_write_1h_usd_per_mtok: None,
-    };
-    let bill = switchyard_sim::bill::bill(&calls, &[(WEAK.to_owned(), price)].into());
+    let bill = weak_bill(&calls);
     let total: Decimal = weak.iter().map(|r| r.cost_usd).sum();
-    assert_eq!(bill.usd, total, "the ledger equals the bill");
+    assert_eq!(bill, total, "the ledger equals the bill");
 
     // The job is announced once its lines are booked; its batch ends just after (the
     // provider's files are deleted first).
@@ -421,5 +427,75 @@ async fn a_batch_line_whose_answer_cannot_be_read_is_booked_and_called_again() {
         1,
         "{rows:?}"
     );
+    h.finish().await;
+}
+
+/// A quality job whose weak model gives no logprobs and sits behind Anthropic's Message
+/// Batches: Anthropic has no `n`, so each line's call is its answer and four samples as five
+/// requests of the batch (`{call}`, `{call}_s1` … `_s4`), folded back into the call's one
+/// ledger row, which books all five at the batch price; the answers' stored confidences are
+/// the samples' agreement (quarters, not one constant), as in real time.
+#[tokio::test]
+async fn an_anthropic_batch_line_draws_its_samples_as_requests_and_books_them_all() {
+    let sim = SimConfig {
+        logprobs: false,
+        batch_delay: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    let h = fleet_tuned(sim, Protocol::Anthropic, |m| m.logprobs = false).await;
+    let n = 60;
+    let mut spec = classify_job(mmlu_items(n), 0.0, 0.0).with_deadline(86_400);
+    spec.policy.routing = switchyard_proto::Routing::Quality { value: 0.95 };
+    spec.policy.cascade.confidence_threshold = None;
+    let job = h.client.submit(spec).await.unwrap();
+    let status = h.wait_final(&job, 120).await;
+    assert_eq!(status.job.status, "completed", "{:?}", status.dead_letters);
+
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT call_id, model, batch, outcome, cost_usd FROM ledger \
+         WHERE job_id = $1 AND model = $2",
+    )
+    .bind(&job)
+    .bind(WEAK)
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter().all(|r| r.batch && r.outcome != "in_doubt"),
+        "{rows:?}"
+    );
+    let sim = h.fleet.sim.as_ref().expect("the simulator runs");
+    let calls: Vec<switchyard_sim::CallRecord> = sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.model == WEAK && c.billed())
+        .collect();
+    assert!(calls.iter().all(switchyard_sim::CallRecord::is_batch_line));
+    // Every weak call was five requests of its batch, under the call's id and its samples'.
+    for r in &rows {
+        let mut ids: Vec<String> = calls
+            .iter()
+            .filter_map(|c| c.client_request_id.clone())
+            .filter(|id| switchyard_worker::llm::batch_api::line_of(id).0 == r.call_id)
+            .collect();
+        ids.sort();
+        let want: Vec<String> = (0..5)
+            .map(|j| switchyard_worker::llm::batch_api::request_custom_id(&r.call_id, j))
+            .collect();
+        assert_eq!(ids, want, "call {}", r.call_id);
+    }
+    assert_eq!(
+        calls.len(),
+        rows.len() * 5,
+        "no request outside the ledger's calls"
+    );
+    // The ledger equals the provider's bill for all of them, at the batch price.
+    let bill = weak_bill(&calls);
+    let booked: Decimal = rows.iter().map(|r| r.cost_usd).sum();
+    assert_eq!(bill, booked, "the ledger equals the bill");
+
+    // The weak answers' confidences are the samples' agreement, as in real time.
+    crate::support::assert_confidences_are_sample_agreement(&h.db.pool, &job).await;
     h.finish().await;
 }

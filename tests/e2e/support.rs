@@ -229,6 +229,30 @@ pub async fn fleet_on_own_postgres(
     (pg, nats, db, fleet)
 }
 
+/// Asserts that the job's weak answers' stored confidences are the agreement of four extra
+/// samples (quarters) and not one constant: the signal of a model without logprobs.
+pub async fn assert_confidences_are_sample_agreement(pool: &PgPool, job_id: &str) {
+    let confidences: Vec<f64> = sqlx::query_scalar(
+        "SELECT confidence FROM results \
+         WHERE job_id = $1 AND tier = 'weak' AND confidence IS NOT NULL",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(!confidences.is_empty());
+    assert!(
+        confidences
+            .iter()
+            .all(|c| ((c * 4.0).round() - c * 4.0).abs() < 1e-9),
+        "{confidences:?}"
+    );
+    assert!(
+        confidences.iter().any(|c| *c < 1.0) && confidences.iter().any(|c| *c >= 0.75),
+        "{confidences:?}"
+    );
+}
+
 /// Waits until every running worker of `fleet` knows `team` has a budget.
 pub async fn workers_know_budget(fleet: &Fleet, team: &str) {
     switchyard_testkit::eventually(

@@ -67,19 +67,19 @@ async fn requests_go_up_in_one_batch_and_an_unrecorded_one_is_found_by_its_resul
     // While it runs, a batch of our size created since our record cannot be told apart
     // from ours: undecided, so nothing is created twice.
     let lookup = client
-        .find_orphan(recorded_at, &calls, &none)
+        .find_orphan(recorded_at, &calls, calls.len(), &none)
         .await
         .unwrap();
     assert!(matches!(lookup, Lookup::Undecided(_)), "{lookup:?}");
     // Recorded for another local batch, or of another size: not a candidate at all.
     let known = HashSet::from([id.clone()]);
     let lookup = client
-        .find_orphan(recorded_at, &calls, &known)
+        .find_orphan(recorded_at, &calls, calls.len(), &known)
         .await
         .unwrap();
     assert!(matches!(lookup, Lookup::Absent), "{lookup:?}");
     let lookup = client
-        .find_orphan(recorded_at, &calls[..2], &none)
+        .find_orphan(recorded_at, &calls[..2], 2, &none)
         .await
         .unwrap();
     assert!(matches!(lookup, Lookup::Absent), "{lookup:?}");
@@ -93,7 +93,7 @@ async fn requests_go_up_in_one_batch_and_an_unrecorded_one_is_found_by_its_resul
     assert_eq!(done.id, id);
     // Once ended, its results name our calls: found.
     match client
-        .find_orphan(recorded_at, &calls, &none)
+        .find_orphan(recorded_at, &calls, calls.len(), &none)
         .await
         .unwrap()
     {
@@ -103,7 +103,7 @@ async fn requests_go_up_in_one_batch_and_an_unrecorded_one_is_found_by_its_resul
     // Someone else's batch of the same size is not ours.
     let strangers: Vec<String> = (0..3).map(|i| format!("other-{i}")).collect();
     let lookup = client
-        .find_orphan(recorded_at, &strangers, &none)
+        .find_orphan(recorded_at, &strangers, strangers.len(), &none)
         .await
         .unwrap();
     assert!(matches!(lookup, Lookup::Absent), "{lookup:?}");

@@ -610,6 +610,7 @@ async fn answer(state: &Arc<AppState>, id: &str, request: &BatchRequest) -> Resu
         Arc::clone(state),
         Some(format!("{BATCH_TAG_PREFIX}{id}")),
         Some(request.custom_id.clone()),
+        Some(id.to_owned()),
         Bytes::from(request.params.to_string()),
     )
     .await;

@@ -354,7 +354,8 @@ async fn untagged_messages(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    messages(state, None, request_id(&headers), body).await
+    let id = request_id(&headers);
+    messages(state, None, id.clone(), id, body).await
 }
 
 async fn tagged_messages(
@@ -363,16 +364,23 @@ async fn tagged_messages(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    messages(state, Some(tag), request_id(&headers), body).await
+    let id = request_id(&headers);
+    messages(state, Some(tag), id.clone(), id, body).await
 }
 
 /// Anthropic's Messages API: the request answered as its chat completion, the answer (or
 /// error) rewritten in Anthropic's shape. Bodies a fault broke on purpose go out as they are.
 /// A request of a message batch is answered here too ([`crate::message_batches`]).
+///
+/// `sample_key` names the call whose repeated requests are its samples: the client request
+/// id in real time (a call's requests share it), the batch's id in a message batch (where
+/// each request has a `custom_id` of its own, and a call's requests are identical requests
+/// of one batch).
 pub(crate) async fn messages(
     state: Arc<AppState>,
     client: Option<String>,
     client_request_id: Option<String>,
+    sample_key: Option<String>,
     body: Bytes,
 ) -> Response {
     let (mut chat, cached) = match crate::anthropic::to_chat(&body) {
@@ -387,11 +395,12 @@ pub(crate) async fn messages(
     // answer asks again at a temperature above 0, and a real model answers differently each
     // time. Here the k-th such request of one call (its client request id and prompt) is
     // answered with sample k, as OpenAI's `seed = k` would be: the first is the replayed
-    // answer, the others repeat it as often as its confidence says.
+    // answer, the others repeat it as often as its confidence says. In a message batch a
+    // call's requests are identical requests of the batch: the k-th is sample k.
     if chat["temperature"].as_f64().is_some_and(|t| t > 0.0) {
         // A hash of the call, not its text: the map lives as long as the server.
         let key = crate::hashing::stable_hash(&[
-            client_request_id.as_deref().unwrap_or_default().as_bytes(),
+            sample_key.as_deref().unwrap_or_default().as_bytes(),
             chat["model"].as_str().unwrap_or_default().as_bytes(),
             chat["messages"].to_string().as_bytes(),
         ]);

@@ -21,11 +21,15 @@ use crate::settle::{Disposition, settle};
 
 /// The largest input file a batch is given: OpenAI takes up to 200 MB; a line's size is
 /// estimated from its work message (twice it plus 1 KiB, for the prompt's framing and the
-/// line's JSON), so this keeps a margin.
+/// line's JSON, once per request it is sent as), so this keeps a margin.
 pub const MAX_FILE_BYTES: usize = 180 * 1024 * 1024;
 
 fn estimated_bytes(l: &Line) -> usize {
-    l.work.len().saturating_mul(2).saturating_add(1024)
+    l.work
+        .len()
+        .saturating_mul(2)
+        .saturating_add(1024)
+        .saturating_mul(l.request.requests() as usize)
 }
 
 /// Starts a lane's batcher; `commits` is the lane's committer (a line that cannot be

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::{ModelRuntime, Worker};
 use crate::lane::{CallBooking, request_for};
-use crate::llm::batch_api::{BatchApi, LineResult, Lookup, Progress, ProviderBatch};
-use crate::llm::{Completion, ProviderError};
+use crate::llm::ProviderError;
+use crate::llm::batch_api::{BatchApi, LineRequests, Lookup, Progress, ProviderBatch, by_line};
 
 /// Batches looked at per round, at most (the rest wait for the next round).
 const PER_ROUND: usize = 64;
@@ -120,6 +120,16 @@ async fn find_or_send(
     let every = w.settings.worker.batching.poll_every;
     let lines = pb::open_lines(&w.pool, &b.batch_id).await?;
     let calls: Vec<String> = lines.iter().map(|l| l.call_id.clone()).collect();
+    // The lines' requests as they were (or would be) sent: their count identifies the batch
+    // at a provider that carries no metadata.
+    let requests = lines
+        .iter()
+        .filter_map(|l| {
+            let item: WorkItem = codec::decode(&l.work).ok()?;
+            Some((l.call_id.clone(), request_for(&item, model, &l.call_id)))
+        })
+        .collect::<Vec<_>>();
+    let sent_requests: usize = requests.iter().map(|(_, r)| r.requests() as usize).sum();
     // Only a search by results (Anthropic's) needs the ids other batches of ours hold.
     let known = match client {
         BatchApi::Anthropic(_) => {
@@ -130,7 +140,10 @@ async fn find_or_send(
     };
     // A provider that refuses the listing itself (no batch API there: a misconfigured
     // `batch = true`) cannot have created it either.
-    let lookup = match client.find(&b.batch_id, b.created_at, &calls, &known).await {
+    let lookup = match client
+        .find(&b.batch_id, b.created_at, &calls, sent_requests, &known)
+        .await
+    {
         Ok(lookup) => lookup,
         Err(ProviderError::Refused { status, body, .. }) => {
             tracing::warn!(batch = %b.batch_id, status, body = %body, "the provider refuses to list batches; is `batch = true` right for this model?");
@@ -164,13 +177,6 @@ async fn find_or_send(
             Ok(None)
         }
         Lookup::Absent => {
-            let requests = lines
-                .iter()
-                .filter_map(|l| {
-                    let item: WorkItem = codec::decode(&l.work).ok()?;
-                    Some((l.call_id.clone(), request_for(&item, model, &l.call_id)))
-                })
-                .collect::<Vec<_>>();
             super::collect::send(w, &b.batch_id, &b.model, &requests).await;
             Ok(None)
         }
@@ -187,10 +193,8 @@ async fn finish(
     client: &BatchApi,
     at_provider: &ProviderBatch,
 ) -> anyhow::Result<()> {
-    let mut results: HashMap<String, Result<Completion, ProviderError>> = HashMap::new();
-    for LineResult { custom_id, result } in client.results(at_provider).await? {
-        results.insert(custom_id, result);
-    }
+    // Each line's requests' results (a line of samples on a provider without `n` is several).
+    let mut results: HashMap<String, LineRequests> = by_line(client.results(at_provider).await?);
     let lines = pb::open_lines(&w.pool, &b.batch_id).await?;
     let mut outcomes = Vec::new();
     let mut escalations = Vec::new();
@@ -223,7 +227,14 @@ async fn finish(
             subject: &subject,
             deliveries: 1,
         };
-        match results.remove(&line.call_id) {
+        let request = request_for(&item, model, &line.call_id);
+        let parts = results.remove(&line.call_id).unwrap_or_default();
+        let result = if parts.len() > 1 || request.requests() > 1 {
+            crate::llm::anthropic::fold_line(parts.into_iter().map(|(_, r)| r).collect(), &request)
+        } else {
+            parts.into_iter().next().map(|(_, r)| r)
+        };
+        match result {
             Some(Ok(completion)) => {
                 let (outcome, escalation) = booking.answered(key, completion, line.reservation_id);
                 outcomes.push(outcome);
@@ -241,7 +252,6 @@ async fn finish(
             Some(Err(e @ ProviderError::BadBody { .. })) => {
                 // Answered and billed, but unusable: booked at an estimate as in real time,
                 // and the attempt sent again (under a new call).
-                let request = request_for(&item, model, &line.call_id);
                 outcomes.push(booking.unusable(key, &request, &e, line.reservation_id));
                 escalations.push(None);
                 booked.push(line.call_id.clone());

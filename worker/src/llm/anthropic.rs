@@ -172,6 +172,36 @@ fn add_sample(
     }
 }
 
+/// A line of a message batch whose call drew samples as requests of their own (`parts`: its
+/// requests' results by index, the line's own first), folded as the real-time client folds
+/// them: the first request that answered is the answer (the requests are identical, at a
+/// temperature above 0), the others that answered are its samples, and the call's usage is
+/// that of every request the provider billed (an unreadable `200` at an estimate). With no
+/// answer at all: an unreadable `200` if one came (billed: booked, then called again), else
+/// the first failure; `None` when no request came back.
+pub(crate) fn fold_line(
+    parts: Vec<Result<Completion, ProviderError>>,
+    request: &CompletionRequest,
+) -> Option<Result<Completion, ProviderError>> {
+    let mut parts: Vec<Option<Result<Completion, ProviderError>>> =
+        parts.into_iter().map(Some).collect();
+    let Some(first) = parts.iter().position(|p| matches!(p, Some(Ok(_)))) else {
+        let failures = parts.into_iter().flatten();
+        let (unreadable, other): (Vec<_>, Vec<_>) =
+            failures.partition(|e| matches!(e, Err(ProviderError::BadBody { .. })));
+        return unreadable.into_iter().chain(other).next();
+    };
+    let Some(Ok(mut answer)) = parts[first].take() else {
+        return None;
+    };
+    let mut raws = vec![answer.raw_usage.take()];
+    for drawn in parts.into_iter().flatten() {
+        raws.push(add_sample(&mut answer, drawn, request));
+    }
+    answer.raw_usage = raw_usages(&raws);
+    Some(Ok(answer))
+}
+
 /// The raw usages of a call's requests, as one JSON array (`null` for a request without
 /// one), or nothing when none had any.
 fn raw_usages(raws: &[Option<String>]) -> Option<String> {
@@ -231,5 +261,107 @@ mod tests {
         for absent in ["seed", "n", "logprobs", "top_logprobs", "stop"] {
             assert!(body.get(absent).is_none(), "{absent} is not Anthropic's");
         }
+    }
+
+    fn answered(content: &str, prompt: u32, completion: u32) -> Result<Completion, ProviderError> {
+        Ok(Completion {
+            response_id: None,
+            content: content.into(),
+            raw_content: None,
+            logprobs: None,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cached_prompt_tokens: 0,
+            cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
+            raw_usage: Some(format!(r#"{{"input_tokens":{prompt}}}"#)),
+            finish_reason: None,
+            usage_estimated: false,
+            latency: std::time::Duration::ZERO,
+            samples: Vec::new(),
+        })
+    }
+
+    fn overloaded() -> Result<Completion, ProviderError> {
+        Err(ProviderError::ServerError {
+            model: "claude".into(),
+            status: 503,
+            body: "overloaded".into(),
+            retry_after: None,
+        })
+    }
+
+    fn unreadable() -> Result<Completion, ProviderError> {
+        Err(ProviderError::BadBody {
+            model: "claude".into(),
+            message: "no content".into(),
+            bytes: 40,
+        })
+    }
+
+    fn sampling_request() -> CompletionRequest {
+        CompletionRequest {
+            model: "claude".into(),
+            messages: vec![Message {
+                role: "user".into(),
+                content: "x".repeat(400),
+            }],
+            max_tokens: 8,
+            logprobs: false,
+            top_logprobs: 0,
+            client_request_id: None,
+            n: 5,
+            temperature: 0.7,
+            separate_choices: true,
+            params: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn a_batch_line_s_requests_fold_into_one_answer_that_books_every_billed_one() {
+        let r = sampling_request();
+        // The line's own request failed (not billed), its samples answered: the first of
+        // them is the answer, the others its samples; an unreadable one is billed at an
+        // estimate (100 prompt tokens, 40 bytes / 4 = 10 completion tokens, at most the
+        // request's 8).
+        let parts = vec![
+            overloaded(),
+            answered("A", 100, 1),
+            answered("B", 100, 1),
+            unreadable(),
+            answered("A", 100, 1),
+        ];
+        let c = fold_line(parts, &r).unwrap().unwrap();
+        assert_eq!(c.content, "A");
+        assert_eq!(c.samples, vec!["B".to_owned(), "A".to_owned()]);
+        assert_eq!((c.prompt_tokens, c.completion_tokens), (400, 3 + 8));
+        assert!(c.usage_estimated);
+        let raws: serde_json::Value =
+            serde_json::from_str(c.raw_usage.as_deref().unwrap()).unwrap();
+        // One raw usage per request, `null` where a request had none.
+        let raws = raws.as_array().unwrap();
+        assert_eq!(raws.len(), 5, "{raws:?}");
+        assert_eq!(raws.iter().filter(|u| u.is_null()).count(), 2, "{raws:?}");
+        // All five answered: the line's own first, four samples, five prompts.
+        let all = (0..5).map(|_| answered("C", 100, 1)).collect();
+        let c = fold_line(all, &r).unwrap().unwrap();
+        assert_eq!((c.samples.len(), c.prompt_tokens), (4, 500));
+        assert!(!c.usage_estimated);
+    }
+
+    #[test]
+    fn a_batch_line_without_an_answer_is_unreadable_if_one_was_billed_else_failed() {
+        let r = sampling_request();
+        let billed = fold_line(vec![overloaded(), unreadable(), overloaded()], &r);
+        assert!(
+            matches!(billed, Some(Err(ProviderError::BadBody { .. }))),
+            "{billed:?}"
+        );
+        let failed = fold_line(vec![overloaded(), overloaded()], &r);
+        assert!(
+            matches!(failed, Some(Err(ProviderError::ServerError { .. }))),
+            "{failed:?}"
+        );
+        assert!(fold_line(Vec::new(), &r).is_none());
     }
 }

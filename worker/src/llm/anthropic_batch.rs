@@ -12,6 +12,11 @@
 //!   results carry our call ids. A candidate still running cannot be checked yet, so the
 //!   answer is then "undecided" and nothing is created until it is decided: a second batch
 //!   would answer (and bill) the same items twice;
+//! - there is no `n`: a line that draws samples of its answer (a weak model without
+//!   logprobs) is `1 + k` identical requests under `{call}` and `{call}_s1` … `_s{k}`
+//!   ([`request_custom_id`]), whose results the poller folds back into the line
+//!   (`super::anthropic::fold_line`); an orphan is recognised by its count of requests, not
+//!   of lines;
 //! - `processing_status` is `in_progress`, `canceling` or `ended`; each result is
 //!   `succeeded`, `errored`, `canceled` or `expired`;
 //! - the results are read from the batch's own path (not from `results_url` as given, so the
@@ -23,7 +28,9 @@ use serde_json::{Value, json};
 use switchyard_core::messages;
 
 use super::anthropic::{ANTHROPIC_VERSION, body_of};
-use super::batch_api::{LineResult, Lookup, Progress, ProviderBatch, read_lines};
+use super::batch_api::{
+    LineResult, Lookup, Progress, ProviderBatch, read_lines, request_custom_id,
+};
 use super::http::{Auth, Endpoint};
 use super::{Completion, CompletionRequest, ProviderError};
 
@@ -131,16 +138,27 @@ impl AnthropicBatchClient {
         &self,
         lines: &[(String, CompletionRequest)],
     ) -> Result<String, ProviderError> {
-        if let Some((bad, _)) = lines.iter().find(|(id, _)| !valid_custom_id(id)) {
+        if let Some((bad, _)) = lines
+            .iter()
+            .find(|(id, r)| !valid_custom_id(&request_custom_id(id, r.requests().max(1) - 1)))
+        {
             return Err(ProviderError::Refused {
                 model: self.name.clone(),
                 status: 400,
                 body: format!("call id `{bad}` is not a valid custom_id (^[a-zA-Z0-9_-]{{1,64}}$)"),
             });
         }
+        // A line of `n > 1` choices (extra samples of a weak answer: Anthropic has no `n`)
+        // is `n` identical requests, as in real time: its own under the call id, then one per
+        // sample (`request_custom_id`); the poller folds their results back into the line.
         let requests: Vec<Value> = lines
             .iter()
-            .map(|(id, r)| json!({"custom_id": id, "params": body_of(r)}))
+            .flat_map(|(id, r)| {
+                let params = body_of(r);
+                (0..r.requests()).map(move |j| {
+                    json!({"custom_id": request_custom_id(id, j), "params": params.clone()})
+                })
+            })
             .collect();
         let body = json!({ "requests": requests });
         let created: MessageBatch = self
@@ -176,8 +194,9 @@ impl AnthropicBatchClient {
     }
 
     /// Looks for a batch created for our local batch but never recorded: created since
-    /// `recorded_at` (less the clock skew), holding `calls.len()` requests, not `known`
-    /// (recorded for another local batch), and whose results carry one of `calls`.
+    /// `recorded_at` (less the clock skew), holding `requests` requests (a line of samples is
+    /// several), not `known` (recorded for another local batch), and whose results carry one
+    /// of `calls`.
     ///
     /// # Errors
     /// What the provider answered.
@@ -185,6 +204,7 @@ impl AnthropicBatchClient {
         &self,
         recorded_at: chrono::DateTime<chrono::Utc>,
         calls: &[String],
+        requests: usize,
         known: &std::collections::HashSet<String>,
     ) -> Result<Lookup, ProviderError> {
         let since = recorded_at - CLOCK_SKEW;
@@ -201,7 +221,7 @@ impl AnthropicBatchClient {
                     // Newest first: every further one is older still.
                     break 'pages;
                 }
-                let same_size = usize::try_from(b.request_counts.total()) == Ok(calls.len());
+                let same_size = usize::try_from(b.request_counts.total()) == Ok(requests);
                 if !same_size || known.contains(&b.id) {
                     continue;
                 }

@@ -17,6 +17,46 @@ pub struct LineResult {
     pub result: Result<Completion, ProviderError>,
 }
 
+/// The custom id of a line's request `j`: the line's call id for its own (`j = 0`), and
+/// `{call_id}_s{j}` for its `j`-th extra sample drawn as a request of its own (a provider
+/// without `n`, see [`super::anthropic_batch`]). Call ids are UUIDs, which never hold `_s`.
+pub fn request_custom_id(call_id: &str, j: u32) -> String {
+    if j == 0 {
+        call_id.to_owned()
+    } else {
+        format!("{call_id}_s{j}")
+    }
+}
+
+/// The line's call id and the request's index within the line, from a custom id.
+pub fn line_of(custom_id: &str) -> (&str, u32) {
+    match custom_id.rsplit_once("_s") {
+        Some((call, j)) if !j.is_empty() && j.bytes().all(|b| b.is_ascii_digit()) => {
+            (call, j.parse().unwrap_or(u32::MAX))
+        }
+        _ => (custom_id, 0),
+    }
+}
+
+/// One line's requests' results: (index within the line, result), by index.
+pub type LineRequests = Vec<(u32, Result<Completion, ProviderError>)>;
+
+/// A batch's results by line (call id).
+pub fn by_line(results: Vec<LineResult>) -> std::collections::HashMap<String, LineRequests> {
+    let mut lines: std::collections::HashMap<String, Vec<_>> = std::collections::HashMap::new();
+    for r in results {
+        let (call, j) = line_of(&r.custom_id);
+        lines
+            .entry(call.to_owned())
+            .or_default()
+            .push((j, r.result));
+    }
+    for requests in lines.values_mut() {
+        requests.sort_by_key(|(j, _)| *j);
+    }
+    lines
+}
+
 /// Reads a results file of JSON lines: each line that parses as `T` becomes a result by
 /// `result_of`; one that does not is skipped (logged with `source`) and its request goes back
 /// to be called again, as a line without a result does.
@@ -141,6 +181,7 @@ impl BatchApi {
         batch_id: &str,
         recorded_at: chrono::DateTime<chrono::Utc>,
         calls: &[String],
+        requests: usize,
         known: &std::collections::HashSet<String>,
     ) -> Result<Lookup, ProviderError> {
         match self {
@@ -148,7 +189,7 @@ impl BatchApi {
                 Some(b) => Lookup::Found(super::openai_batch::view(&b)),
                 None => Lookup::Absent,
             }),
-            Self::Anthropic(c) => c.find_orphan(recorded_at, calls, known).await,
+            Self::Anthropic(c) => c.find_orphan(recorded_at, calls, requests, known).await,
         }
     }
 
@@ -209,5 +250,46 @@ impl BatchApi {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(custom_id: &str) -> LineResult {
+        LineResult {
+            custom_id: custom_id.to_owned(),
+            result: Err(ProviderError::ServerError {
+                model: "m".into(),
+                status: 503,
+                body: custom_id.to_owned(),
+                retry_after: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_line_s_requests_are_named_after_its_call_and_grouped_back_in_order() {
+        let call = uuid::Uuid::now_v7().to_string();
+        for j in 0..12 {
+            let id = request_custom_id(&call, j);
+            assert_eq!(line_of(&id), (call.as_str(), j), "{id}");
+        }
+        // Ids that merely look alike stay whole.
+        for odd in ["a_s", "a_sx", "_s", "a_s1x"] {
+            assert_eq!(line_of(odd), (odd, 0));
+        }
+        let ids = [
+            request_custom_id(&call, 2),
+            "other".to_owned(),
+            request_custom_id(&call, 0),
+            request_custom_id(&call, 1),
+        ];
+        let lines = by_line(ids.iter().map(|id| result(id)).collect());
+        assert_eq!(lines.len(), 2);
+        let order: Vec<u32> = lines[&call].iter().map(|(j, _)| *j).collect();
+        assert_eq!(order, vec![0, 1, 2]);
+        assert_eq!(lines["other"].len(), 1);
     }
 }
