@@ -235,6 +235,10 @@ async fn an_item_that_keeps_failing_is_dead_lettered_then_retried() {
     let h = Harness::start_with(
         |s| {
             s.worker.max_deliver = 2;
+            // No circuit breaker: an open one would hold the items on their last delivery
+            // for the provider's return (`max_hold`) instead of failing them, which is its
+            // own test (`provider_faults.rs`); this one is about failing and retrying.
+            s.worker.breaker.failures = 0;
             for m in s.models.values_mut() {
                 m.max_retries = 1;
             }
