@@ -443,17 +443,26 @@ async fn reject(
     tracing::warn!(job_id = %job_id, reason = %reason, "job rejected");
     // The dead letter goes in before the job row: whoever sees the job as
     // `rejected` (a waiting client, a test) must also find the reason.
-    let recorded = async {
-        dead.record(d).await?;
-        jobs::record_rejection(&d.pool, job_id, team, project, reason).await?;
-        anyhow::Ok(())
-    }
-    .await;
-    if let Err(e) = recorded {
-        tracing::error!(job_id = %job_id, last, error = %e, "cannot record rejection, will retry");
-        return JobDisposition::Retry {
-            after: Duration::from_secs(2),
-        };
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let recorded = async {
+            dead.record(d).await?;
+            jobs::record_rejection(&d.pool, job_id, team, project, reason).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match recorded {
+            Ok(()) => break,
+            Err(e) if last && switchyard_store::is_transient(&e) => {
+                outage(job_id, &e, &mut wait).await;
+            }
+            Err(e) => {
+                tracing::error!(job_id = %job_id, last, error = %e, "cannot record rejection, will retry");
+                return JobDisposition::Retry {
+                    after: Duration::from_secs(2),
+                };
+            }
+        }
     }
     d.counters.jobs_rejected.fetch_add(1, Ordering::Relaxed);
     d.job_outcome("rejected");
@@ -463,16 +472,18 @@ async fn reject(
     }
 }
 
-/// A failure that may pass (Postgres or NATS down, the input unreadable for now): retried
-/// with a delay; on the last delivery the job ends `failed` with the error as its reason,
-/// whatever state it was in (see [`jobs::fail`]).
 /// Waits before a job's last delivery tries again after Postgres could not be reached
-/// (doubling, up to 5 s).
+/// (doubling, up to 5 s): JetStream will not deliver it again, so giving up would leave the
+/// job unrecorded.
 async fn outage(job_id: &str, e: &anyhow::Error, wait: &mut Duration) {
     tracing::warn!(job_id = %job_id, error = %format!("{e:#}"), retry_in = ?*wait, "Postgres unreachable on the job's last delivery, waiting");
     tokio::time::sleep(*wait).await;
     *wait = (*wait * 2).min(Duration::from_secs(5));
 }
+
+/// A failure that may pass (Postgres or NATS down, the input unreadable for now): retried
+/// with a delay; on the last delivery the job ends `failed` with the error as its reason,
+/// whatever state it was in (see [`jobs::fail`]).
 
 async fn transient_failure(
     d: &Dispatcher,
@@ -498,7 +509,14 @@ async fn transient_failure(
         error: reason.clone(),
         ..dead.clone()
     };
-    match fail_job(d, &dead, team, project).await {
+    let mut wait = Duration::from_millis(200);
+    let failed = loop {
+        match fail_job(d, &dead, team, project).await {
+            Err(e) if switchyard_store::is_transient(&e) => outage(job_id, &e, &mut wait).await,
+            other => break other,
+        }
+    };
+    match failed {
         Ok(()) => JobDisposition::GiveUp { reason },
         Err(e) => {
             // The message dies in the stream unrecorded; a sweep takes it over later.

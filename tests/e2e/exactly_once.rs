@@ -443,7 +443,8 @@ async fn a_postgres_outage_longer_than_the_deliveries_fails_no_item() {
 async fn a_job_whose_deliveries_all_meet_a_postgres_outage_is_dispatched_once_it_is_back() {
     // Two deliveries of the job message, both inside the outage (each waits half a second
     // for a connection, then a 2 s hand-back): the last one waits for Postgres rather than
-    // giving up on the job (whose failure could not even be recorded).
+    // giving up on the job (whose failure could not even be recorded). Likewise a bad job's
+    // rejection.
     let dir = tempfile::tempdir().unwrap();
     let tune = |s: &mut switchyard_runtime::Settings| {
         s.database.acquire_timeout = Duration::from_millis(500);
@@ -460,12 +461,19 @@ async fn a_job_whose_deliveries_all_meet_a_postgres_outage_is_dispatched_once_it
         .publish_spec(&job_id, &job_id, codec::encode(&spec).unwrap())
         .await
         .unwrap();
+    // And a job that cannot be read (0xc1 is no MessagePack): its rejection must be recorded.
+    let bad = "unreadable-in-the-outage";
+    client.publish_spec(bad, bad, vec![0xc1]).await.unwrap();
     // The outage's length: both deliveries (at 0 s and after 2.5 s) fall inside it.
     tokio::time::sleep(Duration::from_secs(5)).await;
     pg.resume().await.unwrap();
     let status = wait_final(&client, &job_id, 60).await;
     assert_eq!(status.job.status, "completed", "{:?}", status.job);
     assert_eq!(status.done(), n as i64);
+    let rejected = wait_final(&client, bad, 60).await;
+    assert_eq!(rejected.job.status, "rejected", "{:?}", rejected.job);
+    assert!(rejected.job.rejection_reason.is_some_and(|r| !r.is_empty()));
+    assert_eq!(rejected.dead_letters.len(), 1);
     fleet.stop().await;
     drop(pg);
 }
