@@ -483,8 +483,8 @@ async fn outage(job_id: &str, e: &anyhow::Error, wait: &mut Duration) {
 
 /// A failure that may pass (Postgres or NATS down, the input unreadable for now): retried
 /// with a delay; on the last delivery the job ends `failed` with the error as its reason,
-/// whatever state it was in (see [`jobs::fail`]).
-
+/// whatever state it was in (see [`jobs::fail`]), recorded even if Postgres must be waited
+/// for.
 async fn transient_failure(
     d: &Dispatcher,
     dead: &DeadLetterOf,
