@@ -95,3 +95,33 @@ async fn a_job_survives_losing_one_of_three_nats_nodes() {
     fleet.stop().await;
     drop(db);
 }
+
+#[tokio::test]
+async fn a_process_that_starts_while_nats_restarts_waits_for_jetstream() {
+    // A worker restarted just as nats-server was killed and started again (chaos saw it)
+    // exited with "cannot create stream: jetstream request timed out"; it waits instead,
+    // bounded, as it does for Postgres.
+    let mut nats = switchyard_testkit::server::NatsServer::with_args(&[]).await;
+    let mut settings = Settings::demo();
+    settings.nats.url = nats.url.clone();
+    let client = switchyard_runtime::nats::connect(&settings, "restart-test")
+        .await
+        .unwrap();
+    // Requests that give up after half a second, so that a short outage makes them time
+    // out as a JetStream still recovering its store does.
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(500))
+        .build(client);
+    nats.stop();
+    let ensure =
+        tokio::spawn(async move { switchyard_runtime::nats::ensure_streams(&js, &settings).await });
+    // The server stays down for three seconds (six request timeouts), then comes back on
+    // the same port and store.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.resume().await.unwrap();
+    let made = tokio::time::timeout(Duration::from_secs(60), ensure)
+        .await
+        .expect("ensure_streams returns")
+        .unwrap();
+    made.expect("the streams are made once JetStream is back");
+}

@@ -125,6 +125,53 @@ fn storage(settings: &Settings) -> stream::StorageType {
 /// # Errors
 /// When JetStream refuses a stream (e.g. a subject overlaps another stream's).
 pub async fn ensure_streams(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
+    // A process that starts while nats-server restarts (or a cluster elects its leaders)
+    // waits for JetStream, bounded, as it waits for Postgres; a refusal fails at once.
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ensure_streams_once(js, settings).await {
+            Err(e) if jetstream_not_ready(&e) && started.elapsed() < STARTUP_PATIENCE => {
+                tracing::warn!(error = %format!("{e:#}"), "JetStream not ready yet, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a starting process waits for JetStream to answer.
+pub const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// JetStream did not answer (a request timed out, no responders, not available yet): worth
+/// another try while the server comes back, unlike a refusal of the request.
+pub fn jetstream_not_ready(e: &anyhow::Error) -> bool {
+    use jetstream::context::{CreateObjectStoreError, CreateObjectStoreErrorKind};
+    use jetstream::context::{CreateStreamError, CreateStreamErrorKind, GetStreamError};
+    use jetstream::context::{GetStreamErrorKind, RequestError, RequestErrorKind};
+    e.chain().any(|cause| {
+        let store = cause
+            .downcast_ref::<CreateObjectStoreError>()
+            .map(|e| e.kind());
+        if store == Some(CreateObjectStoreErrorKind::TimedOut) {
+            return true;
+        }
+        let create = cause.downcast_ref::<CreateStreamError>().map(|e| e.kind());
+        let get = cause.downcast_ref::<GetStreamError>().map(|e| e.kind());
+        let request = cause.downcast_ref::<RequestError>().map(|e| e.kind());
+        matches!(
+            create,
+            Some(CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable)
+        ) || matches!(get, Some(GetStreamErrorKind::Request))
+            || matches!(
+                request,
+                Some(RequestErrorKind::TimedOut | RequestErrorKind::NoResponders)
+            )
+    })
+}
+
+async fn ensure_streams_once(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
     let t = settings.topology();
     let base = stream::Config {
         storage: storage(settings),

@@ -118,6 +118,20 @@ impl NatsServer {
         self.spawn().await
     }
 
+    /// Kills the server (SIGKILL) and leaves it down: an outage of a chosen length, for
+    /// tests; [`NatsServer::resume`] starts it again.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts a stopped server again on the same port and store, and waits for its port.
+    ///
+    /// # Errors
+    /// When it does not come back.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        self.spawn().await
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
