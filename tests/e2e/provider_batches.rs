@@ -72,6 +72,15 @@ struct Row {
     cost_usd: Decimal,
 }
 
+/// The simulator's billed calls to the weak model.
+fn weak_billed_calls(h: &Harness) -> Vec<switchyard_sim::CallRecord> {
+    let sim = h.fleet.sim.as_ref().expect("the simulator runs");
+    sim.calls()
+        .into_iter()
+        .filter(|c| c.model == WEAK && c.billed())
+        .collect()
+}
+
 /// The simulator's bill for `calls` of the weak model at its price in [`fleet`] (half
 /// through the batch API).
 fn weak_bill(calls: &[switchyard_sim::CallRecord]) -> Decimal {
@@ -105,12 +114,7 @@ async fn booked_once(h: &Harness, job: &str, n: usize) -> Vec<Row> {
     assert_eq!(weak.len(), n, "one weak call per item: {rows:?}");
     assert!(weak.iter().all(|r| r.batch), "{rows:?}");
 
-    let sim = h.fleet.sim.as_ref().expect("the simulator runs");
-    let calls: Vec<switchyard_sim::CallRecord> = sim
-        .calls()
-        .into_iter()
-        .filter(|c| c.model == WEAK && c.billed())
-        .collect();
+    let calls = weak_billed_calls(h);
     assert_eq!(calls.len(), n, "each line answered once");
     assert!(calls.iter().all(|c| c.is_batch_line()));
     let mut answered: Vec<String> = calls
@@ -465,12 +469,7 @@ async fn an_anthropic_batch_line_draws_its_samples_as_requests_and_books_them_al
         rows.iter().all(|r| r.batch && r.outcome != "in_doubt"),
         "{rows:?}"
     );
-    let sim = h.fleet.sim.as_ref().expect("the simulator runs");
-    let calls: Vec<switchyard_sim::CallRecord> = sim
-        .calls()
-        .into_iter()
-        .filter(|c| c.model == WEAK && c.billed())
-        .collect();
+    let calls = weak_billed_calls(&h);
     assert!(calls.iter().all(switchyard_sim::CallRecord::is_batch_line));
     // Every weak call was five requests of its batch, under the call's id and its samples'.
     for r in &rows {

@@ -234,10 +234,12 @@ async fn dead_provider(max_deliver: i64, cooldown: Duration, retries: u32) -> Ha
     .await
 }
 
-#[tokio::test]
-async fn a_dead_provider_trips_the_breaker_and_the_fleet_recovers_when_it_returns() {
-    let h = dead_provider(1000, Duration::from_millis(300), 3).await;
-    let n = 20;
+/// Submits a job of `n` MMLU items to `h` (weak, never escalated) and waits until the
+/// provider's faults have opened the weak model's breaker; the job and the worker.
+async fn submit_until_the_breaker_opens(
+    h: &Harness,
+    n: usize,
+) -> (String, switchyard_worker::Worker) {
     let job_id = h
         .client
         .submit(classify_job(mmlu_items(n), 0.0, 0.0))
@@ -249,6 +251,15 @@ async fn a_dead_provider_trips_the_breaker_and_the_fleet_recovers_when_it_return
         weak.breaker.is_open().then_some(())
     })
     .await;
+    (job_id, w)
+}
+
+#[tokio::test]
+async fn a_dead_provider_trips_the_breaker_and_the_fleet_recovers_when_it_returns() {
+    let h = dead_provider(1000, Duration::from_millis(300), 3).await;
+    let n = 20;
+    let (job_id, w) = submit_until_the_breaker_opens(&h, n).await;
+    let weak = w.models.get(WEAK).unwrap();
     // While it is open, items are handed back without calling: far fewer calls than the
     // retries they would have burnt (four calls a delivery without the breaker).
     let sim = h.fleet.sim.as_ref().unwrap();
@@ -284,17 +295,8 @@ async fn an_outage_longer_than_the_deliveries_fails_no_item() {
     // for the breaker (up to `max_hold`) rather than fail untried.
     let h = dead_provider(2, Duration::from_millis(200), 1).await;
     let n = 8;
-    let job_id = h
-        .client
-        .submit(classify_job(mmlu_items(n), 0.0, 0.0))
-        .await
-        .unwrap();
-    let w = h.fleet.workers[0].as_ref().unwrap().worker.clone();
+    let (job_id, w) = submit_until_the_breaker_opens(&h, n).await;
     let weak = w.models.get(WEAK).unwrap();
-    switchyard_testkit::eventually("the breaker opens", Duration::from_secs(30), || async {
-        weak.breaker.is_open().then_some(())
-    })
-    .await;
     // Six failed probes later (each at least a cooldown apart), every item has long had
     // both its deliveries: handed back, they would all have failed by now (and, with no
     // item left to call, no probe would come).

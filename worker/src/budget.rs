@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::{ModelRuntime, Worker};
 use crate::llm::CompletionRequest;
 use crate::price_book::PriceBook;
+use crate::retry::Retry;
 use crate::settle::Disposition;
 
 /// A worker process's finance state.
@@ -242,16 +243,17 @@ pub async fn admit(
     };
     // Postgres unreachable or restarting: wait here (the message is kept alive by the lane's
     // keeper) rather than hand the item back, which spends one of its deliveries.
-    let mut outage_wait = Duration::from_millis(100);
+    let mut outage = Retry::default();
     let reserved = loop {
         match budgets::reserve(&w.pool, &req).await {
             Err(e) if !abort.is_cancelled() && switchyard_store::is_transient_sqlx(&e) => {
-                tracing::warn!(team = %item.team, "Postgres unreachable, waiting to reserve budget");
+                if outage.first() {
+                    tracing::warn!(team = %item.team, error = %e, "Postgres unreachable, waiting to reserve budget");
+                }
                 tokio::select! {
-                    () = tokio::time::sleep(outage_wait) => {}
+                    () = outage.wait() => {}
                     () = abort.cancelled() => {}
                 }
-                outage_wait = (outage_wait * 2).min(Duration::from_secs(2));
             }
             other => break other,
         }

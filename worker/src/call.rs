@@ -392,15 +392,20 @@ mod tests {
         assert_eq!(stats.retries, 0);
     }
 
+    /// A breaker that opens after two failures, for `cooldown` (not growing).
+    fn opens_after_two(cooldown: Duration) -> CircuitBreaker {
+        CircuitBreaker::new(switchyard_runtime::settings::BreakerSettings {
+            failures: 2,
+            cooldown,
+            max_cooldown: cooldown,
+            ..Default::default()
+        })
+    }
+
     #[tokio::test]
     async fn an_open_breaker_stops_the_retries() {
         let client = Scripted(Mutex::new((0..6).map(|_| Err(server_error())).collect()));
-        let breaker = CircuitBreaker::new(switchyard_runtime::settings::BreakerSettings {
-            failures: 2,
-            cooldown: Duration::from_secs(30),
-            max_cooldown: Duration::from_secs(30),
-            ..Default::default()
-        });
+        let breaker = opens_after_two(Duration::from_secs(30));
         let limiter = ModelLimiter::new("m", None, None, 1.0);
         let (req, token) = (request(), CancellationToken::new());
         let call = || {
@@ -435,12 +440,7 @@ mod tests {
         let mut script: Vec<_> = (0..2).map(|_| Err(server_error())).collect();
         script.push(ok());
         let client = Scripted(Mutex::new(script));
-        let breaker = CircuitBreaker::new(switchyard_runtime::settings::BreakerSettings {
-            failures: 2,
-            cooldown: Duration::from_millis(50),
-            max_cooldown: Duration::from_millis(50),
-            ..Default::default()
-        });
+        let breaker = opens_after_two(Duration::from_millis(50));
         let limiter = ModelLimiter::new("m", None, None, 1.0);
         let (req, token) = (request(), CancellationToken::new());
         let call = |patience| {

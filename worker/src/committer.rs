@@ -28,6 +28,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{Worker, WorkerCounters};
+use crate::retry::Retry;
 use crate::settle::{Delivery, Disposition, settle};
 
 /// An outcome waiting for its commit, with its message.
@@ -281,7 +282,7 @@ pub async fn commit_resilient(
                         }
                         return (report, lost);
                     }
-                    tracing::warn!(error = %e, attempt = retry.attempt, "commit failed, retrying");
+                    tracing::warn!(error = %e, attempt = retry.attempts(), "commit failed, retrying");
                     tokio::select! {
                         () = retry.wait() => {}
                         () = abort.cancelled() => {}
@@ -427,20 +428,6 @@ async fn publish_escalations_patiently(
             return todo;
         }
         retry.wait().await;
-    }
-}
-
-/// Backoff between attempts of a batch's step: 100 ms doubling up to 1.6 s. The messages
-/// that wait meanwhile are kept alive by their lane's keeper.
-#[derive(Default)]
-struct Retry {
-    attempt: u32,
-}
-
-impl Retry {
-    async fn wait(&mut self) {
-        tokio::time::sleep(Duration::from_millis(100 << self.attempt.min(4))).await;
-        self.attempt += 1;
     }
 }
 

@@ -27,6 +27,7 @@ use crate::claims::{ClaimError, Claims};
 use crate::committer::{self, InFlight, InFlightGuard, Pending};
 use crate::context::{ModelRuntime, Worker, WorkerCounters};
 use crate::llm::{Completion, CompletionRequest};
+use crate::retry::Retry;
 use crate::settle::{Delivery, Disposition, Keeper, settle};
 
 /// How long one pull request waits when the tier is idle.
@@ -687,8 +688,7 @@ async fn claim_patiently(
     let lease = crate::lease::lease(w);
     let poll = (lease / 4).max(Duration::from_millis(100));
     let mut busy_since: Option<tokio::time::Instant> = None;
-    let mut outage_wait = Duration::from_millis(100);
-    let mut warned = false;
+    let mut outage = Retry::default();
     loop {
         let wait = match claims.claim(intent.clone()).await {
             Ok(Claim::Busy) => {
@@ -703,13 +703,10 @@ async fn claim_patiently(
             }
             Ok(claim) => return Ok(claim),
             Err(e) if e.transient => {
-                if !warned {
+                if outage.first() {
                     tracing::warn!(job_id = %intent.key.job_id, item_id = %intent.key.item_id, error = %e, "Postgres unreachable, waiting to claim");
-                    warned = true;
                 }
-                let wait = outage_wait;
-                outage_wait = (outage_wait * 2).min(Duration::from_secs(2));
-                wait
+                outage.next_delay()
             }
             Err(e) => return Err(e),
         };

@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod price_book;
 pub mod quota;
 pub mod reaper;
+mod retry;
 pub mod settle;
 
 use anyhow::Context as _;

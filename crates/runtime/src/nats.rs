@@ -146,7 +146,7 @@ pub const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// JetStream did not answer (a request timed out, no responders, not available yet): worth
 /// another try while the server comes back, unlike a refusal of the request.
-pub fn jetstream_not_ready(e: &anyhow::Error) -> bool {
+fn jetstream_not_ready(e: &anyhow::Error) -> bool {
     use jetstream::context::{CreateObjectStoreError, CreateObjectStoreErrorKind};
     use jetstream::context::{CreateStreamError, CreateStreamErrorKind, GetStreamError};
     use jetstream::context::{GetStreamErrorKind, RequestError, RequestErrorKind};
