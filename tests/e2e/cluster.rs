@@ -113,8 +113,10 @@ async fn a_process_that_starts_while_nats_restarts_waits_for_jetstream() {
         .timeout(Duration::from_millis(500))
         .build(client);
     nats.stop();
-    let ensure =
-        tokio::spawn(async move { switchyard_runtime::nats::ensure_streams(&js, &settings).await });
+    let (streams_js, streams_settings) = (js.clone(), settings.clone());
+    let ensure = tokio::spawn(async move {
+        switchyard_runtime::nats::ensure_streams(&streams_js, &streams_settings).await
+    });
     // The server stays down for three seconds (six request timeouts), then comes back on
     // the same port and store.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -124,4 +126,18 @@ async fn a_process_that_starts_while_nats_restarts_waits_for_jetstream() {
         .expect("ensure_streams returns")
         .unwrap();
     made.expect("the streams are made once JetStream is back");
+
+    // A lane starting right after, as the server goes away again: its consumer waits too
+    // (it used to fail with "cannot create consumer: timed out").
+    nats.stop();
+    let spec = switchyard_runtime::nats::worker_consumer_spec(&settings, "weak");
+    let ensure =
+        tokio::spawn(async move { switchyard_runtime::nats::ensure_consumer(&js, &spec).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.resume().await.unwrap();
+    let consumer = tokio::time::timeout(Duration::from_secs(60), ensure)
+        .await
+        .expect("ensure_consumer returns")
+        .unwrap();
+    consumer.expect("the consumer is made once JetStream is back");
 }

@@ -755,13 +755,21 @@ impl Usage {
     }
 
     /// An unusable answer's usage: the prompt at four characters a token, the completion
-    /// from the body's size (at most `max_tokens`).
+    /// from the body's size (at most `max_tokens`), once for each billed `200` it stands for.
     fn estimated(request: &CompletionRequest, e: &crate::llm::ProviderError) -> Self {
-        let body = match e {
-            crate::llm::ProviderError::BadBody { bytes, .. } => *bytes,
-            _ => usize::MAX,
+        let (body, billed) = match e {
+            crate::llm::ProviderError::BadBody { bytes, billed, .. } => (*bytes, (*billed).max(1)),
+            _ => (usize::MAX, 1),
         };
-        let (prompt, completion) = request.estimate_unusable(body, request.completion_bound());
+        // Several billed `200`s are identical requests of one batch line, each up to
+        // `max_tokens`.
+        let cap = if billed > 1 {
+            request.max_tokens.saturating_mul(billed)
+        } else {
+            request.completion_bound()
+        };
+        let (prompt, completion) = request.estimate_unusable(body, cap);
+        let prompt = prompt.saturating_mul(billed);
         Self {
             response_id: None,
             prompt: i32::try_from(prompt).unwrap_or(i32::MAX),
@@ -979,5 +987,49 @@ async fn dead_letter_undecodable(w: &Worker, d: &Delivery, error: &str) -> Dispo
                 after: w.settings.worker.retry_delay,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::ProviderError;
+    use switchyard_core::prompt::Message;
+
+    fn line_request() -> CompletionRequest {
+        CompletionRequest {
+            model: "claude".into(),
+            messages: vec![Message {
+                role: "user".into(),
+                content: "x".repeat(400),
+            }],
+            max_tokens: 8,
+            logprobs: false,
+            top_logprobs: 0,
+            client_request_id: None,
+            n: 5,
+            temperature: 0.7,
+            separate_choices: true,
+            params: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn an_unusable_answer_is_estimated_once_for_each_billed_200() {
+        let r = line_request();
+        // One unreadable 200 of 40 bytes: one prompt (400 chars / 4) and 10 tokens of body.
+        let one = Usage::estimated(&r, &ProviderError::bad_body("claude", "no content", 40));
+        assert_eq!((one.prompt, one.completion), (100, 10));
+        assert_eq!(one.source, UsageSource::Estimated);
+        // Three identical requests of a batch line, all unreadable (120 bytes in all): three
+        // prompts, and their bodies up to 8 tokens each.
+        let three = ProviderError::BadBody {
+            model: "claude".into(),
+            message: "no content".into(),
+            bytes: 120,
+            billed: 3,
+        };
+        let three = Usage::estimated(&r, &three);
+        assert_eq!((three.prompt, three.completion), (300, 24));
     }
 }

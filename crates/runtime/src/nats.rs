@@ -125,12 +125,21 @@ fn storage(settings: &Settings) -> stream::StorageType {
 /// # Errors
 /// When JetStream refuses a stream (e.g. a subject overlaps another stream's).
 pub async fn ensure_streams(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
-    // A process that starts while nats-server restarts (or a cluster elects its leaders)
-    // waits for JetStream, bounded, as it waits for Postgres; a refusal fails at once.
+    waiting_for_jetstream(|| ensure_streams_once(js, settings)).await
+}
+
+/// Runs a start-up request until JetStream answers it. A process that starts while
+/// nats-server restarts (or a cluster elects its leaders) waits for JetStream, bounded by
+/// [`STARTUP_PATIENCE`], as it waits for Postgres; a refusal fails at once.
+async fn waiting_for_jetstream<T, F, Fut>(mut request: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(200);
     loop {
-        match ensure_streams_once(js, settings).await {
+        match request().await {
             Err(e) if jetstream_not_ready(&e) && started.elapsed() < STARTUP_PATIENCE => {
                 tracing::warn!(error = %format!("{e:#}"), "JetStream not ready yet, retrying");
                 tokio::time::sleep(delay).await;
@@ -150,7 +159,15 @@ fn jetstream_not_ready(e: &anyhow::Error) -> bool {
     use jetstream::context::{CreateObjectStoreError, CreateObjectStoreErrorKind};
     use jetstream::context::{CreateStreamError, CreateStreamErrorKind, GetStreamError};
     use jetstream::context::{GetStreamErrorKind, RequestError, RequestErrorKind};
+    use jetstream::stream::{ConsumerError, ConsumerErrorKind};
     e.chain().any(|cause| {
+        let consumer = cause.downcast_ref::<ConsumerError>().map(|e| e.kind());
+        if matches!(
+            consumer,
+            Some(ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request)
+        ) {
+            return true;
+        }
         let store = cause
             .downcast_ref::<CreateObjectStoreError>()
             .map(|e| e.kind());
@@ -261,6 +278,9 @@ pub struct ConsumerSpec {
 }
 
 /// Creates the durable pull consumer, or returns the existing one (updating its settings).
+/// Waits, as [`ensure_streams`] does, for a JetStream that does not answer yet: a lane or
+/// the dispatcher starts right after the streams are made, and a restarting server can go
+/// away in between.
 ///
 /// # Errors
 /// When the stream does not exist or JetStream refuses the consumer.
@@ -268,10 +288,17 @@ pub async fn ensure_consumer(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
 ) -> anyhow::Result<consumer::PullConsumer> {
+    waiting_for_jetstream(|| ensure_consumer_once(js, spec)).await
+}
+
+async fn ensure_consumer_once(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> anyhow::Result<consumer::PullConsumer> {
     let stream = js
         .get_stream(&spec.stream)
         .await
-        .with_context(|| format!("stream `{}` does not exist", spec.stream))?;
+        .with_context(|| format!("cannot find stream `{}`", spec.stream))?;
     let config = consumer::pull::Config {
         durable_name: Some(spec.durable.clone()),
         filter_subject: spec.filter_subject.clone(),

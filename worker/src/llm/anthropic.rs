@@ -105,12 +105,8 @@ impl AnthropicClient {
         let bytes = self.endpoint.send(builder, model).await?;
         let latency = started.elapsed();
         let prompt_chars = request.messages.iter().map(|m| m.content.len()).sum();
-        let parsed =
-            messages::parse_message(&bytes, prompt_chars).map_err(|e| ProviderError::BadBody {
-                model: model.to_owned(),
-                message: e.to_string(),
-                bytes: bytes.len(),
-            })?;
+        let parsed = messages::parse_message(&bytes, prompt_chars)
+            .map_err(|e| ProviderError::bad_body(model.to_owned(), e.to_string(), bytes.len()))?;
         Ok(Completion::from_parsed(parsed, latency))
     }
 }
@@ -189,7 +185,7 @@ pub(crate) fn fold_line(
         let failures = parts.into_iter().flatten();
         let (unreadable, other): (Vec<_>, Vec<_>) =
             failures.partition(|e| matches!(e, Err(ProviderError::BadBody { .. })));
-        return unreadable.into_iter().chain(other).next();
+        return unreadable_together(unreadable).or_else(|| other.into_iter().next());
     };
     let Some(Ok(mut answer)) = parts[first].take() else {
         return None;
@@ -200,6 +196,32 @@ pub(crate) fn fold_line(
     }
     answer.raw_usage = raw_usages(&raws);
     Some(Ok(answer))
+}
+
+/// A line's unreadable `200`s as one error that books them all: each was billed, so the
+/// estimate counts each one's prompt and body (`billed`, `bytes` summed), not the first's.
+fn unreadable_together(
+    unreadable: Vec<Result<Completion, ProviderError>>,
+) -> Option<Result<Completion, ProviderError>> {
+    let mut together: Option<ProviderError> = None;
+    for e in unreadable.into_iter().filter_map(Result::err) {
+        let ProviderError::BadBody { bytes, billed, .. } = e else {
+            continue;
+        };
+        match &mut together {
+            None => together = Some(e),
+            Some(ProviderError::BadBody {
+                bytes: all_bytes,
+                billed: all_billed,
+                ..
+            }) => {
+                *all_bytes = all_bytes.saturating_add(bytes);
+                *all_billed = all_billed.saturating_add(billed);
+            }
+            Some(_) => {}
+        }
+    }
+    together.map(Err)
 }
 
 /// The raw usages of a call's requests, as one JSON array (`null` for a request without
@@ -292,11 +314,7 @@ mod tests {
     }
 
     fn unreadable() -> Result<Completion, ProviderError> {
-        Err(ProviderError::BadBody {
-            model: "claude".into(),
-            message: "no content".into(),
-            bytes: 40,
-        })
+        Err(ProviderError::bad_body("claude", "no content", 40))
     }
 
     fn sampling_request() -> CompletionRequest {
@@ -356,6 +374,22 @@ mod tests {
         assert!(
             matches!(billed, Some(Err(ProviderError::BadBody { .. }))),
             "{billed:?}"
+        );
+        // Every unreadable 200 of the line was billed: all are booked, not the first alone.
+        let all = fold_line(
+            vec![unreadable(), overloaded(), unreadable(), unreadable()],
+            &r,
+        );
+        assert!(
+            matches!(
+                all,
+                Some(Err(ProviderError::BadBody {
+                    bytes: 120,
+                    billed: 3,
+                    ..
+                }))
+            ),
+            "{all:?}"
         );
         let failed = fold_line(vec![overloaded(), overloaded()], &r);
         assert!(

@@ -122,11 +122,8 @@ impl AnthropicBatchClient {
         builder: reqwest::RequestBuilder,
     ) -> Result<T, ProviderError> {
         let bytes = self.endpoint.send(builder, &self.name).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ProviderError::BadBody {
-            model: self.name.clone(),
-            message: e.to_string(),
-            bytes: bytes.len(),
-        })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::bad_body(self.name.clone(), e.to_string(), bytes.len()))
     }
 
     /// Creates a batch of `lines` (call id, request). Returns the provider's batch id.
@@ -278,11 +275,7 @@ impl AnthropicBatchClient {
                 let body = message.to_string();
                 messages::parse_message(body.as_bytes(), 0)
                     .map(|p| Completion::from_parsed(p, std::time::Duration::ZERO))
-                    .map_err(|e| ProviderError::BadBody {
-                        model: model.clone(),
-                        message: e.to_string(),
-                        bytes: body.len(),
-                    })
+                    .map_err(|e| ProviderError::bad_body(model.clone(), e.to_string(), body.len()))
             }
             "errored" => {
                 let error = line

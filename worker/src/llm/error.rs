@@ -37,8 +37,11 @@ pub enum ProviderError {
     BadBody {
         model: String,
         message: String,
-        /// The body's length, to estimate what it cost.
+        /// The body's length, to estimate what it cost (the sum of them, when `billed > 1`).
         bytes: usize,
+        /// The `200`s this stands for: one, or several when every identical request of a
+        /// provider batch line came back unreadable (each billed, so each booked).
+        billed: u32,
     },
     /// A 200 whose body is larger than the worker reads. The provider may bill it.
     #[error("`{model}` returned a body over {limit} bytes (not read further)")]
@@ -57,6 +60,16 @@ pub enum Retry {
 }
 
 impl ProviderError {
+    /// One `200` whose `bytes`-long body is not a usable completion.
+    pub fn bad_body(model: impl Into<String>, message: impl Into<String>, bytes: usize) -> Self {
+        ProviderError::BadBody {
+            model: model.into(),
+            message: message.into(),
+            bytes,
+            billed: 1,
+        }
+    }
+
     /// True when the provider answered `200`: the call happened and may be billed, although
     /// its body cannot be used.
     pub fn answered(&self) -> bool {

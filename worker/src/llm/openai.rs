@@ -55,12 +55,8 @@ pub fn parse_completion(
     prompt_chars: usize,
     latency: Duration,
 ) -> Result<Completion, ProviderError> {
-    let parsed =
-        completion::parse_completion(body, prompt_chars).map_err(|e| ProviderError::BadBody {
-            model: model.to_owned(),
-            message: e.to_string(),
-            bytes: body.len(),
-        })?;
+    let parsed = completion::parse_completion(body, prompt_chars)
+        .map_err(|e| ProviderError::bad_body(model.to_owned(), e.to_string(), body.len()))?;
     Ok(Completion::from_parsed(parsed, latency))
 }
 

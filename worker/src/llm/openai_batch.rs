@@ -50,11 +50,8 @@ impl OpenAiBatchClient {
         builder: reqwest::RequestBuilder,
     ) -> Result<T, ProviderError> {
         let bytes = self.endpoint.send(builder, &self.name).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ProviderError::BadBody {
-            model: self.name.clone(),
-            message: e.to_string(),
-            bytes: bytes.len(),
-        })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::bad_body(self.name.clone(), e.to_string(), bytes.len()))
     }
 
     /// The JSONL line of one request: `custom_id` and the chat completion body.
@@ -196,11 +193,11 @@ impl OpenAiBatchClient {
                 body: format!("{}: {}", e.code, e.message),
                 retry_after: None,
             }),
-            (None, None) => Err(ProviderError::BadBody {
+            (None, None) => Err(ProviderError::bad_body(
                 model,
-                message: "an output line with neither a response nor an error".to_owned(),
-                bytes: 0,
-            }),
+                "an output line with neither a response nor an error",
+                0,
+            )),
         };
         LineResult {
             custom_id: line.custom_id,
