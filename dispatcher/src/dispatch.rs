@@ -103,7 +103,8 @@ pub async fn dispatch_job(
             };
             if matches!(spec.policy.routing, Routing::Quality { .. }) {
                 // Pilot, then route: the router-only plan of pass 1 is not used.
-                let stage = pilot::pilot_stage(d, spec, &mut ingested.pilot_draws).await?;
+                let stage =
+                    pilot::pilot_stage(d, spec, &mut ingested.pilot_draws, &ingested.plan).await?;
                 let json = serde_json::to_value(&stage).unwrap_or_default();
                 jobs::mark_ingested(&d.pool, &spec.job_id, ingested.item_count, None, &json)
                     .await?;

@@ -216,8 +216,8 @@ pub fn audit_share(spec: &JobSpec) -> f64 {
 }
 
 /// The first stage of a quality job just ingested: the pilot's fraction (from the job's
-/// size and the team's history, made exact from its items' `pilot_draws`), stored with the
-/// job.
+/// size and the team's history, made exact from its items' `pilot_draws`; none when the
+/// router's plan of the job says the weak tier cannot save anything), stored with the job.
 ///
 /// # Errors
 /// Database errors.
@@ -225,10 +225,22 @@ pub async fn pilot_stage(
     d: &Dispatcher,
     spec: &JobSpec,
     pilot_draws: &mut [f64],
+    router_plan: &switchyard_core::calibrate::Plan,
 ) -> anyhow::Result<StoredStage> {
     let history = history(d, spec).await?.len();
     let share = audit_share(spec);
-    let asked = quality::pilot_fraction(pilot_draws.len(), history, share);
+    let asked = if quality::pilot_can_pay(router_plan.all_weak_usd, router_plan.all_strong_usd) {
+        quality::pilot_fraction(pilot_draws.len(), history, share)
+    } else {
+        tracing::warn!(
+            job_id = %spec.job_id,
+            all_weak_usd = %router_plan.all_weak_usd,
+            all_strong_usd = %router_plan.all_strong_usd,
+            "the weak tier costs as much as the strong one on this job or more: no pilot, \
+             everything strong"
+        );
+        0.0
+    };
     Ok(StoredStage::Pilot {
         pilot_fraction: quality::exact_pilot_fraction(pilot_draws, asked),
         samples: extra_samples(d, spec),

@@ -239,3 +239,47 @@ async fn two_quality_jobs_with_one_sample_key_pilot_the_same_items() {
     assert_eq!(pilots[0], pilots[1], "the same pilot");
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_quality_job_whose_weak_model_costs_more_pays_for_no_pilot() {
+    // A weak tier priced above the strong one (a misconfigured pair, or a "weak" model both
+    // worse and dearer, as RouterArena's claude-3-haiku is against gemini-2.0-flash) can
+    // save nothing: the job goes all strong, without paying for a pilot's weak answers and
+    // audits (it used to pilot 40 items both ways and then send the rest strong: the twin
+    // put it at 30-140% above all-strong).
+    let weak = "mistralai/Mixtral-8x7B-Instruct-v0.1";
+    let h = Harness::start_with(
+        |s| {
+            let m = s.models.get_mut(weak).expect("the demo's weak model");
+            m.input_usd_per_mtok = Some(rust_decimal::Decimal::from(40));
+            m.output_usd_per_mtok = Some(rust_decimal::Decimal::from(40));
+        },
+        SimConfig::default(),
+    )
+    .await;
+    let items = mmlu_items(120);
+    let mut spec = classify_job(items.clone(), 0.0, 0.0);
+    spec.policy.routing = Routing::Quality { value: 0.95 };
+    spec.policy.cascade.confidence_threshold = None;
+    let job_id = h.client.submit(spec).await.unwrap();
+    let status = h.wait_final(&job_id, 120).await;
+    assert_eq!(status.job.status, "completed", "{status:?}");
+
+    let stored = switchyard_store::quality::stored_plan(&h.db.pool, &job_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored["stage"], "routed", "{stored}");
+    assert_eq!(stored["pilot_fraction"].as_f64(), Some(0.0), "{stored}");
+    assert_eq!(stored["plan"]["strong_up_front"], items.len(), "{stored}");
+    // One strong call an item, nothing else paid for.
+    let ledger = h.ledger(&job_id).await;
+    assert_eq!(ledger.len(), items.len(), "{ledger:?}");
+    assert!(
+        ledger
+            .iter()
+            .all(|l| l.tier == "strong" && l.attempt == 0 && l.outcome == "ok"),
+        "{ledger:?}"
+    );
+    h.finish().await;
+}

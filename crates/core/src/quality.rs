@@ -187,6 +187,17 @@ pub fn pilot_fraction(items: usize, history_rows: usize, audit_share: f64) -> f6
     (wanted / n).min(0.5)
 }
 
+/// Whether a pilot can pay for itself: only when the weak tier is estimated cheaper than
+/// the strong one over the job's items (`all_weak_usd`, `all_strong_usd`: the router's cost
+/// estimates, extra samples left out). A weak model that costs as much as the strong one or
+/// more (a misconfigured pair, or one like RouterArena's claude-3-haiku against the cheaper
+/// and better gemini-2.0-flash) can save nothing, so a quality job sends everything strong
+/// without paying for a pilot and its weak answers. Unknown prices (both estimates zero)
+/// pilot as before.
+pub fn pilot_can_pay(all_weak_usd: Decimal, all_strong_usd: Decimal) -> bool {
+    all_weak_usd.is_zero() || all_weak_usd < all_strong_usd
+}
+
 /// `fraction` made exact for a job whose items drew `draws` ([`crate::audit::pilot_draw`],
 /// in any order; reordered here): the cutoff below which exactly `round(fraction × n)` of the
 /// `n` draws fall, halfway between the last one in and the first one out. Stored as the
@@ -696,6 +707,14 @@ mod tests {
     #[test]
     fn the_pilot_is_at_least_forty_items_and_at_most_half() {
         assert_eq!(pilot_fraction(0, 0, 0.02), 0.0);
+        let usd = |s: &str| s.parse::<Decimal>().unwrap();
+        assert!(pilot_can_pay(usd("0.2"), usd("3.4")));
+        assert!(!pilot_can_pay(usd("3.4"), usd("3.4")), "nothing to save");
+        assert!(!pilot_can_pay(usd("0.099"), usd("0.027")), "weak dearer");
+        assert!(
+            pilot_can_pay(Decimal::ZERO, Decimal::ZERO),
+            "unknown prices"
+        );
         assert!((pilot_fraction(2_500, 0, 0.02) - 0.08).abs() < 1e-12);
         // 8% of a very large job would be 8,000 items: a thousand is enough.
         assert!((pilot_fraction(100_000, 0, 0.02) - 0.01).abs() < 1e-12);

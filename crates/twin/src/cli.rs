@@ -27,7 +27,7 @@ use crate::plot;
 /// `policy eval`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
-    /// Routing data file (JSONL; repeatable: each file is evaluated on its own).
+    /// Routing data file (JSONL; repeatable: each file is evaluated on its own, a file of several task kinds as one job per kind).
     #[arg(long = "data", value_name = "FILE", required = true)]
     pub data: Vec<PathBuf>,
     /// The policy: `quality=Q` (the default, Q = 0.95).
@@ -198,8 +198,9 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<EvalOutput> {
     let extra_refs: Vec<&[PairedRow]> = extra.iter().map(Vec::as_slice).collect();
     let mut jobs = Vec::new();
     for path in &a.data {
-        let set = EvalSet::read(path, pair.clone(), &filter)?;
-        jobs.extend(eval_set(a, &set, policy, &extra_refs)?);
+        for set in EvalSet::read(path, pair.clone(), &filter)? {
+            jobs.extend(eval_set(a, &set, policy, &extra_refs)?);
+        }
     }
     let mut pooled = Vec::new();
     let mut sets: Vec<&str> = jobs.iter().map(|j| j.set.as_str()).collect();

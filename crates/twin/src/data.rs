@@ -31,12 +31,14 @@ pub struct EvalSet {
 }
 
 impl EvalSet {
-    /// Reads `path` for `pair` (inferred when `None`).
+    /// Reads `path` for `pair` (inferred when `None`): one set for each task kind in the
+    /// file, in the order the kinds first appear (a job has one task, so a mixed file, such
+    /// as RouterArena's multiple choice, maths and generation, is one job per kind, named
+    /// `file [kind]`).
     ///
     /// # Errors
-    /// Unreadable or malformed files, unknown models, rows of several task kinds (a job has
-    /// one task).
-    pub fn read(path: &Path, pair: Option<Pair>, filter: &Filter) -> anyhow::Result<Self> {
+    /// Unreadable or malformed files, unknown models.
+    pub fn read(path: &Path, pair: Option<Pair>, filter: &Filter) -> anyhow::Result<Vec<Self>> {
         let data = data::Dataset::read(path, None)?;
         let pair = match pair {
             Some(p) => p,
@@ -45,16 +47,55 @@ impl EvalSet {
         let paired = data.paired(&pair, filter)?;
         let sim = switchyard_sim::Dataset::load(&[path])
             .with_context(|| format!("cannot replay {}", path.display()))?;
-        let kind = paired[0].kind;
-        if let Some(other) = paired.iter().find(|r| r.kind != kind) {
+        let file = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let mut kinds: Vec<TaskKind> = Vec::new();
+        for r in &paired {
+            if !kinds.contains(&r.kind) {
+                kinds.push(r.kind);
+            }
+        }
+        let mixed = kinds.len() > 1;
+        let mut by_kind: Vec<Vec<PairedRow>> = vec![Vec::new(); kinds.len()];
+        for r in paired {
+            let i = kinds.iter().position(|k| *k == r.kind).unwrap_or_default();
+            by_kind[i].push(r);
+        }
+        let mut sets = Vec::with_capacity(kinds.len());
+        for (kind, paired) in kinds.into_iter().zip(by_kind) {
+            let name = if mixed {
+                format!("{} [{kind}]", file.trim_end_matches(".jsonl"))
+            } else {
+                file.clone()
+            };
+            let rows = Self::rows(paired, &sim);
+            if rows.is_empty() {
+                continue;
+            }
+            sets.push(Self {
+                name,
+                pair: pair.clone(),
+                kind,
+                rows,
+                sim: sim.clone(),
+            });
+        }
+        if sets.is_empty() {
             bail!(
-                "{}: rows of several task kinds ({kind} and {} at line {}); a job has one task, \
-                 so evaluate them as separate files",
+                "{}: no row to replay for {} → {}",
                 path.display(),
-                other.kind,
-                other.line
+                pair.weak,
+                pair.strong
             );
         }
+        Ok(sets)
+    }
+
+    /// The rows the simulator replays as the file has them, each with its group: its
+    /// benchmark task when the rows span five tasks or more, else its id.
+    fn rows(paired: Vec<PairedRow>, sim: &switchyard_sim::Dataset) -> Vec<EvalRow> {
         let tasks: std::collections::BTreeSet<&str> = paired
             .iter()
             .filter_map(|r| sim.get(&r.id).map(|rec| rec.task.as_str()))
@@ -75,16 +116,7 @@ impl EvalSet {
             };
             rows.push(EvalRow { paired: r, group });
         }
-        Ok(Self {
-            name: path.file_name().map_or_else(
-                || path.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            ),
-            pair,
-            kind,
-            rows,
-            sim,
-        })
+        rows
     }
 
     /// The simulator's record of a row.

@@ -351,10 +351,24 @@ impl Twin<'_> {
                     .iter()
                     .map(|r| audit::pilot_draw(&job.job_id, r.id))
                     .collect();
-                let fraction = quality::exact_pilot_fraction(
-                    &mut draws,
-                    quality::pilot_fraction(n, job.history.len(), job.audit_share),
-                );
+                // The dispatcher's check, on the same estimates without extra samples.
+                let all_weak: Decimal = job
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        switchyard_core::estimate::cost(
+                            estimator.tokens(r.text),
+                            &self.models.weak_price,
+                        )
+                    })
+                    .sum();
+                let all_strong: Decimal = estimates.iter().map(|(_, s)| *s).sum();
+                let asked = if quality::pilot_can_pay(all_weak, all_strong) {
+                    quality::pilot_fraction(n, job.history.len(), job.audit_share)
+                } else {
+                    0.0
+                };
+                let fraction = quality::exact_pilot_fraction(&mut draws, asked);
                 let pilot_set: Vec<bool> = job
                     .rows
                     .iter()

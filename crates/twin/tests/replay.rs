@@ -172,3 +172,58 @@ fn draws_replay_a_job_under_ids_of_their_own_and_count_who_kept_the_target() {
     assert_eq!(pooled.kept_target, Some(kept));
     assert!(table(&out).contains(&format!("{kept} of 3 kept the target")));
 }
+
+/// A file of 80 demo MMLU rows, the second half turned into free-form questions (no
+/// choices, a maths task): two task kinds in one file, as RouterArena's is.
+fn mixed_file(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(demo("classify_mmlu.jsonl")).expect("the demo file");
+    let mut out = String::new();
+    for (i, line) in text.lines().take(80).enumerate() {
+        let mut row: serde_json::Value = serde_json::from_str(line).expect("a JSON row");
+        if i >= 40 {
+            row.as_object_mut().expect("an object").remove("choices");
+            row["task"] = "gsm8k".into();
+        }
+        out.push_str(&row.to_string());
+        out.push('\n');
+    }
+    let path = dir.join("mixed.jsonl");
+    std::fs::write(&path, out).expect("written");
+    path
+}
+
+#[test]
+fn a_file_of_several_task_kinds_is_one_job_per_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args("classify_mmlu.jsonl");
+    a.data = vec![mixed_file(dir.path())];
+    let out = run(&a).unwrap();
+    let jobs: Vec<(&str, usize)> = out
+        .jobs
+        .iter()
+        .map(|j| (j.set.as_str(), j.report.items))
+        .collect();
+    assert_eq!(
+        jobs,
+        vec![("mixed [classify]", 40), ("mixed [generate]", 40)],
+        "it used to stop at the second kind"
+    );
+}
+
+#[test]
+fn a_weak_model_dearer_than_the_strong_one_pilots_nothing() {
+    // The pair reversed: the "weak" model is GPT-4, the "strong" one Mixtral (17 times
+    // cheaper): nothing can be saved, so nothing is spent on a pilot.
+    let mut a = args("classify_mmlu.jsonl");
+    a.weak = Some("gpt-4-1106-preview".to_owned());
+    a.strong = Some("mistralai/Mixtral-8x7B-Instruct-v0.1".to_owned());
+    let out = run(&a).unwrap();
+    let r = &out.jobs[0].report;
+    assert_eq!((r.pilot, r.audited, r.escalated), (0, 0, 0));
+    assert_eq!(r.strong_up_front, r.items);
+    assert_eq!(
+        r.cost_usd, r.cost_all_strong_usd,
+        "all strong, nothing more"
+    );
+    assert!(r.saved.abs() < 1e-12);
+}
