@@ -112,32 +112,36 @@ async fn a_process_that_starts_while_nats_restarts_waits_for_jetstream() {
     let js = async_nats::jetstream::ContextBuilder::new()
         .timeout(Duration::from_millis(500))
         .build(client);
-    nats.stop();
     let (streams_js, streams_settings) = (js.clone(), settings.clone());
-    let ensure = tokio::spawn(async move {
+    let made = across_an_outage(&mut nats, async move {
         switchyard_runtime::nats::ensure_streams(&streams_js, &streams_settings).await
-    });
-    // The server stays down for three seconds (six request timeouts), then comes back on
-    // the same port and store.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    nats.resume().await.unwrap();
-    let made = tokio::time::timeout(Duration::from_secs(60), ensure)
-        .await
-        .expect("ensure_streams returns")
-        .unwrap();
+    })
+    .await;
     made.expect("the streams are made once JetStream is back");
 
     // A lane starting right after, as the server goes away again: its consumer waits too
     // (it used to fail with "cannot create consumer: timed out").
-    nats.stop();
     let spec = switchyard_runtime::nats::worker_consumer_spec(&settings, "weak");
-    let ensure =
-        tokio::spawn(async move { switchyard_runtime::nats::ensure_consumer(&js, &spec).await });
+    let consumer = across_an_outage(&mut nats, async move {
+        switchyard_runtime::nats::ensure_consumer(&js, &spec).await
+    })
+    .await;
+    consumer.expect("the consumer is made once JetStream is back");
+}
+
+/// Runs `start_up` while `nats` is down for three seconds (six of the test's request
+/// timeouts), then back on the same port and store; returns what it returned (within a
+/// minute).
+async fn across_an_outage<T: Send + 'static>(
+    nats: &mut switchyard_testkit::server::NatsServer,
+    start_up: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    nats.stop();
+    let started = tokio::spawn(start_up);
     tokio::time::sleep(Duration::from_secs(3)).await;
     nats.resume().await.unwrap();
-    let consumer = tokio::time::timeout(Duration::from_secs(60), ensure)
+    tokio::time::timeout(Duration::from_secs(60), started)
         .await
-        .expect("ensure_consumer returns")
-        .unwrap();
-    consumer.expect("the consumer is made once JetStream is back");
+        .expect("the start-up returns once the server is back")
+        .unwrap()
 }

@@ -29,6 +29,22 @@ async fn attempts(h: &Harness, job_id: &str) -> BTreeMap<String, (String, Vec<i3
     out
 }
 
+/// Submits `spec`, waits (at most two minutes) for it to complete and returns its id and
+/// the plan stored with it.
+async fn completed_with_plan(
+    h: &Harness,
+    spec: switchyard_proto::JobSpec,
+) -> (String, serde_json::Value) {
+    let job_id = h.client.submit(spec).await.unwrap();
+    let status = h.wait_final(&job_id, 120).await;
+    assert_eq!(status.job.status, "completed", "{status:?}");
+    let stored = switchyard_store::quality::stored_plan(&h.db.pool, &job_id)
+        .await
+        .unwrap()
+        .expect("a quality job stores its plan");
+    (job_id, stored)
+}
+
 #[tokio::test]
 async fn a_quality_job_pilots_then_routes_with_the_plan_its_twin_makes() {
     let h = Harness::start().await;
@@ -41,16 +57,9 @@ async fn a_quality_job_pilots_then_routes_with_the_plan_its_twin_makes() {
     spec.policy.routing = Routing::Quality { value: 0.95 };
     spec.policy.cascade.confidence_threshold = None;
     spec.policy.audit = Some(0.05);
-    let job_id = spec.job_id.clone();
-    h.client.submit(spec.clone()).await.unwrap();
-    let status = h.wait_final(&job_id, 120).await;
-    assert_eq!(status.job.status, "completed", "{status:?}");
+    let (job_id, stored) = completed_with_plan(&h, spec.clone()).await;
 
     // The stored plan: routed after a pilot, checked against the target with its margin.
-    let stored = switchyard_store::quality::stored_plan(&h.db.pool, &job_id)
-        .await
-        .unwrap()
-        .unwrap();
     assert_eq!(stored["stage"], "routed", "{stored}");
     let pilot_fraction = stored["pilot_fraction"].as_f64().unwrap();
     let audit_fraction = stored["audit_fraction"].as_f64().unwrap();
@@ -208,13 +217,7 @@ async fn two_quality_jobs_with_one_sample_key_pilot_the_same_items() {
         spec.policy.routing = Routing::Quality { value: 0.95 };
         spec.policy.cascade.confidence_threshold = None;
         spec.policy.sample_key = Some("nightly-paired".to_owned());
-        h.client.submit(spec).await.unwrap();
-        let status = h.wait_final(id, 120).await;
-        assert_eq!(status.job.status, "completed", "{status:?}");
-        let stored = switchyard_store::quality::stored_plan(&h.db.pool, id)
-            .await
-            .unwrap()
-            .unwrap();
+        let (_, stored) = completed_with_plan(&h, spec).await;
         let fraction = stored["pilot_fraction"].as_f64().unwrap();
         // Every pilot item is audited: the pilot is what the key draws, not the job id.
         let audited: Vec<String> = attempts(&h, id)
@@ -261,14 +264,7 @@ async fn a_quality_job_whose_weak_model_costs_more_pays_for_no_pilot() {
     let mut spec = classify_job(items.clone(), 0.0, 0.0);
     spec.policy.routing = Routing::Quality { value: 0.95 };
     spec.policy.cascade.confidence_threshold = None;
-    let job_id = h.client.submit(spec).await.unwrap();
-    let status = h.wait_final(&job_id, 120).await;
-    assert_eq!(status.job.status, "completed", "{status:?}");
-
-    let stored = switchyard_store::quality::stored_plan(&h.db.pool, &job_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (job_id, stored) = completed_with_plan(&h, spec).await;
     assert_eq!(stored["stage"], "routed", "{stored}");
     assert_eq!(stored["pilot_fraction"].as_f64(), Some(0.0), "{stored}");
     assert_eq!(stored["plan"]["strong_up_front"], items.len(), "{stored}");

@@ -994,29 +994,10 @@ async fn dead_letter_undecodable(w: &Worker, d: &Delivery, error: &str) -> Dispo
 mod tests {
     use super::*;
     use crate::llm::ProviderError;
-    use switchyard_core::prompt::Message;
-
-    fn line_request() -> CompletionRequest {
-        CompletionRequest {
-            model: "claude".into(),
-            messages: vec![Message {
-                role: "user".into(),
-                content: "x".repeat(400),
-            }],
-            max_tokens: 8,
-            logprobs: false,
-            top_logprobs: 0,
-            client_request_id: None,
-            n: 5,
-            temperature: 0.7,
-            separate_choices: true,
-            params: serde_json::Map::new(),
-        }
-    }
 
     #[test]
     fn an_unusable_answer_is_estimated_once_for_each_billed_200() {
-        let r = line_request();
+        let r = CompletionRequest::sampling_for_tests();
         // One unreadable 200 of 40 bytes: one prompt (400 chars / 4) and 10 tokens of body.
         let one = Usage::estimated(&r, &ProviderError::bad_body("claude", "no content", 40));
         assert_eq!((one.prompt, one.completion), (100, 10));

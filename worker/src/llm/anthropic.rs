@@ -317,27 +317,9 @@ mod tests {
         Err(ProviderError::bad_body("claude", "no content", 40))
     }
 
-    fn sampling_request() -> CompletionRequest {
-        CompletionRequest {
-            model: "claude".into(),
-            messages: vec![Message {
-                role: "user".into(),
-                content: "x".repeat(400),
-            }],
-            max_tokens: 8,
-            logprobs: false,
-            top_logprobs: 0,
-            client_request_id: None,
-            n: 5,
-            temperature: 0.7,
-            separate_choices: true,
-            params: serde_json::Map::new(),
-        }
-    }
-
     #[test]
     fn a_batch_line_s_requests_fold_into_one_answer_that_books_every_billed_one() {
-        let r = sampling_request();
+        let r = CompletionRequest::sampling_for_tests();
         // The line's own request failed (not billed), its samples answered: the first of
         // them is the answer, the others its samples; an unreadable one is billed at an
         // estimate (100 prompt tokens, 40 bytes / 4 = 10 completion tokens, at most the
@@ -369,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_batch_line_without_an_answer_is_unreadable_if_one_was_billed_else_failed() {
-        let r = sampling_request();
+        let r = CompletionRequest::sampling_for_tests();
         let billed = fold_line(vec![overloaded(), unreadable(), overloaded()], &r);
         assert!(
             matches!(billed, Some(Err(ProviderError::BadBody { .. }))),

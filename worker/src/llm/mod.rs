@@ -73,6 +73,29 @@ impl CompletionRequest {
     }
 }
 
+#[cfg(test)]
+impl CompletionRequest {
+    /// For tests: a call of 400 prompt characters (100 tokens), `max_tokens` 8, drawing four
+    /// samples as separate requests (a provider without `n`).
+    pub(crate) fn sampling_for_tests() -> Self {
+        CompletionRequest {
+            model: "claude".into(),
+            messages: vec![switchyard_core::prompt::Message {
+                role: "user".into(),
+                content: "x".repeat(400),
+            }],
+            max_tokens: 8,
+            logprobs: false,
+            top_logprobs: 0,
+            client_request_id: None,
+            n: 5,
+            temperature: 0.7,
+            separate_choices: true,
+            params: serde_json::Map::new(),
+        }
+    }
+}
+
 /// What a provider answered.
 #[derive(Debug, Clone)]
 pub struct Completion {
