@@ -212,6 +212,16 @@ async fn a_fault_that_persists_fails_the_item_with_a_clear_error() {
 /// `max_deliver` deliveries, and a quick breaker (3 failures, a cooldown of `cooldown`
 /// doubling up to twice that).
 async fn dead_provider(max_deliver: i64, cooldown: Duration, retries: u32) -> Harness {
+    dead_provider_with(max_deliver, cooldown, retries, |_| {}).await
+}
+
+/// [`dead_provider`], with `tune` changing the settings last.
+async fn dead_provider_with(
+    max_deliver: i64,
+    cooldown: Duration,
+    retries: u32,
+    tune: impl FnOnce(&mut switchyard_runtime::Settings),
+) -> Harness {
     let sim = SimConfig {
         faults: Faults {
             error_rate: 1.0,
@@ -228,6 +238,7 @@ async fn dead_provider(max_deliver: i64, cooldown: Duration, retries: u32) -> Ha
             s.worker.breaker.cooldown = cooldown;
             s.worker.breaker.max_cooldown = cooldown * 2;
             model_settings(s, Duration::from_secs(2), retries);
+            tune(s);
         },
         sim,
     )
@@ -324,5 +335,45 @@ async fn an_outage_longer_than_the_deliveries_fails_no_item() {
     assert_eq!((status.done(), status.failed()), (n as i64, 0));
     // The waits were this fix's, not a lucky timing: items on their last delivery waited.
     assert!(WorkerCounters::get(&w.counters.breaker_waits) > 0);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_worker_stopping_during_an_outage_keeps_the_last_deliveries_of_its_items() {
+    // Items waiting in a worker for an open breaker on their last delivery, and the worker
+    // stops (a rolling restart, its grace period short): a nak would spend that delivery
+    // and the reaper would fail the items untried ("no worker finished this item in 2
+    // deliveries"). They go back as copies instead, and the next worker calls them.
+    let mut h = dead_provider_with(2, Duration::from_millis(200), 1, |s| {
+        s.worker.shutdown_grace = Duration::from_millis(300);
+    })
+    .await;
+    let n = 8;
+    let (job_id, w) = submit_until_the_breaker_opens(&h, n).await;
+    // Three failed probes later (each at least a cooldown apart), every item has had both
+    // its deliveries and waits in the worker (see the test above).
+    let sim = h.fleet.sim.as_ref().unwrap();
+    let calls_at_open = sim.calls().len();
+    switchyard_testkit::eventually("three probes fail", Duration::from_secs(30), || async {
+        (sim.calls().len() >= calls_at_open + 3).then_some(())
+    })
+    .await;
+    let tiers = h.fleet.workers[0].as_ref().unwrap().tiers.clone();
+    h.fleet.stop_worker(0).await.unwrap();
+    assert!(
+        WorkerCounters::get(&w.counters.handed_over) > 0,
+        "no message was handed back"
+    );
+
+    // The provider is back and another worker starts: every item completes, none failed.
+    h.fleet.sim.as_ref().unwrap().set_faults(Faults::default());
+    h.fleet.start_worker(tiers).await.unwrap();
+    let status = h.wait_final(&job_id, 60).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!(
+        (status.done(), status.failed()),
+        (n as i64, 0),
+        "{status:?}"
+    );
     h.finish().await;
 }

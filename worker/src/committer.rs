@@ -356,6 +356,9 @@ async fn settle_batch(w: &Worker, mut batch: Vec<Pending>, abort: &CancellationT
                 Outcome::Unusable { .. } | Outcome::Released { .. } => p.then.clone(),
             }
         };
+        // A message the lane could not see through because it is stopping goes back with
+        // its last delivery kept (`Disposition::GiveBack`).
+        let disposition = disposition.when_stopping(abort.is_cancelled());
         settle(w, p.delivery, disposition).await;
     }
     announce(w, finished_per_job, report.jobs).await;

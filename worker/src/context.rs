@@ -49,6 +49,9 @@ pub struct WorkerCounters {
     pub retries: AtomicU64,
     pub redelivered_skipped: AtomicU64,
     pub naked: AtomicU64,
+    /// Messages on their last delivery handed back as copies instead of naked (see
+    /// `settle::Disposition::GiveBack`).
+    pub handed_over: AtomicU64,
     pub committed_batches: AtomicU64,
     /// Waits for an open breaker by items on their last delivery (see `call::Patience`).
     pub breaker_waits: AtomicU64,

@@ -113,7 +113,7 @@ pub async fn run_lane(w: Worker, tier: String, shutdown: CancellationToken) -> a
                     Ok(p) => p,
                     Err(_) => {
                         let after = Duration::from_millis(100);
-                        settle(&w, delivery, Disposition::Retry { after }).await;
+                        settle(&w, delivery, Disposition::GiveBack { after }).await;
                         continue;
                     }
                 },
@@ -174,7 +174,7 @@ async fn give_back_rest(
             Ok(Some(Ok(m))) => {
                 let d = Delivery::new(&w.js, m, keeper);
                 let after = Duration::from_millis(500);
-                settle(w, d, Disposition::Retry { after }).await;
+                settle(w, d, Disposition::GiveBack { after }).await;
             }
             _ => break,
         }
@@ -219,12 +219,13 @@ async fn process(
                 // The batcher is gone (shutdown): the attempt's intent stays with this
                 // worker and is booked in doubt if no delivery takes it up.
                 let after = Duration::ZERO;
-                settle(w, e.0.delivery, Disposition::Retry { after }).await;
+                settle(w, e.0.delivery, Disposition::GiveBack { after }).await;
             }
         }
         Handled::Settle(disposition) => {
             drop(in_flight);
-            settle(w, d, disposition).await;
+            // Stopping: whatever could not be seen through goes back with its deliveries.
+            settle(w, d, disposition.when_stopping(abort.is_cancelled())).await;
         }
         Handled::Commit {
             outcome,
@@ -242,7 +243,7 @@ async fn process(
                 // The committer is gone (shutdown): give the item back.
                 let p = e.0;
                 let after = Duration::ZERO;
-                settle(w, p.delivery, Disposition::Retry { after }).await;
+                settle(w, p.delivery, Disposition::GiveBack { after }).await;
             }
         }
     }

@@ -19,7 +19,7 @@ use async_nats::Subject;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
 use bytes::Bytes;
-use switchyard_proto::topology::HEADER_DLQ_REASON;
+use switchyard_proto::topology::{HEADER_DLQ_REASON, HEADER_MSG_ID};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{Worker, WorkerCounters};
@@ -31,9 +31,27 @@ pub enum Disposition {
     Done,
     /// Not now: nak, redelivered after `after`. Uses one of the message's deliveries.
     Retry { after: Duration },
+    /// Not tried here, through no fault of the message (this worker is stopping, or had no
+    /// room for it): a nak like [`Disposition::Retry`], except on the message's last
+    /// delivery, where a nak would spend it and the item would fail untried (the reaper
+    /// records "no worker finished this item"): a copy goes back on its subject under an id
+    /// of its own, then the message is acked. A rolling restart during a provider or
+    /// Postgres outage used to fail the items that were waiting on their last delivery.
+    GiveBack { after: Duration },
     /// Never: the message goes to the dead-letter subject with `reason` and is terminated.
     /// Its record in Postgres (item failed, dead-letter row) is written before this.
     GiveUp { reason: String },
+}
+
+impl Disposition {
+    /// This disposition of a message handled while its lane is stopping (`stopping`): a
+    /// retry is then a give-back, since the message was not tried to its end here.
+    pub fn when_stopping(self, stopping: bool) -> Self {
+        match self {
+            Disposition::Retry { after } if stopping => Disposition::GiveBack { after },
+            other => other,
+        }
+    }
 }
 
 /// A work message in hand, kept alive until it is settled.
@@ -82,16 +100,27 @@ pub async fn settle(w: &Worker, d: Delivery, disposition: Disposition) {
         kept,
         payload,
         subject,
-        ..
+        delivered,
+        stream_seq,
     } = d;
     // No more in-progress acks: the ack, nak or term below is the last word.
     drop(kept);
+    let nak = |after: Duration| {
+        WorkerCounters::add(&w.counters.naked, 1);
+        AckKind::Nak((!after.is_zero()).then_some(after))
+    };
     let result = match disposition {
         Disposition::Done => acker.ack().await,
-        Disposition::Retry { after } => {
-            WorkerCounters::add(&w.counters.naked, 1);
-            let delay = (!after.is_zero()).then_some(after);
-            acker.ack_with(AckKind::Nak(delay)).await
+        Disposition::Retry { after } => acker.ack_with(nak(after)).await,
+        Disposition::GiveBack { after } => {
+            if delivered >= w.settings.worker.max_deliver
+                && hand_over(w, &subject, &payload, stream_seq).await
+            {
+                WorkerCounters::add(&w.counters.handed_over, 1);
+                acker.ack().await
+            } else {
+                acker.ack_with(nak(after)).await
+            }
         }
         Disposition::GiveUp { reason } => {
             publish_dead_letter(w, &subject, &payload, &reason).await;
@@ -101,6 +130,40 @@ pub async fn settle(w: &Worker, d: Delivery, disposition: Disposition) {
     if let Err(e) = result {
         // JetStream redelivers after `ack_wait`; the next delivery finds the outcome.
         tracing::warn!(error = %e, subject = %subject, "cannot settle a message; it will be redelivered");
+    }
+}
+
+/// Publishes a copy of a message on its last delivery back on its `subject`, under an id
+/// made from its stream sequence (unique, so the duplicate window keeps it; a copy handed
+/// over again has a sequence of its own). True once JetStream has stored it; on failure the
+/// caller naks the message instead, as before. The copy is the same attempt: whoever takes
+/// it claims the attempt as any redelivery does (an intent this worker left is taken over
+/// once its lease ends).
+async fn hand_over(w: &Worker, subject: &str, payload: &Bytes, stream_seq: u64) -> bool {
+    let mut headers = async_nats::HeaderMap::new();
+    let id = format!("give-back:{stream_seq}");
+    headers.insert(HEADER_MSG_ID, id.as_str());
+    let stored = match w
+        .js
+        .publish_with_headers(subject.to_owned(), headers, payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
+    match stored {
+        Ok(()) => {
+            tracing::info!(
+                subject,
+                stream_seq,
+                "handed a message on its last delivery back to the stream"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(subject, error = %format!("{e:#}"), "cannot hand a message on its last delivery back; giving it back as is");
+            false
+        }
     }
 }
 

@@ -229,8 +229,9 @@ async fn give_back(w: &Worker, q: Queued, commits: &mpsc::Sender<Pending>, then:
         in_flight: None,
     };
     if let Err(e) = commits.send(pending).await {
+        // The committer is gone (stopping).
         let after = Duration::ZERO;
-        settle(w, e.0.delivery, Disposition::Retry { after }).await;
+        settle(w, e.0.delivery, Disposition::GiveBack { after }).await;
     }
 }
 
