@@ -377,3 +377,45 @@ async fn a_worker_stopping_during_an_outage_keeps_the_last_deliveries_of_its_ite
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn items_beyond_the_breaker_s_waiting_room_go_back_with_their_deliveries() {
+    // Room for two items to wait for the breaker, four lane slots, eight items: the others,
+    // on their last delivery, go back as copies with their deliveries kept (their slots free
+    // for other models' items) instead of holding the lane for the outage, and none fails.
+    let h = dead_provider_with(2, Duration::from_millis(200), 1, |s| {
+        s.worker.breaker.max_holding = 2;
+    })
+    .await;
+    let n = 8;
+    let (job_id, w) = submit_until_the_breaker_opens(&h, n).await;
+    let sim = h.fleet.sim.as_ref().unwrap();
+    let calls_at_open = sim.calls().len();
+    let failed = switchyard_testkit::eventually(
+        "six probes fail, or an item does",
+        Duration::from_secs(30),
+        || async {
+            let failed = h.client.status(&job_id).await.ok()??.failed();
+            (failed > 0 || sim.calls().len() >= calls_at_open + 6).then_some(failed)
+        },
+    )
+    .await;
+    assert_eq!(
+        failed, 0,
+        "items failed untried while the provider was down"
+    );
+    assert!(
+        WorkerCounters::get(&w.counters.handed_over) > 0,
+        "nothing went back: every item waited in the worker"
+    );
+
+    sim.set_faults(Faults::default());
+    let status = h.wait_final(&job_id, 60).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!(
+        (status.done(), status.failed()),
+        (n as i64, 0),
+        "{status:?}"
+    );
+    h.finish().await;
+}

@@ -15,6 +15,7 @@
 //! Time is `tokio::time::Instant`, so tests run it on a paused clock.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchyard_runtime::settings::BreakerSettings;
@@ -60,6 +61,20 @@ struct State {
 pub struct CircuitBreaker {
     settings: BreakerSettings,
     state: Mutex<State>,
+    /// Calls waiting for this breaker in the worker (see [`CircuitBreaker::try_hold`]).
+    holding: AtomicUsize,
+}
+
+/// A call's place among those waiting for a breaker; given up when dropped.
+#[derive(Debug)]
+pub struct Holding<'a> {
+    holding: &'a AtomicUsize,
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.holding.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl CircuitBreaker {
@@ -72,6 +87,32 @@ impl CircuitBreaker {
                 last_error: String::new(),
             }),
             settings,
+            holding: AtomicUsize::new(0),
+        }
+    }
+
+    /// A place for one call to wait for this breaker, if fewer than
+    /// `[worker.breaker] max_holding` calls wait already (always, with no limit).
+    pub fn try_hold(&self) -> Option<Holding<'_>> {
+        let max = self.settings.max_holding;
+        let mut now = self.holding.load(Ordering::Acquire);
+        loop {
+            if max > 0 && now >= max {
+                return None;
+            }
+            match self.holding.compare_exchange_weak(
+                now,
+                now + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Some(Holding {
+                        holding: &self.holding,
+                    });
+                }
+                Err(seen) => now = seen,
+            }
         }
     }
 

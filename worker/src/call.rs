@@ -40,9 +40,13 @@ pub enum CallFailure {
     /// billed and is booked; the item is tried again (or fails, for a body that is too big).
     Unusable(ProviderError),
     /// The model's provider is considered down: no call was made; try again in `retry_in`.
+    /// `no_room`: the call would have waited for the breaker ([`Patience::breaker_hold`])
+    /// but as many calls of the model as may wait already do (`[worker.breaker]
+    /// max_holding`).
     CircuitOpen {
         retry_in: Duration,
         last_error: String,
+        no_room: bool,
     },
 }
 
@@ -148,6 +152,8 @@ pub async fn call_model<C: LlmClient>(
     // Tokens are booked before the call (the whole prompt and the completion budget) and
     // corrected by the provider's usage after.
     let reserved = estimated_tokens.max(crate::limiter::estimate_tokens(request));
+    // This call's place among those waiting for the breaker, once it has one.
+    let mut holding = None;
     loop {
         let Some((waited, admitted_at)) = kept_alive(
             keepalive,
@@ -169,7 +175,12 @@ pub async fn call_model<C: LlmClient>(
             let wait = retry_in
                 .max(Duration::from_millis(10))
                 .mul_f64(rand::rng().random_range(1.0..1.5));
-            if hold_until.is_some_and(|until| tokio::time::Instant::now() + wait <= until) {
+            let may_hold =
+                hold_until.is_some_and(|until| tokio::time::Instant::now() + wait <= until);
+            if may_hold && holding.is_none() {
+                holding = breaker.try_hold();
+            }
+            if may_hold && holding.is_some() {
                 // Not called: the quota it took goes back while it waits for the breaker.
                 limiter.settle(reserved, 0);
                 stats.breaker_waits += 1;
@@ -189,6 +200,7 @@ pub async fn call_model<C: LlmClient>(
                 Err(CallFailure::CircuitOpen {
                     retry_in,
                     last_error,
+                    no_room: may_hold,
                 }),
                 stats,
             );
@@ -477,6 +489,60 @@ mod tests {
         assert!(stats.breaker_waits >= 1);
         assert!(!breaker.is_open());
         assert!(client.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_more_calls_wait_for_a_breaker_than_it_has_room_for() {
+        let mut script: Vec<_> = (0..2).map(|_| Err(server_error())).collect();
+        script.push(ok());
+        let client = Scripted(Mutex::new(script));
+        let breaker = CircuitBreaker::new(switchyard_runtime::settings::BreakerSettings {
+            failures: 2,
+            cooldown: Duration::from_millis(50),
+            max_cooldown: Duration::from_millis(50),
+            max_holding: 1,
+            ..Default::default()
+        });
+        let limiter = ModelLimiter::new("m", None, None, 1.0);
+        let (req, token) = (request(), CancellationToken::new());
+        let last = Patience {
+            max_retries: 5,
+            breaker_hold: Duration::from_secs(30),
+        };
+        let call = |patience| {
+            call_model(
+                &client,
+                &limiter,
+                &breaker,
+                &req,
+                1,
+                patience,
+                &(),
+                Duration::from_secs(1),
+                &token,
+            )
+        };
+        // Two failures open the breaker (a call that may not wait).
+        let (r, _) = call(Patience::retries(5)).await;
+        assert!(
+            matches!(r, Err(CallFailure::CircuitOpen { no_room: false, .. })),
+            "{r:?}"
+        );
+        // Another call holds the only place: this last chance ends at once, told so.
+        let other = breaker.try_hold().expect("the room's one place");
+        assert!(breaker.try_hold().is_none());
+        let (r, stats) = call(last).await;
+        assert!(
+            matches!(r, Err(CallFailure::CircuitOpen { no_room: true, .. })),
+            "{r:?}"
+        );
+        assert_eq!(stats.breaker_waits, 0);
+        // The place is free again: the call waits for the probe, which the provider answers.
+        drop(other);
+        let (r, stats) = call(last).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert!(stats.breaker_waits >= 1);
+        assert!(breaker.try_hold().is_some(), "the call gave its place up");
     }
 
     #[test]

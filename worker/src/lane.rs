@@ -459,7 +459,18 @@ async fn handle(
         Err(CallFailure::CircuitOpen {
             retry_in,
             last_error,
+            no_room,
         }) => {
+            // Back when the breaker lets a probe through, spread out so the items do not all
+            // return at once.
+            let spread = retry_in.mul_f64(rand::random_range(1.0..1.5));
+            if exhausted && no_room {
+                // Its last delivery, and as many items as may wait for the breaker already
+                // do: back as a copy with its deliveries kept, its lane slot freed.
+                return released(Disposition::GiveBack {
+                    after: spread.max(ws.retry_delay),
+                });
+            }
             if exhausted {
                 let error = format!(
                     "gave up after {} deliveries: circuit breaker open for `{}` longer than \
@@ -468,9 +479,6 @@ async fn handle(
                 );
                 return fail(error, None, Some(call_id.clone()));
             }
-            // Back when the breaker lets a probe through, spread out so the items do not all
-            // return at once.
-            let spread = retry_in.mul_f64(rand::random_range(1.0..1.5));
             return released(Disposition::Retry {
                 after: spread.max(ws.retry_delay),
             });

@@ -25,6 +25,12 @@ pub struct BreakerSettings {
     /// otherwise fail items that were never tried. 0 fails them at once, as before.
     #[serde(with = "humantime_serde")]
     pub max_hold: Duration,
+    /// At most this many calls of one model wait for its breaker in a worker process (0: no
+    /// limit). A waiting call holds its lane's slot; without a limit, a long outage of one
+    /// model fills every slot of a lane whose other models are healthy. An item on its last
+    /// delivery that finds no room goes back as a copy with its deliveries kept (the worker's
+    /// `settle::Disposition::GiveBack`) and is offered again after the breaker's cooldown.
+    pub max_holding: usize,
 }
 
 impl Default for BreakerSettings {
@@ -34,6 +40,7 @@ impl Default for BreakerSettings {
             cooldown: Duration::from_secs(5),
             max_cooldown: Duration::from_secs(60),
             max_hold: Duration::from_secs(30 * 60),
+            max_holding: 16,
         }
     }
 }
