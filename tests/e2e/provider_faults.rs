@@ -245,6 +245,37 @@ async fn dead_provider_with(
     .await
 }
 
+/// Waits (at most a minute) for the job to complete with all its `n` items done.
+async fn completes_every_item(h: &Harness, job_id: &str, n: usize) {
+    let status = h.wait_final(job_id, 60).await;
+    assert_eq!(status.job.status, "completed");
+    assert_eq!(
+        (status.done(), status.failed()),
+        (n as i64, 0),
+        "{status:?}"
+    );
+}
+
+/// Waits until `probes` more calls (the open breaker's failed probes) have reached the
+/// simulator, or an item of the job has failed; asserts none did.
+async fn no_item_fails_through_probes(h: &Harness, job_id: &str, probes: usize) {
+    let sim = h.fleet.sim.as_ref().unwrap();
+    let calls_at_open = sim.calls().len();
+    let failed = switchyard_testkit::eventually(
+        "the probes fail, or an item does",
+        Duration::from_secs(30),
+        || async {
+            let failed = h.client.status(job_id).await.ok()??.failed();
+            (failed > 0 || sim.calls().len() >= calls_at_open + probes).then_some(failed)
+        },
+    )
+    .await;
+    assert_eq!(
+        failed, 0,
+        "items failed untried while the provider was down"
+    );
+}
+
 /// Submits a job of `n` MMLU items to `h` (weak, never escalated) and waits until the
 /// provider's faults have opened the weak model's breaker; the job and the worker.
 async fn submit_until_the_breaker_opens(
@@ -311,21 +342,8 @@ async fn an_outage_longer_than_the_deliveries_fails_no_item() {
     // Six failed probes later (each at least a cooldown apart), every item has long had
     // both its deliveries: handed back, they would all have failed by now (and, with no
     // item left to call, no probe would come).
+    no_item_fails_through_probes(&h, &job_id, 6).await;
     let sim = h.fleet.sim.as_ref().unwrap();
-    let calls_at_open = sim.calls().len();
-    let failed = switchyard_testkit::eventually(
-        "six probes fail, or an item does",
-        Duration::from_secs(30),
-        || async {
-            let failed = h.client.status(&job_id).await.ok()??.failed();
-            (failed > 0 || sim.calls().len() >= calls_at_open + 6).then_some(failed)
-        },
-    )
-    .await;
-    assert_eq!(
-        failed, 0,
-        "items failed untried while the provider was down"
-    );
     assert!(weak.breaker.is_open());
 
     // The provider comes back: the waiting items are called and every item completes.
@@ -352,12 +370,7 @@ async fn a_worker_stopping_during_an_outage_keeps_the_last_deliveries_of_its_ite
     let (job_id, w) = submit_until_the_breaker_opens(&h, n).await;
     // Three failed probes later (each at least a cooldown apart), every item has had both
     // its deliveries and waits in the worker (see the test above).
-    let sim = h.fleet.sim.as_ref().unwrap();
-    let calls_at_open = sim.calls().len();
-    switchyard_testkit::eventually("three probes fail", Duration::from_secs(30), || async {
-        (sim.calls().len() >= calls_at_open + 3).then_some(())
-    })
-    .await;
+    no_item_fails_through_probes(&h, &job_id, 3).await;
     let tiers = h.fleet.workers[0].as_ref().unwrap().tiers.clone();
     h.fleet.stop_worker(0).await.unwrap();
     assert!(
@@ -368,13 +381,7 @@ async fn a_worker_stopping_during_an_outage_keeps_the_last_deliveries_of_its_ite
     // The provider is back and another worker starts: every item completes, none failed.
     h.fleet.sim.as_ref().unwrap().set_faults(Faults::default());
     h.fleet.start_worker(tiers).await.unwrap();
-    let status = h.wait_final(&job_id, 60).await;
-    assert_eq!(status.job.status, "completed");
-    assert_eq!(
-        (status.done(), status.failed()),
-        (n as i64, 0),
-        "{status:?}"
-    );
+    completes_every_item(&h, &job_id, n).await;
     h.finish().await;
 }
 
@@ -389,33 +396,14 @@ async fn items_beyond_the_breaker_s_waiting_room_go_back_with_their_deliveries()
     .await;
     let n = 8;
     let (job_id, w) = submit_until_the_breaker_opens(&h, n).await;
+    no_item_fails_through_probes(&h, &job_id, 6).await;
     let sim = h.fleet.sim.as_ref().unwrap();
-    let calls_at_open = sim.calls().len();
-    let failed = switchyard_testkit::eventually(
-        "six probes fail, or an item does",
-        Duration::from_secs(30),
-        || async {
-            let failed = h.client.status(&job_id).await.ok()??.failed();
-            (failed > 0 || sim.calls().len() >= calls_at_open + 6).then_some(failed)
-        },
-    )
-    .await;
-    assert_eq!(
-        failed, 0,
-        "items failed untried while the provider was down"
-    );
     assert!(
         WorkerCounters::get(&w.counters.handed_over) > 0,
         "nothing went back: every item waited in the worker"
     );
 
     sim.set_faults(Faults::default());
-    let status = h.wait_final(&job_id, 60).await;
-    assert_eq!(status.job.status, "completed");
-    assert_eq!(
-        (status.done(), status.failed()),
-        (n as i64, 0),
-        "{status:?}"
-    );
+    completes_every_item(&h, &job_id, n).await;
     h.finish().await;
 }

@@ -405,6 +405,28 @@ mod tests {
     }
 
     /// A breaker that opens after two failures, for `cooldown` (not growing).
+    /// One call of `req` through `breaker` with `patience` (no keep-alive, never cancelled).
+    async fn call_through(
+        client: &Scripted,
+        limiter: &ModelLimiter,
+        breaker: &CircuitBreaker,
+        patience: Patience,
+    ) -> (Result<Completion, CallFailure>, CallStats) {
+        let token = CancellationToken::new();
+        call_model(
+            client,
+            limiter,
+            breaker,
+            &request(),
+            1,
+            patience,
+            &(),
+            Duration::from_secs(1),
+            &token,
+        )
+        .await
+    }
+
     fn opens_after_two(cooldown: Duration) -> CircuitBreaker {
         CircuitBreaker::new(switchyard_runtime::settings::BreakerSettings {
             failures: 2,
@@ -454,20 +476,7 @@ mod tests {
         let client = Scripted(Mutex::new(script));
         let breaker = opens_after_two(Duration::from_millis(50));
         let limiter = ModelLimiter::new("m", None, None, 1.0);
-        let (req, token) = (request(), CancellationToken::new());
-        let call = |patience| {
-            call_model(
-                &client,
-                &limiter,
-                &breaker,
-                &req,
-                1,
-                patience,
-                &(),
-                Duration::from_secs(1),
-                &token,
-            )
-        };
+        let call = |patience| call_through(&client, &limiter, &breaker, patience);
         // Two failures open the breaker: a call that may not wait ends at once.
         let (r, _) = call(Patience::retries(5)).await;
         assert!(matches!(r, Err(CallFailure::CircuitOpen { .. })), "{r:?}");
@@ -504,24 +513,11 @@ mod tests {
             ..Default::default()
         });
         let limiter = ModelLimiter::new("m", None, None, 1.0);
-        let (req, token) = (request(), CancellationToken::new());
         let last = Patience {
             max_retries: 5,
             breaker_hold: Duration::from_secs(30),
         };
-        let call = |patience| {
-            call_model(
-                &client,
-                &limiter,
-                &breaker,
-                &req,
-                1,
-                patience,
-                &(),
-                Duration::from_secs(1),
-                &token,
-            )
-        };
+        let call = |patience| call_through(&client, &limiter, &breaker, patience);
         // Two failures open the breaker (a call that may not wait).
         let (r, _) = call(Patience::retries(5)).await;
         assert!(
