@@ -34,6 +34,7 @@ use switchyard_proto::event::JobEvent;
 use switchyard_proto::topology::{HEADER_DLQ_REASON, HEADER_JOB_ID};
 use switchyard_proto::{PROTOCOL_VERSION, codec};
 use switchyard_runtime::Settings;
+use switchyard_runtime::backoff::Backoff;
 use switchyard_store::dead_letters::{self, DeadLetter};
 use switchyard_store::jobs;
 use tokio::task::JoinSet;
@@ -353,7 +354,7 @@ pub async fn handle_job(d: &Dispatcher, job: &JobMessage) -> JobDisposition {
     // On the last delivery a Postgres outage is waited out here (the message kept alive)
     // rather than ending the job `failed`: JetStream would not deliver it again, and a job
     // must not fail because its database restarted. Earlier deliveries are handed back.
-    let mut outage_wait = Duration::from_millis(200);
+    let mut outage_wait = outage_wait();
     let result = loop {
         // One dispatcher per job at a time, across processes.
         let lock = match JobLock::try_acquire_for_message(&d.pool, &spec.job_id, job.seq()).await {
@@ -443,7 +444,7 @@ async fn reject(
     tracing::warn!(job_id = %job_id, reason = %reason, "job rejected");
     // The dead letter goes in before the job row: whoever sees the job as
     // `rejected` (a waiting client, a test) must also find the reason.
-    let mut wait = Duration::from_millis(200);
+    let mut wait = outage_wait();
     loop {
         let recorded = async {
             dead.record(d).await?;
@@ -475,10 +476,15 @@ async fn reject(
 /// Waits before a job's last delivery tries again after Postgres could not be reached
 /// (doubling, up to 5 s): JetStream will not deliver it again, so giving up would leave the
 /// job unrecorded.
-async fn outage(job_id: &str, e: &anyhow::Error, wait: &mut Duration) {
-    tracing::warn!(job_id = %job_id, error = %format!("{e:#}"), retry_in = ?*wait, "Postgres unreachable on the job's last delivery, waiting");
-    tokio::time::sleep(*wait).await;
-    *wait = (*wait * 2).min(Duration::from_secs(5));
+async fn outage(job_id: &str, e: &anyhow::Error, wait: &mut Backoff) {
+    let retry_in = wait.next_delay();
+    tracing::warn!(job_id = %job_id, error = %format!("{e:#}"), ?retry_in, "Postgres unreachable on the job's last delivery, waiting");
+    tokio::time::sleep(retry_in).await;
+}
+
+/// The pace of [`outage`]: 200 ms doubling up to 5 s.
+fn outage_wait() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
 }
 
 /// A failure that may pass (Postgres or NATS down, the input unreadable for now): retried
@@ -509,7 +515,7 @@ async fn transient_failure(
         error: reason.clone(),
         ..dead.clone()
     };
-    let mut wait = Duration::from_millis(200);
+    let mut wait = outage_wait();
     let failed = loop {
         match fail_job(d, &dead, team, project).await {
             Err(e) if switchyard_store::is_transient(&e) => outage(job_id, &e, &mut wait).await,

@@ -35,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 use crate::context::{ModelRuntime, Worker};
 use crate::llm::CompletionRequest;
 use crate::price_book::PriceBook;
-use crate::retry::Retry;
 use crate::settle::Disposition;
 
 /// A worker process's finance state.
@@ -243,7 +242,7 @@ pub async fn admit(
     };
     // Postgres unreachable or restarting: wait here (the message is kept alive by the lane's
     // keeper) rather than hand the item back, which spends one of its deliveries.
-    let mut outage = Retry::default();
+    let mut outage = crate::retry::service_wait();
     let reserved = loop {
         match budgets::reserve(&w.pool, &req).await {
             Err(e) if !abort.is_cancelled() && switchyard_store::is_transient_sqlx(&e) => {

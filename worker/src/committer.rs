@@ -28,7 +28,6 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{Worker, WorkerCounters};
-use crate::retry::Retry;
 use crate::settle::{Delivery, Disposition, settle};
 
 /// An outcome waiting for its commit, with its message.
@@ -238,7 +237,7 @@ pub async fn commit_resilient(
     let mut report = CommitReport::default();
     let mut lost = HashSet::new();
     let mut ranges = vec![(0, batch.len())];
-    let mut retry = Retry::default();
+    let mut retry = crate::retry::service_wait();
     while let Some((a, b)) = ranges.pop() {
         loop {
             let outs: Vec<Outcome> = batch[a..b].iter().map(|p| p.outcome.clone()).collect();
@@ -415,7 +414,7 @@ async fn publish_escalations_patiently(
     escalations: &[(usize, &WorkItem)],
 ) -> Vec<usize> {
     let started = tokio::time::Instant::now();
-    let mut retry = Retry::default();
+    let mut retry = crate::retry::service_wait();
     let mut todo: Vec<usize> = (0..escalations.len()).collect();
     loop {
         let items: Vec<&WorkItem> = todo.iter().map(|&i| escalations[i].1).collect();

@@ -27,7 +27,6 @@ use crate::claims::{ClaimError, Claims};
 use crate::committer::{self, InFlight, InFlightGuard, Pending};
 use crate::context::{ModelRuntime, Worker, WorkerCounters};
 use crate::llm::{Completion, CompletionRequest};
-use crate::retry::Retry;
 use crate::settle::{Delivery, Disposition, Keeper, settle};
 
 /// How long one pull request waits when the tier is idle.
@@ -697,7 +696,7 @@ async fn claim_patiently(
     let lease = crate::lease::lease(w);
     let poll = (lease / 4).max(Duration::from_millis(100));
     let mut busy_since: Option<tokio::time::Instant> = None;
-    let mut outage = Retry::default();
+    let mut outage = crate::retry::service_wait();
     loop {
         let wait = match claims.claim(intent.clone()).await {
             Ok(Claim::Busy) => {

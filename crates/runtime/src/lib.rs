@@ -10,7 +10,9 @@
 //! - [`telemetry`]: tracing subscriber, pretty or JSON.
 //! - [`metrics`]: Prometheus families and the `/metrics` server.
 //! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
+//! - [`backoff`]: the pause between tries of a step waiting for a service to come back.
 
+pub mod backoff;
 pub mod metrics;
 pub mod nats;
 pub mod route_config;

@@ -137,13 +137,13 @@ where
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     let started = std::time::Instant::now();
-    let mut delay = Duration::from_millis(200);
+    let mut pause =
+        crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
         match request().await {
             Err(e) if jetstream_not_ready(&e) && started.elapsed() < STARTUP_PATIENCE => {
                 tracing::warn!(error = %format!("{e:#}"), "JetStream not ready yet, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+                pause.wait().await;
             }
             other => return other,
         }
