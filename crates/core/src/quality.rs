@@ -391,17 +391,7 @@ pub fn plan(inputs: &QualityInputs<'_>) -> QualityPlan {
             let var = (gap_sq / m - mean_gap * mean_gap).max(0.0);
             let se = (var / m).sqrt();
             let gap = n_rest as f64 * mean_gap;
-            // The margin covers two errors: the pilot's estimate of the expected gap (`se`,
-            // scaled to the rest), and the rest's own draw around that expectation, since
-            // the target is on this job's quality, not on its expectation. An answer kept
-            // weak loses at most its squared difference, which for right-or-wrong answers
-            // is at most the probability its answers differ (`p`): the variance of the
-            // realized gap is at most the sum of `p` over the kept answers. It matters for
-            // small jobs: without it 7 of 130 draws of the held-out suite missed the target,
-            // every one a job of 122-330 items; with it 2 (docs/quality.md, *Margin*).
-            let nr = n_rest as f64;
-            let realized_var = nr * (p_sum.max(0.0) / m);
-            let gap_high = nr * mean_gap + MARGIN_Z * (nr * nr * se * se + realized_var).sqrt();
+            let gap_high = gap_bound(n_rest as f64, m, mean_gap, se, p_sum);
             let cost = pilot_usd
                 + up_front_usd
                 + weak_usd
@@ -560,6 +550,22 @@ fn disagreement_floor(model: &EscalationModel, rows: &[Labelled]) -> f64 {
     crate::audit::wilson(short / taken, count).0
 }
 
+/// The predicted gap of the `n_rest` items after the pilot, at its margin: `mean_gap` an item
+/// (from `m` pilot rows, standard error `se`) and `p_kept_sum`, the sum of `p` over the pilot
+/// rows kept weak.
+///
+/// The margin covers two errors: the pilot's estimate of the expected gap (`se`, scaled to
+/// the rest), and the rest's own draw around that expectation, since the target is on this
+/// job's quality, not on its expectation. For right-or-wrong answers the loss of an answer
+/// kept weak is nonzero only where the two answers differ, so its variance is at most `p`:
+/// the realized gap's variance is at most the sum of `p` over the kept answers. It matters for
+/// small jobs: without it 7 of 130 draws of the held-out suite missed the target, every one a
+/// job of 122-330 items; with it 2 (docs/quality.md, *Margin*).
+fn gap_bound(n_rest: f64, m: f64, mean_gap: f64, se: f64, p_kept_sum: f64) -> f64 {
+    let realized_var = n_rest * (p_kept_sum.max(0.0) / m.max(1.0));
+    n_rest * mean_gap + MARGIN_Z * (n_rest * n_rest * se * se + realized_var).sqrt()
+}
+
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     if n == 0 { 0.0 } else { s / n as f64 }
@@ -662,6 +668,24 @@ mod tests {
         // The confidence was measured to matter, and got a weight.
         assert!(sharp.rule.weights[2] < -0.5, "{:?}", sharp.rule.weights);
         assert!(sharp.signal_auroc.unwrap() > 0.8);
+    }
+
+    #[test]
+    fn the_margin_covers_the_job_s_own_draw_as_well_as_the_pilot_s_estimate() {
+        // 100 items after the pilot, 40 pilot rows whose kept answers' `p` add up to 10, an
+        // expected gap of 0.02 an item: even a pilot estimate without spread (se = 0) leaves
+        // the job's own draw, 1.28 × √(100 × 10 / 40) = 6.4 score points.
+        let own_draw = gap_bound(100.0, 40.0, 0.02, 0.0, 10.0);
+        assert!((own_draw - (2.0 + 6.4)).abs() < 1e-9, "{own_draw}");
+        // Nothing kept weak: only the pilot's error, as before.
+        let pilot_only = gap_bound(100.0, 40.0, 0.02, 0.01, 0.0);
+        assert!((pilot_only - 100.0 * (0.02 + 1.28 * 0.01)).abs() < 1e-9);
+        // Both: added in quadrature.
+        let both = gap_bound(100.0, 40.0, 0.02, 0.01, 10.0);
+        assert!((both - (2.0 + 1.28 * (1.0f64 + 25.0).sqrt())).abs() < 1e-9);
+        // Relative to the job, the own draw's share shrinks as the job grows (√n against n).
+        let share = |n: f64| (gap_bound(n, 40.0, 0.02, 0.0, 10.0) - n * 0.02) / n;
+        assert!(share(100.0) > 3.0 * share(10_000.0));
     }
 
     #[test]
