@@ -444,26 +444,17 @@ async fn reject(
     tracing::warn!(job_id = %job_id, reason = %reason, "job rejected");
     // The dead letter goes in before the job row: whoever sees the job as
     // `rejected` (a waiting client, a test) must also find the reason.
-    let mut wait = outage_wait();
-    loop {
-        let recorded = async {
-            dead.record(d).await?;
-            jobs::record_rejection(&d.pool, job_id, team, project, reason).await?;
-            anyhow::Ok(())
-        }
-        .await;
-        match recorded {
-            Ok(()) => break,
-            Err(e) if last && switchyard_store::is_transient(&e) => {
-                outage(job_id, &e, &mut wait).await;
-            }
-            Err(e) => {
-                tracing::error!(job_id = %job_id, last, error = %e, "cannot record rejection, will retry");
-                return JobDisposition::Retry {
-                    after: Duration::from_secs(2),
-                };
-            }
-        }
+    let recorded = through_outage(job_id, last, || async {
+        dead.record(d).await?;
+        jobs::record_rejection(&d.pool, job_id, team, project, reason).await?;
+        anyhow::Ok(())
+    })
+    .await;
+    if let Err(e) = recorded {
+        tracing::error!(job_id = %job_id, last, error = %e, "cannot record rejection, will retry");
+        return JobDisposition::Retry {
+            after: Duration::from_secs(2),
+        };
     }
     d.counters.jobs_rejected.fetch_add(1, Ordering::Relaxed);
     d.job_outcome("rejected");
@@ -480,6 +471,24 @@ async fn outage(job_id: &str, e: &anyhow::Error, wait: &mut Backoff) {
     let retry_in = wait.next_delay();
     tracing::warn!(job_id = %job_id, error = %format!("{e:#}"), ?retry_in, "Postgres unreachable on the job's last delivery, waiting");
     tokio::time::sleep(retry_in).await;
+}
+
+/// Runs `step` until Postgres answers it when `patient` (the job's last delivery), else
+/// once: a transient error is waited out ([`outage`]), any other is returned.
+async fn through_outage<T, F, Fut>(job_id: &str, patient: bool, mut step: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut wait = outage_wait();
+    loop {
+        match step().await {
+            Err(e) if patient && switchyard_store::is_transient(&e) => {
+                outage(job_id, &e, &mut wait).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The pace of [`outage`]: 200 ms doubling up to 5 s.
@@ -515,14 +524,7 @@ async fn transient_failure(
         error: reason.clone(),
         ..dead.clone()
     };
-    let mut wait = outage_wait();
-    let failed = loop {
-        match fail_job(d, &dead, team, project).await {
-            Err(e) if switchyard_store::is_transient(&e) => outage(job_id, &e, &mut wait).await,
-            other => break other,
-        }
-    };
-    match failed {
+    match through_outage(job_id, true, || fail_job(d, &dead, team, project)).await {
         Ok(()) => JobDisposition::GiveUp { reason },
         Err(e) => {
             // The message dies in the stream unrecorded; a sweep takes it over later.

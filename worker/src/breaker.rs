@@ -15,10 +15,10 @@
 //! Time is `tokio::time::Instant`, so tests run it on a paused clock.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchyard_runtime::settings::BreakerSettings;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 /// What the breaker says about the next call.
@@ -61,20 +61,15 @@ struct State {
 pub struct CircuitBreaker {
     settings: BreakerSettings,
     state: Mutex<State>,
-    /// Calls waiting for this breaker in the worker (see [`CircuitBreaker::try_hold`]).
-    holding: AtomicUsize,
+    /// Places for calls waiting for this breaker in the worker (see
+    /// [`CircuitBreaker::try_hold`]); `None`: no limit.
+    holding: Option<Semaphore>,
 }
 
 /// A call's place among those waiting for a breaker; given up when dropped.
 #[derive(Debug)]
 pub struct Holding<'a> {
-    holding: &'a AtomicUsize,
-}
-
-impl Drop for Holding<'_> {
-    fn drop(&mut self) {
-        self.holding.fetch_sub(1, Ordering::AcqRel);
-    }
+    _place: Option<SemaphorePermit<'a>>,
 }
 
 impl CircuitBreaker {
@@ -86,33 +81,20 @@ impl CircuitBreaker {
                 cooldown: settings.cooldown,
                 last_error: String::new(),
             }),
+            holding: (settings.max_holding > 0).then(|| Semaphore::new(settings.max_holding)),
             settings,
-            holding: AtomicUsize::new(0),
         }
     }
 
     /// A place for one call to wait for this breaker, if fewer than
     /// `[worker.breaker] max_holding` calls wait already (always, with no limit).
     pub fn try_hold(&self) -> Option<Holding<'_>> {
-        let max = self.settings.max_holding;
-        let mut now = self.holding.load(Ordering::Acquire);
-        loop {
-            if max > 0 && now >= max {
-                return None;
-            }
-            match self.holding.compare_exchange_weak(
-                now,
-                now + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Some(Holding {
-                        holding: &self.holding,
-                    });
-                }
-                Err(seen) => now = seen,
-            }
+        match &self.holding {
+            None => Some(Holding { _place: None }),
+            Some(places) => places
+                .try_acquire()
+                .ok()
+                .map(|p| Holding { _place: Some(p) }),
         }
     }
 

@@ -315,11 +315,14 @@ impl Twin<'_> {
             t
         };
         // The cost estimates the dispatcher plans with (tokens × prices, before any call).
+        // And the weak one without extra samples, as the dispatcher's router plans with.
+        let mut no_sample_weak: Vec<Decimal> = Vec::with_capacity(job.rows.len());
         let estimates: Vec<(Decimal, Decimal)> = job
             .rows
             .iter()
             .map(|r| {
                 let t = estimator.tokens(r.text);
+                no_sample_weak.push(switchyard_core::estimate::cost(t, &self.models.weak_price));
                 (
                     switchyard_core::estimate::cost(sample_tokens(t), &self.models.weak_price),
                     switchyard_core::estimate::cost(t, &self.models.strong_price),
@@ -352,16 +355,7 @@ impl Twin<'_> {
                     .map(|r| audit::pilot_draw(&job.job_id, r.id))
                     .collect();
                 // The dispatcher's check, on the same estimates without extra samples.
-                let all_weak: Decimal = job
-                    .rows
-                    .iter()
-                    .map(|r| {
-                        switchyard_core::estimate::cost(
-                            estimator.tokens(r.text),
-                            &self.models.weak_price,
-                        )
-                    })
-                    .sum();
+                let all_weak: Decimal = no_sample_weak.iter().sum();
                 let all_strong: Decimal = estimates.iter().map(|(_, s)| *s).sum();
                 let asked = if quality::pilot_can_pay(all_weak, all_strong) {
                     quality::pilot_fraction(n, job.history.len(), job.audit_share)
