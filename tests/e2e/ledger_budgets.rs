@@ -369,6 +369,112 @@ async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_
     h.finish().await;
 }
 
+/// A worker stopped (SIGTERM, a short grace) while its call is in flight cannot book that
+/// call, which may have been made: the call is booked in doubt once its lease has ended, and
+/// the hold stays until then. Released at the stop, the hold's room could be taken by another
+/// call and the in-doubt worst case booked on top of it: past the limit.
+#[tokio::test]
+async fn a_worker_stopped_mid_call_leaves_its_hold_to_the_call_s_in_doubt_booking() {
+    let mut h = Harness::start_with(
+        |s| {
+            s.finance.refresh = Duration::from_millis(100);
+            s.finance.reservation_lease = Duration::from_millis(900);
+            s.worker.shutdown_grace = Duration::from_millis(300);
+        },
+        SimConfig {
+            latency: Duration::from_secs(8),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let team = "stopping";
+    // Room for one strong call's hold, not two.
+    set_budget(&h, team, "0.009", None, WhenExhausted::Wait).await;
+    crate::support::workers_know_budget(&h.fleet, team).await;
+    let mut spec = classify_job(items_sized(350..400, 1), 1.0, 0.0);
+    spec.team = Some(team.into());
+    h.client.submit(spec).await.unwrap();
+    let pool = h.db.pool.clone();
+    let (id, amount) = eventually(
+        "the call holds its worst case",
+        Duration::from_secs(30),
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_as::<_, (i64, Decimal)>(
+                    "SELECT reservation_id, amount_usd FROM budget_reservations",
+                )
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+            }
+        },
+    )
+    .await;
+    assert!(
+        amount > d("0.0045"),
+        "a hold above half the budget: {amount}"
+    );
+    let other = HoldRequest {
+        team,
+        amount_usd: amount,
+        holder: "test",
+        job_id: "other",
+        item_id: "other",
+        attempt: 0,
+        model: "m",
+        lease: Duration::from_secs(60),
+        at: None,
+    };
+    // Stopped with the request sent and no answer (8 s latency, 0.3 s grace).
+    h.fleet.stop_worker(0).await.unwrap();
+    assert_eq!(
+        count(&h.db.pool, "budget_reservations").await,
+        1,
+        "the hold outlives the stop"
+    );
+    assert!(
+        matches!(
+            budgets::reserve(&h.db.pool, &other).await.unwrap(),
+            Reservation::DoesNotFit { .. }
+        ),
+        "the stopped call's room is not given away"
+    );
+    // A new worker's sweep books the call in doubt at the hold's amount, settling the hold.
+    let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
+    h.fleet.start_worker(tiers).await.unwrap();
+    let in_doubt: Decimal = eventually(
+        "the stopped worker's call is booked in doubt",
+        Duration::from_secs(30),
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar("SELECT cost_usd FROM ledger WHERE outcome = 'in_doubt'")
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap()
+            }
+        },
+    )
+    .await;
+    assert_eq!(in_doubt, amount);
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM budget_reservations WHERE reservation_id = $1")
+            .bind(id)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(held, 0, "the in-doubt booking settled the hold");
+    let (spent, reserved): (Decimal, Decimal) =
+        sqlx::query_as("SELECT spent_usd, reserved_usd FROM budget_periods WHERE team = $1")
+            .bind(team)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert!(spent + reserved <= d("0.009"), "{spent} + {reserved}");
+    h.finish().await;
+}
+
 #[tokio::test]
 async fn bad_budgets_are_refused_and_nothing_is_written() {
     let h = Harness::start().await;

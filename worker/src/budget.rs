@@ -147,6 +147,18 @@ impl Hold {
         self.armed = false;
         self.id
     }
+
+    /// Leaves the hold to the in-doubt booking of a call that may have been sent and will not
+    /// be booked by this process (it is stopping): released, its room could be taken by
+    /// another call while this one's worst case is booked on top. Not renewed any more; the
+    /// hold is not reclaimed while the call's intent is open, and the booking settles it.
+    pub fn leave_to_in_doubt(mut self) {
+        self.armed = false;
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
 }
 
 impl Drop for Hold {
@@ -168,6 +180,15 @@ impl Drop for Hold {
                 }
             });
         }
+    }
+}
+
+/// Gives back a hold handed over for a call that will not be made after all (see
+/// [`Hold::hand_over`]); if Postgres cannot be asked, the hold expires.
+pub async fn give_back(w: &Worker, reservation_id: i64) {
+    w.finance.booked([reservation_id]);
+    if let Err(e) = budgets::release(&w.pool, reservation_id).await {
+        tracing::warn!(reservation_id, error = %e, "cannot release a budget hold; it will expire");
     }
 }
 
@@ -205,30 +226,42 @@ pub fn worst_case(t: &Tariff, request: &CompletionRequest) -> Decimal {
     )
 }
 
-/// Reserves the call's worst case when its team has a budget. A call that does not fit is
-/// diverted by the team's policy: to the weak tier (`downgrade`, from a higher tier) or parked
-/// until the budget has room; the message is then settled here.
+/// The hold the call needs: its worst case when its team has a budget (and the call costs
+/// something), else `None`. Decided once, before the attempt is claimed: the call's intent
+/// records it (`held`), and [`admit`] takes exactly this hold. For such a call, no hold
+/// means no request, which is how a lost worker's intent is known never to have been called
+/// (see `switchyard_store::intents`).
+pub fn hold_needed(
+    w: &Worker,
+    item: &WorkItem,
+    model: &ModelRuntime,
+    request: &CompletionRequest,
+) -> Option<Decimal> {
+    if !w.finance.is_budgeted(&item.team) {
+        return None;
+    }
+    // No version cannot happen after the start-up check (versions are never removed); the
+    // booking would fail loudly anyway.
+    let version = w.finance.prices.at(&model.name, Utc::now())?;
+    let amount = worst_case(&version.tariff(), request);
+    (amount > Decimal::ZERO).then_some(amount)
+}
+
+/// Reserves `hold` ([`hold_needed`]). A call that does not fit is diverted by the team's
+/// policy: to the weak tier (`downgrade`, from a higher tier) or parked until the budget has
+/// room; the message is then settled here.
 pub async fn admit(
     w: &Worker,
     tier: &str,
     item: &WorkItem,
     model: &ModelRuntime,
-    request: &CompletionRequest,
+    hold: Option<Decimal>,
     payload: &Bytes,
     abort: &CancellationToken,
 ) -> Admission {
-    if !w.finance.is_budgeted(&item.team) {
-        return Admission::Go(None);
-    }
-    let Some(version) = w.finance.prices.at(&model.name, Utc::now()) else {
-        // Cannot happen after the start-up check (versions are never removed); the booking
-        // would fail loudly anyway.
+    let Some(amount) = hold else {
         return Admission::Go(None);
     };
-    let amount = worst_case(&version.tariff(), request);
-    if amount <= Decimal::ZERO {
-        return Admission::Go(None);
-    }
     let req = HoldRequest {
         team: &item.team,
         amount_usd: amount,

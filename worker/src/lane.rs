@@ -215,8 +215,13 @@ async fn process(
             drop(in_flight);
             let queued = crate::batching::Queued { line, delivery: d };
             if let Err(e) = batches.send(queued).await {
-                // The batcher is gone (shutdown): the attempt's intent stays with this
-                // worker and is booked in doubt if no delivery takes it up.
+                // The batcher is gone (shutdown): the line was never sent. Its hold goes
+                // back, so the intent left with this worker ends unbooked once its lease has
+                // ended (a budgeted team's call with no hold was never made); an unbudgeted
+                // one is booked in doubt and reconciled.
+                if let Some(id) = e.0.line.reservation_id {
+                    crate::budget::give_back(w, id).await;
+                }
                 let after = Duration::ZERO;
                 settle(w, e.0.delivery, Disposition::GiveBack { after }).await;
             }
@@ -330,8 +335,9 @@ async fn handle(
     let call_id = uuid::Uuid::now_v7().to_string();
     let request = request_for(&item, model, &call_id);
 
-    // The claim: the intent is durable before the request can leave.
-    let intent = intent_for(w, tier, &item, model, &request, &key, &call_id);
+    // The claim: the intent is durable before the request can leave. It records whether the
+    // call goes out only under a budget hold, the hold `admit` takes below.
+    let (intent, hold_needed) = intent_for(w, tier, &item, model, &request, &key, &call_id);
     match claim_patiently(w, claims, intent, abort).await {
         Ok(Claim::Claimed) => {}
         Ok(Claim::Settled { escalate }) => {
@@ -373,7 +379,7 @@ async fn handle(
 
     // Teams with a budget: hold the call's worst case first (released if the call does not
     // happen, settled by the commit that books it); a call that does not fit is diverted.
-    let hold = match budget::admit(w, tier, &item, model, &request, &d.payload, abort).await {
+    let hold = match budget::admit(w, tier, &item, model, hold_needed, &d.payload, abort).await {
         budget::Admission::Go(hold) => hold,
         budget::Admission::Diverted(disposition) => return released(disposition),
     };
@@ -450,7 +456,11 @@ async fn handle(
         }
         Err(CallFailure::ShuttingDown { sent: true }) => {
             // The request may have reached the provider: its intent stays, and is booked in
-            // doubt once this process's lease has ended. The item goes back at once.
+            // doubt once this process's lease has ended, settling the hold kept for it. The
+            // item goes back at once.
+            if let Some(hold) = hold {
+                hold.leave_to_in_doubt();
+            }
             return Handled::Settle(Disposition::Retry {
                 after: Duration::ZERO,
             });
@@ -824,7 +834,8 @@ pub(crate) fn request_for(
     }
 }
 
-/// The intent of this delivery's call (see [`switchyard_store::intents`]).
+/// The intent of this delivery's call (see [`switchyard_store::intents`]), and the budget hold
+/// the call needs ([`budget::hold_needed`]), which the intent records.
 fn intent_for(
     w: &Worker,
     tier: &str,
@@ -833,9 +844,10 @@ fn intent_for(
     request: &CompletionRequest,
     key: &AttemptKey,
     call_id: &str,
-) -> Intent {
+) -> (Intent, Option<rust_decimal::Decimal>) {
     let b = budget::booking_for(w, tier, item, false, chrono::Utc::now(), None);
-    Intent {
+    let hold = budget::hold_needed(w, item, model, request);
+    let intent = Intent {
         call_id: call_id.to_owned(),
         key: key.clone(),
         team: item.team.clone(),
@@ -849,7 +861,9 @@ fn intent_for(
         escalation: b.escalation,
         all_strong: b.all_strong,
         all_weak: b.all_weak,
-    }
+        held: hold.is_some(),
+    };
+    (intent, hold)
 }
 
 /// Sampling temperature of a request that draws extra samples: high enough that an unsure

@@ -17,7 +17,10 @@
 //! An intent whose owner is gone (`owner_is_gone` in the migrations: a lease that ran out)
 //! and that has no booking is a call that may have been billed: [`book_in_doubt`] books it
 //! `in_doubt` at its worst case, for every team, and settles the owner's budget hold for it.
-//! A claim that finds such an intent takes the attempt over the same way.
+//! A claim that finds such an intent takes the attempt over the same way. Except a call of a
+//! budgeted team (`held`) whose hold is gone: the hold is taken before the request can leave
+//! and given back only when the call did not happen, so that call was never made; its
+//! intent ends unbooked (booking its worst case would spend what the budget never reserved).
 //!
 //! Leases: each worker process renews its lease ([`renew_lease`]) on a task of its own, so a
 //! stalled finance loop or a slow batch never lets a live worker's intents or holds be taken.
@@ -51,6 +54,9 @@ pub struct Intent {
     pub escalation: bool,
     pub all_strong: crate::booking::Counterfactual,
     pub all_weak: crate::booking::Counterfactual,
+    /// The call goes out only under a budget hold (its team has a budget). With no hold
+    /// left, such a call was not made (see [`book_in_doubt`]).
+    pub held: bool,
 }
 
 /// What a claim found.
@@ -117,6 +123,7 @@ struct IntentCols<'a> {
     s_model: Vec<Option<&'a str>>,
     w_mode: Vec<&'static str>,
     w_model: Vec<Option<&'a str>>,
+    held: Vec<bool>,
 }
 
 impl<'a> IntentCols<'a> {
@@ -139,6 +146,7 @@ impl<'a> IntentCols<'a> {
             c.s_model.push(i.all_strong.model());
             c.w_mode.push(i.all_weak.mode());
             c.w_model.push(i.all_weak.model());
+            c.held.push(i.held);
         }
         c
     }
@@ -211,9 +219,10 @@ async fn claim_once(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Res
     let rows: Vec<(i64, String, bool)> = sqlx::query_as(
         "WITH k AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], \
            $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], \
-           $12::bool[], $13::text[], $14::text[], $15::text[], $16::text[]) WITH ORDINALITY \
-           AS k(call_id, job_id, item_id, attempt, team, project, tier, model, provider, \
-           prompt_bound, max_tokens, escalation, s_mode, s_model, w_mode, w_model, ord)), \
+           $12::bool[], $13::text[], $14::text[], $15::text[], $16::text[], $18::bool[]) \
+           WITH ORDINALITY AS k(call_id, job_id, item_id, attempt, team, project, tier, model, \
+           provider, prompt_bound, max_tokens, escalation, s_mode, s_model, w_mode, w_model, \
+           held, ord)), \
          v AS (SELECT k.*, CASE \
              WHEN r.escalated IS NOT NULL THEN \
                CASE WHEN r.escalated AND i.status IN ('pending', 'queued') \
@@ -231,9 +240,9 @@ async fn claim_once(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Res
              AND r.attempt = k.attempt), \
          ins AS (INSERT INTO call_intents (call_id, job_id, item_id, attempt, team, project, \
            tier, model, provider, owner, prompt_bound, max_tokens, escalation, s_mode, s_model, \
-           w_mode, w_model) \
+           w_mode, w_model, held) \
            SELECT call_id, job_id, item_id, attempt, team, project, tier, model, provider, $17, \
-           prompt_bound, max_tokens, escalation, s_mode, s_model, w_mode, w_model \
+           prompt_bound, max_tokens, escalation, s_mode, s_model, w_mode, w_model, held \
            FROM v WHERE verdict = 'open' \
            ON CONFLICT (job_id, item_id, attempt) DO NOTHING RETURNING call_id) \
          SELECT v.ord, v.verdict, ins.call_id IS NOT NULL FROM v \
@@ -256,6 +265,7 @@ async fn claim_once(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Res
     .bind(&c.w_mode)
     .bind(&c.w_model)
     .bind(owner)
+    .bind(&c.held)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -318,6 +328,9 @@ pub async fn book_in_doubt(
 /// so an auditor (and a test) can tell whose calls were taken over. Returns the intents
 /// booked (or found booked already).
 ///
+/// An intent that is `held` (its call goes out only under a budget hold) with no hold left
+/// was never called: it is ended without a booking.
+///
 /// An intent whose model had no price in force at that time cannot be priced: it is left
 /// in place, hold and all, with a warning, and counted again by the next sweep once a price
 /// exists (an intent is never deleted without its ledger row: that would be a billed call
@@ -327,6 +340,25 @@ async fn book_in_doubt_in(
     conn: &mut PgConnection,
     call_ids: &[String],
 ) -> sqlx::Result<Vec<InDoubt>> {
+    // Calls that go out only under a budget hold and have none: never made (the hold was
+    // not taken, the item parked or downgraded, or given back before the request left).
+    // Their intents end here, unbooked: a worst case booked for them would be spend the
+    // budget never reserved.
+    let unsent: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM call_intents c WHERE c.call_id = ANY($1) AND c.held \
+         AND NOT EXISTS (SELECT 1 FROM budget_reservations r WHERE r.holder = c.owner \
+           AND r.job_id = c.job_id AND r.item_id = c.item_id AND r.attempt = c.attempt) \
+         RETURNING c.call_id",
+    )
+    .bind(call_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !unsent.is_empty() {
+        tracing::info!(
+            calls = unsent.len(),
+            "ended the intents of calls never made (no budget hold was taken or it was given back); nothing booked"
+        );
+    }
     let gone: Vec<InDoubt> = sqlx::query_as(
         "SELECT call_id, job_id, item_id, attempt, team, owner FROM call_intents \
          WHERE call_id = ANY($1)",

@@ -191,6 +191,15 @@ fn intent(item: i64, attempt: i32, id: &str) -> Intent {
         escalation: false,
         all_strong: switchyard_store::booking::Counterfactual::Own,
         all_weak: switchyard_store::booking::Counterfactual::Own,
+        held: false,
+    }
+}
+
+/// The intent of a budgeted team's call: it goes out only under a budget hold.
+fn held_intent(item: i64, attempt: i32, id: &str) -> Intent {
+    Intent {
+        held: true,
+        ..intent(item, attempt, id)
     }
 }
 
@@ -413,7 +422,7 @@ async fn a_dead_workers_hold_with_an_open_intent_is_settled_in_doubt_not_reclaim
     intents::renew_lease(&db.pool, "dead", Duration::from_secs(60))
         .await
         .unwrap();
-    let claimed = intents::claim(&db.pool, "dead", Duration::ZERO, &[intent(1, 0, "d1")])
+    let claimed = intents::claim(&db.pool, "dead", Duration::ZERO, &[held_intent(1, 0, "d1")])
         .await
         .unwrap();
     assert_eq!(claimed, vec![Claim::Claimed]);
@@ -458,6 +467,87 @@ async fn a_dead_workers_hold_with_an_open_intent_is_settled_in_doubt_not_reclaim
         .unwrap(),
         Reservation::Held { .. }
     ));
+}
+
+/// A budgeted team's call goes out only under a hold, so a lost worker's intent with no hold
+/// (the item was parked over budget, or the call failed and its hold went back, and the
+/// worker died before the commit that ends the intent) was never called: it ends without a
+/// booking. Booking its worst case would push the team past its limit, which the team's
+/// other calls had used to the last cent. An unbudgeted call's intent is still booked in
+/// doubt, and a held one with its hold is booked and settles it.
+#[tokio::test]
+async fn a_lost_workers_intent_without_its_budget_hold_was_never_called_and_books_nothing() {
+    let db = setup(3).await;
+    budget(&db.pool, "0.002").await;
+    intents::renew_lease(&db.pool, "dead", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let claimed = intents::claim(
+        &db.pool,
+        "dead",
+        Duration::ZERO,
+        &[
+            held_intent(1, 0, "parked"),
+            held_intent(2, 0, "called"),
+            Intent {
+                team: "no-budget".to_owned(),
+                ..intent(3, 0, "unbudgeted")
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed, vec![Claim::Claimed; 3]);
+    // Item 2's call holds the whole budget; item 1 did not fit and was parked.
+    let hold = HoldRequest {
+        item_id: "item-2",
+        lease: Duration::from_secs(60),
+        ..hold_for("dead", "0.002")
+    };
+    assert!(matches!(
+        budgets::reserve(&db.pool, &hold).await.unwrap(),
+        Reservation::Held { .. }
+    ));
+    assert!(matches!(
+        budgets::reserve(
+            &db.pool,
+            &HoldRequest {
+                item_id: "item-1",
+                ..hold.clone()
+            }
+        )
+        .await
+        .unwrap(),
+        Reservation::DoesNotFit { .. }
+    ));
+    intents::drop_lease(&db.pool, "dead").await.unwrap();
+    let swept = intents::book_in_doubt(&db.pool, Duration::ZERO, 100)
+        .await
+        .unwrap();
+    let mut swept: Vec<&str> = swept.iter().map(|s| s.call_id.as_str()).collect();
+    swept.sort_unstable();
+    assert_eq!(swept, ["called", "unbudgeted"]);
+    let booked: Vec<String> = sqlx::query_scalar("SELECT call_id FROM ledger ORDER BY call_id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(booked, ["called", "unbudgeted"]);
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM call_intents")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "the parked item's intent ended too");
+    let month = Utc::now().format("%Y-%m-01").to_string();
+    // The called item's worst case settles its hold: the team ends at its limit, not past it.
+    assert_eq!(period(&db.pool, &month).await, (d("0.002"), Decimal::ZERO));
+    // The parked item's next delivery claims its attempt afresh.
+    intents::renew_lease(&db.pool, "live", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let again = intents::claim(&db.pool, "live", Duration::ZERO, &[held_intent(1, 0, "p2")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Claim::Claimed]);
 }
 
 /// A live worker renews only the holds it still tracks: one it lost track of (its release
@@ -592,7 +682,11 @@ async fn a_provider_batch_owns_its_lines_intents_and_holds_beyond_its_workers_le
     budget(pool, "1").await;
     let lease = Duration::from_secs(60);
     intents::renew_lease(pool, "w1", lease).await.unwrap();
-    let mine = [intent(1, 0, "c1"), intent(2, 0, "c2"), intent(3, 0, "c3")];
+    let mine = [
+        held_intent(1, 0, "c1"),
+        held_intent(2, 0, "c2"),
+        held_intent(3, 0, "c3"),
+    ];
     let claimed = intents::claim(pool, "w1", Duration::ZERO, &mine)
         .await
         .unwrap();

@@ -44,6 +44,7 @@ fn intent(item: i64, id: &str) -> Intent {
         escalation: false,
         all_strong: Counterfactual::Own,
         all_weak: Counterfactual::Own,
+        held: false,
     }
 }
 
