@@ -244,12 +244,19 @@ async fn strong_calls_that_do_not_fit_go_weak_and_the_report_says_so() {
     h.finish().await;
 }
 
-#[tokio::test]
-async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_case() {
-    let mut h = Harness::start_with(
+/// A fleet whose provider takes 8 s to answer (finance refreshed every 0.1 s, holds leased
+/// for 0.9 s, workers given `grace` to drain), with one strong call of `team` in flight: its
+/// hold's id and amount (above half the team's $0.009 budget, so two do not fit), and a
+/// request for another hold of that amount.
+async fn one_slow_call_holding(
+    team: &'static str,
+    grace: Duration,
+) -> (Harness, i64, Decimal, HoldRequest<'static>) {
+    let h = Harness::start_with(
         |s| {
             s.finance.refresh = Duration::from_millis(100);
             s.finance.reservation_lease = Duration::from_millis(900);
+            s.worker.shutdown_grace = grace;
         },
         SimConfig {
             latency: Duration::from_secs(8),
@@ -257,8 +264,6 @@ async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_
         },
     )
     .await;
-    let team = "slow";
-    // Room for one strong call's hold, not two.
     set_budget(&h, team, "0.009", None, WhenExhausted::Wait).await;
     crate::support::workers_know_budget(&h.fleet, team).await;
     // 350-400 bytes: a strong hold of $0.0049-0.0055.
@@ -296,7 +301,34 @@ async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_
         model: "m",
         lease: Duration::from_secs(60),
         at: None,
+        call_id: None,
     };
+    (h, id, amount, other)
+}
+
+/// The cost of the one in-doubt ledger entry, once a live worker's sweep has booked it.
+async fn in_doubt_cost(h: &Harness) -> Decimal {
+    let pool = h.db.pool.clone();
+    eventually(
+        "the call is booked in doubt",
+        Duration::from_secs(30),
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar("SELECT cost_usd FROM ledger WHERE outcome = 'in_doubt'")
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap()
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_case() {
+    let (mut h, id, amount, other) = one_slow_call_holding("slow", Duration::from_secs(20)).await;
+    let pool = h.db.pool.clone();
     // Well past its lease, the call is still in flight: the hold was renewed, not reclaimed.
     eventually(
         "the hold outlives its lease",
@@ -327,21 +359,11 @@ async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_
     h.fleet.kill_worker(0).await;
     let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
     h.fleet.start_worker(tiers).await.unwrap();
-    let in_doubt: Decimal = eventually(
-        "the dead worker's call is booked in doubt",
-        Duration::from_secs(30),
-        || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_scalar("SELECT cost_usd FROM ledger WHERE outcome = 'in_doubt'")
-                    .fetch_optional(&pool)
-                    .await
-                    .unwrap()
-            }
-        },
-    )
-    .await;
-    assert_eq!(in_doubt, amount, "booked at the hold's worst case");
+    assert_eq!(
+        in_doubt_cost(&h).await,
+        amount,
+        "booked at the hold's worst case"
+    );
     let holds: i64 =
         sqlx::query_scalar("SELECT count(*) FROM budget_reservations WHERE reservation_id = $1")
             .bind(id)
@@ -375,57 +397,8 @@ async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_
 /// call and the in-doubt worst case booked on top of it: past the limit.
 #[tokio::test]
 async fn a_worker_stopped_mid_call_leaves_its_hold_to_the_call_s_in_doubt_booking() {
-    let mut h = Harness::start_with(
-        |s| {
-            s.finance.refresh = Duration::from_millis(100);
-            s.finance.reservation_lease = Duration::from_millis(900);
-            s.worker.shutdown_grace = Duration::from_millis(300);
-        },
-        SimConfig {
-            latency: Duration::from_secs(8),
-            ..SimConfig::default()
-        },
-    )
-    .await;
     let team = "stopping";
-    // Room for one strong call's hold, not two.
-    set_budget(&h, team, "0.009", None, WhenExhausted::Wait).await;
-    crate::support::workers_know_budget(&h.fleet, team).await;
-    let mut spec = classify_job(items_sized(350..400, 1), 1.0, 0.0);
-    spec.team = Some(team.into());
-    h.client.submit(spec).await.unwrap();
-    let pool = h.db.pool.clone();
-    let (id, amount) = eventually(
-        "the call holds its worst case",
-        Duration::from_secs(30),
-        || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_as::<_, (i64, Decimal)>(
-                    "SELECT reservation_id, amount_usd FROM budget_reservations",
-                )
-                .fetch_optional(&pool)
-                .await
-                .unwrap()
-            }
-        },
-    )
-    .await;
-    assert!(
-        amount > d("0.0045"),
-        "a hold above half the budget: {amount}"
-    );
-    let other = HoldRequest {
-        team,
-        amount_usd: amount,
-        holder: "test",
-        job_id: "other",
-        item_id: "other",
-        attempt: 0,
-        model: "m",
-        lease: Duration::from_secs(60),
-        at: None,
-    };
+    let (mut h, id, amount, other) = one_slow_call_holding(team, Duration::from_millis(300)).await;
     // Stopped with the request sent and no answer (8 s latency, 0.3 s grace).
     h.fleet.stop_worker(0).await.unwrap();
     assert_eq!(
@@ -443,21 +416,7 @@ async fn a_worker_stopped_mid_call_leaves_its_hold_to_the_call_s_in_doubt_bookin
     // A new worker's sweep books the call in doubt at the hold's amount, settling the hold.
     let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
     h.fleet.start_worker(tiers).await.unwrap();
-    let in_doubt: Decimal = eventually(
-        "the stopped worker's call is booked in doubt",
-        Duration::from_secs(30),
-        || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_scalar("SELECT cost_usd FROM ledger WHERE outcome = 'in_doubt'")
-                    .fetch_optional(&pool)
-                    .await
-                    .unwrap()
-            }
-        },
-    )
-    .await;
-    assert_eq!(in_doubt, amount);
+    assert_eq!(in_doubt_cost(&h).await, amount);
     let held: i64 =
         sqlx::query_scalar("SELECT count(*) FROM budget_reservations WHERE reservation_id = $1")
             .bind(id)

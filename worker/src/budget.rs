@@ -247,19 +247,27 @@ pub fn hold_needed(
     (amount > Decimal::ZERO).then_some(amount)
 }
 
-/// Reserves `hold` ([`hold_needed`]). A call that does not fit is diverted by the team's
-/// policy: to the weak tier (`downgrade`, from a higher tier) or parked until the budget has
-/// room; the message is then settled here.
+/// The hold a claimed call asks for: its worst case ([`hold_needed`]), taken only while the
+/// call's intent is still this worker's.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldFor<'a> {
+    pub call_id: &'a str,
+    pub amount: Decimal,
+}
+
+/// Reserves `hold`. A call that does not fit is diverted by the team's policy: to the weak
+/// tier (`downgrade`, from a higher tier) or parked until the budget has room; the message is
+/// then settled here. A call whose claim was taken over meanwhile is not made.
 pub async fn admit(
     w: &Worker,
     tier: &str,
     item: &WorkItem,
     model: &ModelRuntime,
-    hold: Option<Decimal>,
+    hold: Option<HoldFor<'_>>,
     payload: &Bytes,
     abort: &CancellationToken,
 ) -> Admission {
-    let Some(amount) = hold else {
+    let Some(HoldFor { call_id, amount }) = hold else {
         return Admission::Go(None);
     };
     let req = HoldRequest {
@@ -272,6 +280,7 @@ pub async fn admit(
         model: &model.name,
         lease: w.settings.finance.reservation_lease,
         at: None,
+        call_id: Some(call_id),
     };
     // Postgres unreachable or restarting: wait here (the message is kept alive by the lane's
     // keeper) rather than hand the item back, which spends one of its deliveries.
@@ -320,6 +329,13 @@ pub async fn admit(
             )
             .await,
         ),
+        Ok(Reservation::ClaimLost) => {
+            // This worker stalled past its lease after claiming: the attempt was taken over.
+            tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, "the attempt's claim was taken over while this worker stalled; not calling");
+            Admission::Diverted(Disposition::Retry {
+                after: w.settings.worker.retry_delay,
+            })
+        }
         Err(e) => {
             tracing::warn!(team = %item.team, error = %e, "cannot reserve budget, retrying later");
             Admission::Diverted(Disposition::Retry {

@@ -379,7 +379,11 @@ async fn handle(
 
     // Teams with a budget: hold the call's worst case first (released if the call does not
     // happen, settled by the commit that books it); a call that does not fit is diverted.
-    let hold = match budget::admit(w, tier, &item, model, hold_needed, &d.payload, abort).await {
+    let hold_for = hold_needed.map(|amount| budget::HoldFor {
+        call_id: &call_id,
+        amount,
+    });
+    let hold = match budget::admit(w, tier, &item, model, hold_for, &d.payload, abort).await {
         budget::Admission::Go(hold) => hold,
         budget::Admission::Diverted(disposition) => return released(disposition),
     };

@@ -6,7 +6,9 @@
 //! 1. **Reserve** the call's worst-case cost before calling ([`reserve`]). One `UPDATE` of the
 //!    team's month row adds it to `reserved_usd` only if `spent + reserved + amount <= limit`;
 //!    Postgres evaluates that condition on the latest row version under the row lock, so two
-//!    workers can never both take the last dollar. A hold expires at `expires_at`.
+//!    workers can never both take the last dollar. A hold expires at `expires_at`. A hold is
+//!    taken only while the call's intent is still the worker's ([`HoldRequest::call_id`]),
+//!    so a call with a hold always has an intent to be booked in doubt by.
 //! 2. **Renew** the hold while the call is in flight ([`renew_holds`]): every worker process
 //!    renews the holds it tracks in one statement, on a task of its own, together with its
 //!    lease ([`crate::intents::renew_lease`]); a slow call or a stalled loop never loses one,
@@ -313,6 +315,13 @@ pub struct HoldRequest<'a> {
     /// The hold's time; `None` (production): the database's clock. Tests set it to take a
     /// hold at a month's last instant.
     pub at: Option<DateTime<Utc>>,
+    /// The call's intent (its call id; `None`: no intent to check, tests of the budget
+    /// alone). The hold is taken only while that intent is still `holder`'s, and the intent
+    /// is locked while it is taken: a worker that stalled between its claim and its hold
+    /// past its lease may have had the attempt taken over (its intent ended or booked in
+    /// doubt); it then gets no hold ([`Reservation::ClaimLost`]) and must not call. A hold
+    /// taken without its intent would let the call go out with nothing to book it in doubt.
+    pub call_id: Option<&'a str>,
 }
 
 /// What a reservation found.
@@ -331,6 +340,9 @@ pub enum Reservation {
         available_usd: Decimal,
         when_exhausted: WhenExhausted,
     },
+    /// The call's intent is no longer the holder's (see [`HoldRequest::call_id`]): nothing
+    /// is held, and the call must not be made.
+    ClaimLost,
 }
 
 /// Reserves a call's worst-case cost against its team's budget (see the module docs).
@@ -344,7 +356,10 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
         format!(
             "WITH upd AS (UPDATE budget_periods p SET reserved_usd = p.reserved_usd + $2 \
                FROM budgets b WHERE p.team = $1 AND p.month = {MONTH_AT} AND b.team = p.team \
-               AND p.spent_usd + p.reserved_usd + $2 <= b.monthly_usd RETURNING p.team, p.month) \
+               AND p.spent_usd + p.reserved_usd + $2 <= b.monthly_usd \
+               AND ($10::text IS NULL OR EXISTS (SELECT 1 FROM call_intents c \
+                 WHERE c.call_id = $10 AND c.owner = $3 FOR SHARE)) \
+               RETURNING p.team, p.month) \
              INSERT INTO budget_reservations (team, month, amount_usd, holder, job_id, item_id, \
                attempt, model, expires_at, created_at) \
              SELECT team, month, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), \
@@ -360,8 +375,23 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
             held_at,
         });
     }
-    // Slow path: no month row yet, no budget, or no room before expired holds are reclaimed.
+    // Slow path: no month row yet, no budget, no room before expired holds are reclaimed,
+    // or the claim was lost. The intent is locked first (the order of the in-doubt sweep,
+    // which locks intents before month rows).
     let mut tx = pool.begin().await?;
+    if let Some(call_id) = req.call_id {
+        let ours: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM call_intents WHERE call_id = $1 AND owner = $2 FOR SHARE",
+        )
+        .bind(call_id)
+        .bind(req.holder)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ours.is_none() {
+            tx.commit().await?;
+            return Ok(Reservation::ClaimLost);
+        }
+    }
     let budget: Option<(Decimal, String)> =
         sqlx::query_as("SELECT monthly_usd, when_exhausted FROM budgets WHERE team = $1")
             .bind(req.team)
@@ -426,7 +456,8 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
 }
 
 /// Runs `sql`, an insert of a hold that returns its id and time (if it inserted one), with
-/// the request's team, amount, holder, job, item, attempt, model, lease and time as $1 to $9.
+/// the request's team, amount, holder, job, item, attempt, model, lease, time and call id as
+/// $1 to $10.
 async fn insert_hold<'e>(
     db: impl sqlx::PgExecutor<'e>,
     sql: String,
@@ -442,6 +473,7 @@ async fn insert_hold<'e>(
         .bind(req.model)
         .bind(req.lease.as_secs_f64())
         .bind(req.at)
+        .bind(req.call_id)
         .fetch_optional(db)
         .await
 }

@@ -207,7 +207,10 @@ pub async fn claim(
     Ok(out)
 }
 
-/// One claim statement: verdicts from the committed state, intents inserted where open.
+/// One claim statement: verdicts from the committed state, intents inserted where open. An
+/// intent already there under the same call id and owner is this claim's own, written by an
+/// earlier try whose reply was lost (Postgres restarting as it committed): claimed, not
+/// busy (a busy answer would keep the attempt from its own worker until that worker exits).
 async fn claim_once(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Result<Vec<Claim>> {
     if intents.is_empty() {
         return Ok(Vec::new());
@@ -245,7 +248,8 @@ async fn claim_once(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Res
            prompt_bound, max_tokens, escalation, s_mode, s_model, w_mode, w_model, held \
            FROM v WHERE verdict = 'open' \
            ON CONFLICT (job_id, item_id, attempt) DO NOTHING RETURNING call_id) \
-         SELECT v.ord, v.verdict, ins.call_id IS NOT NULL FROM v \
+         SELECT v.ord, v.verdict, ins.call_id IS NOT NULL OR EXISTS (SELECT 1 \
+           FROM call_intents c WHERE c.call_id = v.call_id AND c.owner = $17) FROM v \
          LEFT JOIN ins ON ins.call_id = v.call_id ORDER BY v.ord",
     )
     .bind(&c.call_id)

@@ -316,6 +316,7 @@ fn hold_for(holder: &'static str, amount: &str) -> HoldRequest<'static> {
         model: MODEL,
         lease: Duration::ZERO,
         at: None,
+        call_id: None,
     }
 }
 
@@ -548,6 +549,97 @@ async fn a_lost_workers_intent_without_its_budget_hold_was_never_called_and_book
         .await
         .unwrap();
     assert_eq!(again, vec![Claim::Claimed]);
+}
+
+/// A claim tried again after its reply was lost (it had committed) finds its own intent:
+/// claimed, not busy; another call id of the same attempt is still busy.
+#[tokio::test]
+async fn a_claim_tried_again_after_a_lost_reply_is_still_claimed() {
+    let db = setup(1).await;
+    intents::renew_lease(&db.pool, "w", Duration::from_secs(60))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let claimed = intents::claim(&db.pool, "w", Duration::ZERO, &[intent(1, 0, "c1")])
+            .await
+            .unwrap();
+        assert_eq!(claimed, vec![Claim::Claimed]);
+    }
+    let other = intents::claim(&db.pool, "w", Duration::ZERO, &[intent(1, 0, "c2")])
+        .await
+        .unwrap();
+    assert_eq!(other, vec![Claim::Busy]);
+}
+
+/// A hold is taken only under its call's live intent: a worker that stalled between its
+/// claim and its hold past its lease, and whose attempt the sweep ended meanwhile, gets no
+/// hold and must not call (the call would go out with no intent to book it in doubt). Both
+/// the first hold of a month (no month row yet) and a later one (the one-statement path)
+/// are checked.
+#[tokio::test]
+async fn a_hold_is_taken_only_while_its_call_s_intent_is_the_holder_s() {
+    let db = setup(3).await;
+    budget(&db.pool, "1").await;
+    let lease = Duration::from_secs(60);
+    intents::renew_lease(&db.pool, "stalled", lease)
+        .await
+        .unwrap();
+    let claimed = intents::claim(
+        &db.pool,
+        "stalled",
+        Duration::ZERO,
+        &[held_intent(1, 0, "lost"), held_intent(2, 0, "kept")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed, vec![Claim::Claimed; 2]);
+    // The worker stalls past its lease: the sweep ends its held intents that have no hold.
+    intents::drop_lease(&db.pool, "stalled").await.unwrap();
+    let swept = intents::book_in_doubt(&db.pool, Duration::ZERO, 100)
+        .await
+        .unwrap();
+    assert!(swept.is_empty(), "nothing was called, nothing booked");
+    let lost = HoldRequest {
+        lease,
+        call_id: Some("lost"),
+        ..hold_for("stalled", "0.1")
+    };
+    assert_eq!(
+        budgets::reserve(&db.pool, &lost).await.unwrap(),
+        Reservation::ClaimLost,
+        "the first hold of the month"
+    );
+    // Another worker claims item 2 and holds for it; the stalled one's hold for item 1 is
+    // then refused on the one-statement path too, as is a hold under another's intent.
+    intents::renew_lease(&db.pool, "live", lease).await.unwrap();
+    let again = intents::claim(&db.pool, "live", Duration::ZERO, &[held_intent(2, 0, "k2")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Claim::Claimed]);
+    let live = HoldRequest {
+        holder: "live",
+        item_id: "item-2",
+        call_id: Some("k2"),
+        ..lost.clone()
+    };
+    assert!(matches!(
+        budgets::reserve(&db.pool, &live).await.unwrap(),
+        Reservation::Held { .. }
+    ));
+    assert_eq!(
+        budgets::reserve(&db.pool, &lost).await.unwrap(),
+        Reservation::ClaimLost
+    );
+    let not_mine = HoldRequest {
+        holder: "stalled",
+        ..live.clone()
+    };
+    assert_eq!(
+        budgets::reserve(&db.pool, &not_mine).await.unwrap(),
+        Reservation::ClaimLost
+    );
+    let month = Utc::now().format("%Y-%m-01").to_string();
+    assert_eq!(period(&db.pool, &month).await, (Decimal::ZERO, d("0.1")));
 }
 
 /// A live worker renews only the holds it still tracks: one it lost track of (its release
