@@ -280,6 +280,46 @@ async fn lost_creation(protocol: Protocol) {
     h.finish().await;
 }
 
+/// A creation that takes longer than the batch's lease (a large upload): the sender keeps
+/// its lease meanwhile, so no other look finds the batch absent at the provider and sends it
+/// a second time (whose lines would run twice and be booked once).
+#[tokio::test]
+async fn a_batch_slower_to_create_than_its_lease_is_sent_once() {
+    slow_creation(Protocol::Openai).await;
+}
+
+#[tokio::test]
+async fn an_anthropic_batch_slower_to_create_than_its_lease_is_sent_once() {
+    slow_creation(Protocol::Anthropic).await;
+}
+
+async fn slow_creation(protocol: Protocol) {
+    // The lease is 1 s here (`fleet`: four polls of 200 ms, at least a second).
+    let n = 6;
+    let (h, job) = job_with_deadline(
+        SimConfig {
+            batch_create_latency: Duration::from_millis(2500),
+            ..SimConfig::default()
+        },
+        protocol,
+        n,
+        0.0,
+    )
+    .await;
+    booked_once(&h, &job, n).await;
+    let ours: i64 = sqlx::query_scalar("SELECT count(*) FROM provider_batches")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    let theirs = batches_at_the_provider(&h);
+    assert_eq!(
+        theirs.len() as i64,
+        ours,
+        "one provider batch per batch of ours: {theirs:?}"
+    );
+    h.finish().await;
+}
+
 #[tokio::test]
 async fn a_worker_killed_while_its_batches_run_leaves_them_to_another() {
     let n = 12;

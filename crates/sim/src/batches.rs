@@ -171,6 +171,7 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> R
     if let Err(e) = req.check() {
         return (StatusCode::BAD_REQUEST, Json(e)).into_response();
     }
+    tokio::time::sleep(state.config.batch_create_latency).await;
     let batch = {
         let mut store = lock(&state.batch_store);
         if !store.files.contains_key(&req.input_file_id) {

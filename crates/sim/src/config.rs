@@ -42,6 +42,9 @@ pub struct SimConfig {
     /// client never learns the batch's id: what a client sees when it dies between creating
     /// a batch and recording it (it must find the batch again, not create a second).
     pub batch_creations_lost: usize,
+    /// How long a batch creation takes before the batch exists (a large upload, a slow
+    /// provider): a client must keep its claim on the batch meanwhile, not send it twice.
+    pub batch_create_latency: Duration,
 }
 
 impl Default for SimConfig {
@@ -60,6 +63,7 @@ impl Default for SimConfig {
             batch_delay: Duration::ZERO,
             batch_expire_after_lines: None,
             batch_creations_lost: 0,
+            batch_create_latency: Duration::ZERO,
         }
     }
 }

@@ -317,6 +317,7 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, body: Body) -> Re
     if let Err(message) = check(&request.requests) {
         return invalid(message);
     }
+    tokio::time::sleep(state.config.batch_create_latency).await;
     let (id, lose) = {
         let mut ids = lock(&state.batch_store);
         let lose = ids.lose_creation(state.config.batch_creations_lost);

@@ -207,6 +207,44 @@ pub async fn submitted(
     Ok(r.rows_affected() == 1)
 }
 
+/// Extends `owner`'s lease on recorded batch `batch_id` by `lease` from now, while it sends
+/// the batch (an upload can outlast a lease); false when the lease is no longer `owner`'s
+/// or the batch no longer `recorded`.
+///
+/// # Errors
+/// Database errors.
+pub async fn keep_lease(
+    pool: &PgPool,
+    batch_id: &str,
+    owner: &str,
+    lease: std::time::Duration,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE provider_batches SET lease_until = now() + $3
+         WHERE batch_id = $1 AND lease_owner = $2 AND status = 'recorded'",
+    )
+    .bind(batch_id)
+    .bind(owner)
+    .bind(lease)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The provider's id recorded for `batch_id`, if any.
+///
+/// # Errors
+/// Database errors.
+pub async fn provider_id(pool: &PgPool, batch_id: &str) -> sqlx::Result<Option<String>> {
+    Ok(sqlx::query_scalar::<_, Option<String>>(
+        "SELECT provider_batch_id FROM provider_batches WHERE batch_id = $1",
+    )
+    .bind(batch_id)
+    .fetch_optional(pool)
+    .await?
+    .flatten())
+}
+
 /// The provider batch ids at `provider` recorded for a local batch since `since`: a provider
 /// batch created since then and found while looking for an orphan is only ours if no other
 /// local batch holds it (a batch's id is recorded after the provider created it).

@@ -260,14 +260,15 @@ pub(super) async fn send(
             }
         }
     }
-    match client.create(batch_id, lines).await {
+    match leased_while(w, batch_id, client.create(batch_id, lines)).await {
         Ok(created) => {
             let poll = w.settings.worker.batching.poll_every;
             let (id, file) = (&created.provider_batch_id, created.input_file_id.as_deref());
             match pb::submitted(&w.pool, batch_id, id, file, poll).await {
-                Ok(_) => {
+                Ok(true) => {
                     tracing::info!(batch = %batch_id, provider_batch = %id, "provider batch created");
                 }
+                Ok(false) => second_creation(w, client, batch_id, id).await,
                 Err(e) => {
                     tracing::warn!(batch = %batch_id, error = %e, "provider batch created but not recorded; it will be found at the provider");
                 }
@@ -275,6 +276,51 @@ pub(super) async fn send(
         }
         Err(e) => {
             tracing::warn!(batch = %batch_id, error = %e, "cannot create the provider batch; another look will send it");
+        }
+    }
+}
+
+/// Runs `work` (the batch's upload and creation) with the batch's lease kept: a lease that
+/// ran out meanwhile would let another look find nothing at the provider yet and send the
+/// batch a second time, whose lines would be billed and never booked.
+async fn leased_while<T>(w: &Worker, batch_id: &str, work: impl Future<Output = T>) -> T {
+    let lease = super::lease(&w.settings);
+    let mut renew = tokio::time::interval(lease / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = renew.tick() => {
+                if let Err(e) = pb::keep_lease(&w.pool, batch_id, &w.worker_id, lease).await {
+                    tracing::warn!(batch = %batch_id, error = %e, "cannot keep the batch's lease while sending it");
+                }
+            }
+        }
+    }
+}
+
+/// The batch was created at the provider, but another creation of it was recorded first
+/// (this worker's lease ran out anyway, a stall longer than the lease): the lines would run
+/// twice and be booked once, so this creation is cancelled. When the recorded one is this
+/// very batch (found by its metadata meanwhile), nothing is to be done.
+async fn second_creation(
+    w: &Worker,
+    client: &crate::llm::batch_api::BatchApi,
+    batch_id: &str,
+    ours: &str,
+) {
+    match pb::provider_id(&w.pool, batch_id).await {
+        Ok(Some(recorded)) if recorded == ours => {}
+        Ok(recorded) => {
+            tracing::warn!(batch = %batch_id, provider_batch = %ours, recorded = ?recorded, "the batch was sent twice; cancelling this creation");
+            if let Err(e) = client.cancel(ours).await {
+                tracing::warn!(batch = %batch_id, provider_batch = %ours, error = %e, "cannot cancel a second creation of a batch; its lines may be billed twice");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(batch = %batch_id, provider_batch = %ours, error = %e, "cannot tell whether the batch was sent twice");
         }
     }
 }
