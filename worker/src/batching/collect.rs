@@ -162,7 +162,11 @@ async fn flush(
     };
     // Leased to this worker for the upload and create it is about to do.
     let lease = super::lease(&w.settings);
-    match pb::record(&w.pool, &batch, &w.worker_id, lease).await {
+    let recorded = match pb::record(&w.pool, &batch, &w.worker_id, lease).await {
+        Ok(recorded) => Ok(recorded),
+        Err(e) => recorded_anyway(w, &batch.batch_id).await.ok_or(e),
+    };
+    match recorded {
         Ok(recorded) => {
             let recorded: HashSet<String> = recorded.into_iter().collect();
             let mut to_send = Vec::new();
@@ -193,6 +197,27 @@ async fn flush(
             }
         }
     }
+}
+
+/// After `record` failed: the lines recorded all the same, when its transaction committed
+/// and only the reply was lost (Postgres restarting as it committed). Those lines belong to
+/// the batch now (their intents and holds with them): giving them back would release the
+/// batch's holds and delete its intents, and the batch would still be sent. `None` when the
+/// batch is not there, or Postgres cannot tell within a few tries (the lines are then given
+/// back, as when nothing was recorded).
+async fn recorded_anyway(w: &Worker, batch_id: &str) -> Option<Vec<String>> {
+    let mut outage = crate::retry::service_wait();
+    for _ in 0..8 {
+        match pb::open_lines(&w.pool, batch_id).await {
+            Ok(lines) if lines.is_empty() => return None,
+            Ok(lines) => {
+                tracing::warn!(batch = %batch_id, "the batch was recorded though its reply was lost");
+                return Some(lines.into_iter().map(|l| l.call_id).collect());
+            }
+            Err(_) => outage.wait().await,
+        }
+    }
+    None
 }
 
 fn new_line(l: &Line) -> NewLine {
