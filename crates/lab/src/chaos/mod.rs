@@ -10,7 +10,9 @@
 //! 1. kills (SIGKILL) the dispatcher holding the job while it is being dispatched, and starts
 //!    a second one (then the first again);
 //! 2. kills a random worker at random points of progress and restarts it a moment later,
-//!    logging how many of its calls the simulator had in flight;
+//!    logging how many of its calls the simulator had in flight; and once stops a worker with
+//!    SIGTERM mid-job (a rolling restart: it drains for its grace period, gives back what it
+//!    could not finish, must exit 0) and starts it again;
 //! 3. kills and restarts nats-server once, and restarts PostgreSQL once (`-m immediate`);
 //! 4. lets the simulator fail a steady share of calls (5xx, hangs past the timeout, broken
 //!    connections, truncated or odd bodies);
@@ -130,6 +132,8 @@ pub struct ChaosReport {
     pub worker_calls_after_nats_restart: BTreeMap<String, u64>,
     /// Exit codes of the fleet's processes when stopped with SIGTERM at the end.
     pub sigterm_exit_codes: BTreeMap<String, Option<i32>>,
+    /// Exit codes of the workers stopped with SIGTERM mid-job (a rolling restart), in order.
+    pub rolled_exit_codes: Vec<(String, Option<i32>)>,
     pub seed: u64,
     /// Where logs and data were kept (only when kept).
     pub kept_dir: Option<String>,
@@ -139,6 +143,8 @@ pub struct ChaosReport {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Event {
     KillWorker,
+    /// A worker stopped with SIGTERM and started again (a rolling restart).
+    RollWorker,
     RestartNats,
     RestartPostgres,
     /// Answered attempts published again past the duplicate window.
@@ -274,6 +280,7 @@ struct Run {
     dispatchers: Vec<Role>,
     workers: Vec<Role>,
     kills: Vec<Kill>,
+    rolled: Vec<(String, Option<i32>)>,
     faults: BTreeMap<String, u64>,
     unexpected_exits: Vec<String>,
     last_progress: String,
@@ -328,6 +335,24 @@ impl Run {
         });
         self.count("worker_kill");
         tokio::time::sleep(Duration::from_secs_f64(rng.range(0.3, 2.0))).await;
+        if let Err(e) = self.workers[i].start() {
+            self.note(&format!("cannot restart worker {tag}: {e:#}"));
+        }
+    }
+
+    /// Stops a random worker with SIGTERM, as a rolling restart does, waits for it to exit
+    /// (its grace period and its drain) and starts it again.
+    async fn roll_worker(&mut self, rng: &mut SplitMix64) {
+        let i = rng.below(self.workers.len());
+        let tag = self.workers[i].name.clone();
+        let in_flight = self.sim.in_flight(&tag);
+        let describe = format!("worker {tag} ({})", self.workers[i].describe);
+        let code = self.workers[i].terminate(Duration::from_secs(30)).await;
+        self.note_fault(&format!(
+            "SIGTERM {describe} (a rolling restart): {in_flight} calls in flight, exited {code:?}"
+        ));
+        self.rolled.push((tag.clone(), code));
+        self.count("worker_sigterm");
         if let Err(e) = self.workers[i].start() {
             self.note(&format!("cannot restart worker {tag}: {e:#}"));
         }
@@ -462,6 +487,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         dispatchers,
         workers,
         kills: Vec::new(),
+        rolled: Vec::new(),
         faults: BTreeMap::new(),
         unexpected_exits: Vec::new(),
         last_progress: "0 items finished".to_owned(),
@@ -536,6 +562,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let mut events: Vec<(f64, Event)> = (0..opts.worker_kills)
         .map(|_| (rng.range(0.05, 0.9), Event::KillWorker))
         .collect();
+    events.push((rng.range(0.1, 0.8), Event::RollWorker));
     events.push((rng.range(0.25, 0.45), Event::RestartNats));
     events.push((rng.range(0.55, 0.75), Event::RestartPostgres));
     events.push((rng.range(0.4, 0.6), Event::RedeliverDone));
@@ -564,6 +591,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 next += 1;
                 match event {
                     Event::KillWorker => run.kill_worker(&mut rng).await,
+                    Event::RollWorker => run.roll_worker(&mut rng).await,
                     Event::RestartNats => run.restart_nats().await?,
                     Event::RestartPostgres => {
                         let mut items = chaos_items(budget_race::ITEMS)?;
@@ -781,7 +809,8 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         && race_books.holds()
         && nightly_books.holds()
         && run.unexpected_exits.is_empty()
-        && sigterm_exit_codes.values().all(|c| *c == Some(0));
+        && sigterm_exit_codes.values().all(|c| *c == Some(0))
+        && run.rolled.iter().all(|(_, c)| *c == Some(0));
     let kept_dir = if opts.keep || !passed {
         let path = dir.keep();
         eprintln!("chaos: logs and data kept in {}", path.display());
@@ -808,6 +837,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         unexpected_exits: run.unexpected_exits.clone(),
         worker_calls_after_nats_restart,
         sigterm_exit_codes,
+        rolled_exit_codes: run.rolled.clone(),
         seed,
         kept_dir,
     };
@@ -889,6 +919,11 @@ pub fn render(r: &ChaosReport) -> String {
         out.push_str(&format!(
             "  kill at {:.1}s: {} with {} calls in flight ({})\n",
             k.at_s, k.process, k.calls_in_flight, k.progress
+        ));
+    }
+    for (worker, code) in &r.rolled_exit_codes {
+        out.push_str(&format!(
+            "  rolling restart: {worker} exited {code:?} on SIGTERM mid-job\n"
         ));
     }
     for e in &r.unexpected_exits {
