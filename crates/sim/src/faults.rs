@@ -65,6 +65,10 @@ pub struct Faults {
     pub odd_rate: f64,
     /// Size of the huge answer among the odd ones, in bytes.
     pub huge_answer_bytes: usize,
+    /// Whether the huge answer is among the odd ones (when not, its share of `odd_rate` goes
+    /// to the others). A huge answer is billed past the request's `max_tokens`, which no
+    /// budget hold covers: a run that checks a budget to the cent pauses it meanwhile.
+    pub odd_huge: bool,
     /// Response ids drawn from `chatcmpl-0` .. `chatcmpl-<pool-1>` (0: every id unique).
     pub response_id_pool: u32,
 }
@@ -155,6 +159,7 @@ impl Default for Faults {
             trickle: Duration::from_secs(2),
             odd_rate: 0.0,
             huge_answer_bytes: 2 * 1024 * 1024,
+            odd_huge: true,
             response_id_pool: 0,
         }
     }
@@ -392,9 +397,15 @@ impl Faults {
             }
         }
         if self.odd_rate > 0.0 && roll < edge + self.odd_rate {
-            let n = OddAnswer::ALL.len();
+            // `Huge` is the last kind: without it, the others share the rate.
+            let kinds = if self.odd_huge {
+                &OddAnswer::ALL[..]
+            } else {
+                &OddAnswer::ALL[..OddAnswer::ALL.len() - 1]
+            };
+            let n = kinds.len();
             let index = (((roll - edge) / self.odd_rate) * n as f64) as usize;
-            return Some(Fault::Odd(OddAnswer::ALL[index.min(n - 1)]));
+            return Some(Fault::Odd(kinds[index.min(n - 1)]));
         }
         None
     }
@@ -554,5 +565,26 @@ mod tests {
         assert_eq!(faults.roll_body(0.45), Some(Fault::Trickle));
         assert_eq!(faults.roll_body(0.55), None);
         assert!(Fault::NoUsage.answers() && !Fault::MalformedJson.answers());
+    }
+
+    #[test]
+    fn without_the_huge_answer_the_other_odd_ones_share_its_rate() {
+        let with = Faults {
+            odd_rate: 0.6,
+            ..Faults::default()
+        };
+        let without = Faults {
+            odd_huge: false,
+            ..with.clone()
+        };
+        let kinds = |f: &Faults| -> Vec<Option<Fault>> {
+            (0..60).map(|i| f.roll_body(f64::from(i) / 100.0)).collect()
+        };
+        let huge = Some(Fault::Odd(OddAnswer::Huge));
+        assert!(kinds(&with).contains(&huge));
+        assert!(!kinds(&without).contains(&huge));
+        // Every roll within the rate is still an odd answer, and the last kind left is hit.
+        assert!(kinds(&without).iter().all(Option::is_some));
+        assert!(kinds(&without).contains(&Some(Fault::Odd(OddAnswer::OddShapes))));
     }
 }
