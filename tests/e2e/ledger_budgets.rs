@@ -1,7 +1,8 @@
 //! Budgets against the real fleet: eight workers race for a team's last dollars and never
 //! book past the limit; calls that do not fit go weak or wait, and reports say so; a slow
 //! worker keeps its hold, a dead one's call is booked in doubt at its worst case (its room is
-//! never handed to another call); the soft limit warns once.
+//! never handed to another call), a stopped one leaves its hold to that booking, and a
+//! killed one's parked item books nothing; the soft limit warns once.
 
 use std::time::Duration;
 
@@ -245,18 +246,19 @@ async fn strong_calls_that_do_not_fit_go_weak_and_the_report_says_so() {
 }
 
 /// A fleet whose provider takes 8 s to answer (finance refreshed every 0.1 s, holds leased
-/// for 0.9 s, workers given `grace` to drain), with one strong call of `team` in flight: its
-/// hold's id and amount (above half the team's $0.009 budget, so two do not fit), and a
-/// request for another hold of that amount.
+/// for 0.9 s, then `tune`d), running a job of `items` strong items of `team`, with one
+/// strong call in flight: its hold's id and amount (above half the team's $0.009 budget, so
+/// two do not fit), and a request for another hold of that amount.
 async fn one_slow_call_holding(
     team: &'static str,
-    grace: Duration,
+    items: usize,
+    tune: impl FnOnce(&mut switchyard_runtime::Settings),
 ) -> (Harness, i64, Decimal, HoldRequest<'static>) {
     let h = Harness::start_with(
         |s| {
             s.finance.refresh = Duration::from_millis(100);
             s.finance.reservation_lease = Duration::from_millis(900);
-            s.worker.shutdown_grace = grace;
+            tune(s);
         },
         SimConfig {
             latency: Duration::from_secs(8),
@@ -267,7 +269,7 @@ async fn one_slow_call_holding(
     set_budget(&h, team, "0.009", None, WhenExhausted::Wait).await;
     crate::support::workers_know_budget(&h.fleet, team).await;
     // 350-400 bytes: a strong hold of $0.0049-0.0055.
-    let mut spec = classify_job(items_sized(350..400, 1), 1.0, 0.0);
+    let mut spec = classify_job(items_sized(350..400, items), 1.0, 0.0);
     spec.team = Some(team.into());
     h.client.submit(spec).await.unwrap();
     let pool = h.db.pool.clone();
@@ -327,7 +329,7 @@ async fn in_doubt_cost(h: &Harness) -> Decimal {
 
 #[tokio::test]
 async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_case() {
-    let (mut h, id, amount, other) = one_slow_call_holding("slow", Duration::from_secs(20)).await;
+    let (mut h, id, amount, other) = one_slow_call_holding("slow", 1, |_| {}).await;
     let pool = h.db.pool.clone();
     // Well past its lease, the call is still in flight: the hold was renewed, not reclaimed.
     eventually(
@@ -398,7 +400,10 @@ async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_
 #[tokio::test]
 async fn a_worker_stopped_mid_call_leaves_its_hold_to_the_call_s_in_doubt_booking() {
     let team = "stopping";
-    let (mut h, id, amount, other) = one_slow_call_holding(team, Duration::from_millis(300)).await;
+    let (mut h, id, amount, other) = one_slow_call_holding(team, 1, |s| {
+        s.worker.shutdown_grace = Duration::from_millis(300);
+    })
+    .await;
     // Stopped with the request sent and no answer (8 s latency, 0.3 s grace).
     h.fleet.stop_worker(0).await.unwrap();
     assert_eq!(
@@ -431,6 +436,59 @@ async fn a_worker_stopped_mid_call_leaves_its_hold_to_the_call_s_in_doubt_bookin
             .await
             .unwrap();
     assert!(spent + reserved <= d("0.009"), "{spent} + {reserved}");
+    h.finish().await;
+}
+
+/// The chaos run's overspend: a worker parks an item that does not fit (its call intent
+/// ends only with the commit of that decision), and dies before that commit. The item's
+/// call was never made and had no hold; booked in doubt at its worst case it would push the
+/// team past its limit, which the worker's one call in flight had used to the last cent.
+#[tokio::test]
+async fn a_worker_killed_after_parking_an_item_books_nothing_for_it() {
+    let team = "parking";
+    // Two items: one holds the budget and calls (8 s), the other does not fit and is
+    // parked; the commit ending its intent waits for the call in flight.
+    let (mut h, _, amount, _) = one_slow_call_holding(team, 2, |s| {
+        s.worker.commit_interval = Duration::from_secs(60);
+    })
+    .await;
+    let pool = h.db.pool.clone();
+    eventually("the second item parked", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move { (count(&pool, "budget_parked").await == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        count(&h.db.pool, "call_intents").await,
+        2,
+        "both intents open"
+    );
+    h.fleet.kill_worker(0).await;
+    let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
+    h.fleet.start_worker(tiers).await.unwrap();
+    // The call in flight is booked in doubt at its hold; the parked item's intent ends.
+    assert_eq!(in_doubt_cost(&h).await, amount);
+    eventually(
+        "the parked item's intent ends",
+        Duration::from_secs(30),
+        || {
+            let pool = pool.clone();
+            async move { (count(&pool, "call_intents").await == 0).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        count(&h.db.pool, "ledger").await,
+        1,
+        "one call, one booking"
+    );
+    let (spent, reserved): (Decimal, Decimal) =
+        sqlx::query_as("SELECT spent_usd, reserved_usd FROM budget_periods WHERE team = $1")
+            .bind(team)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((spent, reserved), (amount, Decimal::ZERO));
     h.finish().await;
 }
 
