@@ -304,6 +304,7 @@ async fn one_slow_call_holding(
         lease: Duration::from_secs(60),
         at: None,
         call_id: None,
+        worst_tokens: None,
     };
     (h, id, amount, other)
 }

@@ -253,6 +253,9 @@ pub fn hold_needed(
 pub struct HoldFor<'a> {
     pub call_id: &'a str,
     pub amount: Decimal,
+    /// The call's prompt and completion token bounds (as its intent records them): Postgres
+    /// prices them at the version in force too, and holds the larger amount.
+    pub worst_tokens: (i32, i32),
 }
 
 /// Reserves `hold`. A call that does not fit is diverted by the team's policy: to the weak
@@ -267,7 +270,12 @@ pub async fn admit(
     payload: &Bytes,
     abort: &CancellationToken,
 ) -> Admission {
-    let Some(HoldFor { call_id, amount }) = hold else {
+    let Some(HoldFor {
+        call_id,
+        amount,
+        worst_tokens,
+    }) = hold
+    else {
         return Admission::Go(None);
     };
     let req = HoldRequest {
@@ -281,6 +289,7 @@ pub async fn admit(
         lease: w.settings.finance.reservation_lease,
         at: None,
         call_id: Some(call_id),
+        worst_tokens: Some(worst_tokens),
     };
     // Postgres unreachable or restarting: wait here (the message is kept alive by the lane's
     // keeper) rather than hand the item back, which spends one of its deliveries.

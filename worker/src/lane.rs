@@ -338,6 +338,7 @@ async fn handle(
     // The claim: the intent is durable before the request can leave. It records whether the
     // call goes out only under a budget hold, the hold `admit` takes below.
     let (intent, hold_needed) = intent_for(w, tier, &item, model, &request, &key, &call_id);
+    let worst_tokens = (intent.prompt_bound, intent.max_tokens);
     match claim_patiently(w, claims, intent, abort).await {
         Ok(Claim::Claimed) => {}
         Ok(Claim::Settled { escalate }) => {
@@ -382,6 +383,7 @@ async fn handle(
     let hold_for = hold_needed.map(|amount| budget::HoldFor {
         call_id: &call_id,
         amount,
+        worst_tokens,
     });
     let hold = match budget::admit(w, tier, &item, model, hold_for, &d.payload, abort).await {
         budget::Admission::Go(hold) => hold,

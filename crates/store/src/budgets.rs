@@ -322,6 +322,22 @@ pub struct HoldRequest<'a> {
     /// doubt); it then gets no hold ([`Reservation::ClaimLost`]) and must not call. A hold
     /// taken without its intent would let the call go out with nothing to book it in doubt.
     pub call_id: Option<&'a str>,
+    /// The call's worst-case tokens (prompt bound, completion bound), when known: the hold is
+    /// then the larger of `amount_usd` (the worker's pricing, from its cached price book) and
+    /// their cost at the price Postgres has in force at the hold's time, the price the call
+    /// is booked at. A price raised with immediate effect is in Postgres before it is in every
+    /// worker's cache; a hold at the old price would not cover a booking at the new one.
+    pub worst_tokens: Option<(i32, i32)>,
+}
+
+/// The hold's amount (see [`HoldRequest::worst_tokens`]), over the given placeholders: the
+/// worker's amount, the model, the hold's time (`NULL`: now), the token bounds (`NULL`: the
+/// worker's amount alone).
+fn amount_sql(amount: &str, model: &str, at: &str, prompt: &str, completion: &str) -> String {
+    format!(
+        "GREATEST({amount}::numeric, COALESCE(call_cost(price_in_force({model}, \
+         COALESCE({at}::timestamptz, now())), {prompt}::int4, 0, {completion}::int4, false), 0))"
+    )
 }
 
 /// What a reservation found.
@@ -354,17 +370,19 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
     let held = insert_hold(
         pool,
         format!(
-            "WITH upd AS (UPDATE budget_periods p SET reserved_usd = p.reserved_usd + $2 \
-               FROM budgets b WHERE p.team = $1 AND p.month = {MONTH_AT} AND b.team = p.team \
-               AND p.spent_usd + p.reserved_usd + $2 <= b.monthly_usd \
+            "WITH a AS (SELECT {} AS amount), \
+             upd AS (UPDATE budget_periods p SET reserved_usd = p.reserved_usd + a.amount \
+               FROM budgets b, a WHERE p.team = $1 AND p.month = {MONTH_AT} AND b.team = p.team \
+               AND p.spent_usd + p.reserved_usd + a.amount <= b.monthly_usd \
                AND ($10::text IS NULL OR EXISTS (SELECT 1 FROM call_intents c \
                  WHERE c.call_id = $10 AND c.owner = $3 FOR SHARE)) \
-               RETURNING p.team, p.month) \
+               RETURNING p.team, p.month, a.amount) \
              INSERT INTO budget_reservations (team, month, amount_usd, holder, job_id, item_id, \
                attempt, model, expires_at, created_at) \
-             SELECT team, month, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), \
+             SELECT team, month, amount, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), \
                COALESCE($9::timestamptz, now()) FROM upd \
-             RETURNING reservation_id, created_at"
+             RETURNING reservation_id, created_at",
+            amount_sql("$2", "$7", "$9", "$11", "$12")
         ),
         req,
     )
@@ -400,6 +418,21 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
     let Some((limit, when)) = budget else {
         tx.commit().await?;
         return Ok(Reservation::Unbudgeted);
+    };
+    let amount: Decimal = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT {}",
+        amount_sql("$1", "$2", "$3", "$4", "$5")
+    )))
+    .bind(req.amount_usd)
+    .bind(req.model)
+    .bind(req.at)
+    .bind(req.worst_tokens.map(|t| t.0))
+    .bind(req.worst_tokens.map(|t| t.1))
+    .fetch_one(&mut *tx)
+    .await?;
+    let req = &HoldRequest {
+        amount_usd: amount,
+        ..req.clone()
     };
     let month_at = MONTH_AT.replace("$9", "$2");
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -456,8 +489,8 @@ pub async fn reserve(pool: &PgPool, req: &HoldRequest<'_>) -> sqlx::Result<Reser
 }
 
 /// Runs `sql`, an insert of a hold that returns its id and time (if it inserted one), with
-/// the request's team, amount, holder, job, item, attempt, model, lease, time and call id as
-/// $1 to $10.
+/// the request's team, amount, holder, job, item, attempt, model, lease, time, call id and
+/// token bounds as $1 to $12.
 async fn insert_hold<'e>(
     db: impl sqlx::PgExecutor<'e>,
     sql: String,
@@ -474,6 +507,8 @@ async fn insert_hold<'e>(
         .bind(req.lease.as_secs_f64())
         .bind(req.at)
         .bind(req.call_id)
+        .bind(req.worst_tokens.map(|t| t.0))
+        .bind(req.worst_tokens.map(|t| t.1))
         .fetch_optional(db)
         .await
 }

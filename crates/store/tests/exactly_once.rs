@@ -317,6 +317,7 @@ fn hold_for(holder: &'static str, amount: &str) -> HoldRequest<'static> {
         lease: Duration::ZERO,
         at: None,
         call_id: None,
+        worst_tokens: None,
     }
 }
 
@@ -640,6 +641,48 @@ async fn a_hold_is_taken_only_while_its_call_s_intent_is_the_holder_s() {
     );
     let month = Utc::now().format("%Y-%m-01").to_string();
     assert_eq!(period(&db.pool, &month).await, (Decimal::ZERO, d("0.1")));
+}
+
+/// A hold covers the call at the price Postgres has in force, the price it is booked at,
+/// not only at the worker's cached one: a price raised with immediate effect reaches
+/// Postgres before every worker's cache. Both reserve paths (the first hold of a month and a
+/// later one) hold the larger amount.
+#[tokio::test]
+async fn a_hold_covers_the_call_at_the_price_postgres_has_in_force() {
+    let db = setup(2).await;
+    budget(&db.pool, "0.0015").await;
+    // Priced from a stale cache at $0.001; at the price in force, 1,000 prompt and 500
+    // completion tokens cost $0.002.
+    let stale = HoldRequest {
+        lease: Duration::from_secs(60),
+        worst_tokens: Some((1_000, 500)),
+        ..hold_for("w", "0.001")
+    };
+    assert!(
+        matches!(
+            budgets::reserve(&db.pool, &stale).await.unwrap(),
+            Reservation::DoesNotFit { .. }
+        ),
+        "it does not fit at the price in force"
+    );
+    budget(&db.pool, "1").await;
+    assert!(matches!(
+        budgets::reserve(&db.pool, &stale).await.unwrap(),
+        Reservation::Held { .. }
+    ));
+    let month = Utc::now().format("%Y-%m-01").to_string();
+    assert_eq!(period(&db.pool, &month).await, (Decimal::ZERO, d("0.002")));
+    // A worker whose price is the higher one keeps its own amount.
+    let dearer = HoldRequest {
+        item_id: "item-2",
+        amount_usd: d("0.003"),
+        ..stale.clone()
+    };
+    assert!(matches!(
+        budgets::reserve(&db.pool, &dearer).await.unwrap(),
+        Reservation::Held { .. }
+    ));
+    assert_eq!(period(&db.pool, &month).await, (Decimal::ZERO, d("0.005")));
 }
 
 /// A live worker renews only the holds it still tracks: one it lost track of (its release
