@@ -32,6 +32,47 @@ pub enum SourceError {
     Io(#[from] std::io::Error),
 }
 
+/// A bucket the submitter named that does not exist (or cannot be a bucket's name) is bad
+/// input; anything else (NATS restarting, a timeout) is a failure to read, and the job is
+/// tried again: rejecting it would be final, and its resubmission a duplicate of the
+/// rejected job.
+fn bucket_error(bucket: &str, e: &async_nats::jetstream::context::ObjectStoreError) -> SourceError {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::{
+        GetStreamError, GetStreamErrorKind, ObjectStoreErrorKind,
+    };
+    let missing = match e.kind() {
+        ObjectStoreErrorKind::InvalidBucketName => true,
+        ObjectStoreErrorKind::GetStore => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<GetStreamError>())
+            .is_some_and(|s| match s.kind() {
+                GetStreamErrorKind::JetStream(j) => j.error_code() == ErrorCode::STREAM_NOT_FOUND,
+                GetStreamErrorKind::EmptyName | GetStreamErrorKind::InvalidStreamName => true,
+                _ => false,
+            }),
+    };
+    if missing {
+        SourceError::Bad(format!("input bucket `{bucket}` not found: {e}"))
+    } else {
+        SourceError::Io(std::io::Error::other(format!(
+            "input bucket `{bucket}` cannot be read now: {e}"
+        )))
+    }
+}
+
+/// As [`bucket_error`], for the object.
+fn object_error(name: &str, e: &async_nats::jetstream::object_store::GetError) -> SourceError {
+    use async_nats::jetstream::object_store::GetErrorKind;
+    match e.kind() {
+        GetErrorKind::NotFound | GetErrorKind::InvalidName | GetErrorKind::BucketLink => {
+            SourceError::Bad(format!("input object `{name}` not found: {e}"))
+        }
+        _ => SourceError::Io(std::io::Error::other(format!(
+            "input object `{name}` cannot be read now: {e}"
+        ))),
+    }
+}
+
 impl ItemSource {
     /// Items given inline.
     pub fn inline(items: Vec<Item>) -> Self {
@@ -42,7 +83,8 @@ impl ItemSource {
     /// held in memory whole.
     ///
     /// # Errors
-    /// A missing bucket or object is [`SourceError::Bad`] (the submitter named it).
+    /// A missing bucket or object is [`SourceError::Bad`] (the submitter named it); NATS
+    /// failing to answer is [`SourceError::Io`] (tried again).
     pub async fn object(
         js: &async_nats::jetstream::Context,
         bucket: &str,
@@ -52,11 +94,8 @@ impl ItemSource {
         let store = js
             .get_object_store(bucket)
             .await
-            .map_err(|e| SourceError::Bad(format!("input bucket `{bucket}` not found: {e}")))?;
-        let mut object = store
-            .get(name)
-            .await
-            .map_err(|e| SourceError::Bad(format!("input object `{name}` not found: {e}")))?;
+            .map_err(|e| bucket_error(bucket, &e))?;
+        let mut object = store.get(name).await.map_err(|e| object_error(name, &e))?;
         // Spooled to an anonymous temporary file first: the object store delivers chunks as
         // fast as NATS can push them, and parsing and storing items is slower, so reading
         // straight from it buffered most of a large object in memory (154 MB of RSS for a
@@ -142,5 +181,40 @@ impl ItemSource {
                 );
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{
+        GetStreamError, GetStreamErrorKind, ObjectStoreError, ObjectStoreErrorKind,
+    };
+    use async_nats::jetstream::object_store::{GetError, GetErrorKind};
+
+    fn is_bad(e: &SourceError) -> bool {
+        matches!(e, SourceError::Bad(_))
+    }
+
+    #[test]
+    fn only_what_the_submitter_named_wrong_is_bad_input() {
+        let invalid = ObjectStoreError::new(ObjectStoreErrorKind::InvalidBucketName);
+        assert!(is_bad(&bucket_error("b", &invalid)));
+        // NATS restarting: the stream lookup's request failed.
+        let unreachable = ObjectStoreError::with_source(
+            ObjectStoreErrorKind::GetStore,
+            GetStreamError::new(GetStreamErrorKind::Request),
+        );
+        let e = bucket_error("b", &unreachable);
+        assert!(!is_bad(&e), "{e}");
+        assert!(e.to_string().contains("cannot be read now"), "{e}");
+        assert!(is_bad(&object_error(
+            "o",
+            &GetError::new(GetErrorKind::NotFound)
+        )));
+        assert!(!is_bad(&object_error(
+            "o",
+            &GetError::new(GetErrorKind::TimedOut)
+        )));
     }
 }

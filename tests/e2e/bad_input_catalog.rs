@@ -259,6 +259,11 @@ fn rejected_cases() -> Vec<(String, Vec<u8>, &'static str)> {
             "policy quality 0 is outside (0, 1]",
         ),
         (
+            "x-audit",
+            json!({"routing": {"kind": "quality", "value": 0.95}, "audit": 1.5}),
+            "policy audit 1.5 is outside [0, 1]",
+        ),
+        (
             "x-routing-kind",
             json!({"routing": {"kind": "coin_flip"}}),
             "unknown variant `coin_flip`",

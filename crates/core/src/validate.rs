@@ -189,6 +189,13 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
     {
         return reject(format!("policy shadow {f} is outside [0, 1]"));
     }
+    // A share of the job's all-strong cost; NaN would be stored as null and read back as
+    // no plan at all (the job then ran as a plain one).
+    if let Some(a) = spec.policy.audit
+        && !(0.0..=1.0).contains(&a)
+    {
+        return reject(format!("policy audit {a} is outside [0, 1]"));
+    }
     if let Some(key) = &spec.policy.sample_key
         && (key.is_empty() || key.len() > MAX_SAMPLE_KEY_BYTES)
     {
@@ -292,6 +299,15 @@ mod tests {
             );
         }
         assert_eq!(check_spec(&spec().with_deadline(86_400), &l), Ok(()));
+        for (audit, ok) in [(0.02, true), (0.0, true), (1.5, false), (f64::NAN, false)] {
+            let mut s = spec();
+            s.policy.audit = Some(audit);
+            let got = check_spec(&s, &l);
+            assert_eq!(got.is_ok(), ok, "{audit}: {got:?}");
+            if !ok {
+                assert!(got.unwrap_err().0.contains("policy audit"));
+            }
+        }
         for (key, ok) in [("", false), ("k", true), (&"k".repeat(257)[..], false)] {
             let mut s = spec();
             s.policy.sample_key = Some(key.to_owned());
