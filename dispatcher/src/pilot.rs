@@ -268,8 +268,10 @@ pub async fn wait_for_pilot(
             return Ok(None);
         }
         let rows = store::answered_items(&d.pool, job_id).await?;
+        // Both answers in, or none to come: the item failed, or its audit did (its weak
+        // answer then labels nothing, and the plan goes on without it).
         let settled = |r: &store::AnsweredItem| {
-            (r.first_answer.is_some() && r.audit_answer.is_some())
+            (r.first_answer.is_some() && (r.audit_answer.is_some() || r.audit_failed))
                 || matches!(r.status.as_str(), "failed" | "cancelled")
         };
         if rows.iter().all(settled) {

@@ -23,6 +23,10 @@ pub struct AnsweredItem {
     pub first_escalated: Option<bool>,
     /// The audit call's answer (strong tier).
     pub audit_answer: Option<String>,
+    /// The audit call failed for good (dead-lettered): no answer will come. An audit's
+    /// failure does not fail its item, so without this a pilot would wait for it until
+    /// its timeout.
+    pub audit_failed: bool,
     /// The tier of the item's final answer.
     pub final_tier: Option<String>,
 }
@@ -36,7 +40,10 @@ pub async fn answered_items(pool: &PgPool, job_id: &str) -> sqlx::Result<Vec<Ans
     sqlx::query_as(
         "SELECT i.item_id, i.seq, i.router_score, i.status, i.routed_tier, \
          w.answer AS first_answer, w.confidence AS first_confidence, \
-         w.escalated AS first_escalated, a.answer AS audit_answer, i.final_tier \
+         w.escalated AS first_escalated, a.answer AS audit_answer, \
+         EXISTS (SELECT 1 FROM dead_letters d WHERE d.message_key = 'item:' || \
+           octet_length(i.job_id) || ':' || i.job_id || ':' || i.item_id || ':' || $2) \
+           AS audit_failed, i.final_tier \
          FROM items i \
          LEFT JOIN results w ON w.job_id = i.job_id AND w.item_id = i.item_id AND w.attempt = 0 \
          LEFT JOIN results a ON a.job_id = i.job_id AND a.item_id = i.item_id AND a.attempt = $2 \

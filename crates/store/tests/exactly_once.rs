@@ -177,6 +177,39 @@ async fn shadow_stale_and_answered_failures_never_fail_an_item_and_audits_become
     assert_eq!(item(&db.pool, 4).await, ("done".to_owned(), 0, Some(1001)));
 }
 
+/// A pilot item whose audit failed for good has no audit answer to wait for: the pilot's
+/// wait sees it as settled (`audit_failed`), while an audit still running is not.
+#[tokio::test]
+async fn a_pilot_item_whose_audit_failed_for_good_is_not_waited_for() {
+    let db = setup(2).await;
+    let audit = i32::from(switchyard_proto::work::AUDIT_ATTEMPT);
+    outcomes::commit(
+        &db.pool,
+        &[
+            answered(1, 0, "w1", None),
+            answered(2, 0, "w2", None),
+            failed(1, audit),
+        ],
+    )
+    .await
+    .unwrap();
+    let rows = switchyard_store::quality::answered_items(&db.pool, JOB)
+        .await
+        .unwrap();
+    let got: Vec<(bool, bool, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.first_answer.is_some(),
+                r.audit_answer.is_some(),
+                r.audit_failed,
+            )
+        })
+        .collect();
+    assert_eq!(got, [(true, false, true), (true, false, false)]);
+    assert_ne!(rows[0].status, "failed", "an audit's failure fails no item");
+}
+
 fn intent(item: i64, attempt: i32, id: &str) -> Intent {
     Intent {
         call_id: id.to_owned(),
