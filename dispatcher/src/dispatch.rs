@@ -293,12 +293,18 @@ async fn dispatch_quality(
             let (stage, cut) =
                 pilot::plan(d, spec, source, prices, pilot_fraction, samples, &rows).await?;
             let json = serde_json::to_value(&stage).unwrap_or_default();
-            if !switchyard_store::quality::store_plan(&d.pool, &spec.job_id, cut.as_pair(), &json)
+            if switchyard_store::quality::store_plan(&d.pool, &spec.job_id, cut.as_pair(), &json)
                 .await?
             {
-                return stopped(emitted.published);
+                (stage, cut.as_pair())
+            } else {
+                // Cancelled, or another owner planned first (see `store_plan`): its plan is
+                // the one every item follows.
+                match first_plan(d, &spec.job_id).await? {
+                    Some(first) => first,
+                    None => return stopped(emitted.published),
+                }
             }
-            (stage, cut.as_pair())
         }
         routed => {
             let row = jobs::get(&d.pool, &spec.job_id).await?;
@@ -310,6 +316,31 @@ async fn dispatch_quality(
         anyhow::bail!("job {} has no plan after its pilot", spec.job_id);
     };
     publish_items(d, spec, source, prices, None, &stage, progress).await
+}
+
+/// The routed plan another owner of a still-dispatching job stored first, with its cut;
+/// `None` when the job is no longer dispatching.
+async fn first_plan(
+    d: &Dispatcher,
+    job_id: &str,
+) -> anyhow::Result<Option<(StoredStage, Option<(f32, i64)>)>> {
+    let Some(job) = jobs::get(&d.pool, job_id)
+        .await?
+        .filter(|j| j.status == jobs::status::DISPATCHING)
+    else {
+        return Ok(None);
+    };
+    let stored = switchyard_store::quality::stored_plan(&d.pool, job_id).await?;
+    match pilot::stored_stage(stored.as_ref()) {
+        Some(routed @ StoredStage::Routed { .. }) => {
+            tracing::warn!(
+                job_id,
+                "another dispatcher planned this job first; following its plan"
+            );
+            Ok(Some((routed, job.routing_cut.zip(job.routing_cut_seq))))
+        }
+        _ => anyhow::bail!("job {job_id}: its plan could not be stored and none is there"),
+    }
 }
 
 /// Pass 2 ([`emit`]): stores and publishes every item `stage` includes, then marks the job

@@ -116,8 +116,10 @@ pub async fn stored_plan(pool: &PgPool, job_id: &str) -> sqlx::Result<Option<ser
 }
 
 /// Stores a quality job's plan after its pilot: the up-front cut and the plan (with its
-/// rule), while the job is still `dispatching`. Returns false when the job is no longer
-/// dispatching (cancelled meanwhile).
+/// rule), while the job is still `dispatching` and no routed plan is stored yet. Returns
+/// false when the job is no longer dispatching (cancelled meanwhile) or another owner stored
+/// its plan first (one that lost its job lock in a Postgres restart and went on while the
+/// sweeper handed the job to another): the first plan is the one every item follows.
 ///
 /// # Errors
 /// Database errors only.
@@ -129,7 +131,8 @@ pub async fn store_plan(
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE jobs SET routing_cut = $2, routing_cut_seq = $3, routing_plan = $4 \
-         WHERE job_id = $1 AND status = 'dispatching'",
+         WHERE job_id = $1 AND status = 'dispatching' \
+         AND (routing_plan IS NULL OR routing_plan->>'stage' IS DISTINCT FROM 'routed')",
     )
     .bind(job_id)
     .bind(cut.map(|c| c.0))

@@ -210,6 +210,39 @@ async fn a_pilot_item_whose_audit_failed_for_good_is_not_waited_for() {
     assert_ne!(rows[0].status, "failed", "an audit's failure fails no item");
 }
 
+/// A quality job's first stored plan is the one its items follow: a second owner (the
+/// first lost its job lock in a Postgres restart and went on) cannot replace it.
+#[tokio::test]
+async fn a_quality_job_keeps_its_first_plan() {
+    let db = setup(1).await;
+    sqlx::query(
+        "UPDATE jobs SET status = 'dispatching', routing_plan = '{\"stage\": \"pilot\"}' \
+         WHERE job_id = $1",
+    )
+    .bind(JOB)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let plan = |n: i64| serde_json::json!({"stage": "routed", "n": n});
+    let store = |n: i64| {
+        let pool = db.pool.clone();
+        async move {
+            switchyard_store::quality::store_plan(&pool, JOB, Some((0.5, n)), &plan(n))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        store(1).await,
+        "the first plan is stored over the pilot stage"
+    );
+    assert!(!store(2).await, "a second one is refused");
+    let stored = switchyard_store::quality::stored_plan(&db.pool, JOB)
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(plan(1)));
+}
+
 fn intent(item: i64, attempt: i32, id: &str) -> Intent {
     Intent {
         call_id: id.to_owned(),
