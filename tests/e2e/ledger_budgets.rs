@@ -114,13 +114,7 @@ async fn eight_workers_racing_for_the_last_dollars_never_overspend() {
     );
     assert_eq!(overspend, Decimal::ZERO, "overspent");
     assert!(share >= d("0.95"), "only {share} of the budget spent");
-    let (period_spent, reserved): (Decimal, Decimal) =
-        sqlx::query_as("SELECT spent_usd, reserved_usd FROM budget_periods WHERE team = $1")
-            .bind(team)
-            .fetch_one(&h.db.pool)
-            .await
-            .unwrap();
-    assert_eq!((period_spent, reserved), (spent, Decimal::ZERO));
+    assert_eq!(period_of(&h, team).await, (spent, Decimal::ZERO));
     // The calls were spread over the workers.
     let busy = h
         .fleet
@@ -328,6 +322,32 @@ async fn in_doubt_cost(h: &Harness) -> Decimal {
     .await
 }
 
+/// The team's month: spent and reserved.
+async fn period_of(h: &Harness, team: &str) -> (Decimal, Decimal) {
+    sqlx::query_as("SELECT spent_usd, reserved_usd FROM budget_periods WHERE team = $1")
+        .bind(team)
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap()
+}
+
+/// Whether hold `id` is still there.
+async fn hold_exists(h: &Harness, id: i64) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM budget_reservations WHERE reservation_id = $1)",
+    )
+    .bind(id)
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap()
+}
+
+/// Starts a new worker on every tier (its sweep takes over what a stopped one left).
+async fn start_another_worker(h: &mut Harness) {
+    let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
+    h.fleet.start_worker(tiers).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_case() {
     let (mut h, id, amount, other) = one_slow_call_holding("slow", 1, |_| {}).await;
@@ -360,21 +380,14 @@ async fn a_slow_worker_keeps_its_hold_and_a_dead_ones_call_is_held_at_its_worst_
     // been made, so its room is not given to another call. A live worker's sweep books the
     // dead call in doubt at its worst case (the hold's amount), which settles the hold.
     h.fleet.kill_worker(0).await;
-    let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
-    h.fleet.start_worker(tiers).await.unwrap();
+    start_another_worker(&mut h).await;
     assert_eq!(
         in_doubt_cost(&h).await,
         amount,
         "booked at the hold's worst case"
     );
-    let holds: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM budget_reservations WHERE reservation_id = $1")
-            .bind(id)
-            .fetch_one(&h.db.pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        holds, 0,
+    assert!(
+        !hold_exists(&h, id).await,
         "the in-doubt booking settled the dead worker's hold"
     );
     // What is left is the budget less the in-doubt worst case: another call of that size
@@ -420,22 +433,13 @@ async fn a_worker_stopped_mid_call_leaves_its_hold_to_the_call_s_in_doubt_bookin
         "the stopped call's room is not given away"
     );
     // A new worker's sweep books the call in doubt at the hold's amount, settling the hold.
-    let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
-    h.fleet.start_worker(tiers).await.unwrap();
+    start_another_worker(&mut h).await;
     assert_eq!(in_doubt_cost(&h).await, amount);
-    let held: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM budget_reservations WHERE reservation_id = $1")
-            .bind(id)
-            .fetch_one(&h.db.pool)
-            .await
-            .unwrap();
-    assert_eq!(held, 0, "the in-doubt booking settled the hold");
-    let (spent, reserved): (Decimal, Decimal) =
-        sqlx::query_as("SELECT spent_usd, reserved_usd FROM budget_periods WHERE team = $1")
-            .bind(team)
-            .fetch_one(&h.db.pool)
-            .await
-            .unwrap();
+    assert!(
+        !hold_exists(&h, id).await,
+        "the in-doubt booking settled the hold"
+    );
+    let (spent, reserved) = period_of(&h, team).await;
     assert!(spent + reserved <= d("0.009"), "{spent} + {reserved}");
     h.finish().await;
 }
@@ -465,8 +469,7 @@ async fn a_worker_killed_after_parking_an_item_books_nothing_for_it() {
         "both intents open"
     );
     h.fleet.kill_worker(0).await;
-    let tiers: Vec<String> = h.fleet.settings.tiers.keys().cloned().collect();
-    h.fleet.start_worker(tiers).await.unwrap();
+    start_another_worker(&mut h).await;
     // The call in flight is booked in doubt at its hold; the parked item's intent ends.
     assert_eq!(in_doubt_cost(&h).await, amount);
     eventually(
@@ -483,13 +486,7 @@ async fn a_worker_killed_after_parking_an_item_books_nothing_for_it() {
         1,
         "one call, one booking"
     );
-    let (spent, reserved): (Decimal, Decimal) =
-        sqlx::query_as("SELECT spent_usd, reserved_usd FROM budget_periods WHERE team = $1")
-            .bind(team)
-            .fetch_one(&h.db.pool)
-            .await
-            .unwrap();
-    assert_eq!((spent, reserved), (amount, Decimal::ZERO));
+    assert_eq!(period_of(&h, team).await, (amount, Decimal::ZERO));
     h.finish().await;
 }
 

@@ -154,6 +154,11 @@ impl Hold {
     /// hold is not reclaimed while the call's intent is open, and the booking settles it.
     pub fn leave_to_in_doubt(mut self) {
         self.armed = false;
+        self.untrack();
+    }
+
+    /// No longer renewed by this process.
+    fn untrack(&self) {
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -168,17 +173,10 @@ impl Drop for Hold {
         }
         let (pool, id) = (self.pool.clone(), self.id);
         // No longer renewed: if the release below fails, the hold expires and is reclaimed.
-        self.live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        self.untrack();
         // No runtime (the process is being torn down): the hold expires after its lease.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = budgets::release(&pool, id).await {
-                    tracing::warn!(reservation_id = id, error = %e, "cannot release a budget hold; it will expire");
-                }
-            });
+            handle.spawn(async move { release(&pool, id).await });
         }
     }
 }
@@ -187,8 +185,13 @@ impl Drop for Hold {
 /// [`Hold::hand_over`]); if Postgres cannot be asked, the hold expires.
 pub async fn give_back(w: &Worker, reservation_id: i64) {
     w.finance.booked([reservation_id]);
-    if let Err(e) = budgets::release(&w.pool, reservation_id).await {
-        tracing::warn!(reservation_id, error = %e, "cannot release a budget hold; it will expire");
+    release(&w.pool, reservation_id).await;
+}
+
+/// Releases hold `id`; a failure is logged (the hold, no longer renewed, then expires).
+async fn release(pool: &PgPool, id: i64) {
+    if let Err(e) = budgets::release(pool, id).await {
+        tracing::warn!(reservation_id = id, error = %e, "cannot release a budget hold; it will expire");
     }
 }
 

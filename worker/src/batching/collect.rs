@@ -238,10 +238,7 @@ fn new_line(l: &Line) -> NewLine {
 /// as `then` says (through the committer, which deletes the intent first).
 async fn give_back(w: &Worker, q: Queued, commits: &mpsc::Sender<Pending>, then: Disposition) {
     if let Some(id) = q.line.reservation_id {
-        w.finance.booked([id]);
-        if let Err(e) = switchyard_store::budgets::release(&w.pool, id).await {
-            tracing::warn!(reservation_id = id, error = %e, "cannot release a budget hold; it will expire");
-        }
+        crate::budget::give_back(w, id).await;
     }
     let pending = Pending {
         outcome: Outcome::Released {
