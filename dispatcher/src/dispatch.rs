@@ -286,7 +286,8 @@ async fn dispatch_quality(
                 return stopped(emitted.published);
             }
             tracing::info!(job_id = %spec.job_id, pilot = emitted.published, "pilot published, waiting for its answers");
-            let Some(rows) = pilot::wait_for_pilot(d, &spec.job_id, pilot::PILOT_TIMEOUT).await?
+            let Some(rows) =
+                pilot::wait_for_pilot(d, spec, &pilot_stage, pilot::PILOT_TIMEOUT).await?
             else {
                 return stopped(emitted.published);
             };

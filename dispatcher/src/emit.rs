@@ -38,6 +38,8 @@ pub struct Emitted {
     pub published: u64,
     /// Per tier, items published.
     pub per_tier: BTreeMap<String, u64>,
+    /// Audit calls published (a quality job's pilot and audit sample).
+    pub audits: u64,
     /// The job stopped being `dispatching` (cancelled) before every item was stored.
     pub stopped: bool,
 }
@@ -50,6 +52,11 @@ struct Ready {
     tier: String,
     /// The router's raw score (a quality job's rule uses it).
     score: f32,
+    /// Which of the item's messages to publish: its first message (with its shadow call),
+    /// its audit call (if the stage audits it). Both, but when a lost pilot call is
+    /// published again ([`republish_lost_pilot`]).
+    first: bool,
+    audit: bool,
 }
 
 impl From<NewItem> for Ready {
@@ -60,6 +67,8 @@ impl From<NewItem> for Ready {
             text: i.text,
             tier: i.routed_tier,
             score: i.router_score,
+            first: true,
+            audit: true,
         }
     }
 }
@@ -183,6 +192,52 @@ pub async fn emit(
     Ok(out)
 }
 
+/// Publishes again the calls of a quality job's pilot that nothing works on (see
+/// [`switchyard_store::quality::lost_pilot_calls`]): each lost weak call with its
+/// record-only rule, each lost audit call alone, as they were first published (same
+/// `Nats-Msg-Id`, so JetStream drops a copy still in its duplicate window; past it, the
+/// workers' claim makes a copy of a call already made call nothing). `waiting(tier)`: that
+/// tier's workers still have messages to be handed out, among which the call may be; its
+/// calls wait for the next look. Returns the messages published.
+///
+/// # Errors
+/// Database or NATS failures.
+pub(crate) async fn republish_lost_pilot(
+    d: &Dispatcher,
+    spec: &JobSpec,
+    stage: &Stage,
+    lost: Vec<switchyard_store::quality::LostPilotCall>,
+    waiting: &mut crate::sweeper::Backlogs<'_>,
+) -> anyhow::Result<u64> {
+    let ds = &d.settings.dispatcher;
+    let deadline = match spec.deadline {
+        Some(_) => unix_deadline(jobs::deadline_unix(&d.pool, &spec.job_id).await?),
+        None => None,
+    };
+    let mut sender = Sender::new(d, spec, stage, deadline);
+    let mut ready = Vec::with_capacity(lost.len());
+    for call in lost {
+        let tier = call.routed_tier.unwrap_or_else(|| ds.weak_tier.clone());
+        let first = call.first_lost && !waiting.waiting(&tier).await;
+        let audit = call.audit_lost && !waiting.waiting(&ds.strong_tier).await;
+        if first || audit {
+            ready.push(Ready {
+                local_only: call.sensitivity.as_deref() == Some("local_only"),
+                item_id: call.item_id,
+                text: call.text,
+                tier,
+                score: call.router_score,
+                first,
+                audit,
+            });
+        }
+    }
+    let mut out = Emitted::default();
+    sender.send_all(ready, &mut out).await?;
+    sender.publisher.flush().await?;
+    Ok(out.published + out.audits)
+}
+
 fn new_item(
     item: Item,
     seq: i64,
@@ -261,16 +316,21 @@ impl<'a> Sender<'a> {
             item_id: i.item_id,
             text: i.text,
             score: i.router_score,
+            first: true,
+            audit: true,
         }
     }
 
     async fn send_all(&mut self, items: Vec<Ready>, out: &mut Emitted) -> anyhow::Result<()> {
         let t = self.d.settings.topology();
         for item in items {
-            if let Some(n) = out.per_tier.get_mut(&item.tier) {
-                *n += 1;
-            } else {
-                out.per_tier.insert(item.tier.clone(), 1);
+            let (first, audit) = (item.first, item.audit);
+            if first {
+                if let Some(n) = out.per_tier.get_mut(&item.tier) {
+                    *n += 1;
+                } else {
+                    out.per_tier.insert(item.tier.clone(), 1);
+                }
             }
             let mut msg = WorkItem {
                 v: switchyard_proto::version_for(&self.spec.task, self.deadline.is_some()),
@@ -291,20 +351,24 @@ impl<'a> Sender<'a> {
                 deadline: self.deadline,
             };
             let ds = &self.d.settings.dispatcher;
-            let audit = self.stage.decorate(
+            let audit_call = self.stage.decorate(
                 &mut msg,
                 self.spec.sample_key(),
                 item.score,
                 &ds.weak_tier,
                 &ds.strong_tier,
             );
-            let shadow = crate::dispatch::shadow_of(self.d, self.spec, &msg);
-            let payload = codec::encode(&msg)?;
-            let id = work::attempt_key(&msg.job_id, &msg.item_id, 0);
-            self.publisher
-                .publish(t.work_subject(&msg.tier), &id, Bytes::from(payload))
-                .await?;
-            out.published += 1;
+            let audit = audit_call.filter(|_| audit);
+            let shadow = crate::dispatch::shadow_of(self.d, self.spec, &msg).filter(|_| first);
+            if first {
+                let payload = codec::encode(&msg)?;
+                let id = work::attempt_key(&msg.job_id, &msg.item_id, 0);
+                self.publisher
+                    .publish(t.work_subject(&msg.tier), &id, Bytes::from(payload))
+                    .await?;
+                out.published += 1;
+            }
+            out.audits += u64::from(audit.is_some());
             for extra in shadow.into_iter().chain(audit) {
                 let id = extra.attempt_key();
                 self.publisher

@@ -20,6 +20,9 @@
 //! a `dispatching` quality job re-publishes what is still queued of the stage it finds
 //! (deduplicated by attempt keys) and goes on from there; the pilot's fraction is the stored
 //! one, so the same items form the pilot, and the plan, once stored, is never made again.
+//! While it waits for the pilot, the calls of it that nothing works on (a weak or audit
+//! message the dead dispatcher never published, or one lost in the stream) are published
+//! again every `sweep_every`, so no crash moment leaves the pilot waiting for its timeout.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,7 +40,7 @@ use switchyard_proto::{EscalationRule, JobSpec, Routing, WorkItem};
 use switchyard_store::quality as store;
 
 use crate::Dispatcher;
-use crate::emit::cut_from_pair;
+use crate::emit::{self, cut_from_pair};
 use crate::ingest::job_router;
 use crate::source::ItemSource;
 use switchyard_core::route::TierPrices;
@@ -252,14 +255,23 @@ pub async fn pilot_stage(
 /// closed without them; returns the rows as they are then. `Ok(None)`: the job stopped
 /// dispatching meanwhile (cancelled).
 ///
+/// Every `[dispatcher] sweep_every` it publishes again the pilot's calls that nothing works
+/// on ([`emit::republish_lost_pilot`]): a dispatcher that died between an item's weak and
+/// audit messages, or a message lost in the stream, would otherwise hold the job (and a
+/// dispatcher slot) until the timeout, and leave the plan a label short.
+///
 /// # Errors
-/// Database errors.
+/// Database or NATS errors.
 pub async fn wait_for_pilot(
     d: &Dispatcher,
-    job_id: &str,
+    spec: &JobSpec,
+    stage: &Stage,
     timeout: Duration,
 ) -> anyhow::Result<Option<Vec<store::AnsweredItem>>> {
+    let job_id = spec.job_id.as_str();
     let deadline = tokio::time::Instant::now() + timeout;
+    let every = d.settings.dispatcher.sweep_every;
+    let mut next_look = tokio::time::Instant::now() + every;
     loop {
         let still = switchyard_store::jobs::get(&d.pool, job_id)
             .await?
@@ -277,7 +289,8 @@ pub async fn wait_for_pilot(
         if rows.iter().all(settled) {
             return Ok(Some(rows));
         }
-        if tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             tracing::warn!(
                 job_id,
                 answered = rows.iter().filter(|r| settled(r)).count(),
@@ -285,6 +298,22 @@ pub async fn wait_for_pilot(
                 "pilot not fully answered in time; planning with what came back"
             );
             return Ok(Some(rows));
+        }
+        if now >= next_look {
+            next_look = now + every;
+            let lease = d.settings.finance.reservation_lease;
+            let lost = store::lost_pilot_calls(&d.pool, job_id, lease).await?;
+            if !lost.is_empty() {
+                let mut backlogs = crate::sweeper::Backlogs::new(d);
+                let sent = emit::republish_lost_pilot(d, spec, stage, lost, &mut backlogs).await?;
+                if sent > 0 {
+                    tracing::warn!(
+                        job_id,
+                        sent,
+                        "pilot calls nothing worked on were published again"
+                    );
+                }
+            }
         }
         tokio::time::sleep(PILOT_POLL).await;
     }

@@ -470,20 +470,20 @@ impl Message<'_> {
 /// Whether each tier's workers still have messages waiting to be handed out (asked once per
 /// sweep). A tier without a consumer (no worker ever ran for it) counts as waiting: whatever
 /// is published there waits too.
-struct Backlogs<'a> {
+pub(crate) struct Backlogs<'a> {
     d: &'a Dispatcher,
     known: HashMap<String, bool>,
 }
 
 impl<'a> Backlogs<'a> {
-    fn new(d: &'a Dispatcher) -> Self {
+    pub(crate) fn new(d: &'a Dispatcher) -> Self {
         Self {
             d,
             known: HashMap::new(),
         }
     }
 
-    async fn waiting(&mut self, tier: &str) -> bool {
+    pub(crate) async fn waiting(&mut self, tier: &str) -> bool {
         if let Some(&waiting) = self.known.get(tier) {
             return waiting;
         }

@@ -279,3 +279,87 @@ async fn a_quality_job_whose_weak_model_costs_more_pays_for_no_pilot() {
     );
     h.finish().await;
 }
+
+/// A pilot waits for both answers of every item. Its audit calls lost before any strong
+/// worker took them (a dispatcher that died between an item's weak and audit messages, or
+/// messages lost in the stream) are published again while it waits: the job completes
+/// instead of waiting out the pilot's 30-minute timeout, every pilot item audited once.
+#[tokio::test]
+async fn a_pilot_whose_audit_calls_were_lost_publishes_them_again() {
+    let mut h = Harness::start_with(
+        |s| {
+            s.dispatcher.sweep_every = std::time::Duration::from_millis(300);
+            // Past JetStream's duplicate window, as a lost message would be (a purge does
+            // not clear the window's message ids; a message never published is not in it).
+            s.nats.duplicate_window = std::time::Duration::from_secs(1);
+        },
+        SimConfig::default(),
+    )
+    .await;
+    // Only a weak worker: the pilot's audit calls wait in the stream.
+    h.fleet.stop_worker(0).await.unwrap();
+    h.fleet.start_worker(vec!["weak".to_owned()]).await.unwrap();
+    let mut spec = classify_job(mmlu_items(300), 0.0, 0.0);
+    spec.policy.routing = Routing::Quality { value: 0.95 };
+    spec.policy.cascade.confidence_threshold = None;
+    let job_id = h.client.submit(spec).await.unwrap();
+    let pilot: i64 = switchyard_testkit::eventually(
+        "the pilot's weak answers",
+        std::time::Duration::from_secs(60),
+        || async {
+            let (answered, stored): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE EXISTS (SELECT 1 FROM results r \
+                   WHERE r.job_id = i.job_id AND r.item_id = i.item_id AND r.attempt = 0)), \
+                 count(*) FROM items i WHERE i.job_id = $1",
+            )
+            .bind(&job_id)
+            .fetch_one(&h.db.pool)
+            .await
+            .ok()?;
+            (stored > 0 && answered == stored).then_some(stored)
+        },
+    )
+    .await;
+    // The audit calls are lost.
+    let t = h.fleet.settings.topology();
+    let stream = h.nats.js().get_stream(t.work_stream()).await.unwrap();
+    let purged = stream
+        .purge()
+        .filter(t.work_subject("strong"))
+        .await
+        .unwrap();
+    assert_eq!(purged.purged as i64, pilot, "one audit call per pilot item");
+    h.fleet
+        .start_worker(vec!["strong".to_owned()])
+        .await
+        .unwrap();
+
+    let status = h.wait_final(&job_id, 120).await;
+    assert_eq!(status.job.status, "completed", "{status:?}");
+    let stored = switchyard_store::quality::stored_plan(&h.db.pool, &job_id)
+        .await
+        .unwrap()
+        .expect("a quality job stores its plan");
+    assert_eq!(stored["stage"], "routed", "{stored}");
+    let fraction = stored["pilot_fraction"].as_f64().unwrap();
+    let by_item = attempts(&h, &job_id).await;
+    let audited_pilot = by_item
+        .iter()
+        .filter(|(item, (_, tried))| {
+            audit::in_pilot(&job_id, item, fraction) && tried.contains(&i32::from(AUDIT_ATTEMPT))
+        })
+        .count();
+    assert_eq!(audited_pilot as i64, pilot, "every pilot item audited");
+    // Each audit call made and booked once.
+    let ledger = h.ledger(&job_id).await;
+    let mut audit_items: Vec<&str> = ledger
+        .iter()
+        .filter(|l| l.attempt == i32::from(AUDIT_ATTEMPT))
+        .map(|l| l.item_id.as_str())
+        .collect();
+    let booked = audit_items.len();
+    audit_items.sort_unstable();
+    audit_items.dedup();
+    assert_eq!(booked, audit_items.len(), "an audit call booked twice");
+    h.finish().await;
+}

@@ -55,6 +55,70 @@ pub async fn answered_items(pool: &PgPool, job_id: &str) -> sqlx::Result<Vec<Ans
     .await
 }
 
+/// A stored pilot item whose weak call, audit call or both nothing will ever answer unless
+/// their message is published again (see [`lost_pilot_calls`]).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LostPilotCall {
+    pub item_id: String,
+    pub seq: i64,
+    pub text: String,
+    pub sensitivity: Option<String>,
+    pub router_score: f32,
+    pub routed_tier: Option<String>,
+    /// Attempt 0 (the weak, record-only call) is lost.
+    pub first_lost: bool,
+    /// The audit call (`AUDIT_ATTEMPT`, strong) is lost.
+    pub audit_lost: bool,
+}
+
+/// The calls of a pilot that nothing works on: no answer, no recorded failure (dead
+/// letter), no intent of a live worker (`grace`: the workers' lease), not parked for
+/// budget. A dispatcher that died between publishing an item's weak message and its audit
+/// message, or a message lost in the stream, leaves such a call; the pilot waits for every
+/// one, so they are published again rather than waited for until the pilot's timeout.
+/// During the pilot the stored items are exactly the pilot's (at most a thousand).
+///
+/// # Errors
+/// Database errors only.
+pub async fn lost_pilot_calls(
+    pool: &PgPool,
+    job_id: &str,
+    grace: std::time::Duration,
+) -> sqlx::Result<Vec<LostPilotCall>> {
+    // For each of the two attempts: no answer, no failure, no live intent, not parked.
+    sqlx::query_as(
+        "SELECT * FROM (SELECT i.item_id, i.seq, i.text, i.sensitivity, i.router_score, \
+           i.routed_tier, \
+           (i.status IN ('pending', 'queued') AND i.attempt = 0 \
+           AND NOT EXISTS (SELECT 1 FROM results r WHERE r.job_id = i.job_id \
+             AND r.item_id = i.item_id AND r.attempt = 0) \
+           AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.message_key = 'item:' || \
+             octet_length(i.job_id) || ':' || i.job_id || ':' || i.item_id || ':' || 0) \
+           AND NOT EXISTS (SELECT 1 FROM call_intents c WHERE c.job_id = i.job_id \
+             AND c.item_id = i.item_id AND c.attempt = 0 \
+             AND NOT owner_is_gone(c.owner, make_interval(secs => $2))) \
+           AND NOT EXISTS (SELECT 1 FROM budget_parked k WHERE k.job_id = i.job_id \
+             AND k.item_id = i.item_id AND k.attempt = 0)) AS first_lost, \
+           (i.status NOT IN ('failed', 'cancelled') \
+           AND NOT EXISTS (SELECT 1 FROM results r WHERE r.job_id = i.job_id \
+             AND r.item_id = i.item_id AND r.attempt = $3) \
+           AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.message_key = 'item:' || \
+             octet_length(i.job_id) || ':' || i.job_id || ':' || i.item_id || ':' || $3) \
+           AND NOT EXISTS (SELECT 1 FROM call_intents c WHERE c.job_id = i.job_id \
+             AND c.item_id = i.item_id AND c.attempt = $3 \
+             AND NOT owner_is_gone(c.owner, make_interval(secs => $2))) \
+           AND NOT EXISTS (SELECT 1 FROM budget_parked k WHERE k.job_id = i.job_id \
+             AND k.item_id = i.item_id AND k.attempt = $3)) AS audit_lost \
+         FROM items i WHERE i.job_id = $1) x \
+         WHERE first_lost OR audit_lost ORDER BY seq",
+    )
+    .bind(job_id)
+    .bind(grace.as_secs_f64())
+    .bind(i32::from(AUDIT_ATTEMPT))
+    .fetch_all(pool)
+    .await
+}
+
 /// A labelled answer of an earlier job: a weak first answer and the audit's strong answer
 /// on the same item.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]

@@ -210,6 +210,45 @@ async fn a_pilot_item_whose_audit_failed_for_good_is_not_waited_for() {
     assert_ne!(rows[0].status, "failed", "an audit's failure fails no item");
 }
 
+/// A pilot's calls that nothing works on are the ones its dispatcher publishes again: not
+/// one answered, failed for good, or claimed by a live worker.
+#[tokio::test]
+async fn a_pilot_s_lost_calls_are_those_nothing_answers_or_works_on() {
+    let db = setup(5).await;
+    let audit = i32::from(switchyard_proto::work::AUDIT_ATTEMPT);
+    let lease = Duration::from_secs(60);
+    outcomes::commit(
+        &db.pool,
+        &[
+            answered(1, 0, "w1", None),
+            answered(1, audit, "a1", None),
+            answered(2, 0, "w2", None),
+            answered(4, 0, "w4", None),
+            failed(4, audit),
+            answered(5, 0, "w5", None),
+        ],
+    )
+    .await
+    .unwrap();
+    intents::renew_lease(&db.pool, "alive", lease)
+        .await
+        .unwrap();
+    let claims = intents::claim(&db.pool, "alive", lease, &[intent(5, audit, "a5")])
+        .await
+        .unwrap();
+    assert_eq!(claims, vec![Claim::Claimed]);
+    let lost = switchyard_store::quality::lost_pilot_calls(&db.pool, JOB, lease)
+        .await
+        .unwrap();
+    let got: Vec<(&str, bool, bool)> = lost
+        .iter()
+        .map(|c| (c.item_id.as_str(), c.first_lost, c.audit_lost))
+        .collect();
+    // Item 2's audit call is lost, item 3's two calls; 1 is answered, 4's audit failed for
+    // good, 5's is being made.
+    assert_eq!(got, [("item-2", false, true), ("item-3", true, true)]);
+}
+
 /// A quality job's first stored plan is the one its items follow: a second owner (the
 /// first lost its job lock in a Postgres restart and went on) cannot replace it.
 #[tokio::test]
