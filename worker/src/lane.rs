@@ -783,6 +783,8 @@ impl Usage {
     fn estimated(request: &CompletionRequest, e: &crate::llm::ProviderError) -> Self {
         let (body, billed) = match e {
             crate::llm::ProviderError::BadBody { bytes, billed, .. } => (*bytes, (*billed).max(1)),
+            // A body that broke off, or one too large to read: its completion is taken at
+            // its bound (the part read says nothing of where it would have ended).
             _ => (usize::MAX, 1),
         };
         // Several billed `200`s are identical requests of one batch line, each up to

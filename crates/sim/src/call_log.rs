@@ -75,10 +75,11 @@ impl CallRecord {
 }
 
 impl CallRecord {
-    /// True when the simulator sent this answer in full (usable or not): what it bills. A
-    /// call that hung past the client's timeout or whose connection broke is not billed.
+    /// True when the simulator answered `200` (usable or not, whole or broken off mid-body):
+    /// it generated the answer, so it bills it, as a provider does. A call that hung past the
+    /// client's timeout, before any answer, is not billed.
     pub fn billed(&self) -> bool {
-        self.status == 200 && !matches!(self.fault.as_deref(), Some("timeout" | "reset"))
+        self.status == 200 && self.fault.as_deref() != Some("timeout")
     }
 
     /// An empty record for `model` with `status`; `seq` and `unix_ms` are set when logged.

@@ -655,18 +655,22 @@ fn json_response(body: impl Into<axum::body::Body>) -> Response {
     response
 }
 
-/// The status line and the first bytes of the body, then the connection breaks.
+/// The status line and the first bytes of the body, then the connection breaks. The break
+/// comes a moment after the first bytes, so the client has read the `200` (a break in the
+/// same write would be seen as a connection that failed before any answer).
 fn broken_body(response: &ChatResponse) -> Response {
+    use futures::StreamExt as _;
     let bytes = serde_json::to_vec(response).unwrap_or_default();
     let head = Bytes::copy_from_slice(&bytes[..bytes.len().min(16)]);
-    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
-        Ok(head),
+    let first = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(head) });
+    let then_break = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
         Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "connection reset (simulated)",
-        )),
-    ];
-    json_response(axum::body::Body::from_stream(futures::stream::iter(chunks)))
+        ))
+    });
+    json_response(axum::body::Body::from_stream(first.chain(then_break)))
 }
 
 /// 200 with the JSON cut in the middle.

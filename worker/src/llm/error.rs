@@ -43,6 +43,14 @@ pub enum ProviderError {
         /// provider batch line came back unreadable (each billed, so each booked).
         billed: u32,
     },
+    /// A 200 whose body broke off while it was read (the connection broke, or the timeout
+    /// struck): the provider generated the answer and bills it, though none of it is usable.
+    #[error("`{model}` answered HTTP 200, but its body broke off after {bytes} bytes: {message}")]
+    CutOff {
+        model: String,
+        message: String,
+        bytes: usize,
+    },
     /// A 200 whose body is larger than the worker reads. The provider may bill it.
     #[error("`{model}` returned a body over {limit} bytes (not read further)")]
     TooLarge { model: String, limit: usize },
@@ -75,7 +83,9 @@ impl ProviderError {
     pub fn answered(&self) -> bool {
         matches!(
             self,
-            ProviderError::BadBody { .. } | ProviderError::TooLarge { .. }
+            ProviderError::BadBody { .. }
+                | ProviderError::TooLarge { .. }
+                | ProviderError::CutOff { .. }
         )
     }
 
@@ -84,9 +94,12 @@ impl ProviderError {
         match self {
             ProviderError::RateLimited { retry_after, .. } => Retry::Throttled(*retry_after),
             ProviderError::ServerError { retry_after, .. } => Retry::Transient(*retry_after),
-            ProviderError::Timeout { .. } | ProviderError::Connection { .. } => {
-                Retry::Transient(None)
-            }
+            // A cut-off completion is [`answered`](Self::answered) (booked, then tried again
+            // on another delivery); any other request cut off (a batch's status or results)
+            // costs nothing and is tried again like a broken connection.
+            ProviderError::Timeout { .. }
+            | ProviderError::Connection { .. }
+            | ProviderError::CutOff { .. } => Retry::Transient(None),
             // The provider answered: the call is booked, and the item tried again later (a
             // body that is too large fails it). Never retried inside one call, since every
             // such answer may be billed and needs its own call id.

@@ -131,7 +131,16 @@ pub async fn exchange(
                 limit: max_body_bytes,
             });
         }
-        Err(BodyError::Http(e)) => return Err(classify_send_error(model, e, timeout)),
+        // The provider answered `200` and generated the answer: it bills the call though
+        // the body broke off (the connection broke, or the timeout struck, while reading).
+        Err(BodyError::Http(e, read)) if status.is_success() => {
+            return Err(ProviderError::CutOff {
+                model: model.to_owned(),
+                message: classify_send_error(model, e, timeout).to_string(),
+                bytes: read,
+            });
+        }
+        Err(BodyError::Http(e, _)) => return Err(classify_send_error(model, e, timeout)),
     };
     if status.is_success() {
         return Ok(bytes);
@@ -178,14 +187,19 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
 
 enum BodyError {
     TooLarge,
-    Http(reqwest::Error),
+    /// Reading failed after this many bytes.
+    Http(reqwest::Error, usize),
 }
 
 /// Reads a body of at most `limit` bytes: a provider (or a proxy) that streams without end
 /// must not take the worker's memory with it.
 async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(BodyError::Http)? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Http(e, body.len()))?
+    {
         if body.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge);
         }

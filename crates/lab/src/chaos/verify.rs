@@ -56,10 +56,10 @@ impl Accounting {
     }
 }
 
-/// True when the simulator sent this call's answer in full (whether or not the body was
-/// usable): what a provider bills.
+/// True when the simulator answered this call `200` (whether or not the body was usable or
+/// came whole): what it bills ([`CallRecord::billed`]).
 pub fn billed(c: &CallRecord) -> bool {
-    c.status == 200 && !matches!(c.fault.as_deref(), Some("timeout" | "reset"))
+    c.billed()
 }
 
 /// Call ids of the calls the simulator billed.
@@ -293,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn only_answers_sent_in_full_are_billed() {
+    fn every_answer_but_a_hang_is_billed() {
         let calls = [
             call(Some("a"), 200, None),
             call(Some("b"), 200, Some("no_usage")),
@@ -302,6 +302,7 @@ mod tests {
             call(Some("e"), 200, Some("malformed_json")),
             call(Some("f"), 200, Some("reset")),
         ];
-        assert_eq!(billed_ids(&calls), BTreeSet::from(["a", "b", "e"]));
+        // A body broken off after its `200` was generated and is billed; a hang is not.
+        assert_eq!(billed_ids(&calls), BTreeSet::from(["a", "b", "e", "f"]));
     }
 }
