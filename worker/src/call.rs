@@ -5,8 +5,11 @@
 //! - 429: the model's limiter pauses every call to that model, in the whole fleet, for
 //!   `Retry-After` (once per episode, see [`crate::limiter`]); this call then tries again,
 //!   without limit (throttling is never a reason to fail an item).
-//! - 5xx, timeouts, broken connections, unusable bodies: up to `max_retries` retries, then
+//! - 5xx, timeouts while connecting, broken connections: up to `max_retries` retries, then
 //!   the item is handed back to JetStream (nak with delay), which counts one delivery.
+//! - An unusable `200` body, or a request sent and not answered in time: the call ends at
+//!   once (it may be billed, so it is booked and never sent again under its call id); the
+//!   item is handed back.
 //! - Any other 4xx: no retry; the item fails with the provider's message.
 //! - A model whose circuit breaker is open ([`crate::breaker`]) is not called at all: the
 //!   call ends at once with [`CallFailure::CircuitOpen`] and the item is handed back for when
@@ -39,6 +42,11 @@ pub enum CallFailure {
     /// The provider answered `200` with a body that holds no usable answer: the call may be
     /// billed and is booked; the item is tried again (or fails, for a body that is too big).
     Unusable(ProviderError),
+    /// The request went out and no answer came in time ([`ProviderError::in_doubt`]): the
+    /// provider may have made and billed it. Booked in doubt at its worst case, the item tried
+    /// again under a new call id (never this one: a second request under it could be a
+    /// second bill that the first's booking hides).
+    InDoubt(ProviderError),
     /// The model's provider is considered down: no call was made; try again in `retry_in`.
     /// `no_room`: the call would have waited for the breaker ([`Patience::breaker_hold`])
     /// but as many calls of the model as may wait already do (`[worker.breaker]
@@ -235,6 +243,10 @@ pub async fn call_model<C: LlmClient>(
             // The provider is alive and answered; its answer is what is wrong.
             breaker.record_success();
             return (Err(CallFailure::Unusable(err)), stats);
+        }
+        if err.in_doubt() {
+            breaker.record_failure(&err.to_string());
+            return (Err(CallFailure::InDoubt(err)), stats);
         }
         let delay = match err.retry() {
             Retry::Never => {

@@ -507,6 +507,26 @@ async fn handle(
             tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, delivered = d.delivered, "call failed, item will be redelivered");
             return released(retry_later);
         }
+        Err(CallFailure::InDoubt(e)) => {
+            // Sent, and no answer in time: the provider may have made and billed it. Booked
+            // in doubt at its worst case (its hold settled by it), as a lost worker's call is,
+            // until reconciliation with the provider's usage says; the item is tried again
+            // under a new call id.
+            let call = entry(Usage::worst_case(&request), false, hold);
+            if exhausted {
+                let error = format!("gave up after {} deliveries: {e}", d.delivered);
+                return fail(error, Some(call), None);
+            }
+            tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, "call in doubt booked at its worst case, item will be redelivered");
+            return Handled::Commit {
+                outcome: Outcome::Unusable {
+                    key: key.clone(),
+                    call,
+                },
+                escalation: None,
+                then: retry_later,
+            };
+        }
         Err(CallFailure::Unusable(e)) => {
             // Answered and possibly billed: booked at an estimate of its usage.
             let usage = Usage::estimated(&request, &e);
@@ -775,6 +795,23 @@ impl Usage {
                 UsageSource::Provider
             },
             latency_ms: i32::try_from(c.latency.as_millis()).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// A call in doubt: the most it can have used, its prompt's bound and its completion's
+    /// (what its budget hold reserved), booked `in_doubt`.
+    fn worst_case(request: &CompletionRequest) -> Self {
+        let clamp = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        Self {
+            response_id: None,
+            prompt: clamp(crate::budget::prompt_bound(request)),
+            completion: clamp(request.completion_bound() as usize),
+            cached: 0,
+            written: 0,
+            written_1h: 0,
+            raw: None,
+            source: UsageSource::WorstCase,
+            latency_ms: 0,
         }
     }
 

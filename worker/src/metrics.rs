@@ -30,6 +30,7 @@ pub fn called<T>(
         Err(CallFailure::CircuitOpen { .. }) => "circuit_open",
         Err(CallFailure::ShuttingDown { .. }) => "shutdown",
         Err(CallFailure::Unusable(_)) => "unusable",
+        Err(CallFailure::InDoubt(_)) => "in_doubt",
     };
     let model_label = ModelLabel {
         model: model.to_owned(),

@@ -75,6 +75,9 @@ pub enum UsageSource {
     Provider,
     /// The provider sent no usable `usage`: estimated from the text (4 characters a token).
     Estimated,
+    /// Nobody knows whether the call was made (sent, then no answer in time): booked at the
+    /// most it can have used, `outcome = 'in_doubt'`, until reconciliation settles it.
+    WorstCase,
 }
 
 impl UsageSource {
@@ -83,6 +86,7 @@ impl UsageSource {
         match self {
             UsageSource::Provider => "provider",
             UsageSource::Estimated => "estimated",
+            UsageSource::WorstCase => "worst_case",
         }
     }
 }
@@ -133,7 +137,9 @@ pub enum Outcome {
         call: CallEntry,
     },
     /// The provider answered (and may bill) but the body holds no usable answer: the call is
-    /// booked (`unusable`), the item is not decided (its message is retried).
+    /// booked (`unusable`), the item is not decided (its message is retried). A call in doubt
+    /// (sent, no answer in time) comes this way too, at its worst case
+    /// ([`UsageSource::WorstCase`]), and is booked `in_doubt`.
     Unusable { key: AttemptKey, call: CallEntry },
     /// The item failed for good (non-retryable error, out of deliveries, an answer over the
     /// size limit). `call` is the billed call that failed it, if any; `intent` the call id
@@ -315,6 +321,7 @@ pub async fn commit_in(
                     report.duplicates += 1;
                     "duplicate"
                 }
+                _ if call.usage_source == UsageSource::WorstCase => "in_doubt",
                 _ => "unusable",
             }
         };

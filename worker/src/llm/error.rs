@@ -11,9 +11,15 @@ pub enum ProviderError {
         model: String,
         retry_after: Option<Duration>,
     },
-    /// The request did not finish within the model's timeout.
+    /// No answer came within the model's timeout. `sent`: the connection was made and the
+    /// request went out, so the provider may have made the call (and bill it); a timeout
+    /// while connecting sent nothing.
     #[error("`{model}` timed out after {after:?}")]
-    Timeout { model: String, after: Duration },
+    Timeout {
+        model: String,
+        after: Duration,
+        sent: bool,
+    },
     /// The connection failed or broke.
     #[error("`{model}` connection failed: {message}")]
     Connection { model: String, message: String },
@@ -87,6 +93,14 @@ impl ProviderError {
                 | ProviderError::TooLarge { .. }
                 | ProviderError::CutOff { .. }
         )
+    }
+
+    /// True when the request went out and no answer came back in time: the provider may
+    /// have made and billed the call, and nobody can tell which until its usage report. Such
+    /// a call is booked in doubt at its worst case (settled by reconciliation) and never
+    /// retried under its call id.
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, ProviderError::Timeout { sent: true, .. })
     }
 
     /// How to react to this error.

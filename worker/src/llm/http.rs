@@ -140,7 +140,8 @@ pub async fn exchange(
                 bytes: read,
             });
         }
-        Err(BodyError::Http(e, _)) => return Err(classify_send_error(model, e, timeout)),
+        // An error's body is only read for its message: its status says what happened.
+        Err(BodyError::Http(..)) => Vec::new(),
     };
     if status.is_success() {
         return Ok(bytes);
@@ -213,6 +214,7 @@ fn classify_send_error(model: &str, e: reqwest::Error, timeout: Duration) -> Pro
         ProviderError::Timeout {
             model: model.to_owned(),
             after: timeout,
+            sent: !e.is_connect(),
         }
     } else {
         // The URL may carry credentials: report the error without it.
