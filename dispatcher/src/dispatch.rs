@@ -174,7 +174,17 @@ pub async fn dispatch_job(
             .await
         }
         _ => {
-            // Already running or finished: nothing new to do.
+            // Already running or finished: nothing new to publish. A `running` job's message
+            // comes back when its dispatcher died after `mark_running` and before the
+            // completion check (the message is acked only after it): with every item
+            // answered, no worker's commit will ever check again, so this one does, instead
+            // of leaving the job to the stuck-job sweep (`stuck_after`, ten minutes).
+            if state == status::RUNNING
+                && let Some(final_status) = jobs::complete_if_done(&d.pool, &spec.job_id).await?
+            {
+                tracing::info!(job_id = %spec.job_id, status = %final_status, "job finished");
+                crate::consumer::publish_job_event(d, &spec.job_id, &final_status).await;
+            }
             d.counters.jobs_duplicate.fetch_add(1, Ordering::Relaxed);
             d.job_outcome("duplicate");
             Ok(JobOutcome::Dispatched {

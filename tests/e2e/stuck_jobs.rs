@@ -144,6 +144,28 @@ async fn a_job_whose_input_vanished_fails_on_its_last_delivery_with_its_reason()
     h.finish().await;
 }
 
+/// A dispatcher killed after `mark_running` and before the completion check leaves its job
+/// message unacked: its redelivery completes the job at once (no sweep runs here).
+#[tokio::test]
+async fn a_job_message_back_after_its_dispatcher_died_at_mark_running_completes_the_job() {
+    let h = Harness::start_with(manual_sweep, SimConfig::default()).await;
+    let spec = completed_job(&h, 4).await;
+    let before = calls(&h);
+    sql(
+        &h,
+        "UPDATE jobs SET status = 'running', finished_at = NULL WHERE job_id = $1",
+        &spec.job_id,
+    )
+    .await;
+    // The unacked message, delivered again.
+    send_again(&h, &spec, "redelivered-after-mark-running").await;
+    let s = h.wait_final(&spec.job_id, 30).await;
+    assert_eq!(s.job.status, "completed");
+    assert_eq!(sweeps(&h), 0, "no sweep ran");
+    assert_eq!(calls(&h), before, "completing called nothing");
+    h.finish().await;
+}
+
 #[tokio::test]
 async fn a_job_whose_completion_check_was_missed_is_completed_by_the_sweep() {
     let h = Harness::start_with(quick_sweep, SimConfig::default()).await;
