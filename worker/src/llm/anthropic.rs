@@ -128,9 +128,10 @@ impl LlmClient for AnthropicClient {
 }
 
 /// Adds one sample request's outcome to the call's answer: its text to the samples and its
-/// usage to the call's; returns its raw usage. A failed request adds nothing, except a
-/// `200` whose body could not be read: billed, so booked at an estimate (the prompt, and the
-/// body's size as completion, at most `max_tokens`).
+/// usage to the call's; returns its raw usage. A failed request adds nothing, except one the
+/// provider may bill: a `200` whose body could not be read (booked at an estimate: the
+/// prompt, and the body's size as completion, at most `max_tokens`), or whose body broke off,
+/// or a request that timed out after it went out (the prompt and `max_tokens`).
 fn add_sample(
     answer: &mut Completion,
     drawn: Result<Completion, ProviderError>,
@@ -156,6 +157,17 @@ fn add_sample(
         }
         Err(ProviderError::BadBody { bytes, .. }) => {
             let (prompt, completion) = request.estimate_unusable(bytes, request.max_tokens);
+            answer.prompt_tokens = answer.prompt_tokens.saturating_add(prompt);
+            answer.completion_tokens = answer.completion_tokens.saturating_add(completion);
+            answer.usage_estimated = true;
+            None
+        }
+        // A `200` whose body broke off was generated, and a request that went out and timed
+        // out may have been: booked with the call at their worst (the prompt, and
+        // `max_tokens`), estimated, for reconciliation to settle.
+        Err(e @ (ProviderError::CutOff { .. } | ProviderError::Timeout { sent: true, .. })) => {
+            tracing::debug!(model = %request.model, error = %e, "a sample request may be billed: booked at its worst case");
+            let (prompt, completion) = request.estimate_unusable(usize::MAX, request.max_tokens);
             answer.prompt_tokens = answer.prompt_tokens.saturating_add(prompt);
             answer.completion_tokens = answer.completion_tokens.saturating_add(completion);
             answer.usage_estimated = true;
@@ -347,6 +359,36 @@ mod tests {
         let c = fold_line(all, &r).unwrap().unwrap();
         assert_eq!((c.samples.len(), c.prompt_tokens), (4, 500));
         assert!(!c.usage_estimated);
+    }
+
+    #[test]
+    fn a_sample_request_the_provider_may_bill_is_booked_at_its_worst_case() {
+        let r = CompletionRequest::sampling_for_tests();
+        let mut answer = answered("A", 100, 1).unwrap();
+        let prompt = r.estimate_unusable(0, 0).0;
+        let cut_off = Err(ProviderError::CutOff {
+            model: "claude".into(),
+            message: "reset".into(),
+            bytes: 16,
+        });
+        let timeout = |sent| {
+            Err(ProviderError::Timeout {
+                model: "claude".into(),
+                after: std::time::Duration::from_secs(1),
+                sent,
+            })
+        };
+        for drawn in [cut_off, timeout(true), timeout(false), overloaded()] {
+            assert!(add_sample(&mut answer, drawn, &r).is_none());
+        }
+        // The cut-off body and the request that went out: each the prompt and `max_tokens`;
+        // the timeout while connecting and the 503 sent or billed nothing.
+        assert_eq!(
+            (answer.prompt_tokens, answer.completion_tokens),
+            (100 + 2 * prompt, 1 + 2 * r.max_tokens)
+        );
+        assert!(answer.usage_estimated);
+        assert!(answer.samples.is_empty());
     }
 
     #[test]
