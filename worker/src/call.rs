@@ -71,7 +71,8 @@ pub struct CallStats {
 /// How long a call keeps trying before it ends.
 #[derive(Debug, Clone, Copy)]
 pub struct Patience {
-    /// Retries on transient faults (5xx, timeouts) before the item is handed back.
+    /// Retries on transient faults (5xx, broken connections, timeouts while connecting) before
+    /// the item is handed back.
     pub max_retries: u32,
     /// How long the call may wait here for an open breaker instead of ending with
     /// [`CallFailure::CircuitOpen`]: zero but on an item's last delivery, where a hand-back

@@ -1,6 +1,7 @@
 //! What every provider's HTTP exchange shares: send, read a bounded body, and turn the
 //! status into a [`ProviderError`] the call loop knows how to treat (429 waits, 5xx and
-//! timeouts retry, other 4xx are refused), with the provider's `Retry-After` and without the
+//! connection failures retry, a timeout after sending is in doubt, a `200` that broke off is
+//! billed, other 4xx are refused), with the provider's `Retry-After` and without the
 //! API key in any message.
 
 use std::time::Duration;

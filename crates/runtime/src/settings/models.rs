@@ -71,7 +71,9 @@ pub struct ModelSettings {
     /// Per-request timeout.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Retries of one call on 429/5xx/timeouts before the item is handed back to JetStream.
+    /// Retries of one call on 5xx, broken connections and timeouts while connecting before the
+    /// item is handed back to JetStream (a request that timed out after it went out is booked
+    /// in doubt and handed back at once; 429s wait without limit).
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     /// Ask for logprobs (confidence). Turn off for providers that reject the field.
