@@ -198,7 +198,10 @@ pub async fn emit(
 /// `Nats-Msg-Id`, so JetStream drops a copy still in its duplicate window; past it, the
 /// workers' claim makes a copy of a call already made call nothing). `waiting(tier)`: that
 /// tier's workers still have messages to be handed out, among which the call may be; its
-/// calls wait for the next look. Returns the messages published.
+/// calls wait for the next look. `done`: when each call (item, audit?) was last published
+/// again; one is published again only once JetStream's duplicate window has passed since
+/// (within it, a copy of a message lost from the stream may be dropped as a duplicate; past
+/// it, at most one copy a window piles up). Returns the messages published.
 ///
 /// # Errors
 /// Database or NATS failures.
@@ -208,7 +211,12 @@ pub(crate) async fn republish_lost_pilot(
     stage: &Stage,
     lost: Vec<switchyard_store::quality::LostPilotCall>,
     waiting: &mut crate::sweeper::Backlogs<'_>,
+    done: &mut std::collections::HashMap<(String, bool), tokio::time::Instant>,
 ) -> anyhow::Result<u64> {
+    let window = d.settings.nats.duplicate_window;
+    let due =
+        |done: &std::collections::HashMap<(String, bool), tokio::time::Instant>,
+         key: (String, bool)| { done.get(&key).is_none_or(|at| at.elapsed() >= window) };
     let ds = &d.settings.dispatcher;
     let deadline = match spec.deadline {
         Some(_) => unix_deadline(jobs::deadline_unix(&d.pool, &spec.job_id).await?),
@@ -218,8 +226,19 @@ pub(crate) async fn republish_lost_pilot(
     let mut ready = Vec::with_capacity(lost.len());
     for call in lost {
         let tier = call.routed_tier.unwrap_or_else(|| ds.weak_tier.clone());
-        let first = call.first_lost && !waiting.waiting(&tier).await;
-        let audit = call.audit_lost && !waiting.waiting(&ds.strong_tier).await;
+        let first = call.first_lost
+            && due(done, (call.item_id.clone(), false))
+            && !waiting.waiting(&tier).await;
+        let audit = call.audit_lost
+            && due(done, (call.item_id.clone(), true))
+            && !waiting.waiting(&ds.strong_tier).await;
+        let now = tokio::time::Instant::now();
+        if first {
+            done.insert((call.item_id.clone(), false), now);
+        }
+        if audit {
+            done.insert((call.item_id.clone(), true), now);
+        }
         if first || audit {
             ready.push(Ready {
                 local_only: call.sensitivity.as_deref() == Some("local_only"),

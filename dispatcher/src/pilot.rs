@@ -255,10 +255,14 @@ pub async fn pilot_stage(
 /// closed without them; returns the rows as they are then. `Ok(None)`: the job stopped
 /// dispatching meanwhile (cancelled).
 ///
-/// Every `[dispatcher] sweep_every` it publishes again the pilot's calls that nothing works
-/// on ([`emit::republish_lost_pilot`]): a dispatcher that died between an item's weak and
-/// audit messages, or a message lost in the stream, would otherwise hold the job (and a
-/// dispatcher slot) until the timeout, and leave the plan a label short.
+/// When a whole `[dispatcher] sweep_every` went by without an answer, it publishes again the
+/// pilot's calls that nothing works on ([`emit::republish_lost_pilot`]), each at most once a
+/// duplicate window: a dispatcher that died between an item's weak and audit messages, or a
+/// message lost in the stream, would otherwise hold the job (and a dispatcher slot) until
+/// the timeout, and leave the plan a label short. (Rarely: a call that is only between
+/// deliveries, handed back by its worker, looks the same; its copy is harmless, the workers'
+/// claim calls it once, but copies must not pile up, nor keep renewing an item's
+/// deliveries.)
 ///
 /// # Errors
 /// Database or NATS errors.
@@ -272,6 +276,9 @@ pub async fn wait_for_pilot(
     let deadline = tokio::time::Instant::now() + timeout;
     let every = d.settings.dispatcher.sweep_every;
     let mut next_look = tokio::time::Instant::now() + every;
+    // Settled items at the last look, and the calls published again (item, audit?).
+    let mut settled_then = None;
+    let mut republished = HashMap::new();
     loop {
         let still = switchyard_store::jobs::get(&d.pool, job_id)
             .await?
@@ -301,11 +308,26 @@ pub async fn wait_for_pilot(
         }
         if now >= next_look {
             next_look = now + every;
+            let settled_now = rows.iter().filter(|r| settled(r)).count();
+            let stalled = settled_then == Some(settled_now);
+            settled_then = Some(settled_now);
             let lease = d.settings.finance.reservation_lease;
-            let lost = store::lost_pilot_calls(&d.pool, job_id, lease).await?;
+            let lost = if stalled {
+                store::lost_pilot_calls(&d.pool, job_id, lease).await?
+            } else {
+                Vec::new()
+            };
             if !lost.is_empty() {
                 let mut backlogs = crate::sweeper::Backlogs::new(d);
-                let sent = emit::republish_lost_pilot(d, spec, stage, lost, &mut backlogs).await?;
+                let sent = emit::republish_lost_pilot(
+                    d,
+                    spec,
+                    stage,
+                    lost,
+                    &mut backlogs,
+                    &mut republished,
+                )
+                .await?;
                 if sent > 0 {
                     tracing::warn!(
                         job_id,

@@ -233,3 +233,49 @@ async fn a_model_without_n_draws_its_samples_as_requests_and_books_them_all() {
     crate::support::assert_confidences_are_sample_agreement(&h.db.pool, "anthropic-samples").await;
     h.finish().await;
 }
+
+/// An Anthropic answer whose connection breaks after its `200` was generated and is billed:
+/// the worker books it (`unusable`, usage estimated) and calls again under a new id; every
+/// call the provider bills is booked, and nothing else.
+#[tokio::test]
+async fn an_anthropic_answer_broken_off_mid_body_is_booked_as_the_provider_bills_it() {
+    let (h, _) = anthropic_fleet(true).await;
+    let sim = h.fleet.sim.as_ref().expect("the simulator runs");
+    sim.set_faults(switchyard_sim::Faults {
+        script: vec![switchyard_sim::FaultKind::Reset].into(),
+        ..switchyard_sim::Faults::default()
+    });
+    let job_id = h
+        .client
+        .submit(classify_job(mmlu_items(3), 0.0, 0.0))
+        .await
+        .unwrap();
+    assert_eq!(h.wait_final(&job_id, 60).await.job.status, "completed");
+    let calls = sim.calls();
+    let reset: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.fault.as_deref() == Some("reset"))
+        .filter_map(|c| c.client_request_id.as_deref())
+        .collect();
+    assert_eq!(reset.len(), 1, "{calls:?}");
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT call_id, outcome, usage_source FROM ledger WHERE job_id = $1")
+            .bind(&job_id)
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    let booked: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let billed: std::collections::BTreeSet<&str> = calls
+        .iter()
+        .filter(|c| c.billed())
+        .filter_map(|c| c.client_request_id.as_deref())
+        .collect();
+    assert_eq!(booked, billed);
+    assert_eq!(booked.len(), rows.len(), "a call booked twice");
+    let broken = rows.iter().find(|r| r.0 == reset[0]).expect("booked");
+    assert_eq!(
+        (broken.1.as_str(), broken.2.as_str()),
+        ("unusable", "estimated")
+    );
+    h.finish().await;
+}

@@ -18,7 +18,7 @@ use crate::limiter::ModelLimiter;
 use crate::llm::Provider;
 use crate::llm::anthropic::AnthropicClient;
 use crate::llm::http::Endpoint;
-use crate::llm::openai::{OpenAiClient, http_client};
+use crate::llm::openai::{OpenAiClient, http_client_connecting_within};
 use switchyard_runtime::settings::Protocol;
 
 /// A model this worker can call.
@@ -130,7 +130,16 @@ impl Worker {
         )?;
         let worker_id = format!("w-{}", uuid::Uuid::now_v7());
         let finance = crate::budget::Finance::load(&pool, &settings, &worker_id).await?;
-        let http = http_client()?;
+        // Connections are made within half the shortest model timeout (at most 10 s), so a
+        // timeout that strikes is one after the request went out (see `ProviderError`).
+        let shortest = settings
+            .models
+            .values()
+            .map(|m| m.timeout)
+            .min()
+            .unwrap_or(std::time::Duration::from_secs(20));
+        let http =
+            http_client_connecting_within((shortest / 2).min(std::time::Duration::from_secs(10)))?;
         let mut models = HashMap::new();
         for (name, m) in &settings.models {
             if !tiers.contains(&m.tier) {

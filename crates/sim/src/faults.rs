@@ -228,10 +228,11 @@ impl Fault {
         )
     }
 
-    /// True when the answer reaches the client in full, usable or not: what a provider
-    /// bills. A call that hung past the client's timeout or whose connection broke does not.
+    /// True when the call answers `200`, usable or not, whole or broken off mid-body: the
+    /// answer was generated, so a provider bills it. A call that hung past the client's
+    /// timeout, before any answer, is not billed.
     pub fn billed(&self) -> bool {
-        self.status() == 200 && !matches!(self, Fault::Timeout | Fault::Reset)
+        self.status() == 200 && !matches!(self, Fault::Timeout)
     }
 
     /// The HTTP status the call answers with.

@@ -424,7 +424,9 @@ pub(crate) async fn messages(
         chat_completions(state.clone(), client, client_request_id, chat_body, cache).await;
     let (parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
-        return StatusCode::BAD_GATEWAY.into_response();
+        // The answer's connection breaks mid-body (the reset fault): so does this one's,
+        // after its `200` (a call the log bills, as a provider does).
+        return broken_after(Bytes::from_static(b"{\"id\":\"msg_"));
     };
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return Response::from_parts(parts, axum::body::Body::from(bytes));
@@ -659,9 +661,13 @@ fn json_response(body: impl Into<axum::body::Body>) -> Response {
 /// comes a moment after the first bytes, so the client has read the `200` (a break in the
 /// same write would be seen as a connection that failed before any answer).
 fn broken_body(response: &ChatResponse) -> Response {
-    use futures::StreamExt as _;
     let bytes = serde_json::to_vec(response).unwrap_or_default();
-    let head = Bytes::copy_from_slice(&bytes[..bytes.len().min(16)]);
+    broken_after(Bytes::copy_from_slice(&bytes[..bytes.len().min(16)]))
+}
+
+/// A `200` that sends `head`, then breaks its connection.
+fn broken_after(head: Bytes) -> Response {
+    use futures::StreamExt as _;
     let first = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(head) });
     let then_break = futures::stream::once(async {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -310,7 +310,11 @@ pub async fn commit_in(
     for (i, o) in outcomes.iter().enumerate() {
         let Some(call) = o.call() else { continue };
         let key = o.key();
-        let label = if key.is_shadow() {
+        // A call in doubt is `in_doubt` whatever its attempt (a shadow's or an audit's too),
+        // as the sweep books a lost worker's: reports of what is still open count on it.
+        let label = if call.usage_source == UsageSource::WorstCase {
+            "in_doubt"
+        } else if key.is_shadow() {
             "shadow"
         } else if key.is_audit() {
             "audit"
@@ -321,7 +325,6 @@ pub async fn commit_in(
                     report.duplicates += 1;
                     "duplicate"
                 }
-                _ if call.usage_source == UsageSource::WorstCase => "in_doubt",
                 _ => "unusable",
             }
         };
@@ -707,12 +710,18 @@ async fn settle_late_bookings(
         return Ok(0);
     }
     let booked: HashSet<&str> = booked.iter().map(String::as_str).collect();
+    // A worst case is no evidence of what a call cost: a call in doubt committed again (its
+    // first commit's reply lost) settles nothing.
     let missing: Vec<&str> = l
         .call_id
         .iter()
-        .copied()
-        .filter(|id| !booked.contains(id))
+        .zip(&l.usage_source)
+        .filter(|(id, source)| !booked.contains(**id) && **source != "worst_case")
+        .map(|(id, _)| *id)
         .collect();
+    if missing.is_empty() {
+        return Ok(0);
+    }
     let in_doubt: Vec<(i64, String)> = sqlx::query_as(
         "SELECT l.entry_id, l.call_id FROM ledger l WHERE l.call_id = ANY($1) \
          AND l.kind = 'call' AND l.outcome = 'in_doubt' \

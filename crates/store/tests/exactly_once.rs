@@ -210,6 +210,42 @@ async fn a_pilot_item_whose_audit_failed_for_good_is_not_waited_for() {
     assert_ne!(rows[0].status, "failed", "an audit's failure fails no item");
 }
 
+/// A call in doubt committed by its live worker (sent, no answer in time) is `in_doubt`
+/// whatever its attempt, and committing it again (the first commit's reply lost) settles
+/// nothing: a worst case is no evidence of what the call cost.
+#[tokio::test]
+async fn a_live_worker_s_call_in_doubt_is_booked_in_doubt_once() {
+    let db = setup(2).await;
+    let audit = i32::from(switchyard_proto::work::AUDIT_ATTEMPT);
+    let in_doubt = |item: i64, attempt: i32, id: &str| Outcome::Unusable {
+        key: key(item, attempt),
+        call: common::weak_call(id, MODEL, 100, UsageSource::WorstCase, Utc::now()),
+    };
+    let calls = [in_doubt(1, 0, "d1"), in_doubt(2, audit, "d2")];
+    for _ in 0..2 {
+        let report = outcomes::commit(&db.pool, &calls).await.unwrap();
+        assert_eq!(report.settled_in_doubt, 0);
+    }
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT call_id, outcome, usage_source FROM ledger ORDER BY call_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let want = |id: &str| {
+        (
+            id.to_owned(),
+            "in_doubt".to_owned(),
+            "worst_case".to_owned(),
+        )
+    };
+    assert_eq!(rows, [want("d1"), want("d2")]);
+    assert_eq!(
+        item(&db.pool, 1).await.0,
+        "queued",
+        "a call in doubt decides nothing"
+    );
+}
+
 /// A pilot's calls that nothing works on are the ones its dispatcher publishes again: not
 /// one answered, failed for good, or claimed by a live worker.
 #[tokio::test]

@@ -20,9 +20,15 @@ pub enum ProviderError {
         after: Duration,
         sent: bool,
     },
-    /// The connection failed or broke.
+    /// The connection failed or broke before any answer. `sent`: it had been made and the
+    /// request went out (it broke after), so the provider may have made the call; a
+    /// connection that could not be made sent nothing.
     #[error("`{model}` connection failed: {message}")]
-    Connection { model: String, message: String },
+    Connection {
+        model: String,
+        message: String,
+        sent: bool,
+    },
     /// A 5xx status: the provider's fault, retried.
     #[error("`{model}` returned HTTP {status}: {body}")]
     ServerError {
@@ -95,12 +101,16 @@ impl ProviderError {
         )
     }
 
-    /// True when the request went out and no answer came back in time: the provider may
-    /// have made and billed the call, and nobody can tell which until its usage report. Such
-    /// a call is booked in doubt at its worst case (settled by reconciliation) and never
-    /// retried under its call id.
+    /// True when the request went out and no answer came back (in time, or before the
+    /// connection broke): the provider may have made and billed the call, and nobody can tell
+    /// which until its usage report. Such a call is booked in doubt at its worst case
+    /// (settled by reconciliation) and never retried under its call id.
     pub fn in_doubt(&self) -> bool {
-        matches!(self, ProviderError::Timeout { sent: true, .. })
+        matches!(
+            self,
+            ProviderError::Timeout { sent: true, .. }
+                | ProviderError::Connection { sent: true, .. }
+        )
     }
 
     /// How to react to this error.

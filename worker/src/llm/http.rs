@@ -221,6 +221,7 @@ fn classify_send_error(model: &str, e: reqwest::Error, timeout: Duration) -> Pro
         // The URL may carry credentials: report the error without it.
         ProviderError::Connection {
             model: model.to_owned(),
+            sent: !e.is_connect(),
             message: e.without_url().to_string(),
         }
     }

@@ -35,12 +35,22 @@ impl OpenAiClient {
 /// # Errors
 /// When the TLS backend cannot be initialised.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    http_client_connecting_within(Duration::from_secs(10))
+}
+
+/// [`http_client`] whose connections must be made within `connect` (a worker sets it below
+/// its models' shortest timeout: a request's timeout that strikes while connecting would
+/// otherwise look like one that struck after the request went out, a call in doubt).
+///
+/// # Errors
+/// When the TLS backend cannot be initialised.
+pub fn http_client_connecting_within(connect: Duration) -> anyhow::Result<reqwest::Client> {
     // reqwest is built without a default crypto provider; install ring once per process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(connect)
         .build()?)
 }
 

@@ -21,9 +21,8 @@ pub struct Accounting {
     pub duplicated_results: i64,
     /// Items that failed for good (dead-lettered).
     pub failed_items: i64,
-    /// Calls the simulator answered in full (a `200` body the client could receive: not a
-    /// call that hung past the client's timeout, not a broken connection): the calls a
-    /// provider bills.
+    /// Calls the simulator answered `200` (whole or broken off mid-body; not a call that hung
+    /// past the client's timeout): the calls a provider bills.
     pub sim_calls: i64,
     /// Ledger rows of the run's jobs (calls, in-doubt entries, reversals and settlements).
     pub ledger_rows: i64,
