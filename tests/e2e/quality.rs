@@ -36,13 +36,18 @@ async fn completed_with_plan(
     spec: switchyard_proto::JobSpec,
 ) -> (String, serde_json::Value) {
     let job_id = h.client.submit(spec).await.unwrap();
-    let status = h.wait_final(&job_id, 120).await;
+    let stored = completed_plan(h, &job_id).await;
+    (job_id, stored)
+}
+
+/// Waits (at most two minutes) for job `job_id` to complete and returns its stored plan.
+async fn completed_plan(h: &Harness, job_id: &str) -> serde_json::Value {
+    let status = h.wait_final(job_id, 120).await;
     assert_eq!(status.job.status, "completed", "{status:?}");
-    let stored = switchyard_store::quality::stored_plan(&h.db.pool, &job_id)
+    switchyard_store::quality::stored_plan(&h.db.pool, job_id)
         .await
         .unwrap()
-        .expect("a quality job stores its plan");
-    (job_id, stored)
+        .expect("a quality job stores its plan")
 }
 
 #[tokio::test]
@@ -334,12 +339,7 @@ async fn a_pilot_whose_audit_calls_were_lost_publishes_them_again() {
         .await
         .unwrap();
 
-    let status = h.wait_final(&job_id, 120).await;
-    assert_eq!(status.job.status, "completed", "{status:?}");
-    let stored = switchyard_store::quality::stored_plan(&h.db.pool, &job_id)
-        .await
-        .unwrap()
-        .expect("a quality job stores its plan");
+    let stored = completed_plan(&h, &job_id).await;
     assert_eq!(stored["stage"], "routed", "{stored}");
     let fraction = stored["pilot_fraction"].as_f64().unwrap();
     let by_item = attempts(&h, &job_id).await;

@@ -453,6 +453,26 @@ async fn handle(
     let entry = |usage: Usage, escalated: bool, hold: Option<budget::Hold>| {
         booking.entry(usage, escalated, hold.map(budget::Hold::hand_over))
     };
+    // A call that may be billed and has no answer: booked, and the item handed back for
+    // another delivery (failed instead on its last one, or with `fails_it`'s error).
+    let booked_then_back = |call: CallEntry,
+                            e: &crate::llm::ProviderError,
+                            fails_it: Option<String>,
+                            what: &str| {
+        let last = exhausted.then(|| format!("gave up after {} deliveries: {e}", d.delivered));
+        if let Some(error) = fails_it.or(last) {
+            return fail(error, Some(call), None);
+        }
+        tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, "{what}, item will be redelivered");
+        Handled::Commit {
+            outcome: Outcome::Unusable {
+                key: key.clone(),
+                call,
+            },
+            escalation: None,
+            then: retry_later.clone(),
+        }
+    };
     let completion = match result {
         Ok(c) => c,
         Err(CallFailure::ShuttingDown { sent: false }) => {
@@ -513,42 +533,14 @@ async fn handle(
             // until reconciliation with the provider's usage says; the item is tried again
             // under a new call id.
             let call = entry(Usage::worst_case(&request), false, hold);
-            if exhausted {
-                let error = format!("gave up after {} deliveries: {e}", d.delivered);
-                return fail(error, Some(call), None);
-            }
-            tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, "call in doubt booked at its worst case, item will be redelivered");
-            return Handled::Commit {
-                outcome: Outcome::Unusable {
-                    key: key.clone(),
-                    call,
-                },
-                escalation: None,
-                then: retry_later,
-            };
+            return booked_then_back(call, &e, None, "call in doubt booked at its worst case");
         }
         Err(CallFailure::Unusable(e)) => {
             // Answered and possibly billed: booked at an estimate of its usage.
-            let usage = Usage::estimated(&request, &e);
-            let call = entry(usage, false, hold);
-            let too_large = matches!(e, crate::llm::ProviderError::TooLarge { .. });
-            if too_large || exhausted {
-                let error = if too_large {
-                    format!("{e} (worker.max_answer_bytes is {})", ws.max_answer_bytes)
-                } else {
-                    format!("gave up after {} deliveries: {e}", d.delivered)
-                };
-                return fail(error, Some(call), None);
-            }
-            tracing::warn!(job_id = %item.job_id, item_id = %item.item_id, error = %e, "unusable answer booked, item will be redelivered");
-            return Handled::Commit {
-                outcome: Outcome::Unusable {
-                    key: key.clone(),
-                    call,
-                },
-                escalation: None,
-                then: retry_later,
-            };
+            let call = entry(Usage::estimated(&request, &e), false, hold);
+            let too_large = matches!(e, crate::llm::ProviderError::TooLarge { .. })
+                .then(|| format!("{e} (worker.max_answer_bytes is {})", ws.max_answer_bytes));
+            return booked_then_back(call, &e, too_large, "unusable answer booked");
         }
     };
 
