@@ -120,12 +120,7 @@ pub async fn emit(
     // Pass 1 planned already; this accumulator is only what `route` writes to.
     let mut scratch = router.inputs();
     let mut out = Emitted::default();
-    // The deadline was fixed when the job was admitted; every message carries that instant.
-    let deadline = match spec.deadline {
-        Some(_) => unix_deadline(jobs::deadline_unix(&d.pool, &spec.job_id).await?),
-        None => None,
-    };
-    let mut sender = Sender::new(d, spec, stage, deadline);
+    let mut sender = Sender::new(d, spec, stage, job_deadline(d, spec).await?);
     let mut stored: Vec<Ready> = Vec::new();
     let mut seq: i64 = 0;
     loop {
@@ -211,50 +206,47 @@ pub(crate) async fn republish_lost_pilot(
     stage: &Stage,
     lost: Vec<switchyard_store::quality::LostPilotCall>,
     waiting: &mut crate::sweeper::Backlogs<'_>,
-    done: &mut std::collections::HashMap<(String, bool), tokio::time::Instant>,
+    done: &mut Republished,
 ) -> anyhow::Result<u64> {
     let window = d.settings.nats.duplicate_window;
-    let due =
-        |done: &std::collections::HashMap<(String, bool), tokio::time::Instant>,
-         key: (String, bool)| { done.get(&key).is_none_or(|at| at.elapsed() >= window) };
-    let ds = &d.settings.dispatcher;
-    let deadline = match spec.deadline {
-        Some(_) => unix_deadline(jobs::deadline_unix(&d.pool, &spec.job_id).await?),
-        None => None,
+    let now = tokio::time::Instant::now();
+    // Due (and marked published now) unless published again within the window.
+    let mut due = |item: &str, audit: bool| {
+        let key = (item.to_owned(), audit);
+        let due = done.get(&key).is_none_or(|at| now - *at >= window);
+        if due {
+            done.insert(key, now);
+        }
+        due
     };
-    let mut sender = Sender::new(d, spec, stage, deadline);
+    let strong = d.settings.dispatcher.strong_tier.clone();
+    let mut sender = Sender::new(d, spec, stage, job_deadline(d, spec).await?);
     let mut ready = Vec::with_capacity(lost.len());
     for call in lost {
-        let tier = call.routed_tier.unwrap_or_else(|| ds.weak_tier.clone());
-        let first = call.first_lost
-            && due(done, (call.item_id.clone(), false))
-            && !waiting.waiting(&tier).await;
-        let audit = call.audit_lost
-            && due(done, (call.item_id.clone(), true))
-            && !waiting.waiting(&ds.strong_tier).await;
-        let now = tokio::time::Instant::now();
-        if first {
-            done.insert((call.item_id.clone(), false), now);
-        }
-        if audit {
-            done.insert((call.item_id.clone(), true), now);
-        }
-        if first || audit {
-            ready.push(Ready {
-                local_only: call.sensitivity.as_deref() == Some("local_only"),
-                item_id: call.item_id,
-                text: call.text,
-                tier,
-                score: call.router_score,
-                first,
-                audit,
-            });
+        let mut item = sender.ready_from_stored(call.item);
+        item.first =
+            call.first_lost && !waiting.waiting(&item.tier).await && due(&item.item_id, false);
+        item.audit = call.audit_lost && !waiting.waiting(&strong).await && due(&item.item_id, true);
+        if item.first || item.audit {
+            ready.push(item);
         }
     }
     let mut out = Emitted::default();
     sender.send_all(ready, &mut out).await?;
     sender.publisher.flush().await?;
     Ok(out.published + out.audits)
+}
+
+/// When each pilot call (item, audit?) was last published again
+/// ([`republish_lost_pilot`]).
+pub(crate) type Republished = std::collections::HashMap<(String, bool), tokio::time::Instant>;
+
+/// The job's deadline as its messages carry it (fixed when the job was admitted).
+async fn job_deadline(d: &Dispatcher, spec: &JobSpec) -> anyhow::Result<Option<u64>> {
+    Ok(match spec.deadline {
+        Some(_) => unix_deadline(jobs::deadline_unix(&d.pool, &spec.job_id).await?),
+        None => None,
+    })
 }
 
 fn new_item(

@@ -278,7 +278,7 @@ pub async fn wait_for_pilot(
     let mut next_look = tokio::time::Instant::now() + every;
     // Settled items at the last look, and the calls published again (item, audit?).
     let mut settled_then = None;
-    let mut republished = HashMap::new();
+    let mut republished = emit::Republished::new();
     loop {
         let still = switchyard_store::jobs::get(&d.pool, job_id)
             .await?

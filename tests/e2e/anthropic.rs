@@ -245,12 +245,7 @@ async fn an_anthropic_answer_broken_off_mid_body_is_booked_as_the_provider_bills
         script: vec![switchyard_sim::FaultKind::Reset].into(),
         ..switchyard_sim::Faults::default()
     });
-    let job_id = h
-        .client
-        .submit(classify_job(mmlu_items(3), 0.0, 0.0))
-        .await
-        .unwrap();
-    assert_eq!(h.wait_final(&job_id, 60).await.job.status, "completed");
+    let job_id = h.completed(classify_job(mmlu_items(3), 0.0, 0.0)).await;
     let calls = sim.calls();
     let reset: Vec<&str> = calls
         .iter()
@@ -265,12 +260,7 @@ async fn an_anthropic_answer_broken_off_mid_body_is_booked_as_the_provider_bills
             .await
             .unwrap();
     let booked: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    let billed: std::collections::BTreeSet<&str> = calls
-        .iter()
-        .filter(|c| c.billed())
-        .filter_map(|c| c.client_request_id.as_deref())
-        .collect();
-    assert_eq!(booked, billed);
+    assert_eq!(booked, switchyard_sim::call_log::billed_ids(&calls));
     assert_eq!(booked.len(), rows.len(), "a call booked twice");
     let broken = rows.iter().find(|r| r.0 == reset[0]).expect("booked");
     assert_eq!(

@@ -114,12 +114,7 @@ async fn a_request_that_timed_out_after_it_was_sent_is_booked_in_doubt_then_reco
         sim,
     )
     .await;
-    let job_id = h
-        .client
-        .submit(classify_job(mmlu_items(3), 0.0, 0.0))
-        .await
-        .unwrap();
-    assert_eq!(h.wait_final(&job_id, 60).await.job.status, "completed");
+    let job_id = h.completed(classify_job(mmlu_items(3), 0.0, 0.0)).await;
     let calls = h.fleet.sim.as_ref().unwrap().calls();
     let hung: Vec<&str> = calls
         .iter()

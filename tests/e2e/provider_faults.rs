@@ -125,11 +125,7 @@ async fn every_transient_fault_is_retried_and_the_items_complete() {
         );
     }
     // Every call the simulator bills is booked, and nothing else but the call in doubt.
-    let billed: std::collections::BTreeSet<&str> = calls
-        .iter()
-        .filter(|c| c.billed())
-        .filter_map(|c| c.client_request_id.as_deref())
-        .collect();
+    let billed = switchyard_sim::call_log::billed_ids(&calls);
     let booked_ids: std::collections::BTreeSet<&str> = booked
         .iter()
         .filter(|(_, (outcome, _))| *outcome != "in_doubt")

@@ -61,6 +61,20 @@ async fn completed_job(h: &Harness, n: usize) -> JobSpec {
     spec
 }
 
+/// A 4-item job run to completion, then set back to `running` as a dispatcher leaves it that
+/// died between `mark_running` and the completion check; returns it and the calls made so far.
+async fn completed_job_left_running(h: &Harness) -> (JobSpec, usize) {
+    let spec = completed_job(h, 4).await;
+    let before = calls(h);
+    sql(
+        h,
+        "UPDATE jobs SET status = 'running', finished_at = NULL WHERE job_id = $1",
+        &spec.job_id,
+    )
+    .await;
+    (spec, before)
+}
+
 /// Publishes the job's message again, past JetStream's duplicate window (another message id):
 /// a redelivery that comes late.
 async fn send_again(h: &Harness, spec: &JobSpec, msg_id: &str) {
@@ -149,14 +163,7 @@ async fn a_job_whose_input_vanished_fails_on_its_last_delivery_with_its_reason()
 #[tokio::test]
 async fn a_job_message_back_after_its_dispatcher_died_at_mark_running_completes_the_job() {
     let h = Harness::start_with(manual_sweep, SimConfig::default()).await;
-    let spec = completed_job(&h, 4).await;
-    let before = calls(&h);
-    sql(
-        &h,
-        "UPDATE jobs SET status = 'running', finished_at = NULL WHERE job_id = $1",
-        &spec.job_id,
-    )
-    .await;
+    let (spec, before) = completed_job_left_running(&h).await;
     // The unacked message, delivered again.
     send_again(&h, &spec, "redelivered-after-mark-running").await;
     let s = h.wait_final(&spec.job_id, 30).await;
@@ -169,15 +176,8 @@ async fn a_job_message_back_after_its_dispatcher_died_at_mark_running_completes_
 #[tokio::test]
 async fn a_job_whose_completion_check_was_missed_is_completed_by_the_sweep() {
     let h = Harness::start_with(quick_sweep, SimConfig::default()).await;
-    let spec = completed_job(&h, 4).await;
-    let before = calls(&h);
     // As if the completion check after `mark_running` had failed (Postgres down).
-    sql(
-        &h,
-        "UPDATE jobs SET status = 'running', finished_at = NULL WHERE job_id = $1",
-        &spec.job_id,
-    )
-    .await;
+    let (spec, before) = completed_job_left_running(&h).await;
     let s = h.wait_final(&spec.job_id, 30).await;
     assert_eq!(s.job.status, "completed");
     // The sweep counts a job once it has announced it (after the status is written).

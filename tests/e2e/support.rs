@@ -136,6 +136,14 @@ impl Harness {
         assert_eq!(s.items_by_state.values().sum::<i64>(), 0, "{job_id}");
     }
 
+    /// Submits `spec` and asserts it completes within a minute; returns its job id.
+    pub async fn completed(&self, spec: JobSpec) -> String {
+        let job_id = self.client.submit(spec).await.unwrap();
+        let s = self.wait_final(&job_id, 60).await;
+        assert_eq!(s.job.status, "completed", "{s:?}");
+        job_id
+    }
+
     /// Submits a small classification job and asserts it completes: the fleet still works.
     pub async fn a_small_job_completes(&self) {
         let id = self

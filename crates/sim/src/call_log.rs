@@ -74,6 +74,16 @@ impl CallRecord {
     }
 }
 
+/// The call ids (our `X-Client-Request-Id`) of the calls the simulator bills: what a ledger
+/// that booked every billed call holds.
+pub fn billed_ids(calls: &[CallRecord]) -> std::collections::BTreeSet<&str> {
+    calls
+        .iter()
+        .filter(|c| c.billed())
+        .filter_map(|c| c.client_request_id.as_deref())
+        .collect()
+}
+
 impl CallRecord {
     /// True when the simulator answered `200` (usable or not, whole or broken off mid-body):
     /// it generated the answer, so it bills it, as a provider does. A call that hung past the
@@ -193,5 +203,30 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(from_file, calls);
+    }
+
+    fn call(id: Option<&str>, status: u16, fault: Option<&str>) -> CallRecord {
+        let mut c = CallRecord::new("m", status);
+        c.client_request_id = id.map(str::to_owned);
+        c.fault = fault.map(str::to_owned);
+        c
+    }
+
+    #[test]
+    fn every_answer_but_a_hang_is_billed() {
+        let calls = [
+            call(Some("a"), 200, None),
+            call(Some("b"), 200, Some("no_usage")),
+            call(Some("c"), 200, Some("timeout")),
+            call(Some("d"), 503, Some("error_rate")),
+            call(Some("e"), 200, Some("malformed_json")),
+            call(Some("f"), 200, Some("reset")),
+            call(None, 200, None),
+        ];
+        // A body broken off after its `200` was generated and is billed; a hang is not.
+        assert_eq!(
+            billed_ids(&calls),
+            std::collections::BTreeSet::from(["a", "b", "e", "f"])
+        );
     }
 }

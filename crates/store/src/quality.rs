@@ -57,14 +57,11 @@ pub async fn answered_items(pool: &PgPool, job_id: &str) -> sqlx::Result<Vec<Ans
 
 /// A stored pilot item whose weak call, audit call or both nothing will ever answer unless
 /// their message is published again (see [`lost_pilot_calls`]).
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LostPilotCall {
-    pub item_id: String,
-    pub seq: i64,
-    pub text: String,
-    pub sensitivity: Option<String>,
-    pub router_score: f32,
-    pub routed_tier: Option<String>,
+    /// The item, as a resumed dispatch reads it back to publish.
+    #[sqlx(flatten)]
+    pub item: crate::items::StoredItem,
     /// Attempt 0 (the weak, record-only call) is lost.
     pub first_lost: bool,
     /// The audit call (`AUDIT_ATTEMPT`, strong) is lost.
@@ -88,7 +85,7 @@ pub async fn lost_pilot_calls(
     // For each of the two attempts: no answer, no failure, no live intent, not parked.
     sqlx::query_as(
         "SELECT * FROM (SELECT i.item_id, i.seq, i.text, i.sensitivity, i.router_score, \
-           i.routed_tier, \
+           i.routed_tier, i.route_tier, \
            (i.status IN ('pending', 'queued') AND i.attempt = 0 \
            AND NOT EXISTS (SELECT 1 FROM results r WHERE r.job_id = i.job_id \
              AND r.item_id = i.item_id AND r.attempt = 0) \

@@ -278,7 +278,7 @@ async fn a_pilot_s_lost_calls_are_those_nothing_answers_or_works_on() {
         .unwrap();
     let got: Vec<(&str, bool, bool)> = lost
         .iter()
-        .map(|c| (c.item_id.as_str(), c.first_lost, c.audit_lost))
+        .map(|c| (c.item.item_id.as_str(), c.first_lost, c.audit_lost))
         .collect();
     // Item 2's audit call is lost, item 3's two calls; 1 is answered, 4's audit failed for
     // good, 5's is being made.

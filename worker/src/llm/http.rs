@@ -135,9 +135,14 @@ pub async fn exchange(
         // The provider answered `200` and generated the answer: it bills the call though
         // the body broke off (the connection broke, or the timeout struck, while reading).
         Err(BodyError::Http(e, read)) if status.is_success() => {
+            let message = if e.is_timeout() {
+                format!("timed out after {timeout:?}")
+            } else {
+                e.without_url().to_string()
+            };
             return Err(ProviderError::CutOff {
                 model: model.to_owned(),
-                message: classify_send_error(model, e, timeout).to_string(),
+                message,
                 bytes: read,
             });
         }

@@ -304,7 +304,7 @@ pub async fn billed_past_max_tokens(
         .collect();
     Ok(calls
         .iter()
-        .filter(|c| c.fault.as_deref() == Some("odd_huge") && crate::chaos::verify::billed(c))
+        .filter(|c| c.fault.as_deref() == Some("odd_huge") && c.billed())
         .filter(|c| {
             c.client_request_id
                 .as_deref()

@@ -55,21 +55,6 @@ impl Accounting {
     }
 }
 
-/// True when the simulator answered this call `200` (whether or not the body was usable or
-/// came whole): what it bills ([`CallRecord::billed`]).
-pub fn billed(c: &CallRecord) -> bool {
-    c.billed()
-}
-
-/// Call ids of the calls the simulator billed.
-pub fn billed_ids(calls: &[CallRecord]) -> BTreeSet<&str> {
-    calls
-        .iter()
-        .filter(|c| billed(c))
-        .filter_map(|c| c.client_request_id.as_deref())
-        .collect()
-}
-
 #[derive(sqlx::FromRow)]
 struct Row {
     call_id: String,
@@ -134,7 +119,7 @@ pub async fn account(
     .fetch_one(pool)
     .await?;
 
-    let billed = billed_ids(calls);
+    let billed = switchyard_sim::call_log::billed_ids(calls);
     // Per call (a settlement `<id>:settled` is the same call), the entries that stand.
     let mut standing: BTreeMap<&str, i64> = BTreeMap::new();
     let mut booked: BTreeSet<&str> = BTreeSet::new();
@@ -278,30 +263,4 @@ pub async fn reconcile_and_bill(
         unpriced_models: bill.unpriced_models,
         mismatches,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn call(id: Option<&str>, status: u16, fault: Option<&str>) -> CallRecord {
-        let mut c = CallRecord::new("m", status);
-        c.client_request_id = id.map(str::to_owned);
-        c.fault = fault.map(str::to_owned);
-        c
-    }
-
-    #[test]
-    fn every_answer_but_a_hang_is_billed() {
-        let calls = [
-            call(Some("a"), 200, None),
-            call(Some("b"), 200, Some("no_usage")),
-            call(Some("c"), 200, Some("timeout")),
-            call(Some("d"), 503, Some("error_rate")),
-            call(Some("e"), 200, Some("malformed_json")),
-            call(Some("f"), 200, Some("reset")),
-        ];
-        // A body broken off after its `200` was generated and is billed; a hang is not.
-        assert_eq!(billed_ids(&calls), BTreeSet::from(["a", "b", "e", "f"]));
-    }
 }
