@@ -228,13 +228,6 @@ impl Fault {
         )
     }
 
-    /// True when the call answers `200`, usable or not, whole or broken off mid-body: the
-    /// answer was generated, so a provider bills it. A call that hung past the client's
-    /// timeout, before any answer, is not billed.
-    pub fn billed(&self) -> bool {
-        self.status() == 200 && !matches!(self, Fault::Timeout)
-    }
-
     /// The HTTP status the call answers with.
     pub fn status(&self) -> u16 {
         match self {
