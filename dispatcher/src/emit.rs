@@ -359,6 +359,7 @@ impl<'a> Sender<'a> {
                 escalations_left: self.escalations,
                 escalation: None,
                 router_score: None,
+                cost_weight: None,
                 deadline: self.deadline,
             };
             let ds = &self.d.settings.dispatcher;

@@ -33,7 +33,7 @@ use switchyard_core::agreement::agreement;
 use switchyard_core::audit::{self, DEFAULT_AUDIT_SHARE};
 use switchyard_core::escalation::{self, AnswerFeatures, Labelled};
 use switchyard_core::policy::Cut;
-use switchyard_core::quality::{self, JobItem, PilotAnswer, QualityInputs};
+use switchyard_core::quality::{self, CostWeigher, JobItem, PilotAnswer, QualityInputs};
 use switchyard_core::samples::DEFAULT_EXTRA_SAMPLES;
 use switchyard_proto::work::AUDIT_ATTEMPT;
 use switchyard_proto::{EscalationRule, JobSpec, Routing, WorkItem};
@@ -70,6 +70,8 @@ pub enum Stage {
         fallback_threshold: f64,
         /// The plan's up-front cut.
         cut: Cut,
+        /// Weighs each item's strong cost for the rule's `cost_slope`.
+        cost: Option<CostWeigher>,
     },
 }
 
@@ -123,10 +125,14 @@ impl Stage {
                 rule,
                 audit_fraction,
                 fallback_threshold,
+                cost,
                 ..
             } => {
                 msg.escalation = Some(rule.clone());
                 msg.confidence_threshold = *fallback_threshold;
+                msg.cost_weight = cost
+                    .filter(|_| rule.cost_slope != 0.0)
+                    .map(|c| c.weight(&msg.task, &msg.text));
                 audit::sampled(sample_key, &msg.item_id, *audit_fraction)
             }
         };
@@ -160,6 +166,10 @@ pub enum StoredStage {
         /// The whole plan, for reports (`switchyard status`, `router explain`).
         #[serde(default)]
         plan: serde_json::Value,
+        /// How each item's cost weight is computed, for a rule with a `cost_slope` (absent
+        /// in plans stored before it: no weight, read as 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost: Option<CostWeigher>,
     },
 }
 
@@ -474,6 +484,7 @@ pub async fn plan(
         rule: plan.rule.clone(),
         fallback_threshold: plan.fallback_threshold,
         plan: serde_json::to_value(&plan).context("plan as JSON")?,
+        cost: router.cost_weigher(plan.mean_strong_usd),
     };
     Ok((stage, cut))
 }
@@ -486,6 +497,7 @@ pub fn routed(stage: &StoredStage, cut: Option<(f32, i64)>) -> Option<Stage> {
             audit_fraction,
             rule,
             fallback_threshold,
+            cost,
             ..
         } => Some(Stage::Routed {
             pilot_fraction: *pilot_fraction,
@@ -493,6 +505,7 @@ pub fn routed(stage: &StoredStage, cut: Option<(f32, i64)>) -> Option<Stage> {
             audit_fraction: *audit_fraction,
             fallback_threshold: *fallback_threshold,
             cut: cut_from_pair(cut),
+            cost: *cost,
         }),
         StoredStage::Pilot { .. } => None,
     }
@@ -525,6 +538,7 @@ mod tests {
             audit_fraction: 0.05,
             fallback_threshold: 0.7,
             cut: Cut::Nothing,
+            cost: None,
         };
         for i in 0..500 {
             let id = format!("item-{i}");
@@ -581,17 +595,30 @@ mod tests {
 
     #[test]
     fn routed_messages_carry_the_rule_and_stages_round_trip() {
-        let rule = escalation::EscalationModel::constant(0.3).rule(0.4, 0);
+        let rule = escalation::EscalationModel::constant(0.3).cost_rule(0.4, 0.1, 0);
+        let weigher = CostWeigher {
+            usd_per_prompt_token: 1e-5,
+            fixed_usd: 0.0,
+            mean_usd: 1e-3,
+        };
         let stage = StoredStage::Routed {
             pilot_fraction: 0.1,
             audit_fraction: 0.0,
             rule: rule.clone(),
             fallback_threshold: 0.75,
             plan: serde_json::json!({"target": 0.95}),
+            cost: Some(weigher),
         };
         let json = serde_json::to_value(&stage).unwrap();
         assert_eq!(json["stage"], "routed");
         assert_eq!(stored_stage(Some(&json)), Some(stage.clone()));
+        // A plan stored before items were weighed reads back without a weigher.
+        let mut older = json.clone();
+        older.as_object_mut().unwrap().remove("cost");
+        assert!(matches!(
+            stored_stage(Some(&older)),
+            Some(StoredStage::Routed { cost: None, .. })
+        ));
         let s = routed(&stage, Some((0.5, 3))).unwrap();
         assert_eq!(
             s.cut(),
@@ -602,8 +629,23 @@ mod tests {
         );
         let mut m = msg("weak");
         assert!(s.decorate(&mut m, "job", 0.1, "weak", "strong").is_none());
-        assert_eq!(m.escalation, Some(rule));
+        assert_eq!(m.escalation, Some(rule.clone()));
         assert_eq!(m.confidence_threshold, 0.75);
+        // Its cost weight, from its text, for the rule's slope; none without a slope.
+        assert_eq!(m.cost_weight, Some(weigher.weight(&m.task, &m.text)));
+        let flat = StoredStage::Routed {
+            pilot_fraction: 0.1,
+            audit_fraction: 0.0,
+            rule: escalation::EscalationModel::constant(0.3).rule(0.4, 0),
+            fallback_threshold: 0.75,
+            plan: serde_json::Value::Null,
+            cost: Some(weigher),
+        };
+        let mut f = msg("weak");
+        routed(&flat, None)
+            .unwrap()
+            .decorate(&mut f, "job", 0.1, "weak", "strong");
+        assert_eq!(f.cost_weight, None);
         // Plans of other policies are not quality stages.
         assert_eq!(
             stored_stage(Some(&serde_json::json!({"policy": "x"}))),

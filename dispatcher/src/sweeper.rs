@@ -451,6 +451,7 @@ impl Message<'_> {
             confidence_threshold: self.threshold,
             escalation: None,
             router_score: None,
+            cost_weight: None,
             deadline,
             escalations_left: self.escalations.saturating_sub(used),
         };
@@ -574,13 +575,20 @@ mod tests {
     /// attempts and other jobs' messages carry none.
     #[test]
     fn a_lost_first_message_of_a_quality_job_keeps_its_rule() {
-        let rule = switchyard_core::escalation::EscalationModel::constant(0.3).rule(0.4, 0);
+        let rule =
+            switchyard_core::escalation::EscalationModel::constant(0.3).cost_rule(0.4, 0.2, 0);
+        let weigher = switchyard_core::quality::CostWeigher {
+            usd_per_prompt_token: 1e-5,
+            fixed_usd: 1e-4,
+            mean_usd: 2e-4,
+        };
         let routed = StoredStage::Routed {
             pilot_fraction: 0.0,
             audit_fraction: 0.0,
             rule: rule.clone(),
             fallback_threshold: 0.55,
             plan: serde_json::Value::Null,
+            cost: Some(weigher),
         };
         let job = job();
         let lost = |item: &str, attempt: i32| LostAttempt {
@@ -597,6 +605,8 @@ mod tests {
         let w = m.for_attempt(lost("i", 0), "weak".into()).unwrap();
         assert_eq!(w.escalation.as_ref(), Some(&rule));
         assert_eq!(w.router_score, Some(0.25));
+        // The same cost weight as its first publication (from its text).
+        assert_eq!(w.cost_weight, Some(weigher.weight(&w.task, "x")));
         assert_eq!(w.confidence_threshold, 0.55);
         // An escalation (on the strong tier) is not a first message.
         let e = m.for_attempt(lost("i", 1), "strong".into()).unwrap();

@@ -45,6 +45,7 @@ async fn first_attempts(h: &Harness, job_id: &str) -> Vec<WorkItem> {
             confidence_threshold: 0.0,
             escalation: None,
             router_score: None,
+            cost_weight: None,
             deadline: None,
             escalations_left: 0,
         })

@@ -106,6 +106,34 @@ async fn fleet_matches_its_twin(h: &Harness, sim: &SimConfig, spec: JobSpec) {
     // The twin, on the same items, job id, router, prices and simulator settings.
     let replay = quality_twin_of(h, sim, &spec, switchyard_core::audit::DEFAULT_AUDIT_SHARE);
 
+    // The plan: the rule the dispatcher stored (its cost slope with it) is the twin's.
+    let stored: serde_json::Value =
+        sqlx::query_scalar("SELECT routing_plan FROM jobs WHERE job_id = $1")
+            .bind(&job_id)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    let planned = replay.plan.as_ref().expect("a quality job has a plan");
+    let rule: switchyard_proto::EscalationRule =
+        serde_json::from_value(stored["rule"].clone()).unwrap();
+    // (JSON in Postgres keeps a float to within its last bit.)
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
+    assert_eq!(rule.weights.len(), planned.rule.weights.len());
+    for (a, b) in rule.weights.iter().zip(&planned.rule.weights) {
+        assert!(close(*a, *b), "{rule:?} vs {:?}", planned.rule);
+    }
+    assert!(close(rule.threshold, planned.rule.threshold));
+    assert!(close(rule.cost_slope, planned.rule.cost_slope));
+    if sim.logprobs {
+        // With logprobs the plan escalates by gain per dollar, and the dispatcher weighed
+        // every weak-routed item (the decisions below agree only if the weights did).
+        assert!(rule.cost_slope != 0.0, "{rule:?}");
+        assert!(
+            stored["cost"]["mean_usd"].as_f64().unwrap() > 0.0,
+            "{stored}"
+        );
+    }
+
     // Decisions: the same items routed strong, escalated and audited.
     let escalated: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM results WHERE job_id = $1 AND attempt = 0 AND escalated",

@@ -330,6 +330,7 @@ async fn local_only_items_never_reach_an_external_model() {
         escalations_left: 0,
         escalation: None,
         router_score: None,
+        cost_weight: None,
         deadline: None,
     };
     let t = h.fleet.settings.topology();

@@ -938,6 +938,7 @@ fn escalates(item: &WorkItem, judgement: &Judgement, completion: &Completion) ->
         item.escalation.as_ref(),
         item.confidence_threshold,
         &features,
+        item.cost_weight.map(f64::from),
     )
 }
 

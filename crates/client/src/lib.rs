@@ -333,6 +333,7 @@ impl Client {
                 escalations_left: policy.cascade.max_escalations.unwrap_or(ds.max_escalations),
                 escalation: None,
                 router_score: None,
+                cost_weight: None,
                 deadline: None,
             };
             self.publish_work(&msg, &msg.attempt_key()).await?;

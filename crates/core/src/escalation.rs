@@ -234,11 +234,18 @@ impl EscalationModel {
     /// The rule that escalates at `threshold`, drawing `samples` extra samples from a model
     /// without logprobs.
     pub fn rule(&self, threshold: f64, samples: u8) -> EscalationRule {
+        self.cost_rule(threshold, 0.0, samples)
+    }
+
+    /// The rule that escalates when `p ≥ threshold + cost_slope × (w − 1)`, `w` an item's
+    /// cost weight (see [`decide`]).
+    pub fn cost_rule(&self, threshold: f64, cost_slope: f64, samples: u8) -> EscalationRule {
         EscalationRule {
             features: FEATURES_V1,
             weights: self.weights.to_vec(),
             threshold,
             samples,
+            cost_slope,
         }
     }
 
@@ -270,20 +277,36 @@ pub fn record_only(samples: u8) -> EscalationRule {
 ///
 /// With a rule this build understands: never when its threshold is above 1 (record only);
 /// always for an answer that is not an answer; otherwise when the model's probability of
-/// falling short is at least the threshold. Without a rule (older dispatchers, policies
-/// other than `quality=Q`), or with one of an unknown layout: the answer's confidence below
-/// `confidence_threshold`, as before.
+/// falling short is at least the threshold, raised by the rule's `cost_slope` for an item
+/// that costs more than the job's mean on the strong tier (`cost_weight`, the item's
+/// estimated strong cost over that mean; `None` reads as 1). Without a rule (older
+/// dispatchers, policies other than `quality=Q`), or with one of an unknown layout: the
+/// answer's confidence below `confidence_threshold`, as before.
 pub fn decide(
     rule: Option<&EscalationRule>,
     confidence_threshold: f64,
     f: &AnswerFeatures,
+    cost_weight: Option<f64>,
 ) -> bool {
     match rule.and_then(|r| Some((r, EscalationModel::of_rule(r)?))) {
         Some((r, _)) if r.threshold.is_nan() || r.threshold > 1.0 => false,
         Some(_) if f.not_an_answer() => true,
-        Some((r, model)) => model.p_short(f) >= r.threshold,
+        Some((r, model)) => model.p_short(f) >= threshold_at(r, cost_weight),
         None => f.confidence < confidence_threshold,
     }
+}
+
+/// The probability at or above which `rule` escalates an item of `cost_weight`.
+pub fn threshold_at(rule: &EscalationRule, cost_weight: Option<f64>) -> f64 {
+    let w = cost_weight
+        .filter(|w| w.is_finite() && *w > 0.0)
+        .unwrap_or(1.0);
+    let slope = if rule.cost_slope.is_finite() {
+        rule.cost_slope
+    } else {
+        0.0
+    };
+    rule.threshold + slope * (w - 1.0)
 }
 
 fn dot(a: &[f64; FEATURES], b: &[f64; FEATURES]) -> f64 {
@@ -506,29 +529,46 @@ mod tests {
     #[test]
     fn without_a_rule_the_threshold_decides_as_before() {
         let f = features(0.3, 0.7);
-        assert!(decide(None, 0.8, &f));
-        assert!(!decide(None, 0.6, &f));
+        assert!(decide(None, 0.8, &f, None));
+        assert!(!decide(None, 0.6, &f, None));
         // A rule of an unknown layout is ignored, not guessed at.
         let mut rule = EscalationModel::constant(0.9).rule(0.5, 0);
         rule.features = 99;
-        assert!(!decide(Some(&rule), 0.6, &f));
+        assert!(!decide(Some(&rule), 0.6, &f, None));
     }
 
     #[test]
     fn a_rule_escalates_on_its_probability_and_always_on_non_answers() {
         let rule = EscalationModel::constant(0.4).rule(0.5, 0);
-        assert!(!decide(Some(&rule), 0.99, &features(0.0, 0.1)));
+        assert!(!decide(Some(&rule), 0.99, &features(0.0, 0.1), None));
         let rule = EscalationModel::constant(0.6).rule(0.5, 0);
-        assert!(decide(Some(&rule), 0.0, &features(0.0, 0.99)));
+        assert!(decide(Some(&rule), 0.0, &features(0.0, 0.99), None));
         let low = EscalationModel::constant(0.01).rule(0.5, 0);
         let mut bad = features(0.0, 0.99);
         bad.off_label = true;
-        assert!(decide(Some(&low), 0.0, &bad));
+        assert!(decide(Some(&low), 0.0, &bad, Some(50.0)));
         bad.off_label = false;
         bad.empty_or_refusal = true;
-        assert!(decide(Some(&low), 0.0, &bad));
+        assert!(decide(Some(&low), 0.0, &bad, Some(50.0)));
         // Record-only rules never escalate, not even a non-answer.
-        assert!(!decide(Some(&record_only(2)), 1.0, &bad));
+        assert!(!decide(Some(&record_only(2)), 1.0, &bad, None));
+    }
+
+    #[test]
+    fn a_costly_item_must_be_likelier_short_to_escalate() {
+        // p = 0.6; threshold 0.5 at the mean cost, rising 0.2 per mean cost above it.
+        let rule = EscalationModel::constant(0.6).cost_rule(0.5, 0.2, 0);
+        let f = features(0.0, 0.9);
+        assert!(decide(Some(&rule), 0.0, &f, None));
+        assert!(decide(Some(&rule), 0.0, &f, Some(1.0)));
+        assert!(decide(Some(&rule), 0.0, &f, Some(0.25)));
+        assert!(!decide(Some(&rule), 0.0, &f, Some(1.6)));
+        // A weight that is no weight reads as the mean.
+        assert!(decide(Some(&rule), 0.0, &f, Some(f64::NAN)));
+        assert!(decide(Some(&rule), 0.0, &f, Some(-3.0)));
+        // A rule without a slope ignores the weight, as rules did before it.
+        let flat = EscalationModel::constant(0.6).rule(0.5, 0);
+        assert!(decide(Some(&flat), 0.0, &f, Some(100.0)));
     }
 
     #[test]

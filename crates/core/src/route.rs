@@ -90,7 +90,8 @@ impl TierPrices {
         )
     }
 
-    fn price(&self, tier: &str) -> Option<&Price> {
+    /// The price of `tier`'s model, if it is priced.
+    pub fn price(&self, tier: &str) -> Option<&Price> {
         self.0.get(tier).and_then(|(_, p)| p.as_ref())
     }
 
@@ -162,6 +163,15 @@ impl<'a> JobRouter<'a> {
             weak_quality,
             model_tiers: BTreeMap::new(),
         }
+    }
+
+    /// How this job's items are weighed by their strong cost ([`crate::quality::CostWeigher`]),
+    /// `mean_usd` the plan's mean estimated strong cost an item; `None` when the strong tier
+    /// is unpriced.
+    pub fn cost_weigher(&self, mean_usd: f64) -> Option<crate::quality::CostWeigher> {
+        self.prices
+            .price(self.strong_tier)
+            .map(|p| crate::quality::CostWeigher::new(p, &self.estimator, mean_usd))
     }
 
     /// The same router, knowing which tier runs each model (`model → tier`), so a chat item

@@ -42,6 +42,11 @@ pub struct WorkItem {
     /// rule; absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_score: Option<f32>,
+    /// The item's estimated strong-tier cost over the job's mean one (sent with a rule whose
+    /// `cost_slope` is not 0; absent otherwise, read as 1): an escalation of a costly item
+    /// must buy more to be worth it (see [`EscalationRule::cost_slope`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_weight: Option<f32>,
     /// When the item's job must be done, in Unix seconds (the job's deadline fixed by the
     /// dispatcher when it accepted the job): until then the attempt may wait in a provider's
     /// batch. Absent: real time. A message that carries it has `v` =
@@ -70,6 +75,12 @@ pub struct EscalationRule {
     /// answer is the confidence signal); 0: none.
     #[serde(default)]
     pub samples: u8,
+    /// How the threshold rises with the item's cost: escalate when the probability is at
+    /// least `threshold + cost_slope × (w − 1)`, `w` the item's `cost_weight`. A plan
+    /// escalates where the expected gain per dollar is highest, and an escalation's price is
+    /// the item's strong call. 0 (rules of older dispatchers): the threshold alone.
+    #[serde(default)]
+    pub cost_slope: f64,
 }
 
 impl WorkItem {
@@ -100,6 +111,7 @@ impl WorkItem {
             escalations_left: 1,
             escalation: None,
             router_score: None,
+            cost_weight: None,
             deadline: None,
         }
     }
@@ -165,8 +177,10 @@ mod tests {
             weights: vec![0.5, -1.25, 2.0],
             threshold: 0.3,
             samples: 3,
+            cost_slope: 0.125,
         });
         with.router_score = Some(0.25);
+        with.cost_weight = Some(1.5);
         let back: WorkItem = decode(&encode(&with).unwrap()).unwrap();
         assert_eq!(back, with);
         // A message written before the field existed (no `escalation` key) decodes to None.

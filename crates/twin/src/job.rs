@@ -422,6 +422,24 @@ impl Twin<'_> {
             PolicyChoice::Quality { .. } => 0.0,
         };
         let model = rule.as_ref().and_then(EscalationModel::of_rule);
+        let weigher = plan.as_ref().map(|p| {
+            quality::CostWeigher::new(&self.models.strong_price, &estimator, p.mean_strong_usd)
+        });
+        let sloped = rule.as_ref().is_some_and(|r| r.cost_slope != 0.0);
+        // The weight the dispatcher puts on an item's message (only with a slope).
+        let weight_of = |text: &str| {
+            weigher
+                .filter(|_| sloped)
+                .map(|c| f64::from(c.weight(task, text)))
+        };
+        // Where the plan's rule ranks an answer for escalation (its gain per unit of cost,
+        // as the plan ranks them; `p` alone without a slope), for the frontier.
+        let floor = plan.as_ref().map_or(0.0, |p| p.gain_floor);
+        let rank = |p: f64, weight: Option<f64>| match weight {
+            _ if p > 1.0 => f64::MAX,
+            Some(w) => (p - floor).max(0.0) / w,
+            None => p,
+        };
         let mut strong_up_front = 0usize;
         for (i, r) in job.rows.iter().enumerate() {
             if pilot_set[i] {
@@ -441,7 +459,8 @@ impl Twin<'_> {
                 let (_, f) = self.features(task, &w, r.score);
                 let p = model.map_or(1.0 - f.confidence, |m| m.p_short(&f));
                 let p = if f.not_an_answer() { 2.0 } else { p };
-                frontier_rows.push(FrontierRow::of(r, Some(p), w.cost, c));
+                let key = rank(p, weight_of(r.text));
+                frontier_rows.push(FrontierRow::of(r, Some(key), w.cost, c));
                 continue;
             }
             let w = self.call(task, weak, r.text, samples);
@@ -451,11 +470,17 @@ impl Twin<'_> {
             if let Some(correct) = w.answer.correct {
                 signal.push((wj.confidence, correct));
             }
-            let up = escalation::decide(rule.as_ref(), threshold, &f);
+            let weight = weight_of(r.text);
+            let up = escalation::decide(rule.as_ref(), threshold, &f, weight);
             let strong_cost = s_call_cost();
             let p = model.map_or(1.0 - f.confidence, |m| m.p_short(&f));
             let p = if f.not_an_answer() { 2.0 } else { p };
-            frontier_rows.push(FrontierRow::of(r, Some(p), w.cost, strong_cost));
+            frontier_rows.push(FrontierRow::of(
+                r,
+                Some(rank(p, weight)),
+                w.cost,
+                strong_cost,
+            ));
             let mut policy_answer_agrees_by_definition = false;
             if up {
                 escalated += 1;
@@ -555,7 +580,9 @@ pub fn ratio(a: Decimal, b: Decimal) -> Option<f64> {
 #[derive(Debug, Clone, Copy)]
 struct FrontierRow {
     score: f32,
-    /// Probability the weak answer falls short (2 for non-answers); `None` if never asked.
+    /// Where the job's rule ranks the weak answer for escalation, higher first: the
+    /// probability it falls short, over its cost weight when the rule has a cost slope
+    /// (`f64::MAX` for non-answers); `None` if never asked.
     p: Option<f64>,
     weak_cost: f64,
     strong_cost: f64,

@@ -49,6 +49,7 @@ pub fn work_item(job_id: &str, item: &Item, tier: &str, task: &Task) -> WorkItem
         escalations_left: 0,
         escalation: None,
         router_score: None,
+        cost_weight: None,
         deadline: None,
     }
 }
