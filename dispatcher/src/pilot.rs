@@ -143,6 +143,7 @@ impl Stage {
             a.attempt = AUDIT_ATTEMPT;
             a.escalations_left = 0;
             a.escalation = None;
+            a.cost_weight = None;
             a
         })
     }

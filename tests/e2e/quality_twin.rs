@@ -116,22 +116,18 @@ async fn fleet_matches_its_twin(h: &Harness, sim: &SimConfig, spec: JobSpec) {
     let planned = replay.plan.as_ref().expect("a quality job has a plan");
     let rule: switchyard_proto::EscalationRule =
         serde_json::from_value(stored["rule"].clone()).unwrap();
-    // (JSON in Postgres keeps a float to within its last bit.)
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
-    assert_eq!(rule.weights.len(), planned.rule.weights.len());
-    for (a, b) in rule.weights.iter().zip(&planned.rule.weights) {
-        assert!(close(*a, *b), "{rule:?} vs {:?}", planned.rule);
-    }
-    assert!(close(rule.threshold, planned.rule.threshold));
-    assert!(close(rule.cost_slope, planned.rule.cost_slope));
-    if sim.logprobs {
-        // With logprobs the plan escalates by gain per dollar, and the dispatcher weighed
-        // every weak-routed item (the decisions below agree only if the weights did).
-        assert!(rule.cost_slope != 0.0, "{rule:?}");
-        assert!(
-            stored["cost"]["mean_usd"].as_f64().unwrap() > 0.0,
-            "{stored}"
-        );
+    // Read back from Postgres to the bit (serde_json's float_roundtrip): a message published
+    // again from the stored plan decides as the first did.
+    assert_eq!(rule, planned.rule);
+    // The weigher of the items' strong cost is stored with every priced plan; whether the
+    // rule uses it (a slope) depends on the draw. With a slope, the decisions below agree
+    // only if the dispatcher weighed every weak-routed item as the twin did.
+    assert!(
+        stored["cost"]["mean_usd"].as_f64().unwrap() > 0.0,
+        "{stored}"
+    );
+    if !sim.logprobs {
+        assert_eq!(rule.cost_slope, 0.0, "{rule:?}");
     }
 
     // Decisions: the same items routed strong, escalated and audited.
@@ -177,8 +173,8 @@ async fn fleet_matches_its_twin(h: &Harness, sim: &SimConfig, spec: JobSpec) {
     // it draws, and one draw may land under 95% (docs/quality.md: "what is still short").
     // This test holds the fleet to its twin, and prints what both achieved.
     println!(
-        "fleet = twin: quality {:.4} of all-strong, {} escalated, {} calls",
-        replay.quality_vs_all_strong, replay.escalated, replay.calls
+        "fleet = twin: quality {:.4} of all-strong, {} escalated, {} calls, cost slope {}",
+        replay.quality_vs_all_strong, replay.escalated, replay.calls, rule.cost_slope
     );
     assert!(replay.quality_vs_all_strong > 0.5);
 }

@@ -28,6 +28,12 @@ use crate::prompt::DEFAULT_MAX_WORDS;
 /// The feature layout of [`AnswerFeatures::vector`], version 1.
 pub const FEATURES_V1: u16 = 1;
 
+/// The same vector under a rule whose threshold rises with the item's cost
+/// (`EscalationRule::cost_slope` not 0). A version of its own so that a worker that knows
+/// only [`FEATURES_V1`] falls back to the item's confidence threshold instead of reading
+/// the rule's threshold flat (which, for a sloped rule, can be above 1: "never").
+pub const FEATURES_V2: u16 = 2;
+
 /// The names of the features of [`FEATURES_V1`], in vector order (reports, docs).
 pub const FEATURE_NAMES: [&str; FEATURES] = [
     "intercept",
@@ -241,7 +247,11 @@ impl EscalationModel {
     /// cost weight (see [`decide`]).
     pub fn cost_rule(&self, threshold: f64, cost_slope: f64, samples: u8) -> EscalationRule {
         EscalationRule {
-            features: FEATURES_V1,
+            features: if cost_slope != 0.0 {
+                FEATURES_V2
+            } else {
+                FEATURES_V1
+            },
             weights: self.weights.to_vec(),
             threshold,
             samples,
@@ -251,7 +261,7 @@ impl EscalationModel {
 
     /// The model of a rule, if its feature layout is one this build knows.
     pub fn of_rule(rule: &EscalationRule) -> Option<Self> {
-        if rule.features != FEATURES_V1 || rule.weights.len() != FEATURES {
+        if !matches!(rule.features, FEATURES_V1 | FEATURES_V2) || rule.weights.len() != FEATURES {
             return None;
         }
         if rule.weights.iter().any(|w| !w.is_finite()) {
@@ -289,10 +299,24 @@ pub fn decide(
     cost_weight: Option<f64>,
 ) -> bool {
     match rule.and_then(|r| Some((r, EscalationModel::of_rule(r)?))) {
-        Some((r, _)) if r.threshold.is_nan() || r.threshold > 1.0 => false,
+        Some((r, _)) if is_record_only(r) => false,
         Some(_) if f.not_an_answer() => true,
         Some((r, model)) => model.p_short(f) >= threshold_at(r, cost_weight),
         None => f.confidence < confidence_threshold,
+    }
+}
+
+/// A rule that only records: a threshold above 1 without a cost slope (a sloped rule's
+/// threshold is at the job's mean cost and may exceed 1 where cheaper items still escalate).
+fn is_record_only(rule: &EscalationRule) -> bool {
+    rule.threshold.is_nan() || (rule.threshold > 1.0 && slope(rule) == 0.0)
+}
+
+fn slope(rule: &EscalationRule) -> f64 {
+    if rule.cost_slope.is_finite() {
+        rule.cost_slope
+    } else {
+        0.0
     }
 }
 
@@ -301,12 +325,7 @@ pub fn threshold_at(rule: &EscalationRule, cost_weight: Option<f64>) -> f64 {
     let w = cost_weight
         .filter(|w| w.is_finite() && *w > 0.0)
         .unwrap_or(1.0);
-    let slope = if rule.cost_slope.is_finite() {
-        rule.cost_slope
-    } else {
-        0.0
-    };
-    rule.threshold + slope * (w - 1.0)
+    rule.threshold + slope(rule) * (w - 1.0)
 }
 
 fn dot(a: &[f64; FEATURES], b: &[f64; FEATURES]) -> f64 {
@@ -569,6 +588,20 @@ mod tests {
         // A rule without a slope ignores the weight, as rules did before it.
         let flat = EscalationModel::constant(0.6).rule(0.5, 0);
         assert!(decide(Some(&flat), 0.0, &f, Some(100.0)));
+        assert_eq!((flat.features, rule.features), (FEATURES_V1, FEATURES_V2));
+        // A sloped threshold above 1 at the mean cost is not "record only": a cheap item
+        // still escalates (1.5 + 1.2 × (0.2 − 1) = 0.54), a mean one does not.
+        let steep = EscalationModel::constant(0.6).cost_rule(1.5, 1.2, 0);
+        assert!(decide(Some(&steep), 0.0, &f, Some(0.2)));
+        assert!(!decide(Some(&steep), 0.0, &f, None));
+        let mut bad = f;
+        bad.off_label = true;
+        assert!(decide(Some(&steep), 0.0, &bad, Some(5.0)));
+        // A worker that knows only the first layout falls back to the threshold (the version
+        // check of `of_rule`, as for any layout it does not know).
+        let mut unknown = steep.clone();
+        unknown.features = 7;
+        assert!(!decide(Some(&unknown), 0.5, &f, Some(0.2)));
     }
 
     #[test]

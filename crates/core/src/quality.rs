@@ -808,6 +808,45 @@ mod tests {
         assert!(at(cheap) < at(dear), "{} vs {}", at(cheap), at(dear));
     }
 
+    /// The rule the plan ships escalates, among the pilot's weak-routed answers, exactly the
+    /// ones the plan counted as escalated, at any target and however skewed the costs (a
+    /// sloped rule's threshold at the mean cost may exceed 1).
+    #[test]
+    fn the_shipped_rule_escalates_what_the_plan_counted() {
+        for (cheap, dear) in [(2, 18), (1, 30), (10, 10)] {
+            for target in [0.85, 0.9, 0.95] {
+                for seed in 1..=5 {
+                    let (mut items, pilot) = job(2_000, true, seed);
+                    for it in &mut items {
+                        let c = if (it.seq / 10) % 2 == 0 { dear } else { cheap };
+                        it.strong_usd = Decimal::new(c, 2);
+                    }
+                    let p = plan(&inputs(&items, &pilot, target));
+                    let weak: Vec<&PilotAnswer> = pilot
+                        .iter()
+                        .filter(|a| {
+                            let it = &items[a.item];
+                            p.cut.route(it.router_score, it.seq) == crate::policy::Route::Weak
+                        })
+                        .collect();
+                    let escalated = weak
+                        .iter()
+                        .filter(|a| {
+                            let w = cost_weight(items[a.item].strong_usd, p.mean_strong_usd);
+                            escalation::decide(Some(&p.rule), 0.0, &a.features, Some(w))
+                        })
+                        .count();
+                    let counted = (p.predicted_escalation_rate * weak.len() as f64).round();
+                    assert_eq!(
+                        escalated as f64, counted,
+                        "costs {cheap}/{dear}, target {target}, seed {seed}: {:?}",
+                        p.rule
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn an_item_s_cost_weight_is_its_strong_estimate_over_the_mean() {
         let task = switchyard_proto::Task::Classify {
@@ -847,7 +886,13 @@ mod tests {
             assert!(p.predicted_quality_low >= 0.95 - 1e-9, "{p:?}");
             assert!(p.expected_usd <= p.all_strong_usd, "{p:?}");
             assert_eq!(p.pilot, 300);
-            assert_eq!(p.rule.features, escalation::FEATURES_V1);
+            assert!(
+                matches!(
+                    p.rule.features,
+                    escalation::FEATURES_V1 | escalation::FEATURES_V2
+                ),
+                "{p:?}"
+            );
         }
         assert!(
             sharp.expected_usd < blind.expected_usd,
