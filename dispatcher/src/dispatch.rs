@@ -88,7 +88,7 @@ pub async fn dispatch_job(
             let mut source = match open_source(d, spec).await {
                 Ok(s) => s,
                 Err(SourceError::Bad(reason)) => {
-                    jobs::reject_during_ingest(&d.pool, &spec.job_id, &reason).await?;
+                    jobs::clear_rejected_ingest(&d.pool, &spec.job_id).await?;
                     return Ok(JobOutcome::Rejected(reason));
                 }
                 Err(SourceError::Io(e)) => return Err(e.into()),
@@ -96,7 +96,7 @@ pub async fn dispatch_job(
             let mut ingested = match ingest::ingest(d, spec, &mut source, |_| progress()).await {
                 Ok(i) => i,
                 Err(IngestError::Rejected(r)) => {
-                    jobs::reject_during_ingest(&d.pool, &spec.job_id, &r.0).await?;
+                    jobs::clear_rejected_ingest(&d.pool, &spec.job_id).await?;
                     return Ok(JobOutcome::Rejected(r.0));
                 }
                 Err(IngestError::Transient(e)) => return Err(e),

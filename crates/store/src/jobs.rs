@@ -115,8 +115,11 @@ pub async fn admit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Admission> {
     }
 }
 
-/// Records a rejected job with its reason. A job id that already belongs to an accepted job
-/// is left alone (the dead letter keeps the reason).
+/// Records a rejected job with its reason. A job stored and still `ingesting` (rejected
+/// halfway through its input, its items removed by [`clear_rejected_ingest`]) becomes
+/// rejected; a job id that already belongs to a job past ingest is left alone (the dead
+/// letter keeps the reason). The caller records the dead letter first, so whoever sees the
+/// job `rejected` finds its dead letter too.
 ///
 /// # Errors
 /// Database errors only.
@@ -129,7 +132,11 @@ pub async fn record_rejection(
 ) -> sqlx::Result<bool> {
     let n = sqlx::query(
         "INSERT INTO jobs (job_id, team, project, status, rejection_reason, finished_at) \
-         VALUES ($1, $2, $3, 'rejected', $4, now()) ON CONFLICT DO NOTHING",
+         VALUES ($1, $2, $3, 'rejected', $4, now()) \
+         ON CONFLICT (job_id) DO UPDATE SET status = 'rejected', \
+           rejection_reason = EXCLUDED.rejection_reason, idempotency_key = NULL, \
+           finished_at = now() \
+         WHERE jobs.status = 'ingesting'",
     )
     .bind(job_id)
     .bind(team)
@@ -141,31 +148,23 @@ pub async fn record_rejection(
     Ok(n == 1)
 }
 
-/// Marks an `ingesting` job rejected after some of its items were stored (e.g. a duplicate
-/// item id found halfway through a large input), removing those items. A job in any other
-/// state is left alone: the message that failed may be a re-submission of a job id that is
-/// already running or finished, which must not be disturbed.
+/// Removes the stored items of an `ingesting` job rejected after some of them were stored
+/// (e.g. a duplicate item id found halfway through a large input); the rejection itself is
+/// recorded after its dead letter ([`record_rejection`]). A job in any other state is left
+/// alone: the message that failed may be a re-submission of a job id that is already
+/// running or finished, which must not be disturbed.
 ///
 /// # Errors
 /// Database errors only.
-pub async fn reject_during_ingest(pool: &PgPool, job_id: &str, reason: &str) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
+pub async fn clear_rejected_ingest(pool: &PgPool, job_id: &str) -> sqlx::Result<()> {
     sqlx::query(
         "DELETE FROM items WHERE job_id = $1 \
          AND EXISTS (SELECT 1 FROM jobs WHERE job_id = $1 AND status = 'ingesting')",
     )
     .bind(job_id)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    sqlx::query(
-        "UPDATE jobs SET status = 'rejected', rejection_reason = $2, idempotency_key = NULL, \
-         finished_at = now() WHERE job_id = $1 AND status = 'ingesting'",
-    )
-    .bind(job_id)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// Records the routing decision and the plan (JSON of `switchyard_core::calibrate::Plan`)

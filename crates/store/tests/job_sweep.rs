@@ -151,3 +151,44 @@ async fn lost_attempts_leave_out_answered_failed_and_live_ones() {
     assert!(sweep::has_live_intent(&mut conn, JOB, lease).await.unwrap());
     assert_eq!(sweep::open_mark(&mut conn, JOB).await.unwrap(), "4:0");
 }
+
+/// A job rejected halfway through its input: its stored items go first, the rejection after
+/// its dead letter (the caller's order), so nobody sees it `rejected` without its reason. A
+/// job past ingest under the same id is left alone by both steps.
+#[tokio::test]
+async fn a_job_rejected_during_ingest_loses_its_items_then_records_its_reason() {
+    let db = setup("ingesting", 3).await;
+    jobs::clear_rejected_ingest(&db.pool, JOB).await.unwrap();
+    let (status, _, items) = statuses(&db.pool).await;
+    assert_eq!((status.as_str(), items.len()), ("ingesting", 0));
+    assert!(
+        jobs::record_rejection(&db.pool, JOB, "team", "proj", "item 2 too big")
+            .await
+            .unwrap()
+    );
+    let (status, reason, key): (String, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT status, rejection_reason, idempotency_key FROM jobs WHERE job_id = $1",
+    )
+    .bind(JOB)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_deref(), key),
+        ("rejected", Some("item 2 too big"), None)
+    );
+
+    let running = setup("dispatching", 2).await;
+    jobs::clear_rejected_ingest(&running.pool, JOB)
+        .await
+        .unwrap();
+    assert!(
+        !jobs::record_rejection(&running.pool, JOB, "team", "proj", "a re-submission")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        statuses(&running.pool).await,
+        ("dispatching".into(), None, vec!["queued".into()])
+    );
+}
