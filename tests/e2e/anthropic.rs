@@ -247,18 +247,9 @@ async fn an_anthropic_answer_broken_off_mid_body_is_booked_as_the_provider_bills
     });
     let job_id = h.completed(classify_job(mmlu_items(3), 0.0, 0.0)).await;
     let calls = sim.calls();
-    let reset: Vec<&str> = calls
-        .iter()
-        .filter(|c| c.fault.as_deref() == Some("reset"))
-        .filter_map(|c| c.client_request_id.as_deref())
-        .collect();
+    let reset = switchyard_sim::call_log::faulted_ids(&calls, "reset");
     assert_eq!(reset.len(), 1, "{calls:?}");
-    let rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT call_id, outcome, usage_source FROM ledger WHERE job_id = $1")
-            .bind(&job_id)
-            .fetch_all(&h.db.pool)
-            .await
-            .unwrap();
+    let rows = h.bookings(&job_id).await;
     let booked: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(booked, switchyard_sim::call_log::billed_ids(&calls));
     assert_eq!(booked.len(), rows.len(), "a call booked twice");

@@ -116,11 +116,7 @@ async fn a_request_that_timed_out_after_it_was_sent_is_booked_in_doubt_then_reco
     .await;
     let job_id = h.completed(classify_job(mmlu_items(3), 0.0, 0.0)).await;
     let calls = h.fleet.sim.as_ref().unwrap().calls();
-    let hung: Vec<&str> = calls
-        .iter()
-        .filter(|c| c.fault.as_deref() == Some("timeout"))
-        .filter_map(|c| c.client_request_id.as_deref())
-        .collect();
+    let hung = switchyard_sim::call_log::faulted_ids(&calls, "timeout");
     assert_eq!(hung.len(), 1, "{calls:?}");
     // No call id was sent twice.
     let mut ids: Vec<&str> = calls

@@ -94,12 +94,7 @@ async fn every_transient_fault_is_retried_and_the_items_complete() {
     // booked `unusable`, since a provider bills them too. A request that hung past the
     // timeout may have been billed: booked `in_doubt` at its worst case, never sent again
     // under its id (this simulator does not bill it: reconciliation gives it back).
-    let ledger: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT call_id, outcome, usage_source FROM ledger WHERE job_id = $1")
-            .bind(&job_id)
-            .fetch_all(&h.db.pool)
-            .await
-            .unwrap();
+    let ledger = h.bookings(&job_id).await;
     let booked: BTreeMap<&str, (&str, &str)> = ledger
         .iter()
         .map(|(id, o, u)| (id.as_str(), (o.as_str(), u.as_str())))
@@ -113,13 +108,11 @@ async fn every_transient_fault_is_retried_and_the_items_complete() {
         ("reset", "unusable", "estimated"),
         ("timeout", "in_doubt", "worst_case"),
     ] {
-        let id = calls
-            .iter()
-            .find(|c| c.fault.as_deref() == Some(fault))
-            .and_then(|c| c.client_request_id.clone())
-            .unwrap();
+        let id = *switchyard_sim::call_log::faulted_ids(&calls, fault)
+            .first()
+            .unwrap_or_else(|| panic!("the simulator served no {fault} call"));
         assert_eq!(
-            booked.get(id.as_str()),
+            booked.get(id),
             Some(&(outcome, usage)),
             "{fault} call booked as it was"
         );

@@ -196,6 +196,15 @@ impl Harness {
         .unwrap()
     }
 
+    /// The job's ledger rows as `(call_id, outcome, usage_source)`: how each call was booked.
+    pub async fn bookings(&self, job_id: &str) -> Vec<(String, String, String)> {
+        sqlx::query_as("SELECT call_id, outcome, usage_source FROM ledger WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
     /// Stops the fleet (before the database and streams are dropped).
     pub async fn finish(self) {
         let Harness {

@@ -282,19 +282,19 @@ impl CostWeigher {
     /// The cost weight of an item of `task` whose text is `text` (1 when nothing is known).
     pub fn weight(&self, task: &switchyard_proto::Task, text: &str) -> f32 {
         let prompt = crate::estimate::Estimator::new(task, 0).tokens(text).prompt;
-        let w = (self.usd_per_prompt_token * f64::from(prompt) + self.fixed_usd) / self.mean_usd;
-        if w.is_finite() && w > 0.0 {
-            w as f32
-        } else {
-            1.0
-        }
+        let usd = self.usd_per_prompt_token * f64::from(prompt) + self.fixed_usd;
+        weight_or_one(usd / self.mean_usd) as f32
     }
 }
 
 /// An item's estimated strong-tier cost over the job's mean one (1 when either is unknown):
 /// what its work message carries for its rule's `cost_slope`.
 pub fn cost_weight(strong_usd: Decimal, mean_strong_usd: f64) -> f64 {
-    let w = usd(strong_usd) / mean_strong_usd;
+    weight_or_one(usd(strong_usd) / mean_strong_usd)
+}
+
+/// A cost weight, or 1 (the mean item) when it is no weight (a cost or a mean unknown).
+fn weight_or_one(w: f64) -> f64 {
     if w.is_finite() && w > 0.0 { w } else { 1.0 }
 }
 
@@ -311,8 +311,9 @@ pub fn cost_weight(strong_usd: Decimal, mean_strong_usd: f64) -> f64 {
 /// Only with logprobs. A weak model without them is judged by the agreement of a few
 /// samples, a coarse `p` (a handful of levels), and ranked by cost there the plan kept the
 /// target less often: held-out MMLU at AUROC 0.75, 15 of 20 draws (20 of 20 by `p`), GSM8K
-/// 12 of 15 (13). The prompt's length as a feature of the model did not recover it (16 of
-/// 20); the cause is not established. Ranked by `p` alone there, as before.
+/// 12 of 15 (13). Neither the prompt's length as a feature of the model (16 of 20) nor
+/// ranking by cost only where the samples separate beyond chance (17 of 20) recovered it;
+/// the cause is not established. Ranked by `p` alone there, as before.
 pub fn plan(inputs: &QualityInputs<'_>) -> QualityPlan {
     plan_ranked(inputs, inputs.extra_samples == 0)
 }
@@ -480,10 +481,11 @@ fn plan_ranked(inputs: &QualityInputs<'_>, by_cost: bool) -> QualityPlan {
             } else {
                 e as f64 / weak_rows.len() as f64
             };
+            // (Every weight is positive, so `weak_w` is 0 only with no weak rows.)
             let escalated_cost_share = if weak_w > 0.0 {
                 (escalated_w / weak_w).clamp(0.0, 1.0)
             } else {
-                escalation_rate
+                0.0
             };
             // Per item after the pilot, the mean gap over the pilot rows (rows routed strong
             // or escalated contribute 0), and its standard error.

@@ -84,6 +84,16 @@ pub fn billed_ids(calls: &[CallRecord]) -> std::collections::BTreeSet<&str> {
         .collect()
 }
 
+/// The call ids of the calls the simulator served with `fault` (`"reset"`, `"timeout"`, …),
+/// in the order it served them.
+pub fn faulted_ids<'a>(calls: &'a [CallRecord], fault: &str) -> Vec<&'a str> {
+    calls
+        .iter()
+        .filter(|c| c.fault.as_deref() == Some(fault))
+        .filter_map(|c| c.client_request_id.as_deref())
+        .collect()
+}
+
 impl CallRecord {
     /// True when the simulator answered `200` (usable or not, whole or broken off mid-body):
     /// it generated the answer, so it bills it, as a provider does. A call that hung past the
