@@ -578,6 +578,25 @@ pub(crate) async fn publish_dead_letter(d: &Dispatcher, job: &JobMessage, reason
     }
 }
 
+/// Completes the job if every item is final, and announces it: the one way a dispatcher
+/// finishes a job (after dispatch, on a `running` job's redelivered message, in the
+/// stuck-job sweep). Returns the final status if it finished it.
+///
+/// # Errors
+/// Database errors.
+pub async fn finish_if_done<'e>(
+    d: &Dispatcher,
+    db: impl sqlx::PgExecutor<'e>,
+    job_id: &str,
+) -> sqlx::Result<Option<String>> {
+    let finished = jobs::complete_if_done(db, job_id).await?;
+    if let Some(final_status) = &finished {
+        tracing::info!(job_id = %job_id, status = %final_status, "job finished");
+        publish_job_event(d, job_id, final_status).await;
+    }
+    Ok(finished)
+}
+
 /// Publishes a job event on core NATS (best effort: `wait` also polls the database).
 pub async fn publish_job_event(d: &Dispatcher, job_id: &str, kind: &str) {
     let event = JobEvent {

@@ -179,11 +179,8 @@ pub async fn dispatch_job(
             // completion check (the message is acked only after it): with every item
             // answered, no worker's commit will ever check again, so this one does, instead
             // of leaving the job to the stuck-job sweep (`stuck_after`, ten minutes).
-            if state == status::RUNNING
-                && let Some(final_status) = jobs::complete_if_done(&d.pool, &spec.job_id).await?
-            {
-                tracing::info!(job_id = %spec.job_id, status = %final_status, "job finished");
-                crate::consumer::publish_job_event(d, &spec.job_id, &final_status).await;
+            if state == status::RUNNING {
+                crate::consumer::finish_if_done(d, &d.pool, &spec.job_id).await?;
             }
             d.counters.jobs_duplicate.fetch_add(1, Ordering::Relaxed);
             d.job_outcome("duplicate");
@@ -388,10 +385,7 @@ async fn publish_items(
     // (Workers answer the first items while the last are published: a single-item job is
     // often finished before it is marked running, and only this check sees it end, so it
     // must announce it, or `<prefix>.jobs.done.<job>` waiters never hear of it.)
-    if let Some(final_status) = jobs::complete_if_done(&d.pool, &spec.job_id).await? {
-        tracing::info!(job_id = %spec.job_id, status = %final_status, "job finished");
-        crate::consumer::publish_job_event(d, &spec.job_id, &final_status).await;
-    }
+    crate::consumer::finish_if_done(d, &d.pool, &spec.job_id).await?;
     Ok(JobOutcome::Dispatched {
         items: emitted.published,
         duplicate: false,

@@ -207,11 +207,9 @@ async fn complete(
     conn: &mut PgConnection,
     job_id: &str,
 ) -> anyhow::Result<Option<Swept>> {
-    let Some(final_status) = jobs::complete_if_done(&mut *conn, job_id).await? else {
-        return Ok(None);
-    };
-    consumer::publish_job_event(d, job_id, &final_status).await;
-    Ok(Some(Swept::Completed(final_status)))
+    Ok(consumer::finish_if_done(d, &mut *conn, job_id)
+        .await?
+        .map(Swept::Completed))
 }
 
 /// An `ingesting` or `dispatching` job whose message is gone from the stream.

@@ -532,7 +532,7 @@ async fn handle(
             // in doubt at its worst case (its hold settled by it), as a lost worker's call is,
             // until reconciliation with the provider's usage says; the item is tried again
             // under a new call id.
-            let call = entry(Usage::worst_case(&request), false, hold);
+            let call = entry(Usage::worst_case(worst_tokens), false, hold);
             return booked_then_back(call, &e, None, "call in doubt booked at its worst case");
         }
         Err(CallFailure::Unusable(e)) => {
@@ -792,12 +792,13 @@ impl Usage {
 
     /// A call in doubt: the most it can have used, its prompt's bound and its completion's
     /// (what its budget hold reserved), booked `in_doubt`.
-    fn worst_case(request: &CompletionRequest) -> Self {
-        let clamp = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    /// `(prompt, completion)`: the bounds its intent recorded, which the lost-worker sweep
+    /// books from too.
+    fn worst_case((prompt, completion): (i32, i32)) -> Self {
         Self {
             response_id: None,
-            prompt: clamp(crate::budget::prompt_bound(request)),
-            completion: clamp(request.completion_bound() as usize),
+            prompt,
+            completion,
             cached: 0,
             written: 0,
             written_1h: 0,

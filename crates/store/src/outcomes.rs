@@ -716,7 +716,9 @@ async fn settle_late_bookings(
         .call_id
         .iter()
         .zip(&l.usage_source)
-        .filter(|(id, source)| !booked.contains(**id) && **source != "worst_case")
+        .filter(|(id, source)| {
+            !booked.contains(**id) && **source != UsageSource::WorstCase.as_str()
+        })
         .map(|(id, _)| *id)
         .collect();
     if missing.is_empty() {

@@ -129,9 +129,9 @@ impl LlmClient for AnthropicClient {
 
 /// Adds one sample request's outcome to the call's answer: its text to the samples and its
 /// usage to the call's; returns its raw usage. A failed request adds nothing, except one the
-/// provider may bill: a `200` whose body could not be read (booked at an estimate: the
-/// prompt, and the body's size as completion, at most `max_tokens`), or whose body broke off,
-/// or a request that timed out after it went out (the prompt and `max_tokens`).
+/// provider may bill ([`ProviderError::answered`] or [`ProviderError::in_doubt`]): booked
+/// with the call at an estimate, the prompt and, as completion, a readable body's size or
+/// else `max_tokens` (at most `max_tokens` either way), for reconciliation to settle.
 fn add_sample(
     answer: &mut Completion,
     drawn: Result<Completion, ProviderError>,
@@ -155,19 +155,13 @@ fn add_sample(
             answer.latency = answer.latency.max(c.latency);
             c.raw_usage
         }
-        Err(ProviderError::BadBody { bytes, .. }) => {
-            let (prompt, completion) = request.estimate_unusable(bytes, request.max_tokens);
-            answer.prompt_tokens = answer.prompt_tokens.saturating_add(prompt);
-            answer.completion_tokens = answer.completion_tokens.saturating_add(completion);
-            answer.usage_estimated = true;
-            None
-        }
-        // A `200` whose body broke off was generated, and a request that went out and timed
-        // out may have been: booked with the call at their worst (the prompt, and
-        // `max_tokens`), estimated, for reconciliation to settle.
-        Err(e @ (ProviderError::CutOff { .. } | ProviderError::Timeout { sent: true, .. })) => {
-            tracing::debug!(model = %request.model, error = %e, "a sample request may be billed: booked at its worst case");
-            let (prompt, completion) = request.estimate_unusable(usize::MAX, request.max_tokens);
+        Err(e) if e.answered() || e.in_doubt() => {
+            tracing::debug!(model = %request.model, error = %e, "a sample request may be billed: booked at an estimate");
+            let body = match e {
+                ProviderError::BadBody { bytes, .. } => bytes,
+                _ => usize::MAX,
+            };
+            let (prompt, completion) = request.estimate_unusable(body, request.max_tokens);
             answer.prompt_tokens = answer.prompt_tokens.saturating_add(prompt);
             answer.completion_tokens = answer.completion_tokens.saturating_add(completion);
             answer.usage_estimated = true;
@@ -378,14 +372,28 @@ mod tests {
                 sent,
             })
         };
-        for drawn in [cut_off, timeout(true), timeout(false), overloaded()] {
+        let broken = |sent| {
+            Err(ProviderError::Connection {
+                model: "claude".into(),
+                sent,
+                message: "reset".into(),
+            })
+        };
+        for drawn in [
+            cut_off,
+            timeout(true),
+            broken(true),
+            timeout(false),
+            broken(false),
+            overloaded(),
+        ] {
             assert!(add_sample(&mut answer, drawn, &r).is_none());
         }
-        // The cut-off body and the request that went out: each the prompt and `max_tokens`;
-        // the timeout while connecting and the 503 sent or billed nothing.
+        // The cut-off body and the requests that went out: each the prompt and `max_tokens`;
+        // the failures while connecting and the 503 sent or billed nothing.
         assert_eq!(
             (answer.prompt_tokens, answer.completion_tokens),
-            (100 + 2 * prompt, 1 + 2 * r.max_tokens)
+            (100 + 3 * prompt, 1 + 3 * r.max_tokens)
         );
         assert!(answer.usage_estimated);
         assert!(answer.samples.is_empty());

@@ -14,7 +14,14 @@ pub enum ProviderError {
     /// No answer came within the model's timeout. `sent`: the connection was made and the
     /// request went out, so the provider may have made the call (and bill it); a timeout
     /// while connecting sent nothing.
-    #[error("`{model}` timed out after {after:?}")]
+    #[error(
+        "`{model}` timed out {}",
+        if *sent {
+            format!("after {after:?} with the request sent (the provider may bill it: booked in doubt)")
+        } else {
+            "while connecting (nothing was sent)".to_owned()
+        }
+    )]
     Timeout {
         model: String,
         after: Duration,

@@ -215,18 +215,25 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<
     Ok(body)
 }
 
+/// Whether the request may have reached the provider: not when the connection could not be
+/// made, nor when the request could not even be built (a bad URL, a key that is not a valid
+/// header value), which `send` reports only when called.
+fn sent(e: &reqwest::Error) -> bool {
+    !(e.is_connect() || e.is_builder())
+}
+
 fn classify_send_error(model: &str, e: reqwest::Error, timeout: Duration) -> ProviderError {
     if e.is_timeout() {
         ProviderError::Timeout {
             model: model.to_owned(),
             after: timeout,
-            sent: !e.is_connect(),
+            sent: sent(&e),
         }
     } else {
         // The URL may carry credentials: report the error without it.
         ProviderError::Connection {
             model: model.to_owned(),
-            sent: !e.is_connect(),
+            sent: sent(&e),
             message: e.without_url().to_string(),
         }
     }
