@@ -122,10 +122,17 @@ pub async fn exchange(
         .map_err(|e| classify_send_error(model, e, timeout))?;
     let status = response.status();
     let after = retry_after(response.headers());
+    // An error's body is only read for its message; where it cannot be read, the message
+    // says so instead of being empty (the status still says what happened).
+    let mut unread: Option<String> = None;
     let bytes = match read_body(response, max_body_bytes).await {
         Ok(bytes) => bytes,
-        // An error's body is only read for its message.
-        Err(BodyError::TooLarge) if !status.is_success() => Vec::new(),
+        Err(BodyError::TooLarge) if !status.is_success() => {
+            unread = Some(format!(
+                "(error body over {max_body_bytes} bytes, not read)"
+            ));
+            Vec::new()
+        }
         Err(BodyError::TooLarge) => {
             return Err(ProviderError::TooLarge {
                 model: model.to_owned(),
@@ -146,13 +153,18 @@ pub async fn exchange(
                 bytes: read,
             });
         }
-        // An error's body is only read for its message: its status says what happened.
-        Err(BodyError::Http(..)) => Vec::new(),
+        Err(BodyError::Http(e, _)) => {
+            unread = Some(format!("(error body broke off: {})", e.without_url()));
+            Vec::new()
+        }
     };
     if status.is_success() {
         return Ok(bytes);
     }
-    let mut text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+    let mut text: String = match unread {
+        Some(note) => note,
+        None => String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+    };
     // Some providers and proxies echo the request's key in their error: it would end up in
     // logs, dead letters and `status`.
     if let Some(key) = api_key.filter(|k| !k.is_empty()) {
@@ -236,5 +248,78 @@ fn classify_send_error(model: &str, e: reqwest::Error, timeout: Duration) -> Pro
             sent: sent(&e),
             message: e.without_url().to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A server that answers one request with `head` then `body` and closes the connection.
+    async fn answer_once(head: String, body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(&body).await.unwrap();
+            socket.shutdown().await.unwrap();
+        });
+        url
+    }
+
+    async fn refused_body(head: String, body: Vec<u8>, limit: usize) -> String {
+        let url = answer_once(head, body).await;
+        let endpoint = Endpoint::new(
+            super::super::openai::http_client().unwrap(),
+            &url,
+            None,
+            Duration::from_secs(10),
+            limit,
+        );
+        let builder = endpoint.request(reqwest::Method::POST, "/chat/completions");
+        match endpoint.send(builder, "m").await {
+            Err(ProviderError::Refused { status, body, .. }) => {
+                assert_eq!(status, 400);
+                body
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_whose_body_cannot_be_read_says_so() {
+        // The body broke off: fewer bytes than its length promised.
+        let broken = refused_body(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 500\r\n\r\n".to_owned(),
+            b"{\"error\":".to_vec(),
+            1 << 20,
+        )
+        .await;
+        assert!(broken.starts_with("(error body broke off"), "{broken}");
+
+        // Over the limit.
+        let big = refused_body(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 2000\r\n\r\n".to_owned(),
+            vec![b'x'; 2000],
+            100,
+        )
+        .await;
+        assert_eq!(big, "(error body over 100 bytes, not read)");
+
+        // A readable one is the provider's words.
+        let words = refused_body(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n".to_owned(),
+            b"bad model id".to_vec(),
+            1 << 20,
+        )
+        .await;
+        assert_eq!(words, "bad model id");
     }
 }
