@@ -90,6 +90,12 @@ pub struct EvalArgs {
     pub exclude_demo: bool,
     #[arg(long)]
     pub skip_missing: bool,
+    /// Which rows to replay relative to the untouched slice (`untouched`: the sixth of every
+    /// file, whole subjects where a file has several, that the committed router never saw in
+    /// training or development; replayed with the committed router it is traffic the whole
+    /// routing stack never saw).
+    #[arg(long, value_enum, default_value_t = Slice::All)]
+    pub slice: Slice,
 }
 
 fn parse_quality(s: &str) -> Result<f64, String> {
@@ -179,7 +185,7 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<EvalOutput> {
         keep_contaminated: a.keep_contaminated,
         exclude_demo: a.exclude_demo,
         skip_missing: a.skip_missing,
-        slice: Slice::All,
+        slice: a.slice,
     };
     let pair = match (&a.weak, &a.strong) {
         (Some(w), Some(s)) => Some(Pair::new(w, s)),
