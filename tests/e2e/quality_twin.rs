@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use switchyard_proto::work::AUDIT_ATTEMPT;
 use switchyard_proto::{Item, JobSpec, Routing, Task};
-use switchyard_sim::SimConfig;
+use switchyard_sim::{Dataset, SimConfig};
 
 use crate::support::{Harness, WEAK, classify_job, data, job_models, mmlu_items, quality_twin_of};
 
@@ -88,6 +88,32 @@ async fn a_quality_job_of_summaries_matches_policy_eval() {
     h.finish().await;
 }
 
+/// A maths job of GSM8K problems no router of the project saw (the shared file's untouched
+/// slice, `tests/fixtures/gsm8k_untouched.jsonl`), free-form answers from the MMLU pair: the
+/// fleet spends, escalates, audits and delivers what the twin replays for generated text.
+#[tokio::test]
+async fn a_quality_job_of_maths_problems_matches_policy_eval() {
+    let sim = SimConfig {
+        auroc: 0.85,
+        ..SimConfig::default()
+    };
+    let rows = Dataset::from_jsonl_str(
+        "gsm8k_untouched.jsonl",
+        include_str!("../fixtures/gsm8k_untouched.jsonl"),
+    )
+    .unwrap();
+    let items: Vec<Item> = rows
+        .records()
+        .map(|r| Item::new(r.id.clone(), r.prompt.clone()))
+        .collect();
+    assert_eq!(items.len(), 148);
+    let h = Harness::start_on(std::sync::Arc::new(rows), |_| {}, sim.clone()).await;
+    let mut spec = classify_job(items, 0.0, 0.0);
+    spec.task = Task::Generate { instructions: None };
+    fleet_matches_its_twin(&h, &sim, quality_job(spec)).await;
+    h.finish().await;
+}
+
 /// `spec` asking for `quality=0.95` and nothing else.
 fn quality_job(mut spec: JobSpec) -> JobSpec {
     spec.policy.routing = Routing::Quality { value: 0.95 };
@@ -161,7 +187,7 @@ async fn fleet_matches_its_twin(h: &Harness, sim: &SimConfig, spec: JobSpec) {
     .unwrap();
     let by_item: BTreeMap<String, String> = finals.into_iter().collect();
     let (mut q, mut q_strong) = (0.0, 0.0);
-    let data = data();
+    let data = &h.replayed;
     let (_, strong) = job_models(&spec);
     for it in spec.items.as_deref().unwrap_or_default() {
         let r = data.get(&it.item_id).unwrap();
@@ -173,8 +199,8 @@ async fn fleet_matches_its_twin(h: &Harness, sim: &SimConfig, spec: JobSpec) {
     // it draws, and one draw may land under 95% (docs/quality.md: "what is still short").
     // This test holds the fleet to its twin, and prints what both achieved.
     println!(
-        "fleet = twin: quality {:.4} of all-strong, {} escalated, {} calls, cost slope {}",
-        replay.quality_vs_all_strong, replay.escalated, replay.calls, rule.cost_slope
+        "fleet = twin: quality {:.4} of all-strong, saved {:.3}, {} escalated, {} calls, cost slope {}",
+        replay.quality_vs_all_strong, replay.saved, replay.escalated, replay.calls, rule.cost_slope
     );
     assert!(replay.quality_vs_all_strong > 0.5);
 }

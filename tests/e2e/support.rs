@@ -78,6 +78,8 @@ pub fn classify_job(items: Vec<Item>, strong_share: f64, threshold: f64) -> JobS
 pub struct Harness {
     pub fleet: Fleet,
     pub client: Client,
+    /// The rows the simulator replays (the bundled demo data unless the test chose others).
+    pub replayed: Arc<Dataset>,
     // Dropped after the fleet is stopped (field order).
     pub db: TestDb,
     pub nats: TestNats,
@@ -105,13 +107,14 @@ impl Harness {
         let db = TestDb::new().await;
         let mut settings = settings_for(&nats, &db);
         tune(&mut settings);
-        let fleet = Fleet::start(settings, Some((replayed, sim)))
+        let fleet = Fleet::start(settings, Some((Arc::clone(&replayed), sim)))
             .await
             .expect("fleet starts");
         let client = fleet.client();
         Self {
             fleet,
             client,
+            replayed,
             db,
             nats,
         }
@@ -406,7 +409,7 @@ pub fn quality_twin_of(
         strong_price: settings.price_of(&strong).unwrap(),
     };
     let weak_settings = settings.models.get(&weak);
-    let data = data();
+    let data = Arc::clone(&h.replayed);
     let twin = Twin {
         data: &data,
         sim: SimSetup {
