@@ -76,10 +76,10 @@ pub const HISTORY_ENOUGH: usize = 400;
 ///
 /// `quality=Q` promises each job, not the average job: with 1.28 (one-sided 90%) the jobs
 /// where the gain model is about right and the margin binds (a few hundred items, a
-/// 40-item pilot: GSM8K-like) missed in about one draw of ten, as that bound allows (the
-/// held-out suite: 8 of 450 draws, worst 89.4%, on the untouched GSM8K slice 2 of 10 at
-/// AUROC 0.75); with 1.96, 3 of 450 (worst 93.6%) for 3-5 points of savings
-/// (docs/quality.md, *Margin*).
+/// 40-item pilot: GSM8K-like) missed in about one draw of ten, as that bound allows (510
+/// draws of held-out jobs, with and without logprobs: 7 missed, worst 89.4%; on the
+/// untouched GSM8K slice 2 of 10 at AUROC 0.75); with 1.96, 3 of 510 (worst 93.6%) for 2-6
+/// points of savings (docs/quality.md, *A margin for each job*).
 pub const MARGIN_Z: f64 = 1.96;
 
 /// The share of a measured disagreement with the strong model that is the weak model's

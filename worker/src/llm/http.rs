@@ -153,8 +153,15 @@ pub async fn exchange(
                 bytes: read,
             });
         }
-        Err(BodyError::Http(e, _)) => {
-            unread = Some(format!("(error body broke off: {})", e.without_url()));
+        Err(BodyError::Http(e, read)) => {
+            unread = Some(if e.is_timeout() {
+                format!("(error body timed out after {timeout:?}, {read} bytes read)")
+            } else {
+                format!(
+                    "(error body broke off after {read} bytes: {})",
+                    e.without_url()
+                )
+            });
             Vec::new()
         }
     };
@@ -163,13 +170,15 @@ pub async fn exchange(
     }
     let mut text: String = match unread {
         Some(note) => note,
-        None => String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+        None => String::from_utf8_lossy(&bytes).into_owned(),
     };
     // Some providers and proxies echo the request's key in their error: it would end up in
-    // logs, dead letters and `status`.
+    // logs, dead letters and `status`. Redacted before the message is cut short, so a key
+    // that straddles the cut cannot leave half of itself behind.
     if let Some(key) = api_key.filter(|k| !k.is_empty()) {
         text = text.replace(key, "[redacted]");
     }
+    let text: String = text.chars().take(300).collect();
     Err(match status.as_u16() {
         // Anthropic's 529 `overloaded_error` is a 5xx like any other.
         429 => ProviderError::RateLimited {
@@ -265,8 +274,17 @@ mod tests {
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
-            let mut request = vec![0u8; 4096];
-            let _ = socket.read(&mut request).await;
+            // Read the whole request before answering: closing with unread bytes would
+            // reset the connection, and the client could see a reset instead of the answer.
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            for _ in 0..64 {
+                let n = socket.read(&mut chunk).await.unwrap();
+                request.extend_from_slice(&chunk[..n]);
+                if n == 0 || head_and_body_read(&request) {
+                    break;
+                }
+            }
             socket.write_all(head.as_bytes()).await.unwrap();
             socket.write_all(&body).await.unwrap();
             socket.shutdown().await.unwrap();
@@ -274,12 +292,35 @@ mod tests {
         url
     }
 
+    /// Whether `request` holds its head and the body its `content-length` announces.
+    fn head_and_body_read(request: &[u8]) -> bool {
+        let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        request.len() >= end + 4 + length
+    }
+
     async fn refused_body(head: String, body: Vec<u8>, limit: usize) -> String {
+        refused_body_with_key(head, body, limit, None).await
+    }
+
+    async fn refused_body_with_key(
+        head: String,
+        body: Vec<u8>,
+        limit: usize,
+        key: Option<&str>,
+    ) -> String {
         let url = answer_once(head, body).await;
         let endpoint = Endpoint::new(
             super::super::openai::http_client().unwrap(),
             &url,
-            None,
+            key.map(str::to_owned),
             Duration::from_secs(10),
             limit,
         );
@@ -302,7 +343,10 @@ mod tests {
             1 << 20,
         )
         .await;
-        assert!(broken.starts_with("(error body broke off"), "{broken}");
+        assert!(
+            broken.starts_with("(error body broke off after 9 bytes"),
+            "{broken}"
+        );
 
         // Over the limit.
         let big = refused_body(
@@ -321,5 +365,22 @@ mod tests {
         )
         .await;
         assert_eq!(words, "bad model id");
+    }
+
+    #[tokio::test]
+    async fn a_key_echoed_across_the_message_s_cut_is_redacted_whole() {
+        // The key starts 5 characters before the 300th: cut first, then redacted, its first
+        // 5 characters would stay in the message.
+        let key = "sk-test-0123456789abcdef";
+        let mut body = "x".repeat(295);
+        body.push_str(key);
+        let head = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let text = refused_body_with_key(head, body.into_bytes(), 1 << 20, Some(key)).await;
+        assert!(!text.contains("sk-te"), "{text}");
+        assert_eq!(text.chars().count(), 300);
+        assert!(text.ends_with("x[reda"), "{text}");
     }
 }
