@@ -187,7 +187,7 @@ async fn fleet_matches_its_twin(h: &Harness, sim: &SimConfig, spec: JobSpec) {
     .unwrap();
     let by_item: BTreeMap<String, String> = finals.into_iter().collect();
     let (mut q, mut q_strong) = (0.0, 0.0);
-    let data = &h.replayed;
+    let data = h.replayed();
     let (_, strong) = job_models(&spec);
     for it in spec.items.as_deref().unwrap_or_default() {
         let r = data.get(&it.item_id).unwrap();

@@ -78,8 +78,6 @@ pub fn classify_job(items: Vec<Item>, strong_share: f64, threshold: f64) -> JobS
 pub struct Harness {
     pub fleet: Fleet,
     pub client: Client,
-    /// The rows the simulator replays (the bundled demo data unless the test chose others).
-    pub replayed: Arc<Dataset>,
     // Dropped after the fleet is stopped (field order).
     pub db: TestDb,
     pub nats: TestNats,
@@ -107,14 +105,13 @@ impl Harness {
         let db = TestDb::new().await;
         let mut settings = settings_for(&nats, &db);
         tune(&mut settings);
-        let fleet = Fleet::start(settings, Some((Arc::clone(&replayed), sim)))
+        let fleet = Fleet::start(settings, Some((replayed, sim)))
             .await
             .expect("fleet starts");
         let client = fleet.client();
         Self {
             fleet,
             client,
-            replayed,
             db,
             nats,
         }
@@ -197,6 +194,16 @@ impl Harness {
         .fetch_all(&self.db.pool)
         .await
         .unwrap()
+    }
+
+    /// The rows the fleet's simulator replays (the bundled demo data unless the test chose
+    /// others with [`Harness::start_on`]).
+    pub fn replayed(&self) -> Arc<Dataset> {
+        self.fleet
+            .sim
+            .as_ref()
+            .expect("the harness starts a simulator")
+            .dataset()
     }
 
     /// The job's ledger rows as `(call_id, outcome, usage_source)`: how each call was booked.
@@ -409,7 +416,7 @@ pub fn quality_twin_of(
         strong_price: settings.price_of(&strong).unwrap(),
     };
     let weak_settings = settings.models.get(&weak);
-    let data = Arc::clone(&h.replayed);
+    let data = h.replayed();
     let twin = Twin {
         data: &data,
         sim: SimSetup {

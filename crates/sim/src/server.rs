@@ -159,6 +159,11 @@ impl SimHandle {
         self.addr
     }
 
+    /// The rows this simulator replays.
+    pub fn dataset(&self) -> Arc<Dataset> {
+        Arc::clone(&self.state.dataset)
+    }
+
     /// A copy of the call log so far.
     pub fn calls(&self) -> Vec<CallRecord> {
         self.state.log.snapshot()

@@ -122,17 +122,13 @@ pub async fn exchange(
         .map_err(|e| classify_send_error(model, e, timeout))?;
     let status = response.status();
     let after = retry_after(response.headers());
-    // An error's body is only read for its message; where it cannot be read, the message
-    // says so instead of being empty (the status still says what happened).
-    let mut unread: Option<String> = None;
-    let bytes = match read_body(response, max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(BodyError::TooLarge) if !status.is_success() => {
-            unread = Some(format!(
-                "(error body over {max_body_bytes} bytes, not read)"
-            ));
-            Vec::new()
-        }
+    // The body, or, for an error whose body cannot be read, a note that says why (the status
+    // still says what happened; an error's body is only read for its message).
+    let body: Result<Vec<u8>, String> = match read_body(response, max_body_bytes).await {
+        Ok(bytes) => Ok(bytes),
+        Err(BodyError::TooLarge) if !status.is_success() => Err(format!(
+            "(error body over {max_body_bytes} bytes, not read)"
+        )),
         Err(BodyError::TooLarge) => {
             return Err(ProviderError::TooLarge {
                 model: model.to_owned(),
@@ -153,24 +149,18 @@ pub async fn exchange(
                 bytes: read,
             });
         }
-        Err(BodyError::Http(e, read)) => {
-            unread = Some(if e.is_timeout() {
-                format!("(error body timed out after {timeout:?}, {read} bytes read)")
-            } else {
-                format!(
-                    "(error body broke off after {read} bytes: {})",
-                    e.without_url()
-                )
-            });
-            Vec::new()
-        }
+        Err(BodyError::Http(e, read)) if e.is_timeout() => Err(format!(
+            "(error body timed out after {timeout:?}, {read} bytes read)"
+        )),
+        Err(BodyError::Http(e, read)) => Err(format!(
+            "(error body broke off after {read} bytes: {})",
+            e.without_url()
+        )),
     };
-    if status.is_success() {
-        return Ok(bytes);
-    }
-    let mut text: String = match unread {
-        Some(note) => note,
-        None => String::from_utf8_lossy(&bytes).into_owned(),
+    let mut text = match body {
+        Ok(bytes) if status.is_success() => return Ok(bytes),
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(note) => note,
     };
     // Some providers and proxies echo the request's key in their error: it would end up in
     // logs, dead letters and `status`. Redacted before the message is cut short, so a key
