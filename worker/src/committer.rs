@@ -172,16 +172,19 @@ pub fn is_data_error(e: &sqlx::Error) -> bool {
     }
 }
 
+/// `s` as printable ASCII of at most 500 characters: text no column refuses.
+fn plain_text(s: String) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(500)
+        .collect()
+}
+
 /// The plainer form of an outcome Postgres refused on its own: the answer goes (the item
 /// fails, saying why), the call stays booked with the fields Postgres cannot misread. `None`
 /// when there is nothing plainer left.
 fn plainer(o: &Outcome, subject: &str, delivered: i64, e: &sqlx::Error) -> Option<Outcome> {
-    let ascii = |s: String| -> String {
-        s.chars()
-            .filter(|c| c.is_ascii_graphic() || *c == ' ')
-            .take(500)
-            .collect()
-    };
+    let ascii = plain_text;
     match o {
         Outcome::Answered { key, call, .. } | Outcome::Unusable { key, call } => {
             Some(Outcome::Failed {
@@ -234,14 +237,73 @@ pub async fn commit_resilient(
     batch: &mut [Pending],
     abort: &CancellationToken,
 ) -> (CommitReport, HashSet<usize>) {
+    let mut outs: Vec<Refusable> = batch
+        .iter()
+        .map(|p| {
+            Refusable::new(
+                p.outcome.clone(),
+                p.delivery.subject.clone(),
+                p.delivery.delivered,
+            )
+        })
+        .collect();
+    let (report, lost) = commit_isolating(w, &mut outs, abort).await;
+    for (p, o) in batch.iter_mut().zip(outs) {
+        if o.changed {
+            // An outcome that is not the answer any more escalates nothing.
+            p.outcome = o.outcome;
+            p.escalation = None;
+        }
+    }
+    (report, lost)
+}
+
+/// An outcome to commit, with the subject and delivery count of its message (what its
+/// plainer form's failure records).
+#[derive(Debug, Clone)]
+pub struct Refusable {
+    pub outcome: Outcome,
+    pub subject: String,
+    pub delivered: i64,
+    /// Replaced by a plainer form (its answer, and any escalation of it, gone).
+    pub changed: bool,
+    /// Not committed because Postgres refuses every form of it, not for a failure that
+    /// passes (its intent is left to the in-doubt sweep once its owner is gone).
+    pub refused: bool,
+}
+
+impl Refusable {
+    /// `outcome`, from a message on `subject` delivered `delivered` times.
+    pub fn new(outcome: Outcome, subject: String, delivered: i64) -> Self {
+        Self {
+            outcome,
+            subject,
+            delivered,
+            changed: false,
+            refused: false,
+        }
+    }
+}
+
+/// Commits `outs` so that one outcome Postgres refuses holds no other back: a batch it
+/// refuses is split until the refused outcome is alone, which is then booked in a plainer
+/// form ([`plainer`]); with nothing plainer left, its call is booked in doubt at its worst
+/// case with the attempt's failure ([`book_refused`]). Other failures are retried until
+/// `abort`. Returns the merged report and the indexes not committed at all (their messages
+/// go back).
+pub async fn commit_isolating(
+    w: &Worker,
+    outs: &mut [Refusable],
+    abort: &CancellationToken,
+) -> (CommitReport, HashSet<usize>) {
     let mut report = CommitReport::default();
     let mut lost = HashSet::new();
-    let mut ranges = vec![(0, batch.len())];
+    let mut ranges = vec![(0, outs.len())];
     let mut retry = crate::retry::service_wait();
     while let Some((a, b)) = ranges.pop() {
         loop {
-            let outs: Vec<Outcome> = batch[a..b].iter().map(|p| p.outcome.clone()).collect();
-            match outcomes::commit(&w.pool, &outs).await {
+            let batch: Vec<Outcome> = outs[a..b].iter().map(|o| o.outcome.clone()).collect();
+            match outcomes::commit(&w.pool, &batch).await {
                 Ok(r) => {
                     report.jobs.extend(r.jobs);
                     report.decided.extend(r.decided.into_iter().map(|i| i + a));
@@ -257,18 +319,41 @@ pub async fn commit_resilient(
                     break;
                 }
                 Err(e) if is_data_error(&e) => {
-                    let p = &batch[a];
-                    match plainer(&p.outcome, &p.delivery.subject, p.delivery.delivered, &e) {
-                        Some(plain) => {
-                            tracing::error!(error = %e, job_id = %p.outcome.key().job_id, item_id = %p.outcome.key().item_id, "Postgres refused an outcome; booking it in a plainer form");
+                    let o = &outs[a];
+                    let key = o.outcome.key();
+                    if let Some(plain) = plainer(&o.outcome, &o.subject, o.delivered, &e) {
+                        tracing::error!(error = %e, job_id = %key.job_id, item_id = %key.item_id, "Postgres refused an outcome; booking it in a plainer form");
+                        crate::metrics::refused_outcome(w);
+                        outs[a].outcome = plain;
+                        outs[a].changed = true;
+                        continue;
+                    }
+                    match book_refused(w, &outs[a], &e).await {
+                        Ok(Some(failure)) => {
+                            tracing::error!(error = %e, job_id = %key.job_id, item_id = %key.item_id, "Postgres refused a call's own entry; booked it in doubt at its worst case");
                             crate::metrics::refused_outcome(w);
-                            batch[a].outcome = plain;
-                            batch[a].escalation = None;
+                            outs[a].outcome = failure;
+                            outs[a].changed = true;
+                            report.jobs.insert(outs[a].outcome.key().job_id.clone());
+                            break;
                         }
-                        None => {
+                        Ok(None) => {
                             tracing::error!(error = %e, "Postgres refused an outcome with nothing plainer left; its message goes back");
+                            outs[a].refused = true;
                             lost.insert(a);
                             break;
+                        }
+                        Err(e) if abort.is_cancelled() => {
+                            tracing::error!(error = %e, "shutting down with an outcome not committed; its message goes back");
+                            lost.insert(a);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "booking a refused call in doubt failed, retrying");
+                            tokio::select! {
+                                () = retry.wait() => {}
+                                () = abort.cancelled() => {}
+                            }
                         }
                     }
                 }
@@ -291,6 +376,36 @@ pub async fn commit_resilient(
         }
     }
     (report, lost)
+}
+
+/// The last resort for an outcome whose billed call Postgres refuses to book even in the
+/// plainer form: the call booked in doubt at the worst case its intent bounds, and the
+/// attempt failed saying why, in one transaction. The outcome committed (`Some`), or `None`
+/// when there is no call, or its intent cannot be booked (nothing committed: the message
+/// goes back, and the intent is booked in doubt when this worker is gone).
+async fn book_refused(w: &Worker, o: &Refusable, e: &sqlx::Error) -> sqlx::Result<Option<Outcome>> {
+    let Some(call) = o.outcome.call() else {
+        return Ok(None);
+    };
+    let why = plain_text(format!(
+        "the provider's answer and its usage could not be stored ({e}); the call is booked in doubt at its worst case"
+    ));
+    let failure = Outcome::Failed {
+        key: o.outcome.key().clone(),
+        subject: plain_text(o.subject.clone()),
+        deliveries: i32::try_from(o.delivered).unwrap_or(i32::MAX),
+        error: why.clone(),
+        call: None,
+        intent: None,
+    };
+    let booked =
+        switchyard_store::intents::book_refused_call(&w.pool, &call.call_id, &why, &failure)
+            .await?;
+    if booked {
+        // The hold was settled by that booking: no longer this process's to renew.
+        w.finance.booked(call.booking.reservation_id);
+    }
+    Ok(booked.then_some(failure))
 }
 
 async fn settle_batch(w: &Worker, mut batch: Vec<Pending>, abort: &CancellationToken) {

@@ -768,18 +768,22 @@ struct Usage {
 }
 
 impl Usage {
+    /// Counts the ledger's columns (`int4`) cannot hold are clamped first and the parts of
+    /// the prompt bounded by the clamped prompt, so cached + written never exceeds it, as
+    /// the ledger checks (summed over a line's sample requests, counts each within range
+    /// can exceed it).
     fn of(c: &Completion) -> Self {
         let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        let prompt = clamp(c.prompt_tokens);
+        let cached = clamp(c.cached_prompt_tokens).min(prompt);
+        let written = clamp(c.cache_write_tokens).min(prompt - cached);
         Self {
             response_id: c.response_id.clone(),
-            prompt: clamp(c.prompt_tokens),
+            prompt,
             completion: clamp(c.completion_tokens),
-            cached: clamp(c.cached_prompt_tokens.min(c.prompt_tokens)),
-            written: clamp(
-                c.cache_write_tokens
-                    .min(c.prompt_tokens.saturating_sub(c.cached_prompt_tokens)),
-            ),
-            written_1h: clamp(c.cache_write_1h_tokens.min(c.cache_write_tokens)),
+            cached,
+            written,
+            written_1h: clamp(c.cache_write_1h_tokens).min(written),
             raw: c.raw_usage.as_deref().and_then(outcomes::storable_usage),
             source: if c.usage_estimated {
                 UsageSource::Estimated
@@ -1073,5 +1077,33 @@ mod tests {
         };
         let three = Usage::estimated(&r, &three);
         assert_eq!((three.prompt, three.completion), (300, 24));
+    }
+
+    #[test]
+    fn usage_past_the_ledger_s_range_stays_within_its_checks() {
+        // Two sample requests' usage summed: each part fits an `int4`, the sums do not.
+        let c = Completion {
+            response_id: None,
+            content: "A".into(),
+            raw_content: None,
+            logprobs: None,
+            prompt_tokens: 2_200_000_002,
+            completion_tokens: u32::MAX,
+            cached_prompt_tokens: 2_200_000_000,
+            cache_write_tokens: 2,
+            cache_write_1h_tokens: 5,
+            raw_usage: None,
+            finish_reason: None,
+            usage_estimated: false,
+            latency: Duration::ZERO,
+            samples: Vec::new(),
+        };
+        let u = Usage::of(&c);
+        assert_eq!((u.prompt, u.completion), (i32::MAX, i32::MAX));
+        // The ledger checks `cached + written <= prompt` and `written_1h <= written` in
+        // `int4`: both hold, without overflow.
+        assert!(i64::from(u.cached) + i64::from(u.written) <= i64::from(u.prompt));
+        assert!(u.written_1h <= u.written);
+        assert!(u.cached.checked_add(u.written).is_some());
     }
 }

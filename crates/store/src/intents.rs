@@ -164,7 +164,7 @@ pub async fn claim(
     grace: Duration,
     intents: &[Intent],
 ) -> sqlx::Result<Vec<Claim>> {
-    let mut out = claim_once(pool, owner, intents).await?;
+    let mut out = claim_checked(pool, owner, intents).await?;
     let busy: Vec<usize> = (0..intents.len())
         .filter(|&i| out[i] == Claim::Busy)
         .collect();
@@ -192,7 +192,7 @@ pub async fn claim(
         tx.commit().await?;
         return Ok(out);
     }
-    let booked = book_in_doubt_in(&mut tx, &gone).await?;
+    let booked = book_in_doubt_in(&mut tx, &gone, None).await?;
     tx.commit().await?;
     tracing::warn!(
         calls = booked.len(),
@@ -200,9 +200,49 @@ pub async fn claim(
     );
     // Claim the freed attempts again (another delivery may have been quicker: then Busy).
     let retry: Vec<Intent> = busy.iter().map(|&i| intents[i].clone()).collect();
-    let again = claim_once(pool, owner, &retry).await?;
+    let again = claim_checked(pool, owner, &retry).await?;
     for (n, &i) in busy.iter().enumerate() {
         out[i] = again[n].clone();
+    }
+    Ok(out)
+}
+
+/// [`claim_once`], with every claim looked at again by a statement of its own.
+///
+/// Why: the claim statement judges the attempt from its snapshot, taken when it starts, but
+/// its insert checks the intent's uniqueness against what is committed when it gets there.
+/// A worker committing the attempt's outcome (which deletes its intent, last) between the
+/// two leaves this claim judging an attempt still open and inserting where the intent is
+/// gone: a second paid call on an answered attempt. The second statement's snapshot is
+/// taken after the first ended, so after any commit its insert waited for; an attempt found
+/// settled there has its fresh intent deleted and is answered as the second look says.
+async fn claim_checked(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Result<Vec<Claim>> {
+    let mut out = claim_once(pool, owner, intents).await?;
+    let claimed: Vec<usize> = (0..intents.len())
+        .filter(|&i| out[i] == Claim::Claimed)
+        .collect();
+    if claimed.is_empty() {
+        return Ok(out);
+    }
+    let again: Vec<Intent> = claimed.iter().map(|&i| intents[i].clone()).collect();
+    let second = claim_once(pool, owner, &again).await?;
+    let mut withdrawn = Vec::new();
+    for (n, &i) in claimed.iter().enumerate() {
+        if second[n] != Claim::Claimed {
+            withdrawn.push(intents[i].call_id.as_str());
+            out[i] = second[n].clone();
+        }
+    }
+    if !withdrawn.is_empty() {
+        sqlx::query("DELETE FROM call_intents WHERE call_id = ANY($1) AND owner = $2")
+            .bind(&withdrawn)
+            .bind(owner)
+            .execute(pool)
+            .await?;
+        tracing::info!(
+            attempts = withdrawn.len(),
+            "a claim raced the commit of its attempt's outcome; withdrawn before any call"
+        );
     }
     Ok(out)
 }
@@ -321,9 +361,45 @@ pub async fn book_in_doubt(
         tx.commit().await?;
         return Ok(Vec::new());
     }
-    let booked = book_in_doubt_in(&mut tx, &ids).await?;
+    let booked = book_in_doubt_in(&mut tx, &ids, None).await?;
     tx.commit().await?;
     Ok(booked)
+}
+
+/// Books call `call_id`, whose own ledger entry Postgres refused even in its plainest form
+/// (usage it cannot hold, no price in force at the worker's clock), in doubt at its worst
+/// case as its intent bounds it (priced by Postgres, as the lost-worker sweep books), with
+/// `reason`, and commits `failure` (its attempt's failure, without the call) in the same
+/// transaction. The call was made and billed: it is booked, at a cost no lower than it
+/// can have been, rather than left to its worker's exit. False when the intent cannot be
+/// booked (gone, or no price in force when it was written): nothing is committed then.
+///
+/// # Errors
+/// Database errors; nothing is committed then.
+pub async fn book_refused_call(
+    pool: &PgPool,
+    call_id: &str,
+    reason: &str,
+    failure: &crate::outcomes::Outcome,
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT call_id FROM call_intents WHERE call_id = $1 FOR UPDATE")
+            .bind(call_id)
+            .fetch_all(&mut *tx)
+            .await?;
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    if book_in_doubt_in(&mut tx, &ids, Some(reason))
+        .await?
+        .is_empty()
+    {
+        return Ok(false);
+    }
+    crate::outcomes::commit_in(&mut tx, std::slice::from_ref(failure)).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Books the intents `call_ids` (locked by the caller) in doubt: a ledger row at the call's
@@ -340,9 +416,12 @@ pub async fn book_in_doubt(
 /// exists (an intent is never deleted without its ledger row: that would be a billed call
 /// with no booking). Workers seed prices before their first call, so this is a guard, not a
 /// path of the fleet.
+///
+/// `reason` is the rows' `reason`; by default, the owner whose lease ran out.
 async fn book_in_doubt_in(
     conn: &mut PgConnection,
     call_ids: &[String],
+    reason: Option<&str>,
 ) -> sqlx::Result<Vec<InDoubt>> {
     // Calls that go out only under a budget hold and have none: never made (the hold was
     // not taken, the item parked or downgraded, or given back before the request left).
@@ -400,13 +479,14 @@ async fn book_in_doubt_in(
              q.max_tokens, q.cost), \
            counterfactual_cost(q.w_mode, q.w_model, q.priced_at, q.prompt_bound, 0, \
              q.max_tokens, q.cost), \
-           'worst_case', 'worker ' || q.owner || ' gone: its lease ran out' \
+           'worst_case', COALESCE($4, 'worker ' || q.owner || ' gone: its lease ran out') \
            FROM q ON CONFLICT (call_id) DO NOTHING) \
          DELETE FROM call_intents WHERE call_id IN (SELECT call_id FROM q) RETURNING call_id",
     )
     .bind(call_ids)
     .bind(&hold_call)
     .bind(&hold_at)
+    .bind(reason)
     .fetch_all(&mut *conn)
     .await?;
     let booked: std::collections::HashSet<String> = booked.into_iter().collect();

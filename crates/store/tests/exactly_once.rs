@@ -713,6 +713,124 @@ async fn a_claim_tried_again_after_a_lost_reply_is_still_claimed() {
     assert_eq!(other, vec![Claim::Busy]);
 }
 
+/// A copy of an attempt claimed while the attempt's outcome is being committed: the claim
+/// statement's snapshot predates the commit, its insert waits for it and then finds the
+/// intent gone. It must not come back claimed (that copy would call a second time and book
+/// a duplicate); the claim looks again after the commit and calls nothing.
+#[tokio::test]
+async fn a_claim_racing_the_commit_of_its_attempt_calls_nothing() {
+    let db = setup(1).await;
+    for owner in ["a", "b"] {
+        intents::renew_lease(&db.pool, owner, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let claimed = intents::claim(&db.pool, "a", Duration::ZERO, &[intent(1, 0, "a1")])
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![Claim::Claimed]);
+    // Worker a commits its answer, not yet visible: the intent's row is deleted in an open
+    // transaction.
+    let mut tx = db.pool.begin().await.unwrap();
+    outcomes::commit_in(&mut tx, &[answered(1, 0, "a1", None)])
+        .await
+        .unwrap();
+    // The copy's claim starts now and waits on that transaction at its insert.
+    let pool = db.pool.clone();
+    let copy = tokio::spawn(async move {
+        intents::claim(&pool, "b", Duration::ZERO, &[intent(1, 0, "b1")]).await
+    });
+    let mut waiting = false;
+    for _ in 0..400 {
+        waiting = sqlx::query_scalar(
+            // (Its text is cut at `track_activity_query_size`: matched by its start.)
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'WITH k AS%')",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if waiting || copy.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(waiting, "the copy's claim never waited on the commit");
+    tx.commit().await.unwrap();
+    let verdict = tokio::time::timeout(Duration::from_secs(30), copy)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(verdict, vec![Claim::Settled { escalate: false }]);
+    let (open, _) = intents::open_intents(&db.pool, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "the copy's intent is withdrawn");
+    assert_eq!(outcome_of(&db.pool, "a1").await, "ok");
+}
+
+/// A billed call whose own entry Postgres refuses in every form (here: priced at a time
+/// with no price in force, as a worker's clock behind the price's start would) is booked
+/// in doubt at its intent's worst case, with the reason and the attempt's failure, in one
+/// transaction; not left to its worker's exit.
+#[tokio::test]
+async fn a_call_whose_entry_postgres_refuses_is_booked_in_doubt_with_its_failure() {
+    let db = setup(1).await;
+    intents::renew_lease(&db.pool, "w", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let claimed = intents::claim(&db.pool, "w", Duration::ZERO, &[intent(1, 0, "c1")])
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![Claim::Claimed]);
+    let before_prices = Utc.with_ymd_and_hms(2019, 6, 1, 0, 0, 0).unwrap();
+    let refused = answer_with(1, 0, None, "A", None, call("c1", 100, before_prices));
+    assert!(outcomes::commit(&db.pool, &[refused]).await.is_err());
+    let why = "the provider's answer and its usage could not be stored";
+    let failure = Outcome::Failed {
+        key: key(1, 0),
+        subject: "sy.work.weak".to_owned(),
+        deliveries: 1,
+        error: why.to_owned(),
+        call: None,
+        intent: None,
+    };
+    assert!(
+        intents::book_refused_call(&db.pool, "c1", why, &failure)
+            .await
+            .unwrap()
+    );
+    let (outcome, source, cost, reason): (String, String, Decimal, String) = sqlx::query_as(
+        "SELECT outcome, usage_source, cost_usd, reason FROM ledger WHERE call_id = 'c1'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (outcome.as_str(), source.as_str(), reason.as_str()),
+        ("in_doubt", "worst_case", why)
+    );
+    // 1,000 prompt tokens at $1/M + 500 completion at $2/M.
+    assert_eq!(cost, d("0.002"));
+    assert_eq!(item(&db.pool, 1).await.0, "failed");
+    let (open, _) = intents::open_intents(&db.pool, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(open, 0);
+    // Asked again (a redelivery of the same outcome): nothing left to book, nothing booked.
+    assert!(
+        !intents::book_refused_call(&db.pool, "c1", why, &failure)
+            .await
+            .unwrap()
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
 /// A hold is taken only under its call's live intent: a worker that stalled between its
 /// claim and its hold past its lease, and whose attempt the sweep ended meanwhile, gets no
 /// hold and must not call (the call would go out with no intent to book it in doubt). Both

@@ -1,14 +1,15 @@
 //! Looks after open provider batches, whoever created them: sends a recorded batch its
 //! creator did not get to the provider, polls a submitted one, books an ended one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use switchyard_proto::topology::HEADER_MSG_ID;
 use switchyard_proto::{WorkItem, codec};
-use switchyard_store::outcomes::{self, AttemptKey};
+use switchyard_store::outcomes::{AttemptKey, Outcome};
 use switchyard_store::provider_batches::{self as pb, BatchRow, NewLine};
 use tokio_util::sync::CancellationToken;
 
+use crate::committer::{Refusable, commit_isolating};
 use crate::context::{ModelRuntime, Worker};
 use crate::lane::{CallBooking, request_for};
 use crate::llm::ProviderError;
@@ -262,7 +263,33 @@ async fn finish(
             Some(Err(_)) | None => returned.push(line),
         }
     }
-    let report = outcomes::commit(&w.pool, &outcomes).await?;
+    // One line Postgres cannot store holds no other back (see `commit_isolating`). A
+    // failure that passes ends this look: the batch's lease runs out and the next look
+    // commits again (the lines booked now are found booked).
+    let ends_the_look = CancellationToken::new();
+    ends_the_look.cancel();
+    let mut refusable: Vec<Refusable> = outcomes
+        .into_iter()
+        .map(|o| Refusable::new(o, subject.clone(), 1))
+        .collect();
+    let (report, lost) = commit_isolating(w, &mut refusable, &ends_the_look).await;
+    if lost.iter().any(|&i| !refusable[i].refused) {
+        anyhow::bail!("the batch's outcomes were not all committed; the next look commits them");
+    }
+    // Lines refused in every form stay open: their intents, the batch's, are booked in
+    // doubt by the sweep once the batch ends and its lease goes.
+    let refused: HashSet<&str> = lost
+        .iter()
+        .filter_map(|&i| refusable[i].outcome.intent())
+        .collect();
+    booked.retain(|id| !refused.contains(id.as_str()));
+    let outcomes: Vec<Outcome> = refusable.into_iter().map(|r| r.outcome).collect();
+    for (o, escalation) in outcomes.iter().zip(escalations.iter_mut()) {
+        if matches!(o, Outcome::Failed { .. }) {
+            // Replaced by its failure: its answer escalates nothing.
+            *escalation = None;
+        }
+    }
     for id in refused_holds {
         switchyard_store::budgets::release(&w.pool, id).await?;
     }

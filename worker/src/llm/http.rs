@@ -189,18 +189,30 @@ pub async fn exchange(
     })
 }
 
-/// Reads `Retry-After` (seconds) or `retry-after-ms`.
+/// The longest wait a provider's `Retry-After` or `retry-after-ms` is taken at: a larger one
+/// (an epoch timestamp sent by mistake, `1e23`) would pause the model in this worker for
+/// years, or overflow the `Duration` and panic with a billed call unbooked.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Reads `retry-after-ms` or `Retry-After` (seconds), capped at [`MAX_RETRY_AFTER`]; a value
+/// that is not a non-negative number is ignored.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok())
-        && let Ok(ms) = ms.trim().parse::<f64>()
-        && ms.is_finite()
-        && ms >= 0.0
-    {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
-    }
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    let secs = v.trim().parse::<f64>().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+    let number = |name: &str| {
+        let v = headers
+            .get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        (v.is_finite() && v >= 0.0).then_some(v)
+    };
+    let secs = number("retry-after-ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| number(reqwest::header::RETRY_AFTER.as_str()))?;
+    Some(Duration::from_secs_f64(
+        secs.min(MAX_RETRY_AFTER.as_secs_f64()),
+    ))
 }
 
 enum BodyError {
@@ -372,5 +384,71 @@ mod tests {
         assert!(!text.contains("sk-te"), "{text}");
         assert_eq!(text.chars().count(), 300);
         assert!(text.ends_with("x[reda"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_with_the_key() {
+        // Where the redirect points: a server that counts the requests it is sent.
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("http://{}/steal", elsewhere.local_addr().unwrap());
+        let reached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = reached.clone();
+        tokio::spawn(async move {
+            if elsewhere.accept().await.is_ok() {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let url = answer_once(
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {target}\r\ncontent-length: 0\r\n\r\n"
+            ),
+            Vec::new(),
+        )
+        .await;
+        let endpoint = Endpoint::new(
+            super::super::openai::http_client().unwrap(),
+            &url,
+            Some("sk-secret".to_owned()),
+            Duration::from_secs(10),
+            1 << 20,
+        );
+        let builder = endpoint.request(reqwest::Method::POST, "/chat/completions");
+        match endpoint.send(builder, "m").await {
+            Err(ProviderError::Refused { status, .. }) => assert_eq!(status, 307),
+            other => panic!("expected the 307 as the provider's error, got {other:?}"),
+        }
+        assert!(!reached.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_provider_s_wait_is_capped_and_nonsense_is_ignored() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = reqwest::header::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        // Values that would overflow a `Duration`, or a timestamp sent for a delay.
+        for v in ["1e23", "1e22", "1764950400000"] {
+            assert_eq!(
+                retry_after(&headers(&[("retry-after-ms", v)])),
+                Some(MAX_RETRY_AFTER),
+                "{v}"
+            );
+            assert_eq!(
+                retry_after(&headers(&[("retry-after", v)])),
+                Some(MAX_RETRY_AFTER),
+                "{v}"
+            );
+        }
+        // Not a number, negative or infinite: the other header, or nothing.
+        for v in ["soon", "-5", "inf", "NaN"] {
+            assert_eq!(retry_after(&headers(&[("retry-after-ms", v)])), None);
+            assert_eq!(
+                retry_after(&headers(&[("retry-after-ms", v), ("retry-after", "3")])),
+                Some(Duration::from_secs(3))
+            );
+        }
     }
 }

@@ -51,6 +51,10 @@ pub fn http_client_connecting_within(connect: Duration) -> anyhow::Result<reqwes
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .connect_timeout(connect)
+        // No redirects: reqwest strips `Authorization` on a redirect to another host but
+        // not `x-api-key` (Anthropic's), and a provider endpoint has no business sending a
+        // prompt elsewhere. A 3xx is the provider's error, with its status.
+        .redirect(reqwest::redirect::Policy::none())
         .build()?)
 }
 
