@@ -458,6 +458,68 @@ async fn garbage_on_a_work_subject_is_dead_lettered_once() {
     h.finish().await;
 }
 
+/// Work messages of another client whose names hold a NUL byte (Postgres `text` cannot
+/// store it) are dead-lettered alone, naming the field; claims grouped with them, and the
+/// jobs running meanwhile, are not disturbed.
+#[tokio::test]
+async fn a_foreign_work_message_postgres_cannot_store_is_refused_alone() {
+    let h = Harness::start().await;
+    let t = h.fleet.settings.topology();
+    let js = h.nats.js();
+    let rogue = |job_id: &str, item_id: &str, team: &str| switchyard_proto::WorkItem {
+        v: 1,
+        job_id: job_id.into(),
+        item_id: item_id.into(),
+        attempt: 0,
+        tier: "weak".into(),
+        text: "hello".into(),
+        task: switchyard_proto::Task::Generate { instructions: None },
+        team: team.into(),
+        project: "proj".into(),
+        local_only: false,
+        models: Default::default(),
+        confidence_threshold: 0.5,
+        escalations_left: 0,
+        escalation: None,
+        router_score: None,
+        cost_weight: None,
+        deadline: None,
+    };
+    for m in [
+        rogue("job\0x", "i-1", "team-e2e"),
+        rogue("job-x", "i\0-2", "team-e2e"),
+        rogue("job-x", "i-3", "team\0e2e"),
+    ] {
+        js.publish(
+            t.work_subject("weak"),
+            switchyard_proto::codec::encode(&m).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    h.a_small_job_completes().await;
+    let errors: Vec<String> = switchyard_testkit::eventually(
+        "three dead letters",
+        Duration::from_secs(30),
+        || async {
+            let errors: Vec<String> = sqlx::query_scalar(
+                "SELECT error FROM dead_letters WHERE error LIKE '%holds a NUL byte%' ORDER BY error",
+            )
+            .fetch_all(&h.db.pool)
+            .await
+            .ok()?;
+            (errors.len() == 3).then_some(errors)
+        },
+    )
+    .await;
+    for (error, field) in errors.iter().zip(["item_id", "job_id", "team"]) {
+        assert!(error.contains(&format!("`{field}`")), "{error}");
+    }
+    h.finish().await;
+}
+
 #[tokio::test]
 async fn a_message_of_a_newer_version_is_left_for_a_newer_worker_not_terminated_at_sight() {
     // What a rolling upgrade looks like to a worker that is not upgraded yet: a work message

@@ -277,6 +277,12 @@ async fn handle(
         }
         Err(e) => return Handled::Settle(dead_letter_undecodable(w, d, &e.to_string()).await),
     };
+    // A field Postgres cannot store would fail the claim statement, and with it the claims
+    // of every message grouped with this one, on each delivery: refused alone, at sight.
+    if let Some(field) = unstorable_field(&item) {
+        let why = format!("its `{field}` holds a NUL byte, which Postgres cannot store");
+        return Handled::Settle(dead_letter_undecodable(w, d, &why).await);
+    }
     let key = AttemptKey {
         job_id: item.job_id.clone(),
         item_id: item.item_id.clone(),
@@ -1038,6 +1044,28 @@ pub fn escalation_for(w: &Worker, tier: &str, item: &WorkItem) -> Option<WorkIte
 
 /// Records a message that is not a work item; gives it up (or retries when the record
 /// cannot be written: the reason must not be lost).
+/// The first of the fields a claim writes to Postgres (`text` columns, which cannot hold
+/// NUL) that holds a NUL byte: only a message from another client can (the dispatcher
+/// refuses such names at the door).
+fn unstorable_field(item: &WorkItem) -> Option<&'static str> {
+    let fields = [
+        ("job_id", item.job_id.as_str()),
+        ("item_id", &item.item_id),
+        ("tier", &item.tier),
+        ("team", &item.team),
+        ("project", &item.project),
+    ];
+    fields
+        .into_iter()
+        .chain(
+            item.models
+                .iter()
+                .flat_map(|(tier, model)| [("models", tier.as_str()), ("models", model.as_str())]),
+        )
+        .find(|(_, v)| v.contains('\0'))
+        .map(|(name, _)| name)
+}
+
 async fn dead_letter_undecodable(w: &Worker, d: &Delivery, error: &str) -> Disposition {
     let error = format!("work message is not a valid work item: {error}");
     let key = format!("{}:{}", w.settings.topology().work_stream(), d.stream_seq);
