@@ -171,7 +171,7 @@ async fn batches_run_through_the_fleet_and_come_back_as_openai_output_files() {
     );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("the SDK script saw: {seen}");
-    assert_eq!(seen["completed"], 11, "{seen}");
+    assert_eq!(seen["completed"], 12, "{seen}");
     assert_eq!(seen["failed"], 3, "{seen}");
     assert_eq!(seen["cancelled_lines"], 2, "{seen}");
 
@@ -182,7 +182,7 @@ async fn batches_run_through_the_fleet_and_come_back_as_openai_output_files() {
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(s["team"], "team-a", "{s}");
     assert_eq!(s["task_kind"], "chat", "{s}");
-    assert_eq!(s["items_by_state"]["done"], 11, "{s}");
+    assert_eq!(s["items_by_state"]["done"], 12, "{s}");
     assert_eq!(s["items_by_state"]["failed"], 1, "{s}");
     let cost: f64 = s["cost_usd"].as_str().unwrap().parse().unwrap();
     assert!(cost > 0.0, "{s}");

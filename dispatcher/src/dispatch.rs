@@ -248,8 +248,14 @@ async fn open_source(d: &Dispatcher, spec: &JobSpec) -> Result<ItemSource, Sourc
     match (&spec.items, &spec.input) {
         (Some(items), _) => Ok(ItemSource::inline(items.clone())),
         (None, Some(input)) => {
-            // A line holds an item plus JSON quoting: allow some room over the text limit.
-            let max_line = d.settings.dispatcher.max_item_bytes * 2 + 4096;
+            // A line holds an item plus JSON quoting: allow some room over the text limit,
+            // the task's (a chat item, an OpenAI batch line's conversation, has its own).
+            let limits = &d.settings.dispatcher;
+            let text_limit = match spec.task {
+                switchyard_proto::Task::Chat {} => limits.max_chat_item_bytes,
+                _ => limits.max_item_bytes,
+            };
+            let max_line = text_limit * 2 + 4096;
             ItemSource::object(&d.js, &input.bucket, &input.name, max_line).await
         }
         (None, None) => Err(SourceError::Bad("job has no items".to_owned())),

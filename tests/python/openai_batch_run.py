@@ -76,8 +76,11 @@ text += request("pin-weak", PROMPTS[10], WEAK, temperature=0.2, max_tokens=64, s
 text += request("stream", PROMPTS[11], stream=True)
 text += request("two-choices", PROMPTS[12], n=2)
 text += request("no-such-model", PROMPTS[13], "no-such-model")
+# A conversation of ~200 KB: over the limit of a plain item's line, under a chat item's (1 MiB);
+# it is answered like any other, not the whole batch's failure.
+text += request("long", PROMPTS[14] + "\n\n" + "Context line, \"quoted\".\n" * 8000)
 sent = routed + ["pin-strong-0", "pin-strong-1", "pin-weak", "stream", "two-choices",
-                 "no-such-model"]
+                 "no-such-model", "long"]
 f = creator.files.create(file=("requests.jsonl", text.encode()), purpose="batch")
 batch = creator.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                               completion_window="24h",
@@ -85,8 +88,8 @@ batch = creator.batches.create(input_file_id=f.id, endpoint="/v1/chat/completion
 assert batch.status == "validating", batch
 ended, output, errors = run_to_end(batch)
 assert ended.status == "completed", ended
-assert ended.request_counts.total == 14, ended.request_counts
-assert ended.request_counts.completed == 11, ended.request_counts
+assert ended.request_counts.total == 15, ended.request_counts
+assert ended.request_counts.completed == 12, ended.request_counts
 assert ended.request_counts.failed == 3, ended.request_counts
 assert ended.in_progress_at and ended.finalizing_at and ended.completed_at, ended
 exactly_once(sent, output, errors)

@@ -204,6 +204,23 @@ pub fn check_spec(spec: &JobSpec, limits: &Limits) -> Result<(), Rejection> {
             key.len()
         ));
     }
+    if spec
+        .policy
+        .sample_key
+        .as_deref()
+        .is_some_and(|k| k.contains('\0'))
+    {
+        return reject("policy sample_key contains a NUL byte");
+    }
+    // Stored as `jsonb`, which cannot hold `\u0000`: refused here, not by Postgres halfway
+    // through the job.
+    if let Some((key, _)) = spec
+        .labels
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        return reject(format!("label {key:?} contains a NUL byte"));
+    }
     if let Some(t) = spec.policy.cascade.confidence_threshold
         && !(0.0..=1.0).contains(&t)
     {
@@ -234,6 +251,17 @@ pub fn check_item(item: &Item, line: u64, limits: &Limits) -> Result<(), Rejecti
     if item.text.contains('\0') {
         return reject(format!("item {:?} contains a NUL byte", item.item_id));
     }
+    // Stored as `jsonb`, which cannot hold `\u0000` in a key or a string.
+    if let Some((key, _)) = item
+        .metadata
+        .iter()
+        .find(|(k, v)| k.contains('\0') || json_holds_nul(v))
+    {
+        return reject(format!(
+            "item {:?} has metadata {key:?} that contains a NUL byte",
+            item.item_id
+        ));
+    }
     if let Some(s) = &item.sensitivity
         && !KNOWN_SENSITIVITIES.contains(&s.as_str())
     {
@@ -244,6 +272,17 @@ pub fn check_item(item: &Item, line: u64, limits: &Limits) -> Result<(), Rejecti
         ));
     }
     Ok(())
+}
+
+/// Whether a key or a string anywhere in `v` holds a NUL byte.
+fn json_holds_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(json_holds_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || json_holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 /// True when the item must stay on local tiers.
@@ -308,7 +347,19 @@ mod tests {
                 assert!(got.unwrap_err().0.contains("policy audit"));
             }
         }
-        for (key, ok) in [("", false), ("k", true), (&"k".repeat(257)[..], false)] {
+        let mut s = spec();
+        s.labels.insert("cost_center".into(), "o\0ps".into());
+        let e = check_spec(&s, &l).unwrap_err().0;
+        assert!(
+            e.contains("label \"cost_center\"") && e.contains("NUL"),
+            "{e}"
+        );
+        for (key, ok) in [
+            ("", false),
+            ("k", true),
+            (&"k".repeat(257)[..], false),
+            ("k\0", false),
+        ] {
             let mut s = spec();
             s.policy.sample_key = Some(key.to_owned());
             let got = check_spec(&s, &l);
@@ -338,5 +389,20 @@ mod tests {
                 .0
                 .contains("unknown sensitivity")
         );
+        // Metadata is stored as `jsonb`, which holds no NUL: in a key, or a string however
+        // deep.
+        for meta in [
+            serde_json::json!({"a\0": 1}),
+            serde_json::json!([1, {"b": ["x\0"]}]),
+        ] {
+            let mut it = Item::new("m", "x");
+            it.metadata.insert("k".into(), meta);
+            let e = check_item(&it, 1, &l).unwrap_err().0;
+            assert!(e.contains("\"m\"") && e.contains("metadata"), "{e}");
+        }
+        let mut it = Item::new("m", "x");
+        it.metadata
+            .insert("k".into(), serde_json::json!({"fine": [1, "y"]}));
+        assert_eq!(check_item(&it, 1, &l), Ok(()));
     }
 }

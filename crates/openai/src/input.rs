@@ -25,6 +25,11 @@ use crate::objects::BatchError;
 pub const MAX_REQUESTS: u64 = 50_000;
 /// The largest input file, in bytes.
 pub const MAX_FILE_BYTES: u64 = 200 * 1024 * 1024;
+/// The longest `custom_id`, in bytes: it becomes the id of the item in the fleet, whose
+/// ids are at most this long (`switchyard_core::validate::Limits::max_name_bytes`). A longer
+/// one, or one holding control characters, is a fault of its line, not of the whole job
+/// once it runs.
+pub const MAX_CUSTOM_ID_BYTES: usize = 256;
 /// A failed batch reports at most this many faults (the first ones, in line order).
 pub const MAX_REPORTED: usize = 100;
 
@@ -141,6 +146,25 @@ impl FileCheck {
             ));
         };
         let custom_id = match obj.remove("custom_id") {
+            Some(Value::String(s)) if s.len() > MAX_CUSTOM_ID_BYTES => {
+                return Err(fault(
+                    "invalid_custom_id",
+                    Some(line),
+                    Some("custom_id"),
+                    format!(
+                        "line {line}: custom_id is {} bytes long (limit {MAX_CUSTOM_ID_BYTES})",
+                        s.len()
+                    ),
+                ));
+            }
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                return Err(fault(
+                    "invalid_custom_id",
+                    Some(line),
+                    Some("custom_id"),
+                    format!("line {line}: custom_id {s:?} contains control characters"),
+                ));
+            }
             Some(Value::String(s)) if !s.is_empty() => s,
             Some(Value::String(_)) | None | Some(Value::Null) => {
                 return Err(fault(
@@ -425,6 +449,14 @@ mod tests {
             json!({"custom_id": "b", "method": "POST", "url": CHAT_COMPLETIONS}).to_string(),
             json!({"custom_id": 7, "method": "POST", "url": CHAT_COMPLETIONS, "body": {}})
                 .to_string(),
+            json!({"custom_id": "t\tab", "method": "POST", "url": CHAT_COMPLETIONS, "body": {}})
+                .to_string(),
+            json!({"custom_id": "x".repeat(MAX_CUSTOM_ID_BYTES + 1), "method": "POST",
+                   "url": CHAT_COMPLETIONS, "body": {}})
+            .to_string(),
+            json!({"custom_id": "x".repeat(MAX_CUSTOM_ID_BYTES), "method": "POST",
+                   "url": CHAT_COMPLETIONS, "body": {}})
+            .to_string(),
         ];
         let errors = check_file(&lines.join("\n"), CHAT_COMPLETIONS).unwrap_err();
         let got: Vec<(Option<u64>, &str, Option<&str>)> = errors
@@ -442,6 +474,8 @@ mod tests {
                 (Some(7), "invalid_method", Some("method")),
                 (Some(8), "missing_required_parameter", Some("body")),
                 (Some(9), "invalid_custom_id", Some("custom_id")),
+                (Some(10), "invalid_custom_id", Some("custom_id")),
+                (Some(11), "invalid_custom_id", Some("custom_id")),
             ]
         );
         assert!(errors[3].message.contains("`a`"), "{}", errors[3].message);
