@@ -338,7 +338,7 @@ pub async fn handle_job(d: &Dispatcher, job: &JobMessage) -> JobDisposition {
             team,
             project,
             reason,
-        } => return reject(d, &dead(&job_id, &reason), &team, &project, last).await,
+        } => return reject(d, &dead(&job_id, &reason), &team, &project, last, false).await,
     };
 
     if let Err(reason) = crate::identity::settle_team(&d.settings, &job.subject, &mut spec) {
@@ -346,7 +346,15 @@ pub async fn handle_job(d: &Dispatcher, job: &JobMessage) -> JobDisposition {
             switchyard_proto::teams::team_of_submit_subject(&d.settings.topology(), &job.subject)
                 .unwrap_or("default")
                 .to_owned();
-        return reject(d, &dead(&spec.job_id, &reason), &team, "default", last).await;
+        return reject(
+            d,
+            &dead(&spec.job_id, &reason),
+            &team,
+            "default",
+            last,
+            false,
+        )
+        .await;
     }
     let team = spec.team.clone().unwrap_or_else(|| "default".to_owned());
     let project = spec.project.clone().unwrap_or_else(|| "default".to_owned());
@@ -394,8 +402,16 @@ pub async fn handle_job(d: &Dispatcher, job: &JobMessage) -> JobDisposition {
             }
             JobDisposition::Done
         }
-        Ok(JobOutcome::Rejected(reason)) => {
-            reject(d, &dead(&spec.job_id, &reason), &team, &project, last).await
+        Ok(JobOutcome::Rejected { reason, own_ingest }) => {
+            reject(
+                d,
+                &dead(&spec.job_id, &reason),
+                &team,
+                &project,
+                last,
+                own_ingest,
+            )
+            .await
         }
         Err(e) => transient_failure(d, &dead(&spec.job_id, ""), &team, &project, last, &e).await,
     }
@@ -433,12 +449,18 @@ impl DeadLetterOf {
 /// A bad job: recorded rejected with its reason. When the record cannot be written the
 /// message is retried (the reason must not be lost); on the last delivery it then dies in
 /// the stream, unrecorded, and a sweep takes it over later ([`crate::sweeper`]).
+///
+/// `own_ingest`: the job's row is this message's, its ingest stopped halfway (it becomes
+/// `rejected`). Otherwise the message may be anyone's that names the id (a malformed one, a
+/// different content, another team's): it records a rejected row only where no job has
+/// the id, and never touches one that has.
 async fn reject(
     d: &Dispatcher,
     dead: &DeadLetterOf,
     team: &str,
     project: &str,
     last: bool,
+    own_ingest: bool,
 ) -> JobDisposition {
     let (job_id, reason) = (dead.job_id.as_str(), dead.error.as_str());
     tracing::warn!(job_id = %job_id, reason = %reason, "job rejected");
@@ -446,7 +468,7 @@ async fn reject(
     // `rejected` (a waiting client, a test) must also find the reason.
     let recorded = through_outage(job_id, last, || async {
         dead.record(d).await?;
-        jobs::record_rejection(&d.pool, job_id, team, project, reason).await?;
+        jobs::record_rejection(&d.pool, job_id, team, project, reason, own_ingest).await?;
         anyhow::Ok(())
     })
     .await;

@@ -18,8 +18,11 @@ use switchyard_runtime::metrics::TierLabel;
 pub enum JobOutcome {
     /// All items are on their tiers (now or before: a duplicate submission).
     Dispatched { items: u64, duplicate: bool },
-    /// The job was rejected with a reason stored on it.
-    Rejected(String),
+    /// The job was rejected with a reason stored on it. `own_ingest`: the job row is this
+    /// message's own (admitted with the same content) and its ingest stopped halfway, so the
+    /// row, still `ingesting`, becomes `rejected`; any other rejection (a different content
+    /// under the id, a config check) leaves an existing row alone.
+    Rejected { reason: String, own_ingest: bool },
 }
 
 /// Handles one well-formed job spec, brought by the job message at stream sequence
@@ -35,19 +38,12 @@ pub async fn dispatch_job(
     message_seq: Option<i64>,
     mut progress: impl FnMut(),
 ) -> anyhow::Result<JobOutcome> {
-    if let Err(reason) = check_against_config(d, spec) {
-        return Ok(JobOutcome::Rejected(reason));
-    }
     let mut new_job = new_job_row(spec);
     new_job.message_seq = message_seq;
     let admission = jobs::admit(&d.pool, &new_job).await?;
     let new = matches!(admission, Admission::New);
     let state = match admission {
-        Admission::New => {
-            d.counters.jobs_accepted.fetch_add(1, Ordering::Relaxed);
-            d.job_outcome("accepted");
-            status::INGESTING.to_owned()
-        }
+        Admission::New => status::INGESTING.to_owned(),
         Admission::Existing {
             job_id,
             status,
@@ -63,7 +59,10 @@ pub async fn dispatch_job(
                         spec.effective_idempotency_key()
                     )
                 };
-                return Ok(JobOutcome::Rejected(reason));
+                return Ok(JobOutcome::Rejected {
+                    reason,
+                    own_ingest: false,
+                });
             }
             if job_id != spec.job_id {
                 // Same content under another job id: the earlier job stands.
@@ -77,6 +76,23 @@ pub async fn dispatch_job(
             status
         }
     };
+    // Checked once the job is known to be this message's own (admitted now, or this same
+    // content before), so that a job still ingesting ends `rejected` with the reason (a
+    // deployment whose config changed under it), while a message that only names the id
+    // was answered above without touching the job.
+    if let Err(reason) = check_against_config(d, spec) {
+        if state == status::INGESTING {
+            jobs::clear_rejected_ingest(&d.pool, &spec.job_id).await?;
+        }
+        return Ok(JobOutcome::Rejected {
+            reason,
+            own_ingest: true,
+        });
+    }
+    if new {
+        d.counters.jobs_accepted.fetch_add(1, Ordering::Relaxed);
+        d.job_outcome("accepted");
+    }
 
     match state.as_str() {
         status::INGESTING => {
@@ -89,7 +105,10 @@ pub async fn dispatch_job(
                 Ok(s) => s,
                 Err(SourceError::Bad(reason)) => {
                     jobs::clear_rejected_ingest(&d.pool, &spec.job_id).await?;
-                    return Ok(JobOutcome::Rejected(reason));
+                    return Ok(JobOutcome::Rejected {
+                        reason,
+                        own_ingest: true,
+                    });
                 }
                 Err(SourceError::Io(e)) => return Err(e.into()),
             };
@@ -97,7 +116,10 @@ pub async fn dispatch_job(
                 Ok(i) => i,
                 Err(IngestError::Rejected(r)) => {
                     jobs::clear_rejected_ingest(&d.pool, &spec.job_id).await?;
-                    return Ok(JobOutcome::Rejected(r.0));
+                    return Ok(JobOutcome::Rejected {
+                        reason: r.0,
+                        own_ingest: true,
+                    });
                 }
                 Err(IngestError::Transient(e)) => return Err(e),
             };

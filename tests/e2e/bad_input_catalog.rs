@@ -458,6 +458,57 @@ async fn garbage_on_a_work_subject_is_dead_lettered_once() {
     h.finish().await;
 }
 
+/// A job still ingesting (its dispatcher mid-way, or between two deliveries of its message)
+/// is not ended by other messages that name its id: a malformed one, and one of another
+/// content. Each gets its dead letter; the job stays as it was.
+#[tokio::test]
+async fn messages_naming_an_ingesting_job_s_id_do_not_reject_it() {
+    let h = Harness::start().await;
+    sqlx::query(
+        "INSERT INTO jobs (job_id, team, project, status, spec_hash) \
+         VALUES ('x-ingesting', 'team-e2e', 'proj', 'ingesting', 'its-own-hash')",
+    )
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    h.client
+        .publish_spec(
+            "x-ingesting",
+            "x-ingesting-garbage",
+            b"\xc1 not a job".to_vec(),
+        )
+        .await
+        .unwrap();
+    let mut other = classify_job(mmlu_items(2), 0.2, 0.0);
+    other.job_id = "x-ingesting".into();
+    h.client
+        .publish_spec(
+            "x-ingesting",
+            "x-ingesting-other",
+            codec::encode(&other).unwrap(),
+        )
+        .await
+        .unwrap();
+    switchyard_testkit::eventually("two dead letters", Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dead_letters WHERE job_id = 'x-ingesting' AND kind = 'job'",
+        )
+        .fetch_one(&h.db.pool)
+        .await
+        .ok()?;
+        (n == 2).then_some(())
+    })
+    .await;
+    let (status, reason): (String, Option<String>) =
+        sqlx::query_as("SELECT status, rejection_reason FROM jobs WHERE job_id = 'x-ingesting'")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), reason), ("ingesting", None));
+    h.a_small_job_completes().await;
+    h.finish().await;
+}
+
 /// Work messages of another client whose names hold a NUL byte (Postgres `text` cannot
 /// store it) are dead-lettered alone, naming the field; claims grouped with them, and the
 /// jobs running meanwhile, are not disturbed.

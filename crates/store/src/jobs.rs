@@ -115,11 +115,14 @@ pub async fn admit(pool: &PgPool, job: &NewJob) -> sqlx::Result<Admission> {
     }
 }
 
-/// Records a rejected job with its reason. A job stored and still `ingesting` (rejected
-/// halfway through its input, its items removed by [`clear_rejected_ingest`]) becomes
-/// rejected; a job id that already belongs to a job past ingest is left alone (the dead
-/// letter keeps the reason). The caller records the dead letter first, so whoever sees the
-/// job `rejected` finds its dead letter too.
+/// Records a rejected job with its reason: a row where no job has the id. With
+/// `own_ingest` (the caller's message admitted the job and its ingest stopped halfway, its
+/// items removed by [`clear_rejected_ingest`]), a job still `ingesting` becomes rejected too.
+/// Otherwise an existing job is left alone whatever its state (the dead letter keeps the
+/// reason): the rejected message may be anyone's that names the id, a malformed one or
+/// another team's, and must not end the job that owns it. The caller records the dead letter
+/// first, so whoever sees the job `rejected` finds its dead letter too. True when a row was
+/// written.
 ///
 /// # Errors
 /// Database errors only.
@@ -129,6 +132,7 @@ pub async fn record_rejection(
     team: &str,
     project: &str,
     reason: &str,
+    own_ingest: bool,
 ) -> sqlx::Result<bool> {
     let n = sqlx::query(
         "INSERT INTO jobs (job_id, team, project, status, rejection_reason, finished_at) \
@@ -136,12 +140,13 @@ pub async fn record_rejection(
          ON CONFLICT (job_id) DO UPDATE SET status = 'rejected', \
            rejection_reason = EXCLUDED.rejection_reason, idempotency_key = NULL, \
            finished_at = now() \
-         WHERE jobs.status = 'ingesting'",
+         WHERE $5 AND jobs.status = 'ingesting'",
     )
     .bind(job_id)
     .bind(team)
     .bind(project)
     .bind(reason)
+    .bind(own_ingest)
     .execute(pool)
     .await?
     .rows_affected();

@@ -161,8 +161,16 @@ async fn a_job_rejected_during_ingest_loses_its_items_then_records_its_reason() 
     jobs::clear_rejected_ingest(&db.pool, JOB).await.unwrap();
     let (status, _, items) = statuses(&db.pool).await;
     assert_eq!((status.as_str(), items.len()), ("ingesting", 0));
+    // Another message naming the id (malformed, another content, another team's) is
+    // rejected without touching the job, though it is `ingesting`.
     assert!(
-        jobs::record_rejection(&db.pool, JOB, "team", "proj", "item 2 too big")
+        !jobs::record_rejection(&db.pool, JOB, "other-team", "proj", "bad message", false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(statuses(&db.pool).await.0, "ingesting");
+    assert!(
+        jobs::record_rejection(&db.pool, JOB, "team", "proj", "item 2 too big", true)
             .await
             .unwrap()
     );
@@ -183,7 +191,7 @@ async fn a_job_rejected_during_ingest_loses_its_items_then_records_its_reason() 
         .await
         .unwrap();
     assert!(
-        !jobs::record_rejection(&running.pool, JOB, "team", "proj", "a re-submission")
+        !jobs::record_rejection(&running.pool, JOB, "team", "proj", "a re-submission", true)
             .await
             .unwrap()
     );
