@@ -107,6 +107,9 @@ pub fn plain_finish_reason(reason: &str) -> Option<String> {
 struct ChoiceMessage<'a> {
     #[serde(borrow)]
     content: Option<&'a RawValue>,
+    /// OpenAI's refusal (structured outputs), sent with `content: null`.
+    #[serde(borrow, default)]
+    refusal: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -140,10 +143,25 @@ pub fn parse_completion(
         .message
         .and_then(|m| serde_json::from_str(m.get()).ok())
         .ok_or(CompletionError::NoContent)?;
-    let (content, raw_content) = message
-        .content
-        .and_then(read_content)
-        .ok_or(CompletionError::NoContent)?;
+    let finish_reason = choice
+        .finish_reason
+        .and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+        .and_then(|r| plain_finish_reason(&r));
+    // No content: a refusal is the answer; a choice the provider ended without one (a
+    // content filter) is an empty answer. Both are billed and both are answers (not answers
+    // to the question: they escalate, see `escalation::is_empty_or_refusal`); calling
+    // again would be billed again for the same. A body with neither is unusable.
+    let (content, raw_content) = match message.content.and_then(read_content) {
+        Some(c) => c,
+        None => match message
+            .refusal
+            .and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+        {
+            Some(refusal) => (refusal, None),
+            None if finish_reason.is_some() => (String::new(), None),
+            None => return Err(CompletionError::NoContent),
+        },
+    };
     let logprobs = choice
         .logprobs
         .and_then(|l| serde_json::from_str::<Logprobs>(l.get()).ok())
@@ -159,10 +177,6 @@ pub fn parse_completion(
                 .collect::<Vec<_>>()
         });
     let raw_usage = parsed.usage.map(|u| u.get().to_owned());
-    let finish_reason = choice
-        .finish_reason
-        .and_then(|r| serde_json::from_str::<String>(r.get()).ok())
-        .and_then(|r| plain_finish_reason(&r));
     let usage = parsed.usage.and_then(read_usage);
     let (prompt_tokens, completion_tokens, cached_prompt_tokens, usage_estimated) = match usage {
         Some((p, c, cached)) => (p, c, cached.min(p), false),
@@ -389,6 +403,26 @@ mod tests {
         );
         assert_eq!(
             parse_completion(br#"{"choices":[{"message":{}}]}"#, 1),
+            Err(CompletionError::NoContent)
+        );
+        // A refusal is an answer (the refusal's text), an ended choice without content an
+        // empty one; only a body with neither is unusable.
+        let refusal = parse_completion(
+            br#"{"choices":[{"message":{"content":null,"refusal":"I can't help with that."},"finish_reason":"stop"}]}"#,
+            1,
+        )
+        .unwrap();
+        assert_eq!(refusal.content, "I can't help with that.");
+        let filtered = parse_completion(
+            br#"{"choices":[{"message":{"content":null},"finish_reason":"content_filter"}],"usage":{"prompt_tokens":9,"completion_tokens":0}}"#,
+            1,
+        )
+        .unwrap();
+        assert_eq!(filtered.content, "");
+        assert_eq!(filtered.finish_reason.as_deref(), Some("content_filter"));
+        assert!(!filtered.usage_estimated);
+        assert_eq!(
+            parse_completion(br#"{"choices":[{"message":{"content":null}}]}"#, 1),
             Err(CompletionError::NoContent)
         );
         let long_id = format!(

@@ -41,7 +41,10 @@ pub fn parse_message(
         .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
         .filter_map(|p| p.get("text").and_then(Value::as_str))
         .collect();
-    if texts.is_empty() {
+    // No text, but the message ended (a refusal, `stop_reason: "refusal"`, or a turn with
+    // nothing to say): an empty answer, billed as such and escalated as not an answer,
+    // rather than called again for the same. No text and no end: unusable.
+    if texts.is_empty() && v.get("stop_reason").and_then(Value::as_str).is_none() {
         return Err(CompletionError::NoContent);
     }
     let content = texts.concat();
@@ -165,6 +168,18 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_without_text_is_an_empty_answer() {
+        let c = parse_message(
+            br#"{"content":[],"stop_reason":"refusal","usage":{"input_tokens":7,"output_tokens":0}}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(c.content, "");
+        assert_eq!(c.finish_reason.as_deref(), Some("content_filter"));
+        assert_eq!((c.prompt_tokens, c.usage_estimated), (7, false));
+    }
+
+    #[test]
     fn plain_usage_odd_usage_and_unusable_bodies() {
         let c = parse_message(
             br#"{"content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":4,"output_tokens":1}}"#,
@@ -201,6 +216,7 @@ mod tests {
             b"[]",
             b"{}",
             br#"{"content":[{"type":"tool_use"}]}"#,
+            br#"{"content":[]}"#,
         ] {
             assert!(
                 parse_message(bad, 4).is_err(),
