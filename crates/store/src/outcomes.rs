@@ -291,6 +291,9 @@ pub async fn commit_in(
     for k in decide_answers(conn, outcomes, &deciding).await? {
         report.decided.insert(k);
     }
+    for k in decided_before(conn, outcomes, &answers, &inserted).await? {
+        report.decided.insert(k);
+    }
     let audits: Vec<usize> = answers
         .iter()
         .copied()
@@ -345,6 +348,41 @@ pub async fn commit_in(
             .await?;
     }
     Ok(report)
+}
+
+/// Own answers whose result was there already under their own call, booked `ok`: this very
+/// commit, tried again after Postgres committed it but its reply was lost (a restart as it
+/// committed). They decided their item then; they are reported decided again, so that the
+/// caller publishes their escalation (deduplicated by its message id) and counts their item,
+/// which the first try's caller never learnt. A second copy of an attempt has a call of its
+/// own and is still a duplicate.
+async fn decided_before(
+    conn: &mut PgConnection,
+    outcomes: &[Outcome],
+    answers: &[usize],
+    inserted: &HashSet<AttemptKey>,
+) -> sqlx::Result<Vec<usize>> {
+    let again: Vec<(usize, &str)> = answers
+        .iter()
+        .filter(|&&i| outcomes[i].key().is_own() && !inserted.contains(outcomes[i].key()))
+        .filter_map(|&i| Some((i, outcomes[i].call()?.call_id.as_str())))
+        .collect();
+    if again.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = again.iter().map(|(_, id)| *id).collect();
+    let ok: HashSet<String> =
+        sqlx::query_scalar("SELECT call_id FROM ledger WHERE call_id = ANY($1) AND outcome = 'ok'")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+    Ok(again
+        .into_iter()
+        .filter(|(_, id)| ok.contains(*id))
+        .map(|(i, _)| i)
+        .collect())
 }
 
 async fn insert_results(

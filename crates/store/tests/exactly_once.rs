@@ -134,6 +134,38 @@ async fn of_two_copies_of_an_attempt_the_first_decides_and_the_second_is_a_booke
     assert_eq!(rows, 4, "every call is booked, once");
 }
 
+/// A commit tried again after Postgres committed it but its reply was lost: the same
+/// outcomes, the same calls. They are reported decided again (so the escalation is
+/// published and the item counted, which the first try's caller never learnt), and nothing
+/// is booked or moved twice.
+#[tokio::test]
+async fn a_commit_tried_again_after_its_reply_was_lost_still_reports_what_it_decided() {
+    let db = setup(2).await;
+    let batch = [
+        answered(1, 0, "c1", None),
+        answered(2, 0, "c2", Some("strong")),
+    ];
+    let first = outcomes::commit(&db.pool, &batch).await.unwrap();
+    assert_eq!(first.decided.len(), 2);
+    let again = outcomes::commit(&db.pool, &batch).await.unwrap();
+    assert_eq!(again.decided, first.decided);
+    assert_eq!(again.duplicates, 0);
+    assert_eq!(outcome_of(&db.pool, "c2").await, "ok");
+    assert_eq!(item(&db.pool, 1).await, ("done".to_owned(), 0, Some(0)));
+    assert_eq!(item(&db.pool, 2).await, ("queued".to_owned(), 1, None));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+    // A second copy of the attempt (a call of its own) still decides nothing.
+    let copy = outcomes::commit(&db.pool, &[answered(2, 0, "c2-copy", None)])
+        .await
+        .unwrap();
+    assert!(copy.decided.is_empty());
+    assert_eq!(copy.duplicates, 1);
+}
+
 #[tokio::test]
 async fn shadow_stale_and_answered_failures_never_fail_an_item_and_audits_become_final() {
     let db = setup(4).await;
