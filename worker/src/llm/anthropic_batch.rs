@@ -86,11 +86,25 @@ struct Page {
     last_id: Option<String>,
 }
 
-/// One line of a results file.
+/// One line of a results file. The message is kept as the provider wrote it (its bytes),
+/// so that one the message parser can read is not lost to a stricter reading of the whole
+/// line (a billed line skipped is called, and billed, again).
 #[derive(Debug, Deserialize)]
 struct ResultLine {
     custom_id: String,
-    result: Value,
+    result: LineOutcome,
+}
+
+/// A line's `result`: `{"type": "succeeded", "message"}`, `{"type": "errored", "error"}`,
+/// `canceled` or `expired`.
+#[derive(Debug, Deserialize)]
+struct LineOutcome {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    message: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    error: Option<Value>,
 }
 
 /// Whether `id` is a valid `custom_id` for Anthropic.
@@ -264,15 +278,9 @@ impl AnthropicBatchClient {
 
     fn result_of(&self, line: ResultLine) -> LineResult {
         let model = self.name.clone();
-        let kind = line
-            .result
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let result = match kind {
+        let result = match line.result.kind.as_str() {
             "succeeded" => {
-                let message = line.result.get("message").cloned().unwrap_or(Value::Null);
-                let body = message.to_string();
+                let body = line.result.message.as_deref().map_or("null", |m| m.get());
                 messages::parse_message(body.as_bytes(), 0)
                     .map(|p| Completion::from_parsed(p, std::time::Duration::ZERO))
                     .map_err(|e| ProviderError::bad_body(model.clone(), e.to_string(), body.len()))
@@ -280,7 +288,9 @@ impl AnthropicBatchClient {
             "errored" => {
                 let error = line
                     .result
-                    .pointer("/error/error")
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.get("error"))
                     .cloned()
                     .unwrap_or(Value::Null);
                 let ty = error.get("type").and_then(Value::as_str).unwrap_or("");

@@ -12,13 +12,62 @@
 use std::time::Duration;
 
 use serde_json::json;
+use serde_json::value::RawValue;
 use switchyard_openai::objects::{Batch, BatchStatus, FileObject, ListPage};
-use switchyard_openai::output::OutputLine;
 
 use super::batch_api::{LineResult, Progress, ProviderBatch, read_lines};
 use super::http::Endpoint;
 use super::openai::{body_of, parse_completion};
 use super::{CompletionRequest, ProviderError};
+
+/// A line of a provider's output or error file, read for what booking it needs: the
+/// `custom_id`, the status and the body as the provider wrote it (its bytes, so a lone
+/// surrogate in an answer reaches the completion parser, which keeps it, instead of failing
+/// the line), and an error of any shape. The `id`s and `request_id` our own files always
+/// carry ([`switchyard_openai::output::OutputLine`]) are not required: a billed line
+/// skipped for a missing id would be called, and billed, again.
+#[derive(Debug, serde::Deserialize)]
+struct ResultLine {
+    custom_id: String,
+    #[serde(default)]
+    response: Option<ResultResponse>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ResultResponse {
+    status_code: u16,
+    #[serde(default)]
+    body: Option<Box<RawValue>>,
+}
+
+/// A line's `error`: `{"code", "message"}` as OpenAI writes it, or whatever else a
+/// compatible provider sends (a string), as text.
+struct LineError {
+    code: String,
+    message: String,
+}
+
+impl From<serde_json::Value> for LineError {
+    fn from(v: serde_json::Value) -> Self {
+        let text = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        match (text("code"), text("message"), v.as_str()) {
+            (_, _, Some(s)) => Self {
+                code: "error".to_owned(),
+                message: s.to_owned(),
+            },
+            (code, message, None) => Self {
+                code: code.unwrap_or_else(|| "error".to_owned()),
+                message: message.unwrap_or_else(|| v.to_string()),
+            },
+        }
+    }
+}
 
 /// Pages read at most when looking for a batch by its metadata (100 batches a page).
 pub const MAX_LIST_PAGES: usize = 20;
@@ -161,32 +210,35 @@ impl OpenAiBatchClient {
             .endpoint
             .send(self.request(reqwest::Method::GET, &path), &self.name)
             .await?;
-        Ok(read_lines(&bytes, &self.name, file_id, |l: OutputLine| {
+        Ok(read_lines(&bytes, &self.name, file_id, |l: ResultLine| {
             self.result_of(l)
         }))
     }
 
-    fn result_of(&self, line: OutputLine) -> LineResult {
+    fn result_of(&self, line: ResultLine) -> LineResult {
         let model = self.name.clone();
-        let result = match (line.response, line.error) {
+        let result = match (line.response, line.error.map(LineError::from)) {
             (Some(r), _) if (200..300).contains(&r.status_code) => {
-                let body = r.body.to_string();
+                let body = r.body.as_deref().map_or("null", RawValue::get);
                 parse_completion(&model, body.as_bytes(), 0, Duration::ZERO)
             }
-            (Some(r), _) => Err(if r.status_code >= 500 || r.status_code == 429 {
-                ProviderError::ServerError {
-                    model,
-                    status: r.status_code,
-                    body: r.body.to_string(),
-                    retry_after: None,
-                }
-            } else {
-                ProviderError::Refused {
-                    model,
-                    status: r.status_code,
-                    body: r.body.to_string(),
-                }
-            }),
+            (Some(r), _) => {
+                let body = r.body.as_deref().map_or("", RawValue::get).to_owned();
+                Err(if r.status_code >= 500 || r.status_code == 429 {
+                    ProviderError::ServerError {
+                        model,
+                        status: r.status_code,
+                        body,
+                        retry_after: None,
+                    }
+                } else {
+                    ProviderError::Refused {
+                        model,
+                        status: r.status_code,
+                        body,
+                    }
+                })
+            }
             (None, Some(e)) => Err(ProviderError::ServerError {
                 model,
                 status: 503,
@@ -234,5 +286,52 @@ pub fn view(b: &Batch) -> ProviderBatch {
         input_file_id: Some(b.input_file_id.clone()),
         output_file_id: b.output_file_id.clone(),
         error_file_id: b.error_file_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+    use super::*;
+
+    fn client() -> OpenAiBatchClient {
+        let endpoint = Endpoint::new(
+            super::super::openai::http_client().unwrap(),
+            "http://127.0.0.1:9/v1",
+            None,
+            Duration::from_secs(1),
+            1 << 20,
+        );
+        OpenAiBatchClient::new(endpoint, "p")
+    }
+
+    #[test]
+    fn lines_of_other_providers_are_read_for_what_booking_needs() {
+        let file = [
+            // No `id`, no `request_id`: still the answer it is.
+            r#"{"custom_id":"a","response":{"status_code":200,"body":{"choices":[{"message":{"content":"A"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}}}"#,
+            // A lone surrogate in the answer: kept, as the real-time path keeps it.
+            r#"{"custom_id":"b","response":{"status_code":200,"body":{"choices":[{"message":{"content":"x\ud800y"}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}}}"#,
+            // An error as a plain string.
+            r#"{"custom_id":"c","response":null,"error":"rate limited"}"#,
+            // Not a line at all: skipped (its request goes back).
+            "garbage",
+        ]
+        .join("\n");
+        let c = client();
+        let lines = read_lines(file.as_bytes(), "p", "f", |l: ResultLine| c.result_of(l));
+        assert_eq!(lines.len(), 3);
+        let a = lines[0].result.as_ref().unwrap();
+        assert_eq!((a.content.as_str(), a.prompt_tokens), ("A", 3));
+        let b = lines[1].result.as_ref().unwrap();
+        assert!(b.raw_content.is_some(), "{b:?}");
+        assert_eq!(b.completion_tokens, 2);
+        match &lines[2].result {
+            Err(ProviderError::ServerError { body, .. }) => {
+                assert!(body.contains("rate limited"), "{body}");
+            }
+            other => panic!("expected a server error, got {other:?}"),
+        }
     }
 }
