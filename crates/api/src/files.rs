@@ -76,6 +76,32 @@ async fn put_limited(
     }
 }
 
+/// The longest `purpose` read: the ones OpenAI knows are a few words.
+const MAX_PURPOSE_BYTES: usize = 64;
+
+/// Reads a form's `purpose`, refusing one over [`MAX_PURPOSE_BYTES`] as it streams in (the
+/// upload limit guards the file part only: an unbounded text part would take the server's
+/// memory).
+async fn read_purpose(mut field: axum::extract::multipart::Field<'_>) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| ApiError::bad("purpose", format!("unreadable purpose: {e}")))?
+    {
+        if bytes.len() + chunk.len() > MAX_PURPOSE_BYTES {
+            return Err(ApiError::bad(
+                "purpose",
+                format!("purpose is longer than {MAX_PURPOSE_BYTES} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes)
+        .map(|s| s.trim().to_owned())
+        .map_err(|_| ApiError::bad("purpose", "purpose is not UTF-8 text"))
+}
+
 /// `POST /v1/files`.
 pub async fn upload(
     State(api): State<Api>,
@@ -91,13 +117,16 @@ pub async fn upload(
         .map_err(|e| ApiError::bad("file", format!("not a readable multipart form: {e}")))?
     {
         match field.name() {
-            Some("purpose") => {
-                let text = field
-                    .text()
-                    .await
-                    .map_err(|e| ApiError::bad("purpose", format!("unreadable purpose: {e}")))?;
-                purpose = Some(text.trim().to_owned());
-            }
+            Some("purpose") => match read_purpose(field).await {
+                Ok(p) => purpose = Some(p),
+                Err(e) => {
+                    // A file part read before it goes with the refused form.
+                    if stored.is_some() {
+                        let _ = api.files.delete(&file_id).await;
+                    }
+                    return Err(e);
+                }
+            },
             Some("file") if stored.is_none() => {
                 let filename = field
                     .file_name()

@@ -100,14 +100,14 @@ pub async fn check(api: &Api, batch: &BatchRow) -> anyhow::Result<Result<u64, Ve
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.object_name))?;
     let mut reader = BufReader::new(object);
     let mut check = FileCheck::new(&batch.endpoint);
+    let limit = max_line_bytes(api.settings.dispatcher.max_chat_item_bytes);
     let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf).await? == 0 {
-            break;
+    while let Some(len) = next_line(&mut reader, &mut buf, limit).await? {
+        if len > limit {
+            check.too_long(len, limit);
+            continue;
         }
-        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = buf.strip_suffix(b"\r").unwrap_or(&buf);
         match std::str::from_utf8(line) {
             Ok(text) => {
                 check.line(text);
@@ -116,4 +116,69 @@ pub async fn check(api: &Api, batch: &BatchRow) -> anyhow::Result<Result<u64, Ve
         }
     }
     Ok(check.finish())
+}
+
+/// The longest line a request may have: its conversation at the fleet's chat item limit,
+/// twice over for JSON's escapes, and room for the rest of the line (the dispatcher reads a
+/// chat job's lines to the same limit).
+pub fn max_line_bytes(max_chat_item_bytes: usize) -> usize {
+    max_chat_item_bytes.saturating_mul(2).saturating_add(4096)
+}
+
+/// Reads the next line into `buf` (without its `\n`), keeping at most `limit` bytes of it:
+/// the line's whole length, or `None` at the end. A longer line is read to its end but not
+/// kept, so a file of one 200 MB line costs `limit` bytes of memory, not 200 MB and its parse.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Option<usize>> {
+    buf.clear();
+    let mut len = 0usize;
+    let mut read_any = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(read_any.then_some(len));
+        }
+        read_any = true;
+        let (part, used, ended) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], i + 1, true),
+            None => (chunk, chunk.len(), false),
+        };
+        let room = limit.saturating_sub(buf.len());
+        buf.extend_from_slice(&part[..part.len().min(room)]);
+        len = len.saturating_add(part.len());
+        reader.consume(used);
+        if ended {
+            return Ok(Some(len));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_read_whole_and_kept_only_to_the_limit() {
+        let text = format!("short\r\n{}\nlast", "x".repeat(100));
+        // A small buffer: lines span several fills.
+        let mut reader = BufReader::with_capacity(8, text.as_bytes());
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        while let Some(len) = next_line(&mut reader, &mut buf, 10).await.unwrap() {
+            got.push((len, String::from_utf8(buf.clone()).unwrap()));
+        }
+        assert_eq!(
+            got,
+            [
+                (6, "short\r".to_owned()),
+                (100, "x".repeat(10)),
+                (4, "last".to_owned())
+            ]
+        );
+    }
 }

@@ -109,6 +109,17 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
     let (status, body) = s.upload(&a, "batch", vec![b'x'; 5000]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"]["code"], "file_too_large");
+    // A `purpose` of 100 KB is refused as it streams in (the upload limit guards the file).
+    let (status, body) = s.upload(&a, &"b".repeat(100_000), good_file(1)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["param"], "purpose");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 64 bytes"),
+        "{body}"
+    );
     assert_eq!(s.get(&a, "/files").await.1["data"], json!([]));
     // The server still serves.
     assert_eq!(s.upload(&a, "batch", good_file(1)).await.0, StatusCode::OK);

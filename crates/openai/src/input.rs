@@ -114,6 +114,22 @@ impl FileCheck {
         }
     }
 
+    /// Records the next line as one of `len` bytes, over the `limit` a request's line may
+    /// have (it is not read: a line of hundreds of megabytes would take the reader's memory,
+    /// and no request of the fleet is that large).
+    pub fn too_long(&mut self, len: usize, limit: usize) {
+        self.lines += 1;
+        self.requests += 1;
+        self.bytes += len as u64 + 1;
+        let line = self.lines;
+        self.report(fault(
+            "line_too_long",
+            Some(line),
+            None,
+            format!("line {line} is {len} bytes long (limit {limit} a request)"),
+        ));
+    }
+
     /// Records the next line as one that is not UTF-8 text (so not JSON either).
     pub fn not_text(&mut self, len: usize) {
         self.lines += 1;
