@@ -239,6 +239,45 @@ async fn strong_calls_that_do_not_fit_go_weak_and_the_report_says_so() {
     h.finish().await;
 }
 
+/// A quality job of a team whose budget cannot fit its pilot's strong audit calls: each
+/// skipped audit is recorded as the audit's failure (its reason says why), so the pilot
+/// plans from what it has and the job completes, instead of waiting for answers that will
+/// never come until the pilot's timeout (30 minutes).
+#[tokio::test]
+async fn a_pilot_whose_audits_the_budget_cannot_fit_does_not_wait_for_them() {
+    let h = Harness::start_with(
+        |s| {
+            s.finance.refresh = Duration::from_millis(200);
+        },
+        SimConfig::default(),
+    )
+    .await;
+    let team = "thrifty-quality";
+    set_budget(&h, team, "0.002", None, WhenExhausted::Downgrade).await;
+    crate::support::workers_know_budget(&h.fleet, team).await;
+    let n = 30;
+    let mut spec = classify_job(short_items(n), 0.0, 0.0);
+    spec.team = Some(team.into());
+    spec.policy.routing = switchyard_proto::Routing::Quality { value: 0.95 };
+    spec.policy.cascade.confidence_threshold = None;
+    let job_id = h.client.submit(spec).await.unwrap();
+    let status = h.wait_final(&job_id, 120).await;
+    assert_eq!(status.job.status, "completed", "{:?}", status.dead_letters);
+    assert_eq!(status.done(), n as i64);
+    let skipped: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dead_letters WHERE job_id = $1 AND attempt = $2 \
+         AND error LIKE 'skipped: the team''s budget cannot fit the audit call%'",
+    )
+    .bind(&job_id)
+    .bind(i32::from(switchyard_proto::work::AUDIT_ATTEMPT))
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert!(skipped > 0, "no audit was skipped");
+    assert!(spent(&h, team).await <= d("0.002"));
+    h.finish().await;
+}
+
 /// A fleet whose provider takes 8 s to answer (finance refreshed every 0.1 s, holds leased
 /// for 0.9 s, then `tune`d), running a job of `items` strong items of `team`, with one
 /// strong call in flight: its hold's id and amount (above half the team's $0.009 budget, so

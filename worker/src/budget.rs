@@ -203,6 +203,10 @@ pub enum Admission {
     /// No call: the item was diverted (to the weak tier, or parked until the budget has
     /// room), or the budget could not be asked; what becomes of the message.
     Diverted(Disposition),
+    /// No call, for good: an audit call the budget cannot fit (why). Recorded as the
+    /// audit's failure, so that a quality job's pilot waiting for its answer knows none will
+    /// come (a skip that left no trace kept the pilot waiting until its timeout).
+    Skipped(String),
 }
 
 /// The most prompt tokens a request can have: a token covers at least one byte, plus a few
@@ -326,6 +330,14 @@ pub async fn admit(
                 live: w.finance.live.clone(),
             }))
         }
+        Ok(Reservation::DoesNotFit { available_usd, .. }) if item.is_audit() => {
+            tracing::info!(team = %item.team, job_id = %item.job_id, item_id = %item.item_id, "budget cannot fit an audit call, skipping it");
+            Admission::Skipped(format!(
+                "skipped: the team's budget cannot fit the audit call (worst case {} USD, {} USD available)",
+                switchyard_store::money::exact(amount),
+                switchyard_store::money::exact(available_usd)
+            ))
+        }
         Ok(Reservation::DoesNotFit {
             available_usd,
             when_exhausted,
@@ -371,9 +383,9 @@ async fn divert(
         after: w.settings.worker.retry_delay,
     };
     if !item.is_own() {
-        // A shadow or audit call measures, it is not work an item needs: skipped, not
-        // delayed.
-        tracing::info!(team = %item.team, job_id = %item.job_id, item_id = %item.item_id, "budget cannot fit a shadow or audit call, skipping it");
+        // A shadow call measures, it is not work an item needs: skipped, not delayed. (An
+        // audit's skip is recorded: see `Admission::Skipped`.)
+        tracing::info!(team = %item.team, job_id = %item.job_id, item_id = %item.item_id, "budget cannot fit a shadow call, skipping it");
         return Disposition::Done;
     }
     let weak = &w.settings.dispatcher.weak_tier;

@@ -394,6 +394,7 @@ async fn handle(
     let hold = match budget::admit(w, tier, &item, model, hold_for, &d.payload, abort).await {
         budget::Admission::Go(hold) => hold,
         budget::Admission::Diverted(disposition) => return released(disposition),
+        budget::Admission::Skipped(reason) => return fail(reason, None, Some(call_id.clone())),
     };
     let priced_at = hold
         .as_ref()
