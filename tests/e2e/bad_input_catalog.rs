@@ -518,23 +518,8 @@ async fn a_foreign_work_message_postgres_cannot_store_is_refused_alone() {
     let t = h.fleet.settings.topology();
     let js = h.nats.js();
     let rogue = |job_id: &str, item_id: &str, team: &str| switchyard_proto::WorkItem {
-        v: 1,
-        job_id: job_id.into(),
-        item_id: item_id.into(),
-        attempt: 0,
-        tier: "weak".into(),
-        text: "hello".into(),
-        task: switchyard_proto::Task::Generate { instructions: None },
         team: team.into(),
-        project: "proj".into(),
-        local_only: false,
-        models: Default::default(),
-        confidence_threshold: 0.5,
-        escalations_left: 0,
-        escalation: None,
-        router_score: None,
-        cost_weight: None,
-        deadline: None,
+        ..crate::support::foreign_work_item(job_id, item_id, "weak")
     };
     for m in [
         rogue("job\0x", "i-1", "team-e2e"),

@@ -315,23 +315,10 @@ async fn local_only_items_never_reach_an_external_model() {
     // A hand-made work message that puts a local_only item on the strong tier is refused
     // before any call.
     let rogue = switchyard_proto::WorkItem {
-        v: 1,
-        job_id: job_id.clone(),
-        item_id: local_ids.iter().next().unwrap().clone(),
         attempt: 7,
-        tier: "strong".into(),
         text: "leak me".into(),
-        task: switchyard_proto::Task::Generate { instructions: None },
-        team: "team-e2e".into(),
-        project: "proj".into(),
         local_only: true,
-        models: Default::default(),
-        confidence_threshold: 0.5,
-        escalations_left: 0,
-        escalation: None,
-        router_score: None,
-        cost_weight: None,
-        deadline: None,
+        ..crate::support::foreign_work_item(&job_id, local_ids.iter().next().unwrap(), "strong")
     };
     let t = h.fleet.settings.topology();
     // Shadow calls may still be in flight after the job is final, so count only calls whose

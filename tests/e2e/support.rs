@@ -44,6 +44,30 @@ pub fn mmlu_items(n: usize) -> Vec<Item> {
 }
 
 /// A classification job over `items` with a strong share and a cascade threshold.
+/// A work message as another client might publish it: attempt 0 of `item_id` of `job_id`
+/// on `tier`, of team `team-e2e` (the fields a test changes are public).
+pub fn foreign_work_item(job_id: &str, item_id: &str, tier: &str) -> switchyard_proto::WorkItem {
+    switchyard_proto::WorkItem {
+        v: 1,
+        job_id: job_id.into(),
+        item_id: item_id.into(),
+        attempt: 0,
+        tier: tier.into(),
+        text: "hello".into(),
+        task: switchyard_proto::Task::Generate { instructions: None },
+        team: "team-e2e".into(),
+        project: "proj".into(),
+        local_only: false,
+        models: Default::default(),
+        confidence_threshold: 0.5,
+        escalations_left: 0,
+        escalation: None,
+        router_score: None,
+        cost_weight: None,
+        deadline: None,
+    }
+}
+
 pub fn classify_job(items: Vec<Item>, strong_share: f64, threshold: f64) -> JobSpec {
     let labels = ["A", "B", "C", "D"]
         .iter()

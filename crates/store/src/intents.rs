@@ -207,30 +207,37 @@ pub async fn claim(
     Ok(out)
 }
 
-/// [`claim_once`], with every claim looked at again by a statement of its own.
+/// [`claim_once`], with every contested claim looked at again by a statement of its own.
 ///
 /// Why: the claim statement judges the attempt from its snapshot, taken when it starts, but
 /// its insert checks the intent's uniqueness against what is committed when it gets there.
 /// A worker committing the attempt's outcome (which deletes its intent, last) between the
 /// two leaves this claim judging an attempt still open and inserting where the intent is
-/// gone: a second paid call on an answered attempt. The second statement's snapshot is
-/// taken after the first ended, so after any commit its insert waited for; an attempt found
-/// settled there has its fresh intent deleted and is answered as the second look says.
+/// gone: a second paid call on an answered attempt. That needs another call's intent in the
+/// snapshot and gone at the insert, so only such claims (contested) are looked at again, by
+/// a statement whose snapshot is taken after the first ended, so after any commit its
+/// insert waited for; an attempt found settled there has its fresh intent deleted and is
+/// answered as the second look says. An uncontested claim costs nothing more. (Another
+/// worker claiming, calling and committing the attempt wholly within this one statement
+/// would not be seen: a statement takes milliseconds, a provider's call far longer.)
 async fn claim_checked(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Result<Vec<Claim>> {
-    let mut out = claim_once(pool, owner, intents).await?;
-    let claimed: Vec<usize> = (0..intents.len())
-        .filter(|&i| out[i] == Claim::Claimed)
+    let first = claim_once(pool, owner, intents).await?;
+    // Only a claim whose snapshot saw another intent on the attempt, gone by the time it
+    // inserted, can have raced a commit: looked at again; the others stand.
+    let contested: Vec<usize> = (0..intents.len())
+        .filter(|&i| first[i] == (Claim::Claimed, true))
         .collect();
-    if claimed.is_empty() {
+    let mut out: Vec<Claim> = first.into_iter().map(|(claim, _)| claim).collect();
+    if contested.is_empty() {
         return Ok(out);
     }
-    let again: Vec<Intent> = claimed.iter().map(|&i| intents[i].clone()).collect();
+    let again: Vec<Intent> = contested.iter().map(|&i| intents[i].clone()).collect();
     let second = claim_once(pool, owner, &again).await?;
     let mut withdrawn = Vec::new();
-    for (n, &i) in claimed.iter().enumerate() {
-        if second[n] != Claim::Claimed {
+    for (n, &i) in contested.iter().enumerate() {
+        if second[n].0 != Claim::Claimed {
             withdrawn.push(intents[i].call_id.as_str());
-            out[i] = second[n].clone();
+            out[i] = second[n].0.clone();
         }
     }
     if !withdrawn.is_empty() {
@@ -251,7 +258,13 @@ async fn claim_checked(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::
 /// intent already there under the same call id and owner is this claim's own, written by an
 /// earlier try whose reply was lost (Postgres restarting as it committed): claimed, not
 /// busy (a busy answer would keep the attempt from its own worker until that worker exits).
-async fn claim_once(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Result<Vec<Claim>> {
+/// With each claim, whether the statement's snapshot saw another call's intent on the
+/// attempt (contested: see [`claim_checked`]).
+async fn claim_once(
+    pool: &PgPool,
+    owner: &str,
+    intents: &[Intent],
+) -> sqlx::Result<Vec<(Claim, bool)>> {
     if intents.is_empty() {
         return Ok(Vec::new());
     }
@@ -259,7 +272,7 @@ async fn claim_once(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Res
     // Verdicts, in order of precedence: the attempt has a result (answered: escalated or not)
     // or a recorded failure; the item is gone or closed (for the item's own attempts; shadow
     // and audit attempts still run for a done item) or has moved on to a later attempt.
-    let rows: Vec<(i64, String, bool)> = sqlx::query_as(
+    let rows: Vec<(i64, String, bool, bool)> = sqlx::query_as(
         "WITH k AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], \
            $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], \
            $12::bool[], $13::text[], $14::text[], $15::text[], $16::text[], $18::bool[]) \
@@ -289,7 +302,10 @@ async fn claim_once(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Res
            FROM v WHERE verdict = 'open' \
            ON CONFLICT (job_id, item_id, attempt) DO NOTHING RETURNING call_id) \
          SELECT v.ord, v.verdict, ins.call_id IS NOT NULL OR EXISTS (SELECT 1 \
-           FROM call_intents c WHERE c.call_id = v.call_id AND c.owner = $17) FROM v \
+           FROM call_intents c WHERE c.call_id = v.call_id AND c.owner = $17), \
+           EXISTS (SELECT 1 FROM call_intents c WHERE c.job_id = v.job_id \
+             AND c.item_id = v.item_id AND c.attempt = v.attempt \
+             AND c.call_id <> v.call_id) FROM v \
          LEFT JOIN ins ON ins.call_id = v.call_id ORDER BY v.ord",
     )
     .bind(&c.call_id)
@@ -314,13 +330,16 @@ async fn claim_once(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Res
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(_, verdict, claimed)| match verdict.as_str() {
-            "open" if claimed => Claim::Claimed,
-            "open" => Claim::Busy,
-            "escalate" => Claim::Settled { escalate: true },
-            "stale" => Claim::Stale,
-            "no_item" => Claim::NoItem,
-            _ => Claim::Settled { escalate: false },
+        .map(|(_, verdict, claimed, contested)| {
+            let claim = match verdict.as_str() {
+                "open" if claimed => Claim::Claimed,
+                "open" => Claim::Busy,
+                "escalate" => Claim::Settled { escalate: true },
+                "stale" => Claim::Stale,
+                "no_item" => Claim::NoItem,
+                _ => Claim::Settled { escalate: false },
+            };
+            (claim, contested)
         })
         .collect())
 }

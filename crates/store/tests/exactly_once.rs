@@ -87,6 +87,14 @@ async fn item(pool: &PgPool, item: i64) -> (String, i32, Option<i32>) {
     .unwrap()
 }
 
+/// Rows in the ledger, of every job.
+async fn ledger_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 async fn outcome_of(pool: &PgPool, call_id: &str) -> String {
     sqlx::query_scalar("SELECT outcome FROM ledger WHERE call_id = $1")
         .bind(call_id)
@@ -127,10 +135,7 @@ async fn of_two_copies_of_an_attempt_the_first_decides_and_the_second_is_a_booke
     assert_eq!(item(&db.pool, 1).await, ("done".to_owned(), 0, Some(0)));
     // The escalation stands: the item waits for attempt 1 (the duplicate did not finish it).
     assert_eq!(item(&db.pool, 2).await, ("queued".to_owned(), 1, None));
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let rows = ledger_rows(&db.pool).await;
     assert_eq!(rows, 4, "every call is booked, once");
 }
 
@@ -153,10 +158,7 @@ async fn a_commit_tried_again_after_its_reply_was_lost_still_reports_what_it_dec
     assert_eq!(outcome_of(&db.pool, "c2").await, "ok");
     assert_eq!(item(&db.pool, 1).await, ("done".to_owned(), 0, Some(0)));
     assert_eq!(item(&db.pool, 2).await, ("queued".to_owned(), 1, None));
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let rows = ledger_rows(&db.pool).await;
     assert_eq!(rows, 2);
     // A second copy of the attempt (a call of its own) still decides nothing.
     let copy = outcomes::commit(&db.pool, &[answered(2, 0, "c2-copy", None)])
@@ -856,10 +858,7 @@ async fn a_call_whose_entry_postgres_refuses_is_booked_in_doubt_with_its_failure
             .await
             .unwrap()
     );
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let rows = ledger_rows(&db.pool).await;
     assert_eq!(rows, 1);
 }
 
