@@ -329,12 +329,20 @@ pub async fn commit_isolating(
                         continue;
                     }
                     match book_refused(w, &outs[a], &e).await {
-                        Ok(Some(failure)) => {
+                        Ok(Some((failure, r))) => {
                             tracing::error!(error = %e, job_id = %key.job_id, item_id = %key.item_id, "Postgres refused a call's own entry; booked it in doubt at its worst case");
                             crate::metrics::refused_outcome(w);
                             outs[a].outcome = failure;
                             outs[a].changed = true;
-                            report.jobs.insert(outs[a].outcome.key().job_id.clone());
+                            report.jobs.extend(r.jobs);
+                            report.decided.extend(r.decided.into_iter().map(|i| i + a));
+                            break;
+                        }
+                        // Refused again (the failure itself): nothing more to try.
+                        Err(e2) if is_data_error(&e2) => {
+                            tracing::error!(error = %e2, "Postgres refused an outcome and its in-doubt booking; its message goes back");
+                            outs[a].refused = true;
+                            lost.insert(a);
                             break;
                         }
                         Ok(None) => {
@@ -380,10 +388,15 @@ pub async fn commit_isolating(
 
 /// The last resort for an outcome whose billed call Postgres refuses to book even in the
 /// plainer form: the call booked in doubt at the worst case its intent bounds, and the
-/// attempt failed saying why, in one transaction. The outcome committed (`Some`), or `None`
-/// when there is no call, or its intent cannot be booked (nothing committed: the message
-/// goes back, and the intent is booked in doubt when this worker is gone).
-async fn book_refused(w: &Worker, o: &Refusable, e: &sqlx::Error) -> sqlx::Result<Option<Outcome>> {
+/// attempt failed saying why, in one transaction. The outcome committed and its report
+/// (`Some`), or `None` when there is no call, or its intent cannot be booked (nothing
+/// committed: the message goes back, and the intent is booked in doubt when this worker is
+/// gone).
+async fn book_refused(
+    w: &Worker,
+    o: &Refusable,
+    e: &sqlx::Error,
+) -> sqlx::Result<Option<(Outcome, CommitReport)>> {
     let Some(call) = o.outcome.call() else {
         return Ok(None);
     };
@@ -401,11 +414,11 @@ async fn book_refused(w: &Worker, o: &Refusable, e: &sqlx::Error) -> sqlx::Resul
     let booked =
         switchyard_store::intents::book_refused_call(&w.pool, &call.call_id, &why, &failure)
             .await?;
-    if booked {
+    if booked.is_some() {
         // The hold was settled by that booking: no longer this process's to renew.
         w.finance.booked(call.booking.reservation_id);
     }
-    Ok(booked.then_some(failure))
+    Ok(booked.map(|report| (failure, report)))
 }
 
 async fn settle_batch(w: &Worker, mut batch: Vec<Pending>, abort: &CancellationToken) {

@@ -1043,8 +1043,6 @@ pub fn escalation_for(w: &Worker, tier: &str, item: &WorkItem) -> Option<WorkIte
     Some(up)
 }
 
-/// Records a message that is not a work item; gives it up (or retries when the record
-/// cannot be written: the reason must not be lost).
 /// The first of the fields a claim writes to Postgres (`text` columns, which cannot hold
 /// NUL) that holds a NUL byte: only a message from another client can (the dispatcher
 /// refuses such names at the door).
@@ -1067,6 +1065,8 @@ fn unstorable_field(item: &WorkItem) -> Option<&'static str> {
         .map(|(name, _)| name)
 }
 
+/// Records a message that is not a work item; gives it up (or retries when the record
+/// cannot be written: the reason must not be lost).
 async fn dead_letter_undecodable(w: &Worker, d: &Delivery, error: &str) -> Disposition {
     let error = format!("work message is not a valid work item: {error}");
     let key = format!("{}:{}", w.settings.topology().work_stream(), d.stream_seq);

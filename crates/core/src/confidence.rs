@@ -110,6 +110,16 @@ pub fn judge_text(
             off_label: false,
         };
     }
+    // A refusal ("I cannot…", a provider's `refusal`) is not an answer, however sure the
+    // model was of its words: no confidence, so the threshold rule escalates it as a
+    // calibrated rule does.
+    if crate::escalation::is_empty_or_refusal(text) {
+        return Judgement {
+            answer: text.to_owned(),
+            confidence: 0.0,
+            off_label: false,
+        };
+    }
     let mut confidence = match logprobs {
         Some(tokens) if !tokens.is_empty() => {
             let mean = tokens.iter().map(|t| t.logprob).sum::<f64>() / tokens.len() as f64;
@@ -184,5 +194,10 @@ mod tests {
         let long = "word ".repeat(30);
         assert!((judge_text(&long, Some(&toks), Some(10), 0.0).confidence - 0.25).abs() < 1e-9);
         assert_eq!(judge_text("   ", Some(&toks), None, 0.9).confidence, 0.0);
+        let refusal = judge_text("I can't help with that.", Some(&toks), None, 0.9);
+        assert_eq!(
+            (refusal.answer.as_str(), refusal.confidence),
+            ("I can't help with that.", 0.0)
+        );
     }
 }

@@ -207,7 +207,20 @@ pub async fn claim(
     Ok(out)
 }
 
-/// [`claim_once`], with every contested claim looked at again by a statement of its own.
+/// What one claim statement found for an intent.
+#[derive(Debug, Clone, PartialEq)]
+struct Looked {
+    claim: Claim,
+    /// The statement's snapshot saw another call's intent on the attempt (see
+    /// [`claim_checked`]).
+    contested: bool,
+    /// This intent (its call id, this owner) is in `call_intents`: inserted now, or by an
+    /// earlier try of the same claim whose reply was lost.
+    own: bool,
+}
+
+/// [`claim_once`], with every contested claim looked at again by a statement of its own,
+/// and this claim's own intent withdrawn wherever the answer is not "call".
 ///
 /// Why: the claim statement judges the attempt from its snapshot, taken when it starts, but
 /// its insert checks the intent's uniqueness against what is committed when it gets there.
@@ -225,19 +238,24 @@ async fn claim_checked(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::
     // Only a claim whose snapshot saw another intent on the attempt, gone by the time it
     // inserted, can have raced a commit: looked at again; the others stand.
     let contested: Vec<usize> = (0..intents.len())
-        .filter(|&i| first[i] == (Claim::Claimed, true))
+        .filter(|&i| first[i].claim == Claim::Claimed && first[i].contested)
         .collect();
-    let mut out: Vec<Claim> = first.into_iter().map(|(claim, _)| claim).collect();
-    if contested.is_empty() {
-        return Ok(out);
-    }
-    let again: Vec<Intent> = contested.iter().map(|&i| intents[i].clone()).collect();
-    let second = claim_once(pool, owner, &again).await?;
-    let mut withdrawn = Vec::new();
-    for (n, &i) in contested.iter().enumerate() {
-        if second[n].0 != Claim::Claimed {
-            withdrawn.push(intents[i].call_id.as_str());
-            out[i] = second[n].0.clone();
+    // An intent of ours under an answer other than "call": written by an earlier try of
+    // this claim whose reply was lost (the claim is tried again with the same call id), on
+    // an attempt settled since. Left, it would be booked in doubt, a call never made.
+    let mut withdrawn: Vec<&str> = (0..intents.len())
+        .filter(|&i| first[i].claim != Claim::Claimed && first[i].own)
+        .map(|i| intents[i].call_id.as_str())
+        .collect();
+    let mut out: Vec<Claim> = first.into_iter().map(|l| l.claim).collect();
+    if !contested.is_empty() {
+        let again: Vec<Intent> = contested.iter().map(|&i| intents[i].clone()).collect();
+        let second = claim_once(pool, owner, &again).await?;
+        for (n, &i) in contested.iter().enumerate() {
+            if second[n].claim != Claim::Claimed {
+                withdrawn.push(intents[i].call_id.as_str());
+                out[i] = second[n].claim.clone();
+            }
         }
     }
     if !withdrawn.is_empty() {
@@ -248,7 +266,7 @@ async fn claim_checked(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::
             .await?;
         tracing::info!(
             attempts = withdrawn.len(),
-            "a claim raced the commit of its attempt's outcome; withdrawn before any call"
+            "claims of attempts settled meanwhile (a commit raced, or an earlier try's reply was lost) withdrawn before any call"
         );
     }
     Ok(out)
@@ -258,13 +276,7 @@ async fn claim_checked(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::
 /// intent already there under the same call id and owner is this claim's own, written by an
 /// earlier try whose reply was lost (Postgres restarting as it committed): claimed, not
 /// busy (a busy answer would keep the attempt from its own worker until that worker exits).
-/// With each claim, whether the statement's snapshot saw another call's intent on the
-/// attempt (contested: see [`claim_checked`]).
-async fn claim_once(
-    pool: &PgPool,
-    owner: &str,
-    intents: &[Intent],
-) -> sqlx::Result<Vec<(Claim, bool)>> {
+async fn claim_once(pool: &PgPool, owner: &str, intents: &[Intent]) -> sqlx::Result<Vec<Looked>> {
     if intents.is_empty() {
         return Ok(Vec::new());
     }
@@ -330,16 +342,20 @@ async fn claim_once(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(_, verdict, claimed, contested)| {
+        .map(|(_, verdict, own, contested)| {
             let claim = match verdict.as_str() {
-                "open" if claimed => Claim::Claimed,
+                "open" if own => Claim::Claimed,
                 "open" => Claim::Busy,
                 "escalate" => Claim::Settled { escalate: true },
                 "stale" => Claim::Stale,
                 "no_item" => Claim::NoItem,
                 _ => Claim::Settled { escalate: false },
             };
-            (claim, contested)
+            Looked {
+                claim,
+                contested,
+                own,
+            }
         })
         .collect())
 }
@@ -390,8 +406,9 @@ pub async fn book_in_doubt(
 /// case as its intent bounds it (priced by Postgres, as the lost-worker sweep books), with
 /// `reason`, and commits `failure` (its attempt's failure, without the call) in the same
 /// transaction. The call was made and billed: it is booked, at a cost no lower than it
-/// can have been, rather than left to its worker's exit. False when the intent cannot be
-/// booked (gone, or no price in force when it was written): nothing is committed then.
+/// can have been, rather than left to its worker's exit. The failure's commit report, or
+/// `None` when the intent cannot be booked (gone, or no price in force when it was
+/// written): nothing is committed then.
 ///
 /// # Errors
 /// Database errors; nothing is committed then.
@@ -400,7 +417,7 @@ pub async fn book_refused_call(
     call_id: &str,
     reason: &str,
     failure: &crate::outcomes::Outcome,
-) -> sqlx::Result<bool> {
+) -> sqlx::Result<Option<crate::outcomes::CommitReport>> {
     let mut tx = pool.begin().await?;
     let ids: Vec<String> =
         sqlx::query_scalar("SELECT call_id FROM call_intents WHERE call_id = $1 FOR UPDATE")
@@ -408,17 +425,17 @@ pub async fn book_refused_call(
             .fetch_all(&mut *tx)
             .await?;
     if ids.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
     if book_in_doubt_in(&mut tx, &ids, Some(reason))
         .await?
         .is_empty()
     {
-        return Ok(false);
+        return Ok(None);
     }
-    crate::outcomes::commit_in(&mut tx, std::slice::from_ref(failure)).await?;
+    let report = crate::outcomes::commit_in(&mut tx, std::slice::from_ref(failure)).await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(Some(report))
 }
 
 /// Books the intents `call_ids` (locked by the caller) in doubt: a ledger row at the call's

@@ -371,13 +371,18 @@ async fn decided_before(
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = again.iter().map(|(_, id)| *id).collect();
-    let ok: HashSet<String> =
-        sqlx::query_scalar("SELECT call_id FROM ledger WHERE call_id = ANY($1) AND outcome = 'ok'")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect();
+    // A call booked in doubt before its answer came has its `ok` row under `<id>:settled`.
+    let settled: Vec<String> = ids.iter().map(|id| format!("{id}:settled")).collect();
+    let ok: HashSet<String> = sqlx::query_scalar(
+        "SELECT regexp_replace(call_id, ':settled$', '') FROM ledger \
+         WHERE (call_id = ANY($1) OR call_id = ANY($2)) AND outcome = 'ok'",
+    )
+    .bind(&ids)
+    .bind(&settled)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
     Ok(again
         .into_iter()
         .filter(|(_, id)| ok.contains(*id))

@@ -804,6 +804,33 @@ async fn a_claim_racing_the_commit_of_its_attempt_calls_nothing() {
     assert_eq!(outcome_of(&db.pool, "a1").await, "ok");
 }
 
+/// A claim tried again with the same call (its first try's reply was lost) on an attempt
+/// another copy settled meanwhile: the intent the first try wrote is withdrawn, not left to
+/// be booked in doubt as a call that was never made.
+#[tokio::test]
+async fn a_claim_tried_again_on_an_attempt_settled_since_withdraws_its_intent() {
+    let db = setup(1).await;
+    intents::renew_lease(&db.pool, "w", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let claimed = intents::claim(&db.pool, "w", Duration::ZERO, &[intent(1, 0, "c1")])
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![Claim::Claimed]);
+    // Another copy of the attempt answers first (possible when a worker was presumed gone).
+    outcomes::commit(&db.pool, &[answered(1, 0, "c0", None)])
+        .await
+        .unwrap();
+    let again = intents::claim(&db.pool, "w", Duration::ZERO, &[intent(1, 0, "c1")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Claim::Settled { escalate: false }]);
+    let (open, _) = intents::open_intents(&db.pool, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "the first try's intent is withdrawn");
+}
+
 /// A billed call whose own entry Postgres refuses in every form (here: priced at a time
 /// with no price in force, as a worker's clock behind the price's start would) is booked
 /// in doubt at its intent's worst case, with the reason and the attempt's failure, in one
@@ -830,11 +857,11 @@ async fn a_call_whose_entry_postgres_refuses_is_booked_in_doubt_with_its_failure
         call: None,
         intent: None,
     };
-    assert!(
-        intents::book_refused_call(&db.pool, "c1", why, &failure)
-            .await
-            .unwrap()
-    );
+    let report = intents::book_refused_call(&db.pool, "c1", why, &failure)
+        .await
+        .unwrap()
+        .expect("booked");
+    assert!(report.decided.contains(&0), "the failure decided its item");
     let (outcome, source, cost, reason): (String, String, Decimal, String) = sqlx::query_as(
         "SELECT outcome, usage_source, cost_usd, reason FROM ledger WHERE call_id = 'c1'",
     )
@@ -854,9 +881,10 @@ async fn a_call_whose_entry_postgres_refuses_is_booked_in_doubt_with_its_failure
     assert_eq!(open, 0);
     // Asked again (a redelivery of the same outcome): nothing left to book, nothing booked.
     assert!(
-        !intents::book_refused_call(&db.pool, "c1", why, &failure)
+        intents::book_refused_call(&db.pool, "c1", why, &failure)
             .await
             .unwrap()
+            .is_none()
     );
     let rows = ledger_rows(&db.pool).await;
     assert_eq!(rows, 1);

@@ -272,26 +272,38 @@ mod tests {
 
     /// A server that answers one request with `head` then `body` and closes the connection.
     async fn answer_once(head: String, body: Vec<u8>) -> String {
+        answer_each(vec![(head, body)]).await
+    }
+
+    /// A server that answers one request per connection, each with the next of `answers`
+    /// (a head, then a body), closing each connection after its answer.
+    async fn answer_each(answers: Vec<(String, Vec<u8>)>) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            // Read the whole request before answering: closing with unread bytes would
-            // reset the connection, and the client could see a reset instead of the answer.
-            let mut request = Vec::new();
-            let mut chunk = [0u8; 4096];
-            for _ in 0..64 {
-                let n = socket.read(&mut chunk).await.unwrap();
-                request.extend_from_slice(&chunk[..n]);
-                if n == 0 || head_and_body_read(&request) {
-                    break;
-                }
+            for (head, body) in answers {
+                answer_one(&listener, head, body).await;
             }
-            socket.write_all(head.as_bytes()).await.unwrap();
-            socket.write_all(&body).await.unwrap();
-            socket.shutdown().await.unwrap();
         });
         url
+    }
+
+    async fn answer_one(listener: &tokio::net::TcpListener, head: String, body: Vec<u8>) {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        // Read the whole request before answering: closing with unread bytes would
+        // reset the connection, and the client could see a reset instead of the answer.
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 4096];
+        for _ in 0..64 {
+            let n = socket.read(&mut chunk).await.unwrap();
+            request.extend_from_slice(&chunk[..n]);
+            if n == 0 || head_and_body_read(&request) {
+                break;
+            }
+        }
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(&body).await.unwrap();
+        socket.shutdown().await.unwrap();
     }
 
     /// Whether `request` holds its head and the body its `content-length` announces.
@@ -418,6 +430,35 @@ mod tests {
             other => panic!("expected the 307 as the provider's error, got {other:?}"),
         }
         assert!(!reached.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_redirect_within_the_endpoint_s_server_is_followed() {
+        let body = b"{\"ok\":true}".to_vec();
+        let url = answer_each(vec![
+            (
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: /v1/moved\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_owned(),
+                Vec::new(),
+            ),
+            (
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                ),
+                body.clone(),
+            ),
+        ])
+        .await;
+        let endpoint = Endpoint::new(
+            super::super::openai::http_client().unwrap(),
+            &url,
+            Some("sk-secret".to_owned()),
+            Duration::from_secs(10),
+            1 << 20,
+        );
+        let builder = endpoint.request(reqwest::Method::POST, "/chat/completions");
+        assert_eq!(endpoint.send(builder, "m").await.unwrap(), body);
     }
 
     #[test]

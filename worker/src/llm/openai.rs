@@ -51,10 +51,24 @@ pub fn http_client_connecting_within(connect: Duration) -> anyhow::Result<reqwes
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .connect_timeout(connect)
-        // No redirects: reqwest strips `Authorization` on a redirect to another host but
-        // not `x-api-key` (Anthropic's), and a provider endpoint has no business sending a
-        // prompt elsewhere. A 3xx is the provider's error, with its status.
-        .redirect(reqwest::redirect::Policy::none())
+        // Redirects within the endpoint's own server only (a moved path, or http to https
+        // on the same host): reqwest strips `Authorization` on a redirect to another host
+        // but not `x-api-key` (Anthropic's), and a provider endpoint has no business sending
+        // a prompt and its key elsewhere. Any other redirect is the provider's error, with
+        // its 3xx status.
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let to = attempt.url();
+            let same_server = attempt.previous().first().is_some_and(|from| {
+                from.host_str() == to.host_str()
+                    && (from.port_or_known_default() == to.port_or_known_default()
+                        || (to.scheme() == "https" && to.port().is_none()))
+            });
+            if same_server && attempt.previous().len() < 5 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }))
         .build()?)
 }
 
