@@ -237,6 +237,13 @@ fn read_content(raw: &RawValue) -> Option<(String, Option<String>)> {
 /// A JSON string literal decoded with every escape it cannot hold (a lone surrogate)
 /// replaced by U+FFFD; an empty string when `literal` is not a JSON string.
 pub fn decode_json_string_lossy(literal: &str) -> String {
+    serde_json::from_str(&replace_lone_surrogates(literal)).unwrap_or_default()
+}
+
+/// JSON text with every `\u` escape of a lone surrogate (which no Rust string can hold, so
+/// `serde_json` refuses the whole document) replaced by `\ufffd`; everything else as it was.
+/// Backslashes occur only inside JSON strings, so the whole text can be scanned at once.
+pub fn replace_lone_surrogates(literal: &str) -> String {
     let unit_at = |at: usize| -> Option<u16> {
         let hex = literal.get(at..at + 4)?;
         u16::from_str_radix(hex, 16).ok()
@@ -273,7 +280,7 @@ pub fn decode_json_string_lossy(literal: &str) -> String {
         rest = literal.get(at..).unwrap_or_default();
     }
     fixed.push_str(rest);
-    serde_json::from_str(&fixed).unwrap_or_default()
+    fixed
 }
 
 /// `(prompt, completion, cached)` when `usage` holds whole numbers in `0..=i32::MAX`.

@@ -25,8 +25,18 @@ pub fn parse_message(
     body: &[u8],
     prompt_chars: usize,
 ) -> Result<ParsedCompletion, CompletionError> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| CompletionError::NotACompletion(e.to_string()))?;
+    // A lone surrogate anywhere (a model's broken emoji) fails the whole document: read it
+    // again with those escapes as U+FFFD, so that an answer the provider billed is kept
+    // (lossily) rather than called, and billed, again.
+    let v: Value = serde_json::from_slice(body)
+        .or_else(|e| {
+            std::str::from_utf8(body)
+                .ok()
+                .map(crate::completion::replace_lone_surrogates)
+                .and_then(|fixed| serde_json::from_str(&fixed).ok())
+                .ok_or(e)
+        })
+        .map_err(|e| CompletionError::NotACompletion(e.to_string()))?;
     if !v.is_object() {
         return Err(CompletionError::NotACompletion(
             "the body is not an object".to_owned(),
@@ -165,6 +175,24 @@ mod tests {
         );
         assert_eq!((c.cache_write_tokens, c.cache_write_1h_tokens), (500, 300));
         assert!(!c.usage_estimated && c.logprobs.is_none());
+    }
+
+    #[test]
+    fn a_lone_surrogate_in_the_text_is_kept_as_a_replacement_character() {
+        let c = parse_message(
+            br#"{"content":[{"type":"text","text":"x\ud800y \ud83d\ude00"}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":2}}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(c.content, "x\u{fffd}y \u{1f600}");
+        assert_eq!((c.prompt_tokens, c.usage_estimated), (5, false));
+        // An escaped backslash before `u` is text, not an escape.
+        let c = parse_message(
+            br#"{"content":[{"type":"text","text":"a\\ud800 \udc00"}],"stop_reason":"end_turn"}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(c.content, "a\\ud800 \u{fffd}");
     }
 
     #[test]
