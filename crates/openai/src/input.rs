@@ -118,30 +118,26 @@ impl FileCheck {
     /// have (it is not read: a line of hundreds of megabytes would take the reader's memory,
     /// and no request of the fleet is that large).
     pub fn too_long(&mut self, len: usize, limit: usize) {
-        self.lines += 1;
-        self.requests += 1;
-        self.bytes += len as u64 + 1;
-        let line = self.lines;
-        self.report(fault(
-            "line_too_long",
-            Some(line),
-            None,
-            format!("line {line} is {len} bytes long (limit {limit} a request)"),
-        ));
+        self.unread_line(len, "line_too_long", |line| {
+            format!("line {line} is {len} bytes long (limit {limit} a request)")
+        });
     }
 
     /// Records the next line as one that is not UTF-8 text (so not JSON either).
     pub fn not_text(&mut self, len: usize) {
+        self.unread_line(len, "invalid_json_line", |line| {
+            format!("line {line} is not UTF-8 text")
+        });
+    }
+
+    /// Counts the next line, of `len` bytes, as a request whose line is not read, and
+    /// reports it under `code` with the message `says` writes for its line number.
+    fn unread_line(&mut self, len: usize, code: &str, says: impl FnOnce(u64) -> String) {
         self.lines += 1;
         self.requests += 1;
         self.bytes += len as u64 + 1;
         let line = self.lines;
-        self.report(fault(
-            "invalid_json_line",
-            Some(line),
-            None,
-            format!("line {line} is not UTF-8 text"),
-        ));
+        self.report(fault(code, Some(line), None, says(line)));
     }
 
     fn parse(&mut self, line: u64, text: &str) -> Result<Request, BatchError> {

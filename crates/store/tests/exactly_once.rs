@@ -87,6 +87,22 @@ async fn item(pool: &PgPool, item: i64) -> (String, i32, Option<i32>) {
     .unwrap()
 }
 
+/// `owner`, alive, claims attempt 0 of item 1 for its call `call_id`.
+async fn claimed_by(pool: &PgPool, owner: &str, call_id: &str) {
+    intents::renew_lease(pool, owner, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let claimed = intents::claim(pool, owner, Duration::ZERO, &[intent(1, 0, call_id)])
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![Claim::Claimed]);
+}
+
+/// Intents still open, of any owner.
+async fn open_intents(pool: &PgPool) -> i64 {
+    intents::open_intents(pool, Duration::ZERO).await.unwrap().0
+}
+
 /// Rows in the ledger, of every job.
 async fn ledger_rows(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM ledger")
@@ -754,15 +770,10 @@ async fn a_claim_tried_again_after_a_lost_reply_is_still_claimed() {
 #[tokio::test]
 async fn a_claim_racing_the_commit_of_its_attempt_calls_nothing() {
     let db = setup(1).await;
-    for owner in ["a", "b"] {
-        intents::renew_lease(&db.pool, owner, Duration::from_secs(60))
-            .await
-            .unwrap();
-    }
-    let claimed = intents::claim(&db.pool, "a", Duration::ZERO, &[intent(1, 0, "a1")])
+    intents::renew_lease(&db.pool, "b", Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(claimed, vec![Claim::Claimed]);
+    claimed_by(&db.pool, "a", "a1").await;
     // Worker a commits its answer, not yet visible: the intent's row is deleted in an open
     // transaction.
     let mut tx = db.pool.begin().await.unwrap();
@@ -797,9 +808,7 @@ async fn a_claim_racing_the_commit_of_its_attempt_calls_nothing() {
         .unwrap()
         .unwrap();
     assert_eq!(verdict, vec![Claim::Settled { escalate: false }]);
-    let (open, _) = intents::open_intents(&db.pool, Duration::ZERO)
-        .await
-        .unwrap();
+    let open = open_intents(&db.pool).await;
     assert_eq!(open, 0, "the copy's intent is withdrawn");
     assert_eq!(outcome_of(&db.pool, "a1").await, "ok");
 }
@@ -810,13 +819,7 @@ async fn a_claim_racing_the_commit_of_its_attempt_calls_nothing() {
 #[tokio::test]
 async fn a_claim_tried_again_on_an_attempt_settled_since_withdraws_its_intent() {
     let db = setup(1).await;
-    intents::renew_lease(&db.pool, "w", Duration::from_secs(60))
-        .await
-        .unwrap();
-    let claimed = intents::claim(&db.pool, "w", Duration::ZERO, &[intent(1, 0, "c1")])
-        .await
-        .unwrap();
-    assert_eq!(claimed, vec![Claim::Claimed]);
+    claimed_by(&db.pool, "w", "c1").await;
     // Another copy of the attempt answers first (possible when a worker was presumed gone).
     outcomes::commit(&db.pool, &[answered(1, 0, "c0", None)])
         .await
@@ -825,9 +828,7 @@ async fn a_claim_tried_again_on_an_attempt_settled_since_withdraws_its_intent() 
         .await
         .unwrap();
     assert_eq!(again, vec![Claim::Settled { escalate: false }]);
-    let (open, _) = intents::open_intents(&db.pool, Duration::ZERO)
-        .await
-        .unwrap();
+    let open = open_intents(&db.pool).await;
     assert_eq!(open, 0, "the first try's intent is withdrawn");
 }
 
@@ -838,13 +839,7 @@ async fn a_claim_tried_again_on_an_attempt_settled_since_withdraws_its_intent() 
 #[tokio::test]
 async fn a_call_whose_entry_postgres_refuses_is_booked_in_doubt_with_its_failure() {
     let db = setup(1).await;
-    intents::renew_lease(&db.pool, "w", Duration::from_secs(60))
-        .await
-        .unwrap();
-    let claimed = intents::claim(&db.pool, "w", Duration::ZERO, &[intent(1, 0, "c1")])
-        .await
-        .unwrap();
-    assert_eq!(claimed, vec![Claim::Claimed]);
+    claimed_by(&db.pool, "w", "c1").await;
     let before_prices = Utc.with_ymd_and_hms(2019, 6, 1, 0, 0, 0).unwrap();
     let refused = answer_with(1, 0, None, "A", None, call("c1", 100, before_prices));
     assert!(outcomes::commit(&db.pool, &[refused]).await.is_err());
@@ -875,9 +870,7 @@ async fn a_call_whose_entry_postgres_refuses_is_booked_in_doubt_with_its_failure
     // 1,000 prompt tokens at $1/M + 500 completion at $2/M.
     assert_eq!(cost, d("0.002"));
     assert_eq!(item(&db.pool, 1).await.0, "failed");
-    let (open, _) = intents::open_intents(&db.pool, Duration::ZERO)
-        .await
-        .unwrap();
+    let open = open_intents(&db.pool).await;
     assert_eq!(open, 0);
     // Asked again (a redelivery of the same outcome): nothing left to book, nothing booked.
     assert!(

@@ -320,6 +320,19 @@ mod tests {
         request.len() >= end + 4 + length
     }
 
+    /// A chat completion request to the test server at `url`, as a worker sends it.
+    async fn post(url: &str, key: Option<&str>, limit: usize) -> Result<Vec<u8>, ProviderError> {
+        let endpoint = Endpoint::new(
+            super::super::openai::http_client().unwrap(),
+            url,
+            key.map(str::to_owned),
+            Duration::from_secs(10),
+            limit,
+        );
+        let builder = endpoint.request(reqwest::Method::POST, "/chat/completions");
+        endpoint.send(builder, "m").await
+    }
+
     async fn refused_body(head: String, body: Vec<u8>, limit: usize) -> String {
         refused_body_with_key(head, body, limit, None).await
     }
@@ -331,15 +344,7 @@ mod tests {
         key: Option<&str>,
     ) -> String {
         let url = answer_once(head, body).await;
-        let endpoint = Endpoint::new(
-            super::super::openai::http_client().unwrap(),
-            &url,
-            key.map(str::to_owned),
-            Duration::from_secs(10),
-            limit,
-        );
-        let builder = endpoint.request(reqwest::Method::POST, "/chat/completions");
-        match endpoint.send(builder, "m").await {
+        match post(&url, key, limit).await {
             Err(ProviderError::Refused { status, body, .. }) => {
                 assert_eq!(status, 400);
                 body
@@ -417,15 +422,7 @@ mod tests {
             Vec::new(),
         )
         .await;
-        let endpoint = Endpoint::new(
-            super::super::openai::http_client().unwrap(),
-            &url,
-            Some("sk-secret".to_owned()),
-            Duration::from_secs(10),
-            1 << 20,
-        );
-        let builder = endpoint.request(reqwest::Method::POST, "/chat/completions");
-        match endpoint.send(builder, "m").await {
+        match post(&url, Some("sk-secret"), 1 << 20).await {
             Err(ProviderError::Refused { status, .. }) => assert_eq!(status, 307),
             other => panic!("expected the 307 as the provider's error, got {other:?}"),
         }
@@ -450,15 +447,7 @@ mod tests {
             ),
         ])
         .await;
-        let endpoint = Endpoint::new(
-            super::super::openai::http_client().unwrap(),
-            &url,
-            Some("sk-secret".to_owned()),
-            Duration::from_secs(10),
-            1 << 20,
-        );
-        let builder = endpoint.request(reqwest::Method::POST, "/chat/completions");
-        assert_eq!(endpoint.send(builder, "m").await.unwrap(), body);
+        assert_eq!(post(&url, Some("sk-secret"), 1 << 20).await.unwrap(), body);
     }
 
     #[test]
